@@ -1,0 +1,247 @@
+//! Packet devices: the [`PacketDevice`] trait and its backends.
+//!
+//! A device moves whole Ethernet frames (no FCS) in bursts. Frames live in memory the device owns
+//! — a [`PoolBuf`](crate::mem::PoolBuf), a DPDK mbuf, an AF_XDP UMEM frame, a memif slot — and
+//! are handed to the caller as a [`Frame`] that returns the memory when dropped, so nothing is
+//! copied between the device and the stack.
+//!
+//! Backends never know about smoltcp; the stack adapts any `PacketDevice` to it in one place.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::mem::PoolBuf;
+use crate::time::Instant;
+
+/// Length of an Ethernet header without VLAN tag.
+pub const ETH_HEADER_LEN: usize = 14;
+
+/// A frame buffer owned by a device. Dropping it gives the memory back to the device or pool.
+pub trait Frame {
+    /// The frame bytes, starting with the Ethernet header.
+    fn data(&self) -> &[u8];
+    /// The frame bytes, writable.
+    fn data_mut(&mut self) -> &mut [u8];
+    /// The longest frame this buffer can hold.
+    fn capacity(&self) -> usize;
+    /// Sets the frame length; returns `false` and changes nothing if it exceeds `capacity()`.
+    #[must_use]
+    fn set_len(&mut self, len: usize) -> bool;
+}
+
+impl Frame for PoolBuf {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        self.as_slice()
+    }
+    #[inline]
+    fn data_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+    #[inline]
+    fn capacity(&self) -> usize {
+        PoolBuf::capacity(self)
+    }
+    #[inline]
+    fn set_len(&mut self, len: usize) -> bool {
+        PoolBuf::set_len(self, len)
+    }
+}
+
+/// Which checksums the device (or the link) takes care of, so the stack can skip them.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChecksumCaps {
+    /// Received IPv4 header checksums were verified by the device, or the link cannot corrupt.
+    pub rx_ipv4: bool,
+    /// Received TCP/UDP checksums were verified by the device, or the link cannot corrupt.
+    pub rx_l4: bool,
+    /// The device computes IPv4 header checksums on transmit.
+    pub tx_ipv4: bool,
+    /// The device computes TCP/UDP checksums on transmit.
+    pub tx_l4: bool,
+}
+
+/// What a device can do.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct DeviceCaps {
+    /// IP MTU in bytes: the longest IP packet; a frame is at most `mtu + 14` bytes.
+    pub mtu: usize,
+    /// The most frames one `rx_burst` or `tx_burst` call moves.
+    pub burst_max: usize,
+    /// Checksum offloads.
+    pub checksum: ChecksumCaps,
+}
+
+impl DeviceCaps {
+    /// The longest Ethernet frame (header included, FCS excluded).
+    pub fn frame_len_max(&self) -> usize {
+        self.mtu + ETH_HEADER_LEN
+    }
+}
+
+/// Link counters. Devices count what they see; malformed-frame counters of the stack are kept
+/// separately by the stack.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Frames received and handed to the caller.
+    pub rx_packets: u64,
+    /// Bytes in those frames.
+    pub rx_bytes: u64,
+    /// Frames the device dropped on receive (no buffer, queue full, link down).
+    pub rx_dropped: u64,
+    /// Frames received broken (too long, truncated, device errors).
+    pub rx_errors: u64,
+    /// Frames accepted for transmission.
+    pub tx_packets: u64,
+    /// Bytes in those frames.
+    pub tx_bytes: u64,
+    /// Frames dropped on transmit (queue full, link down).
+    pub tx_dropped: u64,
+    /// Frames that failed on transmit (device errors, too long).
+    pub tx_errors: u64,
+}
+
+/// A device that sends and receives Ethernet frames in bursts.
+///
+/// Every method is non-blocking except [`PacketDevice::wait`]. `now` is the caller's clock (real
+/// or virtual); devices that do not care ignore it.
+pub trait PacketDevice {
+    /// The device's frame buffer type.
+    type Frame: Frame;
+
+    /// What the device can do.
+    fn caps(&self) -> DeviceCaps;
+
+    /// Appends up to `batch.free()` (and at most `caps().burst_max`) received frames to `batch`;
+    /// returns how many were appended.
+    fn rx_burst(&mut self, now: Instant, batch: &mut Batch<Self::Frame>) -> usize;
+
+    /// A buffer for one outgoing frame, able to hold `caps().frame_len_max()` bytes, or `None`
+    /// when the device has none free (back-pressure).
+    fn tx_alloc(&mut self) -> Option<Self::Frame>;
+
+    /// Sends frames from the front of `batch`, removing the ones the device accepted; returns how
+    /// many. Frames left in `batch` were not sent and may be offered again.
+    fn tx_burst(&mut self, now: Instant, batch: &mut Batch<Self::Frame>) -> usize;
+
+    /// Counters.
+    fn stats(&self) -> LinkStats;
+
+    /// Whether the link is up (a down link drops what is sent).
+    fn link_up(&self) -> bool {
+        true
+    }
+
+    /// Blocks until a frame may be ready to receive or `timeout` passes, for idle poll loops.
+    /// The default returns at once (pure polling).
+    fn wait(&mut self, timeout: Duration) {
+        let _ = timeout;
+    }
+}
+
+/// A bounded FIFO of frames: it never grows past the capacity it was made with, so pushing into
+/// it never allocates.
+pub struct Batch<F> {
+    items: VecDeque<F>,
+    cap: usize,
+}
+
+impl<F> Batch<F> {
+    /// An empty batch for up to `cap` frames (allocates once, here).
+    pub fn with_capacity(cap: usize) -> Batch<F> {
+        Batch {
+            items: VecDeque::with_capacity(cap),
+            cap,
+        }
+    }
+
+    /// Appends a frame, or gives it back when the batch is full.
+    #[inline]
+    pub fn push(&mut self, frame: F) -> Result<(), F> {
+        if self.items.len() >= self.cap {
+            return Err(frame);
+        }
+        self.items.push_back(frame);
+        Ok(())
+    }
+
+    /// Puts a frame back at the front (for a frame taken off and not consumed). Gives it back
+    /// when the batch is full.
+    #[inline]
+    pub fn push_front(&mut self, frame: F) -> Result<(), F> {
+        if self.items.len() >= self.cap {
+            return Err(frame);
+        }
+        self.items.push_front(frame);
+        Ok(())
+    }
+
+    /// Takes the oldest frame.
+    #[inline]
+    pub fn pop(&mut self) -> Option<F> {
+        self.items.pop_front()
+    }
+
+    /// The oldest frame.
+    #[inline]
+    pub fn front(&self) -> Option<&F> {
+        self.items.front()
+    }
+
+    /// Frames held.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when no frames are held.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// True when no more frames fit.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= self.cap
+    }
+
+    /// Room left.
+    #[inline]
+    pub fn free(&self) -> usize {
+        self.cap - self.items.len()
+    }
+
+    /// The most frames the batch holds.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Iterates the frames, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &F> {
+        self.items.iter()
+    }
+
+    /// Drops every frame (returning them to their pools).
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_is_bounded() {
+        let mut b = Batch::with_capacity(2);
+        assert!(b.push(1).is_ok());
+        assert!(b.push_front(0).is_ok());
+        assert_eq!(b.push(2), Err(2));
+        assert!(b.is_full());
+        assert_eq!(b.pop(), Some(0));
+        assert_eq!(b.free(), 1);
+        assert_eq!(b.iter().copied().collect::<Vec<_>>(), vec![1]);
+    }
+}

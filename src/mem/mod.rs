@@ -1,0 +1,55 @@
+//! Packet memory: hugepage regions and the fixed-size buffer pools carved from them.
+//!
+//! - [`HugeRegion`] maps 2 MiB or 1 GiB pages, or falls back to base pages (with
+//!   `MADV_HUGEPAGE` and one warning that names the fix) and reports which it got.
+//! - [`BufPool`] splits a region into equal buffers with headroom; a lock-free free list hands
+//!   each buffer to exactly one owner ([`PoolBuf`]) at a time. An empty pool is back-pressure
+//!   (`None`), never a panic or a heap allocation.
+//!
+//! This module and `sys` are the only places with `unsafe` code.
+#![allow(unsafe_code)]
+
+mod pool;
+mod region;
+
+pub use pool::{BufPool, PoolBuf, PoolStats};
+pub use region::{HugeRegion, PageSize};
+
+use std::io;
+
+/// Errors from mapping regions and building pools.
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    /// A region or pool of zero bytes or zero buffers was asked for.
+    #[error("a zero-sized region or pool was requested")]
+    ZeroSize,
+    /// `mmap` failed even with base pages.
+    #[error("mmap of {len} bytes with {page} pages failed: {source}")]
+    Map {
+        /// Bytes requested (rounded to the page size).
+        len: usize,
+        /// The page size that was tried last.
+        page: PageSize,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Exact hugepages were required (no fallback) and are not available.
+    #[error(
+        "no {page} hugepages for {len} bytes ({free} free): reserve some with `scripts/hugepages.sh N` (as root)"
+    )]
+    NoHugePages {
+        /// The page size requested.
+        page: PageSize,
+        /// Bytes requested.
+        len: usize,
+        /// Free hugepages of the default size, from /proc/meminfo (0 if unknown).
+        free: u64,
+    },
+    /// The region's slabs were already handed out (it can be split once).
+    #[error("the region's slabs were already taken")]
+    SlabsTaken,
+    /// A pool buffer layout that cannot work.
+    #[error("bad pool layout: {0}")]
+    BadLayout(&'static str),
+}

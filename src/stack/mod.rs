@@ -1,0 +1,1 @@
+//! The user-space TCP/IP stack: the only module that imports smoltcp.

@@ -1,0 +1,2 @@
+//! Every FFI call and raw syscall: the only place with `unsafe`, besides `mem`.
+#![allow(unsafe_code)]
