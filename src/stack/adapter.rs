@@ -1,0 +1,427 @@
+//! The one place where a [`PacketDevice`] meets smoltcp's `phy::Device`.
+//!
+//! Received frames are checked before smoltcp sees them (length, addressing, IPv4 header, TCP
+//! checksum), so every malformed frame is dropped *and counted* here; smoltcp is then told not
+//! to verify those checksums again. Transmitted frames are written by smoltcp straight into a
+//! device buffer (no copy) and queued in a bounded batch that is flushed in bursts.
+
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+
+use crate::dev::{Batch, Frame, PacketDevice, ETH_HEADER_LEN};
+use crate::time::Instant;
+
+use super::StackStats;
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+const ARP_IPV4_LEN: usize = 28;
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// Why a received frame was dropped before reaching smoltcp.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RxDrop {
+    Runt,
+    Oversize,
+    NotOurs,
+    Unsupported,
+    BadIpv4,
+    Fragment,
+    BadChecksum,
+    BacklogFull,
+}
+
+pub(crate) struct DevAdapter<D: PacketDevice> {
+    pub(crate) dev: D,
+    rx: Batch<D::Frame>,
+    tx: Batch<D::Frame>,
+    now: Instant,
+    mtu: usize,
+    burst_max: usize,
+    mac: [u8; 6],
+    verify_ipv4: bool,
+    verify_l4: bool,
+    smol_caps: DeviceCapabilities,
+    /// Stand-in buffer for a frame smoltcp writes when the device has no buffer free; the frame
+    /// is then dropped and counted (a TX token cannot fail).
+    scratch: Box<[u8]>,
+    pub(crate) stats: StackStats,
+    /// Listening sockets free per listened port: how many new SYNs smoltcp can take now.
+    pub(crate) listen_budget: Vec<(u16, u32)>,
+    /// Set when a SYN was let through, so the stack re-arms its listeners before the next frame.
+    pub(crate) syn_accepted: bool,
+}
+
+impl<D: PacketDevice> DevAdapter<D> {
+    pub(crate) fn new(
+        dev: D,
+        mtu: usize,
+        mac: [u8; 6],
+        ring_frames: usize,
+        listeners_max: usize,
+    ) -> DevAdapter<D> {
+        let caps = dev.caps();
+        let mut checksum = ChecksumCapabilities::default();
+        // We verify received IPv4 and TCP checksums ourselves (to count failures), so smoltcp
+        // only computes them on transmit, unless the device does that too.
+        checksum.ipv4 = if caps.checksum.tx_ipv4 { Checksum::None } else { Checksum::Tx };
+        checksum.tcp = if caps.checksum.tx_l4 { Checksum::None } else { Checksum::Tx };
+        let mut smol_caps = DeviceCapabilities::default();
+        smol_caps.medium = Medium::Ethernet;
+        smol_caps.max_transmission_unit = mtu + ETH_HEADER_LEN;
+        // No cap: a burst limit here would also cap the TCP window smoltcp advertises.
+        smol_caps.max_burst_size = None;
+        smol_caps.checksum = checksum;
+        let ring_frames = ring_frames.max(caps.burst_max).max(1);
+        DevAdapter {
+            rx: Batch::with_capacity(ring_frames),
+            tx: Batch::with_capacity(ring_frames),
+            now: Instant::ZERO,
+            mtu,
+            burst_max: caps.burst_max.max(1),
+            mac,
+            verify_ipv4: !caps.checksum.rx_ipv4,
+            verify_l4: !caps.checksum.rx_l4,
+            smol_caps,
+            scratch: vec![0; mtu + ETH_HEADER_LEN].into_boxed_slice(),
+            stats: StackStats::default(),
+            listen_budget: Vec::with_capacity(listeners_max),
+            syn_accepted: false,
+            dev,
+        }
+    }
+
+    pub(crate) fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// Frames waiting to go out (the device would not take them yet).
+    pub(crate) fn tx_pending(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Offers queued frames to the device. Returns how many it took.
+    pub(crate) fn flush(&mut self) -> usize {
+        let mut sent = 0;
+        while !self.tx.is_empty() {
+            let n = self.dev.tx_burst(self.now, &mut self.tx);
+            sent += n;
+            if n == 0 {
+                break;
+            }
+        }
+        self.stats.tx_frames += sent as u64;
+        sent
+    }
+
+    fn refill_rx(&mut self) {
+        if self.rx.is_empty() {
+            self.dev.rx_burst(self.now, &mut self.rx);
+        }
+    }
+
+    fn count_drop(&mut self, why: RxDrop) {
+        let s = &mut self.stats;
+        match why {
+            RxDrop::Runt => s.rx_runt += 1,
+            RxDrop::Oversize => s.rx_oversize += 1,
+            RxDrop::NotOurs => s.rx_not_ours += 1,
+            RxDrop::Unsupported => s.rx_unsupported += 1,
+            RxDrop::BadIpv4 => s.rx_bad_ipv4 += 1,
+            RxDrop::Fragment => s.rx_fragment += 1,
+            RxDrop::BadChecksum => s.rx_bad_checksum += 1,
+            RxDrop::BacklogFull => s.rx_syn_backlog_full += 1,
+        }
+    }
+
+    /// Checks a received frame; `Err` says why it must be dropped.
+    pub(crate) fn check_rx(&mut self, frame: &[u8]) -> Result<(), RxDrop> {
+        let syn_port = check_frame(frame, self.mtu, &self.mac, self.verify_ipv4, self.verify_l4)?;
+        if let Some(port) = syn_port {
+            // smoltcp answers a SYN that finds no listening socket with RST. For a port we
+            // listen on, that only means the backlog is momentarily used up: drop the SYN
+            // instead, as a kernel with a full backlog does, and let the client retry.
+            if let Some((_, budget)) = self.listen_budget.iter_mut().find(|(p, _)| *p == port) {
+                if *budget == 0 {
+                    return Err(RxDrop::BacklogFull);
+                }
+                *budget -= 1;
+                self.syn_accepted = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validates one Ethernet frame for the stack: every accessor smoltcp uses later is then in
+/// bounds, and every checksum we are responsible for is right. `Ok(Some(port))` flags a
+/// connection request (SYN without ACK) to `port`.
+pub(crate) fn check_frame(
+    f: &[u8],
+    mtu: usize,
+    mac: &[u8; 6],
+    verify_ipv4: bool,
+    verify_l4: bool,
+) -> Result<Option<u16>, RxDrop> {
+    if f.len() < ETH_HEADER_LEN {
+        return Err(RxDrop::Runt);
+    }
+    if f.len() > mtu + ETH_HEADER_LEN {
+        return Err(RxDrop::Oversize);
+    }
+    let dst = &f[0..6];
+    if dst != mac && dst != BROADCAST {
+        return Err(RxDrop::NotOurs);
+    }
+    let payload = &f[ETH_HEADER_LEN..];
+    match u16::from_be_bytes([f[12], f[13]]) {
+        ETHERTYPE_ARP if payload.len() >= ARP_IPV4_LEN => Ok(None),
+        ETHERTYPE_ARP => Err(RxDrop::Runt),
+        ETHERTYPE_IPV4 => check_ipv4(payload, verify_ipv4, verify_l4),
+        _ => Err(RxDrop::Unsupported),
+    }
+}
+
+fn check_ipv4(p: &[u8], verify_ipv4: bool, verify_l4: bool) -> Result<Option<u16>, RxDrop> {
+    let ip = Ipv4Packet::new_checked(p).map_err(|_| RxDrop::BadIpv4)?;
+    if ip.version() != 4 {
+        return Err(RxDrop::BadIpv4);
+    }
+    if verify_ipv4 && !ip.verify_checksum() {
+        return Err(RxDrop::BadChecksum);
+    }
+    if ip.more_frags() || ip.frag_offset() != 0 {
+        return Err(RxDrop::Fragment);
+    }
+    if ip.next_header() == IpProtocol::Tcp {
+        let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+        let tcp = TcpPacket::new_checked(ip.payload()).map_err(|_| RxDrop::BadIpv4)?;
+        if verify_l4 && !tcp.verify_checksum(&src, &dst) {
+            return Err(RxDrop::BadChecksum);
+        }
+        if tcp.syn() && !tcp.ack() {
+            return Ok(Some(tcp.dst_port()));
+        }
+    }
+    // UDP and ICMP checksums are left to smoltcp, which verifies them itself.
+    Ok(None)
+}
+
+pub(crate) struct RxToken<F: Frame> {
+    frame: F,
+}
+
+impl<F: Frame> phy::RxToken for RxToken<F> {
+    fn consume<R, G>(self, f: G) -> R
+    where
+        G: FnOnce(&[u8]) -> R,
+    {
+        f(self.frame.data())
+    }
+}
+
+pub(crate) struct TxToken<'a, D: PacketDevice> {
+    dev: &'a mut D,
+    tx: &'a mut Batch<D::Frame>,
+    scratch: &'a mut [u8],
+    stats: &'a mut StackStats,
+    now: Instant,
+}
+
+impl<D: PacketDevice> phy::TxToken for TxToken<'_, D> {
+    fn consume<R, G>(self, len: usize, f: G) -> R
+    where
+        G: FnOnce(&mut [u8]) -> R,
+    {
+        let Some(mut frame) = self.dev.tx_alloc() else {
+            self.stats.tx_nobuf += 1;
+            let n = len.min(self.scratch.len());
+            return f(&mut self.scratch[..n]);
+        };
+        if !frame.set_len(len) {
+            // smoltcp never builds a frame longer than the MTU we gave it.
+            self.stats.tx_nobuf += 1;
+            let n = len.min(self.scratch.len());
+            return f(&mut self.scratch[..n]);
+        }
+        let r = f(frame.data_mut());
+        if let Err(frame) = self.tx.push(frame) {
+            // Full: hand a burst to the device, then queue.
+            let sent = self.dev.tx_burst(self.now, self.tx);
+            self.stats.tx_frames += sent as u64;
+            if self.tx.push(frame).is_err() {
+                self.stats.tx_queue_full += 1;
+            }
+        }
+        r
+    }
+}
+
+impl<D: PacketDevice> phy::Device for DevAdapter<D> {
+    type RxToken<'a>
+        = RxToken<D::Frame>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a, D>
+    where
+        Self: 'a;
+
+    fn receive(
+        &mut self,
+        _timestamp: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let frame = loop {
+            self.refill_rx();
+            let frame = self.rx.pop()?;
+            match self.check_rx(frame.data()) {
+                Ok(()) => break frame,
+                Err(why) => self.count_drop(why),
+            }
+        };
+        self.stats.rx_frames += 1;
+        Some((
+            RxToken { frame },
+            TxToken {
+                dev: &mut self.dev,
+                tx: &mut self.tx,
+                scratch: &mut self.scratch,
+                stats: &mut self.stats,
+                now: self.now,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _timestamp: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        if self.tx.len() >= self.burst_max {
+            self.flush();
+        }
+        if self.tx.is_full() {
+            self.stats.tx_queue_full += 1;
+            return None;
+        }
+        Some(TxToken {
+            dev: &mut self.dev,
+            tx: &mut self.tx,
+            scratch: &mut self.scratch,
+            stats: &mut self.stats,
+            now: self.now,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.smol_caps.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&MAC);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn ipv4_tcp() -> Vec<u8> {
+        use smoltcp::wire::{Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
+        let src = Ipv4Address::new(10, 0, 0, 2);
+        let dst = Ipv4Address::new(10, 0, 0, 1);
+        let tcp = TcpRepr {
+            src_port: 1,
+            dst_port: 2,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1),
+            ack_number: None,
+            window_len: 100,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: b"hi",
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0; ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.emit(&mut pkt, &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(pkt.payload_mut()),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &caps,
+        );
+        buf
+    }
+
+    fn check(f: &[u8]) -> Result<(), RxDrop> {
+        check_frame(f, 1500, &MAC, true, true).map(|_| ())
+    }
+
+    #[test]
+    fn good_frames_pass() {
+        assert_eq!(check(&eth(ETHERTYPE_IPV4, &ipv4_tcp())), Ok(()));
+        assert_eq!(check(&eth(ETHERTYPE_ARP, &[0; 28])), Ok(()));
+        let mut bcast = eth(ETHERTYPE_ARP, &[0; 28]);
+        bcast[..6].copy_from_slice(&BROADCAST);
+        assert_eq!(check(&bcast), Ok(()));
+    }
+
+    #[test]
+    fn every_kind_of_bad_frame_is_classified() {
+        assert_eq!(check(&[0; 13]), Err(RxDrop::Runt));
+        assert_eq!(check(&eth(ETHERTYPE_ARP, &[0; 27])), Err(RxDrop::Runt));
+        assert_eq!(check(&eth(ETHERTYPE_IPV4, &[0; 1501])), Err(RxDrop::Oversize));
+        let mut other = eth(ETHERTYPE_IPV4, &ipv4_tcp());
+        other[0] = 4;
+        assert_eq!(check(&other), Err(RxDrop::NotOurs));
+        assert_eq!(check(&eth(0x86dd, &[0; 40])), Err(RxDrop::Unsupported));
+        assert_eq!(check(&eth(ETHERTYPE_IPV4, &[0x45; 10])), Err(RxDrop::BadIpv4));
+
+        let good = ipv4_tcp();
+        let mut lying_len = good.clone();
+        lying_len[2..4].copy_from_slice(&2000u16.to_be_bytes());
+        assert_eq!(check(&eth(ETHERTYPE_IPV4, &lying_len)), Err(RxDrop::BadIpv4));
+
+        let mut bad_ip_sum = good.clone();
+        bad_ip_sum[8] ^= 1; // TTL
+        assert_eq!(check(&eth(ETHERTYPE_IPV4, &bad_ip_sum)), Err(RxDrop::BadChecksum));
+
+        let mut bad_tcp_sum = good.clone();
+        let last = bad_tcp_sum.len() - 1;
+        bad_tcp_sum[last] ^= 0x80; // payload byte
+        assert_eq!(check(&eth(ETHERTYPE_IPV4, &bad_tcp_sum)), Err(RxDrop::BadChecksum));
+        // With checksum offload the same frame is accepted.
+        assert_eq!(
+            check_frame(&eth(ETHERTYPE_IPV4, &bad_tcp_sum), 1500, &MAC, true, false),
+            Ok(Some(2)),
+            "a SYN to port 2"
+        );
+
+        let mut frag = good.clone();
+        frag[6] = 0x20; // more fragments
+        let mut pkt = Ipv4Packet::new_unchecked(&mut frag[..]);
+        pkt.fill_checksum();
+        assert_eq!(check(&eth(ETHERTYPE_IPV4, &frag)), Err(RxDrop::Fragment));
+
+        let mut short_tcp = good.clone();
+        short_tcp.truncate(20 + 10);
+        short_tcp[2..4].copy_from_slice(&30u16.to_be_bytes());
+        let mut pkt = Ipv4Packet::new_unchecked(&mut short_tcp[..]);
+        pkt.fill_checksum();
+        assert_eq!(check(&eth(ETHERTYPE_IPV4, &short_tcp)), Err(RxDrop::BadIpv4));
+    }
+}

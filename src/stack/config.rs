@@ -1,0 +1,174 @@
+//! Stack configuration.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::mem::PageSize;
+
+/// An Ethernet MAC address.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A locally administered unicast address derived from `seed` (02:xx:xx:xx:xx:xx).
+    pub fn local_from_seed(seed: u64) -> MacAddr {
+        let b = seed.to_le_bytes();
+        MacAddr([0x02, b[0], b[1], b[2], b[3], b[4] ^ b[5]])
+    }
+
+    /// True for a unicast address (multicast bit clear) that is not all zeros.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MacAddr, String> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(|| format!("MAC address {s:?} has fewer than 6 parts"))?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("bad MAC address byte {part:?} in {s:?}"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("MAC address {s:?} has more than 6 parts"));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+/// TCP congestion control.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// None: send up to the peer's window (best on a dedicated, loss-free link).
+    None,
+    /// Reno (measured to cost nothing noticeable here).
+    #[default]
+    Reno,
+}
+
+/// Per-connection TCP settings, applied to every socket the stack arms or connects.
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    /// Receive buffer per connection, bytes (at least 4x the MSS; 256 KiB - 1 MiB measured best).
+    pub rx_buf_len: usize,
+    /// Transmit buffer per connection, bytes.
+    pub tx_buf_len: usize,
+    /// Nagle's algorithm. Off by default: request/response traffic must not wait.
+    pub nagle: bool,
+    /// Delayed ACK. `None` (off) by default for request/response latency.
+    pub ack_delay: Option<Duration>,
+    /// Congestion control.
+    pub congestion: Congestion,
+    /// Keep-alive interval; `None` disables keep-alives.
+    pub keep_alive: Option<Duration>,
+    /// Abort a connection whose peer does not acknowledge anything for this long.
+    pub timeout: Option<Duration>,
+    /// How long a closed connection may linger (FIN-WAIT etc.) before its socket is reset and
+    /// reused.
+    pub close_timeout: Duration,
+}
+
+impl Default for TcpConfig {
+    fn default() -> TcpConfig {
+        TcpConfig {
+            rx_buf_len: 256 << 10,
+            tx_buf_len: 256 << 10,
+            nagle: false,
+            ack_delay: None,
+            congestion: Congestion::default(),
+            keep_alive: None,
+            timeout: None,
+            close_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Configuration of a [`Stack`](super::Stack).
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// Our MAC address (unicast).
+    pub mac: MacAddr,
+    /// Our IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Prefix length of the local subnet.
+    pub prefix_len: u8,
+    /// Default gateway, if any.
+    pub gateway: Option<Ipv4Addr>,
+    /// IP MTU; `None` takes the device's. Larger than the device's is an error.
+    pub mtu: Option<usize>,
+    /// TCP sockets, listening and connected together. Each owns `tcp.rx_buf_len +
+    /// tcp.tx_buf_len` bytes of socket memory, reserved at start-up.
+    pub sockets_max: usize,
+    /// Listeners (ports being listened on).
+    pub listeners_max: usize,
+    /// TCP settings.
+    pub tcp: TcpConfig,
+    /// Page size wanted for socket memory (falls back to base pages with a warning).
+    pub page_size: PageSize,
+    /// Frames held between the device and smoltcp in each direction.
+    pub ring_frames: usize,
+    /// Seed for smoltcp (initial sequence numbers) and ephemeral port choice. Fixed seeds make
+    /// simulated runs reproducible.
+    pub random_seed: u64,
+}
+
+impl StackConfig {
+    /// A configuration with defaults for everything but the address.
+    pub fn new(ipv4: Ipv4Addr, prefix_len: u8) -> StackConfig {
+        let seed = default_seed(ipv4);
+        StackConfig {
+            mac: MacAddr::local_from_seed(seed),
+            ipv4,
+            prefix_len,
+            gateway: None,
+            mtu: None,
+            sockets_max: 64,
+            listeners_max: 8,
+            tcp: TcpConfig::default(),
+            page_size: PageSize::Huge2M,
+            ring_frames: 256,
+            random_seed: seed,
+        }
+    }
+
+    /// Bytes of socket memory this configuration reserves.
+    pub fn socket_memory_len(&self) -> usize {
+        self.sockets_max
+            .saturating_mul(self.tcp.rx_buf_len.saturating_add(self.tcp.tx_buf_len))
+    }
+}
+
+/// A seed that differs between processes and addresses (not cryptographic).
+fn default_seed(ipv4: Ipv4Addr) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(u32::from(ipv4));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parse_and_print() {
+        let m: MacAddr = "02:00:0a:ff:01:9c".parse().unwrap();
+        assert_eq!(m.to_string(), "02:00:0a:ff:01:9c");
+        assert!(m.is_unicast());
+        assert!("02:00".parse::<MacAddr>().is_err());
+        assert!("02:00:0a:ff:01:9c:00".parse::<MacAddr>().is_err());
+        assert!("zz:00:0a:ff:01:9c".parse::<MacAddr>().is_err());
+        assert!(!MacAddr([1, 0, 0, 0, 0, 0]).is_unicast());
+        assert!(MacAddr::local_from_seed(7).is_unicast());
+    }
+}

@@ -1,0 +1,592 @@
+//! The fixed set of TCP sockets: creation at start-up in hugepage memory, listeners with
+//! re-arming, connection handles with generations, and recycling of closed sockets.
+
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+
+use self_cell::self_cell;
+use smoltcp::iface::{Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::socket::{tcp, Socket};
+use smoltcp::wire::{IpAddress, IpEndpoint};
+
+use crate::mem::{HugeRegion, PageSize};
+use crate::time::Instant;
+
+use super::config::{Congestion, StackConfig};
+use super::{StackError, StackStats};
+
+/// A connection handle: a socket slot plus the generation it had when handed out.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ConnId {
+    slot: u32,
+    gen: u32,
+}
+
+impl ConnId {
+    /// The socket slot (stable for the life of the connection; reused afterwards).
+    pub fn slot(&self) -> usize {
+        self.slot as usize
+    }
+}
+
+/// A listener handle.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ListenerId {
+    idx: u32,
+    gen: u32,
+}
+
+/// A connection's state, simplified from the TCP state machine.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// Handshake in progress.
+    Connecting,
+    /// Both directions open.
+    Established,
+    /// The peer closed its side (FIN received); we may still send.
+    PeerClosed,
+    /// We closed our side; we may still receive until the peer closes.
+    Closing,
+    /// Closed or reset; nothing more will move.
+    Closed,
+}
+
+/// Why an operation on a connection failed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnError {
+    /// The handle was released; its socket may serve another connection now.
+    #[error("stale connection handle (the connection was released)")]
+    Stale,
+    /// Our sending half is closed.
+    #[error("the connection is closed for sending")]
+    Closed,
+    /// The peer closed the connection and every byte it sent was read.
+    #[error("the peer closed the connection")]
+    Eof,
+    /// The connection was reset, timed out, or never established; data may be missing.
+    #[error("the connection was reset or timed out")]
+    Reset,
+}
+
+pub(crate) struct Sockets<'a> {
+    set: SocketSet<'a>,
+    spare: Vec<tcp::Socket<'a>>,
+}
+
+self_cell!(
+    /// The socket memory region together with the sockets whose buffers live in it.
+    struct Store {
+        owner: HugeRegion,
+        #[not_covariant]
+        dependent: Sockets,
+    }
+);
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Role {
+    Free,
+    /// Listening or in the handshake, for listener `idx`.
+    Armed(u32),
+    /// Connected, waiting in the listener's accept queue.
+    Ready(u32),
+    /// Owned by the user through a ConnId.
+    User,
+    /// Released by the user, finishing its close.
+    Closing,
+}
+
+struct Slot {
+    gen: u32,
+    role: Role,
+    handle: Option<SocketHandle>,
+    since: Instant,
+}
+
+struct Listener {
+    port: u16,
+    backlog: usize,
+    /// Slots listening or in the handshake (at most 2 x backlog).
+    members: Vec<u32>,
+    /// Connected slots waiting for accept (at most backlog).
+    ready: VecDeque<u32>,
+    /// Members in the LISTEN state after the last maintenance.
+    listening: u32,
+    starved: bool,
+}
+
+pub(crate) struct SocketTable {
+    store: Store,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    listeners: Vec<Option<Listener>>,
+    listener_gens: Vec<u32>,
+    closing: Vec<u32>,
+    next_port: u16,
+    page_size: PageSize,
+}
+
+const EPHEMERAL_FIRST: u16 = 49152;
+
+pub(crate) fn v4_endpoint(e: IpEndpoint) -> Option<SocketAddrV4> {
+    match e.addr {
+        IpAddress::Ipv4(a) => Some(SocketAddrV4::new(a, e.port)),
+    }
+}
+
+fn as_tcp<'a>(s: Socket<'a>) -> tcp::Socket<'a> {
+    #[allow(unreachable_patterns)]
+    match s {
+        Socket::Tcp(t) => t,
+        _ => unreachable!("the stack only creates TCP sockets"),
+    }
+}
+
+fn configure(s: &mut tcp::Socket<'_>, cfg: &StackConfig) {
+    let t = &cfg.tcp;
+    s.set_nagle_enabled(t.nagle);
+    s.set_ack_delay(t.ack_delay.map(smol_duration));
+    s.set_keep_alive(t.keep_alive.map(smol_duration));
+    s.set_timeout(t.timeout.map(smol_duration));
+    s.set_congestion_control(match t.congestion {
+        Congestion::None => tcp::CongestionControl::None,
+        Congestion::Reno => tcp::CongestionControl::Reno,
+    });
+}
+
+fn smol_duration(d: std::time::Duration) -> smoltcp::time::Duration {
+    smoltcp::time::Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+impl SocketTable {
+    pub(crate) fn new(cfg: &StackConfig) -> Result<SocketTable, StackError> {
+        let n = cfg.sockets_max;
+        let (rx_len, tx_len) = (cfg.tcp.rx_buf_len, cfg.tcp.tx_buf_len);
+        let region = HugeRegion::map(cfg.socket_memory_len(), cfg.page_size)?;
+        let page_size = region.page_size();
+        let store = Store::try_new(region, |region| -> Result<Sockets<'_>, StackError> {
+            let slabs = region.take_slabs(rx_len + tx_len)?;
+            let mut spare = Vec::with_capacity(n);
+            for slab in slabs.into_iter().take(n) {
+                let (rx, tx) = slab.split_at_mut(rx_len);
+                spare.push(tcp::Socket::new(
+                    tcp::SocketBuffer::new(rx),
+                    tcp::SocketBuffer::new(tx),
+                ));
+            }
+            let storage: Vec<SocketStorage<'_>> = Vec::with_capacity(n);
+            Ok(Sockets {
+                set: SocketSet::new(storage),
+                spare,
+            })
+        })?;
+        let port_span = u64::from(u16::MAX - EPHEMERAL_FIRST) + 1;
+        Ok(SocketTable {
+            store,
+            slots: (0..n)
+                .map(|_| Slot {
+                    gen: 0,
+                    role: Role::Free,
+                    handle: None,
+                    since: Instant::ZERO,
+                })
+                .collect(),
+            free: (0..n as u32).rev().collect(),
+            listeners: (0..cfg.listeners_max).map(|_| None).collect(),
+            listener_gens: vec![0; cfg.listeners_max],
+            closing: Vec::with_capacity(n),
+            next_port: EPHEMERAL_FIRST + (cfg.random_seed % port_span) as u16,
+            page_size,
+        })
+    }
+
+    pub(crate) fn page_size(&self) -> PageSize {
+        self.page_size
+    }
+
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    pub(crate) fn with_set<R>(&mut self, f: impl FnOnce(&mut SocketSet<'_>) -> R) -> R {
+        self.store.with_dependent_mut(|_, s| f(&mut s.set))
+    }
+
+    fn with_socket<R>(&mut self, h: SocketHandle, f: impl FnOnce(&mut tcp::Socket<'_>) -> R) -> R {
+        self.store
+            .with_dependent_mut(|_, s| f(s.set.get_mut::<tcp::Socket<'_>>(h)))
+    }
+
+    fn state_of(&mut self, slot: u32) -> tcp::State {
+        match self.slots[slot as usize].handle {
+            Some(h) => self.with_socket(h, |s| s.state()),
+            None => tcp::State::Closed,
+        }
+    }
+
+    /// Takes a spare socket into the set for a new role; `None` when all are in use.
+    fn take_slot(
+        &mut self,
+        role: Role,
+        now: Instant,
+        setup: impl FnOnce(&mut tcp::Socket<'_>) -> bool,
+    ) -> Option<Result<u32, ()>> {
+        let slot = *self.free.last()?;
+        let handle = self.store.with_dependent_mut(|_, s| {
+            let mut sock = s.spare.pop().expect("a free slot always has a spare socket");
+            if setup(&mut sock) {
+                Some(s.set.add(sock))
+            } else {
+                s.spare.push(sock);
+                None
+            }
+        });
+        let Some(handle) = handle else {
+            return Some(Err(()));
+        };
+        self.free.pop();
+        let s = &mut self.slots[slot as usize];
+        s.role = role;
+        s.handle = Some(handle);
+        s.since = now;
+        Some(Ok(slot))
+    }
+
+    /// Returns a slot's socket to the spare list and bumps its generation.
+    fn free_slot(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        if let Some(h) = s.handle.take() {
+            self.store.with_dependent_mut(|_, socks| {
+                let mut sock = as_tcp(socks.set.remove(h));
+                sock.abort();
+                socks.spare.push(sock);
+            });
+        }
+        s.role = Role::Free;
+        s.gen = s.gen.wrapping_add(1);
+        self.free.push(slot);
+    }
+
+    fn arm(&mut self, idx: u32, port: u16, cfg: &StackConfig, now: Instant) -> Option<u32> {
+        match self.take_slot(Role::Armed(idx), now, |s| {
+            configure(s, cfg);
+            s.listen(port).is_ok()
+        })? {
+            Ok(slot) => Some(slot),
+            Err(()) => None,
+        }
+    }
+
+    pub(crate) fn add_listener(&mut self, port: u16, backlog: usize) -> Result<ListenerId, StackError> {
+        if self.listeners.iter().flatten().any(|l| l.port == port) {
+            return Err(StackError::PortInUse(port));
+        }
+        let idx = self
+            .listeners
+            .iter()
+            .position(|l| l.is_none())
+            .ok_or(StackError::NoListeners {
+                max: self.listeners.len(),
+            })?;
+        if self.free.is_empty() {
+            return Err(StackError::NoSockets {
+                max: self.slots.len(),
+            });
+        }
+        self.listeners[idx] = Some(Listener {
+            port,
+            backlog,
+            members: Vec::with_capacity(2 * backlog),
+            ready: VecDeque::with_capacity(backlog),
+            listening: 0,
+            starved: false,
+        });
+        Ok(ListenerId {
+            idx: idx as u32,
+            gen: self.listener_gens[idx],
+        })
+    }
+
+    fn listener_mut(&mut self, id: ListenerId) -> Result<&mut Listener, StackError> {
+        match self.listeners.get_mut(id.idx as usize) {
+            Some(Some(l)) if self.listener_gens[id.idx as usize] == id.gen => Ok(l),
+            _ => Err(StackError::Stale),
+        }
+    }
+
+    pub(crate) fn remove_listener(&mut self, id: ListenerId, now: Instant) -> Result<(), StackError> {
+        self.listener_mut(id)?;
+        let l = self.listeners[id.idx as usize].take().expect("checked above");
+        self.listener_gens[id.idx as usize] = self.listener_gens[id.idx as usize].wrapping_add(1);
+        for slot in l.members.into_iter().chain(l.ready) {
+            // Reset what was never accepted; the RST goes out on the next poll.
+            if let Some(h) = self.slots[slot as usize].handle {
+                self.with_socket(h, |s| s.abort());
+            }
+            self.slots[slot as usize].role = Role::Closing;
+            self.slots[slot as usize].since = now;
+            self.closing.push(slot);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn accept(&mut self, id: ListenerId) -> Result<Option<ConnId>, StackError> {
+        let l = self.listener_mut(id)?;
+        let Some(slot) = l.ready.pop_front() else {
+            return Ok(None);
+        };
+        let s = &mut self.slots[slot as usize];
+        s.role = Role::User;
+        Ok(Some(ConnId { slot, gen: s.gen }))
+    }
+
+    pub(crate) fn connect(
+        &mut self,
+        iface: &mut Interface,
+        remote: SocketAddrV4,
+        cfg: &StackConfig,
+        now: Instant,
+    ) -> Result<ConnId, StackError> {
+        if self.free.is_empty() {
+            return Err(StackError::NoSockets {
+                max: self.slots.len(),
+            });
+        }
+        let port = self.ephemeral_port(remote)?;
+        let endpoint = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
+        let res = self.take_slot(Role::User, now, |s| {
+            configure(s, cfg);
+            s.connect(iface.context(), endpoint, port).is_ok()
+        });
+        match res {
+            Some(Ok(slot)) => Ok(ConnId {
+                slot,
+                gen: self.slots[slot as usize].gen,
+            }),
+            Some(Err(())) => Err(StackError::Unaddressable(remote)),
+            None => Err(StackError::NoSockets {
+                max: self.slots.len(),
+            }),
+        }
+    }
+
+    /// The next port in the ephemeral range not used by a live socket towards `remote`.
+    fn ephemeral_port(&mut self, remote: SocketAddrV4) -> Result<u16, StackError> {
+        let span = u32::from(u16::MAX - EPHEMERAL_FIRST) + 1;
+        for _ in 0..span {
+            let port = self.next_port;
+            self.next_port = if port == u16::MAX { EPHEMERAL_FIRST } else { port + 1 };
+            let in_use = self.store.with_dependent(|_, s| {
+                s.set.iter().any(|(_, sock)| match sock {
+                    #[allow(unreachable_patterns)]
+                    Socket::Tcp(t) => {
+                        t.local_endpoint().is_some_and(|e| e.port == port)
+                            && t.remote_endpoint().and_then(v4_endpoint) == Some(remote)
+                    }
+                    #[allow(unreachable_patterns)]
+                    _ => false,
+                })
+            });
+            if !in_use {
+                return Ok(port);
+            }
+        }
+        Err(StackError::NoPorts)
+    }
+
+    fn user_handle(&self, c: ConnId) -> Result<SocketHandle, ConnError> {
+        match self.slots.get(c.slot as usize) {
+            Some(s) if s.gen == c.gen && s.role == Role::User => s.handle.ok_or(ConnError::Stale),
+            _ => Err(ConnError::Stale),
+        }
+    }
+
+    pub(crate) fn with_conn<R>(
+        &mut self,
+        c: ConnId,
+        f: impl FnOnce(&mut tcp::Socket<'_>) -> R,
+    ) -> Result<R, ConnError> {
+        let h = self.user_handle(c)?;
+        Ok(self.with_socket(h, f))
+    }
+
+    pub(crate) fn state(&mut self, c: ConnId) -> Result<ConnState, ConnError> {
+        self.with_conn(c, |s| conn_state(s.state()))
+    }
+
+    pub(crate) fn send(&mut self, c: ConnId, data: &[u8]) -> Result<usize, ConnError> {
+        self.send_with(c, |buf| {
+            let n = buf.len().min(data.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            (n, n)
+        })
+    }
+
+    pub(crate) fn send_with<R>(
+        &mut self,
+        c: ConnId,
+        f: impl FnOnce(&mut [u8]) -> (usize, R),
+    ) -> Result<R, ConnError> {
+        self.with_conn(c, |s| {
+            if matches!(s.state(), tcp::State::SynSent | tcp::State::SynReceived) {
+                // Not connected yet: no room, not an error.
+                return Ok(f(&mut []).1);
+            }
+            if !s.may_send() {
+                return Err(send_error(s.state()));
+            }
+            s.send(f).map_err(|_| send_error(s.state()))
+        })?
+    }
+
+    pub(crate) fn recv(&mut self, c: ConnId, buf: &mut [u8]) -> Result<usize, ConnError> {
+        self.recv_with(c, |data| {
+            let n = buf.len().min(data.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            (n, n)
+        })
+    }
+
+    pub(crate) fn recv_with<R>(
+        &mut self,
+        c: ConnId,
+        f: impl FnOnce(&[u8]) -> (usize, R),
+    ) -> Result<R, ConnError> {
+        self.with_conn(c, |s| {
+            match s.state() {
+                // Nothing can have arrived yet: an empty read, not an error.
+                tcp::State::SynSent | tcp::State::SynReceived => return Ok(f(&[]).1),
+                _ => {}
+            }
+            match s.recv(|buf| f(buf)) {
+                Ok(r) => Ok(r),
+                Err(tcp::RecvError::Finished) => Err(ConnError::Eof),
+                Err(tcp::RecvError::InvalidState) => Err(ConnError::Reset),
+            }
+        })?
+    }
+
+    pub(crate) fn release(&mut self, c: ConnId, now: Instant) -> Result<(), ConnError> {
+        self.user_handle(c)?;
+        let s = &mut self.slots[c.slot as usize];
+        s.role = Role::Closing;
+        s.since = now;
+        // Generation changes now, so the released handle is stale at once.
+        s.gen = s.gen.wrapping_add(1);
+        self.closing.push(c.slot);
+        Ok(())
+    }
+
+    /// The earliest time maintenance must run: a lingering close timing out.
+    pub(crate) fn next_deadline(&self, close_timeout: std::time::Duration) -> Option<Instant> {
+        self.closing
+            .iter()
+            .map(|&slot| self.slots[slot as usize].since + close_timeout)
+            .min()
+    }
+
+    /// Fills `budget` with (port, sockets listening) for every listener.
+    pub(crate) fn listen_budget(&self, budget: &mut Vec<(u16, u32)>) {
+        budget.clear();
+        budget.extend(self.listeners.iter().flatten().map(|l| (l.port, l.listening)));
+    }
+
+    /// Moves connected sockets to accept queues and re-arms listeners.
+    pub(crate) fn maintain_listeners(&mut self, now: Instant, cfg: &StackConfig, stats: &mut StackStats) {
+        for idx in 0..self.listeners.len() {
+            if self.listeners[idx].is_some() {
+                self.maintain_listener(idx as u32, now, cfg, stats);
+            }
+        }
+    }
+
+    /// Listener upkeep, then recycles released sockets whose close has finished.
+    pub(crate) fn maintain(&mut self, now: Instant, cfg: &StackConfig, stats: &mut StackStats) {
+        self.maintain_listeners(now, cfg, stats);
+        let mut i = 0;
+        while i < self.closing.len() {
+            let slot = self.closing[i];
+            let (state, pending_rst) = match self.slots[slot as usize].handle {
+                Some(h) => self.with_socket(h, |s| (s.state(), s.remote_endpoint().is_some())),
+                None => (tcp::State::Closed, false),
+            };
+            let done = matches!(state, tcp::State::TimeWait)
+                || (state == tcp::State::Closed && !pending_rst);
+            let expired = now.saturating_duration_since(self.slots[slot as usize].since) >= cfg.tcp.close_timeout;
+            if done || expired {
+                if !done {
+                    stats.close_timeouts += 1;
+                }
+                self.closing.swap_remove(i);
+                self.free_slot(slot);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn maintain_listener(&mut self, idx: u32, now: Instant, cfg: &StackConfig, stats: &mut StackStats) {
+        let Some(mut l) = self.listeners[idx as usize].take() else {
+            return;
+        };
+        let mut listening = 0;
+        let mut i = 0;
+        while i < l.members.len() {
+            let slot = l.members[i];
+            match self.state_of(slot) {
+                tcp::State::Listen => {
+                    listening += 1;
+                    i += 1;
+                }
+                tcp::State::SynReceived => i += 1,
+                tcp::State::Closed | tcp::State::TimeWait => {
+                    // The handshake failed (RST, timeout): recycle.
+                    l.members.swap_remove(i);
+                    self.free_slot(slot);
+                }
+                _ if l.ready.len() < l.backlog => {
+                    l.members.swap_remove(i);
+                    self.slots[slot as usize].role = Role::Ready(idx);
+                    l.ready.push_back(slot);
+                }
+                _ => i += 1,
+            }
+        }
+        while listening < l.backlog && l.members.len() < 2 * l.backlog && l.ready.len() < l.backlog {
+            match self.arm(idx, l.port, cfg, now) {
+                Some(slot) => {
+                    l.members.push(slot);
+                    listening += 1;
+                    l.starved = false;
+                }
+                None => {
+                    if !l.starved {
+                        stats.sockets_exhausted += 1;
+                        l.starved = true;
+                    }
+                    break;
+                }
+            }
+        }
+        l.listening = listening as u32;
+        self.listeners[idx as usize] = Some(l);
+    }
+}
+
+fn conn_state(s: tcp::State) -> ConnState {
+    use tcp::State::*;
+    match s {
+        SynSent | SynReceived => ConnState::Connecting,
+        Established => ConnState::Established,
+        CloseWait => ConnState::PeerClosed,
+        FinWait1 | FinWait2 | Closing | LastAck | TimeWait => ConnState::Closing,
+        Closed | Listen => ConnState::Closed,
+    }
+}
+
+fn send_error(s: tcp::State) -> ConnError {
+    use tcp::State::*;
+    match s {
+        FinWait1 | FinWait2 | Closing | LastAck | TimeWait => ConnError::Closed,
+        _ => ConnError::Reset,
+    }
+}

@@ -1,0 +1,265 @@
+//! Stack tests over a minimal lossless in-memory wire (the full simulator with faults lives in
+//! `dev::sim` and is exercised by tests/sim_tcp.rs).
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::dev::{Batch, ChecksumCaps, DeviceCaps, LinkStats, PacketDevice};
+use crate::mem::{BufPool, PageSize, PoolBuf};
+
+type Queue = Arc<Mutex<VecDeque<PoolBuf>>>;
+
+struct Wire {
+    pool: BufPool,
+    rx: Queue,
+    tx: Queue,
+    stats: LinkStats,
+}
+
+fn wire_pair() -> (Wire, Wire) {
+    let (a, b): (Queue, Queue) = Default::default();
+    let mk = |rx: &Queue, tx: &Queue| Wire {
+        pool: BufPool::with_capacity(1024, 2048, 128, PageSize::Base4K).unwrap(),
+        rx: rx.clone(),
+        tx: tx.clone(),
+        stats: LinkStats::default(),
+    };
+    (mk(&a, &b), mk(&b, &a))
+}
+
+impl PacketDevice for Wire {
+    type Frame = PoolBuf;
+    fn caps(&self) -> DeviceCaps {
+        DeviceCaps {
+            mtu: 1500,
+            burst_max: 32,
+            checksum: ChecksumCaps::default(),
+        }
+    }
+    fn rx_burst(&mut self, _now: Instant, batch: &mut Batch<PoolBuf>) -> usize {
+        let mut q = self.rx.lock().unwrap();
+        let mut n = 0;
+        while !batch.is_full() && n < 32 {
+            let Some(f) = q.pop_front() else { break };
+            self.stats.rx_packets += 1;
+            let _ = batch.push(f);
+            n += 1;
+        }
+        n
+    }
+    fn tx_alloc(&mut self) -> Option<PoolBuf> {
+        self.pool.alloc()
+    }
+    fn tx_burst(&mut self, _now: Instant, batch: &mut Batch<PoolBuf>) -> usize {
+        let mut q = self.tx.lock().unwrap();
+        let mut n = 0;
+        while let Some(f) = batch.pop() {
+            self.stats.tx_packets += 1;
+            q.push_back(f);
+            n += 1;
+        }
+        n
+    }
+    fn stats(&self) -> LinkStats {
+        self.stats
+    }
+}
+
+const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+fn cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
+    let mut c = StackConfig::new(ip, 24);
+    c.random_seed = seed;
+    c.mac = MacAddr::local_from_seed(seed);
+    c.sockets_max = 8;
+    c.tcp.rx_buf_len = 64 << 10;
+    c.tcp.tx_buf_len = 64 << 10;
+    c.page_size = PageSize::Base4K;
+    c
+}
+
+struct Pair {
+    a: Stack<Wire>,
+    b: Stack<Wire>,
+    now: Instant,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let (wa, wb) = wire_pair();
+        Pair {
+            a: Stack::new(wa, cfg(A, 1)).unwrap(),
+            b: Stack::new(wb, cfg(B, 2)).unwrap(),
+            now: Instant::ZERO,
+        }
+    }
+
+    /// Polls both stacks until `done` or a virtual-time limit.
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Stack<Wire>, &mut Stack<Wire>) -> bool) {
+        let end = self.now + limit;
+        while self.now < end {
+            let busy = self.a.poll(self.now) | self.b.poll(self.now);
+            if done(&mut self.a, &mut self.b) {
+                return;
+            }
+            if !busy {
+                let next = [self.a.poll_at(self.now), self.b.poll_at(self.now)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    // Nothing scheduled: the test's own closure may still have work.
+                    .unwrap_or(self.now + Duration::from_millis(1));
+                self.now = next.max(self.now + Duration::from_micros(1));
+            }
+        }
+        panic!(
+            "not done within {limit:?} of virtual time\nA: {:?} {:?}\nB: {:?} {:?}",
+            self.a.stats(),
+            self.a.link_stats(),
+            self.b.stats(),
+            self.b.link_stats()
+        );
+    }
+
+    /// Polls both stacks for `span` of virtual time.
+    fn run_for(&mut self, span: Duration) {
+        let end = self.now + span;
+        while self.now < end {
+            let busy = self.a.poll(self.now) | self.b.poll(self.now);
+            if !busy {
+                let next = [self.a.poll_at(self.now), self.b.poll_at(self.now)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(end);
+                self.now = next.max(self.now + Duration::from_micros(1)).min(end);
+            }
+        }
+    }
+}
+
+#[test]
+fn connect_accept_transfer_close_recycle() {
+    let mut p = Pair::new();
+    let l = p.b.listen(7000, 2).unwrap();
+    assert_eq!(p.b.sockets_free(), 6, "backlog of 2 armed");
+    let c = p.a.connect(SocketAddrV4::new(B, 7000)).unwrap();
+    assert_eq!(p.a.state(c).unwrap(), ConnState::Connecting);
+    assert_eq!(p.a.send(c, b"early").unwrap(), 0, "no room before the handshake");
+    let mut s = None;
+    p.run_until(Duration::from_secs(5), |a, b| {
+        if s.is_none() {
+            s = b.accept(l).unwrap();
+        }
+        s.is_some() && a.state(c).unwrap() == ConnState::Established
+    });
+    let s = s.unwrap();
+    assert_eq!(p.b.remote_addr(s).unwrap().map(|r| *r.ip()), Some(A));
+
+    // 1 MiB each way, through 64 KiB buffers.
+    let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let (mut sent_a, mut sent_b, mut got_a, mut got_b) = (0, 0, Vec::new(), Vec::new());
+    let mut buf = vec![0; 8192];
+    p.run_until(Duration::from_secs(30), |a, b| {
+        sent_a += a.send(c, &data[sent_a..]).unwrap();
+        sent_b += b.send(s, &data[sent_b..]).unwrap();
+        let n = a.recv(c, &mut buf).unwrap();
+        got_a.extend_from_slice(&buf[..n]);
+        let n = b.recv(s, &mut buf).unwrap();
+        got_b.extend_from_slice(&buf[..n]);
+        got_a.len() == data.len() && got_b.len() == data.len()
+    });
+    assert!(got_a == data && got_b == data);
+
+    // Graceful close from the client; the server sees EOF, closes and releases.
+    p.a.close(c).unwrap();
+    p.run_until(Duration::from_secs(5), |_, b| b.recv(s, &mut buf) == Err(ConnError::Eof));
+    assert_eq!(p.b.state(s).unwrap(), ConnState::PeerClosed);
+    p.b.release(s).unwrap();
+    assert_eq!(p.b.state(s), Err(ConnError::Stale));
+    p.a.release(c).unwrap();
+    p.run_until(Duration::from_secs(5), |a, b| a.sockets_free() == 8 && b.sockets_free() == 6);
+    assert_eq!(p.b.stats().accepted, 1);
+    assert_eq!(p.a.stats().rx_dropped(), 0);
+}
+
+#[test]
+fn backlog_is_bounded_and_rearmed() {
+    let mut p = Pair::new();
+    let l = p.b.listen(7001, 2).unwrap();
+    let conns: Vec<ConnId> = (0..4).map(|_| p.a.connect(SocketAddrV4::new(B, 7001)).unwrap()).collect();
+    p.run_until(Duration::from_secs(5), |a, _| {
+        conns.iter().filter(|&&c| a.state(c).unwrap() == ConnState::Established).count() >= 2
+    });
+    // Run a little longer: at most `backlog` wait in the queue, the rest stay in the handshake.
+    p.run_for(Duration::from_millis(500));
+    let mut accepted = Vec::new();
+    while let Some(c) = p.b.accept(l).unwrap() {
+        accepted.push(c);
+    }
+    assert_eq!(accepted.len(), 2);
+    // Accepting made room: the remaining two complete.
+    let mut more = 0;
+    p.run_until(Duration::from_secs(10), |_, b| {
+        while b.accept(l).unwrap().is_some() {
+            more += 1;
+        }
+        more == 2
+    });
+    assert!(conns.iter().all(|&c| p.a.state(c).unwrap() == ConnState::Established));
+}
+
+#[test]
+fn sockets_run_out_cleanly() {
+    let mut p = Pair::new();
+    let remote = SocketAddrV4::new(B, 9);
+    let conns: Vec<ConnId> = (0..8).map(|_| p.a.connect(remote).unwrap()).collect();
+    assert!(matches!(p.a.connect(remote), Err(StackError::NoSockets { max: 8 })));
+    // Nobody listens on B:9: each connection is reset.
+    p.run_until(Duration::from_secs(5), |a, _| {
+        conns.iter().all(|&c| a.state(c).unwrap() == ConnState::Closed)
+    });
+    let mut buf = [0; 4];
+    assert_eq!(p.a.recv(conns[0], &mut buf), Err(ConnError::Reset));
+    assert_eq!(p.a.send(conns[0], b"x"), Err(ConnError::Reset));
+    for c in conns {
+        p.a.release(c).unwrap();
+    }
+    p.run_until(Duration::from_secs(1), |a, _| a.sockets_free() == 8);
+    assert!(p.a.connect(remote).is_ok());
+}
+
+#[test]
+fn bad_config_is_rejected_with_reasons() {
+    let (w, _) = wire_pair();
+    let mut c = cfg(A, 1);
+    c.tcp.rx_buf_len = 1500;
+    let e = Stack::new(w, c).err().unwrap().to_string();
+    assert!(e.contains("tcp.rx_buf_len") && e.contains("4x the MSS"), "{e}");
+    let (w, _) = wire_pair();
+    let mut c = cfg(A, 1);
+    c.mtu = Some(9000);
+    let e = Stack::new(w, c).err().unwrap().to_string();
+    assert!(e.contains("larger than the device's MTU"), "{e}");
+    let (w, _) = wire_pair();
+    let mut c = cfg(A, 1);
+    c.mac = MacAddr([1, 2, 3, 4, 5, 6]);
+    assert!(Stack::new(w, c).err().unwrap().to_string().contains("unicast"));
+}
+
+#[test]
+fn listener_errors() {
+    let mut p = Pair::new();
+    let l = p.b.listen(80, 1).unwrap();
+    assert!(matches!(p.b.listen(80, 1), Err(StackError::PortInUse(80))));
+    p.b.unlisten(l).unwrap();
+    assert!(matches!(p.b.accept(l), Err(StackError::Stale)));
+    p.b.poll(Instant::ZERO);
+    assert_eq!(p.b.sockets_free(), 8);
+    assert!(p.b.listen(80, 1).is_ok());
+}
+
