@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The test command: installs what a fresh Debian 12 machine lacks, reserves hugepages, then runs
+# every check and test (formatting, lints, docs, unit and integration tests, the ones that need
+# root, network namespaces and hugepages included, and Miri on the unsafe memory layer).
+#
+#   sudo scripts/test.sh            # everything (as root: nothing is skipped)
+#   scripts/test.sh --quick         # lints + tests only: no package install, no Miri
+#
+# Environment: USTACK_HUGEPAGES (default 1024 x 2 MiB), USTACK_SKIP_MIRI=1, USTACK_SKIP_INSTALL=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+step() { printf '\n==> %s\n' "$*"; }
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# --- packages -------------------------------------------------------------------------------
+need_pkgs=(iproute2 ethtool ca-certificates curl gcc libc6-dev pkg-config procps)
+install_packages() {
+    local missing=()
+    for p in "${need_pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        echo "system packages present: ${need_pkgs[*]}"
+        return
+    fi
+    if ! is_root; then
+        echo "missing packages: ${missing[*]} (run as root to install them)" >&2
+        return
+    fi
+    step "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+install_rust() {
+    if command -v cargo >/dev/null 2>&1; then
+        return
+    fi
+    # shellcheck disable=SC1091
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    if command -v cargo >/dev/null 2>&1; then
+        return
+    fi
+    step "installing the Rust toolchain with rustup (Debian's rustc is too old for smoltcp 0.14)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+}
+
+if [ $quick -eq 0 ] && [ "${USTACK_SKIP_INSTALL:-0}" != 1 ]; then
+    step "system packages"
+    install_packages
+fi
+install_rust
+cargo --version
+
+# --- hugepages ------------------------------------------------------------------------------
+if is_root; then
+    step "hugepages"
+    scripts/hugepages.sh "${USTACK_HUGEPAGES:-1024}" || echo "warning: fewer hugepages than asked; tests fall back to 4 KiB pages"
+    # Tests that need root must run here, not skip.
+    export USTACK_REQUIRE_PRIVILEGED_TESTS=1
+else
+    echo "not root: tests that need root, network namespaces or hugepages will say SKIPPED"
+fi
+
+# --- checks ---------------------------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --all-targets --all-features -- -D warnings
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+
+# --- tests ----------------------------------------------------------------------------------
+step "cargo test"
+# Test binaries run one after another; tests inside one binary run in parallel on the 2 cores.
+cargo test --all-features --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.log | grep -E '^(test |test result|running|SKIPPED|---- )|panicked' || true
+if grep -qE '^test result: FAILED|error: test failed|could not compile' target/test-output.log; then
+    echo "TESTS FAILED: see target/test-output.log" >&2
+    exit 1
+fi
+if ! grep -q '^test result: ok' target/test-output.log; then
+    echo "no test results found: see target/test-output.log" >&2
+    exit 1
+fi
+
+if [ $quick -eq 0 ] && [ "${USTACK_SKIP_MIRI:-0}" != 1 ]; then
+    step "Miri on the memory layer"
+    scripts/miri.sh
+fi
+
+passed=$(grep -E '^test result:' target/test-output.log | awk '{s+=$4} END {print s+0}')
+failed=$(grep -E '^test result:' target/test-output.log | awk '{s+=$6} END {print s+0}')
+skipped=$(grep -c '^SKIPPED' target/test-output.log || true)
+echo
+echo "${passed} passed, ${failed} failed, ${skipped} skipped"
+[ "$failed" -eq 0 ]
