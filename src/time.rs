@@ -90,7 +90,12 @@ impl Sub<Instant> for Instant {
 
 impl fmt::Debug for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}s", self.micros / 1_000_000, self.micros % 1_000_000)
+        write!(
+            f,
+            "{}.{:06}s",
+            self.micros / 1_000_000,
+            self.micros % 1_000_000
+        )
     }
 }
 
@@ -110,8 +115,14 @@ mod tests {
         assert_eq!(a + Duration::from_micros(1), Instant::from_micros(5001));
         assert_eq!(Instant::ZERO - a, Duration::ZERO);
         assert_eq!(a - Instant::ZERO, Duration::from_millis(5));
-        assert_eq!(Instant::from_micros(u64::MAX) + Duration::from_secs(1), Instant::from_micros(u64::MAX));
-        assert_eq!(format!("{:?}", Instant::from_micros(1_000_042)), "1.000042s");
+        assert_eq!(
+            Instant::from_micros(u64::MAX) + Duration::from_secs(1),
+            Instant::from_micros(u64::MAX)
+        );
+        assert_eq!(
+            format!("{:?}", Instant::from_micros(1_000_042)),
+            "1.000042s"
+        );
     }
 
     #[test]

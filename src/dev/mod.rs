@@ -1,7 +1,7 @@
 //! Packet devices: the [`PacketDevice`] trait and its backends.
 //!
 //! A device moves whole Ethernet frames (no FCS) in bursts. Frames live in memory the device owns
-//! — a [`PoolBuf`](crate::mem::PoolBuf), a DPDK mbuf, an AF_XDP UMEM frame, a memif slot — and
+//! — a [`PoolBuf`], a DPDK mbuf, an AF_XDP UMEM frame, a memif slot — and
 //! are handed to the caller as a [`Frame`] that returns the memory when dropped, so nothing is
 //! copied between the device and the stack.
 //!

@@ -57,7 +57,9 @@ impl BufPool {
             return Err(MemError::ZeroSize);
         }
         if headroom >= buf_len {
-            return Err(MemError::BadLayout("headroom must be smaller than the buffer"));
+            return Err(MemError::BadLayout(
+                "headroom must be smaller than the buffer",
+            ));
         }
         if buf_len > u32::MAX as usize {
             return Err(MemError::BadLayout("buffer longer than 4 GiB"));
@@ -208,7 +210,9 @@ impl PoolBuf {
         // kept by every method that changes them). The slot is owned by this PoolBuf alone: the
         // free list holds each index once and hands it out to one PoolBuf until that is dropped.
         // The memory is initialised (zero-filled at map time, then only written with bytes).
-        unsafe { std::slice::from_raw_parts(self.base().add(self.head as usize), self.len as usize) }
+        unsafe {
+            std::slice::from_raw_parts(self.base().add(self.head as usize), self.len as usize)
+        }
     }
 
     /// The data bytes, writable.
@@ -310,7 +314,10 @@ impl Drop for PoolBuf {
         let s = &*self.shared;
         s.in_use.fetch_sub(1, Ordering::Relaxed);
         let returned = s.free.push(self.idx);
-        debug_assert!(returned.is_ok(), "pool free list overflow: buffer returned twice");
+        debug_assert!(
+            returned.is_ok(),
+            "pool free list overflow: buffer returned twice"
+        );
     }
 }
 

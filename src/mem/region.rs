@@ -205,6 +205,10 @@ impl HugeRegion {
     ///
     /// The slabs borrow the region, so they cannot outlive it. A second call returns
     /// [`MemError::SlabsTaken`]: this is what makes handing out `&mut` from `&self` sound.
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "sound: the slabs are disjoint and handed out once"
+    )]
     pub fn take_slabs(&self, slab_len: usize) -> Result<Vec<&mut [u8]>, MemError> {
         if slab_len == 0 {
             return Err(MemError::ZeroSize);
@@ -266,7 +270,10 @@ mod tests {
 
     #[test]
     fn zero_is_an_error() {
-        assert!(matches!(HugeRegion::map(0, PageSize::Huge2M), Err(MemError::ZeroSize)));
+        assert!(matches!(
+            HugeRegion::map(0, PageSize::Huge2M),
+            Err(MemError::ZeroSize)
+        ));
     }
 
     #[test]

@@ -64,8 +64,16 @@ impl<D: PacketDevice> DevAdapter<D> {
         let mut checksum = ChecksumCapabilities::default();
         // We verify received IPv4 and TCP checksums ourselves (to count failures), so smoltcp
         // only computes them on transmit, unless the device does that too.
-        checksum.ipv4 = if caps.checksum.tx_ipv4 { Checksum::None } else { Checksum::Tx };
-        checksum.tcp = if caps.checksum.tx_l4 { Checksum::None } else { Checksum::Tx };
+        checksum.ipv4 = if caps.checksum.tx_ipv4 {
+            Checksum::None
+        } else {
+            Checksum::Tx
+        };
+        checksum.tcp = if caps.checksum.tx_l4 {
+            Checksum::None
+        } else {
+            Checksum::Tx
+        };
         let mut smol_caps = DeviceCapabilities::default();
         smol_caps.medium = Medium::Ethernet;
         smol_caps.max_transmission_unit = mtu + ETH_HEADER_LEN;
@@ -194,7 +202,10 @@ fn check_ipv4(p: &[u8], verify_ipv4: bool, verify_l4: bool) -> Result<Option<u16
         return Err(RxDrop::Fragment);
     }
     if ip.next_header() == IpProtocol::Tcp {
-        let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+        let (src, dst) = (
+            IpAddress::Ipv4(ip.src_addr()),
+            IpAddress::Ipv4(ip.dst_addr()),
+        );
         let tcp = TcpPacket::new_checked(ip.payload()).map_err(|_| RxDrop::BadIpv4)?;
         if verify_l4 && !tcp.verify_checksum(&src, &dst) {
             return Err(RxDrop::BadChecksum);
@@ -384,26 +395,41 @@ mod tests {
     fn every_kind_of_bad_frame_is_classified() {
         assert_eq!(check(&[0; 13]), Err(RxDrop::Runt));
         assert_eq!(check(&eth(ETHERTYPE_ARP, &[0; 27])), Err(RxDrop::Runt));
-        assert_eq!(check(&eth(ETHERTYPE_IPV4, &[0; 1501])), Err(RxDrop::Oversize));
+        assert_eq!(
+            check(&eth(ETHERTYPE_IPV4, &[0; 1501])),
+            Err(RxDrop::Oversize)
+        );
         let mut other = eth(ETHERTYPE_IPV4, &ipv4_tcp());
         other[0] = 4;
         assert_eq!(check(&other), Err(RxDrop::NotOurs));
         assert_eq!(check(&eth(0x86dd, &[0; 40])), Err(RxDrop::Unsupported));
-        assert_eq!(check(&eth(ETHERTYPE_IPV4, &[0x45; 10])), Err(RxDrop::BadIpv4));
+        assert_eq!(
+            check(&eth(ETHERTYPE_IPV4, &[0x45; 10])),
+            Err(RxDrop::BadIpv4)
+        );
 
         let good = ipv4_tcp();
         let mut lying_len = good.clone();
         lying_len[2..4].copy_from_slice(&2000u16.to_be_bytes());
-        assert_eq!(check(&eth(ETHERTYPE_IPV4, &lying_len)), Err(RxDrop::BadIpv4));
+        assert_eq!(
+            check(&eth(ETHERTYPE_IPV4, &lying_len)),
+            Err(RxDrop::BadIpv4)
+        );
 
         let mut bad_ip_sum = good.clone();
         bad_ip_sum[8] ^= 1; // TTL
-        assert_eq!(check(&eth(ETHERTYPE_IPV4, &bad_ip_sum)), Err(RxDrop::BadChecksum));
+        assert_eq!(
+            check(&eth(ETHERTYPE_IPV4, &bad_ip_sum)),
+            Err(RxDrop::BadChecksum)
+        );
 
         let mut bad_tcp_sum = good.clone();
         let last = bad_tcp_sum.len() - 1;
         bad_tcp_sum[last] ^= 0x80; // payload byte
-        assert_eq!(check(&eth(ETHERTYPE_IPV4, &bad_tcp_sum)), Err(RxDrop::BadChecksum));
+        assert_eq!(
+            check(&eth(ETHERTYPE_IPV4, &bad_tcp_sum)),
+            Err(RxDrop::BadChecksum)
+        );
         // With checksum offload the same frame is accepted.
         assert_eq!(
             check_frame(&eth(ETHERTYPE_IPV4, &bad_tcp_sum), 1500, &MAC, true, false),
@@ -422,6 +448,9 @@ mod tests {
         short_tcp[2..4].copy_from_slice(&30u16.to_be_bytes());
         let mut pkt = Ipv4Packet::new_unchecked(&mut short_tcp[..]);
         pkt.fill_checksum();
-        assert_eq!(check(&eth(ETHERTYPE_IPV4, &short_tcp)), Err(RxDrop::BadIpv4));
+        assert_eq!(
+            check(&eth(ETHERTYPE_IPV4, &short_tcp)),
+            Err(RxDrop::BadIpv4)
+        );
     }
 }

@@ -25,7 +25,11 @@ impl MacAddr {
 impl std::fmt::Display for MacAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -35,8 +39,11 @@ impl std::str::FromStr for MacAddr {
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for byte in &mut out {
-            let part = parts.next().ok_or_else(|| format!("MAC address {s:?} has fewer than 6 parts"))?;
-            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("bad MAC address byte {part:?} in {s:?}"))?;
+            let part = parts
+                .next()
+                .ok_or_else(|| format!("MAC address {s:?} has fewer than 6 parts"))?;
+            *byte = u8::from_str_radix(part, 16)
+                .map_err(|_| format!("bad MAC address byte {part:?} in {s:?}"))?;
         }
         if parts.next().is_some() {
             return Err(format!("MAC address {s:?} has more than 6 parts"));

@@ -23,7 +23,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use crate::dev::{LinkStats, PacketDevice};
 use crate::mem::MemError;
@@ -99,7 +99,9 @@ pub enum StackError {
     #[error("cannot reserve socket memory: {0}")]
     Memory(#[from] MemError),
     /// Every TCP socket is in use.
-    #[error("all {max} TCP sockets are in use (raise StackConfig::sockets_max, or release connections)")]
+    #[error(
+        "all {max} TCP sockets are in use (raise StackConfig::sockets_max, or release connections)"
+    )]
     NoSockets {
         /// The configured maximum.
         max: usize,
@@ -173,7 +175,10 @@ impl<D: PacketDevice> Stack<D> {
             });
         }
         let mss = mtu - 40;
-        for (field, len) in [("tcp.rx_buf_len", cfg.tcp.rx_buf_len), ("tcp.tx_buf_len", cfg.tcp.tx_buf_len)] {
+        for (field, len) in [
+            ("tcp.rx_buf_len", cfg.tcp.rx_buf_len),
+            ("tcp.tx_buf_len", cfg.tcp.tx_buf_len),
+        ] {
             if len < 4 * mss || len > (1 << 30) {
                 return Err(StackError::Config {
                     field,
@@ -198,12 +203,12 @@ impl<D: PacketDevice> Stack<D> {
         let mut iface = Interface::new(icfg, &mut dev, smol_now(Instant::ZERO));
         iface.update_ip_addrs(|addrs| {
             // Cannot fail: the list is empty and holds at least one address.
-            let _ = addrs.push(IpCidr::new(Ipv4Address::from(cfg.ipv4).into(), cfg.prefix_len));
+            let _ = addrs.push(IpCidr::new(cfg.ipv4.into(), cfg.prefix_len));
         });
         if let Some(gw) = cfg.gateway {
             iface
                 .routes_mut()
-                .add_default_ipv4_route(Ipv4Address::from(gw))
+                .add_default_ipv4_route(gw)
                 .map_err(|_| StackError::Config {
                     field: "gateway",
                     reason: "route table full".into(),
@@ -229,7 +234,11 @@ impl<D: PacketDevice> Stack<D> {
     pub fn poll(&mut self, now: Instant) -> bool {
         self.now = now;
         self.dev.set_now(now);
-        let before = (self.dev.stats.rx_frames, self.dev.stats.tx_frames, self.dev.stats.rx_dropped());
+        let before = (
+            self.dev.stats.rx_frames,
+            self.dev.stats.tx_frames,
+            self.dev.stats.rx_dropped(),
+        );
         let smol = smol_now(now);
         // smoltcp's Interface::poll, unrolled so listeners are re-armed between frames: a burst
         // of SYNs then finds fresh listening sockets instead of being dropped.
@@ -237,14 +246,18 @@ impl<D: PacketDevice> Stack<D> {
         let mut changed = false;
         loop {
             let (iface, dev) = (&mut self.iface, &mut self.dev);
-            match self.table.with_set(|set| iface.poll_ingress_single(smol, dev, set)) {
+            match self
+                .table
+                .with_set(|set| iface.poll_ingress_single(smol, dev, set))
+            {
                 PollIngressSingleResult::None => break,
                 PollIngressSingleResult::PacketProcessed => {}
                 PollIngressSingleResult::SocketStateChanged => changed = true,
             }
             if self.dev.syn_accepted {
                 self.dev.syn_accepted = false;
-                self.table.maintain_listeners(now, &self.cfg, &mut self.dev.stats);
+                self.table
+                    .maintain_listeners(now, &self.cfg, &mut self.dev.stats);
                 self.table.listen_budget(&mut self.dev.listen_budget);
             }
         }
@@ -258,7 +271,11 @@ impl<D: PacketDevice> Stack<D> {
         self.dev.flush();
         self.table.maintain(now, &self.cfg, &mut self.dev.stats);
         self.table.listen_budget(&mut self.dev.listen_budget);
-        let after = (self.dev.stats.rx_frames, self.dev.stats.tx_frames, self.dev.stats.rx_dropped());
+        let after = (
+            self.dev.stats.rx_frames,
+            self.dev.stats.tx_frames,
+            self.dev.stats.rx_dropped(),
+        );
         changed || before != after
     }
 
@@ -306,7 +323,8 @@ impl<D: PacketDevice> Stack<D> {
             });
         }
         let id = self.table.add_listener(port, backlog)?;
-        self.table.maintain(self.now, &self.cfg, &mut self.dev.stats);
+        self.table
+            .maintain(self.now, &self.cfg, &mut self.dev.stats);
         self.table.listen_budget(&mut self.dev.listen_budget);
         Ok(id)
     }
@@ -347,7 +365,11 @@ impl<D: PacketDevice> Stack<D> {
 
     /// Zero-copy send: `f` gets the largest contiguous free part of the send buffer and returns
     /// how many bytes it wrote there (and a value passed back).
-    pub fn send_with<R>(&mut self, c: ConnId, f: impl FnOnce(&mut [u8]) -> (usize, R)) -> Result<R, ConnError> {
+    pub fn send_with<R>(
+        &mut self,
+        c: ConnId,
+        f: impl FnOnce(&mut [u8]) -> (usize, R),
+    ) -> Result<R, ConnError> {
         self.table.send_with(c, f)
     }
 
@@ -359,7 +381,11 @@ impl<D: PacketDevice> Stack<D> {
 
     /// Zero-copy receive: `f` gets the largest contiguous received part and returns how many
     /// bytes it consumed (and a value passed back).
-    pub fn recv_with<R>(&mut self, c: ConnId, f: impl FnOnce(&[u8]) -> (usize, R)) -> Result<R, ConnError> {
+    pub fn recv_with<R>(
+        &mut self,
+        c: ConnId,
+        f: impl FnOnce(&[u8]) -> (usize, R),
+    ) -> Result<R, ConnError> {
         self.table.recv_with(c, f)
     }
 
@@ -370,7 +396,8 @@ impl<D: PacketDevice> Stack<D> {
 
     /// Free space in the send buffer.
     pub fn send_free(&mut self, c: ConnId) -> Result<usize, ConnError> {
-        self.table.with_conn(c, |s| s.send_capacity() - s.send_queue())
+        self.table
+            .with_conn(c, |s| s.send_capacity() - s.send_queue())
     }
 
     /// Bytes queued for sending and not yet acknowledged.
@@ -385,7 +412,8 @@ impl<D: PacketDevice> Stack<D> {
 
     /// The peer's address.
     pub fn remote_addr(&mut self, c: ConnId) -> Result<Option<SocketAddrV4>, ConnError> {
-        self.table.with_conn(c, |s| s.remote_endpoint().and_then(sockets::v4_endpoint))
+        self.table
+            .with_conn(c, |s| s.remote_endpoint().and_then(sockets::v4_endpoint))
     }
 
     /// Closes our sending half gracefully (FIN after queued data); receiving continues.

@@ -232,7 +232,10 @@ impl SocketTable {
     ) -> Option<Result<u32, ()>> {
         let slot = *self.free.last()?;
         let handle = self.store.with_dependent_mut(|_, s| {
-            let mut sock = s.spare.pop().expect("a free slot always has a spare socket");
+            let mut sock = s
+                .spare
+                .pop()
+                .expect("a free slot always has a spare socket");
             if setup(&mut sock) {
                 Some(s.set.add(sock))
             } else {
@@ -267,26 +270,28 @@ impl SocketTable {
     }
 
     fn arm(&mut self, idx: u32, port: u16, cfg: &StackConfig, now: Instant) -> Option<u32> {
-        match self.take_slot(Role::Armed(idx), now, |s| {
+        self.take_slot(Role::Armed(idx), now, |s| {
             configure(s, cfg);
             s.listen(port).is_ok()
-        })? {
-            Ok(slot) => Some(slot),
-            Err(()) => None,
-        }
+        })?
+        .ok()
     }
 
-    pub(crate) fn add_listener(&mut self, port: u16, backlog: usize) -> Result<ListenerId, StackError> {
+    pub(crate) fn add_listener(
+        &mut self,
+        port: u16,
+        backlog: usize,
+    ) -> Result<ListenerId, StackError> {
         if self.listeners.iter().flatten().any(|l| l.port == port) {
             return Err(StackError::PortInUse(port));
         }
-        let idx = self
-            .listeners
-            .iter()
-            .position(|l| l.is_none())
-            .ok_or(StackError::NoListeners {
-                max: self.listeners.len(),
-            })?;
+        let idx =
+            self.listeners
+                .iter()
+                .position(|l| l.is_none())
+                .ok_or(StackError::NoListeners {
+                    max: self.listeners.len(),
+                })?;
         if self.free.is_empty() {
             return Err(StackError::NoSockets {
                 max: self.slots.len(),
@@ -313,9 +318,15 @@ impl SocketTable {
         }
     }
 
-    pub(crate) fn remove_listener(&mut self, id: ListenerId, now: Instant) -> Result<(), StackError> {
+    pub(crate) fn remove_listener(
+        &mut self,
+        id: ListenerId,
+        now: Instant,
+    ) -> Result<(), StackError> {
         self.listener_mut(id)?;
-        let l = self.listeners[id.idx as usize].take().expect("checked above");
+        let l = self.listeners[id.idx as usize]
+            .take()
+            .expect("checked above");
         self.listener_gens[id.idx as usize] = self.listener_gens[id.idx as usize].wrapping_add(1);
         for slot in l.members.into_iter().chain(l.ready) {
             // Reset what was never accepted; the RST goes out on the next poll.
@@ -374,7 +385,11 @@ impl SocketTable {
         let span = u32::from(u16::MAX - EPHEMERAL_FIRST) + 1;
         for _ in 0..span {
             let port = self.next_port;
-            self.next_port = if port == u16::MAX { EPHEMERAL_FIRST } else { port + 1 };
+            self.next_port = if port == u16::MAX {
+                EPHEMERAL_FIRST
+            } else {
+                port + 1
+            };
             let in_use = self.store.with_dependent(|_, s| {
                 s.set.iter().any(|(_, sock)| match sock {
                     #[allow(unreachable_patterns)]
@@ -487,11 +502,21 @@ impl SocketTable {
     /// Fills `budget` with (port, sockets listening) for every listener.
     pub(crate) fn listen_budget(&self, budget: &mut Vec<(u16, u32)>) {
         budget.clear();
-        budget.extend(self.listeners.iter().flatten().map(|l| (l.port, l.listening)));
+        budget.extend(
+            self.listeners
+                .iter()
+                .flatten()
+                .map(|l| (l.port, l.listening)),
+        );
     }
 
     /// Moves connected sockets to accept queues and re-arms listeners.
-    pub(crate) fn maintain_listeners(&mut self, now: Instant, cfg: &StackConfig, stats: &mut StackStats) {
+    pub(crate) fn maintain_listeners(
+        &mut self,
+        now: Instant,
+        cfg: &StackConfig,
+        stats: &mut StackStats,
+    ) {
         for idx in 0..self.listeners.len() {
             if self.listeners[idx].is_some() {
                 self.maintain_listener(idx as u32, now, cfg, stats);
@@ -511,7 +536,8 @@ impl SocketTable {
             };
             let done = matches!(state, tcp::State::TimeWait)
                 || (state == tcp::State::Closed && !pending_rst);
-            let expired = now.saturating_duration_since(self.slots[slot as usize].since) >= cfg.tcp.close_timeout;
+            let expired = now.saturating_duration_since(self.slots[slot as usize].since)
+                >= cfg.tcp.close_timeout;
             if done || expired {
                 if !done {
                     stats.close_timeouts += 1;
@@ -524,7 +550,13 @@ impl SocketTable {
         }
     }
 
-    fn maintain_listener(&mut self, idx: u32, now: Instant, cfg: &StackConfig, stats: &mut StackStats) {
+    fn maintain_listener(
+        &mut self,
+        idx: u32,
+        now: Instant,
+        cfg: &StackConfig,
+        stats: &mut StackStats,
+    ) {
         let Some(mut l) = self.listeners[idx as usize].take() else {
             return;
         };
@@ -551,7 +583,8 @@ impl SocketTable {
                 _ => i += 1,
             }
         }
-        while listening < l.backlog && l.members.len() < 2 * l.backlog && l.ready.len() < l.backlog {
+        while listening < l.backlog && l.members.len() < 2 * l.backlog && l.ready.len() < l.backlog
+        {
             match self.arm(idx, l.port, cfg, now) {
                 Some(slot) => {
                     l.members.push(slot);

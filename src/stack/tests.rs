@@ -99,7 +99,11 @@ impl Pair {
     }
 
     /// Polls both stacks until `done` or a virtual-time limit.
-    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Stack<Wire>, &mut Stack<Wire>) -> bool) {
+    fn run_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&mut Stack<Wire>, &mut Stack<Wire>) -> bool,
+    ) {
         let end = self.now + limit;
         while self.now < end {
             let busy = self.a.poll(self.now) | self.b.poll(self.now);
@@ -149,7 +153,11 @@ fn connect_accept_transfer_close_recycle() {
     assert_eq!(p.b.sockets_free(), 6, "backlog of 2 armed");
     let c = p.a.connect(SocketAddrV4::new(B, 7000)).unwrap();
     assert_eq!(p.a.state(c).unwrap(), ConnState::Connecting);
-    assert_eq!(p.a.send(c, b"early").unwrap(), 0, "no room before the handshake");
+    assert_eq!(
+        p.a.send(c, b"early").unwrap(),
+        0,
+        "no room before the handshake"
+    );
     let mut s = None;
     p.run_until(Duration::from_secs(5), |a, b| {
         if s.is_none() {
@@ -177,12 +185,16 @@ fn connect_accept_transfer_close_recycle() {
 
     // Graceful close from the client; the server sees EOF, closes and releases.
     p.a.close(c).unwrap();
-    p.run_until(Duration::from_secs(5), |_, b| b.recv(s, &mut buf) == Err(ConnError::Eof));
+    p.run_until(Duration::from_secs(5), |_, b| {
+        b.recv(s, &mut buf) == Err(ConnError::Eof)
+    });
     assert_eq!(p.b.state(s).unwrap(), ConnState::PeerClosed);
     p.b.release(s).unwrap();
     assert_eq!(p.b.state(s), Err(ConnError::Stale));
     p.a.release(c).unwrap();
-    p.run_until(Duration::from_secs(5), |a, b| a.sockets_free() == 8 && b.sockets_free() == 6);
+    p.run_until(Duration::from_secs(5), |a, b| {
+        a.sockets_free() == 8 && b.sockets_free() == 6
+    });
     assert_eq!(p.b.stats().accepted, 1);
     assert_eq!(p.a.stats().rx_dropped(), 0);
 }
@@ -191,9 +203,15 @@ fn connect_accept_transfer_close_recycle() {
 fn backlog_is_bounded_and_rearmed() {
     let mut p = Pair::new();
     let l = p.b.listen(7001, 2).unwrap();
-    let conns: Vec<ConnId> = (0..4).map(|_| p.a.connect(SocketAddrV4::new(B, 7001)).unwrap()).collect();
+    let conns: Vec<ConnId> = (0..4)
+        .map(|_| p.a.connect(SocketAddrV4::new(B, 7001)).unwrap())
+        .collect();
     p.run_until(Duration::from_secs(5), |a, _| {
-        conns.iter().filter(|&&c| a.state(c).unwrap() == ConnState::Established).count() >= 2
+        conns
+            .iter()
+            .filter(|&&c| a.state(c).unwrap() == ConnState::Established)
+            .count()
+            >= 2
     });
     // Run a little longer: at most `backlog` wait in the queue, the rest stay in the handshake.
     p.run_for(Duration::from_millis(500));
@@ -210,7 +228,9 @@ fn backlog_is_bounded_and_rearmed() {
         }
         more == 2
     });
-    assert!(conns.iter().all(|&c| p.a.state(c).unwrap() == ConnState::Established));
+    assert!(conns
+        .iter()
+        .all(|&c| p.a.state(c).unwrap() == ConnState::Established));
 }
 
 #[test]
@@ -218,10 +238,15 @@ fn sockets_run_out_cleanly() {
     let mut p = Pair::new();
     let remote = SocketAddrV4::new(B, 9);
     let conns: Vec<ConnId> = (0..8).map(|_| p.a.connect(remote).unwrap()).collect();
-    assert!(matches!(p.a.connect(remote), Err(StackError::NoSockets { max: 8 })));
+    assert!(matches!(
+        p.a.connect(remote),
+        Err(StackError::NoSockets { max: 8 })
+    ));
     // Nobody listens on B:9: each connection is reset.
     p.run_until(Duration::from_secs(5), |a, _| {
-        conns.iter().all(|&c| a.state(c).unwrap() == ConnState::Closed)
+        conns
+            .iter()
+            .all(|&c| a.state(c).unwrap() == ConnState::Closed)
     });
     let mut buf = [0; 4];
     assert_eq!(p.a.recv(conns[0], &mut buf), Err(ConnError::Reset));
@@ -239,7 +264,10 @@ fn bad_config_is_rejected_with_reasons() {
     let mut c = cfg(A, 1);
     c.tcp.rx_buf_len = 1500;
     let e = Stack::new(w, c).err().unwrap().to_string();
-    assert!(e.contains("tcp.rx_buf_len") && e.contains("4x the MSS"), "{e}");
+    assert!(
+        e.contains("tcp.rx_buf_len") && e.contains("4x the MSS"),
+        "{e}"
+    );
     let (w, _) = wire_pair();
     let mut c = cfg(A, 1);
     c.mtu = Some(9000);
@@ -248,7 +276,11 @@ fn bad_config_is_rejected_with_reasons() {
     let (w, _) = wire_pair();
     let mut c = cfg(A, 1);
     c.mac = MacAddr([1, 2, 3, 4, 5, 6]);
-    assert!(Stack::new(w, c).err().unwrap().to_string().contains("unicast"));
+    assert!(Stack::new(w, c)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("unicast"));
 }
 
 #[test]
@@ -262,4 +294,3 @@ fn listener_errors() {
     assert_eq!(p.b.sockets_free(), 8);
     assert!(p.b.listen(80, 1).is_ok());
 }
-
