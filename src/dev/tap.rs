@@ -18,6 +18,11 @@
 //! The kernel side of a TAP without offloads sends frames with complete checksums and checks
 //! every checksum of what it receives, so the device claims no checksum offload.
 //!
+//! Counters: a received frame shorter than an Ethernet header or longer than `mtu + 14` is
+//! dropped and counted in `rx_errors`; a frame sent while the kernel side is down is lost and
+//! counted in `tx_dropped`; an outgoing frame of bad length or refused otherwise counts in
+//! `tx_errors`. When the pool is empty, receiving stops and the kernel keeps the frames queued.
+//!
 //! Closing the device (dropping it) deletes the interface, wherever it is.
 
 use std::io;
@@ -293,8 +298,8 @@ impl TapDevice {
         check_name(template)?;
 
         let fd = sys::open_tun().map_err(open_error)?;
-        let name = sys::set_iff_tap(fd.as_fd(), template)
-            .map_err(|e| set_iff_error(requested, e))?;
+        let name =
+            sys::set_iff_tap(fd.as_fd(), template).map_err(|e| set_iff_error(requested, e))?;
 
         match sys::mtu(&name) {
             Ok(current) if current == config.mtu => {}
@@ -445,6 +450,11 @@ impl PacketDevice for TapDevice {
                 // Full for now: leave this frame and the rest in the batch.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // EIO: the kernel side of the interface is down; the frame is lost.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    self.stats.tx_dropped += 1;
+                    tracing::debug!(iface = %self.name, len, "TAP interface down, frame dropped");
+                }
                 Err(e) => {
                     self.stats.tx_errors += 1;
                     tracing::debug!(iface = %self.name, len, "TAP write failed, frame dropped: {e}");
@@ -497,11 +507,16 @@ mod tests {
 
     #[test]
     fn errno_becomes_advice() {
-        assert!(matches!(open_error(os(libc::ENOENT)), TapError::NoTunDevice { .. }));
+        assert!(matches!(
+            open_error(os(libc::ENOENT)),
+            TapError::NoTunDevice { .. }
+        ));
         let e = open_error(os(libc::EACCES));
         assert!(matches!(e, TapError::PermissionDenied { .. }));
         assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}");
-        assert!(open_error(os(libc::ENODEV)).to_string().contains("modprobe tun"));
+        assert!(open_error(os(libc::ENODEV))
+            .to_string()
+            .contains("modprobe tun"));
         assert!(matches!(
             set_iff_error(None, os(libc::EPERM)),
             TapError::PermissionDenied { .. }
@@ -524,8 +539,14 @@ mod tests {
             check_name("abcdefghijklmnop"),
             Err(TapError::NameTooLong { len: 16, .. })
         ));
-        assert!(matches!(check_name("a b"), Err(TapError::InvalidName { .. })));
-        assert!(matches!(check_name("a/b"), Err(TapError::InvalidName { .. })));
+        assert!(matches!(
+            check_name("a b"),
+            Err(TapError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            check_name("a/b"),
+            Err(TapError::InvalidName { .. })
+        ));
         assert!(matches!(check_name(""), Err(TapError::InvalidName { .. })));
         let bad_mtu = TapConfig {
             mtu: 40,

@@ -139,11 +139,14 @@ pub fn can_create_netns() -> Result<(), NetNsError> {
     })?;
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
-    let missing: Vec<&str> = [(CAP_SYS_ADMIN, "CAP_SYS_ADMIN"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")]
-        .into_iter()
-        .filter(|&(bit, _)| caps & (1u64 << bit) == 0)
-        .map(|(_, name)| name)
-        .collect();
+    let missing: Vec<&str> = [
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|&(bit, _)| caps & (1u64 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect();
     if !missing.is_empty() {
         return Err(NetNsError::NotPermitted {
             command: "ip netns add".into(),

@@ -91,9 +91,10 @@ pub fn set_iff_tap(fd: BorrowedFd<'_>, name: &str) -> io::Result<String> {
 
 /// Reads one frame into `buf` and returns the frame's length.
 ///
-/// A TAP read returns the frame's full length even when `buf` was too short and the frame was
-/// cut to fit, so a result greater than or equal to `buf.len()` means the frame may not be
-/// whole. `WouldBlock` means no frame is queued.
+/// A frame longer than `buf` is cut to fit and its rest is lost; the result is then
+/// `buf.len()` (measured on Linux 6.18), so a result equal to `buf.len()` means the frame may
+/// not be whole: give a buffer longer than the longest acceptable frame. `WouldBlock` means no
+/// frame is queued.
 #[inline]
 pub fn read_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: buf is valid for writes of buf.len() bytes and exclusively borrowed; read writes
