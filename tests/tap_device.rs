@@ -494,6 +494,40 @@ fn run_enters_the_namespace_on_its_own_thread_only() {
 }
 
 #[test]
+fn spawn_runs_a_kernel_peer_beside_the_caller() {
+    skip_unless_able!(false);
+    let ns = NetNs::create("ust-tt-spawn").unwrap();
+    ns.ip(["link", "set", "lo", "up"]).unwrap();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    // An echo peer inside the namespace, running while this thread carries on.
+    let peer = ns
+        .spawn(move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            port_tx.send(sock.local_addr().unwrap()).unwrap();
+            let mut buf = [0u8; 64];
+            let (n, from) = sock.recv_from(&mut buf).unwrap();
+            sock.send_to(&buf[..n], from).unwrap();
+            netns_id()
+        })
+        .unwrap();
+    let peer_addr = port_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let reply = ns
+        .run(move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            sock.send_to(b"ping", peer_addr).unwrap();
+            let mut buf = [0u8; 64];
+            let n = sock.recv(&mut buf).unwrap();
+            buf[..n].to_vec()
+        })
+        .unwrap();
+    assert_eq!(reply, b"ping");
+    let peer_ns = peer.join().unwrap();
+    assert_ne!(peer_ns, netns_id());
+}
+
+#[test]
 fn failed_ip_commands_say_what_ran_and_why() {
     skip_unless_able!(false);
     let ns = NetNs::create("ust-tt-err").unwrap();

@@ -7,7 +7,8 @@
 //!   with the same prefix is created.
 //! - [`NetNs::run`]: runs a closure on a fresh thread that has entered the namespace
 //!   (`setns(CLONE_NEWNET)` on that thread only), so kernel sockets (`std::net`) opened inside
-//!   it live in the namespace while the rest of the process stays outside.
+//!   it live in the namespace while the rest of the process stays outside. [`NetNs::spawn`] does
+//!   the same without waiting, for a kernel peer that runs beside the caller.
 //! - [`VethPair`]: two namespaces joined by a veth pair with IPv4 addresses, links up.
 //! - [`can_create_netns`]: whether this process may do any of that, for tests to decide between
 //!   running and skipping with a reason.
@@ -386,6 +387,57 @@ impl NetNs {
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         })
+    }
+
+    /// Starts `f` on a new thread inside this namespace and returns its handle once the thread
+    /// has entered the namespace, for kernel peers that must run while the caller does other
+    /// work (a `std::net` server answering a user-space stack polled on the calling thread).
+    ///
+    /// The thread does not keep the namespace alive by name: join it before the [`NetNs`] is
+    /// dropped (sockets it holds keep the namespace itself alive, nameless, until closed).
+    pub fn spawn<R, F>(&self, f: F) -> Result<std::thread::JoinHandle<R>, NetNsError>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        let path = self.path();
+        let enter_error = |source| NetNsError::Enter {
+            name: self.name.clone(),
+            path: path.clone(),
+            source,
+        };
+        let ns_file = File::open(&path).map_err(enter_error)?;
+        let (entered_tx, entered_rx) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
+        let handle = std::thread::Builder::new()
+            .name(format!("netns-{}", self.name))
+            .spawn(move || {
+                let entered = setns_net(ns_file.as_fd());
+                drop(ns_file);
+                let failed = entered.is_err();
+                // The caller waits for this message, so the receiver is still there.
+                let _ = entered_tx.send(entered);
+                if failed {
+                    // End the thread without running `f` (and without the panic hook's
+                    // message): the caller has the error already.
+                    std::panic::resume_unwind(Box::new("setns failed"));
+                }
+                f()
+            })
+            .map_err(|source| NetNsError::Thread {
+                name: self.name.clone(),
+                source,
+            })?;
+        match entered_rx.recv() {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(source)) => {
+                let _ = handle.join();
+                Err(enter_error(source))
+            }
+            // The thread ended before reporting (it cannot, short of an abort): say so.
+            Err(_) => Err(enter_error(io::Error::other(
+                "the thread ended before entering the namespace",
+            ))),
+        }
     }
 }
 
