@@ -1,2 +1,5 @@
 //! Every FFI call and raw syscall: the only place with `unsafe`, besides `mem`.
 #![allow(unsafe_code)]
+
+pub mod netns;
+pub mod tap;
