@@ -146,7 +146,7 @@ impl HugeRegion {
         let msg = format!(
             "no {preferred} hugepages available for a {len}-byte region ({free} free); using \
              4 KiB pages with MADV_HUGEPAGE, which costs TLB misses. Fix: run \
-             `scripts/hugepages.sh {pages}` as root (reserves {pages} 2 MiB pages)"
+             `scripts/hugepages.sh {pages}` as root to reserve {pages} pages of 2 MiB"
         );
         if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
             tracing::warn!("{msg}");
