@@ -36,14 +36,17 @@ pub enum MemError {
     },
     /// Exact hugepages were required (no fallback) and are not available.
     #[error(
-        "no {page} hugepages for {len} bytes ({free} free): reserve some with `scripts/hugepages.sh N` (as root)"
+        "no {page} hugepages for {len} bytes ({free} free): reserve at least {pages} with \
+         `scripts/hugepages.sh {pages}{size_arg}` (as root)",
+        pages = .len.div_ceil(.page.bytes()),
+        size_arg = .page.script_size_arg()
     )]
     NoHugePages {
         /// The page size requested.
         page: PageSize,
-        /// Bytes requested.
+        /// Bytes requested (rounded up to the page size).
         len: usize,
-        /// Free hugepages of the default size, from /proc/meminfo (0 if unknown).
+        /// Free hugepages of that size, from `/sys/kernel/mm/hugepages` (0 if unknown).
         free: u64,
     },
     /// The region's slabs were already handed out (it can be split once).

@@ -1,4 +1,16 @@
 //! [`BufPool`]: fixed-size packet buffers carved from a [`HugeRegion`].
+//!
+//! # Hot path
+//!
+//! `alloc` is one pop from a lock-free bounded queue of free indices (one CAS), one `Arc`
+//! reference-count increment (so a buffer keeps its pool's memory alive wherever it is dropped),
+//! and one relaxed counter increment; dropping a buffer is one push (one CAS) and the `Arc`
+//! decrement. There is no `in_use` counter to keep in step: the number of buffers in use is
+//! `capacity - free.len()`, which the queue knows, and the high-water mark is updated from it
+//! with a plain load and compare (an atomic read-modify-write only when the mark actually rises).
+//!
+//! Handing a buffer from one thread to another goes through the free queue, whose push
+//! (release) and pop (acquire) order the previous owner's writes before the next owner's reads.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,12 +31,22 @@ pub struct PoolStats {
     pub capacity: usize,
     /// Buffers handed out and not yet returned.
     pub in_use: usize,
-    /// The most buffers ever in use at once.
+    /// The most buffers ever in use at once (as seen by `alloc`; exact when one thread allocates).
     pub high_water: usize,
-    /// Successful allocations.
+    /// Successful allocations (`try_clone` included). Buffers returned so far are
+    /// `allocs - in_use`.
     pub allocs: u64,
     /// Allocations that found the pool empty.
     pub alloc_failed: u64,
+}
+
+/// Counters written on the hot path, on their own cache lines so that updating them does not
+/// evict the read-mostly layout fields from other cores' caches.
+#[repr(align(128))]
+struct Counters {
+    high_water: AtomicUsize,
+    allocs: AtomicU64,
+    alloc_failed: AtomicU64,
 }
 
 struct Shared {
@@ -33,17 +55,48 @@ struct Shared {
     buf_len: usize,
     headroom: usize,
     count: usize,
+    /// Indices of the free buffers; each index is either here once or owned by one PoolBuf.
     free: ArrayQueue<u32>,
-    in_use: AtomicUsize,
-    high_water: AtomicUsize,
-    allocs: AtomicU64,
-    alloc_failed: AtomicU64,
+    counters: Counters,
+}
+
+impl Shared {
+    #[inline]
+    fn in_use(&self) -> usize {
+        self.count - self.free.len()
+    }
+}
+
+/// Takes a free buffer of the pool `shared`, or counts the failure.
+#[inline]
+fn alloc_from(shared: &Arc<Shared>) -> Option<PoolBuf> {
+    let s = &**shared;
+    match s.free.pop() {
+        Some(idx) => {
+            s.counters.allocs.fetch_add(1, Ordering::Relaxed);
+            let in_use = s.in_use();
+            if in_use > s.counters.high_water.load(Ordering::Relaxed) {
+                s.counters.high_water.fetch_max(in_use, Ordering::Relaxed);
+            }
+            Some(PoolBuf {
+                shared: Arc::clone(shared),
+                idx,
+                head: s.headroom as u32,
+                len: 0,
+            })
+        }
+        None => {
+            s.counters.alloc_failed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// A bounded pool of equal-sized packet buffers in one memory region.
 ///
 /// Cloning the handle is cheap and shares the pool. Buffers ([`PoolBuf`]) return to the pool
-/// when dropped, from any thread.
+/// when dropped, from any thread; the pool's memory lives until the last handle and the last
+/// buffer are gone.
 #[derive(Clone)]
 pub struct BufPool {
     shared: Arc<Shared>,
@@ -82,10 +135,11 @@ impl BufPool {
                 headroom,
                 count,
                 free,
-                in_use: AtomicUsize::new(0),
-                high_water: AtomicUsize::new(0),
-                allocs: AtomicU64::new(0),
-                alloc_failed: AtomicU64::new(0),
+                counters: Counters {
+                    high_water: AtomicUsize::new(0),
+                    allocs: AtomicU64::new(0),
+                    alloc_failed: AtomicU64::new(0),
+                },
             }),
         })
     }
@@ -99,7 +153,7 @@ impl BufPool {
         headroom: usize,
         page: PageSize,
     ) -> Result<BufPool, MemError> {
-        if count == 0 {
+        if count == 0 || buf_len == 0 {
             return Err(MemError::ZeroSize);
         }
         let stride = buf_len.next_multiple_of(BUF_ALIGN);
@@ -113,24 +167,7 @@ impl BufPool {
     /// returned). Never allocates heap memory.
     #[inline]
     pub fn alloc(&self) -> Option<PoolBuf> {
-        let s = &*self.shared;
-        match s.free.pop() {
-            Some(idx) => {
-                let in_use = s.in_use.fetch_add(1, Ordering::Relaxed) + 1;
-                s.high_water.fetch_max(in_use, Ordering::Relaxed);
-                s.allocs.fetch_add(1, Ordering::Relaxed);
-                Some(PoolBuf {
-                    shared: Arc::clone(&self.shared),
-                    idx,
-                    head: s.headroom as u32,
-                    len: 0,
-                })
-            }
-            None => {
-                s.alloc_failed.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
+        alloc_from(&self.shared)
     }
 
     /// Number of buffers in the pool.
@@ -163,10 +200,10 @@ impl BufPool {
         let s = &*self.shared;
         PoolStats {
             capacity: s.count,
-            in_use: s.in_use.load(Ordering::Relaxed),
-            high_water: s.high_water.load(Ordering::Relaxed),
-            allocs: s.allocs.load(Ordering::Relaxed),
-            alloc_failed: s.alloc_failed.load(Ordering::Relaxed),
+            in_use: s.in_use(),
+            high_water: s.counters.high_water.load(Ordering::Relaxed),
+            allocs: s.counters.allocs.load(Ordering::Relaxed),
+            alloc_failed: s.counters.alloc_failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -187,6 +224,8 @@ impl fmt::Debug for BufPool {
 /// The buffer holds `len` bytes of data starting `headroom()` bytes into it; the data can grow
 /// up to the end of the buffer ([`PoolBuf::set_len`]) and into the headroom
 /// ([`PoolBuf::prepend`]).
+///
+/// Invariant kept by every method: `head + len <= buf_len`.
 pub struct PoolBuf {
     shared: Arc<Shared>,
     idx: u32,
@@ -209,7 +248,8 @@ impl PoolBuf {
         // SAFETY: [head, head+len) lies inside this buffer's slot (head + len <= buf_len <= stride,
         // kept by every method that changes them). The slot is owned by this PoolBuf alone: the
         // free list holds each index once and hands it out to one PoolBuf until that is dropped.
-        // The memory is initialised (zero-filled at map time, then only written with bytes).
+        // The memory is initialised (zero-filled at map time, then only written with bytes) and
+        // lives as long as the region, which our Arc keeps alive.
         unsafe {
             std::slice::from_raw_parts(self.base().add(self.head as usize), self.len as usize)
         }
@@ -218,7 +258,8 @@ impl PoolBuf {
     /// The data bytes, writable.
     #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in as_slice; &mut self makes this the only live reference to the slot.
+        // SAFETY: as in as_slice; &mut self makes this the only live reference to the slot, and
+        // the region's pointer allows writes.
         unsafe {
             std::slice::from_raw_parts_mut(self.base().add(self.head as usize), self.len as usize)
         }
@@ -262,6 +303,7 @@ impl PoolBuf {
 
     /// Grows the data by `n` bytes at the front, into the headroom, and returns the new front
     /// bytes; `None` if the headroom is smaller than `n`.
+    #[inline]
     pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
         if n > self.head as usize {
             return None;
@@ -273,6 +315,7 @@ impl PoolBuf {
 
     /// Removes `n` bytes from the front of the data (they become headroom); `false` if the
     /// data is shorter than `n`.
+    #[inline]
     #[must_use]
     pub fn strip_front(&mut self, n: usize) -> bool {
         if n > self.len as usize {
@@ -284,6 +327,7 @@ impl PoolBuf {
     }
 
     /// Resets the buffer to empty data at the pool's default headroom.
+    #[inline]
     pub fn reset(&mut self) {
         self.head = self.shared.headroom as u32;
         self.len = 0;
@@ -297,10 +341,7 @@ impl PoolBuf {
     /// A new buffer from the same pool holding a copy of this one's data (and headroom offset);
     /// `None` if the pool is empty.
     pub fn try_clone(&self) -> Option<PoolBuf> {
-        let mut copy = BufPool {
-            shared: Arc::clone(&self.shared),
-        }
-        .alloc()?;
+        let mut copy = alloc_from(&self.shared)?;
         copy.head = self.head;
         copy.len = self.len;
         copy.as_mut_slice().copy_from_slice(self.as_slice());
@@ -311,9 +352,7 @@ impl PoolBuf {
 impl Drop for PoolBuf {
     #[inline]
     fn drop(&mut self) {
-        let s = &*self.shared;
-        s.in_use.fetch_sub(1, Ordering::Relaxed);
-        let returned = s.free.push(self.idx);
+        let returned = self.shared.free.push(self.idx);
         debug_assert!(
             returned.is_ok(),
             "pool free list overflow: buffer returned twice"
@@ -331,12 +370,6 @@ impl fmt::Debug for PoolBuf {
     }
 }
 
-// SAFETY: Shared owns its region; all mutable state is atomics or the lock-free queue, and buffer
-// memory is only reached through a PoolBuf, which is the unique owner of its slot.
-unsafe impl Send for Shared {}
-// SAFETY: see Send; &Shared gives no access to buffer memory by itself.
-unsafe impl Sync for Shared {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,19 +379,62 @@ mod tests {
     }
 
     #[test]
+    fn handles_and_buffers_cross_threads() {
+        fn send_sync_clone<T: Send + Sync + Clone>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send_sync_clone::<BufPool>();
+        send_sync::<PoolBuf>();
+    }
+
+    #[test]
+    fn bad_layouts_are_errors() {
+        let region = || HugeRegion::map_exact(4096, PageSize::Base4K).unwrap();
+        assert!(matches!(
+            BufPool::new(region(), 0, 0),
+            Err(MemError::ZeroSize)
+        ));
+        assert!(matches!(
+            BufPool::new(region(), 64, 64),
+            Err(MemError::BadLayout(_))
+        ));
+        assert!(matches!(
+            BufPool::new(region(), 4097, 0),
+            Err(MemError::BadLayout(_))
+        ));
+        assert!(matches!(
+            BufPool::with_capacity(0, 2048, 0, PageSize::Base4K),
+            Err(MemError::ZeroSize)
+        ));
+        assert!(matches!(
+            BufPool::with_capacity(usize::MAX, 2048, 0, PageSize::Base4K),
+            Err(MemError::BadLayout(_))
+        ));
+        // Exactly one buffer fits.
+        assert_eq!(BufPool::new(region(), 4096, 0).unwrap().capacity(), 1);
+    }
+
+    #[test]
     fn layout_and_counters() {
         let p = pool(4);
         assert_eq!(p.capacity(), 4);
+        assert_eq!(
+            (p.buf_len(), p.headroom(), p.page_size()),
+            (2048, 128, PageSize::Base4K)
+        );
         let mut a = p.alloc().unwrap();
         assert_eq!(a.headroom(), 128);
         assert_eq!(a.capacity(), 2048 - 128);
+        assert!(a.is_empty());
         assert!(a.set_len(100));
         assert!(!a.set_len(2048));
+        assert_eq!(a.len(), 100, "a refused set_len changes nothing");
         a.as_mut_slice().fill(7);
         assert_eq!(p.stats().in_use, 1);
+        assert_eq!(p.available(), 3);
         drop(a);
         let s = p.stats();
         assert_eq!((s.in_use, s.high_water, s.allocs), (0, 1, 1));
+        assert_eq!(p.available(), 4);
     }
 
     #[test]
@@ -391,5 +467,408 @@ mod tests {
         assert_eq!(c.as_slice(), b"data");
         assert_ne!(c.index(), b.index());
         assert!(b.try_clone().is_none(), "pool of two is exhausted");
+        b.reset();
+        assert_eq!((b.headroom(), b.len()), (128, 0));
+    }
+
+    #[test]
+    fn buffers_outlive_the_pool_handle() {
+        let p = pool(2);
+        let mut b = p.alloc().unwrap();
+        let q = p.clone();
+        drop(p);
+        drop(q);
+        // The buffer keeps the region mapped: writing and reading it is fine (Miri checks this).
+        assert!(b.set_len(b.capacity()));
+        b.as_mut_slice().fill(0x5A);
+        assert!(b.as_slice().iter().all(|&x| x == 0x5A));
+    }
+
+    /// The model test: random operation sequences on a small pool, checked step by step against
+    /// a plain model of which buffers are held, their head/len, and every slot's bytes.
+    mod model {
+        use std::collections::HashSet;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Alloc,
+            /// Drop the held buffer at this position (modulo the number held).
+            Drop(usize),
+            SetLen(usize, usize),
+            Prepend(usize, usize, u8),
+            StripFront(usize, usize),
+            TryClone(usize),
+            /// Fill the data with a pattern made from this seed, the slot and the offset.
+            Write(usize, u8),
+            Reset(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => Just(Op::Alloc),
+                3 => any::<usize>().prop_map(Op::Drop),
+                2 => (any::<usize>(), 0usize..2200).prop_map(|(i, n)| Op::SetLen(i, n)),
+                2 => (any::<usize>(), 0usize..300, any::<u8>()).prop_map(|(i, n, b)| Op::Prepend(i, n, b)),
+                2 => (any::<usize>(), 0usize..300).prop_map(|(i, n)| Op::StripFront(i, n)),
+                2 => any::<usize>().prop_map(Op::TryClone),
+                3 => (any::<usize>(), any::<u8>()).prop_map(|(i, s)| Op::Write(i, s)),
+                1 => any::<usize>().prop_map(Op::Reset),
+            ]
+        }
+
+        fn pattern(seed: u8, slot: usize, offset: usize) -> u8 {
+            seed.wrapping_add((slot as u8).wrapping_mul(31))
+                .wrapping_add((offset as u8).wrapping_mul(7))
+                ^ (offset >> 8) as u8
+        }
+
+        struct Held {
+            buf: PoolBuf,
+            idx: usize,
+            head: usize,
+            len: usize,
+        }
+
+        #[derive(Default)]
+        struct Model {
+            held: Vec<Held>,
+            /// Expected bytes of every slot (buf_len each); they persist across free and alloc.
+            slots: Vec<Vec<u8>>,
+            high_water: usize,
+            allocs: u64,
+            alloc_failed: u64,
+        }
+
+        impl Model {
+            fn pick(&self, i: usize) -> Option<usize> {
+                (!self.held.is_empty()).then(|| i % self.held.len())
+            }
+
+            /// Records the result of an alloc or try_clone against the model's expectation.
+            fn took(
+                &mut self,
+                got: Option<PoolBuf>,
+                capacity: usize,
+                head: usize,
+                len: usize,
+            ) -> Result<Option<usize>, TestCaseError> {
+                let expect_some = self.held.len() < capacity;
+                prop_assert_eq!(
+                    got.is_some(),
+                    expect_some,
+                    "held {} of {}",
+                    self.held.len(),
+                    capacity
+                );
+                let Some(buf) = got else {
+                    self.alloc_failed += 1;
+                    return Ok(None);
+                };
+                let idx = buf.index();
+                prop_assert!(idx < capacity);
+                prop_assert!(
+                    self.held.iter().all(|h| h.idx != idx),
+                    "index {} handed out while held",
+                    idx
+                );
+                self.allocs += 1;
+                self.held.push(Held {
+                    buf,
+                    idx,
+                    head,
+                    len,
+                });
+                self.high_water = self.high_water.max(self.held.len());
+                Ok(Some(idx))
+            }
+        }
+
+        fn run(buf_len: usize, headroom: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+            let region = HugeRegion::map_exact(4096, PageSize::Base4K).unwrap();
+            let pool = BufPool::new(region, buf_len, headroom).unwrap();
+            let cap = pool.capacity();
+            prop_assert_eq!(cap, 4096 / buf_len.next_multiple_of(BUF_ALIGN));
+            let mut m = Model {
+                slots: vec![vec![0; buf_len]; cap],
+                ..Model::default()
+            };
+            for op in ops {
+                match op {
+                    Op::Alloc => {
+                        let got = pool.alloc();
+                        if let Some(b) = &got {
+                            prop_assert_eq!((b.headroom(), b.len()), (headroom, 0));
+                        }
+                        m.took(got, cap, headroom, 0)?;
+                    }
+                    Op::Drop(i) => {
+                        if let Some(i) = m.pick(i) {
+                            drop(m.held.swap_remove(i));
+                        }
+                    }
+                    Op::SetLen(i, n) => {
+                        if let Some(i) = m.pick(i) {
+                            let h = &mut m.held[i];
+                            let ok = h.buf.set_len(n);
+                            prop_assert_eq!(ok, n <= buf_len - h.head);
+                            if ok {
+                                h.len = n;
+                            }
+                        }
+                    }
+                    Op::Prepend(i, n, byte) => {
+                        if let Some(i) = m.pick(i) {
+                            let h = &mut m.held[i];
+                            match h.buf.prepend(n) {
+                                Some(front) => {
+                                    prop_assert!(n <= h.head);
+                                    prop_assert_eq!(front.len(), n);
+                                    front.fill(byte);
+                                    h.head -= n;
+                                    h.len += n;
+                                    m.slots[h.idx][h.head..h.head + n].fill(byte);
+                                }
+                                None => prop_assert!(n > h.head),
+                            }
+                        }
+                    }
+                    Op::StripFront(i, n) => {
+                        if let Some(i) = m.pick(i) {
+                            let h = &mut m.held[i];
+                            let ok = h.buf.strip_front(n);
+                            prop_assert_eq!(ok, n <= h.len);
+                            if ok {
+                                h.head += n;
+                                h.len -= n;
+                            }
+                        }
+                    }
+                    Op::TryClone(i) => {
+                        if let Some(i) = m.pick(i) {
+                            let (src, head, len) = (m.held[i].idx, m.held[i].head, m.held[i].len);
+                            let got = m.held[i].buf.try_clone();
+                            if let Some(dst) = m.took(got, cap, head, len)? {
+                                let data = m.slots[src][head..head + len].to_vec();
+                                m.slots[dst][head..head + len].copy_from_slice(&data);
+                            }
+                        }
+                    }
+                    Op::Write(i, seed) => {
+                        if let Some(i) = m.pick(i) {
+                            let h = &mut m.held[i];
+                            for (k, b) in h.buf.as_mut_slice().iter_mut().enumerate() {
+                                *b = pattern(seed, h.idx, k);
+                            }
+                            for k in 0..h.len {
+                                m.slots[h.idx][h.head + k] = pattern(seed, h.idx, k);
+                            }
+                        }
+                    }
+                    Op::Reset(i) => {
+                        if let Some(i) = m.pick(i) {
+                            let h = &mut m.held[i];
+                            h.buf.reset();
+                            h.head = headroom;
+                            h.len = 0;
+                        }
+                    }
+                }
+                // Every held buffer matches the model, byte for byte.
+                let mut seen = HashSet::new();
+                for h in &m.held {
+                    prop_assert!(seen.insert(h.idx), "index {} held twice", h.idx);
+                    prop_assert_eq!(h.buf.index(), h.idx);
+                    prop_assert_eq!(h.buf.headroom(), h.head);
+                    prop_assert_eq!(h.buf.len(), h.len);
+                    prop_assert_eq!(h.buf.is_empty(), h.len == 0);
+                    prop_assert_eq!(h.buf.capacity(), buf_len - h.head);
+                    prop_assert!(h.buf.as_slice() == &m.slots[h.idx][h.head..h.head + h.len]);
+                }
+                let expected = PoolStats {
+                    capacity: cap,
+                    in_use: m.held.len(),
+                    high_water: m.high_water,
+                    allocs: m.allocs,
+                    alloc_failed: m.alloc_failed,
+                };
+                prop_assert_eq!(pool.stats(), expected);
+                prop_assert_eq!(pool.available(), cap - m.held.len());
+            }
+            drop(m.held);
+            prop_assert_eq!(pool.stats().in_use, 0);
+            prop_assert_eq!(pool.available(), cap);
+            Ok(())
+        }
+
+        fn config() -> ProptestConfig {
+            if cfg!(miri) {
+                // Miri is ~1000x slower; a few cases still cover every operation. No regression
+                // files: Miri's isolation forbids file access.
+                ProptestConfig {
+                    cases: 6,
+                    failure_persistence: None,
+                    ..ProptestConfig::default()
+                }
+            } else {
+                ProptestConfig::with_cases(512)
+            }
+        }
+
+        fn max_ops() -> usize {
+            if cfg!(miri) {
+                40
+            } else {
+                160
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+            #[test]
+            fn pool_matches_model(
+                (buf_len, headroom) in (100usize..=2100).prop_flat_map(|l| (Just(l), 0..l)),
+                ops in proptest::collection::vec(op(), 1..max_ops()),
+            ) {
+                run(buf_len, headroom, ops)?;
+            }
+        }
+    }
+
+    /// Threads allocate, stamp, verify and free buffers of one pool at once, and pass some to a
+    /// neighbour to be verified and freed there. A buffer handed to two owners at once shows up
+    /// as a set ownership flag or a foreign stamp.
+    #[test]
+    fn concurrent_alloc_free_hands_out_each_buffer_once() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::mpsc::{self, TrySendError};
+        use std::sync::{Barrier, Mutex};
+
+        const THREADS: usize = 4;
+        let (rounds, burst) = if cfg!(miri) { (12, 3) } else { (50_000, 8) };
+        // 32 buffers for 4 threads taking up to 8 each, plus up to 8 each in flight to a neighbour:
+        // the pool runs dry now and then.
+        let region = HugeRegion::map_exact(8192, PageSize::Base4K).unwrap();
+        let pool = BufPool::new(region, 256, 32).unwrap();
+        let cap = pool.capacity();
+        assert_eq!(cap, 32);
+        let owned: Arc<Vec<AtomicBool>> =
+            Arc::new((0..cap).map(|_| AtomicBool::new(false)).collect());
+
+        fn stamp(buf: &mut PoolBuf, tag: u64) {
+            assert!(buf.set_len(buf.capacity()));
+            for chunk in buf.as_mut_slice().chunks_mut(8) {
+                chunk.copy_from_slice(&tag.to_le_bytes()[..chunk.len()]);
+            }
+        }
+        fn verify_and_free(buf: PoolBuf, tag: u64, owned: &[AtomicBool]) {
+            for chunk in buf.as_slice().chunks(8) {
+                assert_eq!(
+                    chunk,
+                    &tag.to_le_bytes()[..chunk.len()],
+                    "buffer {} overwritten",
+                    buf.index()
+                );
+            }
+            assert!(
+                owned[buf.index()].swap(false, Ordering::AcqRel),
+                "buffer {} freed twice",
+                buf.index()
+            );
+            drop(buf);
+        }
+
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..THREADS {
+            let (tx, rx) = mpsc::sync_channel::<(PoolBuf, u64)>(burst);
+            senders.push(tx);
+            receivers.push(Mutex::new(Some(rx)));
+        }
+        let barrier = Barrier::new(THREADS);
+        // Per thread: (successful allocs, failed allocs, frees, frees of a neighbour's buffers).
+        let totals: Vec<(u64, u64, u64, u64)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (pool, owned, barrier) = (pool.clone(), Arc::clone(&owned), &barrier);
+                    let next = senders[(t + 1) % THREADS].clone();
+                    let rx = receivers[t].lock().unwrap().take().unwrap();
+                    scope.spawn(move || {
+                        let (mut ok, mut failed, mut freed, mut foreign) = (0u64, 0u64, 0u64, 0u64);
+                        let mut mine = Vec::with_capacity(burst);
+                        for round in 0..rounds {
+                            for k in 0..burst {
+                                match pool.alloc() {
+                                    Some(mut buf) => {
+                                        assert!(
+                                            !owned[buf.index()].swap(true, Ordering::AcqRel),
+                                            "buffer {} handed out twice",
+                                            buf.index()
+                                        );
+                                        let tag =
+                                            ((t as u64) << 48) | ((round as u64) << 8) | k as u64;
+                                        stamp(&mut buf, tag);
+                                        mine.push((buf, tag));
+                                        ok += 1;
+                                    }
+                                    None => failed += 1,
+                                }
+                            }
+                            while let Ok((buf, tag)) = rx.try_recv() {
+                                verify_and_free(buf, tag, &owned);
+                                freed += 1;
+                                foreign += 1;
+                            }
+                            // Every other buffer goes to the neighbour, the rest is freed here.
+                            for (n, (buf, tag)) in mine.drain(..).enumerate() {
+                                let item = if n % 2 == 0 {
+                                    match next.try_send((buf, tag)) {
+                                        Ok(()) => continue,
+                                        Err(
+                                            TrySendError::Full(item)
+                                            | TrySendError::Disconnected(item),
+                                        ) => item,
+                                    }
+                                } else {
+                                    (buf, tag)
+                                };
+                                verify_and_free(item.0, item.1, &owned);
+                                freed += 1;
+                            }
+                        }
+                        drop(next);
+                        // Nobody sends after everyone has passed the barrier.
+                        barrier.wait();
+                        while let Ok((buf, tag)) = rx.try_recv() {
+                            verify_and_free(buf, tag, &owned);
+                            freed += 1;
+                            foreign += 1;
+                        }
+                        (ok, failed, freed, foreign)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ok: u64 = totals.iter().map(|t| t.0).sum();
+        let failed: u64 = totals.iter().map(|t| t.1).sum();
+        let freed: u64 = totals.iter().map(|t| t.2).sum();
+        let foreign: u64 = totals.iter().map(|t| t.3).sum();
+        eprintln!(
+            "ok {ok} failed {failed} freed {freed} foreign {foreign} hw {}",
+            pool.stats().high_water
+        );
+        assert!(foreign > 0, "some buffers were freed on another thread");
+        assert_eq!(ok, freed, "every buffer taken was freed once");
+        let s = pool.stats();
+        assert_eq!(s.in_use, 0);
+        assert_eq!(s.allocs, ok);
+        assert_eq!(s.alloc_failed, failed);
+        assert!(s.high_water <= cap && s.high_water > 0);
+        assert_eq!(pool.available(), cap);
+        assert!(owned.iter().all(|o| !o.load(Ordering::Relaxed)));
     }
 }
