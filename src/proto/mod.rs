@@ -50,7 +50,7 @@ pub use crc::{crc32c, crc32c_append, crc32c_combine, PayloadCheck};
 pub use decoder::{Event, FrameDecoder, RequestDecoder, ResponseDecoder, WireHeader};
 pub use error::{ParseError, Rejection, Status};
 pub use request::{ChunkId, Op, Request, RequestHeader};
-pub use response::{Reply, ResponseHeader, FLAG_CLOSING};
+pub use response::{Reply, ResponseHeader, RESPONSE_FLAG_CLOSING};
 
 /// The protocol version this code speaks (byte 2 of every header).
 pub const VERSION: u8 = 1;

@@ -29,7 +29,7 @@ const OFF_CHUNK_SIZE: usize = 24;
 const OFF_CHUNK_CRC: usize = 32;
 
 /// Response flag bit 0: the server closes the connection after this response.
-pub const FLAG_CLOSING: u16 = 0x0001;
+pub const RESPONSE_FLAG_CLOSING: u16 = 0x0001;
 
 /// What a response says, with exactly the fields its op and status use.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -196,9 +196,9 @@ impl ResponseHeader {
         let b: &[u8; Self::HEADER_LEN] = wire::header_array(buf)?;
         let env = wire::parse_envelope(b, RESPONSE_MAGIC, limits)?;
         let flags = get_u16(b, OFF_FLAGS);
-        if flags & !FLAG_CLOSING != 0 {
+        if flags & !RESPONSE_FLAG_CLOSING != 0 {
             return Err(ParseError::UnsupportedFlags {
-                flags: u32::from(flags & !FLAG_CLOSING),
+                flags: u32::from(flags & !RESPONSE_FLAG_CLOSING),
             });
         }
         let code = get_u16(b, OFF_STATUS);
@@ -245,7 +245,7 @@ impl ResponseHeader {
         };
         Ok(ResponseHeader {
             request_id: env.request_id,
-            closing: flags & FLAG_CLOSING != 0,
+            closing: flags & RESPONSE_FLAG_CLOSING != 0,
             reply,
         })
     }
@@ -283,7 +283,11 @@ impl ResponseHeader {
         put_u16(
             &mut b,
             OFF_FLAGS,
-            if self.closing { FLAG_CLOSING } else { 0 },
+            if self.closing {
+                RESPONSE_FLAG_CLOSING
+            } else {
+                0
+            },
         );
         put_u32(&mut b, OFF_PAYLOAD_CRC, r.payload_crc());
         put_u64(&mut b, OFF_CHUNK_SIZE, chunk_size);
