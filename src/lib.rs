@@ -19,6 +19,7 @@
 
 pub mod dev;
 pub mod mem;
+pub mod proto;
 pub mod stack;
 pub mod sys;
 pub mod time;
