@@ -17,6 +17,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chunk;
 pub mod dev;
 pub mod mem;
 pub mod proto;

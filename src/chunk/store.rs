@@ -1,0 +1,123 @@
+//! The storage trait embedders implement, and its error type.
+
+use std::io;
+
+use crate::proto::{ChunkId, Status};
+
+/// A chunk's size and the CRC32C of its whole content.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ChunkStat {
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC32C of bytes `0..size`.
+    pub crc: u32,
+}
+
+/// The result of a read.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ReadInfo {
+    /// Bytes placed at the start of the caller's buffer.
+    pub len: usize,
+    /// The chunk's size at the time of the read.
+    pub chunk_size: u64,
+}
+
+/// Why a store operation failed. Each maps to a protocol [`Status`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such chunk.
+    #[error("chunk {0} not found")]
+    NotFound(ChunkId),
+    /// A read starting past the end of the chunk.
+    #[error("offset {offset} is past the end of chunk {id} ({size} bytes)")]
+    OutOfRange {
+        /// The chunk.
+        id: ChunkId,
+        /// Requested offset.
+        offset: u64,
+        /// The chunk's size.
+        size: u64,
+    },
+    /// A write that would grow the chunk past the store's limit.
+    #[error("writing {len} bytes at {offset} would grow chunk {id} past {limit} bytes")]
+    ChunkTooLarge {
+        /// The chunk.
+        id: ChunkId,
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: u64,
+        /// The store's chunk size limit.
+        limit: u64,
+    },
+    /// The store is out of space (disk full, memory budget reached).
+    #[error("no space left for chunk {0}")]
+    NoSpace(ChunkId),
+    /// An I/O error from the backing storage.
+    #[error("{op} on chunk {id}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The chunk.
+        id: ChunkId,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    /// The protocol status that reports this error to a client.
+    pub fn status(&self) -> Status {
+        match self {
+            StoreError::NotFound(_) => Status::NotFound,
+            StoreError::OutOfRange { .. } => Status::OutOfRange,
+            StoreError::ChunkTooLarge { .. } => Status::ChunkTooLarge,
+            StoreError::NoSpace(_) => Status::NoSpace,
+            StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                Status::NoSpace
+            }
+            StoreError::Io { .. } => Status::Io,
+        }
+    }
+}
+
+/// Chunk storage, implemented by the embedding file server (or [`MemStore`](super::MemStore),
+/// [`DirStore`](super::DirStore)).
+///
+/// Methods take `&self`: a store is shared by the server's connections (and by several server
+/// threads), so implementations synchronise internally. Chunks are independent: operations on
+/// different chunks may run concurrently; the server does not order operations on one chunk
+/// beyond what a single connection's request order gives.
+///
+/// Contract (docs/PROTOCOL.md section 4):
+/// - `write` creates the chunk if needed; bytes between the old end and `offset` read as zeros.
+///   It returns only when the data is as durable as the store promises (see `DirStore`'s sync
+///   policy): the server acknowledges the WRITE after it returns.
+/// - `read` fills up to `buf.len()` bytes from `offset`: fewer only at the end of the chunk,
+///   zero when `offset == size`, `OutOfRange` when `offset > size`.
+pub trait ChunkStore: Send + Sync {
+    /// Writes `data` at `offset`; returns the chunk's size afterwards.
+    fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<u64, StoreError>;
+    /// Reads from `offset` into `buf`.
+    fn read(&self, id: ChunkId, offset: u64, buf: &mut [u8]) -> Result<ReadInfo, StoreError>;
+    /// Removes the chunk.
+    fn delete(&self, id: ChunkId) -> Result<(), StoreError>;
+    /// The chunk's size and content CRC32C.
+    fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError>;
+}
+
+impl<S: ChunkStore + ?Sized> ChunkStore for std::sync::Arc<S> {
+    fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
+        (**self).write(id, offset, data)
+    }
+    fn read(&self, id: ChunkId, offset: u64, buf: &mut [u8]) -> Result<ReadInfo, StoreError> {
+        (**self).read(id, offset, buf)
+    }
+    fn delete(&self, id: ChunkId) -> Result<(), StoreError> {
+        (**self).delete(id)
+    }
+    fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError> {
+        (**self).stat(id)
+    }
+}
