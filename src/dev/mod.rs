@@ -13,6 +13,8 @@ use std::time::Duration;
 use crate::mem::PoolBuf;
 use crate::time::Instant;
 
+pub mod sim;
+
 /// Length of an Ethernet header without VLAN tag.
 pub const ETH_HEADER_LEN: usize = 14;
 
