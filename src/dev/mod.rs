@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::mem::PoolBuf;
 use crate::time::Instant;
 
+pub mod pcap;
 pub mod sim;
 
 /// Length of an Ethernet header without VLAN tag.
