@@ -13,6 +13,8 @@ use std::time::Duration;
 use crate::mem::PoolBuf;
 use crate::time::Instant;
 
+pub mod pcap;
+pub mod sim;
 pub mod tap;
 
 /// Length of an Ethernet header without VLAN tag.
