@@ -53,6 +53,9 @@ fn skip_unless_root() -> bool {
     if is_root() {
         return false;
     }
+    if std::env::var_os("USTACK_REQUIRE_PRIVILEGED_TESTS").is_some() {
+        panic!("this test must run here but cannot: needs root to change nr_hugepages");
+    }
     println!("SKIPPED: needs root to change nr_hugepages");
     true
 }

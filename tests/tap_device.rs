@@ -39,6 +39,9 @@ fn skip_reason(needs_tun: bool) -> Option<String> {
 macro_rules! skip_unless_able {
     ($needs_tun:expr) => {
         if let Some(reason) = skip_reason($needs_tun) {
+            if std::env::var_os("USTACK_REQUIRE_PRIVILEGED_TESTS").is_some() {
+                panic!("this test must run here but cannot: {reason}");
+            }
             eprintln!("SKIPPED: {reason}");
             return;
         }

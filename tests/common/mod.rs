@@ -1,0 +1,217 @@
+//! Shared test support: a virtual-time driver for two stacks on the simulated link, test data
+//! patterns, and the rule for tests that need privileges.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use ustack::dev::sim::{SimConfig, SimLink, SimPort};
+use ustack::stack::{ConnId, ConnState, MacAddr, Stack, StackConfig};
+use ustack::{Instant, PacketDevice, PageSize};
+
+pub const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+/// Tests that need root, namespaces or hugepages call this when they cannot run. Under
+/// `scripts/test.sh` as root (`USTACK_REQUIRE_PRIVILEGED_TESTS=1`) a skip is a failure.
+pub fn skip(reason: &str) {
+    if std::env::var_os("USTACK_REQUIRE_PRIVILEGED_TESTS").is_some() {
+        panic!("this test must run here but cannot: {reason}");
+    }
+    println!("SKIPPED: {reason}");
+}
+
+/// A stack configuration for simulated runs: fixed seed and MAC, modest socket memory.
+pub fn sim_stack_config(ip: Ipv4Addr, seed: u64) -> StackConfig {
+    let mut c = StackConfig::new(ip, 24);
+    c.random_seed = seed;
+    c.mac = MacAddr::local_from_seed(seed ^ u64::from(u32::from(ip)));
+    c.sockets_max = 8;
+    c.page_size = PageSize::Huge2M;
+    c
+}
+
+/// What an application step did.
+pub enum Step<T> {
+    /// Finished with a result.
+    Done(T),
+    /// Moved data or changed something: poll again at the same instant.
+    Busy,
+    /// Waiting for the network.
+    Idle,
+}
+
+/// Two stacks joined by a simulated link, driven in virtual time from one thread.
+pub struct SimNet<D: PacketDevice> {
+    pub link: SimLink,
+    pub a: Stack<D>,
+    pub b: Stack<D>,
+    pub now: Instant,
+}
+
+impl SimNet<SimPort> {
+    pub fn new(sim: SimConfig, seed: u64) -> SimNet<SimPort> {
+        SimNet::with_wrap(sim, seed, |p, _| p)
+    }
+}
+
+impl<D: PacketDevice> SimNet<D> {
+    /// Builds the pair, wrapping each port (e.g. in a pcap capture); the bool is true for A.
+    pub fn with_wrap(sim: SimConfig, seed: u64, wrap: impl Fn(SimPort, bool) -> D) -> SimNet<D> {
+        let (link, pa, pb) = SimLink::new(sim).expect("sim link");
+        let a = Stack::new(wrap(pa, true), sim_stack_config(IP_A, seed)).expect("stack A");
+        let b = Stack::new(
+            wrap(pb, false),
+            sim_stack_config(IP_B, seed.wrapping_add(1)),
+        )
+        .expect("stack B");
+        SimNet {
+            link,
+            a,
+            b,
+            now: Instant::ZERO,
+        }
+    }
+
+    /// Polls both stacks and runs `app` until it is done, jumping the clock over idle time.
+    /// Fails if `limit` of virtual time passes first.
+    pub fn drive<T>(
+        &mut self,
+        limit: Duration,
+        mut app: impl FnMut(&mut Stack<D>, &mut Stack<D>, Instant) -> Result<Step<T>, String>,
+    ) -> Result<T, String> {
+        let end = self.now + limit;
+        loop {
+            let busy = self.a.poll(self.now) | self.b.poll(self.now);
+            let app_busy = match app(&mut self.a, &mut self.b, self.now)? {
+                Step::Done(t) => return Ok(t),
+                Step::Busy => true,
+                Step::Idle => false,
+            };
+            if self.now >= end {
+                return Err(format!("not done after {limit:?} of virtual time"));
+            }
+            if !busy && !app_busy {
+                let next = [
+                    self.a.poll_at(self.now),
+                    self.b.poll_at(self.now),
+                    self.link.next_delivery(),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(end);
+                self.now = next.max(self.now + Duration::from_micros(1)).min(end);
+            }
+        }
+    }
+}
+
+/// Connects A to a listener on B; returns (server-side conn on B, client conn on A), both
+/// established.
+pub fn connect_pair<D: PacketDevice>(
+    net: &mut SimNet<D>,
+    port: u16,
+) -> Result<(ConnId, ConnId), String> {
+    let l = net.b.listen(port, 1).map_err(|e| e.to_string())?;
+    let c = net
+        .a
+        .connect(SocketAddrV4::new(IP_B, port))
+        .map_err(|e| e.to_string())?;
+    let mut server = None;
+    net.drive(Duration::from_secs(600), |a, b, _| {
+        if server.is_none() {
+            server = b.accept(l).map_err(|e| e.to_string())?;
+        }
+        let established = a.state(c).map_err(|e| e.to_string())? == ConnState::Established;
+        Ok(match server {
+            Some(s) if established => Step::Done((s, c)),
+            _ => Step::Idle,
+        })
+    })
+}
+
+/// A deterministic byte stream: byte `i` depends only on the seed and `i`, so any slice of it can
+/// be generated or checked on its own.
+#[derive(Copy, Clone)]
+pub struct Pattern {
+    seed: u64,
+}
+
+impl Pattern {
+    pub fn new(seed: u64) -> Pattern {
+        Pattern { seed }
+    }
+
+    fn word(&self, w: u64) -> u64 {
+        let mut z = self.seed ^ w.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Fills `buf` with stream bytes starting at `offset`.
+    pub fn fill(&self, offset: u64, buf: &mut [u8]) {
+        let mut i = 0;
+        while i < buf.len() {
+            let pos = offset + i as u64;
+            let bytes = self.word(pos / 8).to_le_bytes();
+            let start = (pos % 8) as usize;
+            let n = (8 - start).min(buf.len() - i);
+            buf[i..i + n].copy_from_slice(&bytes[start..start + n]);
+            i += n;
+        }
+    }
+
+    /// Index of the first byte of `data` that differs from the stream at `offset`.
+    pub fn mismatch(&self, offset: u64, data: &[u8], scratch: &mut [u8]) -> Option<usize> {
+        let mut done = 0;
+        while done < data.len() {
+            let n = (data.len() - done).min(scratch.len());
+            self.fill(offset + done as u64, &mut scratch[..n]);
+            if let Some(j) = (0..n).find(|&j| scratch[j] != data[done + j]) {
+                return Some(done + j);
+            }
+            done += n;
+        }
+        None
+    }
+}
+
+/// FNV-1a, 64 bit: the stream hash both ends compare.
+#[derive(Copy, Clone)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// A small seeded generator for test decisions.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
