@@ -453,4 +453,24 @@ mod tests {
             Err(RxDrop::BadIpv4)
         );
     }
+
+    proptest::proptest! {
+        /// Any bytes, and any corruption of a valid frame, are classified without panicking.
+        #[test]
+        fn arbitrary_frames_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1600),
+            flips in proptest::collection::vec((0usize..80, 0u8..8), 0..4),
+            verify in proptest::prelude::any::<bool>(),
+        ) {
+            let _ = check_frame(&bytes, 1500, &MAC, verify, verify);
+            let mut good = eth(ETHERTYPE_IPV4, &ipv4_tcp());
+            for (i, bit) in flips {
+                let i = i % good.len();
+                good[i] ^= 1 << bit;
+            }
+            let _ = check_frame(&good, 1500, &MAC, verify, verify);
+            good.truncate(bytes.len() % (good.len() + 1));
+            let _ = check_frame(&good, 1500, &MAC, verify, verify);
+        }
+    }
 }

@@ -1,0 +1,208 @@
+//! TCP through two ustack stacks over the simulated link (one thread, virtual time: the figure is
+//! the CPU cost of smoltcp + adapter + link), next to the same workload over kernel TCP on
+//! loopback (two threads, the kernel doing the work).
+//!
+//! Run: `cargo bench --bench stack -- --warm-up-time 1 --measurement-time 5`.
+//!
+//! - `bulk/*`: 16 MiB one way on an established connection (throughput).
+//! - `rr_4k/*`: one 4 KiB request answered by a 4 KiB response, one at a time (per exchange).
+//!
+//! Environment matters here: set (or note the absence of) `GLIBC_TUNABLES` — see PLATFORM.md.
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ustack::dev::sim::{SimConfig, SimLink, SimPort};
+use ustack::stack::{ConnId, ConnState, MacAddr, Stack, StackConfig};
+use ustack::Instant;
+
+const BULK: usize = 16 << 20;
+const RR: usize = 4096;
+
+struct Pair {
+    link: SimLink,
+    a: Stack<SimPort>,
+    b: Stack<SimPort>,
+    c: ConnId,
+    s: ConnId,
+    now: Instant,
+}
+
+fn cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
+    let mut c = StackConfig::new(ip, 24);
+    c.random_seed = seed;
+    c.mac = MacAddr::local_from_seed(seed);
+    c.sockets_max = 4;
+    c
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let (link, pa, pb) = SimLink::new(SimConfig::default()).unwrap();
+        let mut a = Stack::new(pa, cfg(Ipv4Addr::new(10, 0, 0, 1), 1)).unwrap();
+        let mut b = Stack::new(pb, cfg(Ipv4Addr::new(10, 0, 0, 2), 2)).unwrap();
+        let l = b.listen(9, 1).unwrap();
+        let c = a
+            .connect(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 9))
+            .unwrap();
+        let mut p = Pair {
+            link,
+            a,
+            b,
+            c,
+            s: c,
+            now: Instant::ZERO,
+        };
+        let mut s = None;
+        while s.is_none() || p.a.state(c).unwrap() != ConnState::Established {
+            p.step(false);
+            if s.is_none() {
+                s = p.b.accept(l).unwrap();
+            }
+        }
+        p.s = s.unwrap();
+        p
+    }
+
+    /// Polls both stacks; jumps virtual time when nothing happened.
+    fn step(&mut self, app_busy: bool) {
+        let busy = self.a.poll(self.now) | self.b.poll(self.now);
+        if !busy && !app_busy {
+            let next = [
+                self.a.poll_at(self.now),
+                self.b.poll_at(self.now),
+                self.link.next_delivery(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.now);
+            self.now = next.max(self.now + Duration::from_micros(1));
+        }
+    }
+
+    fn bulk(&mut self, total: usize, buf: &mut [u8]) {
+        let (mut sent, mut got) = (0, 0);
+        while got < total {
+            let mut busy = false;
+            if sent < total {
+                let n = self
+                    .a
+                    .send(self.c, &buf[..(total - sent).min(buf.len())])
+                    .unwrap();
+                sent += n;
+                busy |= n > 0;
+            }
+            let n = self.b.recv(self.s, buf).unwrap();
+            got += n;
+            busy |= n > 0;
+            self.step(busy);
+        }
+    }
+
+    fn exchange(&mut self, buf: &mut [u8]) {
+        let (mut sent, mut got_s, mut back, mut got_c) = (0, 0, 0, 0);
+        while got_c < RR {
+            let mut busy = false;
+            if sent < RR {
+                let n = self.a.send(self.c, &buf[sent..RR]).unwrap();
+                sent += n;
+                busy |= n > 0;
+            }
+            if got_s < RR {
+                let n = self.b.recv(self.s, &mut buf[RR..2 * RR]).unwrap();
+                got_s += n;
+                busy |= n > 0;
+            }
+            if back < got_s {
+                let n = self.b.send(self.s, &buf[RR..RR + got_s - back]).unwrap();
+                back += n;
+                busy |= n > 0;
+            }
+            let n = self.a.recv(self.c, &mut buf[2 * RR..3 * RR]).unwrap();
+            got_c += n;
+            busy |= n > 0;
+            self.step(busy);
+        }
+    }
+}
+
+fn kernel_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    c.set_nodelay(true).unwrap();
+    s.set_nodelay(true).unwrap();
+    (c, s)
+}
+
+fn bulk(c: &mut Criterion) {
+    let mut g = c.benchmark_group("bulk");
+    g.throughput(Throughput::Bytes(BULK as u64));
+    g.sample_size(20);
+    let mut buf = vec![0x5au8; 256 << 10];
+    let mut p = Pair::new();
+    g.bench_function("ustack_sim_link", |b| b.iter(|| p.bulk(BULK, &mut buf)));
+
+    let (mut client, mut server) = kernel_pair();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<usize>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 256 << 10];
+        while let Ok(total) = go_rx.recv() {
+            let mut got = 0;
+            while got < total {
+                got += server.read(&mut buf).unwrap();
+            }
+            done_tx.send(()).unwrap();
+        }
+    });
+    g.bench_function("kernel_loopback", |b| {
+        b.iter(|| {
+            go_tx.send(BULK).unwrap();
+            let mut sent = 0;
+            while sent < BULK {
+                let n = (BULK - sent).min(buf.len());
+                client.write_all(&buf[..n]).unwrap();
+                sent += n;
+            }
+            done_rx.recv().unwrap();
+        })
+    });
+    drop(go_tx);
+    reader.join().unwrap();
+    g.finish();
+}
+
+fn request_response(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rr_4k");
+    g.throughput(Throughput::Elements(1));
+    let mut buf = vec![0x11u8; 3 * RR];
+    let mut p = Pair::new();
+    g.bench_function("ustack_sim_link", |b| b.iter(|| p.exchange(&mut buf)));
+
+    let (mut client, mut server) = kernel_pair();
+    let echo = thread::spawn(move || {
+        let mut buf = vec![0u8; RR];
+        loop {
+            if server.read_exact(&mut buf).is_err() {
+                return;
+            }
+            server.write_all(&buf).unwrap();
+        }
+    });
+    g.bench_function("kernel_loopback", |b| {
+        b.iter(|| {
+            client.write_all(&buf[..RR]).unwrap();
+            client.read_exact(&mut buf[RR..2 * RR]).unwrap();
+        })
+    });
+    drop(client);
+    echo.join().unwrap();
+    g.finish();
+}
+
+criterion_group!(benches, bulk, request_response);
+criterion_main!(benches);
