@@ -18,8 +18,8 @@ enum Bad {
     NotOurs,
     Unsupported,
     LyingIpv4Length,
-    BadIpv4Checksum,
-    BadTcpChecksum,
+    Ipv4Checksum,
+    TcpChecksum,
     Fragment,
     TruncatedTcp,
     Garbage,
@@ -31,8 +31,8 @@ const KINDS: [Bad; 10] = [
     Bad::NotOurs,
     Bad::Unsupported,
     Bad::LyingIpv4Length,
-    Bad::BadIpv4Checksum,
-    Bad::BadTcpChecksum,
+    Bad::Ipv4Checksum,
+    Bad::TcpChecksum,
     Bad::Fragment,
     Bad::TruncatedTcp,
     Bad::Garbage,
@@ -108,12 +108,12 @@ fn build(kind: Bad, mac: [u8; 6], rng: &mut Rng) -> Vec<u8> {
             f[24..26].copy_from_slice(&c.to_be_bytes());
             f
         }
-        Bad::BadIpv4Checksum => {
+        Bad::Ipv4Checksum => {
             let mut f = tcp_frame(mac, 10);
             f[24] ^= 0x01;
             f
         }
-        Bad::BadTcpChecksum => {
+        Bad::TcpChecksum => {
             let mut f = tcp_frame(mac, 100);
             let i = 54 + rng.below(100) as usize;
             f[i] ^= 1 << rng.below(8);
@@ -168,7 +168,7 @@ impl PacketDevice for Injecting {
     fn rx_burst(&mut self, now: Instant, batch: &mut Batch<PoolBuf>) -> usize {
         self.calls += 1;
         let mut n = 0;
-        if self.enabled && self.calls % 7 == 0 && !batch.is_full() {
+        if self.enabled && self.calls.is_multiple_of(7) && !batch.is_full() {
             let kind = KINDS[self.rng.below(KINDS.len() as u64) as usize];
             let bytes = build(kind, self.mac, &mut self.rng);
             if let Some(mut buf) = self.inner.pool().alloc() {
@@ -208,7 +208,7 @@ fn counter(kind: Bad, s: &StackStats) -> (&'static str, u64) {
         Bad::NotOurs => ("rx_not_ours", s.rx_not_ours),
         Bad::Unsupported => ("rx_unsupported", s.rx_unsupported),
         Bad::LyingIpv4Length | Bad::TruncatedTcp => ("rx_bad_ipv4", s.rx_bad_ipv4),
-        Bad::BadIpv4Checksum | Bad::BadTcpChecksum => ("rx_bad_checksum", s.rx_bad_checksum),
+        Bad::Ipv4Checksum | Bad::TcpChecksum => ("rx_bad_checksum", s.rx_bad_checksum),
         Bad::Fragment => ("rx_fragment", s.rx_fragment),
         Bad::Garbage => ("any", s.rx_dropped()),
     }
