@@ -1,0 +1,353 @@
+//! The chunk server and client running on a ustack [`Stack`]: they move bytes between TCP
+//! connections and the sans-IO state machines, straight from and into the sockets' buffers.
+
+use std::net::SocketAddrV4;
+
+use crate::dev::PacketDevice;
+use crate::mem::MemError;
+use crate::proto::LimitsError;
+use crate::stack::{ConnError, ConnId, ConnState, ListenerId, Stack, StackError};
+use crate::time::Instant;
+
+use super::client::{
+    ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, SubmitError,
+};
+use super::server::{ServerConfig, ServerConn, ServerStats};
+use super::staging::Staging;
+use super::store::ChunkStore;
+
+/// Errors setting up a server or client.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkSetupError {
+    /// The protocol limits are inconsistent.
+    #[error("bad protocol limits: {0}")]
+    Limits(#[from] LimitsError),
+    /// Staging memory could not be reserved.
+    #[error("cannot reserve staging buffers: {0}")]
+    Memory(#[from] MemError),
+    /// The stack refused (port in use, no sockets, unreachable address...).
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    /// A configuration value that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+struct Slot {
+    conn: Option<ConnId>,
+    core: ServerConn,
+    eof: bool,
+}
+
+/// A chunk server on a [`Stack`]: accepts connections on one port (up to
+/// `connections_max`), serves pipelined requests from the store.
+pub struct ChunkServer<S: ChunkStore> {
+    store: S,
+    staging: Staging,
+    listener: Option<ListenerId>,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    stats: ServerStats,
+    shutting_down: bool,
+}
+
+impl<S: ChunkStore> ChunkServer<S> {
+    /// Listens on `port` of `stack`. The stack needs `connections_max + backlog` sockets.
+    pub fn bind<D: PacketDevice>(
+        stack: &mut Stack<D>,
+        port: u16,
+        store: S,
+        cfg: ServerConfig,
+    ) -> Result<ChunkServer<S>, ChunkSetupError> {
+        cfg.limits.validate()?;
+        if cfg.connections_max == 0 || cfg.backlog == 0 {
+            return Err(ChunkSetupError::Config(
+                "connections_max and backlog must be at least 1".into(),
+            ));
+        }
+        let sockets = stack.config().sockets_max;
+        if cfg.connections_max + cfg.backlog > sockets {
+            return Err(ChunkSetupError::Config(format!(
+                "connections_max {} + backlog {} exceed the stack's {} sockets: raise StackConfig::sockets_max",
+                cfg.connections_max, cfg.backlog, sockets
+            )));
+        }
+        let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize)?;
+        let listener = stack.listen(port, cfg.backlog)?;
+        Ok(ChunkServer {
+            store,
+            staging,
+            listener: Some(listener),
+            slots: (0..cfg.connections_max)
+                .map(|_| Slot {
+                    conn: None,
+                    core: ServerConn::new(cfg.limits),
+                    eof: false,
+                })
+                .collect(),
+            free: (0..cfg.connections_max).rev().collect(),
+            stats: ServerStats::default(),
+            shutting_down: false,
+        })
+    }
+
+    /// Accepts connections and serves them; returns whether anything happened. Call after
+    /// `stack.poll(now)` in the same loop.
+    pub fn poll<D: PacketDevice>(&mut self, stack: &mut Stack<D>) -> bool {
+        let mut busy = false;
+        if let Some(l) = self.listener {
+            while let Ok(Some(c)) = stack.accept(l) {
+                busy = true;
+                match self.free.pop() {
+                    Some(i) if !self.shutting_down => {
+                        let slot = &mut self.slots[i];
+                        slot.core.reset();
+                        slot.conn = Some(c);
+                        slot.eof = false;
+                        self.stats.connections_accepted += 1;
+                    }
+                    other => {
+                        if let Some(i) = other {
+                            self.free.push(i);
+                        }
+                        let _ = stack.abort(c);
+                        self.stats.connections_refused += 1;
+                    }
+                }
+            }
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].conn.is_some() {
+                busy |= self.serve(stack, i);
+            }
+        }
+        busy
+    }
+
+    fn serve<D: PacketDevice>(&mut self, stack: &mut Stack<D>, i: usize) -> bool {
+        let slot = &mut self.slots[i];
+        let Some(c) = slot.conn else { return false };
+        let mut busy = false;
+        let mut gone = false;
+        // Requests in, straight from the socket's receive buffer.
+        while !slot.eof {
+            let (store, staging, stats, core) =
+                (&self.store, &self.staging, &mut self.stats, &mut slot.core);
+            match stack.recv_with(c, |data| {
+                let n = core.handle_input(data, store, staging, stats);
+                (n, n)
+            }) {
+                Ok(0) => break,
+                Ok(_) => busy = true,
+                Err(ConnError::Eof) => {
+                    slot.eof = true;
+                    slot.core.handle_eof(&mut self.stats);
+                    busy = true;
+                }
+                Err(_) => {
+                    gone = true;
+                    break;
+                }
+            }
+        }
+        // Responses out, straight into the socket's send buffer.
+        while !gone {
+            let Some(piece) = slot.core.next_output() else {
+                break;
+            };
+            match stack.send(c, piece) {
+                Ok(0) => break,
+                Ok(n) => {
+                    slot.core.advance_output(n);
+                    busy = true;
+                }
+                Err(_) => gone = true,
+            }
+        }
+        if gone {
+            let _ = stack.abort(c);
+        } else if slot.core.should_close() {
+            let _ = stack.release(c);
+        } else {
+            return busy;
+        }
+        slot.conn = None;
+        self.free.push(i);
+        self.stats.connections_closed += 1;
+        true
+    }
+
+    /// Stops accepting and taking new requests; queued responses still go out. Poll until
+    /// [`ChunkServer::is_idle`] (or a grace period passes), then drop the server.
+    pub fn begin_shutdown<D: PacketDevice>(&mut self, stack: &mut Stack<D>) {
+        self.shutting_down = true;
+        if let Some(l) = self.listener.take() {
+            let _ = stack.unlisten(l);
+        }
+        for slot in &mut self.slots {
+            slot.core.drain();
+        }
+    }
+
+    /// No connection is open.
+    pub fn is_idle(&self) -> bool {
+        self.free.len() == self.slots.len()
+    }
+
+    /// Connections open.
+    pub fn connections(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}
+
+/// A chunk client on a [`Stack`]: one connection, many requests in flight.
+pub struct ChunkClient {
+    conn: ConnId,
+    core: ClientConn,
+    connected: bool,
+    connect_deadline: Instant,
+    closed: bool,
+}
+
+impl ChunkClient {
+    /// Starts connecting to `server`; requests may be submitted at once (they go out when the
+    /// connection is up).
+    pub fn connect<D: PacketDevice>(
+        stack: &mut Stack<D>,
+        server: SocketAddrV4,
+        cfg: &ClientConfig,
+        now: Instant,
+    ) -> Result<ChunkClient, ChunkSetupError> {
+        cfg.limits.validate()?;
+        let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize)?;
+        ChunkClient::connect_with_staging(stack, server, cfg, staging, now)
+    }
+
+    /// Like [`ChunkClient::connect`], drawing payload buffers from `staging` (shared by many
+    /// clients; its large buffers must hold `cfg.limits.payload_len_max` bytes).
+    pub fn connect_with_staging<D: PacketDevice>(
+        stack: &mut Stack<D>,
+        server: SocketAddrV4,
+        cfg: &ClientConfig,
+        staging: Staging,
+        now: Instant,
+    ) -> Result<ChunkClient, ChunkSetupError> {
+        cfg.limits.validate()?;
+        let core = ClientConn::with_staging(cfg, staging);
+        let conn = stack.connect(server)?;
+        Ok(ChunkClient {
+            conn,
+            core,
+            connected: false,
+            connect_deadline: now + cfg.connect_timeout,
+            closed: false,
+        })
+    }
+
+    /// Queues a request; returns its id.
+    pub fn submit(&mut self, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError> {
+        self.core.submit(op, now)
+    }
+
+    /// Moves bytes both ways and expires requests; returns whether anything happened. Call
+    /// after `stack.poll(now)` in the same loop.
+    pub fn poll<D: PacketDevice>(&mut self, stack: &mut Stack<D>, now: Instant) -> bool {
+        if self.closed || self.core.is_broken() {
+            return false;
+        }
+        let mut busy = false;
+        if !self.connected {
+            match stack.state(self.conn) {
+                Ok(ConnState::Established) => {
+                    self.connected = true;
+                    busy = true;
+                }
+                Ok(ConnState::Connecting) if now < self.connect_deadline => return false,
+                _ => {
+                    self.core.fail_all(ClientError::ConnectionLost);
+                    let _ = stack.abort(self.conn);
+                    return true;
+                }
+            }
+        }
+        loop {
+            let core = &mut self.core;
+            match stack.recv_with(self.conn, |data| {
+                let n = core.handle_input(data);
+                (n, n)
+            }) {
+                Ok(0) => break,
+                Ok(_) => busy = true,
+                Err(_) => {
+                    self.core.fail_all(ClientError::ConnectionLost);
+                    return true;
+                }
+            }
+        }
+        while let Some(piece) = self.core.next_output() {
+            match stack.send(self.conn, piece) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.core.advance_output(n);
+                    busy = true;
+                }
+                Err(_) => {
+                    self.core.fail_all(ClientError::ConnectionLost);
+                    return true;
+                }
+            }
+        }
+        let before = self.core.completions_ready();
+        self.core.handle_timeouts(now);
+        busy || self.core.completions_ready() != before
+    }
+
+    /// The next finished request.
+    pub fn next_completion(&mut self) -> Option<Completion> {
+        self.core.next_completion()
+    }
+
+    /// Whether the connection is established (and not broken).
+    pub fn is_connected(&self) -> bool {
+        self.connected && !self.core.is_broken()
+    }
+
+    /// Whether the connection failed: every request fails, a new client must connect.
+    pub fn is_broken(&self) -> bool {
+        self.core.is_broken()
+    }
+
+    /// Requests outstanding.
+    pub fn in_flight(&self) -> usize {
+        self.core.in_flight()
+    }
+
+    /// The earliest request deadline, for virtual-time drivers.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.core.next_deadline()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        self.core.stats()
+    }
+
+    /// Closes the connection gracefully and releases it; outstanding requests fail.
+    pub fn close<D: PacketDevice>(&mut self, stack: &mut Stack<D>) {
+        if !self.closed {
+            self.closed = true;
+            self.core.fail_all(ClientError::ConnectionLost);
+            let _ = stack.release(self.conn);
+        }
+    }
+}

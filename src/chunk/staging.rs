@@ -1,0 +1,86 @@
+//! Staging buffers for request and response payloads: two size classes carved from hugepage
+//! pools at start-up, so a payload never allocates and the total is bounded. When both classes
+//! are empty the caller stops reading (back-pressure) until a buffer comes back.
+
+use crate::mem::{BufPool, MemError, PageSize, PoolBuf};
+
+/// Sizes of the staging pools.
+#[derive(Clone, Debug)]
+pub struct StagingConfig {
+    /// Length of a small buffer (payloads up to this use one).
+    pub small_len: usize,
+    /// Small buffers.
+    pub small_count: usize,
+    /// Large buffers (each `payload_len_max` long).
+    pub large_count: usize,
+    /// Page size wanted for the pools.
+    pub page_size: PageSize,
+}
+
+impl Default for StagingConfig {
+    fn default() -> StagingConfig {
+        StagingConfig {
+            small_len: 64 << 10,
+            small_count: 256,
+            large_count: 16,
+            page_size: PageSize::Huge2M,
+        }
+    }
+}
+
+impl StagingConfig {
+    /// Bytes these pools reserve for payloads of up to `large_len`.
+    pub fn memory_len(&self, large_len: usize) -> usize {
+        self.small_len * self.small_count + large_len * self.large_count
+    }
+}
+
+/// The two pools.
+#[derive(Clone, Debug)]
+pub struct Staging {
+    small: Option<BufPool>,
+    large: BufPool,
+    small_len: usize,
+}
+
+impl Staging {
+    /// Maps the pools; `large_len` is the protocol's payload limit.
+    pub fn new(cfg: &StagingConfig, large_len: usize) -> Result<Staging, MemError> {
+        let small = if cfg.small_count > 0 && cfg.small_len < large_len {
+            Some(BufPool::with_capacity(
+                cfg.small_count,
+                cfg.small_len,
+                0,
+                cfg.page_size,
+            )?)
+        } else {
+            None
+        };
+        Ok(Staging {
+            small,
+            large: BufPool::with_capacity(cfg.large_count.max(1), large_len, 0, cfg.page_size)?,
+            small_len: cfg.small_len,
+        })
+    }
+
+    /// A buffer holding `len` bytes (contents unspecified), or `None` when the class it needs is
+    /// empty. Small payloads fall back to a large buffer.
+    pub fn alloc(&self, len: usize) -> Option<PoolBuf> {
+        let mut buf = match &self.small {
+            Some(small) if len <= self.small_len => small.alloc().or_else(|| self.large.alloc()),
+            _ => self.large.alloc(),
+        }?;
+        if !buf.set_len(len) {
+            return None;
+        }
+        Some(buf)
+    }
+
+    /// Buffers free in (small, large).
+    pub fn available(&self) -> (usize, usize) {
+        (
+            self.small.as_ref().map_or(0, BufPool::available),
+            self.large.available(),
+        )
+    }
+}
