@@ -82,8 +82,8 @@ impl StoreError {
     }
 }
 
-/// Chunk storage, implemented by the embedding file server (or [`MemStore`](super::MemStore),
-/// [`DirStore`](super::DirStore)).
+/// Chunk storage, implemented by the embedding file server (or `MemStore`,
+/// `DirStore`).
 ///
 /// Methods take `&self`: a store is shared by the server's connections (and by several server
 /// threads), so implementations synchronise internally. Chunks are independent: operations on
