@@ -1,19 +1,28 @@
-//! Chunk serving: the [`ChunkStore`] trait embedders implement, stores, and the chunk protocol's
-//! server and client.
+//! Chunk serving: the [`ChunkStore`] trait embedders implement, two stores, and the chunk
+//! protocol's server and client.
 //!
 //! The protocol logic is sans-IO ([`ServerConn`], [`ClientConn`]): bytes in, bytes out, no
 //! sockets and no clock. [`ChunkServer`] and [`ChunkClient`] run it on a ustack
 //! [`Stack`](crate::stack::Stack); the `net` module runs the same machines over kernel TCP.
+//!
+//! Two stores come with the crate: [`MemStore`] (in memory, with a byte budget) and
+//! [`DirStore`] (one file per chunk under a directory, crash-safe, with a [`SyncPolicy`]).
 
 mod client;
+pub mod dir_store;
+pub mod mem_store;
 mod on_stack;
 mod server;
 mod staging;
 mod store;
+#[cfg(test)]
+mod store_contract;
 
 pub use client::{
     ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, SubmitError,
 };
+pub use dir_store::{DirStore, DirStoreConfig, DirStoreError, RecoveryReport, SyncPolicy};
+pub use mem_store::MemStore;
 pub use on_stack::{ChunkClient, ChunkServer, ChunkSetupError};
 pub use server::{ServerConfig, ServerConn, ServerStats};
 pub use staging::{Staging, StagingConfig};

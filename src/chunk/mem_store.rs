@@ -1,0 +1,392 @@
+//! [`MemStore`]: chunks in memory, for tests, benchmarks and caches.
+//!
+//! Each chunk is a `Vec<u8>` behind its own `RwLock`; the id -> chunk map is split into
+//! 64 shards, each behind its own `RwLock`, so operations on different chunks do not
+//! wait for each other (a shard lock is held only to look a chunk up, insert or remove it; the
+//! copy of the data happens under the chunk's lock, or under no lock at all when a chunk is
+//! created). Reads of one chunk run in parallel; a write or delete of a chunk excludes the other
+//! operations on that chunk, so a read or STAT never sees half a write.
+//!
+//! Space: a byte budget counts the content bytes of all chunks (a chunk's size, gaps included).
+//! A write that would take the total past the budget fails with [`StoreError::NoSpace`] and
+//! changes nothing; so does one for which the allocator has no memory. The heap may hold up to
+//! about twice the content bytes, because a growing `Vec` doubles its capacity.
+//!
+//! STAT: the CRC32C of a chunk is computed on the first STAT, O(size) (a few milliseconds for a
+//! 64 MiB chunk with the CPU's CRC instruction), and cached with the chunk. A write that appends
+//! exactly at the end keeps a cached CRC up to date (one CRC pass over the written bytes); any
+//! other write drops it, and the next STAT computes it again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::store::{ChunkStat, ChunkStore, ReadInfo, StoreError};
+use crate::proto::{crc32c, crc32c_combine, ChunkId, Limits};
+
+/// Number of shards of the chunk map.
+const SHARDS: usize = 64;
+
+/// `MemChunk::crc` when no CRC is cached (a valid cache entry has bit 32 set).
+const CRC_NONE: u64 = 0;
+const CRC_VALID: u64 = 1 << 32;
+
+/// A chunk store in memory, with a byte budget and a chunk size limit.
+///
+/// ```
+/// use ustack::chunk::{ChunkStore, MemStore};
+/// use ustack::proto::ChunkId;
+///
+/// let store = MemStore::new(1 << 20);
+/// assert_eq!(store.write(ChunkId(7), 4, b"data").unwrap(), 8);
+/// let mut buf = [0xFFu8; 16];
+/// let read = store.read(ChunkId(7), 0, &mut buf).unwrap();
+/// assert_eq!(&buf[..read.len], b"\0\0\0\0data");
+/// assert_eq!(store.used_bytes(), 8);
+/// ```
+#[derive(Debug)]
+pub struct MemStore {
+    shards: Box<[RwLock<Shard>]>,
+    budget_bytes: u64,
+    used_bytes: AtomicU64,
+    chunk_len_max: u64,
+}
+
+/// One shard of the chunk map.
+type Shard = HashMap<ChunkId, Arc<RwLock<MemChunk>>>;
+
+#[derive(Debug)]
+struct MemChunk {
+    data: Vec<u8>,
+    /// `CRC_VALID | crc` when the CRC of `data` is known, else `CRC_NONE`. Written by writers
+    /// (who hold the chunk's write lock) and by STAT (which holds the read lock, so no writer
+    /// can change `data` between computing the CRC and storing it).
+    crc: AtomicU64,
+    /// Set by `delete` after removing the chunk from the map: a writer that looked the chunk up
+    /// before the delete must start over instead of writing into a chunk nobody can see.
+    deleted: bool,
+}
+
+enum Create {
+    Done(u64),
+    /// Someone else created the chunk first.
+    Raced,
+}
+
+impl MemStore {
+    /// A store that holds at most `budget_bytes` of chunk content, with chunks of up to
+    /// [`Limits::DEFAULT_CHUNK_LEN_MAX`] (64 MiB) each.
+    pub fn new(budget_bytes: u64) -> MemStore {
+        MemStore {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            budget_bytes,
+            used_bytes: AtomicU64::new(0),
+            chunk_len_max: Limits::DEFAULT_CHUNK_LEN_MAX,
+        }
+    }
+
+    /// Sets the chunk size limit: a write reaching past `chunk_len_max` bytes fails with
+    /// [`StoreError::ChunkTooLarge`].
+    pub fn with_chunk_len_max(mut self, chunk_len_max: u64) -> MemStore {
+        self.chunk_len_max = chunk_len_max;
+        self
+    }
+
+    /// The byte budget.
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
+    }
+
+    /// Content bytes held now (the sum of the chunks' sizes).
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The chunk size limit.
+    pub fn chunk_len_max(&self) -> u64 {
+        self.chunk_len_max
+    }
+
+    /// Number of chunks held now.
+    pub fn chunk_count(&self) -> usize {
+        self.shards.iter().map(|s| read_lock(s).len()).sum()
+    }
+
+    fn shard(&self, id: ChunkId) -> &RwLock<Shard> {
+        let v = id.0;
+        let folded = (v as u64) ^ ((v >> 64) as u64);
+        let h = folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        &self.shards[h as usize % SHARDS]
+    }
+
+    fn lookup(&self, id: ChunkId) -> Option<Arc<RwLock<MemChunk>>> {
+        read_lock(self.shard(id)).get(&id).cloned()
+    }
+
+    /// Takes `bytes` from the budget, or says NoSpace.
+    fn reserve(&self, id: ChunkId, bytes: u64) -> Result<(), StoreError> {
+        let budget = self.budget_bytes;
+        self.used_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= budget)
+            })
+            .map(drop)
+            .map_err(|_| StoreError::NoSpace(id))
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Creates the chunk with the data in place, copying outside every lock; inserts it unless
+    /// another writer created it meanwhile.
+    fn create(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: &[u8],
+        end: u64,
+    ) -> Result<Create, StoreError> {
+        self.reserve(id, end)?;
+        let mut bytes = Vec::new();
+        if bytes.try_reserve_exact(end as usize).is_err() {
+            self.release(end);
+            return Err(StoreError::NoSpace(id));
+        }
+        bytes.resize(offset as usize, 0);
+        bytes.extend_from_slice(data);
+        let chunk = MemChunk {
+            data: bytes,
+            crc: AtomicU64::new(CRC_NONE),
+            deleted: false,
+        };
+        let mut shard = write_lock(self.shard(id));
+        if shard.contains_key(&id) {
+            drop(shard);
+            self.release(end);
+            return Ok(Create::Raced);
+        }
+        shard.insert(id, Arc::new(RwLock::new(chunk)));
+        Ok(Create::Done(end))
+    }
+
+    fn write_into(
+        &self,
+        chunk: &mut MemChunk,
+        id: ChunkId,
+        offset: u64,
+        data: &[u8],
+        end: u64,
+    ) -> Result<u64, StoreError> {
+        let old = chunk.data.len() as u64;
+        let growth = end.saturating_sub(old);
+        if growth > 0 {
+            self.reserve(id, growth)?;
+            if chunk.data.try_reserve(growth as usize).is_err() {
+                self.release(growth);
+                return Err(StoreError::NoSpace(id));
+            }
+        }
+        let cached = *chunk.crc.get_mut();
+        let offset = offset as usize;
+        if offset as u64 >= old {
+            chunk.data.resize(offset, 0);
+            chunk.data.extend_from_slice(data);
+        } else {
+            let in_place = (end.min(old) as usize) - offset;
+            chunk.data[offset..offset + in_place].copy_from_slice(&data[..in_place]);
+            chunk.data.extend_from_slice(&data[in_place..]);
+        }
+        // An append at the end extends a cached CRC; anything else invalidates it.
+        let crc = if cached & CRC_VALID != 0 && offset as u64 == old {
+            CRC_VALID | u64::from(crc32c_combine(cached as u32, crc32c(data), data.len()))
+        } else {
+            CRC_NONE
+        };
+        *chunk.crc.get_mut() = crc;
+        Ok(old.max(end))
+    }
+}
+
+impl ChunkStore for MemStore {
+    fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
+        let end = write_end(id, offset, data.len(), self.chunk_len_max)?;
+        loop {
+            let Some(chunk) = self.lookup(id) else {
+                match self.create(id, offset, data, end)? {
+                    Create::Done(size) => return Ok(size),
+                    Create::Raced => continue,
+                }
+            };
+            let mut chunk = write_lock(&chunk);
+            if chunk.deleted {
+                // Deleted after we looked it up: this write creates the chunk anew.
+                continue;
+            }
+            return self.write_into(&mut chunk, id, offset, data, end);
+        }
+    }
+
+    fn read(&self, id: ChunkId, offset: u64, buf: &mut [u8]) -> Result<ReadInfo, StoreError> {
+        let chunk = self.lookup(id).ok_or(StoreError::NotFound(id))?;
+        let chunk = read_lock(&chunk);
+        if chunk.deleted {
+            return Err(StoreError::NotFound(id));
+        }
+        let size = chunk.data.len() as u64;
+        if offset > size {
+            return Err(StoreError::OutOfRange { id, offset, size });
+        }
+        let len = buf.len().min((size - offset) as usize);
+        let start = offset as usize;
+        buf[..len].copy_from_slice(&chunk.data[start..start + len]);
+        Ok(ReadInfo {
+            len,
+            chunk_size: size,
+        })
+    }
+
+    fn delete(&self, id: ChunkId) -> Result<(), StoreError> {
+        let chunk = write_lock(self.shard(id))
+            .remove(&id)
+            .ok_or(StoreError::NotFound(id))?;
+        let mut chunk = write_lock(&chunk);
+        chunk.deleted = true;
+        self.release(chunk.data.len() as u64);
+        chunk.data = Vec::new();
+        Ok(())
+    }
+
+    fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError> {
+        let chunk = self.lookup(id).ok_or(StoreError::NotFound(id))?;
+        let chunk = read_lock(&chunk);
+        if chunk.deleted {
+            return Err(StoreError::NotFound(id));
+        }
+        let cached = chunk.crc.load(Ordering::Relaxed);
+        let crc = if cached & CRC_VALID != 0 {
+            cached as u32
+        } else {
+            let crc = crc32c(&chunk.data);
+            chunk
+                .crc
+                .store(CRC_VALID | u64::from(crc), Ordering::Relaxed);
+            crc
+        };
+        Ok(ChunkStat {
+            size: chunk.data.len() as u64,
+            crc,
+        })
+    }
+}
+
+/// `offset + len`, checked against the chunk size limit.
+pub(super) fn write_end(
+    id: ChunkId,
+    offset: u64,
+    len: usize,
+    chunk_len_max: u64,
+) -> Result<u64, StoreError> {
+    let len = len as u64;
+    match offset.checked_add(len) {
+        Some(end) if end <= chunk_len_max => Ok(end),
+        _ => Err(StoreError::ChunkTooLarge {
+            id,
+            offset,
+            len,
+            limit: chunk_len_max,
+        }),
+    }
+}
+
+// A panic while a lock is held cannot leave a chunk half-updated in a way later operations
+// would trip over (the updates under a lock are copies and a length change), so poisoned locks
+// are used as they are.
+fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_store(f: &mut dyn FnMut(&dyn ChunkStore, u64)) {
+        let limit = 8 << 20;
+        let store = MemStore::new(1 << 30).with_chunk_len_max(limit);
+        f(&store, limit);
+    }
+
+    crate::chunk::store_contract::contract_tests!(with_store);
+
+    #[test]
+    fn budget_gives_no_space_and_changes_nothing() {
+        let store = MemStore::new(10_000);
+        store.write(ChunkId(1), 0, &[1u8; 6_000]).unwrap();
+        assert_eq!(store.used_bytes(), 6_000);
+
+        // A new chunk that does not fit.
+        let err = store.write(ChunkId(2), 0, &[2u8; 5_000]).unwrap_err();
+        assert!(matches!(err, StoreError::NoSpace(ChunkId(2))), "{err:?}");
+        assert!(matches!(
+            store.stat(ChunkId(2)),
+            Err(StoreError::NotFound(_))
+        ));
+        // Growth of an existing chunk that does not fit (a gap counts too).
+        let err = store.write(ChunkId(1), 9_000, &[3u8; 1_001]).unwrap_err();
+        assert_eq!(err.status(), crate::proto::Status::NoSpace);
+        assert_eq!(store.stat(ChunkId(1)).unwrap().size, 6_000);
+        assert_eq!(store.used_bytes(), 6_000);
+
+        // Overwrites in place need no budget; growth up to the budget exactly is fine.
+        store.write(ChunkId(1), 0, &[4u8; 6_000]).unwrap();
+        store.write(ChunkId(2), 0, &[5u8; 4_000]).unwrap();
+        assert_eq!(store.used_bytes(), 10_000);
+        assert!(matches!(
+            store.write(ChunkId(3), 0, &[0u8; 1]),
+            Err(StoreError::NoSpace(_))
+        ));
+        // Zero-length writes at or below the end need nothing, and create empty chunks.
+        store.write(ChunkId(3), 0, &[]).unwrap();
+        assert_eq!(store.stat(ChunkId(3)).unwrap().size, 0);
+
+        // Deleting gives the space back.
+        store.delete(ChunkId(1)).unwrap();
+        assert_eq!(store.used_bytes(), 4_000);
+        store.write(ChunkId(4), 0, &[6u8; 6_000]).unwrap();
+        assert_eq!(store.used_bytes(), 10_000);
+        assert_eq!(store.chunk_count(), 3);
+    }
+
+    #[test]
+    fn cached_crc_follows_appends_and_overwrites() {
+        let store = MemStore::new(1 << 20);
+        let id = ChunkId(9);
+        let mut model = Vec::new();
+        let steps: [(u64, &[u8]); 6] = [
+            (0, b"hello"),
+            (5, b" world"),
+            (20, b"gap"),
+            (2, b"XY"),
+            (23, b"!"),
+            (24, b""),
+        ];
+        for (offset, data) in steps {
+            store.write(id, offset, data).unwrap();
+            let end = offset as usize + data.len();
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[offset as usize..end].copy_from_slice(data);
+            // STAT twice: the second answer comes from the cache.
+            for _ in 0..2 {
+                let stat = store.stat(id).unwrap();
+                assert_eq!(stat.size, model.len() as u64);
+                assert_eq!(stat.crc, crc32c(&model), "after writing at {offset}");
+            }
+        }
+    }
+}
