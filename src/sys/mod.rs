@@ -2,4 +2,5 @@
 #![allow(unsafe_code)]
 
 pub mod netns;
+pub mod socket;
 pub mod tap;
