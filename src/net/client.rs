@@ -35,6 +35,8 @@ pub struct KernelClient {
     /// Completions [`KernelClient::call`] took out of the core while waiting for its own.
     parked: VecDeque<Completion>,
     in_flight_max: usize,
+    /// The last read emptied the socket: with time to wait, ppoll first instead of reading.
+    drained: bool,
     closed: bool,
 }
 
@@ -92,6 +94,7 @@ impl KernelClient {
             pipe: Pipe::new(),
             parked: VecDeque::with_capacity(in_flight_max),
             in_flight_max,
+            drained: false,
             closed: false,
         })
     }
@@ -112,20 +115,25 @@ impl KernelClient {
     }
 
     /// Sends what is queued, reads answers, and expires requests whose deadline passed at
-    /// `now`. When that moved nothing and requests are outstanding, waits in `ppoll` for the
-    /// socket up to `wait` (never past the earliest request deadline) and tries again. Returns
-    /// whether anything happened (bytes moved, a request completed).
+    /// `now`. If no request completed that way and some are outstanding, waits in `ppoll` for
+    /// the socket up to `wait` (never past the earliest request deadline) and does it all once
+    /// more. Returns whether anything happened (bytes moved, a request completed).
     ///
     /// With nothing outstanding it returns at once: no answer can come.
     pub fn poll(&mut self, now: Instant, wait: Duration) -> bool {
         if self.closed || self.core.is_broken() {
             return false;
         }
-        if self.pump(now) {
-            return true;
-        }
-        if wait.is_zero() || self.core.in_flight() == 0 {
-            return false;
+        let ready = self.core.completions_ready();
+        // Allowed to wait and the socket was emptied last time: ppoll, not a read, says when
+        // there is more.
+        let busy = self.pump(now, wait.is_zero() || !self.drained);
+        if self.core.completions_ready() != ready
+            || wait.is_zero()
+            || self.core.in_flight() == 0
+            || self.core.is_broken()
+        {
+            return busy;
         }
         let wait = self
             .core
@@ -141,12 +149,14 @@ impl KernelClient {
             tracing::warn!(error = %e, "ppoll failed on the chunk client's socket");
         }
         self.pipe.write_blocked = false;
-        self.pump(now + started.elapsed())
+        self.pump(now + started.elapsed(), true) | busy
     }
 
-    /// Moves bytes both ways without waiting, then expires requests.
-    fn pump(&mut self, now: Instant) -> bool {
+    /// Moves bytes both ways without waiting (reading only if `read`, or once more input came),
+    /// then expires requests.
+    fn pump(&mut self, now: Instant, read: bool) -> bool {
         let mut busy = false;
+        let mut read = read;
         for _ in 0..ROUNDS_MAX {
             let mut progress = false;
             let n = self.core.handle_input(self.pipe.received());
@@ -157,10 +167,17 @@ impl KernelClient {
                 // failed every request.
                 return true;
             }
-            if self.pipe.rx_is_empty() {
+            if read && self.pipe.rx_is_empty() {
                 match self.pipe.read_from(&mut self.stream) {
-                    Ok(ReadOutcome::Data) => progress = true,
-                    Ok(ReadOutcome::WouldBlock) | Ok(ReadOutcome::Full) => {}
+                    Ok(ReadOutcome::Data { drained }) => {
+                        progress = true;
+                        self.drained = drained;
+                        read = !drained;
+                    }
+                    Ok(ReadOutcome::WouldBlock) | Ok(ReadOutcome::Full) => {
+                        self.drained = true;
+                        read = false;
+                    }
                     Ok(ReadOutcome::Eof) => {
                         return self.lost(None);
                     }
@@ -192,7 +209,7 @@ impl KernelClient {
                 break;
             }
             match self.pipe.read_from(&mut self.stream) {
-                Ok(ReadOutcome::Data) => {}
+                Ok(ReadOutcome::Data { .. }) => {}
                 _ => break,
             }
         }

@@ -23,6 +23,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// the others waiting (about `ROUNDS_MAX` receive buffers of input).
 const ROUNDS_MAX: usize = 4;
 
+/// Passes over all connections per poll (see [`KernelServer::poll`]).
+const PASSES_MAX: usize = 4;
+
 /// Connections accepted per poll.
 const ACCEPT_BURST_MAX: usize = 64;
 
@@ -80,7 +83,7 @@ pub struct KernelServer<S: ChunkStore> {
     shutting_down: bool,
     grace_deadline: Option<WallInstant>,
     accept_paused_until: Option<WallInstant>,
-    /// The last poll did something: the next one looks again without waiting.
+    /// The last poll stopped with work left: the next one looks again without waiting.
     hot: bool,
     /// The poll set and, for each entry, its slot (or [`LISTENER`]); reused every poll.
     fds: Vec<PollFd>,
@@ -169,8 +172,8 @@ impl<S: ChunkStore> KernelServer<S> {
     }
 
     /// One turn of the event loop: waits up to `timeout` for a socket to become ready (not at
-    /// all if the last turn did something), then accepts, reads, runs requests and writes
-    /// answers. Returns whether anything happened.
+    /// all if the last turn left work), then accepts, reads, runs requests and writes answers
+    /// until nothing more can be done without waiting. Returns whether anything happened.
     pub fn poll(&mut self, timeout: Duration) -> bool {
         let now = WallInstant::now();
         let wait = if self.hot {
@@ -207,12 +210,25 @@ impl<S: ChunkStore> KernelServer<S> {
         if accept_ready {
             busy |= self.accept_ready(now);
         }
-        for i in 0..self.slots.len() {
-            busy |= match self.slots[i].state {
-                SlotState::Free => false,
-                SlotState::Open => self.serve(i, now),
-                SlotState::Lingering { deadline } => self.linger(i, deadline, now),
-            };
+        // Passes over every connection until one changes nothing: what one connection frees
+        // (staging buffers, by sending) may let another's waiting request go on, and that
+        // needs no syscall to find out. A loop cut short by PASSES_MAX makes the next poll
+        // look again without waiting.
+        self.hot = false;
+        for pass in 1..=PASSES_MAX {
+            let mut pass_busy = false;
+            for i in 0..self.slots.len() {
+                pass_busy |= match self.slots[i].state {
+                    SlotState::Free => false,
+                    SlotState::Open => self.serve(i, now),
+                    SlotState::Lingering { deadline } => self.linger(i, deadline, now),
+                };
+            }
+            busy |= pass_busy;
+            if !pass_busy {
+                break;
+            }
+            self.hot = pass == PASSES_MAX;
         }
         if self.grace_deadline.is_some_and(|d| now >= d) {
             for i in 0..self.slots.len() {
@@ -223,7 +239,6 @@ impl<S: ChunkStore> KernelServer<S> {
                 }
             }
         }
-        self.hot = busy;
         busy
     }
 
@@ -427,7 +442,11 @@ impl<S: ChunkStore> KernelServer<S> {
             if slot.pipe.rx_is_empty() {
                 if slot.readable && !slot.peer_eof {
                     match slot.pipe.read_from(stream) {
-                        Ok(ReadOutcome::Data) => progress = true,
+                        Ok(ReadOutcome::Data { drained }) => {
+                            progress = true;
+                            // Emptied: ppoll says when more comes, no need to ask with a read.
+                            slot.readable = !drained;
+                        }
                         Ok(ReadOutcome::WouldBlock) | Ok(ReadOutcome::Full) => {
                             slot.readable = false;
                         }
@@ -501,7 +520,7 @@ impl<S: ChunkStore> KernelServer<S> {
             reads += 1;
             slot.pipe.consume(usize::MAX);
             match slot.pipe.read_from(stream) {
-                Ok(ReadOutcome::Data) => busy = true,
+                Ok(ReadOutcome::Data { .. }) => busy = true,
                 Ok(ReadOutcome::WouldBlock) | Ok(ReadOutcome::Full) => slot.readable = false,
                 Ok(ReadOutcome::Eof) | Err(_) => done = true,
             }
