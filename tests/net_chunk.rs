@@ -964,3 +964,78 @@ fn bind_and_connect_errors_say_what_to_check() {
         })
     ));
 }
+
+#[test]
+fn a_peer_that_resets_while_waiting_for_a_buffer_frees_its_slot() {
+    let store = Arc::new(TestStore::default());
+    let cfg = ServerConfig {
+        staging: staging(1, 1),
+        ..server_config(2)
+    };
+    let server = KernelServer::spawn(any_port(), Arc::clone(&store), cfg).unwrap();
+    let addr = server.local_addr();
+    let big = vec![0x42u8; 4 << 20];
+    {
+        let mut c = KernelClient::connect(addr, &client_config()).unwrap();
+        let w = ChunkOp::Write {
+            id: ChunkId(1),
+            offset: 0,
+            data: &big,
+        };
+        ok(&call(&mut c, w));
+    }
+    let read = |id: u64| {
+        RequestHeader::new(
+            id,
+            Request::Read {
+                chunk_id: ChunkId(1),
+                offset: 0,
+                len: 4 << 20,
+            },
+        )
+        .to_bytes()
+    };
+    // A asks for 32 MiB and reads nothing: the server's only large buffer stays with A's
+    // unsent answers.
+    let mut a = raw_connect(addr);
+    for i in 0..8 {
+        a.write_all(&read(i + 1)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // B's first READ waits for that buffer, its second waits behind it unread (so only ppoll's
+    // hang-up report can tell the server that B is gone); then B resets the connection.
+    let b = raw_connect(addr);
+    (&b).write_all(&read(1)).unwrap();
+    (&b).write_all(&read(2)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    {
+        use std::os::fd::AsFd;
+        ustack::sys::socket::set_linger_zero(b.as_fd()).unwrap();
+    }
+    drop(b);
+    // B's slot must be free again (both slots were taken), though B's request never ran.
+    let start = WallInstant::now();
+    let mut c = loop {
+        if let Ok(mut c) = KernelClient::connect(addr, &client_config()) {
+            if call(&mut c, ChunkOp::Ping).result.is_ok() {
+                break c;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the reset connection still holds its slot"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    ping_ok(&mut c);
+    // A reads at last and gets all of it.
+    for _ in 0..8 {
+        let (h, payload) = read_response(&mut a).unwrap();
+        assert_eq!(h.reply.status(), Status::Ok);
+        assert!(payload == big);
+    }
+    drop(a);
+    c.close();
+    let stats = server.stop();
+    assert!(stats.staging_waits > 0, "{stats:?}");
+}

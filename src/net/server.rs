@@ -63,6 +63,9 @@ struct Slot {
     peer_eof: bool,
     /// The core was told about the end of stream (after it took every buffered byte).
     eof_fed: bool,
+    /// ppoll reported an error or hang-up: the connection cannot carry answers any more, and
+    /// ppoll will keep reporting it, so the connection goes as soon as it stops making progress.
+    hung_up: bool,
 }
 
 /// A chunk server on kernel TCP: accepts up to `connections_max` connections on one address and
@@ -141,6 +144,7 @@ impl<S: ChunkStore> KernelServer<S> {
                 readable: false,
                 peer_eof: false,
                 eof_fed: false,
+                hung_up: false,
             })
             .collect();
         tracing::info!(
@@ -204,6 +208,9 @@ impl<S: ChunkStore> KernelServer<S> {
             }
             if revents & (POLLOUT | POLLERR | POLLHUP) != 0 {
                 slot.pipe.write_blocked = false;
+            }
+            if revents & (POLLERR | POLLHUP) != 0 {
+                slot.hung_up = true;
             }
         }
         let mut busy = false;
@@ -410,6 +417,7 @@ impl<S: ChunkStore> KernelServer<S> {
         slot.readable = true;
         slot.peer_eof = false;
         slot.eof_fed = false;
+        slot.hung_up = false;
         self.stats.connections_accepted += 1;
         tracing::debug!(%peer, slot = i, "connection accepted");
     }
@@ -482,6 +490,11 @@ impl<S: ChunkStore> KernelServer<S> {
         }
         if let Some(e) = failed {
             tracing::debug!(peer = ?slot.peer, error = %e, "connection failed");
+            self.release(i, true);
+            return true;
+        }
+        if slot.hung_up && !busy {
+            tracing::debug!(peer = ?slot.peer, "connection hung up");
             self.release(i, true);
             return true;
         }
