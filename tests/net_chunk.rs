@@ -1039,3 +1039,51 @@ fn a_peer_that_resets_while_waiting_for_a_buffer_frees_its_slot() {
     let stats = server.stop();
     assert!(stats.staging_waits > 0, "{stats:?}");
 }
+
+#[test]
+fn requests_time_out_and_late_answers_are_dropped() {
+    let listener = TcpListener::bind(any_port()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut next = || {
+            let mut h = [0u8; RequestHeader::HEADER_LEN];
+            s.read_exact(&mut h).unwrap();
+            RequestHeader::parse(&h, &Limits::default())
+                .unwrap()
+                .request_id
+        };
+        let first = next();
+        std::thread::sleep(Duration::from_millis(600));
+        let second = next();
+        let mut out = ResponseHeader::ping(first).to_bytes().to_vec();
+        out.extend_from_slice(&ResponseHeader::ping(second).to_bytes());
+        s.write_all(&out).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+    });
+    let cfg = ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        ..client_config()
+    };
+    let mut client = KernelClient::connect(addr, &cfg).unwrap();
+    let start = WallInstant::now();
+    let c = call(&mut client, ChunkOp::Ping);
+    let waited = start.elapsed();
+    assert_eq!(c.result, Err(ClientError::Timeout));
+    assert!(
+        waited >= Duration::from_millis(290) && waited < Duration::from_millis(550),
+        "timed out after {waited:?}"
+    );
+    // The first answer comes late (and is counted, not delivered); the second is on time.
+    ping_ok(&mut client);
+    let stats = client.stats();
+    assert_eq!(
+        (stats.timeouts, stats.unexpected_answers),
+        (1, 1),
+        "{stats:?}"
+    );
+    client.close();
+    fake.join().unwrap();
+}
