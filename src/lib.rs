@@ -20,6 +20,7 @@
 pub mod chunk;
 pub mod dev;
 pub mod mem;
+pub mod net;
 pub mod proto;
 pub mod stack;
 pub mod sys;

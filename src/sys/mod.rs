@@ -3,4 +3,5 @@
 
 pub mod netns;
 pub mod signal;
+pub mod socket;
 pub mod tap;
