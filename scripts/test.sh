@@ -14,49 +14,16 @@ quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
 step() { printf '\n==> %s\n' "$*"; }
-is_root() { [ "$(id -u)" -eq 0 ]; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
-# --- packages -------------------------------------------------------------------------------
-need_pkgs=(iproute2 ethtool ca-certificates curl gcc libc6-dev pkg-config procps)
-install_packages() {
-    local missing=()
-    for p in "${need_pkgs[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
-        echo "system packages present: ${need_pkgs[*]}"
-        return
-    fi
-    if ! is_root; then
-        echo "missing packages: ${missing[*]} (run as root to install them)" >&2
-        return
-    fi
-    step "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-}
-
-install_rust() {
-    if command -v cargo >/dev/null 2>&1; then
-        return
-    fi
-    # shellcheck disable=SC1091
-    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-    if command -v cargo >/dev/null 2>&1; then
-        return
-    fi
-    step "installing the Rust toolchain with rustup (Debian's rustc is too old for smoltcp 0.14)"
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
-    # shellcheck disable=SC1091
-    . "$HOME/.cargo/env"
-}
-
+# --- packages and toolchain -----------------------------------------------------------------
 if [ $quick -eq 0 ] && [ "${USTACK_SKIP_INSTALL:-0}" != 1 ]; then
     step "system packages"
-    install_packages
+    ensure_packages iproute2 ethtool ca-certificates curl gcc libc6-dev pkg-config procps \
+        || echo "continuing: tests that need the missing packages will fail or say SKIPPED"
 fi
-install_rust
+ensure_rust
 cargo --version
 
 # --- hugepages ------------------------------------------------------------------------------
@@ -80,7 +47,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 # --- tests ----------------------------------------------------------------------------------
 step "cargo test"
 # Test binaries run one after another; tests inside one binary run in parallel on the 2 cores.
-cargo test --all-features --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.log | grep -E '^(test |test result|running|SKIPPED|---- )|panicked' || true
+mkdir -p target
+cargo test --all-features --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.log | grep -E '^(test |test result|running|SKIPPED|---- )|^ +Running|panicked' || true
 if grep -qE '^test result: FAILED|error: test failed|could not compile' target/test-output.log; then
     echo "TESTS FAILED: see target/test-output.log" >&2
     exit 1

@@ -1,0 +1,719 @@
+//! The chunk client tool: put and get files, single requests, a verified round trip of many
+//! chunks (`verify`, the main job), and a benchmark (`bench`), over kernel TCP or a ustack backend.
+//!
+//! ```text
+//! chunkctl --backend sim verify --total 256MiB           # ustack <-> ustack in this process
+//! chunkctl --backend kernel --server 127.0.0.1:7000 bench --op read --size 4KiB --depth 1
+//! chunkctl --backend kernel --server 127.0.0.1:7000 put FILE > manifest
+//! chunkctl --backend kernel --server 127.0.0.1:7000 get manifest --out FILE
+//! ```
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use common::{check_pattern, fill_pattern, open_tap, stack_config, Cidr, ClientSet, Rng, Size, StackClients};
+use ustack::chunk::{
+    ChunkOp, ChunkServer, ClientConfig, Completion, MemStore, ServerConfig, ServerStats, Staging,
+    SubmitError,
+};
+use ustack::dev::sim::{SimConfig, SimLink, SimPort};
+use ustack::net::KernelClient;
+use ustack::proto::{crc32c, ChunkId, Limits, Reply};
+use ustack::stack::Stack;
+use ustack::Instant;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// Kernel TCP to --server.
+    Kernel,
+    /// ustack on both ends, in this process: a server stack (memory store) on the other end of
+    /// the simulated link. Needs no privileges and no server.
+    Sim,
+    /// ustack client stack on a TAP interface (needs CAP_NET_ADMIN), to --server through it.
+    Tap,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "ustack chunk client: put/get/verify/bench")]
+struct Args {
+    /// Network backend.
+    #[arg(long, value_enum, default_value_t = Backend::Kernel)]
+    backend: Backend,
+    /// The chunk server (kernel and tap backends).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    server: SocketAddrV4,
+    /// Connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Largest payload of one request (must match the server's).
+    #[arg(long, default_value = "4MiB")]
+    payload_max: Size,
+    /// Seconds a request may take.
+    #[arg(long, default_value_t = 30)]
+    timeout_s: u64,
+    /// ustack client backends: our address.
+    #[arg(long, default_value = "10.213.0.3/24")]
+    ip: Cidr,
+    /// TAP backend: the kernel's address on the TAP.
+    #[arg(long)]
+    tap_peer: Option<Cidr>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write random chunks (sizes log-uniform from 1 B to the payload limit) totalling --total,
+    /// read every one back, check every byte and every STAT checksum, delete them.
+    Verify {
+        #[arg(long, default_value = "256MiB")]
+        total: Size,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 8)]
+        depth: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Leave the chunks on the server.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Measure one operation: ops/s, MB/s, latency percentiles; every READ is verified.
+    Bench {
+        #[arg(long, value_enum, default_value_t = BenchOp::Read)]
+        op: BenchOp,
+        /// Bytes per request.
+        #[arg(long, default_value = "4KiB")]
+        size: Size,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
+        /// Seconds to measure (after one second of warm-up).
+        #[arg(long, default_value_t = 5)]
+        duration_s: u64,
+        /// Distinct chunks the requests spread over.
+        #[arg(long, default_value_t = 64)]
+        chunks: u64,
+    },
+    /// Split a file into chunks, write them, print the manifest (one line per chunk:
+    /// `ID OFFSET LENGTH CRC32C`).
+    Put {
+        file: std::path::PathBuf,
+        #[arg(long, default_value = "4MiB")]
+        chunk_size: Size,
+    },
+    /// Read the chunks of a manifest, check each CRC32C, write the file.
+    Get {
+        manifest: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// STAT a chunk (hex id).
+    Stat { id: String },
+    /// DELETE a chunk (hex id).
+    Delete { id: String },
+    /// PING the server.
+    Ping,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchOp {
+    Read,
+    Write,
+}
+
+fn main() -> ExitCode {
+    common::init_logging();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chunkctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client_config(args: &Args) -> Result<ClientConfig, String> {
+    let mut cfg = ClientConfig {
+        request_timeout: Duration::from_secs(args.timeout_s),
+        ..ClientConfig::default()
+    };
+    cfg.limits = Limits {
+        payload_len_max: u32::try_from(args.payload_max.0).map_err(|_| "--payload-max must be below 4 GiB")?,
+        ..Limits::default()
+    };
+    // Enough staging for every connection to keep its requests in flight.
+    cfg.staging.small_count = (64 * args.connections).max(128);
+    cfg.staging.large_count = (4 * args.connections).clamp(8, 64);
+    Ok(cfg)
+}
+
+/// Kernel-TCP clients, one per connection.
+struct KernelClients {
+    clients: Vec<KernelClient>,
+    what: String,
+}
+
+impl ClientSet for KernelClients {
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+    fn len(&self) -> usize {
+        self.clients.len()
+    }
+    fn poll(&mut self, now: Instant) -> bool {
+        let mut busy = false;
+        for c in &mut self.clients {
+            busy |= c.poll(now, Duration::ZERO);
+        }
+        busy
+    }
+    fn idle(&mut self, now: Instant) {
+        if let [one] = &mut self.clients[..] {
+            // One connection: block in poll(2) until it has something.
+            one.poll(now, Duration::from_millis(1));
+        }
+    }
+    fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError> {
+        self.clients[i].submit(op, now)
+    }
+    fn next_completion(&mut self, i: usize) -> Option<Completion> {
+        self.clients[i].next_completion()
+    }
+    fn is_connected(&self, _i: usize) -> bool {
+        true
+    }
+    fn is_broken(&self, i: usize) -> bool {
+        self.clients[i].is_broken()
+    }
+}
+
+/// The in-process server of the sim backend, on its own thread.
+struct SimServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Result<ServerStats, String>>>,
+}
+
+impl SimServer {
+    fn finish(mut self) -> Result<ServerStats, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().map_err(|_| "sim server thread panicked".to_string())?
+    }
+}
+
+const SIM_SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const SIM_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+fn spawn_sim_server(port: SimPort, connections: usize, limits: Limits) -> SimServer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = thread::spawn(move || -> Result<ServerStats, String> {
+        let cfg = ServerConfig {
+            limits,
+            connections_max: connections.max(1),
+            backlog: connections.clamp(1, 16),
+            ..ServerConfig::default()
+        };
+        let sockets = cfg.connections_max + cfg.backlog;
+        let mut stack = Stack::new(port, stack_config(Cidr { addr: SIM_SERVER, prefix: 24 }, None, sockets))
+            .map_err(|e| e.to_string())?;
+        let store = Arc::new(MemStore::new(8 << 30));
+        let mut server = ChunkServer::bind(&mut stack, 7000, store, cfg).map_err(|e| e.to_string())?;
+        let mut idle = 0u32;
+        while !flag.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if stack.poll(now) | server.poll(&mut stack) {
+                idle = 0;
+            } else {
+                idle += 1;
+                if idle > 2000 {
+                    stack.wait(now, Duration::from_millis(1));
+                }
+            }
+        }
+        Ok(server.stats())
+    });
+    SimServer {
+        stop,
+        thread: Some(thread),
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let cfg = client_config(args)?;
+    let mut sim_server = None;
+    let mut clients: Box<dyn ClientSet> = match args.backend {
+        Backend::Kernel => {
+            let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize).map_err(|e| e.to_string())?;
+            let clients = (0..args.connections)
+                .map(|_| KernelClient::connect_with_staging(args.server.into(), &cfg, staging.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            Box::new(KernelClients {
+                clients,
+                what: format!("kernel TCP to {} (no bypass)", args.server),
+            })
+        }
+        Backend::Sim => {
+            let (_link, a, b) = SimLink::new(SimConfig {
+                latency: Duration::ZERO,
+                ..SimConfig::default()
+            })
+            .map_err(|e| e.to_string())?;
+            sim_server = Some(spawn_sim_server(b, args.connections, cfg.limits));
+            let stack = Stack::new(a, stack_config(Cidr { addr: SIM_CLIENT, prefix: 24 }, None, args.connections + 1))
+                .map_err(|e| e.to_string())?;
+            Box::new(StackClients::connect(
+                stack,
+                SocketAddrV4::new(SIM_SERVER, 7000),
+                args.connections,
+                &cfg,
+                "ustack <-> ustack over the in-process simulated link (server thread + client thread, memory store)".into(),
+            )?)
+        }
+        Backend::Tap => {
+            let (tap, where_) = open_tap(None, args.tap_peer, None)?;
+            let stack = Stack::new(tap, stack_config(args.ip, None, args.connections + 1)).map_err(|e| e.to_string())?;
+            Box::new(StackClients::connect(
+                stack,
+                args.server,
+                args.connections,
+                &cfg,
+                format!("ustack client over {where_} to {}", args.server),
+            )?)
+        }
+    };
+    println!("chunkctl: backend {:?}: {}", args.backend, clients.describe());
+    wait_connected(clients.as_mut())?;
+    let result = match &args.cmd {
+        Cmd::Verify { total, depth, seed, keep } => verify(clients.as_mut(), total.0, *depth, *seed, *keep, args.payload_max.0),
+        Cmd::Bench {
+            op,
+            size,
+            depth,
+            duration_s,
+            chunks,
+        } => bench(clients.as_mut(), *op, size.0, *depth, *duration_s, *chunks),
+        Cmd::Put { file, chunk_size } => put(clients.as_mut(), file, chunk_size.0.min(args.payload_max.0)),
+        Cmd::Get { manifest, out } => get(clients.as_mut(), manifest, out),
+        Cmd::Stat { id } => single(clients.as_mut(), ChunkOp::Stat { id: parse_id(id)? }),
+        Cmd::Delete { id } => single(clients.as_mut(), ChunkOp::Delete { id: parse_id(id)? }),
+        Cmd::Ping => single(clients.as_mut(), ChunkOp::Ping),
+    };
+    drop(clients);
+    if let Some(s) = sim_server {
+        let stats = s.finish()?;
+        println!(
+            "chunkctl: sim server: {} writes, {} reads, {} errors, {:.1} MiB in, {:.1} MiB out",
+            stats.writes,
+            stats.reads,
+            stats.errors,
+            stats.bytes_written as f64 / 1048576.0,
+            stats.bytes_read as f64 / 1048576.0
+        );
+    }
+    result
+}
+
+fn parse_id(s: &str) -> Result<ChunkId, String> {
+    u128::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map(ChunkId)
+        .map_err(|_| format!("{s:?} is not a hex chunk id"))
+}
+
+fn wait_connected(c: &mut dyn ClientSet) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let now = Instant::now();
+        c.poll(now);
+        if (0..c.len()).all(|i| c.is_connected(i)) {
+            return Ok(());
+        }
+        if (0..c.len()).any(|i| c.is_broken(i)) || now - start > Duration::from_secs(10) {
+            return Err("could not connect (is the server running and reachable?)".into());
+        }
+        c.idle(now);
+    }
+}
+
+/// What a workload keeps per request in flight.
+#[derive(Copy, Clone)]
+struct Req {
+    chunk: u128,
+    offset: u64,
+    len: u64,
+    op: u8,
+    start: Instant,
+}
+
+/// Drives a workload: `plan(now)` yields the next request (or None when there is nothing more to
+/// submit), `check` judges each completion.
+struct Driver<'a> {
+    c: &'a mut dyn ClientSet,
+    depth: usize,
+    in_flight: Vec<usize>,
+    reqs: HashMap<(usize, u64), Req>,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl<'a> Driver<'a> {
+    fn new(c: &'a mut dyn ClientSet, depth: usize, payload_max: usize) -> Driver<'a> {
+        let n = c.len();
+        Driver {
+            c,
+            depth: depth.max(1),
+            in_flight: vec![0; n],
+            reqs: HashMap::with_capacity(n * depth.max(1) * 2),
+            buf: vec![0; payload_max],
+            scratch: vec![0; 64 << 10],
+        }
+    }
+
+    /// Submits `req` on connection `i`; WRITE data is the chunk's pattern.
+    fn submit(&mut self, i: usize, req: Req) -> Result<bool, String> {
+        let id = ChunkId(req.chunk);
+        let op = match req.op {
+            b'w' => {
+                fill_pattern(req.chunk, req.offset, &mut self.buf[..req.len as usize]);
+                ChunkOp::Write {
+                    id,
+                    offset: req.offset,
+                    data: &self.buf[..req.len as usize],
+                }
+            }
+            b'r' => ChunkOp::Read {
+                id,
+                offset: req.offset,
+                len: req.len as u32,
+            },
+            b's' => ChunkOp::Stat { id },
+            _ => ChunkOp::Delete { id },
+        };
+        match self.c.submit(i, op, req.start) {
+            Ok(rid) => {
+                self.reqs.insert((i, rid), req);
+                self.in_flight[i] += 1;
+                Ok(true)
+            }
+            Err(SubmitError::NoBuffer) | Err(SubmitError::TooManyInFlight { .. }) => Ok(false),
+            Err(e) => Err(format!("submit: {e}")),
+        }
+    }
+
+    /// Runs until `plan` is exhausted and all requests completed, or `until` passes.
+    fn run(
+        &mut self,
+        until: Option<Instant>,
+        mut plan: impl FnMut() -> Option<Req>,
+        mut check: impl FnMut(&Req, &Completion, &mut [u8], Instant) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut pending: Option<Req> = None;
+        let mut exhausted = false;
+        let mut next_conn = 0;
+        loop {
+            let now = Instant::now();
+            let stop = until.is_some_and(|u| now >= u);
+            let mut busy = self.c.poll(now);
+            for i in 0..self.c.len() {
+                while let Some(comp) = self.c.next_completion(i) {
+                    busy = true;
+                    self.in_flight[i] -= 1;
+                    let req = self.reqs.remove(&(i, comp.request_id)).ok_or("completion for an unknown request")?;
+                    check(&req, &comp, &mut self.scratch, now)?;
+                }
+                if self.c.is_broken(i) {
+                    return Err(format!("connection {i} failed"));
+                }
+            }
+            if (exhausted || stop) && self.in_flight.iter().all(|&n| n == 0) {
+                return Ok(());
+            }
+            // Fill every connection up to depth, round robin.
+            if !stop {
+                for _ in 0..self.c.len() {
+                    let i = next_conn;
+                    next_conn = (next_conn + 1) % self.c.len();
+                    while self.in_flight[i] < self.depth && !exhausted {
+                        let req = match pending.take() {
+                            Some(r) => r,
+                            None => match plan() {
+                                Some(mut r) => {
+                                    r.start = now;
+                                    r
+                                }
+                                None => {
+                                    exhausted = true;
+                                    break;
+                                }
+                            },
+                        };
+                        if !self.submit(i, req)? {
+                            pending = Some(req);
+                            break;
+                        }
+                        busy = true;
+                    }
+                }
+            }
+            if !busy {
+                self.c.idle(now);
+            }
+        }
+    }
+}
+
+fn verify_read(req: &Req, comp: &Completion, scratch: &mut [u8]) -> Result<(), String> {
+    match comp.result {
+        Ok(Reply::Read { len, chunk_size, .. }) => {
+            if u64::from(len) != req.len || chunk_size < req.offset + req.len {
+                return Err(format!("chunk {:032x}: read {len} of {} bytes (chunk {chunk_size})", req.chunk, req.len));
+            }
+            if !check_pattern(req.chunk, req.offset, comp.data(), scratch) {
+                return Err(format!("chunk {:032x}: data read back differs from what was written", req.chunk));
+            }
+            Ok(())
+        }
+        ref r => Err(format!("chunk {:032x}: read failed: {r:?}", req.chunk)),
+    }
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9)
+}
+
+fn verify(c: &mut dyn ClientSet, total: u64, depth: usize, seed: u64, keep: bool, payload_max: u64) -> Result<(), String> {
+    let what = c.describe();
+    let mut rng = Rng(seed);
+    let mut chunks = Vec::new();
+    let mut sum = 0;
+    while sum < total {
+        let size = rng.log_uniform(payload_max).min(total - sum).max(1);
+        let id = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+        chunks.push((id, size));
+        sum += size;
+    }
+    let mut d = Driver::new(c, depth, payload_max as usize);
+    let blank = Req { chunk: 0, offset: 0, len: 0, op: 0, start: Instant::ZERO };
+
+    let t = Instant::now();
+    let mut it = chunks.iter();
+    d.run(None, || it.next().map(|&(chunk, len)| Req { chunk, len, op: b'w', ..blank }), |req, comp, _, _| {
+        match comp.result {
+            Ok(Reply::Write { chunk_size }) if chunk_size == req.len => Ok(()),
+            ref r => Err(format!("chunk {:032x}: write of {} bytes: {r:?}", req.chunk, req.len)),
+        }
+    })?;
+    let write_time = Instant::now() - t;
+
+    let t = Instant::now();
+    let mut verified = 0u64;
+    let mut it = chunks.iter();
+    d.run(None, || it.next().map(|&(chunk, len)| Req { chunk, len, op: b'r', ..blank }), |req, comp, scratch, _| {
+        verify_read(req, comp, scratch)?;
+        verified += req.len;
+        Ok(())
+    })?;
+    let read_time = Instant::now() - t;
+
+    let mut stat_ok = 0u64;
+    let mut it = chunks.iter();
+    let mut content = vec![0u8; payload_max as usize];
+    d.run(None, || it.next().map(|&(chunk, len)| Req { chunk, len, op: b's', ..blank }), |req, comp, _, _| {
+        let data = &mut content[..req.len as usize];
+        fill_pattern(req.chunk, 0, data);
+        match comp.result {
+            Ok(Reply::Stat { chunk_size, chunk_crc }) if chunk_size == req.len && chunk_crc == crc32c(data) => {
+                stat_ok += 1;
+                Ok(())
+            }
+            ref r => Err(format!("chunk {:032x}: STAT {r:?}, expected size {} and crc {:08x}", req.chunk, req.len, crc32c(data))),
+        }
+    })?;
+    if !keep {
+        let mut it = chunks.iter();
+        d.run(None, || it.next().map(|&(chunk, len)| Req { chunk, len, op: b'd', ..blank }), |req, comp, _, _| match comp.result {
+            Ok(Reply::Delete) => Ok(()),
+            ref r => Err(format!("chunk {:032x}: DELETE {r:?}", req.chunk)),
+        })?;
+    }
+    println!();
+    println!("  backend        {what}");
+    println!("  chunks         {} (1 B .. {}, log-uniform), {:.1} MiB", chunks.len(), Size(payload_max), total as f64 / 1048576.0);
+    println!("  write          {:>8.1} MB/s  ({:.2} s)", mbps(total, write_time), write_time.as_secs_f64());
+    println!("  read           {:>8.1} MB/s  ({:.2} s)", mbps(total, read_time), read_time.as_secs_f64());
+    println!("  verified       {verified} of {total} bytes read back identical; {stat_ok} of {} STAT checksums right", chunks.len());
+    println!("  result         OK");
+    Ok(())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn bench(c: &mut dyn ClientSet, op: BenchOp, size: u64, depth: usize, duration_s: u64, chunks: u64) -> Result<(), String> {
+    let what = c.describe();
+    let conns = c.len();
+    let mut d = Driver::new(c, depth, size as usize);
+    let blank = Req { chunk: 0, offset: 0, len: size, op: 0, start: Instant::ZERO };
+    let chunk_id = |k: u64| 0xbe7c_0000_0000_0000_0000u128 | u128::from(k);
+    // Fill the chunks the requests will read.
+    let mut k = 0;
+    d.run(None, || (k < chunks).then(|| { k += 1; Req { chunk: chunk_id(k - 1), op: b'w', ..blank } }), |req, comp, _, _| {
+        comp.result.map(|_| ()).map_err(|e| format!("prefill of {:032x}: {e}", req.chunk))
+    })?;
+    let mut rng = Rng(7);
+    let opc = match op {
+        BenchOp::Read => b'r',
+        BenchOp::Write => b'w',
+    };
+    // Warm-up, then the measured run.
+    let mut lat: Vec<u32> = Vec::with_capacity(8 << 20);
+    let (mut ops, mut verified, mut errors) = (0u64, 0u64, 0u64);
+    for (secs, measure) in [(1, false), (duration_s.max(1), true)] {
+        let start = Instant::now();
+        d.run(Some(start + Duration::from_secs(secs)), || Some(Req { chunk: chunk_id(rng.below(chunks)), op: opc, ..blank }), |req, comp, scratch, now| {
+            if !measure {
+                return Ok(());
+            }
+            let ok = match op {
+                BenchOp::Read => verify_read(req, comp, scratch).is_ok(),
+                BenchOp::Write => comp.result.is_ok(),
+            };
+            if ok {
+                ops += 1;
+                if op == BenchOp::Read {
+                    verified += 1;
+                }
+                if lat.len() < lat.capacity() {
+                    lat.push(u32::try_from((now - req.start).as_nanos()).unwrap_or(u32::MAX));
+                }
+            } else {
+                errors += 1;
+            }
+            Ok(())
+        })?;
+        if measure {
+            let elapsed = Instant::now() - start;
+            lat.sort_unstable();
+            let us = |p| f64::from(percentile(&lat, p)) / 1000.0;
+            let ops_s = ops as f64 / elapsed.as_secs_f64();
+            println!("  backend      {what}");
+            println!("  workload     {:?} {} x {conns} connection(s) x depth {depth}, {:.1} s", op, Size(size), elapsed.as_secs_f64());
+            println!("  throughput   {ops_s:.0} ops/s, {:.1} MB/s", ops_s * size as f64 / 1e6);
+            println!("  latency      p50 {:.1} us, p99 {:.1} us, p999 {:.1} us", us(0.5), us(0.99), us(0.999));
+            println!("  verified     {verified} reads checked byte for byte; {errors} errors");
+            println!(
+                "RESULT op={op:?} size={size} connections={conns} depth={depth} ops_s={ops_s:.0} mb_s={:.1} p50_us={:.1} p99_us={:.1} p999_us={:.1} verified={verified} errors={errors}",
+                ops_s * size as f64 / 1e6,
+                us(0.5),
+                us(0.99),
+                us(0.999)
+            );
+            if errors > 0 {
+                return Err(format!("{errors} requests failed"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn put(c: &mut dyn ClientSet, file: &std::path::Path, chunk_size: u64) -> Result<(), String> {
+    let mut f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let base = u128::from(Instant::now().as_micros()) << 64 | u128::from(std::process::id()) << 32;
+    let mut pieces = Vec::new();
+    let mut off = 0;
+    while off < len || pieces.is_empty() {
+        let n = (len - off).min(chunk_size);
+        pieces.push((base | pieces.len() as u128, off, n));
+        off += n;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut manifest = Vec::new();
+    let mut buf = vec![0u8; chunk_size as usize];
+    for &(id, off, n) in &pieces {
+        f.seek(SeekFrom::Start(off)).map_err(|e| e.to_string())?;
+        f.read_exact(&mut buf[..n as usize]).map_err(|e| e.to_string())?;
+        let data = &buf[..n as usize];
+        let comp = call(c, ChunkOp::Write { id: ChunkId(id), offset: 0, data })?;
+        match comp.result {
+            Ok(Reply::Write { .. }) => manifest.push(format!("{id:032x} {off} {n} {:08x}", crc32c(data))),
+            ref r => return Err(format!("writing chunk {id:032x}: {r:?}")),
+        }
+    }
+    for line in &manifest {
+        println!("{line}");
+    }
+    eprintln!("chunkctl: put {} bytes as {} chunks", len, pieces.len());
+    Ok(())
+}
+
+fn get(c: &mut dyn ClientSet, manifest: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
+    let m = std::fs::File::open(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let mut f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut total = 0u64;
+    for (no, line) in std::io::BufReader::new(m).lines().enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [id, off, len, crc] = parts[..] else {
+            return Err(format!("manifest line {}: expected `ID OFFSET LENGTH CRC32C`", no + 1));
+        };
+        let bad = |what: &str| format!("manifest line {}: bad {what}", no + 1);
+        let id = parse_id(id)?;
+        let off: u64 = off.parse().map_err(|_| bad("offset"))?;
+        let len: u32 = len.parse().map_err(|_| bad("length"))?;
+        let crc = u32::from_str_radix(crc, 16).map_err(|_| bad("crc"))?;
+        let comp = call(c, ChunkOp::Read { id, offset: 0, len })?;
+        if comp.data().len() != len as usize || crc32c(comp.data()) != crc {
+            return Err(format!("chunk {id}: {} bytes read, CRC32C {:08x}, manifest says {len} bytes, {crc:08x}", comp.data().len(), crc32c(comp.data())));
+        }
+        f.seek(SeekFrom::Start(off)).map_err(|e| e.to_string())?;
+        f.write_all(comp.data()).map_err(|e| e.to_string())?;
+        total += u64::from(len);
+    }
+    eprintln!("chunkctl: wrote {total} bytes to {}, every chunk's CRC32C checked", out.display());
+    Ok(())
+}
+
+/// One request on connection 0, waited for.
+fn call(c: &mut dyn ClientSet, op: ChunkOp<'_>) -> Result<Completion, String> {
+    let rid = c.submit(0, op, Instant::now()).map_err(|e| e.to_string())?;
+    loop {
+        let now = Instant::now();
+        let busy = c.poll(now);
+        if let Some(comp) = c.next_completion(0) {
+            if comp.request_id == rid {
+                return Ok(comp);
+            }
+        }
+        if c.is_broken(0) {
+            return Err("connection failed".into());
+        }
+        if !busy {
+            c.idle(now);
+        }
+    }
+}
+
+fn single(c: &mut dyn ClientSet, op: ChunkOp<'_>) -> Result<(), String> {
+    let comp = call(c, op)?;
+    println!("{:?}", comp.result);
+    comp.result.map(|_| ()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,340 @@
+//! Code the example binaries share: argument types, stores, backends, and the client set the
+//! workloads run on.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ustack::chunk::{
+    ChunkClient, ChunkOp, ChunkStore, ClientConfig, Completion, DirStore, DirStoreConfig, MemStore,
+    Staging, SubmitError, SyncPolicy,
+};
+use ustack::dev::tap::{TapConfig, TapDevice};
+use ustack::stack::{Stack, StackConfig};
+use ustack::sys::netns::NetNs;
+use ustack::{Instant, PacketDevice};
+
+/// A byte count with an optional unit: `4096`, `4KiB`, `4k`, `1MiB`, `256M`, `2GiB`.
+#[derive(Copy, Clone, Debug)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Size, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a number with an optional unit"))?;
+        let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            other => return Err(format!("{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)")),
+        };
+        n.checked_mul(mul).map(Size).ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0;
+        if b >= 1 << 30 && b % (1 << 30) == 0 {
+            write!(f, "{}GiB", b >> 30)
+        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+            write!(f, "{}MiB", b >> 20)
+        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+            write!(f, "{}KiB", b >> 10)
+        } else {
+            write!(f, "{b}B")
+        }
+    }
+}
+
+/// An IPv4 address with prefix length: `10.213.0.2/24`.
+#[derive(Copy, Clone, Debug)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX, e.g. 10.213.0.2/24"))?;
+        let addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p.parse().map_err(|_| format!("{p:?} is not a prefix length"))?;
+        if !(1..=32).contains(&prefix) {
+            return Err(format!("prefix /{prefix} is not in 1..=32"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Where chunks live: `mem` or `dir:PATH`.
+#[derive(Clone, Debug)]
+pub enum StoreSpec {
+    Mem,
+    Dir(std::path::PathBuf),
+}
+
+impl FromStr for StoreSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<StoreSpec, String> {
+        match s {
+            "mem" => Ok(StoreSpec::Mem),
+            _ => match s.strip_prefix("dir:") {
+                Some(p) if !p.is_empty() => Ok(StoreSpec::Dir(p.into())),
+                _ => Err(format!("{s:?}: expected `mem` or `dir:PATH`")),
+            },
+        }
+    }
+}
+
+/// Opens the store; returns it with a line describing it.
+pub fn open_store(
+    spec: &StoreSpec,
+    mem_budget: u64,
+    chunk_len_max: u64,
+    sync: SyncPolicy,
+) -> Result<(Arc<dyn ChunkStore>, String), String> {
+    match spec {
+        StoreSpec::Mem => Ok((
+            Arc::new(MemStore::new(mem_budget).with_chunk_len_max(chunk_len_max)),
+            format!("mem (budget {})", Size(mem_budget)),
+        )),
+        StoreSpec::Dir(path) => {
+            let cfg = DirStoreConfig {
+                sync,
+                chunk_len_max,
+                ..DirStoreConfig::default()
+            };
+            let store = DirStore::open(path, cfg).map_err(|e| e.to_string())?;
+            let line = format!(
+                "dir:{} (sync {:?}; recovery: {:?})",
+                path.display(),
+                sync,
+                store.recovery()
+            );
+            Ok((Arc::new(store), line))
+        }
+    }
+}
+
+/// Logging to stderr, filtered by RUST_LOG (default info).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Opens a TAP interface for a ustack endpoint and configures its kernel side: `peer` as the
+/// kernel's address on it, inside `netns` if given (created by the caller).
+pub fn open_tap(name: Option<String>, peer: Option<Cidr>, netns: Option<&NetNs>) -> Result<(TapDevice, String), String> {
+    let tap = TapDevice::open(&TapConfig {
+        name,
+        ..TapConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let ifname = tap.name().to_string();
+    let run = |args: &[&str]| -> Result<(), String> {
+        match netns {
+            Some(ns) => ns.ip(args).map(|_| ()).map_err(|e| e.to_string()),
+            None => {
+                let out = std::process::Command::new("ip")
+                    .args(args)
+                    .output()
+                    .map_err(|e| format!("running `ip`: {e} (install iproute2)"))?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+                }
+            }
+        }
+    };
+    if let Some(ns) = netns {
+        ns.move_link(&ifname).map_err(|e| e.to_string())?;
+    }
+    if let Some(p) = peer {
+        run(&["addr", "add", &p.to_string(), "dev", &ifname])?;
+        run(&["link", "set", &ifname, "up"])?;
+    }
+    let where_ = match (peer, netns) {
+        (Some(p), Some(ns)) => format!("TAP {ifname}, kernel side {p} in netns {}", ns.name()),
+        (Some(p), None) => format!("TAP {ifname}, kernel side {p}"),
+        (None, _) => format!("TAP {ifname} (kernel side not configured)"),
+    };
+    Ok((tap, where_))
+}
+
+/// A stack configuration for an example endpoint.
+pub fn stack_config(ip: Cidr, gateway: Option<Ipv4Addr>, sockets: usize) -> StackConfig {
+    let mut c = StackConfig::new(ip.addr, ip.prefix);
+    c.gateway = gateway;
+    c.sockets_max = sockets;
+    c
+}
+
+/// A set of chunk connections driven together (one thread).
+pub trait ClientSet {
+    /// What the connections run on, for the report.
+    fn describe(&self) -> String;
+    /// Connections.
+    fn len(&self) -> usize;
+    /// Moves bytes; true if anything happened.
+    fn poll(&mut self, now: Instant) -> bool;
+    /// Waits a little when idle (real time).
+    fn idle(&mut self, now: Instant);
+    /// Queues a request on connection `i`.
+    fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError>;
+    /// A finished request of connection `i`.
+    fn next_completion(&mut self, i: usize) -> Option<Completion>;
+    /// Whether connection `i` is up.
+    fn is_connected(&self, i: usize) -> bool;
+    /// Whether connection `i` failed.
+    fn is_broken(&self, i: usize) -> bool;
+}
+
+/// Chunk clients on one ustack stack.
+pub struct StackClients<D: PacketDevice> {
+    pub stack: Stack<D>,
+    pub clients: Vec<ChunkClient>,
+    pub what: String,
+    pub idle_polls: u32,
+}
+
+impl<D: PacketDevice> StackClients<D> {
+    pub fn connect(
+        mut stack: Stack<D>,
+        server: SocketAddrV4,
+        n: usize,
+        cfg: &ClientConfig,
+        what: String,
+    ) -> Result<StackClients<D>, String> {
+        // One staging set for all connections: sized for every request in flight on all of them
+        // would be wasteful; this covers the common case and submit says NoBuffer otherwise.
+        let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize).map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let clients = (0..n)
+            .map(|_| ChunkClient::connect_with_staging(&mut stack, server, cfg, staging.clone(), now))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok(StackClients {
+            stack,
+            clients,
+            what,
+            idle_polls: 0,
+        })
+    }
+}
+
+impl<D: PacketDevice> ClientSet for StackClients<D> {
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+    fn len(&self) -> usize {
+        self.clients.len()
+    }
+    fn poll(&mut self, now: Instant) -> bool {
+        let mut busy = self.stack.poll(now);
+        for c in &mut self.clients {
+            busy |= c.poll(&mut self.stack, now);
+        }
+        if busy {
+            self.idle_polls = 0;
+        }
+        busy
+    }
+    fn idle(&mut self, now: Instant) {
+        // Spin a while (latency), then sleep in the device until a frame or a timer.
+        self.idle_polls += 1;
+        if self.idle_polls > 2000 {
+            self.stack.wait(now, Duration::from_millis(1));
+        }
+    }
+    fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError> {
+        self.clients[i].submit(op, now)
+    }
+    fn next_completion(&mut self, i: usize) -> Option<Completion> {
+        self.clients[i].next_completion()
+    }
+    fn is_connected(&self, i: usize) -> bool {
+        self.clients[i].is_connected()
+    }
+    fn is_broken(&self, i: usize) -> bool {
+        self.clients[i].is_broken()
+    }
+}
+
+/// Deterministic chunk content: byte `i` of chunk `id` depends only on both, so any range can be
+/// generated or checked on its own.
+pub fn fill_pattern(id: u128, offset: u64, buf: &mut [u8]) {
+    let seed = (id as u64) ^ ((id >> 64) as u64).rotate_left(29);
+    let word = |w: u64| {
+        let mut z = seed ^ w.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut i = 0;
+    while i < buf.len() {
+        let pos = offset + i as u64;
+        let bytes = word(pos / 8).to_le_bytes();
+        let start = (pos % 8) as usize;
+        let n = (8 - start).min(buf.len() - i);
+        buf[i..i + n].copy_from_slice(&bytes[start..start + n]);
+        i += n;
+    }
+}
+
+/// Whether `data` is chunk `id`'s content from `offset`; `scratch` is working space.
+pub fn check_pattern(id: u128, offset: u64, data: &[u8], scratch: &mut [u8]) -> bool {
+    let mut done = 0;
+    while done < data.len() {
+        let n = (data.len() - done).min(scratch.len());
+        fill_pattern(id, offset + done as u64, &mut scratch[..n]);
+        if scratch[..n] != data[done..done + n] {
+            return false;
+        }
+        done += n;
+    }
+    true
+}
+
+/// A small seeded generator (SplitMix64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    /// Log-uniform in `1..=max`.
+    pub fn log_uniform(&mut self, max: u64) -> u64 {
+        let bits = 64 - max.leading_zeros() as u64;
+        let b = self.below(bits) + 1;
+        let lo = 1u64 << (b - 1);
+        let hi = ((1u128 << b) - 1).min(u128::from(max)) as u64;
+        lo + self.below(hi - lo + 1)
+    }
+}
