@@ -1087,3 +1087,58 @@ fn requests_time_out_and_late_answers_are_dropped() {
     client.close();
     fake.join().unwrap();
 }
+
+#[test]
+fn a_read_waiting_for_a_buffer_is_answered_after_the_peer_half_closes() {
+    let store = Arc::new(TestStore::default());
+    let cfg = ServerConfig {
+        staging: staging(1, 1),
+        ..server_config(4)
+    };
+    let server = KernelServer::spawn(any_port(), Arc::clone(&store), cfg).unwrap();
+    let addr = server.local_addr();
+    let big = vec![0x24u8; 4 << 20];
+    {
+        let mut c = KernelClient::connect(addr, &client_config()).unwrap();
+        let w = ChunkOp::Write {
+            id: ChunkId(1),
+            offset: 0,
+            data: &big,
+        };
+        ok(&call(&mut c, w));
+    }
+    let read = |id: u64| {
+        RequestHeader::new(
+            id,
+            Request::Read {
+                chunk_id: ChunkId(1),
+                offset: 0,
+                len: 4 << 20,
+            },
+        )
+        .to_bytes()
+    };
+    // A holds the only large buffer (its answers wait unsent).
+    let mut a = raw_connect(addr);
+    for i in 0..8 {
+        a.write_all(&read(i + 1)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // B's READ waits for the buffer, and B says it sends nothing more.
+    let mut b = raw_connect(addr);
+    b.write_all(&read(77)).unwrap();
+    b.shutdown(Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..8 {
+        let (h, payload) = read_response(&mut a).unwrap();
+        assert_eq!(h.reply.status(), Status::Ok);
+        assert!(payload == big);
+    }
+    let (h, payload) = read_response(&mut b).expect("B's READ was dropped at its end of stream");
+    assert_eq!((h.request_id, h.reply.status()), (77, Status::Ok));
+    assert!(payload == big);
+    assert!(read_response(&mut b).is_none());
+    drop((a, b));
+    let stats = server.stop();
+    assert_eq!(stats.reads, 9, "{stats:?}");
+}
