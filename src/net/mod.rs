@@ -16,7 +16,29 @@
 //! buffer free) keeps its unread bytes in the receive buffer, and the socket is not read until
 //! the core has taken them: the kernel's receive window closes and the peer slows down.
 //! Everything is allocated when a server binds or a client connects: connection slots with their
-//! buffers, staging pools, the poll set.
+//! buffers (320 KiB of address space each, touched as used), staging pools, the poll set.
+//!
+//! Choices worth knowing:
+//!
+//! * Short pieces (up to 16 KiB: headers, small READ data) are copied into the send buffer and
+//!   leave together; a long payload goes out from its staging buffer in the same `sendmsg`,
+//!   behind them. A pipeline of small answers costs one syscall, not two per answer.
+//! * A read that leaves room in the buffer is taken to have emptied the socket; the next read
+//!   waits for `ppoll` to report input instead of trying and getting `EAGAIN`. After doing
+//!   anything the server passes over its connections again (without a syscall) until nothing
+//!   changes, since one connection's progress may free the staging buffer another waits for.
+//!   One 4 KiB request at a time costs the same as blocking `std::net` sockets.
+//! * Connections over `connections_max` are accepted and reset (`SO_LINGER` 0) at once.
+//! * When the server closes a connection itself (a closing protocol error, shutdown) it sends its
+//!   last answer, shuts its sending side, and reads and discards what the peer still sends
+//!   for up to 2 s: closing with unread input would reset the connection and could destroy
+//!   that last answer before the peer reads it.
+//! * A connection reported hung up (`POLLHUP`/`POLLERR`) whose core cannot move is reset at
+//!   once, so `ppoll` does not keep waking the loop for it.
+//! * The peer's end of stream reaches the core only when no READ can be waiting for a staging
+//!   buffer (`ServerConn::handle_eof` would drop it unanswered).
+//! * The client reads the server's last answers before it fails what is left with
+//!   `ConnectionLost`, even when a send found the connection gone first.
 
 mod client;
 mod pipe;

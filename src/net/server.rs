@@ -468,7 +468,12 @@ impl<S: ChunkStore> KernelServer<S> {
                         }
                     }
                 }
-                if slot.peer_eof && !slot.eof_fed && slot.pipe.rx_is_empty() {
+                // `ServerConn::handle_eof` drops a READ that waits for a staging buffer, so the
+                // end of stream is held back while one may wait. The handle_input above just
+                // retried any waiting request: one can still wait only if the large class is
+                // empty (small requests fall back to it).
+                let none_waiting = staging.available().1 > 0;
+                if slot.peer_eof && !slot.eof_fed && slot.pipe.rx_is_empty() && none_waiting {
                     slot.core.handle_eof(stats);
                     slot.eof_fed = true;
                 }
