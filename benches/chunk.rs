@@ -48,8 +48,15 @@ impl SimRig {
             backlog: 2,
             ..ServerConfig::default()
         };
-        let server = ChunkServer::bind(&mut b, 7000, Arc::new(MemStore::new(1 << 30)), cfg).unwrap();
-        let client = ChunkClient::connect(&mut a, SocketAddrV4::new(SERVER, 7000), &ClientConfig::default(), Instant::ZERO).unwrap();
+        let server =
+            ChunkServer::bind(&mut b, 7000, Arc::new(MemStore::new(1 << 30)), cfg).unwrap();
+        let client = ChunkClient::connect(
+            &mut a,
+            SocketAddrV4::new(SERVER, 7000),
+            &ClientConfig::default(),
+            Instant::ZERO,
+        )
+        .unwrap();
         let mut rig = SimRig {
             link,
             a,
@@ -66,13 +73,20 @@ impl SimRig {
 
     fn step(&mut self, app_busy: bool) {
         let now = self.now;
-        let busy = self.a.poll(now) | self.b.poll(now) | self.server.poll(&mut self.b) | self.client.poll(&mut self.a, now);
+        let busy = self.a.poll(now)
+            | self.b.poll(now)
+            | self.server.poll(&mut self.b)
+            | self.client.poll(&mut self.a, now);
         if !busy && !app_busy {
-            let next = [self.a.poll_at(now), self.b.poll_at(now), self.link.next_delivery()]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(now);
+            let next = [
+                self.a.poll_at(now),
+                self.b.poll_at(now),
+                self.link.next_delivery(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now);
             self.now = next.max(now + Duration::from_micros(1));
         }
     }
@@ -107,16 +121,48 @@ fn ops(c: &mut Criterion) {
         }
         let data = vec![0xa5u8; size];
         let id = ChunkId(size as u128);
-        sim.call(ChunkOp::Write { id, offset: 0, data: &data });
-        kernel.call(ChunkOp::Write { id, offset: 0, data: &data }).unwrap();
+        sim.call(ChunkOp::Write {
+            id,
+            offset: 0,
+            data: &data,
+        });
+        kernel
+            .call(ChunkOp::Write {
+                id,
+                offset: 0,
+                data: &data,
+            })
+            .unwrap();
         g.bench_function(BenchmarkId::new("write", "ustack_sim_link"), |b| {
-            b.iter(|| sim.call(ChunkOp::Write { id, offset: 0, data: &data }))
+            b.iter(|| {
+                sim.call(ChunkOp::Write {
+                    id,
+                    offset: 0,
+                    data: &data,
+                })
+            })
         });
         g.bench_function(BenchmarkId::new("write", "kernel_loopback"), |b| {
-            b.iter(|| assert!(kernel.call(ChunkOp::Write { id, offset: 0, data: &data }).unwrap().result.is_ok()))
+            b.iter(|| {
+                assert!(kernel
+                    .call(ChunkOp::Write {
+                        id,
+                        offset: 0,
+                        data: &data
+                    })
+                    .unwrap()
+                    .result
+                    .is_ok())
+            })
         });
-        let read = ChunkOp::Read { id, offset: 0, len: size as u32 };
-        g.bench_function(BenchmarkId::new("read", "ustack_sim_link"), |b| b.iter(|| sim.call(read)));
+        let read = ChunkOp::Read {
+            id,
+            offset: 0,
+            len: size as u32,
+        };
+        g.bench_function(BenchmarkId::new("read", "ustack_sim_link"), |b| {
+            b.iter(|| sim.call(read))
+        });
         g.bench_function(BenchmarkId::new("read", "kernel_loopback"), |b| {
             b.iter(|| assert!(kernel.call(read).unwrap().result.is_ok()))
         });

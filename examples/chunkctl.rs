@@ -21,7 +21,9 @@ use std::thread;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use common::{check_pattern, fill_pattern, open_tap, stack_config, Cidr, ClientSet, Rng, Size, StackClients};
+use common::{
+    check_pattern, fill_pattern, open_tap, stack_config, Cidr, ClientSet, Rng, Size, StackClients,
+};
 use ustack::chunk::{
     ChunkOp, ChunkServer, ClientConfig, Completion, MemStore, ServerConfig, ServerStats, Staging,
     SubmitError,
@@ -149,7 +151,8 @@ fn client_config(args: &Args) -> Result<ClientConfig, String> {
         ..ClientConfig::default()
     };
     cfg.limits = Limits {
-        payload_len_max: u32::try_from(args.payload_max.0).map_err(|_| "--payload-max must be below 4 GiB")?,
+        payload_len_max: u32::try_from(args.payload_max.0)
+            .map_err(|_| "--payload-max must be below 4 GiB")?,
         ..Limits::default()
     };
     // Enough staging for every connection to keep its requests in flight.
@@ -207,7 +210,11 @@ struct SimServer {
 impl SimServer {
     fn finish(mut self) -> Result<ServerStats, String> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().map_err(|_| "sim server thread panicked".to_string())?
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .map_err(|_| "sim server thread panicked".to_string())?
     }
 }
 
@@ -225,10 +232,21 @@ fn spawn_sim_server(port: SimPort, connections: usize, limits: Limits) -> SimSer
             ..ServerConfig::default()
         };
         let sockets = cfg.connections_max + cfg.backlog;
-        let mut stack = Stack::new(port, stack_config(Cidr { addr: SIM_SERVER, prefix: 24 }, None, sockets))
-            .map_err(|e| e.to_string())?;
+        let mut stack = Stack::new(
+            port,
+            stack_config(
+                Cidr {
+                    addr: SIM_SERVER,
+                    prefix: 24,
+                },
+                None,
+                sockets,
+            ),
+        )
+        .map_err(|e| e.to_string())?;
         let store = Arc::new(MemStore::new(8 << 30));
-        let mut server = ChunkServer::bind(&mut stack, 7000, store, cfg).map_err(|e| e.to_string())?;
+        let mut server =
+            ChunkServer::bind(&mut stack, 7000, store, cfg).map_err(|e| e.to_string())?;
         let mut idle = 0u32;
         while !flag.load(Ordering::Relaxed) {
             let now = Instant::now();
@@ -254,9 +272,12 @@ fn run(args: &Args) -> Result<(), String> {
     let mut sim_server = None;
     let mut clients: Box<dyn ClientSet> = match args.backend {
         Backend::Kernel => {
-            let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize).map_err(|e| e.to_string())?;
+            let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize)
+                .map_err(|e| e.to_string())?;
             let clients = (0..args.connections)
-                .map(|_| KernelClient::connect_with_staging(args.server.into(), &cfg, staging.clone()))
+                .map(|_| {
+                    KernelClient::connect_with_staging(args.server.into(), &cfg, staging.clone())
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             Box::new(KernelClients {
@@ -271,8 +292,18 @@ fn run(args: &Args) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())?;
             sim_server = Some(spawn_sim_server(b, args.connections, cfg.limits));
-            let stack = Stack::new(a, stack_config(Cidr { addr: SIM_CLIENT, prefix: 24 }, None, args.connections + 1))
-                .map_err(|e| e.to_string())?;
+            let stack = Stack::new(
+                a,
+                stack_config(
+                    Cidr {
+                        addr: SIM_CLIENT,
+                        prefix: 24,
+                    },
+                    None,
+                    args.connections + 1,
+                ),
+            )
+            .map_err(|e| e.to_string())?;
             Box::new(StackClients::connect(
                 stack,
                 SocketAddrV4::new(SIM_SERVER, 7000),
@@ -283,7 +314,8 @@ fn run(args: &Args) -> Result<(), String> {
         }
         Backend::Tap => {
             let (tap, where_) = open_tap(None, args.tap_peer, None)?;
-            let stack = Stack::new(tap, stack_config(args.ip, None, args.connections + 1)).map_err(|e| e.to_string())?;
+            let stack = Stack::new(tap, stack_config(args.ip, None, args.connections + 1))
+                .map_err(|e| e.to_string())?;
             Box::new(StackClients::connect(
                 stack,
                 args.server,
@@ -293,10 +325,26 @@ fn run(args: &Args) -> Result<(), String> {
             )?)
         }
     };
-    println!("chunkctl: backend {:?}: {}", args.backend, clients.describe());
+    println!(
+        "chunkctl: backend {:?}: {}",
+        args.backend,
+        clients.describe()
+    );
     wait_connected(clients.as_mut())?;
     let result = match &args.cmd {
-        Cmd::Verify { total, depth, seed, keep } => verify(clients.as_mut(), total.0, *depth, *seed, *keep, args.payload_max.0),
+        Cmd::Verify {
+            total,
+            depth,
+            seed,
+            keep,
+        } => verify(
+            clients.as_mut(),
+            total.0,
+            *depth,
+            *seed,
+            *keep,
+            args.payload_max.0,
+        ),
         Cmd::Bench {
             op,
             size,
@@ -304,7 +352,9 @@ fn run(args: &Args) -> Result<(), String> {
             duration_s,
             chunks,
         } => bench(clients.as_mut(), *op, size.0, *depth, *duration_s, *chunks),
-        Cmd::Put { file, chunk_size } => put(clients.as_mut(), file, chunk_size.0.min(args.payload_max.0)),
+        Cmd::Put { file, chunk_size } => {
+            put(clients.as_mut(), file, chunk_size.0.min(args.payload_max.0))
+        }
         Cmd::Get { manifest, out } => get(clients.as_mut(), manifest, out),
         Cmd::Stat { id } => single(clients.as_mut(), ChunkOp::Stat { id: parse_id(id)? }),
         Cmd::Delete { id } => single(clients.as_mut(), ChunkOp::Delete { id: parse_id(id)? }),
@@ -429,7 +479,10 @@ impl<'a> Driver<'a> {
                 while let Some(comp) = self.c.next_completion(i) {
                     busy = true;
                     self.in_flight[i] -= 1;
-                    let req = self.reqs.remove(&(i, comp.request_id)).ok_or("completion for an unknown request")?;
+                    let req = self
+                        .reqs
+                        .remove(&(i, comp.request_id))
+                        .ok_or("completion for an unknown request")?;
                     check(&req, &comp, &mut self.scratch, now)?;
                 }
                 if self.c.is_broken(i) {
@@ -475,12 +528,20 @@ impl<'a> Driver<'a> {
 
 fn verify_read(req: &Req, comp: &Completion, scratch: &mut [u8]) -> Result<(), String> {
     match comp.result {
-        Ok(Reply::Read { len, chunk_size, .. }) => {
+        Ok(Reply::Read {
+            len, chunk_size, ..
+        }) => {
             if u64::from(len) != req.len || chunk_size < req.offset + req.len {
-                return Err(format!("chunk {:032x}: read {len} of {} bytes (chunk {chunk_size})", req.chunk, req.len));
+                return Err(format!(
+                    "chunk {:032x}: read {len} of {} bytes (chunk {chunk_size})",
+                    req.chunk, req.len
+                ));
             }
             if !check_pattern(req.chunk, req.offset, comp.data(), scratch) {
-                return Err(format!("chunk {:032x}: data read back differs from what was written", req.chunk));
+                return Err(format!(
+                    "chunk {:032x}: data read back differs from what was written",
+                    req.chunk
+                ));
             }
             Ok(())
         }
@@ -492,7 +553,14 @@ fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9)
 }
 
-fn verify(c: &mut dyn ClientSet, total: u64, depth: usize, seed: u64, keep: bool, payload_max: u64) -> Result<(), String> {
+fn verify(
+    c: &mut dyn ClientSet,
+    total: u64,
+    depth: usize,
+    seed: u64,
+    keep: bool,
+    payload_max: u64,
+) -> Result<(), String> {
     let what = c.describe();
     let mut rng = Rng(seed);
     let mut chunks = Vec::new();
@@ -504,54 +572,126 @@ fn verify(c: &mut dyn ClientSet, total: u64, depth: usize, seed: u64, keep: bool
         sum += size;
     }
     let mut d = Driver::new(c, depth, payload_max as usize);
-    let blank = Req { chunk: 0, offset: 0, len: 0, op: 0, start: Instant::ZERO };
+    let blank = Req {
+        chunk: 0,
+        offset: 0,
+        len: 0,
+        op: 0,
+        start: Instant::ZERO,
+    };
 
     let t = Instant::now();
     let mut it = chunks.iter();
-    d.run(None, || it.next().map(|&(chunk, len)| Req { chunk, len, op: b'w', ..blank }), |req, comp, _, _| {
-        match comp.result {
+    d.run(
+        None,
+        || {
+            it.next().map(|&(chunk, len)| Req {
+                chunk,
+                len,
+                op: b'w',
+                ..blank
+            })
+        },
+        |req, comp, _, _| match comp.result {
             Ok(Reply::Write { chunk_size }) if chunk_size == req.len => Ok(()),
-            ref r => Err(format!("chunk {:032x}: write of {} bytes: {r:?}", req.chunk, req.len)),
-        }
-    })?;
+            ref r => Err(format!(
+                "chunk {:032x}: write of {} bytes: {r:?}",
+                req.chunk, req.len
+            )),
+        },
+    )?;
     let write_time = Instant::now() - t;
 
     let t = Instant::now();
     let mut verified = 0u64;
     let mut it = chunks.iter();
-    d.run(None, || it.next().map(|&(chunk, len)| Req { chunk, len, op: b'r', ..blank }), |req, comp, scratch, _| {
-        verify_read(req, comp, scratch)?;
-        verified += req.len;
-        Ok(())
-    })?;
+    d.run(
+        None,
+        || {
+            it.next().map(|&(chunk, len)| Req {
+                chunk,
+                len,
+                op: b'r',
+                ..blank
+            })
+        },
+        |req, comp, scratch, _| {
+            verify_read(req, comp, scratch)?;
+            verified += req.len;
+            Ok(())
+        },
+    )?;
     let read_time = Instant::now() - t;
 
     let mut stat_ok = 0u64;
     let mut it = chunks.iter();
     let mut content = vec![0u8; payload_max as usize];
-    d.run(None, || it.next().map(|&(chunk, len)| Req { chunk, len, op: b's', ..blank }), |req, comp, _, _| {
-        let data = &mut content[..req.len as usize];
-        fill_pattern(req.chunk, 0, data);
-        match comp.result {
-            Ok(Reply::Stat { chunk_size, chunk_crc }) if chunk_size == req.len && chunk_crc == crc32c(data) => {
-                stat_ok += 1;
-                Ok(())
+    d.run(
+        None,
+        || {
+            it.next().map(|&(chunk, len)| Req {
+                chunk,
+                len,
+                op: b's',
+                ..blank
+            })
+        },
+        |req, comp, _, _| {
+            let data = &mut content[..req.len as usize];
+            fill_pattern(req.chunk, 0, data);
+            match comp.result {
+                Ok(Reply::Stat {
+                    chunk_size,
+                    chunk_crc,
+                }) if chunk_size == req.len && chunk_crc == crc32c(data) => {
+                    stat_ok += 1;
+                    Ok(())
+                }
+                ref r => Err(format!(
+                    "chunk {:032x}: STAT {r:?}, expected size {} and crc {:08x}",
+                    req.chunk,
+                    req.len,
+                    crc32c(data)
+                )),
             }
-            ref r => Err(format!("chunk {:032x}: STAT {r:?}, expected size {} and crc {:08x}", req.chunk, req.len, crc32c(data))),
-        }
-    })?;
+        },
+    )?;
     if !keep {
         let mut it = chunks.iter();
-        d.run(None, || it.next().map(|&(chunk, len)| Req { chunk, len, op: b'd', ..blank }), |req, comp, _, _| match comp.result {
-            Ok(Reply::Delete) => Ok(()),
-            ref r => Err(format!("chunk {:032x}: DELETE {r:?}", req.chunk)),
-        })?;
+        d.run(
+            None,
+            || {
+                it.next().map(|&(chunk, len)| Req {
+                    chunk,
+                    len,
+                    op: b'd',
+                    ..blank
+                })
+            },
+            |req, comp, _, _| match comp.result {
+                Ok(Reply::Delete) => Ok(()),
+                ref r => Err(format!("chunk {:032x}: DELETE {r:?}", req.chunk)),
+            },
+        )?;
     }
     println!();
     println!("  backend        {what}");
-    println!("  chunks         {} (1 B .. {}, log-uniform), {:.1} MiB", chunks.len(), Size(payload_max), total as f64 / 1048576.0);
-    println!("  write          {:>8.1} MB/s  ({:.2} s)", mbps(total, write_time), write_time.as_secs_f64());
-    println!("  read           {:>8.1} MB/s  ({:.2} s)", mbps(total, read_time), read_time.as_secs_f64());
+    println!(
+        "  chunks         {} (1 B .. {}, log-uniform), {:.1} MiB",
+        chunks.len(),
+        Size(payload_max),
+        total as f64 / 1048576.0
+    );
+    println!(
+        "  write          {:>8.1} MB/s  ({:.2} s)",
+        mbps(total, write_time),
+        write_time.as_secs_f64()
+    );
+    println!(
+        "  read           {:>8.1} MB/s  ({:.2} s)",
+        mbps(total, read_time),
+        read_time.as_secs_f64()
+    );
     println!("  verified       {verified} of {total} bytes read back identical; {stat_ok} of {} STAT checksums right", chunks.len());
     println!("  result         OK");
     Ok(())
@@ -565,17 +705,45 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn bench(c: &mut dyn ClientSet, op: BenchOp, size: u64, depth: usize, duration_s: u64, chunks: u64) -> Result<(), String> {
+fn bench(
+    c: &mut dyn ClientSet,
+    op: BenchOp,
+    size: u64,
+    depth: usize,
+    duration_s: u64,
+    chunks: u64,
+) -> Result<(), String> {
     let what = c.describe();
     let conns = c.len();
     let mut d = Driver::new(c, depth, size as usize);
-    let blank = Req { chunk: 0, offset: 0, len: size, op: 0, start: Instant::ZERO };
+    let blank = Req {
+        chunk: 0,
+        offset: 0,
+        len: size,
+        op: 0,
+        start: Instant::ZERO,
+    };
     let chunk_id = |k: u64| 0xbe7c_0000_0000_0000_0000u128 | u128::from(k);
     // Fill the chunks the requests will read.
     let mut k = 0;
-    d.run(None, || (k < chunks).then(|| { k += 1; Req { chunk: chunk_id(k - 1), op: b'w', ..blank } }), |req, comp, _, _| {
-        comp.result.map(|_| ()).map_err(|e| format!("prefill of {:032x}: {e}", req.chunk))
-    })?;
+    d.run(
+        None,
+        || {
+            (k < chunks).then(|| {
+                k += 1;
+                Req {
+                    chunk: chunk_id(k - 1),
+                    op: b'w',
+                    ..blank
+                }
+            })
+        },
+        |req, comp, _, _| {
+            comp.result
+                .map(|_| ())
+                .map_err(|e| format!("prefill of {:032x}: {e}", req.chunk))
+        },
+    )?;
     let mut rng = Rng(7);
     let opc = match op {
         BenchOp::Read => b'r',
@@ -586,36 +754,59 @@ fn bench(c: &mut dyn ClientSet, op: BenchOp, size: u64, depth: usize, duration_s
     let (mut ops, mut verified, mut errors) = (0u64, 0u64, 0u64);
     for (secs, measure) in [(1, false), (duration_s.max(1), true)] {
         let start = Instant::now();
-        d.run(Some(start + Duration::from_secs(secs)), || Some(Req { chunk: chunk_id(rng.below(chunks)), op: opc, ..blank }), |req, comp, scratch, now| {
-            if !measure {
-                return Ok(());
-            }
-            let ok = match op {
-                BenchOp::Read => verify_read(req, comp, scratch).is_ok(),
-                BenchOp::Write => comp.result.is_ok(),
-            };
-            if ok {
-                ops += 1;
-                if op == BenchOp::Read {
-                    verified += 1;
+        d.run(
+            Some(start + Duration::from_secs(secs)),
+            || {
+                Some(Req {
+                    chunk: chunk_id(rng.below(chunks)),
+                    op: opc,
+                    ..blank
+                })
+            },
+            |req, comp, scratch, now| {
+                if !measure {
+                    return Ok(());
                 }
-                if lat.len() < lat.capacity() {
-                    lat.push(u32::try_from((now - req.start).as_nanos()).unwrap_or(u32::MAX));
+                let ok = match op {
+                    BenchOp::Read => verify_read(req, comp, scratch).is_ok(),
+                    BenchOp::Write => comp.result.is_ok(),
+                };
+                if ok {
+                    ops += 1;
+                    if op == BenchOp::Read {
+                        verified += 1;
+                    }
+                    if lat.len() < lat.capacity() {
+                        lat.push(u32::try_from((now - req.start).as_nanos()).unwrap_or(u32::MAX));
+                    }
+                } else {
+                    errors += 1;
                 }
-            } else {
-                errors += 1;
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         if measure {
             let elapsed = Instant::now() - start;
             lat.sort_unstable();
             let us = |p| f64::from(percentile(&lat, p)) / 1000.0;
             let ops_s = ops as f64 / elapsed.as_secs_f64();
             println!("  backend      {what}");
-            println!("  workload     {:?} {} x {conns} connection(s) x depth {depth}, {:.1} s", op, Size(size), elapsed.as_secs_f64());
-            println!("  throughput   {ops_s:.0} ops/s, {:.1} MB/s", ops_s * size as f64 / 1e6);
-            println!("  latency      p50 {:.1} us, p99 {:.1} us, p999 {:.1} us", us(0.5), us(0.99), us(0.999));
+            println!(
+                "  workload     {:?} {} x {conns} connection(s) x depth {depth}, {:.1} s",
+                op,
+                Size(size),
+                elapsed.as_secs_f64()
+            );
+            println!(
+                "  throughput   {ops_s:.0} ops/s, {:.1} MB/s",
+                ops_s * size as f64 / 1e6
+            );
+            println!(
+                "  latency      p50 {:.1} us, p99 {:.1} us, p999 {:.1} us",
+                us(0.5),
+                us(0.99),
+                us(0.999)
+            );
             println!("  verified     {verified} reads checked byte for byte; {errors} errors");
             println!(
                 "RESULT op={op:?} size={size} connections={conns} depth={depth} ops_s={ops_s:.0} mb_s={:.1} p50_us={:.1} p99_us={:.1} p999_us={:.1} verified={verified} errors={errors}",
@@ -650,11 +841,21 @@ fn put(c: &mut dyn ClientSet, file: &std::path::Path, chunk_size: u64) -> Result
     let mut buf = vec![0u8; chunk_size as usize];
     for &(id, off, n) in &pieces {
         f.seek(SeekFrom::Start(off)).map_err(|e| e.to_string())?;
-        f.read_exact(&mut buf[..n as usize]).map_err(|e| e.to_string())?;
+        f.read_exact(&mut buf[..n as usize])
+            .map_err(|e| e.to_string())?;
         let data = &buf[..n as usize];
-        let comp = call(c, ChunkOp::Write { id: ChunkId(id), offset: 0, data })?;
+        let comp = call(
+            c,
+            ChunkOp::Write {
+                id: ChunkId(id),
+                offset: 0,
+                data,
+            },
+        )?;
         match comp.result {
-            Ok(Reply::Write { .. }) => manifest.push(format!("{id:032x} {off} {n} {:08x}", crc32c(data))),
+            Ok(Reply::Write { .. }) => {
+                manifest.push(format!("{id:032x} {off} {n} {:08x}", crc32c(data)))
+            }
             ref r => return Err(format!("writing chunk {id:032x}: {r:?}")),
         }
     }
@@ -665,7 +866,11 @@ fn put(c: &mut dyn ClientSet, file: &std::path::Path, chunk_size: u64) -> Result
     Ok(())
 }
 
-fn get(c: &mut dyn ClientSet, manifest: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
+fn get(
+    c: &mut dyn ClientSet,
+    manifest: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<(), String> {
     let m = std::fs::File::open(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
     let mut f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut total = 0u64;
@@ -673,7 +878,10 @@ fn get(c: &mut dyn ClientSet, manifest: &std::path::Path, out: &std::path::Path)
         let line = line.map_err(|e| e.to_string())?;
         let parts: Vec<&str> = line.split_whitespace().collect();
         let [id, off, len, crc] = parts[..] else {
-            return Err(format!("manifest line {}: expected `ID OFFSET LENGTH CRC32C`", no + 1));
+            return Err(format!(
+                "manifest line {}: expected `ID OFFSET LENGTH CRC32C`",
+                no + 1
+            ));
         };
         let bad = |what: &str| format!("manifest line {}: bad {what}", no + 1);
         let id = parse_id(id)?;
@@ -682,13 +890,20 @@ fn get(c: &mut dyn ClientSet, manifest: &std::path::Path, out: &std::path::Path)
         let crc = u32::from_str_radix(crc, 16).map_err(|_| bad("crc"))?;
         let comp = call(c, ChunkOp::Read { id, offset: 0, len })?;
         if comp.data().len() != len as usize || crc32c(comp.data()) != crc {
-            return Err(format!("chunk {id}: {} bytes read, CRC32C {:08x}, manifest says {len} bytes, {crc:08x}", comp.data().len(), crc32c(comp.data())));
+            return Err(format!(
+                "chunk {id}: {} bytes read, CRC32C {:08x}, manifest says {len} bytes, {crc:08x}",
+                comp.data().len(),
+                crc32c(comp.data())
+            ));
         }
         f.seek(SeekFrom::Start(off)).map_err(|e| e.to_string())?;
         f.write_all(comp.data()).map_err(|e| e.to_string())?;
         total += u64::from(len);
     }
-    eprintln!("chunkctl: wrote {total} bytes to {}, every chunk's CRC32C checked", out.display());
+    eprintln!(
+        "chunkctl: wrote {total} bytes to {}, every chunk's CRC32C checked",
+        out.display()
+    );
     Ok(())
 }
 

@@ -114,7 +114,8 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<(), String> {
     signal::install_stop_handlers().map_err(|e| format!("installing signal handlers: {e}"))?;
     let limits = Limits {
-        payload_len_max: u32::try_from(args.payload_max.0).map_err(|_| "--payload-max must be below 4 GiB".to_string())?,
+        payload_len_max: u32::try_from(args.payload_max.0)
+            .map_err(|_| "--payload-max must be below 4 GiB".to_string())?,
         chunk_len_max: args.chunk_max.0,
         in_flight_max: args.in_flight_max,
     };
@@ -143,8 +144,11 @@ fn run(args: &Args) -> Result<(), String> {
             };
             let (tap, where_) = open_tap(args.tap_name.clone(), args.tap_peer, ns.as_ref())?;
             println!("fileserver: backend tap (ustack TCP/IP over {where_}) because --backend tap");
-            let stack = Stack::new(tap, stack_config(args.ip, args.gateway, cfg.connections_max + cfg.backlog))
-                .map_err(|e| e.to_string())?;
+            let stack = Stack::new(
+                tap,
+                stack_config(args.ip, args.gateway, cfg.connections_max + cfg.backlog),
+            )
+            .map_err(|e| e.to_string())?;
             serve_stack(args, stack, store, cfg)
         }
     }
@@ -176,7 +180,8 @@ fn serve_stack<D: PacketDevice>(
     cfg: ServerConfig,
 ) -> Result<(), String> {
     let grace = cfg.shutdown_grace;
-    let mut server = ChunkServer::bind(&mut stack, args.port, store, cfg).map_err(|e| e.to_string())?;
+    let mut server =
+        ChunkServer::bind(&mut stack, args.port, store, cfg).map_err(|e| e.to_string())?;
     println!("fileserver: listening on {}:{}", stack.ipv4(), args.port);
     let mut idle = 0u32;
     let mut deadline = None;
@@ -185,7 +190,10 @@ fn serve_stack<D: PacketDevice>(
         let now = Instant::now();
         let busy = stack.poll(now) | server.poll(&mut stack);
         if signal::stop_requested() && deadline.is_none() {
-            println!("fileserver: signal {}: shutting down", signal::stop_signal());
+            println!(
+                "fileserver: signal {}: shutting down",
+                signal::stop_signal()
+            );
             server.begin_shutdown(&mut stack);
             deadline = Some(now + grace);
         }
@@ -219,7 +227,8 @@ fn serve_stack<D: PacketDevice>(
 
 fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> Result<(), String> {
     let grace = cfg.shutdown_grace;
-    let mut server = KernelServer::bind(args.listen.into(), store, cfg).map_err(|e| e.to_string())?;
+    let mut server =
+        KernelServer::bind(args.listen.into(), store, cfg).map_err(|e| e.to_string())?;
     println!("fileserver: listening on {}", server.local_addr());
     let mut deadline = None;
     let mut last_stats = Instant::now();
@@ -227,7 +236,10 @@ fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> R
         let now = Instant::now();
         server.poll(Duration::from_millis(5));
         if signal::stop_requested() && deadline.is_none() {
-            println!("fileserver: signal {}: shutting down", signal::stop_signal());
+            println!(
+                "fileserver: signal {}: shutting down",
+                signal::stop_signal()
+            );
             server.begin_shutdown();
             deadline = Some(now + grace);
         }

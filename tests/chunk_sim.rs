@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::{Pattern, Rng, SimNet, Step, IP_B};
 use ustack::chunk::{
-    ChunkClient, ChunkOp, ChunkServer, ClientConfig, ClientError, Completion, MemStore, ServerConfig,
+    ChunkClient, ChunkOp, ChunkServer, ClientConfig, ClientError, Completion, MemStore,
+    ServerConfig,
 };
 use ustack::dev::sim::{Faults, SimConfig, SimPort};
 use ustack::proto::{crc32c, ChunkId, Op, Reply, Status};
@@ -46,7 +47,8 @@ fn rig_with(seed: u64, faults: Faults, client_cfg: ClientConfig) -> Rig {
         backlog: 2,
         ..ServerConfig::default()
     };
-    let server = ChunkServer::bind(&mut net.b, PORT, Arc::new(MemStore::new(1 << 30)), cfg).expect("bind");
+    let server =
+        ChunkServer::bind(&mut net.b, PORT, Arc::new(MemStore::new(1 << 30)), cfg).expect("bind");
     let client = ChunkClient::connect(
         &mut net.a,
         SocketAddrV4::new(IP_B, PORT),
@@ -54,13 +56,21 @@ fn rig_with(seed: u64, faults: Faults, client_cfg: ClientConfig) -> Rig {
         net.now,
     )
     .expect("connect");
-    Rig { net, server, client }
+    Rig {
+        net,
+        server,
+        client,
+    }
 }
 
 impl Rig {
     /// Drives until `n` completions arrived; returns them in arrival order.
     fn collect(&mut self, n: usize) -> Vec<Completion> {
-        let Rig { net, server, client } = self;
+        let Rig {
+            net,
+            server,
+            client,
+        } = self;
         let mut got = Vec::with_capacity(n);
         net.drive(Duration::from_secs(6 * 3600), |a, b, now| {
             let busy = server.poll(b) | client.poll(a, now);
@@ -75,7 +85,13 @@ impl Rig {
                 Step::Idle
             })
         })
-        .unwrap_or_else(|e| panic!("{e}; {} of {n} completions; client {:?}", got.len(), client.stats()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}; {} of {n} completions; client {:?}",
+                got.len(),
+                client.stats()
+            )
+        });
         got
     }
 
@@ -113,7 +129,11 @@ fn check_read(model: &Model, id: u128, offset: u64, len: u32, c: &Completion) {
     let chunk = &model.chunks[&id];
     let want_len = (chunk.len() as u64 - offset).min(u64::from(len)) as usize;
     match c.result {
-        Ok(Reply::Read { len: got, chunk_size, .. }) => {
+        Ok(Reply::Read {
+            len: got,
+            chunk_size,
+            ..
+        }) => {
             assert_eq!(got as usize, want_len, "read length of {id:x} at {offset}");
             assert_eq!(chunk_size, chunk.len() as u64);
             let want = &chunk[offset as usize..offset as usize + want_len];
@@ -140,9 +160,19 @@ fn round_trips(seed: u64, faults: Faults) {
             let mut data = vec![0u8; size];
             pat.fill(stream, &mut data);
             stream += size as u64;
-            let c = rig.one(ChunkOp::Write { id: ChunkId(id), offset, data: &data });
+            let c = rig.one(ChunkOp::Write {
+                id: ChunkId(id),
+                offset,
+                data: &data,
+            });
             let size_after = model.write(id, offset, &data);
-            assert_eq!(c.result, Ok(Reply::Write { chunk_size: size_after }), "write {size} B at {offset}");
+            assert_eq!(
+                c.result,
+                Ok(Reply::Write {
+                    chunk_size: size_after
+                }),
+                "write {size} B at {offset}"
+            );
             ids.push((id, offset, size));
         }
     }
@@ -152,16 +182,27 @@ fn round_trips(seed: u64, faults: Faults) {
     for &(id, offset, size) in &ids {
         let chunk_len = model.chunks[&id].len() as u64;
         wanted.push((id, offset, size as u32));
-        wanted.push((id, rng.below(chunk_len + 1), (rng.below(4 << 20) + 1) as u32));
+        wanted.push((
+            id,
+            rng.below(chunk_len + 1),
+            (rng.below(4 << 20) + 1) as u32,
+        ));
     }
     for batch in wanted.chunks(4) {
         let mut reads = Vec::new();
         for &(id, off, len) in batch {
-            let rid = rig.submit(ChunkOp::Read { id: ChunkId(id), offset: off, len });
+            let rid = rig.submit(ChunkOp::Read {
+                id: ChunkId(id),
+                offset: off,
+                len,
+            });
             reads.push((rid, id, off, len));
         }
         for c in rig.collect(reads.len()) {
-            let &(_, id, off, len) = reads.iter().find(|r| r.0 == c.request_id).expect("known id");
+            let &(_, id, off, len) = reads
+                .iter()
+                .find(|r| r.0 == c.request_id)
+                .expect("known id");
             check_read(&model, id, off, len, &c);
         }
     }
@@ -171,15 +212,28 @@ fn round_trips(seed: u64, faults: Faults) {
         let chunk = &model.chunks[&id];
         assert_eq!(
             c.result,
-            Ok(Reply::Stat { chunk_size: chunk.len() as u64, chunk_crc: crc32c(chunk) })
+            Ok(Reply::Stat {
+                chunk_size: chunk.len() as u64,
+                chunk_crc: crc32c(chunk)
+            })
         );
     }
     let (gone, _, _) = ids[0];
-    assert_eq!(rig.one(ChunkOp::Delete { id: ChunkId(gone) }).result, Ok(Reply::Delete));
-    let c = rig.one(ChunkOp::Read { id: ChunkId(gone), offset: 0, len: 1 });
+    assert_eq!(
+        rig.one(ChunkOp::Delete { id: ChunkId(gone) }).result,
+        Ok(Reply::Delete)
+    );
+    let c = rig.one(ChunkOp::Read {
+        id: ChunkId(gone),
+        offset: 0,
+        len: 1,
+    });
     assert_eq!(c.result, Err(ClientError::Status(Status::NotFound)));
     let st = rig.server.stats();
-    println!("seed {seed}: server {st:?}\nlink {:?}", rig.net.link.stats().total());
+    println!(
+        "seed {seed}: server {st:?}\nlink {:?}",
+        rig.net.link.stats().total()
+    );
     assert_eq!(st.connections_closed_for_errors, 0);
 }
 
@@ -212,7 +266,14 @@ fn sixty_four_in_flight_complete_out_of_order() {
         let mut data = vec![0u8; 1 << 20];
         pat.fill((i as u64) << 20, &mut data);
         model.write(id, 0, &data);
-        assert!(rig.one(ChunkOp::Write { id: ChunkId(id), offset: 0, data: &data }).result.is_ok());
+        assert!(rig
+            .one(ChunkOp::Write {
+                id: ChunkId(id),
+                offset: 0,
+                data: &data
+            })
+            .result
+            .is_ok());
     }
     // 64 requests at once: big READs, small WRITEs, STATs, PINGs, interleaved.
     let mut expect: Vec<(u64, Op)> = Vec::new();
@@ -221,17 +282,33 @@ fn sixty_four_in_flight_complete_out_of_order() {
         let (op, rid) = match i % 4 {
             0 => {
                 let id = seeded[(i / 4 % 4) as usize];
-                (Op::Read, rig.submit(ChunkOp::Read { id: ChunkId(id), offset: 0, len: 1 << 20 }))
+                (
+                    Op::Read,
+                    rig.submit(ChunkOp::Read {
+                        id: ChunkId(id),
+                        offset: 0,
+                        len: 1 << 20,
+                    }),
+                )
             }
             1 => {
                 let id = 0xabc0_0000 + u128::from(i);
                 let mut data = vec![0u8; 1 + rng.below(8192) as usize];
                 pat.fill(i << 30, &mut data);
-                let rid = rig.submit(ChunkOp::Write { id: ChunkId(id), offset: 0, data: &data });
+                let rid = rig.submit(ChunkOp::Write {
+                    id: ChunkId(id),
+                    offset: 0,
+                    data: &data,
+                });
                 write_data.insert(rid, (id, data));
                 (Op::Write, rid)
             }
-            2 => (Op::Stat, rig.submit(ChunkOp::Stat { id: ChunkId(seeded[0]) })),
+            2 => (
+                Op::Stat,
+                rig.submit(ChunkOp::Stat {
+                    id: ChunkId(seeded[0]),
+                }),
+            ),
             _ => (Op::Ping, rig.submit(ChunkOp::Ping)),
         };
         expect.push((rid, op));
@@ -241,9 +318,16 @@ fn sixty_four_in_flight_complete_out_of_order() {
     let order: Vec<u64> = done.iter().map(|c| c.request_id).collect();
     let mut sorted = order.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, expect.iter().map(|e| e.0).collect::<Vec<_>>(), "each request completed once");
+    assert_eq!(
+        sorted,
+        expect.iter().map(|e| e.0).collect::<Vec<_>>(),
+        "each request completed once"
+    );
     let overtaken = order.windows(2).filter(|w| w[0] > w[1]).count();
-    assert!(overtaken > 0, "answers came back in submission order: {order:?}");
+    assert!(
+        overtaken > 0,
+        "answers came back in submission order: {order:?}"
+    );
     for c in &done {
         let op = expect.iter().find(|e| e.0 == c.request_id).unwrap().1;
         assert_eq!(c.op, op);
@@ -251,19 +335,38 @@ fn sixty_four_in_flight_complete_out_of_order() {
             Op::Read => assert_eq!(c.data().len(), 1 << 20),
             Op::Write => {
                 let (id, data) = &write_data[&c.request_id];
-                assert_eq!(c.result, Ok(Reply::Write { chunk_size: data.len() as u64 }), "{id:x}");
+                assert_eq!(
+                    c.result,
+                    Ok(Reply::Write {
+                        chunk_size: data.len() as u64
+                    }),
+                    "{id:x}"
+                );
             }
-            Op::Stat => assert!(matches!(c.result, Ok(Reply::Stat { chunk_size: 1048576, .. }))),
+            Op::Stat => assert!(matches!(
+                c.result,
+                Ok(Reply::Stat {
+                    chunk_size: 1048576,
+                    ..
+                })
+            )),
             _ => assert_eq!(c.result, Ok(Reply::Ping)),
         }
     }
     // The READs hold the seeded chunks' bytes.
     for c in done.iter().filter(|c| c.op == Op::Read) {
-        assert!(model.chunks.values().any(|v| v.as_slice() == c.data()), "READ data matches a seeded chunk");
+        assert!(
+            model.chunks.values().any(|v| v.as_slice() == c.data()),
+            "READ data matches a seeded chunk"
+        );
     }
     // The small WRITEs landed.
     for (rid, (id, data)) in &write_data {
-        let c = rig.one(ChunkOp::Read { id: ChunkId(*id), offset: 0, len: 8192 });
+        let c = rig.one(ChunkOp::Read {
+            id: ChunkId(*id),
+            offset: 0,
+            len: 8192,
+        });
         assert_eq!(c.data(), &data[..], "write {rid}");
     }
     println!("completion order: {order:?} ({overtaken} overtakes)");

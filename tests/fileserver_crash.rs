@@ -52,7 +52,15 @@ struct Server {
 impl Server {
     fn start(bin: &Path, dir: &Path) -> Server {
         let mut child = Command::new(bin)
-            .args(["--backend", "kernel", "--listen", "127.0.0.1:0", "--sync", "always", "--store"])
+            .args([
+                "--backend",
+                "kernel",
+                "--listen",
+                "127.0.0.1:0",
+                "--sync",
+                "always",
+                "--store",
+            ])
             .arg(format!("dir:{}", dir.display()))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -60,7 +68,10 @@ impl Server {
             .expect("start fileserver");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let addr = loop {
-            let line = lines.next().expect("fileserver exited before listening").unwrap();
+            let line = lines
+                .next()
+                .expect("fileserver exited before listening")
+                .unwrap();
             if let Some(a) = line.strip_prefix("fileserver: listening on ") {
                 break a.trim().parse().expect("listen address");
             }
@@ -108,7 +119,12 @@ fn apply(base: Option<&Vec<u8>>, offset: usize, data: &[u8]) -> Vec<u8> {
 
 /// Judges a WRITE completion: acknowledged means the in-flight content is now the acknowledged
 /// one; a lost connection leaves it in flight (absent or applied after the restart).
-fn settle(model: &mut HashMap<u128, ChunkModel>, id: u128, result: &Result<Reply, ClientError>, killed: bool) -> bool {
+fn settle(
+    model: &mut HashMap<u128, ChunkModel>,
+    id: u128,
+    result: &Result<Reply, ClientError>,
+    killed: bool,
+) -> bool {
     let m = model.get_mut(&id).unwrap();
     match result {
         Ok(Reply::Write { chunk_size }) => {
@@ -154,7 +170,11 @@ fn load(
             };
             *version += 1;
             let data = content(id, *version, len);
-            let op = ChunkOp::Write { id: ChunkId(id), offset: offset as u64, data: &data };
+            let op = ChunkOp::Write {
+                id: ChunkId(id),
+                offset: offset as u64,
+                data: &data,
+            };
             match client.submit(op, Instant::now()) {
                 Ok(rid) => {
                     m.pending = Some(apply(m.acked.as_ref(), offset, &data));
@@ -193,7 +213,13 @@ fn sigkilled_server_keeps_every_acknowledged_write() {
     for round in 0..3 {
         let server = Server::start(&bin, &dir.0);
         let mut client = KernelClient::connect(server.addr, &cfg).expect("connect");
-        let mut in_flight = load(&mut client, &mut model, &mut rng, 20 + round * 10, &mut version);
+        let mut in_flight = load(
+            &mut client,
+            &mut model,
+            &mut rng,
+            20 + round * 10,
+            &mut version,
+        );
         // Kill it with writes in flight.
         let pending = in_flight.len();
         server.kill();
@@ -209,7 +235,10 @@ fn sigkilled_server_keeps_every_acknowledged_write() {
                 }
             }
         }
-        assert!(in_flight.is_empty(), "every request in flight at the kill completed");
+        assert!(
+            in_flight.is_empty(),
+            "every request in flight at the kill completed"
+        );
         println!("round {round}: killed with {pending} writes in flight");
 
         // Restart on the same directory and check every chunk.
@@ -217,7 +246,10 @@ fn sigkilled_server_keeps_every_acknowledged_write() {
         let mut client = KernelClient::connect(server.addr, &cfg).expect("reconnect");
         let (mut intact, mut applied, mut absent) = (0, 0, 0);
         for (&id, m) in model.iter_mut() {
-            let stat = client.call(ChunkOp::Stat { id: ChunkId(id) }).expect("stat").result;
+            let stat = client
+                .call(ChunkOp::Stat { id: ChunkId(id) })
+                .expect("stat")
+                .result;
             let now = match stat {
                 Err(ClientError::Status(Status::NotFound)) => None,
                 Ok(Reply::Stat { chunk_size, .. }) => {
@@ -225,7 +257,11 @@ fn sigkilled_server_keeps_every_acknowledged_write() {
                     while (data.len() as u64) < chunk_size {
                         let len = (chunk_size - data.len() as u64).min(4 << 20) as u32;
                         let c = client
-                            .call(ChunkOp::Read { id: ChunkId(id), offset: data.len() as u64, len })
+                            .call(ChunkOp::Read {
+                                id: ChunkId(id),
+                                offset: data.len() as u64,
+                                len,
+                            })
                             .expect("read");
                         assert!(c.result.is_ok(), "read {id:x}: {:?}", c.result);
                         data.extend_from_slice(c.data());
@@ -257,5 +293,8 @@ fn sigkilled_server_keeps_every_acknowledged_write() {
         println!("round {round}: {intact} chunks as acknowledged, {applied} in-flight writes fully applied, {absent} in-flight creates absent");
         server.kill();
     }
-    assert!(lost_in_flight > 0, "the kills landed while writes were in flight");
+    assert!(
+        lost_in_flight > 0,
+        "the kills landed while writes were in flight"
+    );
 }

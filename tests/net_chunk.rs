@@ -4,12 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant};
 
 use ustack::chunk::{
-    ChunkOp, ChunkStat, ChunkStore, ClientConfig, ClientError, Completion, ReadInfo, ServerConfig,
-    StagingConfig, StoreError, SubmitError,
+    ChunkOp, ChunkStore, ClientConfig, ClientError, Completion, MemStore, ServerConfig,
+    StagingConfig, SubmitError,
 };
 use ustack::net::{KernelClient, KernelServer, NetError};
 use ustack::proto::{
@@ -18,59 +18,6 @@ use ustack::proto::{
 use ustack::{Instant, PageSize};
 
 // ---------------------------------------------------------------------------------------------
-// TEST HELPER, to be replaced by `chunk::MemStore` when the store branch lands: the smallest
-// in-memory store with the contract of src/chunk/store.rs (gaps read as zeros, OutOfRange past
-// the end, NotFound).
-// ---------------------------------------------------------------------------------------------
-#[derive(Default)]
-struct TestStore {
-    chunks: Mutex<HashMap<ChunkId, Vec<u8>>>,
-}
-
-impl ChunkStore for TestStore {
-    fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
-        let mut chunks = self.chunks.lock().unwrap();
-        let chunk = chunks.entry(id).or_default();
-        let end = offset as usize + data.len();
-        if chunk.len() < end {
-            chunk.resize(end, 0);
-        }
-        chunk[offset as usize..end].copy_from_slice(data);
-        Ok(chunk.len() as u64)
-    }
-
-    fn read(&self, id: ChunkId, offset: u64, buf: &mut [u8]) -> Result<ReadInfo, StoreError> {
-        let chunks = self.chunks.lock().unwrap();
-        let chunk = chunks.get(&id).ok_or(StoreError::NotFound(id))?;
-        let size = chunk.len() as u64;
-        if offset > size {
-            return Err(StoreError::OutOfRange { id, offset, size });
-        }
-        let n = buf.len().min((size - offset) as usize);
-        buf[..n].copy_from_slice(&chunk[offset as usize..offset as usize + n]);
-        Ok(ReadInfo {
-            len: n,
-            chunk_size: size,
-        })
-    }
-
-    fn delete(&self, id: ChunkId) -> Result<(), StoreError> {
-        match self.chunks.lock().unwrap().remove(&id) {
-            Some(_) => Ok(()),
-            None => Err(StoreError::NotFound(id)),
-        }
-    }
-
-    fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError> {
-        let chunks = self.chunks.lock().unwrap();
-        let chunk = chunks.get(&id).ok_or(StoreError::NotFound(id))?;
-        Ok(ChunkStat {
-            size: chunk.len() as u64,
-            crc: crc32c(chunk),
-        })
-    }
-}
-// --------------------------------------- end of test helper ----------------------------------
 
 const WALL_LIMIT: Duration = Duration::from_secs(60);
 
@@ -83,6 +30,7 @@ fn staging(small_count: usize, large_count: usize) -> StagingConfig {
         small_len: 64 << 10,
         small_count,
         large_count,
+        large_per_connection_max: large_count,
         // Base pages: tests must not take hugepages other tests on the machine rely on.
         page_size: PageSize::Base4K,
     }
@@ -202,7 +150,7 @@ fn ping_ok(client: &mut KernelClient) {
 
 #[test]
 fn random_chunks_round_trip_against_a_model() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let server = KernelServer::spawn(any_port(), Arc::clone(&store), server_config(4)).unwrap();
     let mut client = KernelClient::connect(server.local_addr(), &client_config()).unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -350,7 +298,7 @@ fn random_chunks_round_trip_against_a_model() {
         assert_eq!(call(&mut client, read).result, not_found);
         assert_eq!(call(&mut client, ChunkOp::Delete { id }).result, not_found);
     }
-    assert!(store.chunks.lock().unwrap().is_empty());
+    assert_eq!(store.chunk_count(), 0);
 
     client.close();
     let stats = server.stop();
@@ -365,7 +313,7 @@ fn random_chunks_round_trip_against_a_model() {
 
 #[test]
 fn sixty_four_requests_in_flight_on_one_connection() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let server = KernelServer::spawn(any_port(), Arc::clone(&store), server_config(2)).unwrap();
     let mut client = KernelClient::connect(server.local_addr(), &client_config()).unwrap();
     let max = Limits::default().in_flight_max as usize;
@@ -459,7 +407,7 @@ fn sixty_four_requests_in_flight_on_one_connection() {
 
 #[test]
 fn connection_limit_refuses_the_fifth_and_keeps_serving_four() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let server = KernelServer::spawn(any_port(), Arc::clone(&store), server_config(4)).unwrap();
     let cfg = client_config();
     let mut clients: Vec<KernelClient> = (0..4)
@@ -542,7 +490,7 @@ fn connection_limit_refuses_the_fifth_and_keeps_serving_four() {
 
 #[test]
 fn garbage_is_answered_and_closed_while_others_are_served() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let server = KernelServer::spawn(any_port(), Arc::clone(&store), server_config(8)).unwrap();
     let addr = server.local_addr();
     let mut good = KernelClient::connect(addr, &client_config()).unwrap();
@@ -583,7 +531,7 @@ fn garbage_is_answered_and_closed_while_others_are_served() {
 
 #[test]
 fn lying_lengths_and_bad_header_crcs_get_errors() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let server = KernelServer::spawn(any_port(), Arc::clone(&store), server_config(8)).unwrap();
     let addr = server.local_addr();
     let mut good = KernelClient::connect(addr, &client_config()).unwrap();
@@ -655,7 +603,7 @@ fn lying_lengths_and_bad_header_crcs_get_errors() {
     let (r, _) = read_response(&mut s).unwrap();
     assert_eq!(r.request_id, 25);
     assert_eq!(r.reply.status(), Status::BadChecksum);
-    assert!(store.chunks.lock().unwrap().get(&ChunkId(6)).is_none());
+    assert!(store.stat(ChunkId(6)).is_err(), "nothing stored");
     drop(s);
 
     // A payload length that promises more than is sent before the end of the stream: the
@@ -674,7 +622,7 @@ fn lying_lengths_and_bad_header_crcs_get_errors() {
     s.write_all(&[1u8; 10]).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     assert!(read_response(&mut s).is_none());
-    assert!(store.chunks.lock().unwrap().get(&ChunkId(7)).is_none());
+    assert!(store.stat(ChunkId(7)).is_err(), "nothing stored");
 
     ping_ok(&mut good);
     good.close();
@@ -785,7 +733,7 @@ fn server_close_mid_request_fails_every_outstanding_request() {
 
 #[test]
 fn one_large_staging_buffer_back_pressures_without_loss() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let cfg = ServerConfig {
         staging: staging(1, 1),
         ..server_config(2)
@@ -838,7 +786,7 @@ fn one_large_staging_buffer_back_pressures_without_loss() {
 
 #[test]
 fn a_peer_that_never_reads_does_not_stall_others() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let server = KernelServer::spawn(any_port(), Arc::clone(&store), server_config(4)).unwrap();
     let addr = server.local_addr();
     let mut good = KernelClient::connect(addr, &client_config()).unwrap();
@@ -893,7 +841,7 @@ fn a_peer_that_never_reads_does_not_stall_others() {
 
 #[test]
 fn shutdown_closes_connections_and_clients_notice() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let cfg = ServerConfig {
         shutdown_grace: Duration::from_millis(500),
         ..server_config(4)
@@ -926,7 +874,7 @@ fn shutdown_closes_connections_and_clients_notice() {
 
 #[test]
 fn bind_and_connect_errors_say_what_to_check() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let server = KernelServer::spawn(any_port(), Arc::clone(&store), server_config(1)).unwrap();
     let addr = server.local_addr();
     let err = match KernelServer::bind(addr, Arc::clone(&store), server_config(1)) {
@@ -967,7 +915,7 @@ fn bind_and_connect_errors_say_what_to_check() {
 
 #[test]
 fn a_peer_that_resets_while_waiting_for_a_buffer_frees_its_slot() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let cfg = ServerConfig {
         staging: staging(1, 1),
         ..server_config(2)
@@ -1091,7 +1039,7 @@ fn requests_time_out_and_late_answers_are_dropped() {
 
 #[test]
 fn a_read_waiting_for_a_buffer_is_answered_after_the_peer_half_closes() {
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let cfg = ServerConfig {
         staging: staging(1, 1),
         ..server_config(4)

@@ -5,15 +5,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant};
 
 use common::skip;
 use ustack::chunk::{
-    ChunkClient, ChunkOp, ChunkServer, ChunkStat, ChunkStore, ClientConfig, ClientError,
-    Completion, ReadInfo, ServerConfig, StagingConfig, StoreError,
+    ChunkClient, ChunkOp, ChunkServer, ClientConfig, ClientError, Completion, MemStore,
+    ServerConfig, StagingConfig,
 };
 use ustack::dev::tap::{TapConfig, TapDevice};
 use ustack::net::{KernelClient, KernelServer};
@@ -23,58 +22,6 @@ use ustack::sys::netns::{self, NetNs};
 use ustack::{Instant, PageSize};
 
 // ---------------------------------------------------------------------------------------------
-// TEST HELPER, to be replaced by `chunk::MemStore` when the store branch lands (same as in
-// tests/net_chunk.rs): gaps read as zeros, OutOfRange past the end, NotFound.
-// ---------------------------------------------------------------------------------------------
-#[derive(Default)]
-struct TestStore {
-    chunks: Mutex<HashMap<ChunkId, Vec<u8>>>,
-}
-
-impl ChunkStore for TestStore {
-    fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
-        let mut chunks = self.chunks.lock().unwrap();
-        let chunk = chunks.entry(id).or_default();
-        let end = offset as usize + data.len();
-        if chunk.len() < end {
-            chunk.resize(end, 0);
-        }
-        chunk[offset as usize..end].copy_from_slice(data);
-        Ok(chunk.len() as u64)
-    }
-
-    fn read(&self, id: ChunkId, offset: u64, buf: &mut [u8]) -> Result<ReadInfo, StoreError> {
-        let chunks = self.chunks.lock().unwrap();
-        let chunk = chunks.get(&id).ok_or(StoreError::NotFound(id))?;
-        let size = chunk.len() as u64;
-        if offset > size {
-            return Err(StoreError::OutOfRange { id, offset, size });
-        }
-        let n = buf.len().min((size - offset) as usize);
-        buf[..n].copy_from_slice(&chunk[offset as usize..offset as usize + n]);
-        Ok(ReadInfo {
-            len: n,
-            chunk_size: size,
-        })
-    }
-
-    fn delete(&self, id: ChunkId) -> Result<(), StoreError> {
-        match self.chunks.lock().unwrap().remove(&id) {
-            Some(_) => Ok(()),
-            None => Err(StoreError::NotFound(id)),
-        }
-    }
-
-    fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError> {
-        let chunks = self.chunks.lock().unwrap();
-        let chunk = chunks.get(&id).ok_or(StoreError::NotFound(id))?;
-        Ok(ChunkStat {
-            size: chunk.len() as u64,
-            crc: crc32c(chunk),
-        })
-    }
-}
-// --------------------------------------- end of test helper ----------------------------------
 
 const KERNEL_IP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 1);
 const USTACK_IP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 2);
@@ -87,6 +34,7 @@ fn staging() -> StagingConfig {
         small_len: 64 << 10,
         small_count: 80,
         large_count: 4,
+        large_per_connection_max: 4,
         page_size: PageSize::Base4K,
     }
 }
@@ -221,7 +169,7 @@ fn kernel_client_against_a_ustack_chunk_server() {
     let Some((ns, mut stack)) = topology() else {
         return;
     };
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let mut server =
         ChunkServer::bind(&mut stack, PORT, Arc::clone(&store), server_config()).expect("bind");
     let client = ns
@@ -274,7 +222,7 @@ fn ustack_client_against_a_kernel_server() {
     let Some((ns, mut stack)) = topology() else {
         return;
     };
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MemStore::new(1 << 30));
     let bind_store = Arc::clone(&store);
     let server = ns
         .run(move || {

@@ -26,26 +26,34 @@ impl FromStr for Size {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a number with an optional unit"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?}: expected a number with an optional unit"))?;
         let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" | "kib" => 1 << 10,
             "m" | "mb" | "mib" => 1 << 20,
             "g" | "gb" | "gib" => 1 << 30,
-            other => return Err(format!("{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)")),
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)"
+                ))
+            }
         };
-        n.checked_mul(mul).map(Size).ok_or_else(|| format!("{s:?} is too large"))
+        n.checked_mul(mul)
+            .map(Size)
+            .ok_or_else(|| format!("{s:?} is too large"))
     }
 }
 
 impl std::fmt::Display for Size {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = self.0;
-        if b >= 1 << 30 && b % (1 << 30) == 0 {
+        if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
             write!(f, "{}GiB", b >> 30)
-        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+        } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", b >> 20)
-        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+        } else if b >= 1 << 10 && b.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", b >> 10)
         } else {
             write!(f, "{b}B")
@@ -63,9 +71,15 @@ pub struct Cidr {
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Cidr, String> {
-        let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX, e.g. 10.213.0.2/24"))?;
-        let addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p.parse().map_err(|_| format!("{p:?} is not a prefix length"))?;
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX, e.g. 10.213.0.2/24"))?;
+        let addr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| format!("{p:?} is not a prefix length"))?;
         if !(1..=32).contains(&prefix) {
             return Err(format!("prefix /{prefix} is not in 1..=32"));
         }
@@ -143,7 +157,11 @@ pub fn init_logging() {
 
 /// Opens a TAP interface for a ustack endpoint and configures its kernel side: `peer` as the
 /// kernel's address on it, inside `netns` if given (created by the caller).
-pub fn open_tap(name: Option<String>, peer: Option<Cidr>, netns: Option<&NetNs>) -> Result<(TapDevice, String), String> {
+pub fn open_tap(
+    name: Option<String>,
+    peer: Option<Cidr>,
+    netns: Option<&NetNs>,
+) -> Result<(TapDevice, String), String> {
     let tap = TapDevice::open(&TapConfig {
         name,
         ..TapConfig::default()
@@ -161,7 +179,11 @@ pub fn open_tap(name: Option<String>, peer: Option<Cidr>, netns: Option<&NetNs>)
                 if out.status.success() {
                     Ok(())
                 } else {
-                    Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+                    Err(format!(
+                        "ip {}: {}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ))
                 }
             }
         }
@@ -227,10 +249,13 @@ impl<D: PacketDevice> StackClients<D> {
     ) -> Result<StackClients<D>, String> {
         // One staging set for all connections: sized for every request in flight on all of them
         // would be wasteful; this covers the common case and submit says NoBuffer otherwise.
-        let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize).map_err(|e| e.to_string())?;
+        let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize)
+            .map_err(|e| e.to_string())?;
         let now = Instant::now();
         let clients = (0..n)
-            .map(|_| ChunkClient::connect_with_staging(&mut stack, server, cfg, staging.clone(), now))
+            .map(|_| {
+                ChunkClient::connect_with_staging(&mut stack, server, cfg, staging.clone(), now)
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         Ok(StackClients {

@@ -129,6 +129,11 @@ impl<S: ChunkStore> ChunkServer<S> {
         let Some(c) = slot.conn else { return false };
         let mut busy = false;
         let mut gone = false;
+        // A request waiting for a staging buffer retries (also after the peer's end of stream).
+        if slot.core.is_waiting() {
+            slot.core
+                .handle_input(&[], &self.store, &self.staging, &mut self.stats);
+        }
         // Requests in, straight from the socket's receive buffer.
         while !slot.eof {
             let (store, staging, stats, core) =

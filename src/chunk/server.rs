@@ -159,10 +159,12 @@ impl ServerConn {
     ) -> usize {
         let given = input.len();
         loop {
-            if self.closing || self.draining {
+            // A request whose header arrived is finished even after end of input or during
+            // shutdown (it may have waited for a staging buffer).
+            if !self.resume_pending(store, staging, stats) {
                 break;
             }
-            if !self.resume_pending(store, staging, stats) {
+            if self.closing || self.draining || self.eof {
                 break;
             }
             if self.pending.is_none() && self.out.len() >= self.in_flight_max {
@@ -227,7 +229,8 @@ impl ServerConn {
                 buf: buf @ None,
                 ..
             }) if header_payload_len(header) > 0 => {
-                match staging.alloc(header_payload_len(header)) {
+                let held = held_large(&self.out, staging);
+                match staging.alloc_shared(header_payload_len(header), held) {
                     Some(b) => {
                         *buf = Some(b);
                         true
@@ -271,7 +274,7 @@ impl ServerConn {
                 let buf = if len == 0 {
                     None
                 } else {
-                    let b = staging.alloc(len as usize);
+                    let b = staging.alloc_shared(len as usize, held_large(&self.out, staging));
                     if b.is_none() {
                         stats.staging_waits += 1;
                     }
@@ -290,7 +293,7 @@ impl ServerConn {
             } => {
                 let mut buf = None;
                 if len > 0 {
-                    match staging.alloc(len as usize) {
+                    match staging.alloc_shared(len as usize, held_large(&self.out, staging)) {
                         Some(b) => buf = Some(b),
                         None => {
                             stats.staging_waits += 1;
@@ -390,13 +393,37 @@ impl ServerConn {
         });
     }
 
-    /// The peer closed its sending side. A frame cut short is counted as a protocol error.
+    /// The peer closed its sending side. A frame cut short is counted as a protocol error and
+    /// dropped; a READ whose header arrived (waiting for a staging buffer) is still answered:
+    /// keep calling [`ServerConn::handle_input`] (with no input) while
+    /// [`ServerConn::is_waiting`].
     pub fn handle_eof(&mut self, stats: &mut ServerStats) {
-        if !self.eof && !self.closing && self.decoder.finish().is_err() {
-            stats.connections_closed_for_errors += 1;
+        if !self.eof && !self.closing {
+            let cut = match &self.pending {
+                // A complete READ header is not a cut frame, whatever the decoder still holds.
+                Some(Pending::Read { .. }) => false,
+                _ => self.decoder.finish().is_err(),
+            };
+            if cut {
+                stats.connections_closed_for_errors += 1;
+            }
         }
         self.eof = true;
-        self.pending = None;
+        if !matches!(self.pending, Some(Pending::Read { .. })) {
+            self.pending = None;
+        }
+    }
+
+    /// Whether a request waits for a staging buffer: call [`ServerConn::handle_input`] again
+    /// (input or not) once buffers may have come back.
+    pub fn is_waiting(&self) -> bool {
+        match &self.pending {
+            Some(Pending::Read { .. }) => true,
+            Some(Pending::Write {
+                header, buf: None, ..
+            }) => header_payload_len(header) > 0,
+            _ => false,
+        }
     }
 
     /// Stops taking requests (shutdown): queued responses still go out.
@@ -440,8 +467,15 @@ impl ServerConn {
     /// Whether the transport should close: a protocol error (or end of input, or shutdown) and
     /// every queued response sent.
     pub fn should_close(&self) -> bool {
-        (self.closing || self.eof || self.draining) && self.out.is_empty()
+        (self.closing || self.eof || self.draining) && self.out.is_empty() && !self.is_waiting()
     }
+}
+
+/// Large staging buffers held by queued responses.
+fn held_large(out: &VecDeque<Outgoing>, staging: &Staging) -> usize {
+    out.iter()
+        .filter(|o| o.payload.as_ref().is_some_and(|p| staging.is_large(p)))
+        .count()
 }
 
 fn header_payload_len(h: &RequestHeader) -> usize {

@@ -13,6 +13,9 @@ pub struct StagingConfig {
     pub small_count: usize,
     /// Large buffers (each `payload_len_max` long).
     pub large_count: usize,
+    /// Large buffers one server connection may hold at once (its queued READ answers and the
+    /// WRITE it is receiving), so a peer that never reads cannot starve the others.
+    pub large_per_connection_max: usize,
     /// Page size wanted for the pools.
     pub page_size: PageSize,
 }
@@ -23,6 +26,7 @@ impl Default for StagingConfig {
             small_len: 64 << 10,
             small_count: 256,
             large_count: 16,
+            large_per_connection_max: 4,
             page_size: PageSize::Huge2M,
         }
     }
@@ -41,6 +45,7 @@ pub struct Staging {
     small: Option<BufPool>,
     large: BufPool,
     small_len: usize,
+    large_share: usize,
 }
 
 impl Staging {
@@ -60,6 +65,7 @@ impl Staging {
             small,
             large: BufPool::with_capacity(cfg.large_count.max(1), large_len, 0, cfg.page_size)?,
             small_len: cfg.small_len,
+            large_share: cfg.large_per_connection_max.max(1),
         })
     }
 
@@ -74,6 +80,30 @@ impl Staging {
             return None;
         }
         Some(buf)
+    }
+
+    /// Like [`Staging::alloc`], for a holder that already has `large_held` large buffers: a
+    /// large buffer is only given while that is below `large_per_connection_max`.
+    pub fn alloc_shared(&self, len: usize, large_held: usize) -> Option<PoolBuf> {
+        let may_take_large = large_held < self.large_share;
+        let mut buf = match &self.small {
+            Some(small) if len <= self.small_len => match small.alloc() {
+                Some(b) => Some(b),
+                None if may_take_large => self.large.alloc(),
+                None => None,
+            },
+            _ if may_take_large => self.large.alloc(),
+            _ => None,
+        }?;
+        if !buf.set_len(len) {
+            return None;
+        }
+        Some(buf)
+    }
+
+    /// Whether `buf` came from the large class.
+    pub fn is_large(&self, buf: &PoolBuf) -> bool {
+        self.small.is_none() || buf.capacity() > self.small_len
     }
 
     /// Buffers free in (small, large).

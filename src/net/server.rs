@@ -468,12 +468,9 @@ impl<S: ChunkStore> KernelServer<S> {
                         }
                     }
                 }
-                // `ServerConn::handle_eof` drops a READ that waits for a staging buffer, so the
-                // end of stream is held back while one may wait. The handle_input above just
-                // retried any waiting request: one can still wait only if the large class is
-                // empty (small requests fall back to it).
-                let none_waiting = staging.available().1 > 0;
-                if slot.peer_eof && !slot.eof_fed && slot.pipe.rx_is_empty() && none_waiting {
+                // A READ still waiting for a staging buffer survives the end of stream; the
+                // handle_input call at the top of each round retries it.
+                if slot.peer_eof && !slot.eof_fed && slot.pipe.rx_is_empty() {
                     slot.core.handle_eof(stats);
                     slot.eof_fed = true;
                 }
