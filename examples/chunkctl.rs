@@ -325,7 +325,8 @@ fn run(args: &Args) -> Result<(), String> {
             )?)
         }
     };
-    println!(
+    // On stderr: stdout carries the manifest (put) and the results.
+    eprintln!(
         "chunkctl: backend {:?}: {}",
         args.backend,
         clients.describe()
