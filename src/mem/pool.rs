@@ -55,8 +55,12 @@ struct Shared {
     buf_len: usize,
     headroom: usize,
     count: usize,
-    /// Indices of the free buffers; each index is either here once or owned by one PoolBuf.
+    /// Indices of the free buffers; each index is either here once, owned by one PoolBuf, or
+    /// lent out (see `lent`).
     free: ArrayQueue<u32>,
+    /// One bit per buffer: set while the buffer is lent to an outside owner (a kernel ring, a
+    /// peer process) with [`BufPool::lend`].
+    lent: Box<[AtomicU64]>,
     counters: Counters,
 }
 
@@ -135,6 +139,7 @@ impl BufPool {
                 headroom,
                 count,
                 free,
+                lent: (0..count.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
                 counters: Counters {
                     high_water: AtomicUsize::new(0),
                     allocs: AtomicU64::new(0),
@@ -168,6 +173,65 @@ impl BufPool {
     #[inline]
     pub fn alloc(&self) -> Option<PoolBuf> {
         alloc_from(&self.shared)
+    }
+
+    /// Hands `buf` to an outside owner (a kernel ring, a peer) and returns its index. The buffer
+    /// stays out of the free list, counted as in use, until [`BufPool::reclaim`] takes it back.
+    /// Panics if `buf` belongs to another pool.
+    pub fn lend(&self, buf: PoolBuf) -> u32 {
+        assert!(
+            Arc::ptr_eq(&self.shared, &buf.shared),
+            "lend: buffer of another pool"
+        );
+        let idx = buf.idx;
+        let (word, bit) = (idx as usize / 64, 1u64 << (idx % 64));
+        let before = self.shared.lent[word].fetch_or(bit, Ordering::AcqRel);
+        debug_assert_eq!(before & bit, 0, "buffer {idx} lent twice");
+        // The slot must not go back to the free list (PoolBuf's Drop), but the pool reference the
+        // buffer held must be released.
+        let buf = std::mem::ManuallyDrop::new(buf);
+        // SAFETY: `buf` is never used again and its Drop never runs, so moving its Arc out
+        // leaves no second owner of that reference; dropping it releases the reference.
+        drop(unsafe { std::ptr::read(&buf.shared) });
+        idx
+    }
+
+    /// Takes back buffer `idx` lent with [`BufPool::lend`], holding `len` bytes of data that
+    /// start `offset` bytes into its slot. `None` (and nothing changes) if `idx` is not a buffer
+    /// of this pool, is not lent, or the range does not fit the buffer: an index that came back
+    /// from an untrusted ring cannot make two owners of one buffer or reach outside it.
+    pub fn reclaim(&self, idx: u32, offset: usize, len: usize) -> Option<PoolBuf> {
+        let s = &*self.shared;
+        if idx as usize >= s.count || offset.checked_add(len)? > s.buf_len {
+            return None;
+        }
+        let (word, bit) = (idx as usize / 64, 1u64 << (idx % 64));
+        let before = s.lent[word].fetch_and(!bit, Ordering::AcqRel);
+        if before & bit == 0 {
+            return None;
+        }
+        Some(PoolBuf {
+            shared: Arc::clone(&self.shared),
+            idx,
+            head: offset as u32,
+            len: len as u32,
+        })
+    }
+
+    /// Distance in bytes from the start of the pool's memory to buffer `idx`'s slot.
+    pub fn buf_offset(&self, idx: u32) -> usize {
+        idx as usize * self.shared.stride
+    }
+
+    /// Bytes between the starts of two consecutive buffers (`buf_len` rounded up to 64).
+    pub fn stride(&self) -> usize {
+        self.shared.stride
+    }
+
+    /// The pool's memory as (start, length), for registering it with a kernel or device (an
+    /// AF_XDP UMEM, a DMA mapping). Writing through it is the caller's business.
+    pub fn memory(&self) -> (*mut u8, usize) {
+        (self.shared.region.as_mut_ptr(), self.shared.region.len())
     }
 
     /// Number of buffers in the pool.
@@ -435,6 +499,46 @@ mod tests {
         let s = p.stats();
         assert_eq!((s.in_use, s.high_water, s.allocs), (0, 1, 1));
         assert_eq!(p.available(), 4);
+    }
+
+    #[test]
+    fn lend_and_reclaim_check_everything() {
+        let p = pool(4);
+        let other = pool(1);
+        let mut b = p.alloc().unwrap();
+        assert!(b.set_len(3));
+        b.as_mut_slice().copy_from_slice(b"abc");
+        let idx = p.lend(b);
+        assert_eq!(p.stats().in_use, 1, "a lent buffer counts as in use");
+        assert!(
+            other.reclaim(idx, 0, 1).is_none(),
+            "another pool's lent bits are its own"
+        );
+        assert_eq!(
+            Arc::strong_count(&p.shared),
+            1,
+            "lending released the buffer's pool reference"
+        );
+        assert!(p.reclaim(99, 0, 1).is_none(), "index out of range");
+        assert!(p.reclaim(idx, 2040, 100).is_none(), "range past the buffer");
+        assert!(p.reclaim(idx, usize::MAX, 2).is_none(), "overflowing range");
+        let back = p.reclaim(idx, 128, 3).expect("lent buffer comes back");
+        assert_eq!(back.as_slice(), b"abc");
+        assert!(
+            p.reclaim(idx, 128, 3).is_none(),
+            "a buffer comes back only once"
+        );
+        let free_idx = p.alloc().unwrap();
+        let i = free_idx.index() as u32;
+        drop(free_idx);
+        assert!(
+            p.reclaim(i, 0, 1).is_none(),
+            "a buffer never lent cannot be reclaimed"
+        );
+        drop(back);
+        assert_eq!(p.stats().in_use, 0);
+        assert_eq!(p.buf_offset(2), 2 * p.stride());
+        assert!(p.memory().1 >= p.capacity() * p.stride());
     }
 
     #[test]
