@@ -38,12 +38,33 @@ fn cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
     c
 }
 
+/// A stack configuration with room for `idle` extra connections, sharded or not.
+fn cfg_idle(ip: Ipv4Addr, seed: u64, idle: usize, sharded: bool) -> StackConfig {
+    let mut c = cfg(ip, seed);
+    c.sockets_max = idle + 8;
+    c.tcp.rx_buf_len = 16 << 10;
+    c.tcp.tx_buf_len = 16 << 10;
+    if !sharded {
+        c.shard_sockets = c.sockets_max;
+    }
+    c
+}
+
 impl Pair {
     fn new() -> Pair {
+        Pair::with(
+            cfg(Ipv4Addr::new(10, 0, 0, 1), 1),
+            cfg(Ipv4Addr::new(10, 0, 0, 2), 2),
+            0,
+        )
+    }
+
+    /// A pair with one active connection and `idle` more connections open and idle.
+    fn with(ca: StackConfig, cb: StackConfig, idle: usize) -> Pair {
         let (link, pa, pb) = SimLink::new(SimConfig::default()).unwrap();
-        let mut a = Stack::new(pa, cfg(Ipv4Addr::new(10, 0, 0, 1), 1)).unwrap();
-        let mut b = Stack::new(pb, cfg(Ipv4Addr::new(10, 0, 0, 2), 2)).unwrap();
-        let l = b.listen(9, 1).unwrap();
+        let mut a = Stack::new(pa, ca).unwrap();
+        let mut b = Stack::new(pb, cb).unwrap();
+        let l = b.listen(9, 4).unwrap();
         let c = a
             .connect(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 9))
             .unwrap();
@@ -63,6 +84,24 @@ impl Pair {
             }
         }
         p.s = s.unwrap();
+        // The idle ones: connected, accepted, then left alone.
+        let idle_conns: Vec<ConnId> = (0..idle)
+            .map(|_| {
+                p.a.connect(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 9))
+                    .unwrap()
+            })
+            .collect();
+        let mut accepted = 0;
+        while accepted < idle
+            || !idle_conns
+                .iter()
+                .all(|&c| p.a.state(c).unwrap() == ConnState::Established)
+        {
+            p.step(false);
+            while p.b.accept(l).unwrap().is_some() {
+                accepted += 1;
+            }
+        }
         p
     }
 
@@ -204,5 +243,29 @@ fn request_response(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bulk, request_response);
+/// 4 KiB request/response on one connection while 0, 256 or 1,024 other connections sit idle,
+/// with the sockets sharded (16 per set, the default) and in one set (smoltcp walks all of them).
+fn idle_scaling(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rr_4k_idle");
+    g.throughput(Throughput::Elements(1));
+    let mut buf = vec![0x11u8; 3 * RR];
+    for idle in [0usize, 256, 1024] {
+        for sharded in [true, false] {
+            if idle == 0 && !sharded {
+                continue;
+            }
+            let ca = cfg_idle(Ipv4Addr::new(10, 0, 0, 1), 1, idle, sharded);
+            let cb = cfg_idle(Ipv4Addr::new(10, 0, 0, 2), 2, idle, sharded);
+            let mut p = Pair::with(ca, cb, idle);
+            let name = format!(
+                "{}_{idle}_idle",
+                if sharded { "sharded" } else { "one_set" }
+            );
+            g.bench_function(name, |b| b.iter(|| p.exchange(&mut buf)));
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bulk, request_response, idle_scaling);
 criterion_main!(benches);

@@ -13,7 +13,7 @@ mod pool;
 mod region;
 
 pub use pool::{BufPool, PoolBuf, PoolStats};
-pub use region::{HugeRegion, PageSize};
+pub use region::{HugeRegion, PageSize, RegionPart};
 
 use std::io;
 

@@ -282,6 +282,82 @@ impl HugeRegion {
     }
 }
 
+/// One of the disjoint parts of a region made by [`HugeRegion::split`]. Each part hands out its
+/// own slabs, once; the region stays mapped while any part lives.
+pub struct RegionPart {
+    region: std::sync::Arc<HugeRegion>,
+    offset: usize,
+    len: usize,
+    slabs_taken: AtomicBool,
+}
+
+impl HugeRegion {
+    /// Splits the region into `parts` disjoint parts of `part_len` bytes each (from the start),
+    /// for owners that each carve their own slabs: one mapping, one page-size decision, no
+    /// rounding of every part up to a hugepage. Fails if they do not fit.
+    pub fn split(self, part_len: usize, parts: usize) -> Result<Vec<RegionPart>, MemError> {
+        if part_len == 0 || parts == 0 {
+            return Err(MemError::ZeroSize);
+        }
+        match part_len.checked_mul(parts) {
+            Some(total) if total <= self.len => {}
+            _ => return Err(MemError::BadLayout("parts larger than the region")),
+        }
+        let region = std::sync::Arc::new(self);
+        Ok((0..parts)
+            .map(|i| RegionPart {
+                region: std::sync::Arc::clone(&region),
+                offset: i * part_len,
+                len: part_len,
+                slabs_taken: AtomicBool::new(false),
+            })
+            .collect())
+    }
+}
+
+impl RegionPart {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: parts are never empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The page size of the region the part belongs to.
+    pub fn page_size(&self) -> PageSize {
+        self.region.page_size
+    }
+
+    /// Like [`HugeRegion::take_slabs`], within this part.
+    // The lint assumes `&mut` from `&self` aliases; the once-only flag and the disjoint parts
+    // prevent that.
+    #[allow(clippy::mut_from_ref)]
+    pub fn take_slabs(&self, slab_len: usize) -> Result<Vec<&mut [u8]>, MemError> {
+        if slab_len == 0 {
+            return Err(MemError::ZeroSize);
+        }
+        if self.slabs_taken.swap(true, Ordering::AcqRel) {
+            return Err(MemError::SlabsTaken);
+        }
+        // SAFETY: offset + len <= region length (checked by split).
+        let base = unsafe { self.region.as_mut_ptr().add(self.offset) };
+        let count = self.len / slab_len;
+        Ok((0..count)
+            .map(|i| {
+                // SAFETY: slab i lies inside this part, [offset, offset+len) of the mapping, and is
+                // disjoint from the other slabs of the part; parts made by `split` are disjoint,
+                // and the region itself, moved into the Arc by `split`, can no longer hand out
+                // slabs. The mapping lives as long as the Arc, which `self` holds, and the
+                // returned lifetime ties the slabs to `self`; `slabs_taken` makes it once only.
+                unsafe { std::slice::from_raw_parts_mut(base.add(i * slab_len), slab_len) }
+            })
+            .collect())
+    }
+}
+
 #[cfg(miri)]
 impl Drop for HugeRegion {
     fn drop(&mut self) {
@@ -397,5 +473,29 @@ mod tests {
             free: 0,
         };
         assert!(e.to_string().contains("scripts/hugepages.sh"), "{e}");
+    }
+
+    #[test]
+    fn split_parts_are_disjoint_and_each_carved_once() {
+        let r = HugeRegion::map(4 * 4096, PageSize::Base4K).unwrap();
+        let parts = r.split(8192, 2).unwrap();
+        let mut a = parts[0].take_slabs(4096).unwrap();
+        let mut b = parts[1].take_slabs(4096).unwrap();
+        for s in a.iter_mut() {
+            s.fill(1);
+        }
+        for s in b.iter_mut() {
+            s.fill(2);
+        }
+        assert!(a.iter().all(|s| s.iter().all(|&x| x == 1)));
+        assert!(b.iter().all(|s| s.iter().all(|&x| x == 2)));
+        assert!(matches!(
+            parts[0].take_slabs(4096),
+            Err(MemError::SlabsTaken)
+        ));
+        let too_big = HugeRegion::map(4096, PageSize::Base4K)
+            .unwrap()
+            .split(4096, 2);
+        assert!(matches!(too_big, Err(MemError::BadLayout(_))));
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Received frames are checked before smoltcp sees them (length, addressing, IPv4 header, TCP
 //! checksum), so every malformed frame is dropped *and counted* here; smoltcp is then told not
-//! to verify those checksums again. Transmitted frames are written by smoltcp straight into a
-//! device buffer (no copy) and queued in a bounded batch that is flushed in bursts.
+//! to verify those checksums again. Each good frame is classified ([`Route`]) so the stack can
+//! steer a TCP flow to the socket shard that owns it. Transmitted frames are written by smoltcp
+//! straight into a device buffer (no copy) and queued in a bounded batch flushed in bursts.
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
@@ -29,9 +30,30 @@ pub(crate) enum RxDrop {
     Fragment,
     BadChecksum,
     BacklogFull,
+    ShardFull,
 }
 
-pub(crate) struct DevAdapter<D: PacketDevice> {
+/// A TCP flow as seen from this stack.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FlowKey {
+    pub(crate) remote_ip: u32,
+    pub(crate) remote_port: u16,
+    pub(crate) local_port: u16,
+}
+
+/// What a valid frame carries, for steering it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// A TCP segment of `flow`; `syn` for a connection request (SYN without ACK).
+    Tcp { flow: FlowKey, syn: bool },
+    /// ARP: may teach the interface a neighbor every shard waits for.
+    Arp,
+    /// Anything else smoltcp handles without sockets (ICMP, UDP).
+    Other,
+}
+
+/// The device side shared by every socket shard: the device, the transmit batch, counters.
+pub(crate) struct Io<D: PacketDevice> {
     pub(crate) dev: D,
     rx: Batch<D::Frame>,
     tx: Batch<D::Frame>,
@@ -46,20 +68,10 @@ pub(crate) struct DevAdapter<D: PacketDevice> {
     /// is then dropped and counted (a TX token cannot fail).
     scratch: Box<[u8]>,
     pub(crate) stats: StackStats,
-    /// Listening sockets free per listened port: how many new SYNs smoltcp can take now.
-    pub(crate) listen_budget: Vec<(u16, u32)>,
-    /// Set when a SYN was let through, so the stack re-arms its listeners before the next frame.
-    pub(crate) syn_accepted: bool,
 }
 
-impl<D: PacketDevice> DevAdapter<D> {
-    pub(crate) fn new(
-        dev: D,
-        mtu: usize,
-        mac: [u8; 6],
-        ring_frames: usize,
-        listeners_max: usize,
-    ) -> DevAdapter<D> {
+impl<D: PacketDevice> Io<D> {
+    pub(crate) fn new(dev: D, mtu: usize, mac: [u8; 6], ring_frames: usize) -> Io<D> {
         let caps = dev.caps();
         let mut checksum = ChecksumCapabilities::default();
         // We verify received IPv4 and TCP checksums ourselves (to count failures), so smoltcp
@@ -81,8 +93,8 @@ impl<D: PacketDevice> DevAdapter<D> {
         smol_caps.max_burst_size = None;
         smol_caps.checksum = checksum;
         let ring_frames = ring_frames.max(caps.burst_max).max(1);
-        DevAdapter {
-            rx: Batch::with_capacity(ring_frames),
+        Io {
+            rx: Batch::with_capacity(caps.burst_max.max(1)),
             tx: Batch::with_capacity(ring_frames),
             now: Instant::ZERO,
             mtu,
@@ -93,8 +105,6 @@ impl<D: PacketDevice> DevAdapter<D> {
             smol_caps,
             scratch: vec![0; mtu + ETH_HEADER_LEN].into_boxed_slice(),
             stats: StackStats::default(),
-            listen_budget: Vec::with_capacity(listeners_max),
-            syn_accepted: false,
             dev,
         }
     }
@@ -122,13 +132,37 @@ impl<D: PacketDevice> DevAdapter<D> {
         sent
     }
 
-    fn refill_rx(&mut self) {
-        if self.rx.is_empty() {
-            self.dev.rx_burst(self.now, &mut self.rx);
+    /// Receives up to `budget` frames, drops and counts the bad ones, and hands each good one
+    /// with its [`Route`] to `steer`, which queues it for a shard (or gives it back with the
+    /// reason to drop it). Returns how many frames were received.
+    pub(crate) fn receive(
+        &mut self,
+        budget: usize,
+        mut steer: impl FnMut(Route, D::Frame) -> Result<(), RxDrop>,
+    ) -> usize {
+        let mut taken = 0;
+        while taken < budget {
+            if self.rx.is_empty() && self.dev.rx_burst(self.now, &mut self.rx) == 0 {
+                break;
+            }
+            let Some(frame) = self.rx.pop() else { break };
+            taken += 1;
+            let route = check_frame(
+                frame.data(),
+                self.mtu,
+                &self.mac,
+                self.verify_ipv4,
+                self.verify_l4,
+            );
+            match route.and_then(|r| steer(r, frame)) {
+                Ok(()) => self.stats.rx_frames += 1,
+                Err(why) => self.count_drop(why),
+            }
         }
+        taken
     }
 
-    fn count_drop(&mut self, why: RxDrop) {
+    pub(crate) fn count_drop(&mut self, why: RxDrop) {
         let s = &mut self.stats;
         match why {
             RxDrop::Runt => s.rx_runt += 1,
@@ -139,38 +173,26 @@ impl<D: PacketDevice> DevAdapter<D> {
             RxDrop::Fragment => s.rx_fragment += 1,
             RxDrop::BadChecksum => s.rx_bad_checksum += 1,
             RxDrop::BacklogFull => s.rx_syn_backlog_full += 1,
+            RxDrop::ShardFull => s.rx_queue_full += 1,
         }
     }
 
-    /// Checks a received frame; `Err` says why it must be dropped.
-    pub(crate) fn check_rx(&mut self, frame: &[u8]) -> Result<(), RxDrop> {
-        let syn_port = check_frame(frame, self.mtu, &self.mac, self.verify_ipv4, self.verify_l4)?;
-        if let Some(port) = syn_port {
-            // smoltcp answers a SYN that finds no listening socket with RST. For a port we
-            // listen on, that only means the backlog is momentarily used up: drop the SYN
-            // instead, as a kernel with a full backlog does, and let the client retry.
-            if let Some((_, budget)) = self.listen_budget.iter_mut().find(|(p, _)| *p == port) {
-                if *budget == 0 {
-                    return Err(RxDrop::BacklogFull);
-                }
-                *budget -= 1;
-                self.syn_accepted = true;
-            }
-        }
-        Ok(())
+    /// smoltcp's view of the device for one shard: frames from that shard's queue, transmission
+    /// through the shared batch.
+    pub(crate) fn view<'a>(&'a mut self, rx: &'a mut Batch<D::Frame>) -> ShardView<'a, D> {
+        ShardView { io: self, rx }
     }
 }
 
 /// Validates one Ethernet frame for the stack: every accessor smoltcp uses later is then in
-/// bounds, and every checksum we are responsible for is right. `Ok(Some(port))` flags a
-/// connection request (SYN without ACK) to `port`.
+/// bounds, and every checksum we are responsible for is right. On success, says where it goes.
 pub(crate) fn check_frame(
     f: &[u8],
     mtu: usize,
     mac: &[u8; 6],
     verify_ipv4: bool,
     verify_l4: bool,
-) -> Result<Option<u16>, RxDrop> {
+) -> Result<Route, RxDrop> {
     if f.len() < ETH_HEADER_LEN {
         return Err(RxDrop::Runt);
     }
@@ -183,14 +205,14 @@ pub(crate) fn check_frame(
     }
     let payload = &f[ETH_HEADER_LEN..];
     match u16::from_be_bytes([f[12], f[13]]) {
-        ETHERTYPE_ARP if payload.len() >= ARP_IPV4_LEN => Ok(None),
+        ETHERTYPE_ARP if payload.len() >= ARP_IPV4_LEN => Ok(Route::Arp),
         ETHERTYPE_ARP => Err(RxDrop::Runt),
         ETHERTYPE_IPV4 => check_ipv4(payload, verify_ipv4, verify_l4),
         _ => Err(RxDrop::Unsupported),
     }
 }
 
-fn check_ipv4(p: &[u8], verify_ipv4: bool, verify_l4: bool) -> Result<Option<u16>, RxDrop> {
+fn check_ipv4(p: &[u8], verify_ipv4: bool, verify_l4: bool) -> Result<Route, RxDrop> {
     let ip = Ipv4Packet::new_checked(p).map_err(|_| RxDrop::BadIpv4)?;
     if ip.version() != 4 {
         return Err(RxDrop::BadIpv4);
@@ -210,12 +232,18 @@ fn check_ipv4(p: &[u8], verify_ipv4: bool, verify_l4: bool) -> Result<Option<u16
         if verify_l4 && !tcp.verify_checksum(&src, &dst) {
             return Err(RxDrop::BadChecksum);
         }
-        if tcp.syn() && !tcp.ack() {
-            return Ok(Some(tcp.dst_port()));
-        }
+        let flow = FlowKey {
+            remote_ip: u32::from(ip.src_addr()),
+            remote_port: tcp.src_port(),
+            local_port: tcp.dst_port(),
+        };
+        return Ok(Route::Tcp {
+            flow,
+            syn: tcp.syn() && !tcp.ack(),
+        });
     }
     // UDP and ICMP checksums are left to smoltcp, which verifies them itself.
-    Ok(None)
+    Ok(Route::Other)
 }
 
 pub(crate) struct RxToken<F: Frame> {
@@ -268,7 +296,25 @@ impl<D: PacketDevice> phy::TxToken for TxToken<'_, D> {
     }
 }
 
-impl<D: PacketDevice> phy::Device for DevAdapter<D> {
+/// One shard's view of the device, as smoltcp's `phy::Device`.
+pub(crate) struct ShardView<'a, D: PacketDevice> {
+    io: &'a mut Io<D>,
+    rx: &'a mut Batch<D::Frame>,
+}
+
+impl<D: PacketDevice> ShardView<'_, D> {
+    fn tx_token(&mut self) -> TxToken<'_, D> {
+        TxToken {
+            dev: &mut self.io.dev,
+            tx: &mut self.io.tx,
+            scratch: &mut self.io.scratch,
+            stats: &mut self.io.stats,
+            now: self.io.now,
+        }
+    }
+}
+
+impl<D: PacketDevice> phy::Device for ShardView<'_, D> {
     type RxToken<'a>
         = RxToken<D::Frame>
     where
@@ -282,46 +328,23 @@ impl<D: PacketDevice> phy::Device for DevAdapter<D> {
         &mut self,
         _timestamp: smoltcp::time::Instant,
     ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let frame = loop {
-            self.refill_rx();
-            let frame = self.rx.pop()?;
-            match self.check_rx(frame.data()) {
-                Ok(()) => break frame,
-                Err(why) => self.count_drop(why),
-            }
-        };
-        self.stats.rx_frames += 1;
-        Some((
-            RxToken { frame },
-            TxToken {
-                dev: &mut self.dev,
-                tx: &mut self.tx,
-                scratch: &mut self.scratch,
-                stats: &mut self.stats,
-                now: self.now,
-            },
-        ))
+        let frame = self.rx.pop()?;
+        Some((RxToken { frame }, self.tx_token()))
     }
 
     fn transmit(&mut self, _timestamp: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
-        if self.tx.len() >= self.burst_max {
-            self.flush();
+        if self.io.tx.len() >= self.io.burst_max {
+            self.io.flush();
         }
-        if self.tx.is_full() {
-            self.stats.tx_queue_full += 1;
+        if self.io.tx.is_full() {
+            self.io.stats.tx_queue_full += 1;
             return None;
         }
-        Some(TxToken {
-            dev: &mut self.dev,
-            tx: &mut self.tx,
-            scratch: &mut self.scratch,
-            stats: &mut self.stats,
-            now: self.now,
-        })
+        Some(self.tx_token())
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        self.smol_caps.clone()
+        self.io.smol_caps.clone()
     }
 }
 
@@ -383,6 +406,21 @@ mod tests {
     }
 
     #[test]
+    fn tcp_frames_name_their_flow() {
+        let r = check_frame(&eth(ETHERTYPE_IPV4, &ipv4_tcp()), 1500, &MAC, true, true).unwrap();
+        let flow = FlowKey {
+            remote_ip: u32::from(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+            remote_port: 1,
+            local_port: 2,
+        };
+        assert_eq!(r, Route::Tcp { flow, syn: true });
+        assert_eq!(
+            check_frame(&eth(ETHERTYPE_ARP, &[0; 28]), 1500, &MAC, true, true),
+            Ok(Route::Arp)
+        );
+    }
+
+    #[test]
     fn good_frames_pass() {
         assert_eq!(check(&eth(ETHERTYPE_IPV4, &ipv4_tcp())), Ok(()));
         assert_eq!(check(&eth(ETHERTYPE_ARP, &[0; 28])), Ok(()));
@@ -433,8 +471,15 @@ mod tests {
         // With checksum offload the same frame is accepted.
         assert_eq!(
             check_frame(&eth(ETHERTYPE_IPV4, &bad_tcp_sum), 1500, &MAC, true, false),
-            Ok(Some(2)),
-            "a SYN to port 2"
+            Ok(Route::Tcp {
+                flow: FlowKey {
+                    remote_ip: u32::from(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+                    remote_port: 1,
+                    local_port: 2,
+                },
+                syn: true
+            }),
+            "a SYN to port 2 with a bad checksum passes when the device verified it"
         );
 
         let mut frag = good.clone();

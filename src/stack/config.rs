@@ -117,6 +117,9 @@ pub struct StackConfig {
     pub sockets_max: usize,
     /// Listeners (ports being listened on).
     pub listeners_max: usize,
+    /// Sockets per shard: smoltcp scans a socket set linearly on every poll and segment, so
+    /// sockets are split into sets of this size, each polled only when it has work.
+    pub shard_sockets: usize,
     /// TCP settings.
     pub tcp: TcpConfig,
     /// Page size wanted for socket memory (falls back to base pages with a warning).
@@ -140,6 +143,7 @@ impl StackConfig {
             mtu: None,
             sockets_max: 64,
             listeners_max: 8,
+            shard_sockets: 16,
             tcp: TcpConfig::default(),
             page_size: PageSize::Huge2M,
             ring_frames: 256,
@@ -147,9 +151,10 @@ impl StackConfig {
         }
     }
 
-    /// Bytes of socket memory this configuration reserves.
+    /// Bytes of socket memory this configuration reserves (whole shards of `shard_sockets`).
     pub fn socket_memory_len(&self) -> usize {
-        self.sockets_max
+        let shards = self.sockets_max.div_ceil(self.shard_sockets.max(1));
+        (shards * self.shard_sockets)
             .saturating_mul(self.tcp.rx_buf_len.saturating_add(self.tcp.tx_buf_len))
     }
 }

@@ -1,8 +1,15 @@
 //! The user-space TCP/IP stack: the only module that imports smoltcp.
 //!
 //! A [`Stack`] owns one [`PacketDevice`], one smoltcp `Interface` (ARP, IPv4, TCP) and a fixed
-//! set of TCP sockets whose buffers are carved from one hugepage region at start-up. Nothing
-//! is allocated afterwards: sockets are recycled between connections.
+//! set of TCP sockets whose buffers are carved from hugepage memory at start-up. Nothing is
+//! allocated afterwards: sockets are recycled between connections.
+//!
+//! smoltcp walks every socket of a socket set on each poll and on each received segment, so
+//! the sockets are split into *shards* of `StackConfig::shard_sockets` (16 by default), each its
+//! own socket set. A flow table steers each TCP flow, by its 4-tuple, to the shard that owns it,
+//! and a shard is polled only when it has frames, was used by the application, or has a timer
+//! due: idle connections cost (almost) nothing. The shards share the one interface, so ARP and
+//! routing are common to all.
 //!
 //! smoltcp has no `accept`: [`Stack::listen`] keeps `backlog` sockets listening on a port and
 //! re-arms one each time a connection arrives; [`Stack::accept`] hands out the connected ones.
@@ -25,11 +32,13 @@ use std::time::Duration;
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
-use crate::dev::{LinkStats, PacketDevice};
-use crate::mem::MemError;
+use crate::dev::{Batch, LinkStats, PacketDevice};
+use crate::mem::{HugeRegion, MemError};
 use crate::time::Instant;
 
-use adapter::DevAdapter;
+use std::collections::HashMap;
+
+use adapter::{FlowKey, Io, Route, RxDrop};
 use sockets::SocketTable;
 
 /// Counters of the stack (frames the adapter accepted or dropped, and TCP bookkeeping).
@@ -54,6 +63,10 @@ pub struct StackStats {
     /// Connection requests (SYN) dropped because every socket armed for the port was taken;
     /// the client retries, as with a full kernel backlog.
     pub rx_syn_backlog_full: u64,
+    /// Frames dropped because their shard's receive queue was full.
+    pub rx_queue_full: u64,
+    /// Socket shards polled (each `poll` polls only the shards with work).
+    pub shard_polls: u64,
     /// Frames handed to the device.
     pub tx_frames: u64,
     /// Frames smoltcp built while the device had no buffer: dropped (TCP retransmits).
@@ -81,6 +94,7 @@ impl StackStats {
             + self.rx_fragment
             + self.rx_bad_checksum
             + self.rx_syn_backlog_full
+            + self.rx_queue_full
     }
 }
 
@@ -126,11 +140,37 @@ pub enum StackError {
     Stale,
 }
 
+/// One socket set and its queue of received frames.
+struct Shard<F> {
+    table: SocketTable,
+    rx: Batch<F>,
+    /// The application touched a socket, or a neighbor was learned: poll it.
+    dirty: bool,
+    /// When its sockets next need a poll without new frames.
+    wake_at: Option<Instant>,
+    /// Listening sockets free per listened port: SYNs this shard can take now.
+    budget: Vec<(u16, u32)>,
+}
+
+/// A listener across the shards.
+struct ListenerMeta {
+    port: u16,
+}
+
+const EPHEMERAL_FIRST: u16 = 49152;
+
 /// A TCP/IP stack over one packet device.
 pub struct Stack<D: PacketDevice> {
     iface: Interface,
-    dev: DevAdapter<D>,
-    table: SocketTable,
+    io: Io<D>,
+    shards: Vec<Shard<D::Frame>>,
+    /// Which shard owns each TCP flow (bounded: swept of dead flows when full).
+    flows: HashMap<FlowKey, u16, FlowHash>,
+    flows_max: usize,
+    listeners: Vec<Option<ListenerMeta>>,
+    listener_gens: Vec<u32>,
+    next_port: u16,
+    next_shard: usize,
     cfg: StackConfig,
     now: Instant,
 }
@@ -190,6 +230,12 @@ impl<D: PacketDevice> Stack<D> {
                 });
             }
         }
+        if cfg.shard_sockets == 0 {
+            return Err(StackError::Config {
+                field: "shard_sockets",
+                reason: "must be at least 1".into(),
+            });
+        }
         if cfg.sockets_max == 0 || cfg.sockets_max > u32::MAX as usize / 2 {
             return Err(StackError::Config {
                 field: "sockets_max",
@@ -197,10 +243,11 @@ impl<D: PacketDevice> Stack<D> {
             });
         }
 
-        let mut dev = DevAdapter::new(dev, mtu, cfg.mac.0, cfg.ring_frames, cfg.listeners_max);
+        let mut io = Io::new(dev, mtu, cfg.mac.0, cfg.ring_frames);
         let mut icfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac.0)));
         icfg.random_seed = cfg.random_seed;
-        let mut iface = Interface::new(icfg, &mut dev, smol_now(Instant::ZERO));
+        let mut no_frames = Batch::with_capacity(0);
+        let mut iface = Interface::new(icfg, &mut io.view(&mut no_frames), smol_now(Instant::ZERO));
         iface.update_ip_addrs(|addrs| {
             // Cannot fail: the list is empty and holds at least one address.
             let _ = addrs.push(IpCidr::new(cfg.ipv4.into(), cfg.prefix_len));
@@ -214,15 +261,50 @@ impl<D: PacketDevice> Stack<D> {
                     reason: "route table full".into(),
                 })?;
         }
-        let table = SocketTable::new(&cfg)?;
+        let shard_count = cfg.sockets_max.div_ceil(cfg.shard_sockets);
+        if shard_count > usize::from(u16::MAX) {
+            return Err(StackError::Config {
+                field: "shard_sockets",
+                reason: format!("{} shards are too many", shard_count),
+            });
+        }
+        let ring = cfg.ring_frames.max(io.dev.caps().burst_max).max(1);
+        // One mapping for every shard's socket buffers, split in equal parts.
+        let part_len = cfg.shard_sockets * (cfg.tcp.rx_buf_len + cfg.tcp.tx_buf_len);
+        let parts =
+            HugeRegion::map(part_len * shard_count, cfg.page_size)?.split(part_len, shard_count)?;
+        let mut shards = Vec::with_capacity(shard_count);
+        for (i, part) in parts.into_iter().enumerate() {
+            let n = cfg
+                .shard_sockets
+                .min(cfg.sockets_max - i * cfg.shard_sockets);
+            shards.push(Shard {
+                table: SocketTable::new(&cfg, i as u16, n, part)?,
+                rx: Batch::with_capacity(ring),
+                dirty: false,
+                wake_at: None,
+                budget: Vec::with_capacity(cfg.listeners_max),
+            });
+        }
         tracing::debug!(
-            ip = %cfg.ipv4, mac = %cfg.mac, mtu, sockets = cfg.sockets_max,
-            page = %table.page_size(), "stack ready"
+            ip = %cfg.ipv4, mac = %cfg.mac, mtu, sockets = cfg.sockets_max, shards = shard_count,
+            page = %shards[0].table.page_size(), "stack ready"
         );
+        let port_span = u64::from(u16::MAX - EPHEMERAL_FIRST) + 1;
+        let flows_max = cfg.sockets_max * 2;
         Ok(Stack {
             iface,
-            dev,
-            table,
+            io,
+            shards,
+            flows: HashMap::with_capacity_and_hasher(
+                flows_max,
+                FlowHash((cfg.random_seed ^ 0x9E37_79B9_7F4A_7C15) | 1),
+            ),
+            flows_max,
+            listeners: (0..cfg.listeners_max).map(|_| None).collect(),
+            listener_gens: vec![0; cfg.listeners_max],
+            next_port: EPHEMERAL_FIRST + (cfg.random_seed % port_span) as u16,
+            next_shard: 0,
             cfg,
             now: Instant::ZERO,
         })
@@ -233,66 +315,144 @@ impl<D: PacketDevice> Stack<D> {
     /// knows when it may wait.
     pub fn poll(&mut self, now: Instant) -> bool {
         self.now = now;
-        self.dev.set_now(now);
+        self.io.set_now(now);
         let before = (
-            self.dev.stats.rx_frames,
-            self.dev.stats.tx_frames,
-            self.dev.stats.rx_dropped(),
+            self.io.stats.rx_frames,
+            self.io.stats.tx_frames,
+            self.io.stats.rx_dropped(),
         );
         let smol = smol_now(now);
-        // smoltcp's Interface::poll, unrolled so listeners are re-armed between frames: a burst
-        // of SYNs then finds fresh listening sockets instead of being dropped.
         self.iface.poll_maintenance(smol);
+        // Steer what arrived to the shards that own it.
+        let budget = self.shards[0].rx.capacity();
+        let Stack {
+            io,
+            shards,
+            flows,
+            flows_max,
+            next_shard,
+            ..
+        } = self;
+        let mut arp = false;
+        let single = shards.len() == 1;
+        io.receive(budget, |route, frame| {
+            let shard = match route {
+                // One shard: nothing to steer (the listen budget still applies).
+                Route::Tcp { flow, syn: true } if single && listening(shards, flow.local_port) => {
+                    take_syn_budget(shards, flow.local_port, next_shard)
+                        .ok_or(RxDrop::BacklogFull)?
+                }
+                _ if single => {
+                    arp |= route == Route::Arp;
+                    0
+                }
+                Route::Tcp { flow, syn: true } if listening(shards, flow.local_port) => {
+                    let s = take_syn_budget(shards, flow.local_port, next_shard)
+                        .ok_or(RxDrop::BacklogFull)?;
+                    remember_flow(flows, *flows_max, shards, flow, s);
+                    s
+                }
+                Route::Tcp { flow, .. } => flows.get(&flow).map_or(0, |&s| usize::from(s)),
+                Route::Arp => {
+                    arp = true;
+                    0
+                }
+                Route::Other => 0,
+            };
+            shards[shard].rx.push(frame).map_err(|_| RxDrop::ShardFull)
+        });
+        if arp {
+            // A neighbor may have been learned: sockets of every shard may be waiting for it.
+            for s in shards.iter_mut() {
+                s.dirty = true;
+            }
+        }
+        let mut changed = false;
+        for i in 0..self.shards.len() {
+            let due = {
+                let s = &self.shards[i];
+                !s.rx.is_empty() || s.dirty || s.wake_at.is_some_and(|t| t <= now)
+            };
+            if due {
+                self.io.stats.shard_polls += 1;
+                changed |= self.poll_shard(i, now);
+            }
+        }
+        self.io.flush();
+        for i in 0..self.shards.len() {
+            self.forget_freed(i);
+        }
+        let after = (
+            self.io.stats.rx_frames,
+            self.io.stats.tx_frames,
+            self.io.stats.rx_dropped(),
+        );
+        changed || before != after
+    }
+
+    /// Runs smoltcp over one shard: its frames in, its sockets out, then listener and socket
+    /// upkeep.
+    fn poll_shard(&mut self, i: usize, now: Instant) -> bool {
+        let smol = smol_now(now);
+        let Stack {
+            iface,
+            io,
+            shards,
+            cfg,
+            ..
+        } = self;
+        let shard = &mut shards[i];
         let mut changed = false;
         loop {
-            let (iface, dev) = (&mut self.iface, &mut self.dev);
-            match self
+            let mut view = io.view(&mut shard.rx);
+            let r = shard
                 .table
-                .with_set(|set| iface.poll_ingress_single(smol, dev, set))
-            {
+                .with_set(|set| iface.poll_ingress_single(smol, &mut view, set));
+            match r {
                 PollIngressSingleResult::None => break,
                 PollIngressSingleResult::PacketProcessed => {}
                 PollIngressSingleResult::SocketStateChanged => changed = true,
             }
-            if self.dev.syn_accepted {
-                self.dev.syn_accepted = false;
-                self.table
-                    .maintain_listeners(now, &self.cfg, &mut self.dev.stats);
-                self.table.listen_budget(&mut self.dev.listen_budget);
-            }
         }
         loop {
-            let (iface, dev) = (&mut self.iface, &mut self.dev);
-            match self.table.with_set(|set| iface.poll_egress(smol, dev, set)) {
+            let mut view = io.view(&mut shard.rx);
+            match shard
+                .table
+                .with_set(|set| iface.poll_egress(smol, &mut view, set))
+            {
                 PollResult::None => break,
                 PollResult::SocketStateChanged => changed = true,
             }
         }
-        self.dev.flush();
-        self.table.maintain(now, &self.cfg, &mut self.dev.stats);
-        self.table.listen_budget(&mut self.dev.listen_budget);
-        let after = (
-            self.dev.stats.rx_frames,
-            self.dev.stats.tx_frames,
-            self.dev.stats.rx_dropped(),
-        );
-        changed || before != after
+        shard.table.maintain(now, cfg, &mut io.stats);
+        shard.table.listen_budget(&mut shard.budget);
+        let at = shard.table.with_set(|set| iface.poll_at(smol, set));
+        let at = at.map(|t| Instant::from_micros(t.total_micros().max(0) as u64));
+        shard.wake_at = match (at, shard.table.next_deadline(cfg.tcp.close_timeout)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        shard.dirty = false;
+        changed
+    }
+
+    /// Removes the flows of recycled sockets from the flow table.
+    fn forget_freed(&mut self, i: usize) {
+        let shard = &mut self.shards[i];
+        for flow in shard.table.freed.drain(..) {
+            if self.flows.get(&flow) == Some(&(i as u16)) {
+                self.flows.remove(&flow);
+            }
+        }
     }
 
     /// When the stack next needs a [`Stack::poll`] even if no frame arrives: `Some(now)` or
     /// earlier means at once, `None` means only when a frame arrives.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        if self.dev.tx_pending() > 0 {
+        if self.io.tx_pending() > 0 || self.shards.iter().any(|s| s.dirty || !s.rx.is_empty()) {
             return Some(now);
         }
-        let smol = smol_now(now);
-        let iface = &mut self.iface;
-        let at = self.table.with_set(|set| iface.poll_at(smol, set));
-        let at = at.map(|t| Instant::from_micros(t.total_micros().max(0) as u64));
-        match (at, self.table.next_deadline(self.cfg.tcp.close_timeout)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.shards.iter().filter_map(|s| s.wake_at).min()
     }
 
     /// Waits (in the device, e.g. `poll(2)` on its fd) until a frame may have arrived or the
@@ -303,12 +463,12 @@ impl<D: PacketDevice> Stack<D> {
             None => max,
         };
         if !timeout.is_zero() {
-            self.dev.dev.wait(timeout);
+            self.io.dev.wait(timeout);
         }
     }
 
-    /// Listens on `port` with `backlog` sockets kept armed; connections queue (up to `backlog`)
-    /// until [`Stack::accept`]ed.
+    /// Listens on `port`; connections queue (up to `backlog`) until [`Stack::accept`]ed. The
+    /// backlog is spread over the socket shards (each keeps at least one socket armed).
     pub fn listen(&mut self, port: u16, backlog: usize) -> Result<ListenerId, StackError> {
         if port == 0 {
             return Err(StackError::Config {
@@ -322,27 +482,69 @@ impl<D: PacketDevice> Stack<D> {
                 reason: "must be at least 1".into(),
             });
         }
-        let id = self.table.add_listener(port, backlog)?;
-        self.table
-            .maintain(self.now, &self.cfg, &mut self.dev.stats);
-        self.table.listen_budget(&mut self.dev.listen_budget);
-        Ok(id)
+        if self.listeners.iter().flatten().any(|l| l.port == port) {
+            return Err(StackError::PortInUse(port));
+        }
+        let idx =
+            self.listeners
+                .iter()
+                .position(|l| l.is_none())
+                .ok_or(StackError::NoListeners {
+                    max: self.listeners.len(),
+                })?;
+        if self.sockets_free() == 0 {
+            return Err(StackError::NoSockets {
+                max: self.cfg.sockets_max,
+            });
+        }
+        let per_shard = backlog.div_ceil(self.shards.len()).max(1);
+        self.listeners[idx] = Some(ListenerMeta { port });
+        for s in &mut self.shards {
+            s.table.add_listener(idx as u32, port, per_shard);
+            s.table.maintain(self.now, &self.cfg, &mut self.io.stats);
+            s.table.listen_budget(&mut s.budget);
+        }
+        Ok(ListenerId {
+            idx: idx as u32,
+            gen: self.listener_gens[idx],
+        })
+    }
+
+    fn listener(&self, id: ListenerId) -> Result<&ListenerMeta, StackError> {
+        match self.listeners.get(id.idx as usize) {
+            Some(Some(l)) if self.listener_gens[id.idx as usize] == id.gen => Ok(l),
+            _ => Err(StackError::Stale),
+        }
     }
 
     /// Stops listening: armed sockets are closed, connections not yet accepted are reset.
     pub fn unlisten(&mut self, id: ListenerId) -> Result<(), StackError> {
-        self.table.remove_listener(id, self.now)?;
-        self.table.listen_budget(&mut self.dev.listen_budget);
+        self.listener(id)?;
+        self.listeners[id.idx as usize] = None;
+        self.listener_gens[id.idx as usize] = self.listener_gens[id.idx as usize].wrapping_add(1);
+        for s in &mut self.shards {
+            s.table.remove_listener(id.idx, self.now);
+            s.table.listen_budget(&mut s.budget);
+            s.dirty = true;
+        }
         Ok(())
     }
 
     /// The next connection that arrived on the listener, if any.
     pub fn accept(&mut self, id: ListenerId) -> Result<Option<ConnId>, StackError> {
-        let c = self.table.accept(id)?;
-        if c.is_some() {
-            self.dev.stats.accepted += 1;
+        self.listener(id)?;
+        let n = self.shards.len();
+        for k in 0..n {
+            let i = (self.next_shard + k) % n;
+            if let Some(c) = self.shards[i].table.accept(id.idx) {
+                self.next_shard = (i + 1) % n;
+                self.io.stats.accepted += 1;
+                // Its listener may re-arm now.
+                self.shards[i].dirty = true;
+                return Ok(Some(c));
+            }
         }
-        Ok(c)
+        Ok(None)
     }
 
     /// Opens a connection to `remote` from an ephemeral port. The connection is usable (for
@@ -351,16 +553,89 @@ impl<D: PacketDevice> Stack<D> {
         if remote.port() == 0 || remote.ip().is_unspecified() {
             return Err(StackError::Unaddressable(remote));
         }
-        let iface = &mut self.iface;
-        let c = self.table.connect(iface, remote, &self.cfg, self.now)?;
-        self.dev.stats.connected += 1;
+        // The shard with the most free sockets takes it.
+        let (i, free) = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.table.free_count()))
+            .max_by_key(|&(i, free)| (free, usize::MAX - i))
+            .expect("a stack has at least one shard");
+        if free == 0 {
+            return Err(StackError::NoSockets {
+                max: self.cfg.sockets_max,
+            });
+        }
+        let port = self.ephemeral_port(remote)?;
+        let flow = FlowKey {
+            remote_ip: u32::from(*remote.ip()),
+            remote_port: remote.port(),
+            local_port: port,
+        };
+        let c = self.shards[i]
+            .table
+            .connect(&mut self.iface, remote, port, &self.cfg, self.now)?;
+        if self.shards.len() > 1 {
+            remember_flow(&mut self.flows, self.flows_max, &mut self.shards, flow, i);
+        }
+        self.shards[i].dirty = true;
+        self.io.stats.connected += 1;
         Ok(c)
+    }
+
+    /// The next port in the ephemeral range no flow towards `remote` uses.
+    fn ephemeral_port(&mut self, remote: SocketAddrV4) -> Result<u16, StackError> {
+        let span = u32::from(u16::MAX - EPHEMERAL_FIRST) + 1;
+        for _ in 0..span {
+            let port = self.next_port;
+            self.next_port = if port == u16::MAX {
+                EPHEMERAL_FIRST
+            } else {
+                port + 1
+            };
+            let flow = FlowKey {
+                remote_ip: u32::from(*remote.ip()),
+                remote_port: remote.port(),
+                local_port: port,
+            };
+            let taken = if self.shards.len() == 1 {
+                self.shards[0].table.has_flow(&flow)
+            } else {
+                match self.flows.get(&flow) {
+                    Some(&s) => self.shards[usize::from(s)].table.has_flow(&flow),
+                    None => false,
+                }
+            };
+            if !taken {
+                return Ok(port);
+            }
+        }
+        Err(StackError::NoPorts)
+    }
+
+    /// The shard of `c`, marked for polling (the application changed its socket).
+    fn shard_of(&mut self, c: ConnId) -> Result<&mut SocketTable, ConnError> {
+        let s = self.shards.get_mut(c.shard()).ok_or(ConnError::Stale)?;
+        s.dirty = true;
+        Ok(&mut s.table)
+    }
+
+    /// Marks the shard of `c` for polling when `moved` bytes changed hands (reading opens the
+    /// window, writing has data to send); an empty read or write changes nothing.
+    fn moved(&mut self, c: ConnId, moved: usize) {
+        if moved > 0 {
+            if let Some(s) = self.shards.get_mut(c.shard()) {
+                s.dirty = true;
+            }
+        }
     }
 
     /// Copies as much of `data` as fits into the connection's send buffer; `Ok(0)` when it is
     /// full (back-pressure: poll, then retry).
     pub fn send(&mut self, c: ConnId, data: &[u8]) -> Result<usize, ConnError> {
-        self.table.send(c, data)
+        let n = self.table_of(c)?.send(c, data)?;
+        self.moved(c, n);
+        Ok(n)
     }
 
     /// Zero-copy send: `f` gets the largest contiguous free part of the send buffer and returns
@@ -370,13 +645,22 @@ impl<D: PacketDevice> Stack<D> {
         c: ConnId,
         f: impl FnOnce(&mut [u8]) -> (usize, R),
     ) -> Result<R, ConnError> {
-        self.table.send_with(c, f)
+        let mut n = 0;
+        let r = self.table_of(c)?.send_with(c, |buf| {
+            let (k, r) = f(buf);
+            n = k;
+            (k, r)
+        })?;
+        self.moved(c, n);
+        Ok(r)
     }
 
     /// Copies received bytes into `buf`. `Ok(0)`: nothing yet. `Err(Eof)`: the peer closed and
     /// everything was read. `Err(Reset)`: the connection broke (data may be missing).
     pub fn recv(&mut self, c: ConnId, buf: &mut [u8]) -> Result<usize, ConnError> {
-        self.table.recv(c, buf)
+        let n = self.table_of(c)?.recv(c, buf)?;
+        self.moved(c, n);
+        Ok(n)
     }
 
     /// Zero-copy receive: `f` gets the largest contiguous received part and returns how many
@@ -386,72 +670,91 @@ impl<D: PacketDevice> Stack<D> {
         c: ConnId,
         f: impl FnOnce(&[u8]) -> (usize, R),
     ) -> Result<R, ConnError> {
-        self.table.recv_with(c, f)
+        let mut n = 0;
+        let r = self.table_of(c)?.recv_with(c, |buf| {
+            let (k, r) = f(buf);
+            n = k;
+            (k, r)
+        })?;
+        self.moved(c, n);
+        Ok(r)
     }
 
     /// Bytes received and not yet read.
     pub fn recv_queue(&mut self, c: ConnId) -> Result<usize, ConnError> {
-        self.table.with_conn(c, |s| s.recv_queue())
+        self.table_of(c)?.with_conn(c, |s| s.recv_queue())
     }
 
     /// Free space in the send buffer.
     pub fn send_free(&mut self, c: ConnId) -> Result<usize, ConnError> {
-        self.table
+        self.table_of(c)?
             .with_conn(c, |s| s.send_capacity() - s.send_queue())
     }
 
     /// Bytes queued for sending and not yet acknowledged.
     pub fn send_queue(&mut self, c: ConnId) -> Result<usize, ConnError> {
-        self.table.with_conn(c, |s| s.send_queue())
+        self.table_of(c)?.with_conn(c, |s| s.send_queue())
     }
 
     /// The connection's state.
     pub fn state(&mut self, c: ConnId) -> Result<ConnState, ConnError> {
-        self.table.state(c)
+        self.table_of(c)?.state(c)
     }
 
     /// The peer's address.
     pub fn remote_addr(&mut self, c: ConnId) -> Result<Option<SocketAddrV4>, ConnError> {
-        self.table
+        self.table_of(c)?
             .with_conn(c, |s| s.remote_endpoint().and_then(sockets::v4_endpoint))
+    }
+
+    /// The shard table of `c`, for reading (no poll needed).
+    fn table_of(&mut self, c: ConnId) -> Result<&mut SocketTable, ConnError> {
+        self.shards
+            .get_mut(c.shard())
+            .map(|s| &mut s.table)
+            .ok_or(ConnError::Stale)
     }
 
     /// Closes our sending half gracefully (FIN after queued data); receiving continues.
     pub fn close(&mut self, c: ConnId) -> Result<(), ConnError> {
-        self.table.with_conn(c, |s| s.close())
+        self.shard_of(c)?.with_conn(c, |s| s.close())
     }
 
     /// Resets the connection at once (RST) and releases the handle.
     pub fn abort(&mut self, c: ConnId) -> Result<(), ConnError> {
-        self.table.with_conn(c, |s| s.abort())?;
-        self.table.release(c, self.now)
+        let now = self.now;
+        let t = self.shard_of(c)?;
+        t.with_conn(c, |s| s.abort())?;
+        t.release(c, now)
     }
 
     /// Gives the handle back: the connection is closed gracefully if it is still open, and its
     /// socket returns to the free set once the close completes (or `close_timeout` passes).
     pub fn release(&mut self, c: ConnId) -> Result<(), ConnError> {
-        self.table.with_conn(c, |s| s.close())?;
-        self.table.release(c, self.now)
+        let now = self.now;
+        let t = self.shard_of(c)?;
+        t.with_conn(c, |s| s.close())?;
+        t.release(c, now)
     }
 
     /// Counters of the stack.
     pub fn stats(&self) -> StackStats {
-        self.dev.stats
+        self.io.stats
     }
 
     /// Counters of the device.
     pub fn link_stats(&self) -> LinkStats {
-        self.dev.dev.stats()
+        self.io.dev.stats()
     }
 
     /// The device.
     pub fn device(&self) -> &D {
-        &self.dev.dev
+        &self.io.dev
     }
 
     /// The device, mutably (for backend-specific controls).
     pub fn device_mut(&mut self) -> &mut D {
-        &mut self.dev.dev
+        &mut self.io.dev
     }
 
     /// Our IPv4 address.
@@ -471,8 +774,101 @@ impl<D: PacketDevice> Stack<D> {
 
     /// Sockets not in use by listeners or connections.
     pub fn sockets_free(&self) -> usize {
-        self.table.free_count()
+        self.shards.iter().map(|s| s.table.free_count()).sum()
     }
+
+    /// Socket shards (socket sets polled separately).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+}
+
+/// A cheap keyed hash for the flow table: one multiply per word, keyed by the stack's random
+/// seed so a peer cannot aim collisions at it (the table is also bounded).
+#[derive(Clone)]
+struct FlowHash(u64);
+
+struct FlowHasher {
+    key: u64,
+    h: u64,
+}
+
+impl std::hash::BuildHasher for FlowHash {
+    type Hasher = FlowHasher;
+    fn build_hasher(&self) -> FlowHasher {
+        FlowHasher {
+            key: self.0,
+            h: self.0,
+        }
+    }
+}
+
+impl std::hash::Hasher for FlowHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.h = (self.h ^ n).wrapping_mul(self.key).rotate_left(29);
+    }
+    fn finish(&self) -> u64 {
+        let h = self.h ^ (self.h >> 32);
+        h.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ (h >> 29)
+    }
+}
+
+/// Whether any shard listens on `port`.
+fn listening<F>(shards: &[Shard<F>], port: u16) -> bool {
+    shards
+        .iter()
+        .any(|s| s.budget.iter().any(|&(p, _)| p == port))
+}
+
+/// Picks a shard with a socket listening on `port` (round robin) and takes one from its budget.
+fn take_syn_budget<F>(shards: &mut [Shard<F>], port: u16, next: &mut usize) -> Option<usize> {
+    let n = shards.len();
+    for k in 0..n {
+        let i = (*next + k) % n;
+        if let Some((_, b)) = shards[i]
+            .budget
+            .iter_mut()
+            .find(|(p, b)| *p == port && *b > 0)
+        {
+            *b -= 1;
+            // Its listener re-arms on this shard's next poll.
+            shards[i].dirty = true;
+            *next = (i + 1) % n;
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Records that `flow` belongs to shard `s`; when the table is full, first forgets the flows no
+/// socket serves any more.
+fn remember_flow<F>(
+    flows: &mut HashMap<FlowKey, u16, FlowHash>,
+    max: usize,
+    shards: &mut [Shard<F>],
+    flow: FlowKey,
+    s: usize,
+) {
+    if flows.len() >= max && !flows.contains_key(&flow) {
+        flows.retain(|f, &mut owner| shards[usize::from(owner)].table.has_flow(f));
+        if flows.len() >= max {
+            // Every entry is live: the table is sized for twice the sockets, so this cannot
+            // happen; refuse to grow rather than allocate.
+            return;
+        }
+    }
+    flows.insert(flow, s as u16);
 }
 
 fn smol_now(now: Instant) -> smoltcp::time::Instant {

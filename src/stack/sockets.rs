@@ -9,31 +9,39 @@ use smoltcp::iface::{Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::{tcp, Socket};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use crate::mem::{HugeRegion, PageSize};
+use crate::mem::{PageSize, RegionPart};
 use crate::time::Instant;
 
+use super::adapter::FlowKey;
 use super::config::{Congestion, StackConfig};
 use super::{StackError, StackStats};
 
 /// A connection handle: a socket slot plus the generation it had when handed out.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
 pub struct ConnId {
+    shard: u16,
     slot: u32,
     gen: u32,
 }
 
 impl ConnId {
-    /// The socket slot (stable for the life of the connection; reused afterwards).
+    /// The socket slot within its shard (stable for the life of the connection; reused
+    /// afterwards).
     pub fn slot(&self) -> usize {
         self.slot as usize
+    }
+
+    /// The socket shard that owns the connection.
+    pub fn shard(&self) -> usize {
+        self.shard as usize
     }
 }
 
 /// A listener handle.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
 pub struct ListenerId {
-    idx: u32,
-    gen: u32,
+    pub(crate) idx: u32,
+    pub(crate) gen: u32,
 }
 
 /// A connection's state, simplified from the TCP state machine.
@@ -76,7 +84,7 @@ pub(crate) struct Sockets<'a> {
 self_cell!(
     /// The socket memory region together with the sockets whose buffers live in it.
     struct Store {
-        owner: HugeRegion,
+        owner: RegionPart,
         #[not_covariant]
         dependent: Sockets,
     }
@@ -119,13 +127,12 @@ pub(crate) struct SocketTable {
     slots: Vec<Slot>,
     free: Vec<u32>,
     listeners: Vec<Option<Listener>>,
-    listener_gens: Vec<u32>,
     closing: Vec<u32>,
-    next_port: u16,
     page_size: PageSize,
+    shard: u16,
+    /// Flows of sockets recycled since the stack last looked, to forget in its flow table.
+    pub(crate) freed: Vec<FlowKey>,
 }
-
-const EPHEMERAL_FIRST: u16 = 49152;
 
 pub(crate) fn v4_endpoint(e: IpEndpoint) -> Option<SocketAddrV4> {
     match e.addr {
@@ -139,6 +146,22 @@ fn as_tcp<'a>(s: Socket<'a>) -> tcp::Socket<'a> {
         Socket::Tcp(t) => t,
         _ => unreachable!("the stack only creates TCP sockets"),
     }
+}
+
+/// The flow a connected socket owns, as the router keys it.
+fn flow_of(s: &tcp::Socket<'_>) -> Option<FlowKey> {
+    let (local, remote) = (s.local_endpoint()?, s.remote_endpoint()?);
+    let remote = v4_endpoint(remote)?;
+    Some(FlowKey {
+        remote_ip: u32::from(*remote.ip()),
+        remote_port: remote.port(),
+        local_port: local.port,
+    })
+}
+
+/// Whether the socket serves `flow`.
+fn serves(s: &tcp::Socket<'_>, flow: &FlowKey) -> bool {
+    flow_of(s).as_ref() == Some(flow)
 }
 
 fn configure(s: &mut tcp::Socket<'_>, cfg: &StackConfig) {
@@ -158,10 +181,14 @@ fn smol_duration(d: std::time::Duration) -> smoltcp::time::Duration {
 }
 
 impl SocketTable {
-    pub(crate) fn new(cfg: &StackConfig) -> Result<SocketTable, StackError> {
-        let n = cfg.sockets_max;
+    /// Shard `shard`, with `n` sockets whose buffers are carved from `region`.
+    pub(crate) fn new(
+        cfg: &StackConfig,
+        shard: u16,
+        n: usize,
+        region: RegionPart,
+    ) -> Result<SocketTable, StackError> {
         let (rx_len, tx_len) = (cfg.tcp.rx_buf_len, cfg.tcp.tx_buf_len);
-        let region = HugeRegion::map(cfg.socket_memory_len(), cfg.page_size)?;
         let page_size = region.page_size();
         let store = Store::try_new(region, |region| -> Result<Sockets<'_>, StackError> {
             let slabs = region.take_slabs(rx_len + tx_len)?;
@@ -179,7 +206,6 @@ impl SocketTable {
                 spare,
             })
         })?;
-        let port_span = u64::from(u16::MAX - EPHEMERAL_FIRST) + 1;
         Ok(SocketTable {
             store,
             slots: (0..n)
@@ -192,10 +218,10 @@ impl SocketTable {
                 .collect(),
             free: (0..n as u32).rev().collect(),
             listeners: (0..cfg.listeners_max).map(|_| None).collect(),
-            listener_gens: vec![0; cfg.listeners_max],
             closing: Vec::with_capacity(n),
-            next_port: EPHEMERAL_FIRST + (cfg.random_seed % port_span) as u16,
             page_size,
+            shard,
+            freed: Vec::with_capacity(n),
         })
     }
 
@@ -205,6 +231,18 @@ impl SocketTable {
 
     pub(crate) fn free_count(&self) -> usize {
         self.free.len()
+    }
+
+    /// Whether a live socket of this shard serves `flow`.
+    pub(crate) fn has_flow(&mut self, flow: &FlowKey) -> bool {
+        self.store.with_dependent_mut(|_, s| {
+            s.set.iter().any(|(_, sock)| match sock {
+                #[allow(unreachable_patterns)]
+                Socket::Tcp(t) => serves(t, flow),
+                #[allow(unreachable_patterns)]
+                _ => false,
+            })
+        })
     }
 
     pub(crate) fn with_set<R>(&mut self, f: impl FnOnce(&mut SocketSet<'_>) -> R) -> R {
@@ -258,8 +296,12 @@ impl SocketTable {
     fn free_slot(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
         if let Some(h) = s.handle.take() {
+            let freed = &mut self.freed;
             self.store.with_dependent_mut(|_, socks| {
                 let mut sock = as_tcp(socks.set.remove(h));
+                if let Some(flow) = flow_of(&sock) {
+                    freed.push(flow);
+                }
                 sock.abort();
                 socks.spare.push(sock);
             });
@@ -277,27 +319,9 @@ impl SocketTable {
         .ok()
     }
 
-    pub(crate) fn add_listener(
-        &mut self,
-        port: u16,
-        backlog: usize,
-    ) -> Result<ListenerId, StackError> {
-        if self.listeners.iter().flatten().any(|l| l.port == port) {
-            return Err(StackError::PortInUse(port));
-        }
-        let idx =
-            self.listeners
-                .iter()
-                .position(|l| l.is_none())
-                .ok_or(StackError::NoListeners {
-                    max: self.listeners.len(),
-                })?;
-        if self.free.is_empty() {
-            return Err(StackError::NoSockets {
-                max: self.slots.len(),
-            });
-        }
-        self.listeners[idx] = Some(Listener {
+    /// Arms listener `idx` (the stack's listener index) on `port` with `backlog` sockets.
+    pub(crate) fn add_listener(&mut self, idx: u32, port: u16, backlog: usize) {
+        self.listeners[idx as usize] = Some(Listener {
             port,
             backlog,
             members: Vec::with_capacity(2 * backlog),
@@ -305,29 +329,13 @@ impl SocketTable {
             listening: 0,
             starved: false,
         });
-        Ok(ListenerId {
-            idx: idx as u32,
-            gen: self.listener_gens[idx],
-        })
     }
 
-    fn listener_mut(&mut self, id: ListenerId) -> Result<&mut Listener, StackError> {
-        match self.listeners.get_mut(id.idx as usize) {
-            Some(Some(l)) if self.listener_gens[id.idx as usize] == id.gen => Ok(l),
-            _ => Err(StackError::Stale),
-        }
-    }
-
-    pub(crate) fn remove_listener(
-        &mut self,
-        id: ListenerId,
-        now: Instant,
-    ) -> Result<(), StackError> {
-        self.listener_mut(id)?;
-        let l = self.listeners[id.idx as usize]
-            .take()
-            .expect("checked above");
-        self.listener_gens[id.idx as usize] = self.listener_gens[id.idx as usize].wrapping_add(1);
+    /// Stops listener `idx`: armed sockets close, connections not yet accepted are reset.
+    pub(crate) fn remove_listener(&mut self, idx: u32, now: Instant) {
+        let Some(l) = self.listeners[idx as usize].take() else {
+            return;
+        };
         for slot in l.members.into_iter().chain(l.ready) {
             // Reset what was never accepted; the RST goes out on the next poll.
             if let Some(h) = self.slots[slot as usize].handle {
@@ -337,23 +345,27 @@ impl SocketTable {
             self.slots[slot as usize].since = now;
             self.closing.push(slot);
         }
-        Ok(())
     }
 
-    pub(crate) fn accept(&mut self, id: ListenerId) -> Result<Option<ConnId>, StackError> {
-        let l = self.listener_mut(id)?;
-        let Some(slot) = l.ready.pop_front() else {
-            return Ok(None);
-        };
+    /// The next connection waiting on listener `idx`.
+    pub(crate) fn accept(&mut self, idx: u32) -> Option<ConnId> {
+        let l = self.listeners.get_mut(idx as usize)?.as_mut()?;
+        let slot = l.ready.pop_front()?;
         let s = &mut self.slots[slot as usize];
         s.role = Role::User;
-        Ok(Some(ConnId { slot, gen: s.gen }))
+        Some(ConnId {
+            shard: self.shard,
+            slot,
+            gen: s.gen,
+        })
     }
 
+    /// Opens a connection from local port `port` to `remote`.
     pub(crate) fn connect(
         &mut self,
         iface: &mut Interface,
         remote: SocketAddrV4,
+        port: u16,
         cfg: &StackConfig,
         now: Instant,
     ) -> Result<ConnId, StackError> {
@@ -362,7 +374,6 @@ impl SocketTable {
                 max: self.slots.len(),
             });
         }
-        let port = self.ephemeral_port(remote)?;
         let endpoint = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
         let res = self.take_slot(Role::User, now, |s| {
             configure(s, cfg);
@@ -370,6 +381,7 @@ impl SocketTable {
         });
         match res {
             Some(Ok(slot)) => Ok(ConnId {
+                shard: self.shard,
                 slot,
                 gen: self.slots[slot as usize].gen,
             }),
@@ -380,35 +392,10 @@ impl SocketTable {
         }
     }
 
-    /// The next port in the ephemeral range not used by a live socket towards `remote`.
-    fn ephemeral_port(&mut self, remote: SocketAddrV4) -> Result<u16, StackError> {
-        let span = u32::from(u16::MAX - EPHEMERAL_FIRST) + 1;
-        for _ in 0..span {
-            let port = self.next_port;
-            self.next_port = if port == u16::MAX {
-                EPHEMERAL_FIRST
-            } else {
-                port + 1
-            };
-            let in_use = self.store.with_dependent(|_, s| {
-                s.set.iter().any(|(_, sock)| match sock {
-                    #[allow(unreachable_patterns)]
-                    Socket::Tcp(t) => {
-                        t.local_endpoint().is_some_and(|e| e.port == port)
-                            && t.remote_endpoint().and_then(v4_endpoint) == Some(remote)
-                    }
-                    #[allow(unreachable_patterns)]
-                    _ => false,
-                })
-            });
-            if !in_use {
-                return Ok(port);
-            }
-        }
-        Err(StackError::NoPorts)
-    }
-
     fn user_handle(&self, c: ConnId) -> Result<SocketHandle, ConnError> {
+        if c.shard != self.shard {
+            return Err(ConnError::Stale);
+        }
         match self.slots.get(c.slot as usize) {
             Some(s) if s.gen == c.gen && s.role == Role::User => s.handle.ok_or(ConnError::Stale),
             _ => Err(ConnError::Stale),
