@@ -1,0 +1,1211 @@
+//! [`XdpDevice`]: one queue of a Linux interface through an AF_XDP socket, as a
+//! [`PacketDevice`].
+//!
+//! # How frames move
+//!
+//! The UMEM (the memory the kernel and ustack exchange frames in) is a [`BufPool`] of 2048- or
+//! 4096-byte buffers, in 2 MiB hugepages when there are any (the pool falls back to base pages
+//! by itself, with a warning). Every frame is a [`PoolBuf`] while ustack holds it and is *lent*
+//! to the kernel ([`BufPool::lend`]) while a ring holds it:
+//!
+//! ```text
+//!   pool --alloc+lend--> fill ring --kernel receives--> RX ring --reclaim--> PoolBuf (stack)
+//!   PoolBuf (stack) --lend--> TX ring --kernel sends--> completion ring --reclaim--> pool
+//! ```
+//!
+//! Received frames go to the stack without a copy; frames the stack writes are `PoolBuf`s of
+//! the same pool ([`PacketDevice::tx_alloc`]) that go on the TX ring as they are. Every address
+//! the kernel hands back goes through [`BufPool::reclaim`], which refuses one that is out of
+//! range, misaligned or not lent (counted in [`XdpStats::bad_descriptors`]), so neither a kernel
+//! bug nor a ustack bug can make two owners of one frame.
+//!
+//! The fill ring is topped up on every [`PacketDevice::rx_burst`], from the frames the pool can
+//! spare beyond a reserve kept for transmitting (`tx_ring_len + 2 * burst_max`), so receiving
+//! can never take the frames the stack needs to answer. Give it 8192 or more frames: on veth a
+//! smaller fill ring starves under load ([`XdpStats::fill_starved`] and the kernel's
+//! `rx_fill_ring_empty_descs` count it).
+//!
+//! # System calls
+//!
+//! With `need_wakeup` (the default), the rings run without system calls unless the kernel asks
+//! for one through a ring flag: a busy poll loop that finds nothing to do makes none. In copy
+//! mode the kernel only transmits from inside a system call, so every TX burst ends with a
+//! `sendto` kick (one per 32 frames: the kernel sends at most 32 per call); in zero-copy mode
+//! only when the driver asks. [`PacketDevice::wait`] is `poll()` on the socket. With
+//! [`XdpConfig::busy_poll`], the socket asks the kernel to busy-poll the device queue and an
+//! empty `rx_burst` makes one `recvfrom` to drive it.
+//!
+//! # Modes
+//!
+//! [`XdpDevice::open`] tries native XDP (in the driver) first and falls back to generic XDP (on
+//! socket buffers, any driver), and binds zero-copy first and falls back to copy mode; each
+//! choice is logged and kept in [`XdpDevice::mode`]. veth, the test topology, has native and
+//! generic XDP but copy mode only.
+//!
+//! # The XDP program
+//!
+//! See [`program`](self) in `program.rs` and `pmd/xdp_redirect.c`. With
+//! [`XdpConfig::filter_ipv4`] set (the recommended setting), only IPv4 packets to that address
+//! and ARP packets asking for or answering to it go to ustack; everything else goes to the
+//! kernel (`XDP_PASS`), so the host keeps using the interface for its own addresses. The
+//! kernel never answers ARP for an address it does not have: ustack's stack answers ARP for its
+//! address itself. Without a filter the queue's whole traffic goes to ustack. The program is
+//! attached through a BPF link: when the device is dropped, or the process dies in any way
+//! (`SIGKILL` included), the kernel detaches it and the interface works as before.
+//!
+//! One `XdpDevice` per interface: a second one on another queue of the same interface would
+//! find the first one's program attached (`EBUSY`).
+//!
+//! # Checksums
+//!
+//! Copy-mode AF_XDP offers no checksum offload, so the device claims none and the stack checks
+//! every received checksum and computes every transmitted one. Beware of kernel peers on veth:
+//! with TX checksum offload on (veth's default), the kernel sends TCP and UDP with only the
+//! pseudo-header sum in the checksum field (`CHECKSUM_PARTIAL`), expecting the receiving kernel
+//! not to check; AF_XDP hands those frames over as they are and ustack's stack drops them as
+//! corrupt. Turn offload off on the peer (`ethtool -K PEER tx off`;
+//! [`VethPair`](crate::sys::netns::VethPair) does it by default). In generic mode, also turn
+//! off TSO/GSO on the peer (tx off also disables TSO) so no frame exceeds the MTU.
+//!
+//! # Restarting
+//!
+//! A queue stays busy for a few tens of milliseconds after the socket that held it closed;
+//! binding returns `EBUSY` meanwhile. `open` retries with backoff for up to 2 s (logged).
+
+mod caps;
+mod error;
+mod program;
+
+use std::ffi::CStr;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant as WallInstant};
+
+pub use error::{Attempts, CapList, MemlockLimit, XdpError};
+
+use crate::dev::{Batch, ChecksumCaps, DeviceCaps, LinkStats, PacketDevice, ETH_HEADER_LEN};
+use crate::mem::{BufPool, PageSize, PoolBuf};
+use crate::sys::bpf;
+use crate::sys::xdp::{self as sys, Xsk, XskRings, XskSetupError, XskStatistics, XskStep};
+use crate::time::Instant;
+
+/// Longest total time `open` keeps retrying a bind (or attach) that fails with `EBUSY`.
+const BUSY_RETRY_MAX: Duration = Duration::from_secs(2);
+/// First pause between `EBUSY` retries; doubles up to [`BUSY_BACKOFF_MAX`].
+const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between `EBUSY` retries.
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Completions reclaimed per ring read.
+const COMPLETION_BATCH: u32 = 256;
+/// Most `sendto` kicks per TX burst (each sends at most 32 frames in copy mode).
+const TX_KICKS_MAX: u32 = 64;
+/// Largest queue id accepted (the XSKMAP has `queue_id + 1` slots).
+const QUEUE_ID_MAX: u32 = 1023;
+/// Largest ring accepted.
+const RING_LEN_MAX: u32 = 1 << 18;
+/// License string of the program (it calls no GPL-only helper).
+const PROGRAM_LICENSE: &CStr = c"Dual MIT/GPL";
+/// Name of the program and map, as `bpftool` shows them.
+const PROGRAM_NAME: &str = "ustack_xdp";
+const MAP_NAME: &str = "ustack_xsks";
+
+/// Where the XDP program runs.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native if the driver has it, else generic (logged).
+    #[default]
+    Auto,
+    /// Native (driver) XDP only.
+    Native,
+    /// Generic (socket-buffer) XDP only: works on any interface, slower.
+    Generic,
+}
+
+/// Whether the socket shares the UMEM with the NIC (zero-copy) or the kernel copies.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum ZeroCopy {
+    /// Zero-copy if the driver has it, else copy (logged).
+    #[default]
+    Auto,
+    /// Zero-copy only.
+    On,
+    /// Copy mode only.
+    Off,
+}
+
+/// How the program was attached (the outcome of [`XdpMode`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (`XDP_FLAGS_DRV_MODE`).
+    Native,
+    /// On socket buffers (`XDP_FLAGS_SKB_MODE`).
+    Generic,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// How the socket was bound (the outcome of [`ZeroCopy`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum BindMode {
+    /// `XDP_ZEROCOPY`.
+    ZeroCopy,
+    /// `XDP_COPY`.
+    Copy,
+}
+
+impl std::fmt::Display for BindMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BindMode::ZeroCopy => "zero-copy",
+            BindMode::Copy => "copy",
+        })
+    }
+}
+
+/// Busy polling of the device queue from the socket's system calls.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// `SO_BUSY_POLL`: how long one system call may busy-poll, microseconds.
+    pub timeout_us: u32,
+    /// `SO_BUSY_POLL_BUDGET`: most frames one busy poll processes.
+    pub budget: u32,
+}
+
+/// How to open an [`XdpDevice`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// Interface name, in the calling thread's network namespace.
+    pub ifname: String,
+    /// Queue (channel) to bind. Default 0.
+    pub queue_id: u32,
+    /// Native or generic XDP. Default [`XdpMode::Auto`].
+    pub mode: XdpMode,
+    /// Zero-copy or copy. Default [`ZeroCopy::Auto`].
+    pub zero_copy: ZeroCopy,
+    /// UMEM frame size: 2048 or 4096 bytes. Default 2048 (holds a 1500-byte MTU).
+    pub frame_len: usize,
+    /// UMEM frames (the pool's size; rounded up to fill whole pages). Default 16384 (32 MiB).
+    /// Must be at least `fill_ring_len + tx_ring_len + 2 * burst_max`.
+    pub frames: usize,
+    /// Fill ring entries (power of two). Default 8192.
+    pub fill_ring_len: u32,
+    /// Completion ring entries (power of two, at least `tx_ring_len`). Default 4096.
+    pub completion_ring_len: u32,
+    /// RX ring entries (power of two). Default 4096.
+    pub rx_ring_len: u32,
+    /// TX ring entries (power of two). Default 2048.
+    pub tx_ring_len: u32,
+    /// Extra UMEM headroom in front of each received frame, bytes, beyond the kernel's
+    /// 256-byte `XDP_PACKET_HEADROOM`. Default 0.
+    pub headroom: usize,
+    /// Send only IPv4 packets to this address and ARP for it to ustack, the rest to the kernel;
+    /// `None` sends everything of the queue to ustack. Default `None`; set it to the stack's
+    /// address.
+    pub filter_ipv4: Option<Ipv4Addr>,
+    /// Use the kernel's need_wakeup flags to skip system calls it does not need. Default on.
+    pub need_wakeup: bool,
+    /// Busy-poll the device queue from this socket. Default off.
+    pub busy_poll: Option<BusyPoll>,
+    /// Most frames moved by one `rx_burst` or `tx_burst`. Default 64.
+    pub burst_max: usize,
+    /// Page size wanted for the UMEM. Default 2 MiB (falls back to 4 KiB with a warning).
+    pub page_size: PageSize,
+}
+
+impl XdpConfig {
+    /// The defaults for interface `ifname`.
+    pub fn new(ifname: impl Into<String>) -> XdpConfig {
+        XdpConfig {
+            ifname: ifname.into(),
+            queue_id: 0,
+            mode: XdpMode::Auto,
+            zero_copy: ZeroCopy::Auto,
+            frame_len: 2048,
+            frames: 16384,
+            fill_ring_len: 8192,
+            completion_ring_len: 4096,
+            rx_ring_len: 4096,
+            tx_ring_len: 2048,
+            headroom: 0,
+            filter_ipv4: None,
+            need_wakeup: true,
+            busy_poll: None,
+            burst_max: 64,
+            page_size: PageSize::Huge2M,
+        }
+    }
+
+    /// Longest Ethernet frame a UMEM frame holds after the headroom.
+    pub fn frame_capacity(&self) -> usize {
+        self.frame_len
+            .saturating_sub(sys::XDP_PACKET_HEADROOM + self.headroom)
+    }
+
+    /// Frames kept back from the fill ring for transmitting.
+    fn tx_reserve(&self) -> usize {
+        self.tx_ring_len as usize + 2 * self.burst_max
+    }
+
+    /// Checks every value; the first one out of range is the error.
+    pub fn validate(&self) -> Result<(), XdpError> {
+        let bad = |field, value: u64, reason| {
+            Err(XdpError::InvalidConfig {
+                field,
+                value,
+                reason,
+            })
+        };
+        if self.frame_len != 2048 && self.frame_len != 4096 {
+            return bad(
+                "frame_len",
+                self.frame_len as u64,
+                "must be 2048 or 4096 (the kernel's aligned mode needs a power of two; 8192 is refused)",
+            );
+        }
+        if self.frame_capacity() < ETH_HEADER_LEN + 576 {
+            return bad(
+                "headroom",
+                self.headroom as u64,
+                "leaves no room for a 576-byte IPv4 packet in a frame",
+            );
+        }
+        if self.queue_id > QUEUE_ID_MAX {
+            return bad("queue_id", u64::from(self.queue_id), "must be at most 1023");
+        }
+        for (field, len) in [
+            ("fill_ring_len", self.fill_ring_len),
+            ("completion_ring_len", self.completion_ring_len),
+            ("rx_ring_len", self.rx_ring_len),
+            ("tx_ring_len", self.tx_ring_len),
+        ] {
+            if !len.is_power_of_two() || !(64..=RING_LEN_MAX).contains(&len) {
+                return bad(
+                    field,
+                    u64::from(len),
+                    "must be a power of two from 64 to 262144",
+                );
+            }
+        }
+        if self.completion_ring_len < self.tx_ring_len {
+            return bad(
+                "completion_ring_len",
+                u64::from(self.completion_ring_len),
+                "must be at least tx_ring_len, or sent frames cannot all be handed back",
+            );
+        }
+        if self.burst_max == 0 || self.burst_max > 1024 {
+            return bad("burst_max", self.burst_max as u64, "must be 1 to 1024");
+        }
+        if self.frames < self.fill_ring_len as usize + self.tx_reserve() {
+            return bad(
+                "frames",
+                self.frames as u64,
+                "must be at least fill_ring_len + tx_ring_len + 2 * burst_max",
+            );
+        }
+        if self.frames > u32::MAX as usize / 2 {
+            return bad("frames", self.frames as u64, "too many");
+        }
+        if let Some(bp) = self.busy_poll {
+            if bp.budget == 0 || bp.timeout_us == 0 {
+                return bad(
+                    "busy_poll",
+                    u64::from(bp.budget.min(bp.timeout_us)),
+                    "budget and timeout_us must be at least 1",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`XdpDevice::open`] ended up with.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct XdpModeInfo {
+    /// Where the program runs.
+    pub attach: AttachMode,
+    /// Zero-copy (as the kernel reports it after binding) or copy.
+    pub bind: BindMode,
+    /// Whether need_wakeup is on.
+    pub need_wakeup: bool,
+    /// Whether busy polling was set up.
+    pub busy_poll: bool,
+    /// Page size the UMEM got.
+    pub page_size: PageSize,
+    /// Whether only the filtered address's traffic comes to the socket.
+    pub filtered: bool,
+    /// `EBUSY` retries before the bind (or attach) succeeded.
+    pub busy_retries: u32,
+}
+
+/// Counters of an [`XdpDevice`], beyond [`LinkStats`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct XdpStats {
+    /// The link counters (kernel drops included in `rx_dropped`, invalid TX descriptors in
+    /// `tx_errors`).
+    pub link: LinkStats,
+    /// `rx_burst` calls that found the RX ring empty.
+    pub rx_empty_polls: u64,
+    /// Refills after which the fill ring held less than a quarter of its entries because the
+    /// pool had no frame to spare (the kernel then drops frames: see `kernel`).
+    pub fill_starved: u64,
+    /// `tx_burst` calls that left frames behind because the TX ring was full.
+    pub tx_ring_full: u64,
+    /// `sendto` kicks to make the kernel transmit.
+    pub tx_kicks: u64,
+    /// Kicks that failed with something other than "try later".
+    pub tx_kick_errors: u64,
+    /// `recvfrom` kicks (need_wakeup on the fill ring, or busy polling).
+    pub rx_kicks: u64,
+    /// Addresses from the RX or completion ring that were not a frame lent to the kernel
+    /// (refused by `BufPool::reclaim`; the frame, if any, is not reused).
+    pub bad_descriptors: u64,
+    /// The kernel's own counters for the socket (zero if they could not be read).
+    pub kernel: XskStatistics,
+}
+
+/// One queue of a network interface through AF_XDP. See the [module docs](self).
+///
+/// Dropping it detaches the program (closing the BPF link) and closes the socket.
+pub struct XdpDevice {
+    // Field order is drop order: detach the program first, then the socket and its rings.
+    link: OwnedFd,
+    _prog: OwnedFd,
+    map: OwnedFd,
+    xsk: Xsk,
+    pool: BufPool,
+    ifname: String,
+    ifindex: u32,
+    queue_id: u32,
+    mac: [u8; 6],
+    caps: DeviceCaps,
+    mode: XdpModeInfo,
+    fill_ring_len: u32,
+    tx_reserve: usize,
+    counters: XdpStats,
+    bad_desc_warned: bool,
+}
+
+impl XdpDevice {
+    /// Opens queue `config.queue_id` of interface `config.ifname` (looked up in the calling
+    /// thread's network namespace): builds the UMEM, attaches the program (native, else
+    /// generic, as `config.mode` allows), binds the socket (zero-copy, else copy, as
+    /// `config.zero_copy` allows; retrying `EBUSY` for up to 2 s) and fills the fill ring.
+    ///
+    /// Every choice is logged (`tracing`, target `ustack::dev::af_xdp`) and kept in
+    /// [`XdpDevice::mode`].
+    pub fn open(config: &XdpConfig) -> Result<XdpDevice, XdpError> {
+        config.validate()?;
+        let ifname = config.ifname.clone();
+        let ifindex = lookup(&ifname)?;
+        check_capabilities(&ifname)?;
+        let mtu = crate::sys::tap::mtu(&ifname).map_err(|source| XdpError::Io {
+            ifname: ifname.clone(),
+            op: "reading the interface's MTU (SIOCGIFMTU)",
+            source,
+        })?;
+        let mac = sys::hw_addr(&ifname).map_err(|source| XdpError::Io {
+            ifname: ifname.clone(),
+            op: "reading the interface's MAC address (SIOCGIFHWADDR; AF_XDP here needs Ethernet)",
+            source,
+        })?;
+        let capacity = config.frame_capacity();
+        if mtu + ETH_HEADER_LEN > capacity {
+            return Err(XdpError::MtuTooLarge {
+                ifname,
+                mtu,
+                frame_len: config.frame_len,
+                capacity,
+            });
+        }
+
+        let pool = BufPool::with_capacity(
+            config.frames,
+            config.frame_len,
+            sys::XDP_PACKET_HEADROOM + config.headroom,
+            config.page_size,
+        )?;
+        debug_assert_eq!(pool.stride(), config.frame_len);
+
+        // The map first (the program refers to it), then the program, then the attachment:
+        // until the socket is in the map, the program passes our frames to the kernel.
+        let map = bpf::create_xskmap(config.queue_id + 1, MAP_NAME)
+            .map_err(|source| map_error(&ifname, "creating the XSKMAP", source))?;
+        let insns = program::instructions(map.as_raw_fd(), config.filter_ipv4);
+        let prog = load_program(&ifname, &insns)?;
+        let (link, attach, attach_retries) = attach(&ifname, ifindex, prog.as_fd(), config.mode)?;
+
+        let rings = XskRings {
+            fill_len: config.fill_ring_len,
+            completion_len: config.completion_ring_len,
+            rx_len: config.rx_ring_len,
+            tx_len: config.tx_ring_len,
+        };
+        let xsk = Xsk::new(
+            &pool,
+            config.headroom as u32,
+            ifindex,
+            config.queue_id,
+            &rings,
+        )
+        .map_err(|e| socket_error(config, pool.memory().1, e))?;
+        // Zero-copy under generic XDP cannot work: go straight to copy mode there.
+        let zc = match (config.zero_copy, attach) {
+            (ZeroCopy::Auto, AttachMode::Generic) => ZeroCopy::Off,
+            (z, _) => z,
+        };
+        let (bind, bind_retries) = bind(&xsk, config, zc)?;
+        let zero_copy = xsk.zero_copy().unwrap_or(bind == BindMode::ZeroCopy);
+        let bind = if zero_copy {
+            BindMode::ZeroCopy
+        } else {
+            BindMode::Copy
+        };
+
+        let busy_poll = match config.busy_poll {
+            None => false,
+            Some(bp) => match xsk.set_busy_poll(bp.timeout_us, bp.budget) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(iface = %ifname, "busy polling not available, polling normally: {e}");
+                    false
+                }
+            },
+        };
+
+        let mode = XdpModeInfo {
+            attach,
+            bind,
+            need_wakeup: config.need_wakeup,
+            busy_poll,
+            page_size: pool.page_size(),
+            filtered: config.filter_ipv4.is_some(),
+            busy_retries: attach_retries + bind_retries,
+        };
+        let mut dev = XdpDevice {
+            link,
+            _prog: prog,
+            map,
+            xsk,
+            pool,
+            ifname: ifname.clone(),
+            ifindex,
+            queue_id: config.queue_id,
+            mac,
+            caps: DeviceCaps {
+                mtu,
+                burst_max: config.burst_max,
+                // Copy mode: no offload, and a kernel peer's partial checksums must be refused,
+                // so the stack verifies everything (see the module docs).
+                checksum: ChecksumCaps::default(),
+            },
+            mode,
+            fill_ring_len: config.fill_ring_len,
+            tx_reserve: config.tx_reserve(),
+            counters: XdpStats::default(),
+            bad_desc_warned: false,
+        };
+        dev.refill();
+        // Last: from here on the program sends the queue's frames to the socket.
+        bpf::map_update_u32(dev.map.as_fd(), config.queue_id, dev.xsk.as_raw_fd() as u32)
+            .map_err(|source| map_error(&ifname, "putting the socket into the XSKMAP", source))?;
+        tracing::info!(
+            iface = %ifname,
+            queue = config.queue_id,
+            xdp = %attach,
+            bind = %bind,
+            need_wakeup = config.need_wakeup,
+            busy_poll,
+            umem_frames = dev.pool.capacity(),
+            frame_len = config.frame_len,
+            page = %dev.pool.page_size(),
+            filter = ?config.filter_ipv4,
+            mtu,
+            mac = ?mac,
+            "opened AF_XDP device"
+        );
+        Ok(dev)
+    }
+
+    /// Checks, cheaply and without attaching or binding anything, whether AF_XDP could be
+    /// opened on `ifname` (in the calling thread's network namespace): the interface exists,
+    /// the process has the capabilities, the kernel has AF_XDP sockets and accepts the program
+    /// (loaded and closed again), and the default UMEM can be locked. Whether the driver
+    /// accepts native XDP is only known when attaching (`open` falls back to generic).
+    pub fn probe(ifname: &str) -> Result<(), XdpError> {
+        lookup(ifname)?;
+        let caps = check_capabilities(ifname)?;
+        sys::probe_socket().map_err(|source| match source.raw_os_error() {
+            Some(libc::EAFNOSUPPORT) => XdpError::NotSupported {
+                op: "creating an AF_XDP socket",
+                config: "AF_XDP sockets (CONFIG_XDP_SOCKETS)",
+                source,
+            },
+            Some(libc::EPERM | libc::EACCES) => XdpError::PermissionDenied {
+                ifname: ifname.to_string(),
+                op: "creating an AF_XDP socket",
+                source,
+            },
+            _ => XdpError::Io {
+                ifname: ifname.to_string(),
+                op: "creating an AF_XDP socket",
+                source,
+            },
+        })?;
+        let map = bpf::create_xskmap(1, MAP_NAME)
+            .map_err(|source| map_error(ifname, "creating the XSKMAP", source))?;
+        let insns = program::instructions(map.as_raw_fd(), Some(Ipv4Addr::new(192, 0, 2, 1)));
+        drop(load_program(ifname, &insns)?);
+        if !caps::has(caps, caps::CAP_IPC_LOCK) {
+            let defaults = XdpConfig::new(ifname);
+            let umem_len = defaults.frames * defaults.frame_len;
+            let limit = sys::memlock_limit().unwrap_or(Some(0));
+            if limit.is_some_and(|l| (l as usize) < umem_len) {
+                return Err(XdpError::LockedMemory {
+                    umem_len,
+                    limit: MemlockLimit(limit),
+                    source: io::Error::from_raw_os_error(libc::ENOBUFS),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// How the device was set up: native or generic XDP, zero-copy or copy, and the rest.
+    pub fn mode(&self) -> XdpModeInfo {
+        self.mode
+    }
+
+    /// The interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The interface index (in the namespace it was opened in).
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The interface's MAC address. Give it to the stack (`StackConfig::mac`): a NIC drops
+    /// unicast frames to any other address before XDP sees them (unless promiscuous), and peers
+    /// that cached the address keep reaching a restarted process.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The bound queue.
+    pub fn queue_id(&self) -> u32 {
+        self.queue_id
+    }
+
+    /// The UMEM pool (shared by receive and transmit).
+    pub fn pool(&self) -> &BufPool {
+        &self.pool
+    }
+
+    /// All counters, the kernel's included (one `getsockopt`).
+    pub fn xdp_stats(&self) -> XdpStats {
+        let mut s = self.counters;
+        if let Ok(k) = self.xsk.statistics() {
+            s.kernel = k;
+            s.link.rx_dropped += k.rx_dropped + k.rx_ring_full + k.rx_fill_ring_empty_descs;
+            s.link.tx_errors += k.tx_invalid_descs;
+        }
+        s
+    }
+
+    /// Tops the fill ring up from the frames the pool can spare.
+    fn refill(&mut self) {
+        let Self {
+            xsk,
+            pool,
+            counters,
+            ..
+        } = self;
+        let spare = pool.available().saturating_sub(self.tx_reserve);
+        let budget = spare.min(self.fill_ring_len as usize) as u32;
+        if budget > 0 {
+            xsk.fill_push(budget, || {
+                let buf = pool.alloc()?;
+                let idx = pool.lend(buf);
+                Some(pool.buf_offset(idx) as u64)
+            });
+        }
+        if xsk.fill_pending() < self.fill_ring_len / 4 && spare < self.fill_ring_len as usize {
+            counters.fill_starved += 1;
+        }
+        if self.mode.need_wakeup && xsk.fill_needs_wakeup() {
+            counters.rx_kicks += 1;
+            let _ = xsk.kick_rx();
+        }
+    }
+
+    /// Takes transmitted frames off the completion ring and returns them to the pool.
+    fn reap_completions(&mut self) {
+        let Self { xsk, pool, .. } = self;
+        let stride = xsk.frame_len();
+        let mut bad = 0;
+        loop {
+            let n = xsk.complete_pop(COMPLETION_BATCH, |addr| {
+                match reclaim(pool, stride, addr, 0) {
+                    // Back to the pool.
+                    Some(buf) => drop(buf),
+                    None => bad += 1,
+                }
+            });
+            if n < COMPLETION_BATCH {
+                break;
+            }
+        }
+        if bad > 0 {
+            self.note_bad_descriptors(bad, "completion");
+        }
+    }
+
+    fn note_bad_descriptors(&mut self, n: u64, ring: &'static str) {
+        self.counters.bad_descriptors += n;
+        if !self.bad_desc_warned {
+            self.bad_desc_warned = true;
+            tracing::warn!(
+                iface = %self.ifname,
+                ring,
+                "the kernel returned {n} address(es) that are not frames lent to it; ignored \
+                 (counted in bad_descriptors; further ones are not logged)"
+            );
+        }
+    }
+
+    /// Makes the kernel transmit what is on the TX ring, if it needs a system call for that.
+    fn kick_tx(&mut self) {
+        let mut kicks = 0;
+        while kicks < TX_KICKS_MAX {
+            let before = self.xsk.tx_pending();
+            if before == 0 || (self.mode.need_wakeup && !self.xsk.tx_needs_wakeup()) {
+                break;
+            }
+            kicks += 1;
+            self.counters.tx_kicks += 1;
+            if let Err(e) = self.xsk.kick_tx() {
+                match e.raw_os_error() {
+                    // More left (copy mode sends 32 per call), or "later".
+                    Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS) => {}
+                    _ => {
+                        self.counters.tx_kick_errors += 1;
+                        tracing::debug!(iface = %self.ifname, "sendto kick failed: {e}");
+                        break;
+                    }
+                }
+            }
+            // In zero-copy mode the driver sends later, so nothing moved yet: one kick is it.
+            if self.xsk.tx_pending() >= before {
+                break;
+            }
+        }
+    }
+}
+
+/// Pool buffer for UMEM address `addr` holding `len` bytes, if the address is one of a frame
+/// lent to the kernel.
+#[inline]
+fn reclaim(pool: &BufPool, stride: u64, addr: u64, len: u32) -> Option<PoolBuf> {
+    let idx = u32::try_from(addr / stride).ok()?;
+    pool.reclaim(idx, (addr % stride) as usize, len as usize)
+}
+
+fn lookup(ifname: &str) -> Result<u32, XdpError> {
+    sys::ifindex(ifname).map_err(|source| XdpError::NoSuchInterface {
+        ifname: ifname.to_string(),
+        source,
+    })
+}
+
+/// Fails with the missing capabilities by name; returns the effective set.
+fn check_capabilities(ifname: &str) -> Result<u64, XdpError> {
+    let set = caps::effective().map_err(|source| XdpError::Io {
+        ifname: ifname.to_string(),
+        op: "reading CapEff from /proc/self/status",
+        source,
+    })?;
+    let missing = caps::missing_for_xdp(set);
+    if !missing.is_empty() {
+        return Err(XdpError::MissingCapabilities {
+            ifname: ifname.to_string(),
+            missing: CapList(missing),
+        });
+    }
+    Ok(set)
+}
+
+fn map_error(ifname: &str, op: &'static str, source: io::Error) -> XdpError {
+    match source.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => XdpError::PermissionDenied {
+            ifname: ifname.to_string(),
+            op,
+            source,
+        },
+        Some(libc::ENOSYS) => XdpError::NotSupported {
+            op,
+            config: "the bpf() system call (CONFIG_BPF_SYSCALL)",
+            source,
+        },
+        Some(libc::EINVAL) if op == "creating the XSKMAP" => XdpError::NotSupported {
+            op,
+            config: "XSKMAP support (CONFIG_XDP_SOCKETS)",
+            source,
+        },
+        _ => XdpError::Map { op, source },
+    }
+}
+
+fn load_program(ifname: &str, insns: &[bpf::Insn]) -> Result<OwnedFd, XdpError> {
+    bpf::load_xdp_program(insns, PROGRAM_LICENSE, PROGRAM_NAME).map_err(|e| {
+        match e.source.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) if e.log.is_empty() => XdpError::PermissionDenied {
+                ifname: ifname.to_string(),
+                op: "loading the XDP program",
+                source: e.source,
+            },
+            _ => XdpError::ProgramRejected {
+                source: e.source,
+                log: e.log,
+            },
+        }
+    })
+}
+
+/// Runs `f` until it does not fail with `EBUSY`, for at most [`BUSY_RETRY_MAX`] in all, with
+/// doubling pauses; returns its result and how many retries it took.
+fn retry_busy<T>(
+    what: &str,
+    ifname: &str,
+    mut f: impl FnMut() -> io::Result<T>,
+) -> (io::Result<T>, u32) {
+    let start = WallInstant::now();
+    let mut pause = BUSY_BACKOFF_MIN;
+    let mut retries = 0;
+    loop {
+        match f() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                if start.elapsed() + pause > BUSY_RETRY_MAX {
+                    return (Err(e), retries);
+                }
+                if retries == 0 {
+                    tracing::info!(
+                        iface = %ifname,
+                        "{what}: busy (a socket or program on it closed moments ago?); \
+                         retrying for up to {BUSY_RETRY_MAX:?}"
+                    );
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(BUSY_BACKOFF_MAX);
+                retries += 1;
+            }
+            r => {
+                if retries > 0 && r.is_ok() {
+                    tracing::info!(
+                        iface = %ifname,
+                        "{what}: succeeded after {retries} retries ({:?})",
+                        start.elapsed()
+                    );
+                }
+                return (r, retries);
+            }
+        }
+    }
+}
+
+/// Attaches the program, native first when `mode` allows, through a BPF link.
+fn attach(
+    ifname: &str,
+    ifindex: u32,
+    prog: BorrowedFd<'_>,
+    mode: XdpMode,
+) -> Result<(OwnedFd, AttachMode, u32), XdpError> {
+    let tries: &[AttachMode] = match mode {
+        XdpMode::Auto => &[AttachMode::Native, AttachMode::Generic],
+        XdpMode::Native => &[AttachMode::Native],
+        XdpMode::Generic => &[AttachMode::Generic],
+    };
+    let mut attempts = Vec::new();
+    let mut retries_all = 0;
+    for &m in tries {
+        let flags = match m {
+            AttachMode::Native => bpf::XDP_FLAGS_DRV_MODE,
+            AttachMode::Generic => bpf::XDP_FLAGS_SKB_MODE,
+        };
+        let (r, retries) = retry_busy("attaching the XDP program", ifname, || {
+            bpf::link_xdp(prog, ifindex, flags)
+        });
+        retries_all += retries;
+        match r {
+            Ok(link) => {
+                if !attempts.is_empty() {
+                    tracing::warn!(
+                        iface = %ifname,
+                        "native XDP refused ({}); using generic XDP, which is slower",
+                        Attempts(attempts)
+                    );
+                }
+                tracing::debug!(iface = %ifname, mode = %m, "XDP program attached through a BPF link");
+                return Ok((link, m, retries_all));
+            }
+            Err(e) => {
+                let fatal = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBUSY | libc::EPERM | libc::EACCES | libc::ENODEV)
+                );
+                attempts.push((m, e));
+                if fatal {
+                    break;
+                }
+            }
+        }
+    }
+    let attempts = Attempts(attempts);
+    let hint = error::attach_hint(&attempts);
+    Err(XdpError::AttachRefused {
+        ifname: ifname.to_string(),
+        attempts,
+        hint,
+    })
+}
+
+/// Binds the socket, zero-copy first when `zc` allows, retrying `EBUSY`.
+fn bind(xsk: &Xsk, config: &XdpConfig, zc: ZeroCopy) -> Result<(BindMode, u32), XdpError> {
+    let tries: &[BindMode] = match zc {
+        ZeroCopy::Auto => &[BindMode::ZeroCopy, BindMode::Copy],
+        ZeroCopy::On => &[BindMode::ZeroCopy],
+        ZeroCopy::Off => &[BindMode::Copy],
+    };
+    let wakeup = if config.need_wakeup {
+        sys::XDP_USE_NEED_WAKEUP
+    } else {
+        0
+    };
+    let mut attempts: Vec<(BindMode, io::Error)> = Vec::new();
+    let mut retries_all = 0;
+    for &m in tries {
+        let flags = wakeup
+            | match m {
+                BindMode::ZeroCopy => sys::XDP_ZEROCOPY,
+                BindMode::Copy => sys::XDP_COPY,
+            };
+        let (r, retries) = retry_busy("binding the AF_XDP socket", &config.ifname, || {
+            xsk.bind(flags)
+        });
+        retries_all += retries;
+        match r {
+            Ok(()) => {
+                if let Some((_, e)) = attempts.last() {
+                    tracing::info!(
+                        iface = %config.ifname,
+                        queue = config.queue_id,
+                        "zero-copy bind refused ({e}); using copy mode"
+                    );
+                }
+                return Ok((m, retries_all));
+            }
+            Err(e) => {
+                let fatal = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBUSY | libc::EPERM | libc::EACCES | libc::ENODEV)
+                );
+                attempts.push((m, e));
+                if fatal {
+                    break;
+                }
+            }
+        }
+    }
+    let attempts = Attempts(attempts);
+    let hint = error::bind_hint(&attempts);
+    Err(XdpError::Bind {
+        ifname: config.ifname.clone(),
+        queue_id: config.queue_id,
+        attempts,
+        hint,
+    })
+}
+
+fn socket_error(config: &XdpConfig, umem_len: usize, e: XskSetupError) -> XdpError {
+    let errno = e.source.raw_os_error();
+    match (e.step, errno) {
+        (XskStep::Socket, Some(libc::EAFNOSUPPORT)) => XdpError::NotSupported {
+            op: "creating an AF_XDP socket",
+            config: "AF_XDP sockets (CONFIG_XDP_SOCKETS)",
+            source: e.source,
+        },
+        (XskStep::Socket, Some(libc::EPERM | libc::EACCES)) => XdpError::PermissionDenied {
+            ifname: config.ifname.clone(),
+            op: "creating an AF_XDP socket",
+            source: e.source,
+        },
+        (XskStep::UmemRegister, Some(libc::ENOBUFS | libc::ENOMEM | libc::EPERM)) => {
+            XdpError::LockedMemory {
+                umem_len,
+                limit: MemlockLimit(sys::memlock_limit().unwrap_or(None)),
+                source: e.source,
+            }
+        }
+        _ => XdpError::Socket {
+            ifname: config.ifname.clone(),
+            queue_id: config.queue_id,
+            step: e.step,
+            source: e.source,
+        },
+    }
+}
+
+impl std::fmt::Debug for XdpDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpDevice")
+            .field("ifname", &self.ifname)
+            .field("queue_id", &self.queue_id)
+            .field("mode", &self.mode)
+            .field("caps", &self.caps)
+            .field("link_fd", &self.link.as_raw_fd())
+            .field("stats", &self.counters)
+            .finish()
+    }
+}
+
+impl AsFd for XdpDevice {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.xsk.as_fd()
+    }
+}
+
+impl AsRawFd for XdpDevice {
+    fn as_raw_fd(&self) -> RawFd {
+        self.xsk.as_raw_fd()
+    }
+}
+
+impl PacketDevice for XdpDevice {
+    type Frame = PoolBuf;
+
+    fn caps(&self) -> DeviceCaps {
+        self.caps
+    }
+
+    fn rx_burst(&mut self, _now: Instant, batch: &mut Batch<PoolBuf>) -> usize {
+        let want = batch.free().min(self.caps.burst_max) as u32;
+        let frame_len_max = self.caps.frame_len_max();
+        let mut got = 0;
+        let mut bad = 0;
+        let mut popped = 0;
+        if want > 0 {
+            let Self {
+                xsk,
+                pool,
+                counters,
+                ..
+            } = self;
+            let stride = xsk.frame_len();
+            popped = xsk.rx_pop(want, |addr, len, options| {
+                let Some(buf) = reclaim(pool, stride, addr, len) else {
+                    bad += 1;
+                    return;
+                };
+                let len = len as usize;
+                // Multi-buffer frames (options != 0) are never asked for; treat one as broken.
+                if options != 0 || len < ETH_HEADER_LEN || len > frame_len_max {
+                    counters.link.rx_errors += 1;
+                    return;
+                }
+                counters.link.rx_packets += 1;
+                counters.link.rx_bytes += len as u64;
+                // Cannot fail: at most batch.free() descriptors are taken.
+                if batch.push(buf).is_err() {
+                    counters.link.rx_dropped += 1;
+                } else {
+                    got += 1;
+                }
+            });
+            if popped == 0 {
+                counters.rx_empty_polls += 1;
+                if self.mode.busy_poll {
+                    counters.rx_kicks += 1;
+                    let _ = xsk.kick_rx();
+                }
+            }
+        }
+        if bad > 0 {
+            self.note_bad_descriptors(bad, "RX");
+        }
+        if popped > 0 || self.xsk.fill_pending() < self.fill_ring_len / 2 {
+            self.refill();
+        }
+        if self.xsk.complete_available() > 0 {
+            self.reap_completions();
+        }
+        got
+    }
+
+    fn tx_alloc(&mut self) -> Option<PoolBuf> {
+        if let Some(buf) = self.pool.alloc() {
+            return Some(buf);
+        }
+        self.reap_completions();
+        self.pool.alloc()
+    }
+
+    fn tx_burst(&mut self, _now: Instant, batch: &mut Batch<PoolBuf>) -> usize {
+        if self.xsk.complete_available() > 0 {
+            self.reap_completions();
+        }
+        let max = batch.len().min(self.caps.burst_max) as u32;
+        let frame_len_max = self.caps.frame_len_max();
+        let mut taken = 0;
+        {
+            let Self {
+                xsk,
+                pool,
+                counters,
+                ..
+            } = self;
+            xsk.tx_push(max, || {
+                while let Some(frame) = batch.pop() {
+                    taken += 1;
+                    let len = frame.len();
+                    if !(ETH_HEADER_LEN..=frame_len_max).contains(&len) {
+                        counters.link.tx_errors += 1;
+                        continue;
+                    }
+                    let head = frame.headroom();
+                    let idx = pool.lend(frame);
+                    counters.link.tx_packets += 1;
+                    counters.link.tx_bytes += len as u64;
+                    return Some(((pool.buf_offset(idx) + head) as u64, len as u32));
+                }
+                None
+            });
+        }
+        if !batch.is_empty() && taken < max as usize {
+            self.counters.tx_ring_full += 1;
+        }
+        self.kick_tx();
+        taken
+    }
+
+    fn stats(&self) -> LinkStats {
+        self.xdp_stats().link
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        if self.xsk.rx_available() > 0 {
+            return;
+        }
+        if self.xsk.tx_pending() > 0 {
+            self.kick_tx();
+        }
+        if let Err(e) = self.xsk.poll_readable(timeout) {
+            tracing::debug!(iface = %self.ifname, "poll on the AF_XDP socket failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_fit_a_1500_mtu() {
+        let c = XdpConfig::new("eth0");
+        c.validate().unwrap();
+        assert!(c.frame_capacity() >= 1500 + ETH_HEADER_LEN);
+        assert_eq!(c.frame_capacity(), 2048 - 256);
+        assert!(c.fill_ring_len >= 8192, "PLATFORM.md: fill ring 8192+");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let field = |c: XdpConfig| match c.validate() {
+            Err(XdpError::InvalidConfig { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let base = XdpConfig::new("eth0");
+        assert_eq!(
+            field(XdpConfig {
+                frame_len: 8192,
+                ..base.clone()
+            }),
+            "frame_len"
+        );
+        assert_eq!(
+            field(XdpConfig {
+                rx_ring_len: 1000,
+                ..base.clone()
+            }),
+            "rx_ring_len"
+        );
+        assert_eq!(
+            field(XdpConfig {
+                frames: 4096,
+                ..base.clone()
+            }),
+            "frames"
+        );
+        assert_eq!(
+            field(XdpConfig {
+                completion_ring_len: 1024,
+                ..base.clone()
+            }),
+            "completion_ring_len"
+        );
+        assert_eq!(
+            field(XdpConfig {
+                headroom: 1300,
+                ..base.clone()
+            }),
+            "headroom"
+        );
+        assert_eq!(
+            field(XdpConfig {
+                burst_max: 0,
+                ..base.clone()
+            }),
+            "burst_max"
+        );
+        assert_eq!(
+            field(XdpConfig {
+                queue_id: 5000,
+                ..base
+            }),
+            "queue_id"
+        );
+    }
+
+    #[test]
+    fn absent_interface_is_a_clear_error() {
+        let e = XdpDevice::open(&XdpConfig::new("ust-nonexist0")).unwrap_err();
+        assert!(matches!(e, XdpError::NoSuchInterface { .. }), "{e:?}");
+        assert!(e.to_string().contains("ust-nonexist0"), "{e}");
+        let e = XdpDevice::probe("ust-nonexist0").unwrap_err();
+        assert!(matches!(e, XdpError::NoSuchInterface { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn reclaim_checks_addresses() {
+        let pool = BufPool::with_capacity(4, 2048, 256, PageSize::Base4K).unwrap();
+        let b = pool.alloc().unwrap();
+        let idx = pool.lend(b);
+        let addr = pool.buf_offset(idx) as u64 + 256;
+        assert!(
+            reclaim(&pool, 2048, u64::MAX, 0).is_none(),
+            "index past u32"
+        );
+        assert!(reclaim(&pool, 2048, addr + 2048, 10).is_none(), "not lent");
+        let back = reclaim(&pool, 2048, addr, 60).expect("lent frame");
+        assert_eq!((back.headroom(), back.len()), (256, 60));
+        assert!(reclaim(&pool, 2048, addr, 60).is_none(), "only once");
+    }
+}
