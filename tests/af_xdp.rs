@@ -652,6 +652,73 @@ fn sigkill_leaves_the_interface_to_the_kernel_and_a_restart_rebinds() {
     kernel_tcp_works(&pair, Duration::from_secs(5)).expect("kernel TCP at the end");
 }
 
+// --- checksums: a kernel peer with TX checksum offload on ------------------------------------
+
+/// With offload on (veth's default), the kernel in B sends TCP segments whose checksum field
+/// holds only the pseudo-header sum; AF_XDP hands them over as they are and the stack must drop
+/// them (counted), which is why test topologies turn offload off on the peer.
+fn partial_checksums_from_an_offloading_peer_are_dropped(subnet: u8, mode: XdpMode) {
+    if let Err(e) = netns::can_create_netns() {
+        skip(&e.to_string());
+        return;
+    }
+    init_log();
+    let pair = VethPair::create(&VethConfig {
+        prefix: "ustxdp".into(),
+        addr_a: subnet_addr(subnet, 1),
+        addr_b: subnet_addr(subnet, 2),
+        prefix_len: 24,
+        mtu: None,
+        tx_checksum_off: false,
+    })
+    .expect("veth pair");
+    let ip = subnet_addr(subnet, 3);
+    let config = xdp_config(pair.iface_a(), ip, mode);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_flag = Arc::clone(&stop);
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let server = pair
+        .a()
+        .spawn(move || {
+            let dev = XdpDevice::open(&config).expect("open");
+            let mac = dev.mac();
+            let mut stack = Stack::new(dev, stack_config(ip, mac)).expect("stack");
+            let listener = stack.listen(PORT, 1).expect("listen");
+            ready_tx.send(()).unwrap();
+            while !stop_flag.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                let _ = stack.accept(listener);
+                if !stack.poll(now) {
+                    stack.wait(now, Duration::from_millis(1));
+                }
+            }
+            stack.stats()
+        })
+        .expect("spawn");
+    ready_rx.recv().unwrap();
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+    let connected = pair
+        .b()
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).is_ok())
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let stats = server.join().unwrap();
+    println!("{mode:?}: connected={connected} stack {stats:?}");
+    assert!(!connected, "a partial checksum was accepted");
+    assert!(stats.rx_bad_checksum >= 1, "{stats:?}");
+    assert_eq!(stats.accepted, 0);
+}
+
+#[test]
+fn partial_checksums_native() {
+    partial_checksums_from_an_offloading_peer_are_dropped(8, XdpMode::Native);
+}
+
+#[test]
+fn partial_checksums_generic() {
+    partial_checksums_from_an_offloading_peer_are_dropped(9, XdpMode::Generic);
+}
+
 // --- 4. errors --------------------------------------------------------------------------------
 
 #[test]

@@ -56,6 +56,14 @@
 //! One `XdpDevice` per interface: a second one on another queue of the same interface would
 //! find the first one's program attached (`EBUSY`).
 //!
+//! # Addresses
+//!
+//! Give the stack the interface's own MAC address ([`XdpDevice::mac`]): a NIC drops unicast
+//! frames for other addresses before XDP runs (unless promiscuous), and peers that cached the
+//! address in their ARP tables keep reaching a restarted server (a random MAC per process
+//! leaves them sending to the old one for tens of seconds). Sharing the MAC with the kernel is
+//! fine: the program tells the two apart by IPv4 address.
+//!
 //! # Checksums
 //!
 //! Copy-mode AF_XDP offers no checksum offload, so the device claims none and the stack checks
@@ -63,9 +71,11 @@
 //! with TX checksum offload on (veth's default), the kernel sends TCP and UDP with only the
 //! pseudo-header sum in the checksum field (`CHECKSUM_PARTIAL`), expecting the receiving kernel
 //! not to check; AF_XDP hands those frames over as they are and ustack's stack drops them as
-//! corrupt. Turn offload off on the peer (`ethtool -K PEER tx off`;
-//! [`VethPair`](crate::sys::netns::VethPair) does it by default). In generic mode, also turn
-//! off TSO/GSO on the peer (tx off also disables TSO) so no frame exceeds the MTU.
+//! corrupt (measured: a kernel client's SYNs are dropped and counted in the stack's
+//! `rx_bad_checksum`, in native and generic mode, `tests/af_xdp.rs`). Turn offload off on the
+//! peer (`ethtool -K PEER tx off`; [`VethPair`](crate::sys::netns::VethPair) does it by
+//! default). Turning it off also turns off TSO, so the peer sends no frame larger than the MTU
+//! (GSO segments in software before the veth), which generic mode needs.
 //!
 //! # Restarting
 //!
@@ -529,7 +539,7 @@ impl XdpDevice {
             page = %dev.pool.page_size(),
             filter = ?config.filter_ipv4,
             mtu,
-            mac = ?mac,
+            mac = %MacText(mac),
             "opened AF_XDP device"
         );
         Ok(dev)
@@ -709,6 +719,20 @@ impl XdpDevice {
                 break;
             }
         }
+    }
+}
+
+/// A MAC address as `02:00:5e:10:20:30`, for logs.
+struct MacText([u8; 6]);
+
+impl std::fmt::Display for MacText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -1191,6 +1215,16 @@ mod tests {
         assert!(e.to_string().contains("ust-nonexist0"), "{e}");
         let e = XdpDevice::probe("ust-nonexist0").unwrap_err();
         assert!(matches!(e, XdpError::NoSuchInterface { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn device_moves_between_threads() {
+        fn send<T: Send>() {}
+        send::<XdpDevice>();
+        assert_eq!(
+            MacText([2, 0, 0x5e, 0x10, 0x20, 0xff]).to_string(),
+            "02:00:5e:10:20:ff"
+        );
     }
 
     #[test]
