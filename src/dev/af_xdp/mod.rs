@@ -44,12 +44,12 @@
 //!
 //! # The XDP program
 //!
-//! See [`program`](self) in `program.rs` and `pmd/xdp_redirect.c`. With
-//! [`XdpConfig::filter_ipv4`] set (the recommended setting), only IPv4 packets to that address
-//! and ARP packets asking for or answering to it go to ustack; everything else goes to the
-//! kernel (`XDP_PASS`), so the host keeps using the interface for its own addresses. The
-//! kernel never answers ARP for an address it does not have: ustack's stack answers ARP for its
-//! address itself. Without a filter the queue's whole traffic goes to ustack. The program is
+//! Its instruction listing is in `src/dev/af_xdp/program.rs`, its C source in
+//! `pmd/xdp_redirect.c`. With [`XdpConfig::filter_ipv4`] set (the recommended setting), only
+//! IPv4 packets to that address and ARP packets asking for or answering to it go to ustack;
+//! everything else goes to the kernel (`XDP_PASS`), so the host keeps using the interface for
+//! its own addresses. The kernel never answers ARP for an address it does not have: ustack's
+//! stack answers ARP for its address itself. Without a filter the queue's whole traffic goes to ustack. The program is
 //! attached through a BPF link: when the device is dropped, or the process dies in any way
 //! (`SIGKILL` included), the kernel detaches it and the interface works as before.
 //!
@@ -83,259 +83,33 @@
 //! binding returns `EBUSY` meanwhile. `open` retries with backoff for up to 2 s (logged).
 
 mod caps;
+mod config;
 mod error;
 mod program;
+mod setup;
 
-use std::ffi::CStr;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant as WallInstant};
+use std::time::Duration;
 
+pub use config::{AttachMode, BindMode, BusyPoll, XdpConfig, XdpMode, ZeroCopy};
 pub use error::{Attempts, CapList, MemlockLimit, XdpError};
 
 use crate::dev::{Batch, ChecksumCaps, DeviceCaps, LinkStats, PacketDevice, ETH_HEADER_LEN};
 use crate::mem::{BufPool, PageSize, PoolBuf};
 use crate::sys::bpf;
-use crate::sys::xdp::{self as sys, Xsk, XskRings, XskSetupError, XskStatistics, XskStep};
+use crate::sys::xdp::{self as sys, Xsk, XskRings, XskStatistics};
 use crate::time::Instant;
+use setup::{
+    attach, bind, check_capabilities, load_program, lookup, map_error, socket_error, MacText,
+    MAP_NAME,
+};
 
-/// Longest total time `open` keeps retrying a bind (or attach) that fails with `EBUSY`.
-const BUSY_RETRY_MAX: Duration = Duration::from_secs(2);
-/// First pause between `EBUSY` retries; doubles up to [`BUSY_BACKOFF_MAX`].
-const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(5);
-/// Longest pause between `EBUSY` retries.
-const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// Completions reclaimed per ring read.
 const COMPLETION_BATCH: u32 = 256;
 /// Most `sendto` kicks per TX burst (each sends at most 32 frames in copy mode).
 const TX_KICKS_MAX: u32 = 64;
-/// Largest queue id accepted (the XSKMAP has `queue_id + 1` slots).
-const QUEUE_ID_MAX: u32 = 1023;
-/// Largest ring accepted.
-const RING_LEN_MAX: u32 = 1 << 18;
-/// License string of the program (it calls no GPL-only helper).
-const PROGRAM_LICENSE: &CStr = c"Dual MIT/GPL";
-/// Name of the program and map, as `bpftool` shows them.
-const PROGRAM_NAME: &str = "ustack_xdp";
-const MAP_NAME: &str = "ustack_xsks";
-
-/// Where the XDP program runs.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub enum XdpMode {
-    /// Native if the driver has it, else generic (logged).
-    #[default]
-    Auto,
-    /// Native (driver) XDP only.
-    Native,
-    /// Generic (socket-buffer) XDP only: works on any interface, slower.
-    Generic,
-}
-
-/// Whether the socket shares the UMEM with the NIC (zero-copy) or the kernel copies.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub enum ZeroCopy {
-    /// Zero-copy if the driver has it, else copy (logged).
-    #[default]
-    Auto,
-    /// Zero-copy only.
-    On,
-    /// Copy mode only.
-    Off,
-}
-
-/// How the program was attached (the outcome of [`XdpMode`]).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// In the driver (`XDP_FLAGS_DRV_MODE`).
-    Native,
-    /// On socket buffers (`XDP_FLAGS_SKB_MODE`).
-    Generic,
-}
-
-impl std::fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AttachMode::Native => "native",
-            AttachMode::Generic => "generic",
-        })
-    }
-}
-
-/// How the socket was bound (the outcome of [`ZeroCopy`]).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum BindMode {
-    /// `XDP_ZEROCOPY`.
-    ZeroCopy,
-    /// `XDP_COPY`.
-    Copy,
-}
-
-impl std::fmt::Display for BindMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BindMode::ZeroCopy => "zero-copy",
-            BindMode::Copy => "copy",
-        })
-    }
-}
-
-/// Busy polling of the device queue from the socket's system calls.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct BusyPoll {
-    /// `SO_BUSY_POLL`: how long one system call may busy-poll, microseconds.
-    pub timeout_us: u32,
-    /// `SO_BUSY_POLL_BUDGET`: most frames one busy poll processes.
-    pub budget: u32,
-}
-
-/// How to open an [`XdpDevice`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct XdpConfig {
-    /// Interface name, in the calling thread's network namespace.
-    pub ifname: String,
-    /// Queue (channel) to bind. Default 0.
-    pub queue_id: u32,
-    /// Native or generic XDP. Default [`XdpMode::Auto`].
-    pub mode: XdpMode,
-    /// Zero-copy or copy. Default [`ZeroCopy::Auto`].
-    pub zero_copy: ZeroCopy,
-    /// UMEM frame size: 2048 or 4096 bytes. Default 2048 (holds a 1500-byte MTU).
-    pub frame_len: usize,
-    /// UMEM frames (the pool's size; rounded up to fill whole pages). Default 16384 (32 MiB).
-    /// Must be at least `fill_ring_len + tx_ring_len + 2 * burst_max`.
-    pub frames: usize,
-    /// Fill ring entries (power of two). Default 8192.
-    pub fill_ring_len: u32,
-    /// Completion ring entries (power of two, at least `tx_ring_len`). Default 4096.
-    pub completion_ring_len: u32,
-    /// RX ring entries (power of two). Default 4096.
-    pub rx_ring_len: u32,
-    /// TX ring entries (power of two). Default 2048.
-    pub tx_ring_len: u32,
-    /// Extra UMEM headroom in front of each received frame, bytes, beyond the kernel's
-    /// 256-byte `XDP_PACKET_HEADROOM`. Default 0.
-    pub headroom: usize,
-    /// Send only IPv4 packets to this address and ARP for it to ustack, the rest to the kernel;
-    /// `None` sends everything of the queue to ustack. Default `None`; set it to the stack's
-    /// address.
-    pub filter_ipv4: Option<Ipv4Addr>,
-    /// Use the kernel's need_wakeup flags to skip system calls it does not need. Default on.
-    pub need_wakeup: bool,
-    /// Busy-poll the device queue from this socket. Default off.
-    pub busy_poll: Option<BusyPoll>,
-    /// Most frames moved by one `rx_burst` or `tx_burst`. Default 64.
-    pub burst_max: usize,
-    /// Page size wanted for the UMEM. Default 2 MiB (falls back to 4 KiB with a warning).
-    pub page_size: PageSize,
-}
-
-impl XdpConfig {
-    /// The defaults for interface `ifname`.
-    pub fn new(ifname: impl Into<String>) -> XdpConfig {
-        XdpConfig {
-            ifname: ifname.into(),
-            queue_id: 0,
-            mode: XdpMode::Auto,
-            zero_copy: ZeroCopy::Auto,
-            frame_len: 2048,
-            frames: 16384,
-            fill_ring_len: 8192,
-            completion_ring_len: 4096,
-            rx_ring_len: 4096,
-            tx_ring_len: 2048,
-            headroom: 0,
-            filter_ipv4: None,
-            need_wakeup: true,
-            busy_poll: None,
-            burst_max: 64,
-            page_size: PageSize::Huge2M,
-        }
-    }
-
-    /// Longest Ethernet frame a UMEM frame holds after the headroom.
-    pub fn frame_capacity(&self) -> usize {
-        self.frame_len
-            .saturating_sub(sys::XDP_PACKET_HEADROOM + self.headroom)
-    }
-
-    /// Frames kept back from the fill ring for transmitting.
-    fn tx_reserve(&self) -> usize {
-        self.tx_ring_len as usize + 2 * self.burst_max
-    }
-
-    /// Checks every value; the first one out of range is the error.
-    pub fn validate(&self) -> Result<(), XdpError> {
-        let bad = |field, value: u64, reason| {
-            Err(XdpError::InvalidConfig {
-                field,
-                value,
-                reason,
-            })
-        };
-        if self.frame_len != 2048 && self.frame_len != 4096 {
-            return bad(
-                "frame_len",
-                self.frame_len as u64,
-                "must be 2048 or 4096 (the kernel's aligned mode needs a power of two; 8192 is refused)",
-            );
-        }
-        if self.frame_capacity() < ETH_HEADER_LEN + 576 {
-            return bad(
-                "headroom",
-                self.headroom as u64,
-                "leaves no room for a 576-byte IPv4 packet in a frame",
-            );
-        }
-        if self.queue_id > QUEUE_ID_MAX {
-            return bad("queue_id", u64::from(self.queue_id), "must be at most 1023");
-        }
-        for (field, len) in [
-            ("fill_ring_len", self.fill_ring_len),
-            ("completion_ring_len", self.completion_ring_len),
-            ("rx_ring_len", self.rx_ring_len),
-            ("tx_ring_len", self.tx_ring_len),
-        ] {
-            if !len.is_power_of_two() || !(64..=RING_LEN_MAX).contains(&len) {
-                return bad(
-                    field,
-                    u64::from(len),
-                    "must be a power of two from 64 to 262144",
-                );
-            }
-        }
-        if self.completion_ring_len < self.tx_ring_len {
-            return bad(
-                "completion_ring_len",
-                u64::from(self.completion_ring_len),
-                "must be at least tx_ring_len, or sent frames cannot all be handed back",
-            );
-        }
-        if self.burst_max == 0 || self.burst_max > 1024 {
-            return bad("burst_max", self.burst_max as u64, "must be 1 to 1024");
-        }
-        if self.frames < self.fill_ring_len as usize + self.tx_reserve() {
-            return bad(
-                "frames",
-                self.frames as u64,
-                "must be at least fill_ring_len + tx_ring_len + 2 * burst_max",
-            );
-        }
-        if self.frames > u32::MAX as usize / 2 {
-            return bad("frames", self.frames as u64, "too many");
-        }
-        if let Some(bp) = self.busy_poll {
-            if bp.budget == 0 || bp.timeout_us == 0 {
-                return bad(
-                    "busy_poll",
-                    u64::from(bp.budget.min(bp.timeout_us)),
-                    "budget and timeout_us must be at least 1",
-                );
-            }
-        }
-        Ok(())
-    }
-}
 
 /// What [`XdpDevice::open`] ended up with.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -722,18 +496,12 @@ impl XdpDevice {
     }
 }
 
-/// A MAC address as `02:00:5e:10:20:30`, for logs.
-struct MacText([u8; 6]);
-
-impl std::fmt::Display for MacText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
+/// Whether `buf` lies in `pool`'s memory (a buffer of that pool).
+#[inline]
+fn owns(pool: &BufPool, buf: &PoolBuf) -> bool {
+    let (base, len) = pool.memory();
+    let at = buf.as_slice().as_ptr() as usize;
+    (base as usize..base as usize + len).contains(&at)
 }
 
 /// Pool buffer for UMEM address `addr` holding `len` bytes, if the address is one of a frame
@@ -742,250 +510,6 @@ impl std::fmt::Display for MacText {
 fn reclaim(pool: &BufPool, stride: u64, addr: u64, len: u32) -> Option<PoolBuf> {
     let idx = u32::try_from(addr / stride).ok()?;
     pool.reclaim(idx, (addr % stride) as usize, len as usize)
-}
-
-fn lookup(ifname: &str) -> Result<u32, XdpError> {
-    sys::ifindex(ifname).map_err(|source| XdpError::NoSuchInterface {
-        ifname: ifname.to_string(),
-        source,
-    })
-}
-
-/// Fails with the missing capabilities by name; returns the effective set.
-fn check_capabilities(ifname: &str) -> Result<u64, XdpError> {
-    let set = caps::effective().map_err(|source| XdpError::Io {
-        ifname: ifname.to_string(),
-        op: "reading CapEff from /proc/self/status",
-        source,
-    })?;
-    let missing = caps::missing_for_xdp(set);
-    if !missing.is_empty() {
-        return Err(XdpError::MissingCapabilities {
-            ifname: ifname.to_string(),
-            missing: CapList(missing),
-        });
-    }
-    Ok(set)
-}
-
-fn map_error(ifname: &str, op: &'static str, source: io::Error) -> XdpError {
-    match source.raw_os_error() {
-        Some(libc::EPERM | libc::EACCES) => XdpError::PermissionDenied {
-            ifname: ifname.to_string(),
-            op,
-            source,
-        },
-        Some(libc::ENOSYS) => XdpError::NotSupported {
-            op,
-            config: "the bpf() system call (CONFIG_BPF_SYSCALL)",
-            source,
-        },
-        Some(libc::EINVAL) if op == "creating the XSKMAP" => XdpError::NotSupported {
-            op,
-            config: "XSKMAP support (CONFIG_XDP_SOCKETS)",
-            source,
-        },
-        _ => XdpError::Map { op, source },
-    }
-}
-
-fn load_program(ifname: &str, insns: &[bpf::Insn]) -> Result<OwnedFd, XdpError> {
-    bpf::load_xdp_program(insns, PROGRAM_LICENSE, PROGRAM_NAME).map_err(|e| {
-        match e.source.raw_os_error() {
-            Some(libc::EPERM | libc::EACCES) if e.log.is_empty() => XdpError::PermissionDenied {
-                ifname: ifname.to_string(),
-                op: "loading the XDP program",
-                source: e.source,
-            },
-            _ => XdpError::ProgramRejected {
-                source: e.source,
-                log: e.log,
-            },
-        }
-    })
-}
-
-/// Runs `f` until it does not fail with `EBUSY`, for at most [`BUSY_RETRY_MAX`] in all, with
-/// doubling pauses; returns its result and how many retries it took.
-fn retry_busy<T>(
-    what: &str,
-    ifname: &str,
-    mut f: impl FnMut() -> io::Result<T>,
-) -> (io::Result<T>, u32) {
-    let start = WallInstant::now();
-    let mut pause = BUSY_BACKOFF_MIN;
-    let mut retries = 0;
-    loop {
-        match f() {
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                if start.elapsed() + pause > BUSY_RETRY_MAX {
-                    return (Err(e), retries);
-                }
-                if retries == 0 {
-                    tracing::info!(
-                        iface = %ifname,
-                        "{what}: busy (a socket or program on it closed moments ago?); \
-                         retrying for up to {BUSY_RETRY_MAX:?}"
-                    );
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(BUSY_BACKOFF_MAX);
-                retries += 1;
-            }
-            r => {
-                if retries > 0 && r.is_ok() {
-                    tracing::info!(
-                        iface = %ifname,
-                        "{what}: succeeded after {retries} retries ({:?})",
-                        start.elapsed()
-                    );
-                }
-                return (r, retries);
-            }
-        }
-    }
-}
-
-/// Attaches the program, native first when `mode` allows, through a BPF link.
-fn attach(
-    ifname: &str,
-    ifindex: u32,
-    prog: BorrowedFd<'_>,
-    mode: XdpMode,
-) -> Result<(OwnedFd, AttachMode, u32), XdpError> {
-    let tries: &[AttachMode] = match mode {
-        XdpMode::Auto => &[AttachMode::Native, AttachMode::Generic],
-        XdpMode::Native => &[AttachMode::Native],
-        XdpMode::Generic => &[AttachMode::Generic],
-    };
-    let mut attempts = Vec::new();
-    let mut retries_all = 0;
-    for &m in tries {
-        let flags = match m {
-            AttachMode::Native => bpf::XDP_FLAGS_DRV_MODE,
-            AttachMode::Generic => bpf::XDP_FLAGS_SKB_MODE,
-        };
-        let (r, retries) = retry_busy("attaching the XDP program", ifname, || {
-            bpf::link_xdp(prog, ifindex, flags)
-        });
-        retries_all += retries;
-        match r {
-            Ok(link) => {
-                if !attempts.is_empty() {
-                    tracing::warn!(
-                        iface = %ifname,
-                        "native XDP refused ({}); using generic XDP, which is slower",
-                        Attempts(attempts)
-                    );
-                }
-                tracing::debug!(iface = %ifname, mode = %m, "XDP program attached through a BPF link");
-                return Ok((link, m, retries_all));
-            }
-            Err(e) => {
-                let fatal = matches!(
-                    e.raw_os_error(),
-                    Some(libc::EBUSY | libc::EPERM | libc::EACCES | libc::ENODEV)
-                );
-                attempts.push((m, e));
-                if fatal {
-                    break;
-                }
-            }
-        }
-    }
-    let attempts = Attempts(attempts);
-    let hint = error::attach_hint(&attempts);
-    Err(XdpError::AttachRefused {
-        ifname: ifname.to_string(),
-        attempts,
-        hint,
-    })
-}
-
-/// Binds the socket, zero-copy first when `zc` allows, retrying `EBUSY`.
-fn bind(xsk: &Xsk, config: &XdpConfig, zc: ZeroCopy) -> Result<(BindMode, u32), XdpError> {
-    let tries: &[BindMode] = match zc {
-        ZeroCopy::Auto => &[BindMode::ZeroCopy, BindMode::Copy],
-        ZeroCopy::On => &[BindMode::ZeroCopy],
-        ZeroCopy::Off => &[BindMode::Copy],
-    };
-    let wakeup = if config.need_wakeup {
-        sys::XDP_USE_NEED_WAKEUP
-    } else {
-        0
-    };
-    let mut attempts: Vec<(BindMode, io::Error)> = Vec::new();
-    let mut retries_all = 0;
-    for &m in tries {
-        let flags = wakeup
-            | match m {
-                BindMode::ZeroCopy => sys::XDP_ZEROCOPY,
-                BindMode::Copy => sys::XDP_COPY,
-            };
-        let (r, retries) = retry_busy("binding the AF_XDP socket", &config.ifname, || {
-            xsk.bind(flags)
-        });
-        retries_all += retries;
-        match r {
-            Ok(()) => {
-                if let Some((_, e)) = attempts.last() {
-                    tracing::info!(
-                        iface = %config.ifname,
-                        queue = config.queue_id,
-                        "zero-copy bind refused ({e}); using copy mode"
-                    );
-                }
-                return Ok((m, retries_all));
-            }
-            Err(e) => {
-                let fatal = matches!(
-                    e.raw_os_error(),
-                    Some(libc::EBUSY | libc::EPERM | libc::EACCES | libc::ENODEV)
-                );
-                attempts.push((m, e));
-                if fatal {
-                    break;
-                }
-            }
-        }
-    }
-    let attempts = Attempts(attempts);
-    let hint = error::bind_hint(&attempts);
-    Err(XdpError::Bind {
-        ifname: config.ifname.clone(),
-        queue_id: config.queue_id,
-        attempts,
-        hint,
-    })
-}
-
-fn socket_error(config: &XdpConfig, umem_len: usize, e: XskSetupError) -> XdpError {
-    let errno = e.source.raw_os_error();
-    match (e.step, errno) {
-        (XskStep::Socket, Some(libc::EAFNOSUPPORT)) => XdpError::NotSupported {
-            op: "creating an AF_XDP socket",
-            config: "AF_XDP sockets (CONFIG_XDP_SOCKETS)",
-            source: e.source,
-        },
-        (XskStep::Socket, Some(libc::EPERM | libc::EACCES)) => XdpError::PermissionDenied {
-            ifname: config.ifname.clone(),
-            op: "creating an AF_XDP socket",
-            source: e.source,
-        },
-        (XskStep::UmemRegister, Some(libc::ENOBUFS | libc::ENOMEM | libc::EPERM)) => {
-            XdpError::LockedMemory {
-                umem_len,
-                limit: MemlockLimit(sys::memlock_limit().unwrap_or(None)),
-                source: e.source,
-            }
-        }
-        _ => XdpError::Socket {
-            ifname: config.ifname.clone(),
-            queue_id: config.queue_id,
-            step: e.step,
-            source: e.source,
-        },
-    }
 }
 
 impl std::fmt::Debug for XdpDevice {
@@ -1104,6 +628,21 @@ impl PacketDevice for XdpDevice {
                         counters.link.tx_errors += 1;
                         continue;
                     }
+                    // A frame of another pool (not from tx_alloc) cannot be lent: copy it.
+                    let frame = if owns(pool, &frame) {
+                        frame
+                    } else {
+                        let copy = pool.alloc().and_then(|mut own| {
+                            own.set_len(len).then_some(())?;
+                            own.as_mut_slice().copy_from_slice(frame.as_slice());
+                            Some(own)
+                        });
+                        let Some(own) = copy else {
+                            counters.link.tx_dropped += 1;
+                            continue;
+                        };
+                        own
+                    };
                     let head = frame.headroom();
                     let idx = pool.lend(frame);
                     counters.link.tx_packets += 1;
@@ -1142,73 +681,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_fit_a_1500_mtu() {
-        let c = XdpConfig::new("eth0");
-        c.validate().unwrap();
-        assert!(c.frame_capacity() >= 1500 + ETH_HEADER_LEN);
-        assert_eq!(c.frame_capacity(), 2048 - 256);
-        assert!(c.fill_ring_len >= 8192, "PLATFORM.md: fill ring 8192+");
-    }
-
-    #[test]
-    fn bad_values_name_the_field() {
-        let field = |c: XdpConfig| match c.validate() {
-            Err(XdpError::InvalidConfig { field, .. }) => field,
-            other => panic!("{other:?}"),
-        };
-        let base = XdpConfig::new("eth0");
-        assert_eq!(
-            field(XdpConfig {
-                frame_len: 8192,
-                ..base.clone()
-            }),
-            "frame_len"
-        );
-        assert_eq!(
-            field(XdpConfig {
-                rx_ring_len: 1000,
-                ..base.clone()
-            }),
-            "rx_ring_len"
-        );
-        assert_eq!(
-            field(XdpConfig {
-                frames: 4096,
-                ..base.clone()
-            }),
-            "frames"
-        );
-        assert_eq!(
-            field(XdpConfig {
-                completion_ring_len: 1024,
-                ..base.clone()
-            }),
-            "completion_ring_len"
-        );
-        assert_eq!(
-            field(XdpConfig {
-                headroom: 1300,
-                ..base.clone()
-            }),
-            "headroom"
-        );
-        assert_eq!(
-            field(XdpConfig {
-                burst_max: 0,
-                ..base.clone()
-            }),
-            "burst_max"
-        );
-        assert_eq!(
-            field(XdpConfig {
-                queue_id: 5000,
-                ..base
-            }),
-            "queue_id"
-        );
-    }
-
-    #[test]
     fn absent_interface_is_a_clear_error() {
         let e = XdpDevice::open(&XdpConfig::new("ust-nonexist0")).unwrap_err();
         assert!(matches!(e, XdpError::NoSuchInterface { .. }), "{e:?}");
@@ -1225,6 +697,14 @@ mod tests {
             MacText([2, 0, 0x5e, 0x10, 0x20, 0xff]).to_string(),
             "02:00:5e:10:20:ff"
         );
+    }
+
+    #[test]
+    fn ownership_is_by_memory_range() {
+        let a = BufPool::with_capacity(2, 2048, 256, PageSize::Base4K).unwrap();
+        let b = BufPool::with_capacity(2, 2048, 256, PageSize::Base4K).unwrap();
+        let (x, y) = (a.alloc().unwrap(), b.alloc().unwrap());
+        assert!(owns(&a, &x) && !owns(&a, &y) && owns(&b, &y));
     }
 
     #[test]
