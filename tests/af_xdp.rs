@@ -474,10 +474,29 @@ impl ChildGuard {
     /// Starts this test binary in child `mode` from a thread inside `ns` (the child inherits
     /// the thread's network namespace). `uid` drops privileges.
     fn spawn(ns: &ustack::sys::netns::NetNs, mode: String, uid: Option<u32>) -> ChildGuard {
+        ChildGuard::spawn_wrapped(ns, mode, uid, &[])
+    }
+
+    /// Like [`ChildGuard::spawn`], run through `wrapper` (a program and its arguments, which
+    /// then run this binary), e.g. `setpriv` to drop a capability.
+    fn spawn_wrapped(
+        ns: &ustack::sys::netns::NetNs,
+        mode: String,
+        uid: Option<u32>,
+        wrapper: &[&str],
+    ) -> ChildGuard {
         let exe = std::env::current_exe().expect("current_exe");
+        let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
         let mut child = ns
             .run(move || {
-                let mut cmd = Command::new(exe);
+                let mut cmd = match wrapper.split_first() {
+                    None => Command::new(&exe),
+                    Some((program, args)) => {
+                        let mut c = Command::new(program);
+                        c.args(args).arg(&exe);
+                        c
+                    }
+                };
                 cmd.args(["--exact", "child_process_entry", "--nocapture"])
                     .env(CHILD_ENV, mode)
                     .env_remove("USTACK_REQUIRE_PRIVILEGED_TESTS")
@@ -746,6 +765,52 @@ fn unprivileged_error_names_the_missing_capabilities() {
 }
 
 #[test]
+fn without_cap_ipc_lock_the_umem_must_fit_the_memlock_limit() {
+    let Some(pair) = topology(11) else {
+        return;
+    };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip("setpriv (util-linux) is not installed");
+        return;
+    }
+    // Root without CAP_IPC_LOCK: the bounding set is what root's capabilities come from at exec.
+    let mut child = ChildGuard::spawn_wrapped(
+        pair.a(),
+        format!("nolock {}", pair.iface_a()),
+        None,
+        &["setpriv", "--bounding-set", "-ipc_lock", "--"],
+    );
+    let reports: Vec<String> = (0..3)
+        .map(|_| child.next_report(Duration::from_secs(30)).unwrap())
+        .collect();
+    let status = child.child.wait().expect("wait");
+    println!("{}", reports.join("\n"));
+    assert!(status.success(), "{status:?}");
+    let limit_kib = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max locked memory"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|b| b / 1024);
+    match limit_kib {
+        // The default UMEM (32 MiB) is over the limit: both say what to do.
+        Some(kib) if kib < 32 << 10 => {
+            for r in &reports[..2] {
+                assert!(r.contains("CAP_IPC_LOCK") && r.contains("ulimit -l"), "{r}");
+            }
+            assert!(reports[2].starts_with("SMALL ok"), "{}", reports[2]);
+        }
+        other => skip(&format!(
+            "the locked-memory limit ({other:?} KiB) fits the default UMEM; nothing to refuse"
+        )),
+    }
+    assert!(!xdp_attached(pair.a(), pair.iface_a()));
+}
+
+#[test]
 fn absent_interface_and_probe() {
     let Some(pair) = topology(6) else {
         return;
@@ -768,6 +833,41 @@ fn absent_interface_and_probe() {
         !xdp_attached(pair.a(), pair.iface_a()),
         "probe leaves nothing attached"
     );
+}
+
+#[test]
+fn a_second_device_on_the_same_interface_is_refused_and_the_first_keeps_working() {
+    let subnet = 10;
+    let Some(pair) = topology(subnet) else {
+        return;
+    };
+    let ip = subnet_addr(subnet, 3);
+    let server = XdpServer::start(
+        pair.a(),
+        xdp_config(pair.iface_a(), ip, XdpMode::Auto),
+        ip,
+        false,
+    )
+    .expect("first device");
+    let second = xdp_config(pair.iface_a(), subnet_addr(subnet, 5), XdpMode::Auto);
+    let started = WallInstant::now();
+    let e = pair
+        .a()
+        .run(move || XdpDevice::open(&second).map(|_| ()))
+        .unwrap()
+        .unwrap_err();
+    println!("second open after {:?}: {e}", started.elapsed());
+    assert!(matches!(e, XdpError::AttachRefused { .. }), "{e:?}");
+    assert!(e.to_string().contains("another XDP program"), "{e}");
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+    let r = pair
+        .b()
+        .run(move || kernel_round_trip(addr, 10, 10))
+        .unwrap()
+        .expect("the first device still serves");
+    assert_eq!(r.chunks, 10);
+    drop(server);
+    assert!(!xdp_attached(pair.a(), pair.iface_a()));
 }
 
 // --- the child process ------------------------------------------------------------------------
@@ -829,6 +929,25 @@ fn child_process_entry() {
             report(format!("PROBE {probe:?} :: {}", display(&probe)));
             let open = XdpDevice::open(&XdpConfig::new(*iface)).map(|_| ());
             report(format!("OPEN {}", display(&open)));
+        }
+        ["nolock", iface] => {
+            let probe = XdpDevice::probe(iface);
+            report(format!("PROBE {}", display(&probe)));
+            let open = XdpDevice::open(&XdpConfig::new(*iface)).map(|_| ());
+            report(format!("OPEN {}", display(&open)));
+            // A UMEM of 2048 frames (4 MiB) fits a default 8 MiB limit.
+            let small = XdpConfig {
+                frames: 2048,
+                fill_ring_len: 1024,
+                rx_ring_len: 1024,
+                completion_ring_len: 256,
+                tx_ring_len: 256,
+                ..XdpConfig::new(*iface)
+            };
+            match XdpDevice::open(&small) {
+                Ok(dev) => report(format!("SMALL ok {:?}", dev.mode())),
+                Err(e) => report(format!("SMALL {e}")),
+            }
         }
         other => panic!("unknown child mode {other:?}"),
     }

@@ -356,7 +356,10 @@ impl XdpDevice {
                 return Err(XdpError::LockedMemory {
                     umem_len,
                     limit: MemlockLimit(limit),
-                    source: io::Error::from_raw_os_error(libc::ENOBUFS),
+                    source: io::Error::new(
+                        io::ErrorKind::OutOfMemory,
+                        "probe: the default UMEM would exceed the locked-memory limit",
+                    ),
                 });
             }
         }
