@@ -35,7 +35,7 @@ use ustack::chunk::{
     ServerStats, StagingConfig,
 };
 use ustack::dev::af_xdp::{
-    AttachMode, BindMode, XdpConfig, XdpDevice, XdpError, XdpMode, XdpModeInfo, XdpStats,
+    AttachMode, BindMode, BusyPoll, XdpConfig, XdpDevice, XdpError, XdpMode, XdpModeInfo, XdpStats,
 };
 use ustack::net::{KernelClient, KernelServer};
 use ustack::proto::{ChunkId, Reply};
@@ -379,6 +379,102 @@ fn kernel_client_against_xdp_server_native() {
 #[test]
 fn kernel_client_against_xdp_server_generic() {
     kernel_client_against_xdp_server(2, XdpMode::Generic, AttachMode::Generic);
+}
+
+/// The other settings: no need_wakeup (a kick on every TX burst), busy polling (a `recvfrom` on
+/// every empty RX poll), 4096-byte frames, extra headroom, a small UMEM.
+#[test]
+fn kernel_client_with_busy_poll_no_need_wakeup_and_4k_frames() {
+    let subnet = 12;
+    let Some(pair) = topology(subnet) else {
+        return;
+    };
+    let ip = subnet_addr(subnet, 3);
+    let config = XdpConfig {
+        need_wakeup: false,
+        busy_poll: Some(BusyPoll {
+            timeout_us: 20,
+            budget: 64,
+        }),
+        frame_len: 4096,
+        headroom: 128,
+        frames: 4096,
+        fill_ring_len: 2048,
+        rx_ring_len: 2048,
+        tx_ring_len: 1024,
+        completion_ring_len: 1024,
+        burst_max: 32,
+        ..xdp_config(pair.iface_a(), ip, XdpMode::Auto)
+    };
+    let server = XdpServer::start(pair.a(), config, ip, false).expect("server");
+    assert!(
+        !server.mode.need_wakeup && server.mode.busy_poll,
+        "{:?}",
+        server.mode
+    );
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+    let r = pair
+        .b()
+        .run(move || kernel_round_trip(addr, 12, 50))
+        .unwrap()
+        .expect("round trip");
+    let served = server.stop();
+    println!("{r:?}\n  {:?}", served.xdp);
+    assert_eq!(served.server.writes, 50);
+    assert!(served.xdp.rx_kicks > 0, "busy polling kicks RX");
+    assert!(served.xdp.tx_kicks > 0);
+    assert_eq!(served.xdp.bad_descriptors, 0);
+}
+
+/// A 3000-byte MTU does not fit 2048-byte frames (a clear error) and works with 4096.
+#[test]
+fn mtu_3000_needs_4k_frames() {
+    let subnet = 13;
+    if let Err(e) = netns::can_create_netns() {
+        skip(&e.to_string());
+        return;
+    }
+    init_log();
+    let pair = VethPair::create(&VethConfig {
+        prefix: "ustxdp".into(),
+        addr_a: subnet_addr(subnet, 1),
+        addr_b: subnet_addr(subnet, 2),
+        prefix_len: 24,
+        mtu: Some(3000),
+        tx_checksum_off: true,
+    })
+    .expect("veth pair");
+    let ip = subnet_addr(subnet, 3);
+    let small = xdp_config(pair.iface_a(), ip, XdpMode::Auto);
+    let e = pair
+        .a()
+        .run(move || XdpDevice::open(&small).map(|_| ()))
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(e, XdpError::MtuTooLarge { mtu: 3000, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("frame_len 4096"), "{e}");
+    let config = XdpConfig {
+        frame_len: 4096,
+        ..xdp_config(pair.iface_a(), ip, XdpMode::Auto)
+    };
+    let server = XdpServer::start(pair.a(), config, ip, false).expect("server");
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+    let r = pair
+        .b()
+        .run(move || kernel_round_trip(addr, 13, 30))
+        .unwrap()
+        .expect("round trip at MTU 3000");
+    let served = server.stop();
+    assert_eq!(r.chunks, 30);
+    let s = served.xdp.link;
+    println!("{:?} {s:?}", served.mode);
+    assert!(
+        s.rx_bytes / s.rx_packets > 1600,
+        "frames larger than 1500-byte MTU ones: {s:?}"
+    );
 }
 
 // --- 2. ustack client on AF_XDP against the ustack server on AF_XDP ---------------------------
