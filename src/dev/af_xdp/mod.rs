@@ -243,7 +243,10 @@ impl XdpDevice {
         .map_err(|e| socket_error(config, pool.memory().1, e))?;
         // Zero-copy under generic XDP cannot work: go straight to copy mode there.
         let zc = match (config.zero_copy, attach) {
-            (ZeroCopy::Auto, AttachMode::Generic) => ZeroCopy::Off,
+            (ZeroCopy::Auto, AttachMode::Generic) => {
+                tracing::info!(iface = %ifname, "generic XDP: binding in copy mode");
+                ZeroCopy::Off
+            }
             (z, _) => z,
         };
         let (bind, bind_retries) = bind(&xsk, config, zc)?;
@@ -564,6 +567,8 @@ impl PacketDevice for XdpDevice {
             popped = xsk.rx_pop(want, |addr, len, options| {
                 let Some(buf) = reclaim(pool, stride, addr, len) else {
                     bad += 1;
+                    // A lent frame with an impossible length: take the frame back anyway.
+                    drop(reclaim(pool, stride, addr - addr % stride, 0));
                     return;
                 };
                 let len = len as usize;
