@@ -7,8 +7,14 @@
 //! 2. a ustack chunk client on AF_XDP in B against the ustack server on AF_XDP in A;
 //! 3. a server in a child process killed with SIGKILL: the program is detached and the kernel
 //!    uses the interface again; a restart right away re-binds (EBUSY handled) and serves;
-//! 4. errors: without privileges the error names the missing capabilities; an absent
-//!    interface is named.
+//! 4. errors: without privileges the error names the missing capabilities; without
+//!    CAP_IPC_LOCK a UMEM over the locked-memory limit is refused with advice and a small one
+//!    works; an absent interface is named; a second device on the same interface is refused
+//!    while the first keeps serving; an MTU too large for 2048-byte frames is refused.
+//!
+//! Also: a kernel peer with TX checksum offload on sends partial checksums that the stack
+//! drops (why topologies turn offload off); busy polling without need_wakeup on 4 KiB frames;
+//! MTU 3000 on 4 KiB frames.
 //!
 //! `bench_read_latency_and_throughput` (ignored; run it with `--ignored --nocapture`) prints
 //! 4 KiB READ at depth 1 and 1 MiB READ throughput against the AF_XDP server and against the
