@@ -1,7 +1,9 @@
 //! Every FFI call and raw syscall: the only place with `unsafe`, besides `mem`.
 #![allow(unsafe_code)]
 
+pub mod bpf;
 pub mod netns;
 pub mod signal;
 pub mod socket;
 pub mod tap;
+pub mod xdp;

@@ -1,0 +1,668 @@
+//! AF_XDP sockets: a safe wrapper ([`Xsk`]) around `xdpilone`'s rings, plus the few raw socket
+//! calls xdpilone does not make (bind with chosen flags, `XDP_OPTIONS`, wake-ups whose errors we
+//! want to see, busy-poll options, interface index, `RLIMIT_MEMLOCK`).
+//!
+//! # Memory
+//!
+//! The UMEM (the memory the kernel copies frames into and out of) is the memory of a
+//! [`BufPool`]: every pool buffer is one UMEM frame, so the pool's stride must be the UMEM frame
+//! size (2048 or 4096 bytes, a power of two as the kernel's aligned mode wants). [`Xsk`] keeps a
+//! handle to the pool, which keeps the memory mapped for as long as the socket and its rings
+//! live. This is the one place `sys` refers to `mem`: registering memory with the kernel is only
+//! sound for memory whose lifetime something guarantees, and the pool is that something.
+//!
+//! Which frame belongs to whom is the caller's business: a frame may only be given to the fill
+//! or TX ring after it was taken out of the pool with [`BufPool::lend`], and frames coming back
+//! from the RX or completion ring go back to the pool through [`BufPool::reclaim`], which checks
+//! every address the kernel returns. The kernel never writes a frame it was not given.
+//!
+//! # Rings
+//!
+//! Each ring operation takes a bound (`max`) and a closure, so the caller moves frames without
+//! allocating and without seeing ring indices: [`Xsk::rx_pop`], [`Xsk::fill_push`],
+//! [`Xsk::complete_pop`], [`Xsk::tx_push`]. Producer operations reserve slots first and ask the
+//! closure for at most that many entries, so an entry the closure hands out is never dropped
+//! for want of a slot.
+
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use xdpilone::xdp::{SockAddrXdp, XdpDesc};
+use xdpilone::{
+    DeviceQueue, Errno, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig,
+};
+
+use crate::mem::BufPool;
+
+/// `SOL_XDP`.
+const SOL_XDP: libc::c_int = 283;
+/// `XDP_OPTIONS` (getsockopt): `struct xdp_options { __u32 flags; }`.
+const XDP_OPTIONS: libc::c_int = 8;
+/// `XDP_OPTIONS_ZEROCOPY`.
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+/// Bind flag `XDP_COPY`: force copy mode.
+pub const XDP_COPY: u16 = 1 << 1;
+/// Bind flag `XDP_ZEROCOPY`: force zero-copy mode (fails with `EOPNOTSUPP` where the driver
+/// cannot).
+pub const XDP_ZEROCOPY: u16 = 1 << 2;
+/// Bind flag `XDP_USE_NEED_WAKEUP`: the kernel says, through a ring flag, when it needs a system
+/// call to make progress; otherwise the rings run without any.
+pub const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+
+/// The headroom the kernel keeps in front of received data in every UMEM frame
+/// (`XDP_PACKET_HEADROOM`), before the UMEM's own headroom.
+pub const XDP_PACKET_HEADROOM: usize = 256;
+
+/// Ring sizes of one socket (each a power of two).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct XskRings {
+    /// Fill ring: frames offered to the kernel for receiving.
+    pub fill_len: u32,
+    /// Completion ring: transmitted frames handed back.
+    pub completion_len: u32,
+    /// RX ring: received frames.
+    pub rx_len: u32,
+    /// TX ring: frames to transmit.
+    pub tx_len: u32,
+}
+
+/// The step of [`Xsk::new`] that failed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum XskStep {
+    /// `socket(AF_XDP)`.
+    Socket,
+    /// Registering the UMEM (`XDP_UMEM_REG`), which locks the memory.
+    UmemRegister,
+    /// Creating and mapping the fill and completion rings.
+    FillCompletionRings,
+    /// Creating the RX and TX rings.
+    RxTxRings,
+    /// Mapping the RX and TX rings.
+    MapRings,
+}
+
+impl std::fmt::Display for XskStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XskStep::Socket => "creating the AF_XDP socket",
+            XskStep::UmemRegister => "registering the UMEM (XDP_UMEM_REG)",
+            XskStep::FillCompletionRings => "creating the fill and completion rings",
+            XskStep::RxTxRings => "creating the RX and TX rings",
+            XskStep::MapRings => "mapping the RX and TX rings",
+        })
+    }
+}
+
+/// A failed step of [`Xsk::new`].
+#[derive(Debug)]
+pub struct XskSetupError {
+    /// What was being done.
+    pub step: XskStep,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+/// The kernel's counters of one socket (`XDP_STATISTICS`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct XskStatistics {
+    /// Frames dropped for reasons other than a full RX ring or an empty fill ring.
+    pub rx_dropped: u64,
+    /// Invalid descriptors on the fill ring.
+    pub rx_invalid_descs: u64,
+    /// Invalid descriptors on the TX ring.
+    pub tx_invalid_descs: u64,
+    /// Frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the kernel found the TX ring empty when woken.
+    pub tx_ring_empty_descs: u64,
+}
+
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.get_raw().abs())
+}
+
+/// Index of interface `name` in the calling thread's network namespace.
+///
+/// `NotFound` (`ENODEV`) when there is no such interface; `InvalidInput` for a name with a NUL.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name holds a NUL"))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(idx)
+}
+
+/// The hardware (MAC) address of Ethernet interface `name` in the calling thread's network
+/// namespace (`SIOCGIFHWADDR`).
+pub fn hw_addr(name: &str) -> io::Result<[u8; 6]> {
+    let bytes = name.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name longer than 15 bytes or holding a NUL",
+        ));
+    }
+    // SAFETY: ifreq is a plain C struct of arrays, integers and a union of those; all-zero is a
+    // valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: socket takes no pointers.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket just returned this descriptor and nothing else owns it.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: SIOCGIFHWADDR reads the name from and writes `ifru_hwaddr` into the ifreq, which
+    // is valid and exclusively borrowed for the call; the descriptor is live.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFHWADDR succeeded and filled the `ifru_hwaddr` member of the union.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if sa.sa_family != libc::ARPHRD_ETHER {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an Ethernet interface",
+        ));
+    }
+    let mut mac = [0u8; 6];
+    for (dst, &src) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *dst = src as u8;
+    }
+    Ok(mac)
+}
+
+/// The soft `RLIMIT_MEMLOCK` in bytes, `None` when unlimited.
+pub fn memlock_limit() -> io::Result<Option<u64>> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur))
+}
+
+/// Whether this process may create an AF_XDP socket: creates one and closes it at once.
+///
+/// Typical errors: `EPERM` without `CAP_NET_RAW`, `EAFNOSUPPORT` on a kernel without
+/// `CONFIG_XDP_SOCKETS`.
+pub fn probe_socket() -> io::Result<()> {
+    // SAFETY: socket takes no pointers.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created here and is closed once.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// One AF_XDP socket with its own UMEM (a [`BufPool`]'s memory) and all four rings, bound (after
+/// [`Xsk::bind`]) to one queue of one interface.
+///
+/// Dropping it unmaps the rings and closes the socket, which unbinds it (the kernel releases the
+/// queue a few tens of milliseconds later: a new bind to the same queue may see `EBUSY` until
+/// then), and only then releases its handle to the pool.
+pub struct Xsk {
+    // Field order is drop order: rings and socket first, the memory they refer to last.
+    fq: DeviceQueue,
+    rx: RingRx,
+    tx: RingTx,
+    fd: RawFd,
+    ifindex: u32,
+    queue_id: u32,
+    stride: u64,
+    /// Keeps the UMEM mapped while the kernel may use it; never read.
+    _pool: BufPool,
+}
+
+impl Xsk {
+    /// Creates the socket, registers `pool`'s whole memory as its UMEM with frames of
+    /// `pool.stride()` bytes and `umem_headroom` bytes of headroom (in front of the kernel's
+    /// [`XDP_PACKET_HEADROOM`]), and creates and maps the rings. The socket is not bound yet.
+    pub fn new(
+        pool: &BufPool,
+        umem_headroom: u32,
+        ifindex: u32,
+        queue_id: u32,
+        rings: &XskRings,
+    ) -> Result<Xsk, XskSetupError> {
+        let fail = |step| move |source| XskSetupError { step, source };
+        let stride = pool.stride();
+        if !stride.is_power_of_two() || !(2048..=4096).contains(&stride) {
+            return Err(XskSetupError {
+                step: XskStep::UmemRegister,
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "UMEM frames must be 2048 or 4096 bytes (the pool's stride)",
+                ),
+            });
+        }
+        let ring = |n: u32| {
+            NonZeroU32::new(n)
+                .filter(|n| n.is_power_of_two())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "ring sizes must be powers of two",
+                    )
+                })
+        };
+        let (rx_len, tx_len) = (
+            ring(rings.rx_len).map_err(fail(XskStep::RxTxRings))?,
+            ring(rings.tx_len).map_err(fail(XskStep::RxTxRings))?,
+        );
+        ring(rings.fill_len).map_err(fail(XskStep::FillCompletionRings))?;
+        ring(rings.completion_len).map_err(fail(XskStep::FillCompletionRings))?;
+
+        // Tell a refused socket() (capabilities, kernel support) apart from a refused UMEM
+        // registration (locked memory), which Umem::new would report alike.
+        probe_socket().map_err(fail(XskStep::Socket))?;
+
+        let (ptr, len) = pool.memory();
+        let area = NonNull::new(ptr)
+            .map(|p| NonNull::slice_from_raw_parts(p, len))
+            .ok_or_else(|| io::Error::other("pool memory is null"))
+            .map_err(fail(XskStep::UmemRegister))?;
+        let config = UmemConfig {
+            fill_size: rings.fill_len,
+            complete_size: rings.completion_len,
+            frame_size: stride as u32,
+            headroom: umem_headroom,
+            flags: 0,
+        };
+        // SAFETY: `area` is the pool's whole mapping: page aligned (a HugeRegion starts on a page
+        // boundary), `len` bytes long, readable and writable, and kept mapped for as long as the
+        // socket can use it, by the pool handle stored in the returned Xsk, which is dropped
+        // after the rings and the socket (field order). The kernel writes only into frames the
+        // caller lends it through the fill ring (see the module docs), so it never writes memory
+        // a PoolBuf owns. Umem itself is dropped at the end of this function; it only holds a
+        // reference to the socket, which the rings keep open.
+        let umem = unsafe { Umem::new(config, area) }
+            .map_err(errno)
+            .map_err(fail(XskStep::UmemRegister))?;
+
+        let mut info = IfInfo::invalid();
+        info.from_ifindex(ifindex)
+            .map_err(errno)
+            .map_err(fail(XskStep::Socket))?;
+        info.set_queue(queue_id);
+        let sock = Socket::with_shared(&info, &umem)
+            .map_err(errno)
+            .map_err(fail(XskStep::Socket))?;
+        let fq = umem
+            .fq_cq(&sock)
+            .map_err(errno)
+            .map_err(fail(XskStep::FillCompletionRings))?;
+        let user = umem
+            .rx_tx(
+                &sock,
+                &SocketConfig {
+                    rx_size: Some(rx_len),
+                    tx_size: Some(tx_len),
+                    bind_flags: 0,
+                },
+            )
+            .map_err(errno)
+            .map_err(fail(XskStep::RxTxRings))?;
+        let rx = user
+            .map_rx()
+            .map_err(errno)
+            .map_err(fail(XskStep::MapRings))?;
+        let tx = user
+            .map_tx()
+            .map_err(errno)
+            .map_err(fail(XskStep::MapRings))?;
+        let fd = fq.as_raw_fd();
+        Ok(Xsk {
+            fq,
+            rx,
+            tx,
+            fd,
+            ifindex,
+            queue_id,
+            stride: stride as u64,
+            _pool: pool.clone(),
+        })
+    }
+
+    /// Binds the socket to its interface queue with `flags` ([`XDP_COPY`], [`XDP_ZEROCOPY`],
+    /// [`XDP_USE_NEED_WAKEUP`]). A failed bind leaves the socket unbound, so it can be tried
+    /// again (with other flags, or after `EBUSY`).
+    ///
+    /// Typical errors: `EOPNOTSUPP` for zero-copy on a driver without it, `EBUSY` while another
+    /// socket holds the queue (also for ~50 ms after one closed), `EINVAL` for a queue the
+    /// interface does not have.
+    pub fn bind(&self, flags: u16) -> io::Result<()> {
+        let addr = SockAddrXdp {
+            flags,
+            ifindex: self.ifindex,
+            queue_id: self.queue_id,
+            ..SockAddrXdp::default()
+        };
+        // SAFETY: addr is a valid sockaddr_xdp (SockAddrXdp is its repr(C) layout), live and
+        // readable for its size during the call; the fd is owned by self.
+        let rc = unsafe {
+            libc::bind(
+                self.fd,
+                &addr as *const SockAddrXdp as *const libc::sockaddr,
+                std::mem::size_of::<SockAddrXdp>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the bound socket runs in zero-copy mode (`XDP_OPTIONS`).
+    pub fn zero_copy(&self) -> io::Result<bool> {
+        let mut flags: u32 = 0;
+        let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+        // SAFETY: `flags` is a writable u32 (struct xdp_options) and `len` its size, both live
+        // for the call; the fd is owned by self.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd,
+                SOL_XDP,
+                XDP_OPTIONS,
+                &mut flags as *mut u32 as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(flags & XDP_OPTIONS_ZEROCOPY != 0)
+    }
+
+    /// Asks the kernel to busy-poll the device queue from this socket's system calls
+    /// (`SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` = `timeout_us`, `SO_BUSY_POLL_BUDGET` = `budget`).
+    /// Setting `SO_BUSY_POLL` above the system default needs `CAP_NET_ADMIN`.
+    pub fn set_busy_poll(&self, timeout_us: u32, budget: u32) -> io::Result<()> {
+        for (opt, value) in [
+            (libc::SO_PREFER_BUSY_POLL, 1u32),
+            (libc::SO_BUSY_POLL, timeout_us),
+            (libc::SO_BUSY_POLL_BUDGET, budget),
+        ] {
+            let v = value as libc::c_int;
+            // SAFETY: `v` is a readable c_int for the call; the fd is owned by self.
+            let rc = unsafe {
+                libc::setsockopt(
+                    self.fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    &v as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// The socket's file descriptor (for `poll`, and as the XSKMAP value).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor is owned by the rings' shared socket handle inside self, so it
+        // stays open for the borrow's lifetime (tied to &self).
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
+
+    /// UMEM frame size (the pool's stride): `addr / frame_len` is a frame's pool index.
+    pub fn frame_len(&self) -> u64 {
+        self.stride
+    }
+
+    /// Takes up to `max` received descriptors off the RX ring, calling `f(addr, len, options)`
+    /// for each, and releases their slots. Returns how many.
+    #[inline]
+    pub fn rx_pop(&mut self, max: u32, mut f: impl FnMut(u64, u32, u32)) -> u32 {
+        if max == 0 {
+            return 0;
+        }
+        let mut read = self.rx.receive(max);
+        let n = read.capacity();
+        for _ in 0..n {
+            match read.read() {
+                Some(d) => f(d.addr, d.len, d.options),
+                None => break,
+            }
+        }
+        read.release();
+        n
+    }
+
+    /// Received descriptors waiting on the RX ring (an advisory, relaxed read).
+    #[inline]
+    pub fn rx_available(&self) -> u32 {
+        self.rx.available()
+    }
+
+    /// Puts up to `max` frame addresses on the fill ring, asking `next` for each (it returns
+    /// `None` to stop early); no more are asked for than there are free slots. Returns how many
+    /// were put.
+    #[inline]
+    pub fn fill_push(&mut self, max: u32, mut next: impl FnMut() -> Option<u64>) -> u32 {
+        if max == 0 {
+            return 0;
+        }
+        let mut write = self.fq.fill(max);
+        let cap = write.capacity();
+        let mut n = 0;
+        while n < cap {
+            let Some(addr) = next() else { break };
+            // Cannot fail: fewer than `cap` slots were used.
+            let ok = write.insert_once(addr);
+            debug_assert!(ok, "fill ring slot reserved but refused");
+            n += 1;
+        }
+        write.commit();
+        n
+    }
+
+    /// Frames on the fill ring the kernel has not taken yet.
+    #[inline]
+    pub fn fill_pending(&self) -> u32 {
+        self.fq.pending()
+    }
+
+    /// Whether the kernel asks for a system call to go on receiving (need_wakeup mode only).
+    #[inline]
+    pub fn fill_needs_wakeup(&self) -> bool {
+        self.fq.needs_wakeup()
+    }
+
+    /// Takes up to `max` addresses of transmitted frames off the completion ring, calling `f`
+    /// for each, and releases their slots. Returns how many.
+    #[inline]
+    pub fn complete_pop(&mut self, max: u32, mut f: impl FnMut(u64)) -> u32 {
+        if max == 0 {
+            return 0;
+        }
+        let mut read = self.fq.complete(max);
+        let n = read.capacity();
+        for _ in 0..n {
+            match read.read() {
+                Some(addr) => f(addr),
+                None => break,
+            }
+        }
+        read.release();
+        n
+    }
+
+    /// Completions waiting (an advisory, relaxed read).
+    #[inline]
+    pub fn complete_available(&self) -> u32 {
+        self.fq.available()
+    }
+
+    /// Puts up to `max` descriptors `(addr, len)` on the TX ring, asking `next` for each (it
+    /// returns `None` to stop early); no more are asked for than there are free slots. Returns
+    /// how many were put. They go out after a kick ([`Xsk::kick_tx`]) when the kernel wants one.
+    #[inline]
+    pub fn tx_push(&mut self, max: u32, mut next: impl FnMut() -> Option<(u64, u32)>) -> u32 {
+        if max == 0 {
+            return 0;
+        }
+        let mut write = self.tx.transmit(max);
+        let cap = write.capacity();
+        let mut n = 0;
+        while n < cap {
+            let Some((addr, len)) = next() else { break };
+            let ok = write.insert_once(XdpDesc {
+                addr,
+                len,
+                options: 0,
+            });
+            debug_assert!(ok, "TX ring slot reserved but refused");
+            n += 1;
+        }
+        write.commit();
+        n
+    }
+
+    /// Descriptors on the TX ring the kernel has not taken yet.
+    #[inline]
+    pub fn tx_pending(&self) -> u32 {
+        self.tx.pending()
+    }
+
+    /// Whether the kernel asks for a system call to transmit (need_wakeup mode; always set in
+    /// copy mode).
+    #[inline]
+    pub fn tx_needs_wakeup(&self) -> bool {
+        self.tx.needs_wakeup()
+    }
+
+    /// Kicks transmission: `sendto(fd, NULL, 0, MSG_DONTWAIT)`. In copy mode one kick sends at
+    /// most 32 frames and returns `EAGAIN` when more are left; `EBUSY` and `ENOBUFS` mean
+    /// "later" too.
+    #[inline]
+    pub fn kick_tx(&self) -> io::Result<()> {
+        // SAFETY: a zero-length send with null buffer and address reads no memory; the fd is
+        // owned by self.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd,
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Kicks reception (or runs one busy poll): `recvfrom(fd, NULL, 0, MSG_DONTWAIT)`.
+    #[inline]
+    pub fn kick_rx(&self) -> io::Result<()> {
+        // SAFETY: a zero-length receive with null buffer and address writes no memory; the fd
+        // is owned by self.
+        let rc = unsafe {
+            libc::recvfrom(
+                self.fd,
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits until received frames are ready or `timeout` passes (`ppoll` for `POLLIN`).
+    pub fn poll_readable(&self, timeout: Duration) -> io::Result<bool> {
+        super::tap::poll_readable(self.as_fd(), timeout)
+    }
+
+    /// The kernel's counters for this socket.
+    pub fn statistics(&self) -> io::Result<XskStatistics> {
+        let s = self.fq.statistics_v2().map_err(errno)?;
+        Ok(XskStatistics {
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: s.tx_ring_empty_descs,
+        })
+    }
+}
+
+impl AsRawFd for Xsk {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+impl std::fmt::Debug for Xsk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Xsk")
+            .field("fd", &self.fd)
+            .field("ifindex", &self.ifindex)
+            .field("queue_id", &self.queue_id)
+            .field("frame_len", &self.stride)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_interface_is_enodev() {
+        let e = ifindex("ust-no-such-if").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODEV), "{e}");
+        assert!(ifindex("a\0b").is_err());
+        assert!(ifindex("lo").unwrap() > 0);
+        assert!(hw_addr("ust-no-such-if").is_err());
+        // Loopback is not Ethernet.
+        assert!(hw_addr("lo").is_err());
+    }
+
+    #[test]
+    fn bad_pool_strides_are_refused_before_any_syscall() {
+        let pool = BufPool::with_capacity(4, 1024, 0, crate::mem::PageSize::Base4K).expect("pool");
+        let rings = XskRings {
+            fill_len: 4,
+            completion_len: 4,
+            rx_len: 4,
+            tx_len: 4,
+        };
+        let e = Xsk::new(&pool, 0, 1, 0, &rings).unwrap_err();
+        assert_eq!(e.step, XskStep::UmemRegister);
+        assert_eq!(e.source.kind(), io::ErrorKind::InvalidInput);
+        let pool = BufPool::with_capacity(4, 2048, 0, crate::mem::PageSize::Base4K).expect("pool");
+        let bad = XskRings { rx_len: 3, ..rings };
+        let e = Xsk::new(&pool, 0, 1, 0, &bad).unwrap_err();
+        assert_eq!(e.step, XskStep::RxTxRings);
+    }
+}

@@ -1,0 +1,1197 @@
+//! The AF_XDP backend across a veth pair between two network namespaces the test creates
+//! (`VethPair`, TX checksum offload off on both ends):
+//!
+//! 1. a ustack chunk server on AF_XDP in A, a kernel-TCP chunk client in B: 500 chunks of
+//!    log-uniform sizes from 1 B to 4 MiB written and read back byte for byte, once with native
+//!    and once with generic XDP;
+//! 2. a ustack chunk client on AF_XDP in B against the ustack server on AF_XDP in A;
+//! 3. a server in a child process killed with SIGKILL: the program is detached and the kernel
+//!    uses the interface again; a restart right away re-binds (EBUSY handled) and serves;
+//! 4. errors: without privileges the error names the missing capabilities; without
+//!    CAP_IPC_LOCK a UMEM over the locked-memory limit is refused with advice and a small one
+//!    works; an absent interface is named; a second device on the same interface is refused
+//!    while the first keeps serving; an MTU too large for 2048-byte frames is refused.
+//!
+//! Also: a kernel peer with TX checksum offload on sends partial checksums that the stack
+//! drops (why topologies turn offload off); busy polling without need_wakeup on 4 KiB frames;
+//! MTU 3000 on 4 KiB frames.
+//!
+//! `bench_read_latency_and_throughput` (ignored; run it with `--ignored --nocapture`) prints
+//! 4 KiB READ at depth 1 and 1 MiB READ throughput against the AF_XDP server and against the
+//! kernel server over the same pair.
+//!
+//! Needs root; under `scripts/test.sh` as root a skip is a failure. Child processes are this
+//! test binary itself, started with `USTACK_AFXDP_CHILD` set and `--exact child_process_entry`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant as WallInstant};
+
+use common::{skip, Pattern, Rng};
+use ustack::chunk::{
+    ChunkClient, ChunkOp, ChunkServer, ClientConfig, Completion, MemStore, ServerConfig,
+    ServerStats, StagingConfig,
+};
+use ustack::dev::af_xdp::{
+    AttachMode, BindMode, BusyPoll, XdpConfig, XdpDevice, XdpError, XdpMode, XdpModeInfo, XdpStats,
+};
+use ustack::net::{KernelClient, KernelServer};
+use ustack::proto::{ChunkId, Reply};
+use ustack::stack::{MacAddr, Stack, StackConfig};
+use ustack::sys::netns::{self, VethConfig, VethPair};
+use ustack::{Instant, PageSize};
+
+const PORT: u16 = 7200;
+const KERNEL_PORT: u16 = 7201;
+const CHUNK_LEN_MAX: usize = 4 << 20;
+const CHUNKS: usize = 500;
+const WALL_LIMIT: Duration = Duration::from_secs(300);
+const CHILD_ENV: &str = "USTACK_AFXDP_CHILD";
+/// A child server exits by itself after this long, whatever happens to the test.
+const CHILD_LIFETIME: Duration = Duration::from_secs(120);
+
+// --- topology and configuration --------------------------------------------------------------
+
+/// Logs to the test output (`RUST_LOG` picks the level; info by default).
+fn init_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn subnet_addr(subnet: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 205, subnet, host)
+}
+
+/// Two namespaces joined by veth: kernel addresses .1 (A) and .2 (B); ustack uses .3 (A) and
+/// .4 (B). `None` (after saying why) when this process may not create namespaces.
+fn topology(subnet: u8) -> Option<VethPair> {
+    init_log();
+    if let Err(e) = netns::can_create_netns() {
+        skip(&e.to_string());
+        return None;
+    }
+    let pair = VethPair::create(&VethConfig {
+        prefix: "ustxdp".into(),
+        addr_a: subnet_addr(subnet, 1),
+        addr_b: subnet_addr(subnet, 2),
+        prefix_len: 24,
+        mtu: None,
+        tx_checksum_off: true,
+    })
+    .expect("veth pair");
+    Some(pair)
+}
+
+fn xdp_config(iface: &str, ip: Ipv4Addr, mode: XdpMode) -> XdpConfig {
+    XdpConfig {
+        mode,
+        filter_ipv4: Some(ip),
+        ..XdpConfig::new(iface)
+    }
+}
+
+/// The stack uses the interface's own MAC address, as a ustack on a real NIC must.
+fn stack_config(ip: Ipv4Addr, mac: [u8; 6]) -> StackConfig {
+    let mut c = StackConfig::new(ip, 24);
+    c.mac = MacAddr(mac);
+    c.sockets_max = 8;
+    c.page_size = PageSize::Huge2M;
+    c
+}
+
+fn staging() -> StagingConfig {
+    StagingConfig {
+        small_len: 64 << 10,
+        small_count: 64,
+        large_count: 4,
+        large_per_connection_max: 4,
+        page_size: PageSize::Huge2M,
+    }
+}
+
+fn server_config() -> ServerConfig {
+    ServerConfig {
+        connections_max: 4,
+        backlog: 2,
+        staging: staging(),
+        ..ServerConfig::default()
+    }
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        staging: staging(),
+        request_timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(10),
+        ..ClientConfig::default()
+    }
+}
+
+// --- the round trip ----------------------------------------------------------------------------
+
+/// Chunk sizes: 1 B and 4 MiB first, then log-uniform between them.
+fn chunk_sizes(seed: u64, count: usize) -> Vec<usize> {
+    let mut rng = Rng::new(seed);
+    let ln_max = (CHUNK_LEN_MAX as f64).ln();
+    (0..count)
+        .map(|i| match i {
+            0 => 1,
+            1 => CHUNK_LEN_MAX,
+            _ => {
+                let u = rng.next_u64() as f64 / u64::MAX as f64;
+                ((u * ln_max).exp() as usize).clamp(1, CHUNK_LEN_MAX)
+            }
+        })
+        .collect()
+}
+
+/// What a round trip moved.
+#[derive(Debug, Default)]
+struct RoundTrip {
+    chunks: usize,
+    bytes: u64,
+    write_s: f64,
+    read_s: f64,
+}
+
+/// Writes `count` chunks (ids from `base`, contents from a seeded stream) and reads every one
+/// back, checking every byte. `call` runs one request to completion.
+fn round_trip(
+    call: &mut dyn FnMut(ChunkOp<'_>) -> Result<Completion, String>,
+    seed: u64,
+    base: u128,
+    count: usize,
+) -> Result<RoundTrip, String> {
+    let sizes = chunk_sizes(seed, count);
+    let pattern = Pattern::new(seed);
+    let stream_at = |i: usize| (i as u64) << 32;
+    let mut buf = vec![0u8; CHUNK_LEN_MAX];
+    let mut scratch = vec![0u8; 64 << 10];
+    let mut out = RoundTrip {
+        chunks: count,
+        ..RoundTrip::default()
+    };
+    let start = WallInstant::now();
+    for (i, &len) in sizes.iter().enumerate() {
+        pattern.fill(stream_at(i), &mut buf[..len]);
+        let id = ChunkId(base + i as u128);
+        let c = call(ChunkOp::Write {
+            id,
+            offset: 0,
+            data: &buf[..len],
+        })?;
+        match c.result {
+            Ok(Reply::Write { chunk_size }) if chunk_size == len as u64 => {}
+            other => return Err(format!("WRITE #{i} ({len} B): {other:?}")),
+        }
+        out.bytes += len as u64;
+    }
+    out.write_s = start.elapsed().as_secs_f64();
+    let start = WallInstant::now();
+    for (i, &len) in sizes.iter().enumerate() {
+        let id = ChunkId(base + i as u128);
+        let c = call(ChunkOp::Read {
+            id,
+            offset: 0,
+            len: len as u32,
+        })?;
+        match c.result {
+            Ok(Reply::Read { len: got, .. }) if got as usize == len => {}
+            other => return Err(format!("READ #{i} ({len} B): {other:?}")),
+        }
+        if c.data().len() != len {
+            return Err(format!("READ #{i}: {} bytes, want {len}", c.data().len()));
+        }
+        if let Some(at) = pattern.mismatch(stream_at(i), c.data(), &mut scratch) {
+            return Err(format!("READ #{i} ({len} B): byte {at} differs"));
+        }
+    }
+    out.read_s = start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+fn kernel_round_trip(addr: SocketAddr, seed: u64, count: usize) -> Result<RoundTrip, String> {
+    let mut client = KernelClient::connect(addr, &client_config()).map_err(|e| e.to_string())?;
+    let mut call = |op: ChunkOp<'_>| client.call(op).map_err(|e| e.to_string());
+    let r = round_trip(&mut call, seed, 0x7000_0000, count)?;
+    client.close();
+    Ok(r)
+}
+
+// --- a ustack server on AF_XDP on a thread inside a namespace ---------------------------------
+
+/// What a server thread reports when it stops.
+#[derive(Debug)]
+struct Served {
+    mode: XdpModeInfo,
+    server: ServerStats,
+    xdp: XdpStats,
+}
+
+/// A ustack chunk server on AF_XDP, polled on its own thread inside a namespace.
+struct XdpServer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<Served, String>>>,
+    mode: XdpModeInfo,
+}
+
+impl XdpServer {
+    /// Opens the device on `iface` inside `ns`, serves `PORT` at `ip`, and returns once it is
+    /// ready. `spin` polls without ever sleeping (benchmarks).
+    fn start(
+        ns: &ustack::sys::netns::NetNs,
+        config: XdpConfig,
+        ip: Ipv4Addr,
+        spin: bool,
+    ) -> Result<XdpServer, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<XdpModeInfo, String>>(1);
+        let stop_flag = Arc::clone(&stop);
+        let handle = ns
+            .spawn(move || -> Result<Served, String> {
+                let fail = |e: String| {
+                    let _ = ready_tx.send(Err(e.clone()));
+                    Err(e)
+                };
+                let dev = match XdpDevice::open(&config) {
+                    Ok(d) => d,
+                    Err(e) => return fail(format!("XdpDevice::open: {e}")),
+                };
+                let mode = dev.mode();
+                let mac = dev.mac();
+                let mut stack = match Stack::new(dev, stack_config(ip, mac)) {
+                    Ok(s) => s,
+                    Err(e) => return fail(format!("Stack::new: {e}")),
+                };
+                let store = Arc::new(MemStore::new(1 << 30));
+                let mut server = match ChunkServer::bind(&mut stack, PORT, store, server_config()) {
+                    Ok(s) => s,
+                    Err(e) => return fail(format!("ChunkServer::bind: {e}")),
+                };
+                let _ = ready_tx.send(Ok(mode));
+                while !stop_flag.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    let busy = stack.poll(now) | server.poll(&mut stack);
+                    if !busy && !spin {
+                        stack.wait(now, Duration::from_millis(1));
+                    }
+                }
+                Ok(Served {
+                    mode,
+                    server: server.stats(),
+                    xdp: stack.device().xdp_stats(),
+                })
+            })
+            .map_err(|e| e.to_string())?;
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(mode)) => Ok(XdpServer {
+                stop,
+                handle: Some(handle),
+                mode,
+            }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e)
+            }
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                Err(format!("server not ready: {e}"))
+            }
+        }
+    }
+
+    fn stop(mut self) -> Served {
+        self.stop.store(true, Ordering::Relaxed);
+        let handle = self.handle.take().expect("handle");
+        handle
+            .join()
+            .expect("server thread panicked")
+            .expect("server")
+    }
+}
+
+impl Drop for XdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Whether `iface` in `ns` has an XDP program attached (`ip -d link show`).
+fn xdp_attached(ns: &ustack::sys::netns::NetNs, iface: &str) -> bool {
+    let out = ns
+        .ip(["-d", "link", "show", "dev", iface])
+        .expect("ip link show");
+    out.contains("prog/xdp") || out.contains("xdpgeneric")
+}
+
+// --- 1. kernel client against the ustack server, native and generic -------------------------
+
+fn kernel_client_against_xdp_server(subnet: u8, mode: XdpMode, want: AttachMode) {
+    let Some(pair) = topology(subnet) else {
+        return;
+    };
+    let ip = subnet_addr(subnet, 3);
+    let server = XdpServer::start(pair.a(), xdp_config(pair.iface_a(), ip, mode), ip, false)
+        .expect("ustack server on AF_XDP");
+    assert_eq!(server.mode.attach, want, "{:?}", server.mode);
+    assert_eq!(server.mode.bind, BindMode::Copy, "veth has copy mode only");
+    assert!(xdp_attached(pair.a(), pair.iface_a()));
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+    let r = pair
+        .b()
+        .run(move || kernel_round_trip(addr, 0x5eed ^ u64::from(subnet), CHUNKS))
+        .expect("enter B")
+        .expect("round trip");
+    let served = server.stop();
+    println!(
+        "{mode:?}: {} chunks, {:.1} MB each way; write {:.2} s ({:.0} MB/s), read {:.2} s ({:.0} MB/s)\n  mode {:?}\n  server {:?}\n  xdp {:?}",
+        r.chunks,
+        r.bytes as f64 / 1e6,
+        r.write_s,
+        r.bytes as f64 / 1e6 / r.write_s,
+        r.read_s,
+        r.bytes as f64 / 1e6 / r.read_s,
+        served.mode,
+        served.server,
+        served.xdp
+    );
+    assert_eq!(served.server.writes, CHUNKS as u64, "{:?}", served.server);
+    assert_eq!(served.server.connections_closed_for_errors, 0);
+    assert_eq!(served.xdp.bad_descriptors, 0);
+    assert!(!xdp_attached(pair.a(), pair.iface_a()), "detached on close");
+}
+
+#[test]
+fn kernel_client_against_xdp_server_native() {
+    kernel_client_against_xdp_server(1, XdpMode::Native, AttachMode::Native);
+}
+
+#[test]
+fn kernel_client_against_xdp_server_generic() {
+    kernel_client_against_xdp_server(2, XdpMode::Generic, AttachMode::Generic);
+}
+
+/// The other settings: no need_wakeup (a kick on every TX burst), busy polling (a `recvfrom` on
+/// every empty RX poll), 4096-byte frames, extra headroom, a small UMEM.
+#[test]
+fn kernel_client_with_busy_poll_no_need_wakeup_and_4k_frames() {
+    let subnet = 12;
+    let Some(pair) = topology(subnet) else {
+        return;
+    };
+    let ip = subnet_addr(subnet, 3);
+    let config = XdpConfig {
+        need_wakeup: false,
+        busy_poll: Some(BusyPoll {
+            timeout_us: 20,
+            budget: 64,
+        }),
+        frame_len: 4096,
+        headroom: 128,
+        frames: 4096,
+        fill_ring_len: 2048,
+        rx_ring_len: 2048,
+        tx_ring_len: 1024,
+        completion_ring_len: 1024,
+        burst_max: 32,
+        ..xdp_config(pair.iface_a(), ip, XdpMode::Auto)
+    };
+    let server = XdpServer::start(pair.a(), config, ip, false).expect("server");
+    assert!(
+        !server.mode.need_wakeup && server.mode.busy_poll,
+        "{:?}",
+        server.mode
+    );
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+    let r = pair
+        .b()
+        .run(move || kernel_round_trip(addr, 12, 50))
+        .unwrap()
+        .expect("round trip");
+    let served = server.stop();
+    println!("{r:?}\n  {:?}", served.xdp);
+    assert_eq!(served.server.writes, 50);
+    assert!(served.xdp.rx_kicks > 0, "busy polling kicks RX");
+    assert!(served.xdp.tx_kicks > 0);
+    assert_eq!(served.xdp.bad_descriptors, 0);
+}
+
+/// A 3000-byte MTU does not fit 2048-byte frames (a clear error) and works with 4096.
+#[test]
+fn mtu_3000_needs_4k_frames() {
+    let subnet = 13;
+    if let Err(e) = netns::can_create_netns() {
+        skip(&e.to_string());
+        return;
+    }
+    init_log();
+    let pair = VethPair::create(&VethConfig {
+        prefix: "ustxdp".into(),
+        addr_a: subnet_addr(subnet, 1),
+        addr_b: subnet_addr(subnet, 2),
+        prefix_len: 24,
+        mtu: Some(3000),
+        tx_checksum_off: true,
+    })
+    .expect("veth pair");
+    let ip = subnet_addr(subnet, 3);
+    let small = xdp_config(pair.iface_a(), ip, XdpMode::Auto);
+    let e = pair
+        .a()
+        .run(move || XdpDevice::open(&small).map(|_| ()))
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(e, XdpError::MtuTooLarge { mtu: 3000, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("frame_len 4096"), "{e}");
+    let config = XdpConfig {
+        frame_len: 4096,
+        ..xdp_config(pair.iface_a(), ip, XdpMode::Auto)
+    };
+    let server = XdpServer::start(pair.a(), config, ip, false).expect("server");
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+    let r = pair
+        .b()
+        .run(move || kernel_round_trip(addr, 13, 30))
+        .unwrap()
+        .expect("round trip at MTU 3000");
+    let served = server.stop();
+    assert_eq!(r.chunks, 30);
+    let s = served.xdp.link;
+    println!("{:?} {s:?}", served.mode);
+    assert!(
+        s.rx_bytes / s.rx_packets > 1600,
+        "frames larger than 1500-byte MTU ones: {s:?}"
+    );
+}
+
+// --- 2. ustack client on AF_XDP against the ustack server on AF_XDP ---------------------------
+
+#[test]
+fn xdp_client_against_xdp_server() {
+    let subnet = 3;
+    let Some(pair) = topology(subnet) else {
+        return;
+    };
+    let server_ip = subnet_addr(subnet, 3);
+    let client_ip = subnet_addr(subnet, 4);
+    let server = XdpServer::start(
+        pair.a(),
+        xdp_config(pair.iface_a(), server_ip, XdpMode::Auto),
+        server_ip,
+        false,
+    )
+    .expect("ustack server");
+    let iface_b = pair.iface_b().to_string();
+    let (r, client_mode, client_xdp) = pair
+        .b()
+        .run(move || -> Result<_, String> {
+            let dev = XdpDevice::open(&xdp_config(&iface_b, client_ip, XdpMode::Auto))
+                .map_err(|e| format!("client XdpDevice::open: {e}"))?;
+            let mode = dev.mode();
+            let mac = dev.mac();
+            let mut stack =
+                Stack::new(dev, stack_config(client_ip, mac)).map_err(|e| e.to_string())?;
+            let mut client = ChunkClient::connect(
+                &mut stack,
+                SocketAddrV4::new(server_ip, PORT),
+                &client_config(),
+                Instant::now(),
+            )
+            .map_err(|e| e.to_string())?;
+            let start = WallInstant::now();
+            let mut call = |op: ChunkOp<'_>| -> Result<Completion, String> {
+                client
+                    .submit(op, Instant::now())
+                    .map_err(|e| format!("submit: {e}"))?;
+                loop {
+                    if start.elapsed() > WALL_LIMIT {
+                        return Err(format!("not done in {WALL_LIMIT:?}"));
+                    }
+                    let now = Instant::now();
+                    let busy = stack.poll(now) | client.poll(&mut stack, now);
+                    if let Some(c) = client.next_completion() {
+                        return Ok(c);
+                    }
+                    if !busy {
+                        stack.wait(now, Duration::from_millis(1));
+                    }
+                }
+            };
+            let r = round_trip(&mut call, 0xc11e, 0x7100_0000, CHUNKS)?;
+            client.close(&mut stack);
+            let until = WallInstant::now() + Duration::from_millis(100);
+            while WallInstant::now() < until {
+                let now = Instant::now();
+                if !stack.poll(now) {
+                    stack.wait(now, Duration::from_millis(1));
+                }
+            }
+            Ok((r, mode, stack.device().xdp_stats()))
+        })
+        .expect("enter B")
+        .expect("ustack client round trip");
+    let served = server.stop();
+    println!(
+        "ustack<->ustack: {} chunks, {:.1} MB each way; write {:.2} s, read {:.2} s\n  client {client_mode:?}\n  client xdp {client_xdp:?}\n  server {:?}\n  server xdp {:?}",
+        r.chunks,
+        r.bytes as f64 / 1e6,
+        r.write_s,
+        r.read_s,
+        served.server,
+        served.xdp
+    );
+    assert_eq!(served.server.writes, CHUNKS as u64);
+    assert_eq!(served.server.connections_closed_for_errors, 0);
+    assert_eq!(client_xdp.bad_descriptors + served.xdp.bad_descriptors, 0);
+}
+
+// --- 3. crash: SIGKILL leaves the interface to the kernel; a restart re-binds ----------------
+
+/// A child process (this test binary) that kills itself on drop if still running.
+struct ChildGuard {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ChildGuard {
+    /// Starts this test binary in child `mode` from a thread inside `ns` (the child inherits
+    /// the thread's network namespace). `uid` drops privileges.
+    fn spawn(ns: &ustack::sys::netns::NetNs, mode: String, uid: Option<u32>) -> ChildGuard {
+        ChildGuard::spawn_wrapped(ns, mode, uid, &[])
+    }
+
+    /// Like [`ChildGuard::spawn`], run through `wrapper` (a program and its arguments, which
+    /// then run this binary), e.g. `setpriv` to drop a capability.
+    fn spawn_wrapped(
+        ns: &ustack::sys::netns::NetNs,
+        mode: String,
+        uid: Option<u32>,
+        wrapper: &[&str],
+    ) -> ChildGuard {
+        let exe = std::env::current_exe().expect("current_exe");
+        let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        let mut child = ns
+            .run(move || {
+                let mut cmd = match wrapper.split_first() {
+                    None => Command::new(&exe),
+                    Some((program, args)) => {
+                        let mut c = Command::new(program);
+                        c.args(args).arg(&exe);
+                        c
+                    }
+                };
+                cmd.args(["--exact", "child_process_entry", "--nocapture"])
+                    .env(CHILD_ENV, mode)
+                    .env_remove("USTACK_REQUIRE_PRIVILEGED_TESTS")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit());
+                if let Some(id) = uid {
+                    cmd.uid(id).gid(id);
+                }
+                cmd.spawn()
+            })
+            .expect("enter namespace")
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !line.starts_with("USTACK_CHILD ") {
+                    eprintln!("  child: {line}");
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ChildGuard { child, lines }
+    }
+
+    /// The child's next line that starts with `USTACK_CHILD `, without the prefix.
+    fn next_report(&self, timeout: Duration) -> Result<String, String> {
+        let end = WallInstant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(WallInstant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("USTACK_CHILD ") {
+                        return Ok(rest.to_string());
+                    }
+                }
+                Err(e) => return Err(format!("no report from the child: {e}")),
+            }
+        }
+    }
+
+    fn kill_and_wait(&mut self) -> std::process::ExitStatus {
+        // Child::kill sends SIGKILL to this child's pid.
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A kernel TCP server in A (on A's own address) and a kernel client in B exchange a message.
+fn kernel_tcp_works(pair: &VethPair, timeout: Duration) -> Result<(), String> {
+    let addr = SocketAddr::from(SocketAddrV4::new(pair.addr_a(), KERNEL_PORT));
+    let listener = pair
+        .a()
+        .run(move || TcpListener::bind(addr))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("bind in A: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let server = std::thread::spawn(move || -> Result<(), String> {
+        let end = WallInstant::now() + timeout;
+        let (mut s, _) = loop {
+            match listener.accept() {
+                Ok(c) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if WallInstant::now() > end {
+                        return Err("no connection".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        s.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        s.write_all(&buf).map_err(|e| e.to_string())
+    });
+    let client = pair
+        .b()
+        .run(move || -> Result<(), String> {
+            let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            s.write_all(b"hello").map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+            if &buf != b"hello" {
+                return Err("echo differs".into());
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    let served = server
+        .join()
+        .map_err(|_| "server thread panicked".to_string())?;
+    client.and(served)
+}
+
+/// The child's serve report: `READY attach=native bind=copy retries=N`.
+fn parse_ready(report: &str) -> Result<u32, String> {
+    let rest = report
+        .strip_prefix("READY ")
+        .ok_or_else(|| format!("child: {report}"))?;
+    rest.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("retries="))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("bad report {report}"))
+}
+
+#[test]
+fn sigkill_leaves_the_interface_to_the_kernel_and_a_restart_rebinds() {
+    let subnet = 4;
+    let Some(pair) = topology(subnet) else {
+        return;
+    };
+    let ip = subnet_addr(subnet, 3);
+    // No filter: while the child runs, the interface's whole traffic is ustack's.
+    let mode = format!("serve {} {ip} nofilter", pair.iface_a());
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+
+    let mut first = ChildGuard::spawn(pair.a(), mode.clone(), None);
+    parse_ready(&first.next_report(Duration::from_secs(30)).unwrap()).unwrap();
+    assert!(xdp_attached(pair.a(), pair.iface_a()));
+    let r = pair
+        .b()
+        .run(move || kernel_round_trip(addr, 1, 20))
+        .unwrap()
+        .expect("round trip with the first child");
+    assert_eq!(r.chunks, 20);
+    // While it runs, the kernel in A does not see its traffic (the test would be meaningless
+    // otherwise).
+    assert!(
+        kernel_tcp_works(&pair, Duration::from_millis(300)).is_err(),
+        "kernel TCP worked while ustack held the whole interface"
+    );
+
+    let status = first.kill_and_wait();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(
+        !xdp_attached(pair.a(), pair.iface_a()),
+        "the XDP program outlived the process"
+    );
+    kernel_tcp_works(&pair, Duration::from_secs(5)).expect("kernel TCP after SIGKILL");
+
+    // Restart at once, twice: the second start races the first's socket teardown (EBUSY).
+    let mut retries = Vec::new();
+    for round in 0..2 {
+        let mut child = ChildGuard::spawn(pair.a(), mode.clone(), None);
+        let report = child.next_report(Duration::from_secs(30)).unwrap();
+        retries.push(parse_ready(&report).unwrap());
+        let r = pair
+            .b()
+            .run(move || kernel_round_trip(addr, 2 + round, 20))
+            .unwrap()
+            .expect("round trip after restart");
+        assert_eq!(r.chunks, 20);
+        child.kill_and_wait();
+    }
+    println!("EBUSY retries of the restarts: {retries:?}");
+    assert!(!xdp_attached(pair.a(), pair.iface_a()));
+    kernel_tcp_works(&pair, Duration::from_secs(5)).expect("kernel TCP at the end");
+}
+
+// --- checksums: a kernel peer with TX checksum offload on ------------------------------------
+
+/// With offload on (veth's default), the kernel in B sends TCP segments whose checksum field
+/// holds only the pseudo-header sum; AF_XDP hands them over as they are and the stack must drop
+/// them (counted), which is why test topologies turn offload off on the peer.
+fn partial_checksums_from_an_offloading_peer_are_dropped(subnet: u8, mode: XdpMode) {
+    if let Err(e) = netns::can_create_netns() {
+        skip(&e.to_string());
+        return;
+    }
+    init_log();
+    let pair = VethPair::create(&VethConfig {
+        prefix: "ustxdp".into(),
+        addr_a: subnet_addr(subnet, 1),
+        addr_b: subnet_addr(subnet, 2),
+        prefix_len: 24,
+        mtu: None,
+        tx_checksum_off: false,
+    })
+    .expect("veth pair");
+    let ip = subnet_addr(subnet, 3);
+    let config = xdp_config(pair.iface_a(), ip, mode);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_flag = Arc::clone(&stop);
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let server = pair
+        .a()
+        .spawn(move || {
+            let dev = XdpDevice::open(&config).expect("open");
+            let mac = dev.mac();
+            let mut stack = Stack::new(dev, stack_config(ip, mac)).expect("stack");
+            let listener = stack.listen(PORT, 1).expect("listen");
+            ready_tx.send(()).unwrap();
+            while !stop_flag.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                let _ = stack.accept(listener);
+                if !stack.poll(now) {
+                    stack.wait(now, Duration::from_millis(1));
+                }
+            }
+            stack.stats()
+        })
+        .expect("spawn");
+    ready_rx.recv().unwrap();
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+    let connected = pair
+        .b()
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).is_ok())
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let stats = server.join().unwrap();
+    println!("{mode:?}: connected={connected} stack {stats:?}");
+    assert!(!connected, "a partial checksum was accepted");
+    assert!(stats.rx_bad_checksum >= 1, "{stats:?}");
+    assert_eq!(stats.accepted, 0);
+}
+
+#[test]
+fn partial_checksums_native() {
+    partial_checksums_from_an_offloading_peer_are_dropped(8, XdpMode::Native);
+}
+
+#[test]
+fn partial_checksums_generic() {
+    partial_checksums_from_an_offloading_peer_are_dropped(9, XdpMode::Generic);
+}
+
+// --- 4. errors --------------------------------------------------------------------------------
+
+#[test]
+fn unprivileged_error_names_the_missing_capabilities() {
+    let Some(pair) = topology(5) else {
+        return;
+    };
+    let mut child = ChildGuard::spawn(
+        pair.a(),
+        format!("unprivileged {}", pair.iface_a()),
+        Some(65534),
+    );
+    let probe = child.next_report(Duration::from_secs(30)).unwrap();
+    let open = child.next_report(Duration::from_secs(30)).unwrap();
+    let status = child.child.wait().expect("wait");
+    println!("{probe}\n{open}");
+    assert!(status.success(), "{status:?}");
+    for report in [&probe, &open] {
+        for cap in ["CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_BPF"] {
+            assert!(report.contains(cap), "{report}");
+        }
+        assert!(report.contains(pair.iface_a()), "{report}");
+    }
+    assert!(!xdp_attached(pair.a(), pair.iface_a()));
+}
+
+#[test]
+fn without_cap_ipc_lock_the_umem_must_fit_the_memlock_limit() {
+    let Some(pair) = topology(11) else {
+        return;
+    };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip("setpriv (util-linux) is not installed");
+        return;
+    }
+    // Root without CAP_IPC_LOCK: the bounding set is what root's capabilities come from at exec.
+    let mut child = ChildGuard::spawn_wrapped(
+        pair.a(),
+        format!("nolock {}", pair.iface_a()),
+        None,
+        &["setpriv", "--bounding-set", "-ipc_lock", "--"],
+    );
+    let reports: Vec<String> = (0..3)
+        .map(|_| child.next_report(Duration::from_secs(30)).unwrap())
+        .collect();
+    let status = child.child.wait().expect("wait");
+    println!("{}", reports.join("\n"));
+    assert!(status.success(), "{status:?}");
+    let limit_kib = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max locked memory"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|b| b / 1024);
+    match limit_kib {
+        // The default UMEM (32 MiB) is over the limit: both say what to do.
+        Some(kib) if kib < 32 << 10 => {
+            for r in &reports[..2] {
+                assert!(r.contains("CAP_IPC_LOCK") && r.contains("ulimit -l"), "{r}");
+            }
+            assert!(reports[2].starts_with("SMALL ok"), "{}", reports[2]);
+        }
+        other => skip(&format!(
+            "the locked-memory limit ({other:?} KiB) fits the default UMEM; nothing to refuse"
+        )),
+    }
+    assert!(!xdp_attached(pair.a(), pair.iface_a()));
+}
+
+#[test]
+fn absent_interface_and_probe() {
+    let Some(pair) = topology(6) else {
+        return;
+    };
+    let iface = pair.iface_a().to_string();
+    let (absent, probe) = pair
+        .a()
+        .run(move || {
+            (
+                XdpDevice::open(&XdpConfig::new("ustabsent0")).map(|_| ()),
+                XdpDevice::probe(&iface),
+            )
+        })
+        .unwrap();
+    let e = absent.unwrap_err();
+    assert!(matches!(e, XdpError::NoSuchInterface { .. }), "{e:?}");
+    assert!(e.to_string().contains("\"ustabsent0\""), "{e}");
+    probe.expect("probe as root on a veth");
+    assert!(
+        !xdp_attached(pair.a(), pair.iface_a()),
+        "probe leaves nothing attached"
+    );
+}
+
+#[test]
+fn a_second_device_on_the_same_interface_is_refused_and_the_first_keeps_working() {
+    let subnet = 10;
+    let Some(pair) = topology(subnet) else {
+        return;
+    };
+    let ip = subnet_addr(subnet, 3);
+    let server = XdpServer::start(
+        pair.a(),
+        xdp_config(pair.iface_a(), ip, XdpMode::Auto),
+        ip,
+        false,
+    )
+    .expect("first device");
+    let second = xdp_config(pair.iface_a(), subnet_addr(subnet, 5), XdpMode::Auto);
+    let started = WallInstant::now();
+    let e = pair
+        .a()
+        .run(move || XdpDevice::open(&second).map(|_| ()))
+        .unwrap()
+        .unwrap_err();
+    println!("second open after {:?}: {e}", started.elapsed());
+    assert!(matches!(e, XdpError::AttachRefused { .. }), "{e:?}");
+    assert!(e.to_string().contains("another XDP program"), "{e}");
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+    let r = pair
+        .b()
+        .run(move || kernel_round_trip(addr, 10, 10))
+        .unwrap()
+        .expect("the first device still serves");
+    assert_eq!(r.chunks, 10);
+    drop(server);
+    assert!(!xdp_attached(pair.a(), pair.iface_a()));
+}
+
+// --- the child process ------------------------------------------------------------------------
+
+/// Runs only as a child (with `USTACK_AFXDP_CHILD` set); as a plain test it does nothing.
+///
+/// - `serve IFACE IP nofilter|filter`: a ustack chunk server on AF_XDP; prints
+///   `USTACK_CHILD READY ...` and serves until killed (or `CHILD_LIFETIME` passes).
+/// - `unprivileged IFACE`: prints the errors of `probe` and `open`.
+#[test]
+fn child_process_entry() {
+    let Ok(mode) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    init_log();
+    let words: Vec<&str> = mode.split_whitespace().collect();
+    let report = |s: String| {
+        println!("USTACK_CHILD {s}");
+        let _ = std::io::stdout().flush();
+    };
+    match words.as_slice() {
+        ["serve", iface, ip, filter] => {
+            let ip: Ipv4Addr = ip.parse().expect("ip");
+            let mut config = xdp_config(iface, ip, XdpMode::Auto);
+            if *filter == "nofilter" {
+                config.filter_ipv4 = None;
+            }
+            let dev = match XdpDevice::open(&config) {
+                Ok(d) => d,
+                Err(e) => {
+                    report(format!("ERROR {e}"));
+                    return;
+                }
+            };
+            let m = dev.mode();
+            let mac = dev.mac();
+            let mut stack = Stack::new(dev, stack_config(ip, mac)).expect("stack");
+            let mut server = ChunkServer::bind(
+                &mut stack,
+                PORT,
+                Arc::new(MemStore::new(1 << 30)),
+                server_config(),
+            )
+            .expect("bind");
+            report(format!(
+                "READY attach={} bind={} retries={}",
+                m.attach, m.bind, m.busy_retries
+            ));
+            let end = WallInstant::now() + CHILD_LIFETIME;
+            while WallInstant::now() < end {
+                let now = Instant::now();
+                if !(stack.poll(now) | server.poll(&mut stack)) {
+                    stack.wait(now, Duration::from_millis(1));
+                }
+            }
+        }
+        ["unprivileged", iface] => {
+            let probe = XdpDevice::probe(iface);
+            report(format!("PROBE {probe:?} :: {}", display(&probe)));
+            let open = XdpDevice::open(&XdpConfig::new(*iface)).map(|_| ());
+            report(format!("OPEN {}", display(&open)));
+        }
+        ["nolock", iface] => {
+            let probe = XdpDevice::probe(iface);
+            report(format!("PROBE {}", display(&probe)));
+            let open = XdpDevice::open(&XdpConfig::new(*iface)).map(|_| ());
+            report(format!("OPEN {}", display(&open)));
+            // A UMEM of 2048 frames (4 MiB) fits a default 8 MiB limit.
+            let small = XdpConfig {
+                frames: 2048,
+                fill_ring_len: 1024,
+                rx_ring_len: 1024,
+                completion_ring_len: 256,
+                tx_ring_len: 256,
+                ..XdpConfig::new(*iface)
+            };
+            match XdpDevice::open(&small) {
+                Ok(dev) => report(format!("SMALL ok {:?}", dev.mode())),
+                Err(e) => report(format!("SMALL {e}")),
+            }
+        }
+        other => panic!("unknown child mode {other:?}"),
+    }
+}
+
+fn display(r: &Result<(), XdpError>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+// --- bench -------------------------------------------------------------------------------------
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// 4 KiB READs at depth 1 for `secs`, then 1 MiB READs for `secs`, from a kernel client.
+/// Returns (ops/s, p50 us, p99 us, MB/s).
+fn bench_target(addr: SocketAddr, secs: f64) -> Result<(f64, f64, f64, f64), String> {
+    let mut client = KernelClient::connect(addr, &client_config()).map_err(|e| e.to_string())?;
+    let small = vec![0x5au8; 4096];
+    let big = vec![0xa5u8; 1 << 20];
+    for (i, data) in [(0u128, &small), (1, &big)] {
+        let c = client
+            .call(ChunkOp::Write {
+                id: ChunkId(0xbe7c_0000 + i),
+                offset: 0,
+                data,
+            })
+            .map_err(|e| e.to_string())?;
+        c.result.map_err(|e| e.to_string())?;
+    }
+    let mut read = |id: u128, len: u32| -> Result<(), String> {
+        let c = client
+            .call(ChunkOp::Read {
+                id: ChunkId(0xbe7c_0000 + id),
+                offset: 0,
+                len,
+            })
+            .map_err(|e| e.to_string())?;
+        c.result.map_err(|e| e.to_string())?;
+        if c.data().len() != len as usize {
+            return Err("short read".into());
+        }
+        Ok(())
+    };
+    // Warm up.
+    for _ in 0..1000 {
+        read(0, 4096)?;
+    }
+    let mut lat = Vec::with_capacity(1 << 20);
+    let start = WallInstant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        let t = WallInstant::now();
+        read(0, 4096)?;
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    let ops_s = lat.len() as f64 / start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let start = WallInstant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        read(1, 1 << 20)?;
+        n += 1;
+    }
+    let mb_s = n as f64 * (1 << 20) as f64 / 1e6 / start.elapsed().as_secs_f64();
+    client.close();
+    Ok((ops_s, p50, p99, mb_s))
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn bench_read_latency_and_throughput() {
+    let subnet = 7;
+    let Some(pair) = topology(subnet) else {
+        return;
+    };
+    let secs: f64 = std::env::var("USTACK_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let ip = subnet_addr(subnet, 3);
+    let kernel_addr = SocketAddr::from(SocketAddrV4::new(pair.addr_a(), KERNEL_PORT));
+    let kernel = pair
+        .a()
+        .run(move || {
+            KernelServer::bind(
+                kernel_addr,
+                Arc::new(MemStore::new(1 << 30)),
+                server_config(),
+            )
+        })
+        .unwrap()
+        .expect("kernel server")
+        .start()
+        .expect("kernel server thread");
+    println!(
+        "GLIBC_TUNABLES={:?}",
+        std::env::var("GLIBC_TUNABLES").unwrap_or_default()
+    );
+    println!("| server | 4 KiB READ ops/s | p50 us | p99 us | 1 MiB READ MB/s |");
+    println!("|---|---|---|---|---|");
+    // The kernel server is measured first and last, so drift in the machine's load shows.
+    let (ops, p50, p99, mbs) = pair
+        .b()
+        .run(move || bench_target(kernel_addr, secs))
+        .unwrap()
+        .expect("bench kernel");
+    println!("| kernel TCP (KernelServer), first | {ops:.0} | {p50:.1} | {p99:.1} | {mbs:.0} |");
+    for (name, spin) in [
+        ("ustack AF_XDP, poll() when idle", false),
+        ("ustack AF_XDP, busy-spin", true),
+    ] {
+        for mode in [XdpMode::Native, XdpMode::Generic] {
+            let server = XdpServer::start(pair.a(), xdp_config(pair.iface_a(), ip, mode), ip, spin)
+                .expect("xdp server");
+            let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+            let (ops, p50, p99, mbs) = pair
+                .b()
+                .run(move || bench_target(addr, secs))
+                .unwrap()
+                .expect("bench xdp");
+            let m = server.mode;
+            drop(server);
+            println!(
+                "| {name} ({} XDP, {}) | {ops:.0} | {p50:.1} | {p99:.1} | {mbs:.0} |",
+                m.attach, m.bind
+            );
+        }
+    }
+    let (ops, p50, p99, mbs) = pair
+        .b()
+        .run(move || bench_target(kernel_addr, secs))
+        .unwrap()
+        .expect("bench kernel");
+    println!("| kernel TCP (KernelServer), last | {ops:.0} | {p50:.1} | {p99:.1} | {mbs:.0} |");
+    let _ = kernel.stop();
+}
