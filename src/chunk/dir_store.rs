@@ -114,6 +114,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use super::mem_store::write_end;
 use super::store::{ChunkStat, ChunkStore, ReadInfo, StoreError};
@@ -271,6 +272,9 @@ struct Stripe {
     crc_cache: Mutex<HashMap<ChunkId, (u64, u32)>>,
 }
 
+/// How long `open` waits for a directory lock that is about to be released.
+const LOCK_WAIT_MAX: Duration = Duration::from_millis(500);
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 const LOCK_FILE: &str = "LOCK";
 const FANOUT: usize = 256;
 const LOG_SUFFIX: &str = ".log";
@@ -449,14 +453,24 @@ impl DirStore {
                 path: lock_path.clone(),
                 source,
             })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(DirStoreError::Locked { path: dir }),
-            Err(TryLockError::Error(source)) => {
-                return Err(DirStoreError::Lock {
-                    path: lock_path,
-                    source,
-                })
+        // A lock can outlive its owner for a moment: a process being forked holds a copy of the
+        // descriptor until it execs, and a store closing in another process needs a moment.
+        // Retry briefly before calling the directory taken.
+        let mut waited = Duration::ZERO;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if waited < LOCK_WAIT_MAX => {
+                    std::thread::sleep(LOCK_RETRY);
+                    waited += LOCK_RETRY;
+                }
+                Err(TryLockError::WouldBlock) => return Err(DirStoreError::Locked { path: dir }),
+                Err(TryLockError::Error(source)) => {
+                    return Err(DirStoreError::Lock {
+                        path: lock_path,
+                        source,
+                    })
+                }
             }
         }
 
