@@ -49,6 +49,9 @@ pub struct ChunkServer<S: ChunkStore> {
     free: Vec<usize>,
     stats: ServerStats,
     shutting_down: bool,
+    /// The stack's shard epochs when the connections were last served: a connection whose
+    /// shard was not polled since has nothing new.
+    seen_epochs: Vec<u64>,
 }
 
 impl<S: ChunkStore> ChunkServer<S> {
@@ -88,6 +91,7 @@ impl<S: ChunkStore> ChunkServer<S> {
             free: (0..cfg.connections_max).rev().collect(),
             stats: ServerStats::default(),
             shutting_down: false,
+            seen_epochs: vec![u64::MAX; stack.shard_count()],
         })
     }
 
@@ -117,9 +121,19 @@ impl<S: ChunkStore> ChunkServer<S> {
             }
         }
         for i in 0..self.slots.len() {
-            if self.slots[i].conn.is_some() {
+            let Some(c) = self.slots[i].conn else {
+                continue;
+            };
+            let core = &self.slots[i].core;
+            let moved = self.seen_epochs.get(c.shard()) != Some(&stack.shard_epoch(c.shard()));
+            // Served when its shard was polled (data, room, or a state change may be there), or
+            // when it has work of its own (answers to send, a request waiting for a buffer).
+            if moved || core.queued() > 0 || core.is_waiting() || self.slots[i].eof {
                 busy |= self.serve(stack, i);
             }
+        }
+        for (sh, seen) in self.seen_epochs.iter_mut().enumerate() {
+            *seen = stack.shard_epoch(sh);
         }
         busy
     }

@@ -150,6 +150,8 @@ struct Shard<F> {
     wake_at: Option<Instant>,
     /// Listening sockets free per listened port: SYNs this shard can take now.
     budget: Vec<(u16, u32)>,
+    /// Times this shard was polled: its sockets may have changed when it moves.
+    epoch: u64,
 }
 
 /// A listener across the shards.
@@ -158,12 +160,18 @@ struct ListenerMeta {
 }
 
 const EPHEMERAL_FIRST: u16 = 49152;
+/// Rounds of re-arming and routing held SYNs within one poll.
+const SYN_ROUNDS_MAX: usize = 64;
+/// How long a SYN may wait for a listening socket before it is dropped (the client retries).
+const SYN_WAIT_MAX: Duration = Duration::from_secs(2);
 
 /// A TCP/IP stack over one packet device.
 pub struct Stack<D: PacketDevice> {
     iface: Interface,
     io: Io<D>,
     shards: Vec<Shard<D::Frame>>,
+    /// Connection requests waiting for a listening socket to re-arm (bounded).
+    syn_wait: Batch<(FlowKey, Instant, D::Frame)>,
     /// Which shard owns each TCP flow (bounded: swept of dead flows when full).
     flows: HashMap<FlowKey, u16, FlowHash>,
     flows_max: usize,
@@ -284,6 +292,7 @@ impl<D: PacketDevice> Stack<D> {
                 dirty: false,
                 wake_at: None,
                 budget: Vec::with_capacity(cfg.listeners_max),
+                epoch: 0,
             });
         }
         tracing::debug!(
@@ -296,6 +305,7 @@ impl<D: PacketDevice> Stack<D> {
             iface,
             io,
             shards,
+            syn_wait: Batch::with_capacity(ring),
             flows: HashMap::with_capacity_and_hasher(
                 flows_max,
                 FlowHash((cfg.random_seed ^ 0x9E37_79B9_7F4A_7C15) | 1),
@@ -331,26 +341,27 @@ impl<D: PacketDevice> Stack<D> {
             flows,
             flows_max,
             next_shard,
+            syn_wait,
             ..
         } = self;
         let mut arp = false;
         let single = shards.len() == 1;
         io.receive(budget, |route, frame| {
             let shard = match route {
-                // One shard: nothing to steer (the listen budget still applies).
-                Route::Tcp { flow, syn: true } if single && listening(shards, flow.local_port) => {
-                    take_syn_budget(shards, flow.local_port, next_shard)
-                        .ok_or(RxDrop::BacklogFull)?
+                Route::Tcp { flow, syn: true } if listening(shards, flow.local_port) => {
+                    match steer_syn(shards, flows, *flows_max, next_shard, flow) {
+                        Some(s) => s,
+                        // Every armed socket is taken for now: hold the SYN until one re-arms.
+                        None => {
+                            return syn_wait
+                                .push((flow, now, frame))
+                                .map_err(|_| RxDrop::BacklogFull);
+                        }
+                    }
                 }
                 _ if single => {
                     arp |= route == Route::Arp;
                     0
-                }
-                Route::Tcp { flow, syn: true } if listening(shards, flow.local_port) => {
-                    let s = take_syn_budget(shards, flow.local_port, next_shard)
-                        .ok_or(RxDrop::BacklogFull)?;
-                    remember_flow(flows, *flows_max, shards, flow, s);
-                    s
                 }
                 Route::Tcp { flow, .. } => flows.get(&flow).map_or(0, |&s| usize::from(s)),
                 Route::Arp => {
@@ -367,16 +378,14 @@ impl<D: PacketDevice> Stack<D> {
                 s.dirty = true;
             }
         }
-        let mut changed = false;
-        for i in 0..self.shards.len() {
-            let due = {
-                let s = &self.shards[i];
-                !s.rx.is_empty() || s.dirty || s.wake_at.is_some_and(|t| t <= now)
-            };
-            if due {
-                self.io.stats.shard_polls += 1;
-                changed |= self.poll_shard(i, now);
+        let mut changed = self.poll_due_shards(now);
+        // SYNs that found no armed socket: each round of polling re-arms the listeners, so
+        // route again until they are all placed or nothing moves.
+        for _ in 0..SYN_ROUNDS_MAX {
+            if self.syn_wait.is_empty() || !self.route_waiting_syns(now) {
+                break;
             }
+            changed |= self.poll_due_shards(now);
         }
         self.io.flush();
         for i in 0..self.shards.len() {
@@ -388,6 +397,57 @@ impl<D: PacketDevice> Stack<D> {
             self.io.stats.rx_dropped(),
         );
         changed || before != after
+    }
+
+    /// Polls every shard that has frames, was touched, or has a timer due.
+    fn poll_due_shards(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for i in 0..self.shards.len() {
+            let due = {
+                let s = &self.shards[i];
+                !s.rx.is_empty() || s.dirty || s.wake_at.is_some_and(|t| t <= now)
+            };
+            if due {
+                self.io.stats.shard_polls += 1;
+                changed |= self.poll_shard(i, now);
+            }
+        }
+        changed
+    }
+
+    /// Offers the waiting SYNs to the shards again; drops those that waited too long. Returns
+    /// whether any was placed.
+    fn route_waiting_syns(&mut self, now: Instant) -> bool {
+        let mut placed = false;
+        for _ in 0..self.syn_wait.len() {
+            let Some((flow, since, frame)) = self.syn_wait.pop() else {
+                break;
+            };
+            if now.saturating_duration_since(since) > SYN_WAIT_MAX {
+                // The client has retried by now; this copy is stale.
+                self.io.count_drop(RxDrop::BacklogFull);
+                continue;
+            }
+            match steer_syn(
+                &mut self.shards,
+                &mut self.flows,
+                self.flows_max,
+                &mut self.next_shard,
+                flow,
+            ) {
+                Some(s) => {
+                    placed = true;
+                    if self.shards[s].rx.push(frame).is_err() {
+                        self.io.count_drop(RxDrop::ShardFull);
+                    }
+                }
+                None => {
+                    // Cannot fail: one was just taken out.
+                    let _ = self.syn_wait.push((flow, since, frame));
+                }
+            }
+        }
+        placed
     }
 
     /// Runs smoltcp over one shard: its frames in, its sockets out, then listener and socket
@@ -402,6 +462,7 @@ impl<D: PacketDevice> Stack<D> {
             ..
         } = self;
         let shard = &mut shards[i];
+        shard.epoch += 1;
         let mut changed = false;
         loop {
             let mut view = io.view(&mut shard.rx);
@@ -452,7 +513,10 @@ impl<D: PacketDevice> Stack<D> {
         if self.io.tx_pending() > 0 || self.shards.iter().any(|s| s.dirty || !s.rx.is_empty()) {
             return Some(now);
         }
-        self.shards.iter().filter_map(|s| s.wake_at).min()
+        let timers = self.shards.iter().filter_map(|s| s.wake_at).min();
+        // Held SYNs are retried soon (a listener may re-arm after an accept).
+        let syns = (!self.syn_wait.is_empty()).then(|| now + Duration::from_millis(1));
+        timers.into_iter().chain(syns).min()
     }
 
     /// Waits (in the device, e.g. `poll(2)` on its fd) until a frame may have arrived or the
@@ -781,6 +845,14 @@ impl<D: PacketDevice> Stack<D> {
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }
+
+    /// How many times shard `shard` was polled. Connections of a shard whose count did not move
+    /// since the application last looked cannot have new data, new room or a new state, so an
+    /// application with many connections only needs to look at the shards that moved
+    /// (see [`ConnId::shard`]).
+    pub fn shard_epoch(&self, shard: usize) -> u64 {
+        self.shards.get(shard).map_or(0, |s| s.epoch)
+    }
 }
 
 /// A cheap keyed hash for the flow table: one multiply per word, keyed by the stack's random
@@ -829,6 +901,32 @@ fn listening<F>(shards: &[Shard<F>], port: u16) -> bool {
     shards
         .iter()
         .any(|s| s.budget.iter().any(|&(p, _)| p == port))
+}
+
+/// The shard for a connection request: the one already handling this flow (a repeated SYN), or
+/// one with a socket listening on the port (its budget is taken and the flow remembered).
+fn steer_syn<F>(
+    shards: &mut [Shard<F>],
+    flows: &mut HashMap<FlowKey, u16, FlowHash>,
+    flows_max: usize,
+    next: &mut usize,
+    flow: FlowKey,
+) -> Option<usize> {
+    if shards.len() == 1 {
+        if shards[0].table.has_flow(&flow) {
+            return Some(0);
+        }
+        return take_syn_budget(shards, flow.local_port, next);
+    }
+    if let Some(&s) = flows.get(&flow) {
+        let s = usize::from(s);
+        if shards[s].table.has_flow(&flow) {
+            return Some(s);
+        }
+    }
+    let s = take_syn_budget(shards, flow.local_port, next)?;
+    remember_flow(flows, flows_max, shards, flow, s);
+    Some(s)
 }
 
 /// Picks a shard with a socket listening on `port` (round robin) and takes one from its budget.
