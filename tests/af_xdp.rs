@@ -43,6 +43,7 @@ use ustack::chunk::{
 use ustack::dev::af_xdp::{
     AttachMode, BindMode, BusyPoll, XdpConfig, XdpDevice, XdpError, XdpMode, XdpModeInfo, XdpStats,
 };
+use ustack::dev::auto::{AnyDevice, BackendConfig, BackendKind};
 use ustack::net::{KernelClient, KernelServer};
 use ustack::proto::{ChunkId, Reply};
 use ustack::stack::{MacAddr, Stack, StackConfig};
@@ -866,6 +867,56 @@ fn unprivileged_error_names_the_missing_capabilities() {
     assert!(!xdp_attached(pair.a(), pair.iface_a()));
 }
 
+// --- backend auto-selection -------------------------------------------------------------------
+
+#[test]
+fn auto_picks_af_xdp_on_a_veth() {
+    let Some(pair) = topology(12) else {
+        return;
+    };
+    let iface = pair.iface_a().to_string();
+    let (kind, reason, mac) = pair
+        .a()
+        .run(move || {
+            let dev = AnyDevice::auto(&BackendConfig::from_iface(&iface)).expect("auto");
+            (dev.kind(), dev.reason().to_string(), dev.mac())
+        })
+        .unwrap();
+    println!("auto: {kind}: {reason}");
+    assert_eq!(kind, BackendKind::AfXdp);
+    assert!(
+        reason.contains("dpdk"),
+        "the reason says why DPDK was not used: {reason}"
+    );
+    assert!(
+        mac.is_some(),
+        "AF_XDP gives the interface's MAC for the stack"
+    );
+}
+
+#[test]
+fn auto_without_privileges_lists_what_was_tried() {
+    let Some(pair) = topology(13) else {
+        return;
+    };
+    let mut child = ChildGuard::spawn(pair.a(), format!("auto {}", pair.iface_a()), Some(65534));
+    let report = child.next_report(Duration::from_secs(30)).unwrap();
+    let status = child.child.wait().expect("wait");
+    println!("{report}");
+    assert!(status.success(), "{status:?}");
+    assert!(report.starts_with("ERROR"), "{report}");
+    for word in [
+        "dpdk",
+        "af-xdp",
+        "CAP_NET_RAW",
+        "CAP_NET_ADMIN",
+        "CAP_BPF",
+        pair.iface_a(),
+    ] {
+        assert!(report.contains(word), "{word} missing from: {report}");
+    }
+}
+
 #[test]
 fn without_cap_ipc_lock_the_umem_must_fit_the_memlock_limit() {
     let Some(pair) = topology(11) else {
@@ -1026,6 +1077,10 @@ fn child_process_entry() {
                 }
             }
         }
+        ["auto", iface] => match AnyDevice::auto(&BackendConfig::from_iface(iface)) {
+            Ok(dev) => report(format!("CHOSE {} :: {}", dev.kind(), dev.reason())),
+            Err(e) => report(format!("ERROR {}", e.to_string().replace('\n', " | "))),
+        },
         ["unprivileged", iface] => {
             let probe = XdpDevice::probe(iface);
             report(format!("PROBE {probe:?} :: {}", display(&probe)));

@@ -14,6 +14,7 @@ use crate::mem::PoolBuf;
 use crate::time::Instant;
 
 pub mod af_xdp;
+pub mod auto;
 pub mod pcap;
 pub mod sim;
 pub mod tap;
