@@ -28,14 +28,20 @@ use ustack::chunk::{
     ChunkOp, ChunkServer, ClientConfig, Completion, MemStore, ServerConfig, ServerStats, Staging,
     SubmitError,
 };
+use ustack::dev::auto::{AnyDevice, BackendConfig};
 use ustack::dev::sim::{SimConfig, SimLink, SimPort};
 use ustack::net::KernelClient;
 use ustack::proto::{crc32c, ChunkId, Limits, Reply};
-use ustack::stack::Stack;
+use ustack::stack::{MacAddr, Stack};
 use ustack::Instant;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Backend {
+    /// The best kernel-bypass backend for --iface (DPDK if compiled in and it has a port, else
+    /// AF_XDP), to --server.
+    Auto,
+    /// ustack client stack on an AF_XDP socket bound to --iface, to --server.
+    AfXdp,
     /// Kernel TCP to --server.
     Kernel,
     /// ustack on both ends, in this process: a server stack (memory store) on the other end of
@@ -69,6 +75,9 @@ struct Args {
     /// TAP backend: the kernel's address on the TAP.
     #[arg(long)]
     tap_peer: Option<Cidr>,
+    /// auto and af-xdp backends: the network interface (in this network namespace).
+    #[arg(long)]
+    iface: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -105,6 +114,9 @@ enum Cmd {
         /// Distinct chunks the requests spread over.
         #[arg(long, default_value_t = 64)]
         chunks: u64,
+        /// Extra connections held open and idle during the run (connection scaling).
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
     },
     /// Split a file into chunks, write them, print the manifest (one line per chunk:
     /// `ID OFFSET LENGTH CRC32C`).
@@ -165,6 +177,8 @@ fn client_config(args: &Args) -> Result<ClientConfig, String> {
 struct KernelClients {
     clients: Vec<KernelClient>,
     what: String,
+    /// Connections held open and never used.
+    idle: Vec<std::net::TcpStream>,
 }
 
 impl ClientSet for KernelClients {
@@ -198,6 +212,14 @@ impl ClientSet for KernelClients {
     }
     fn is_broken(&self, i: usize) -> bool {
         self.clients[i].is_broken()
+    }
+    fn open_idle(&mut self, n: usize, server: SocketAddrV4) -> Result<(), String> {
+        for k in 0..n {
+            let s = std::net::TcpStream::connect_timeout(&server.into(), Duration::from_secs(5))
+                .map_err(|e| format!("idle connection {k}: {e}"))?;
+            self.idle.push(s);
+        }
+        Ok(())
     }
 }
 
@@ -269,6 +291,12 @@ fn spawn_sim_server(port: SimPort, connections: usize, limits: Limits) -> SimSer
 
 fn run(args: &Args) -> Result<(), String> {
     let cfg = client_config(args)?;
+    // Sockets for the working connections, the idle ones of a scaling run, and one spare.
+    let idle = match args.cmd {
+        Cmd::Bench { idle, .. } => idle,
+        _ => 0,
+    };
+    let sockets = args.connections + idle + 1;
     let mut sim_server = None;
     let mut clients: Box<dyn ClientSet> = match args.backend {
         Backend::Kernel => {
@@ -283,6 +311,7 @@ fn run(args: &Args) -> Result<(), String> {
             Box::new(KernelClients {
                 clients,
                 what: format!("kernel TCP to {} (no bypass)", args.server),
+                idle: Vec::new(),
             })
         }
         Backend::Sim => {
@@ -291,7 +320,7 @@ fn run(args: &Args) -> Result<(), String> {
                 ..SimConfig::default()
             })
             .map_err(|e| e.to_string())?;
-            sim_server = Some(spawn_sim_server(b, args.connections, cfg.limits));
+            sim_server = Some(spawn_sim_server(b, args.connections + idle, cfg.limits));
             let stack = Stack::new(
                 a,
                 stack_config(
@@ -300,7 +329,7 @@ fn run(args: &Args) -> Result<(), String> {
                         prefix: 24,
                     },
                     None,
-                    args.connections + 1,
+                    sockets,
                 ),
             )
             .map_err(|e| e.to_string())?;
@@ -314,14 +343,46 @@ fn run(args: &Args) -> Result<(), String> {
         }
         Backend::Tap => {
             let (tap, where_) = open_tap(None, args.tap_peer, None)?;
-            let stack = Stack::new(tap, stack_config(args.ip, None, args.connections + 1))
-                .map_err(|e| e.to_string())?;
+            let stack =
+                Stack::new(tap, stack_config(args.ip, None, sockets)).map_err(|e| e.to_string())?;
             Box::new(StackClients::connect(
                 stack,
                 args.server,
                 args.connections,
                 &cfg,
                 format!("ustack client over {where_} to {}", args.server),
+            )?)
+        }
+        Backend::Auto | Backend::AfXdp => {
+            let iface = args
+                .iface
+                .clone()
+                .ok_or("--backend auto/af-xdp needs --iface NAME (the interface to bind)")?;
+            let mut bcfg = BackendConfig::from_iface(&iface);
+            bcfg.xdp.filter_ipv4 = Some(args.ip.addr);
+            let dev = if args.backend == Backend::Auto {
+                AnyDevice::auto(&bcfg)
+            } else {
+                AnyDevice::open_af_xdp(&bcfg.xdp)
+            }
+            .map_err(|e| e.to_string())?;
+            let what = format!(
+                "ustack client on {}: {}, to {}",
+                dev.kind(),
+                dev.reason(),
+                args.server
+            );
+            let mut scfg = stack_config(args.ip, None, sockets);
+            if let Some(mac) = dev.mac() {
+                scfg.mac = MacAddr(mac);
+            }
+            let stack = Stack::new(dev, scfg).map_err(|e| e.to_string())?;
+            Box::new(StackClients::connect(
+                stack,
+                args.server,
+                args.connections,
+                &cfg,
+                what,
             )?)
         }
     };
@@ -352,7 +413,24 @@ fn run(args: &Args) -> Result<(), String> {
             depth,
             duration_s,
             chunks,
-        } => bench(clients.as_mut(), *op, size.0, *depth, *duration_s, *chunks),
+            idle,
+        } => {
+            let server = match args.backend {
+                Backend::Sim => SocketAddrV4::new(SIM_SERVER, 7000),
+                _ => args.server,
+            };
+            clients.open_idle(*idle, server).and_then(|()| {
+                bench(
+                    clients.as_mut(),
+                    *op,
+                    size.0,
+                    *depth,
+                    *duration_s,
+                    *chunks,
+                    *idle,
+                )
+            })
+        }
         Cmd::Put { file, chunk_size } => {
             put(clients.as_mut(), file, chunk_size.0.min(args.payload_max.0))
         }
@@ -713,6 +791,7 @@ fn bench(
     depth: usize,
     duration_s: u64,
     chunks: u64,
+    idle: usize,
 ) -> Result<(), String> {
     let what = c.describe();
     let conns = c.len();
@@ -753,6 +832,8 @@ fn bench(
     // Warm-up, then the measured run.
     let mut lat: Vec<u32> = Vec::with_capacity(8 << 20);
     let (mut ops, mut verified, mut errors) = (0u64, 0u64, 0u64);
+    // Every payload byte this process moved (prefill and warm-up included), for CPU per GB.
+    let mut moved = chunks * size;
     for (secs, measure) in [(1, false), (duration_s.max(1), true)] {
         let start = Instant::now();
         d.run(
@@ -765,6 +846,9 @@ fn bench(
                 })
             },
             |req, comp, scratch, now| {
+                if comp.result.is_ok() {
+                    moved += size;
+                }
                 if !measure {
                     return Ok(());
                 }
@@ -810,11 +894,12 @@ fn bench(
             );
             println!("  verified     {verified} reads checked byte for byte; {errors} errors");
             println!(
-                "RESULT op={op:?} size={size} connections={conns} depth={depth} ops_s={ops_s:.0} mb_s={:.1} p50_us={:.1} p99_us={:.1} p999_us={:.1} verified={verified} errors={errors}",
+                "RESULT op={op:?} size={size} connections={conns} depth={depth} idle={idle} ops_s={ops_s:.0} mb_s={:.1} p50_us={:.1} p99_us={:.1} p999_us={:.1} verified={verified} errors={errors} total_bytes={moved} cpu_s={:.3}",
                 ops_s * size as f64 / 1e6,
                 us(0.5),
                 us(0.99),
-                us(0.999)
+                us(0.999),
+                ustack::sys::proc::cpu_time().as_secs_f64()
             );
             if errors > 0 {
                 return Err(format!("{errors} requests failed"));

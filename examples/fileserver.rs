@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! fileserver --backend kernel --listen 127.0.0.1:7000 --store dir:/var/lib/chunks
+//! fileserver --backend auto --iface eth1 --ip 10.0.0.2/24 --store dir:/var/lib/chunks
 //! fileserver --backend tap --ip 10.213.0.2/24 --tap-peer 10.213.0.1/24 --store mem
 //! ```
 //! It prints the backend it runs on and why, logs with tracing (RUST_LOG), and shuts down
@@ -20,19 +21,36 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use common::{open_store, open_tap, stack_config, Cidr, Size, StoreSpec};
 use ustack::chunk::{ChunkServer, ChunkStore, ServerConfig, ServerStats, SyncPolicy};
+use ustack::dev::af_xdp::XdpMode;
+use ustack::dev::auto::{AnyDevice, BackendConfig};
 use ustack::net::KernelServer;
 use ustack::proto::Limits;
-use ustack::stack::Stack;
+use ustack::stack::{MacAddr, Stack};
 use ustack::sys::netns::NetNs;
 use ustack::sys::signal;
-use ustack::{Instant, PacketDevice};
+use ustack::Instant;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Backend {
+    /// The best kernel-bypass backend for --iface (DPDK if compiled in and it has a port, else
+    /// AF_XDP); fails with every reason when none works.
+    Auto,
+    /// ustack TCP/IP on an AF_XDP socket bound to --iface (CAP_NET_RAW, CAP_BPF, CAP_NET_ADMIN).
+    AfXdp,
     /// Kernel TCP (std::net): no kernel bypass; the baseline, and for hosts without privileges.
     Kernel,
     /// ustack TCP/IP on a Linux TAP interface (needs CAP_NET_ADMIN). Debugging/compatibility.
     Tap,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum XdpModeArg {
+    /// Native (driver) XDP, falling back to generic.
+    Auto,
+    /// Native XDP only.
+    Native,
+    /// Generic (skb) XDP only.
+    Generic,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -61,6 +79,12 @@ struct Args {
     /// ustack backends: default gateway.
     #[arg(long)]
     gateway: Option<Ipv4Addr>,
+    /// auto and af-xdp backends: the network interface (in this network namespace).
+    #[arg(long)]
+    iface: Option<String>,
+    /// af-xdp backend: XDP attach mode.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    xdp_mode: XdpModeArg,
     /// TAP backend: interface name (default: the kernel picks ust<N>).
     #[arg(long)]
     tap_name: Option<String>,
@@ -143,13 +167,31 @@ fn run(args: &Args) -> Result<(), String> {
                 None => None,
             };
             let (tap, where_) = open_tap(args.tap_name.clone(), args.tap_peer, ns.as_ref())?;
-            println!("fileserver: backend tap (ustack TCP/IP over {where_}) because --backend tap");
-            let stack = Stack::new(
+            let dev = AnyDevice::from_tap(
                 tap,
-                stack_config(args.ip, args.gateway, cfg.connections_max + cfg.backlog),
-            )
+                format!("ustack TCP/IP over {where_} because --backend tap"),
+            );
+            serve_stack(args, dev, store, cfg)
+        }
+        Backend::Auto | Backend::AfXdp => {
+            let iface = args
+                .iface
+                .clone()
+                .ok_or("--backend auto/af-xdp needs --iface NAME (the interface to bind)")?;
+            let mut bcfg = BackendConfig::from_iface(&iface);
+            bcfg.xdp.filter_ipv4 = Some(args.ip.addr);
+            bcfg.xdp.mode = match args.xdp_mode {
+                XdpModeArg::Auto => XdpMode::Auto,
+                XdpModeArg::Native => XdpMode::Native,
+                XdpModeArg::Generic => XdpMode::Generic,
+            };
+            let dev = if args.backend == Backend::Auto {
+                AnyDevice::auto(&bcfg)
+            } else {
+                AnyDevice::open_af_xdp(&bcfg.xdp)
+            }
             .map_err(|e| e.to_string())?;
-            serve_stack(args, stack, store, cfg)
+            serve_stack(args, dev, store, cfg)
         }
     }
 }
@@ -173,12 +215,20 @@ fn print_stats(label: &str, s: &ServerStats) {
     );
 }
 
-fn serve_stack<D: PacketDevice>(
+fn serve_stack(
     args: &Args,
-    mut stack: Stack<D>,
+    dev: AnyDevice,
     store: Arc<dyn ChunkStore>,
     cfg: ServerConfig,
 ) -> Result<(), String> {
+    println!("fileserver: backend {}: {}", dev.kind(), dev.reason());
+    let mut scfg = stack_config(args.ip, args.gateway, cfg.connections_max + cfg.backlog);
+    if let Some(mac) = dev.mac() {
+        // The device's own address: the interface drops frames for any other, and peers keep it
+        // in their ARP caches across restarts.
+        scfg.mac = MacAddr(mac);
+    }
+    let mut stack = Stack::new(dev, scfg).map_err(|e| e.to_string())?;
     let grace = cfg.shutdown_grace;
     let mut server =
         ChunkServer::bind(&mut stack, args.port, store, cfg).map_err(|e| e.to_string())?;

@@ -229,6 +229,8 @@ pub trait ClientSet {
     fn is_connected(&self, i: usize) -> bool;
     /// Whether connection `i` failed.
     fn is_broken(&self, i: usize) -> bool;
+    /// Opens `n` more connections to `server` that stay idle (for connection-scaling runs).
+    fn open_idle(&mut self, n: usize, server: SocketAddrV4) -> Result<(), String>;
 }
 
 /// Chunk clients on one ustack stack.
@@ -237,6 +239,8 @@ pub struct StackClients<D: PacketDevice> {
     pub clients: Vec<ChunkClient>,
     pub what: String,
     pub idle_polls: u32,
+    /// Connections held open and never used.
+    pub idle_conns: Vec<ustack::stack::ConnId>,
 }
 
 impl<D: PacketDevice> StackClients<D> {
@@ -263,6 +267,7 @@ impl<D: PacketDevice> StackClients<D> {
             clients,
             what,
             idle_polls: 0,
+            idle_conns: Vec::new(),
         })
     }
 }
@@ -302,6 +307,31 @@ impl<D: PacketDevice> ClientSet for StackClients<D> {
     }
     fn is_broken(&self, i: usize) -> bool {
         self.clients[i].is_broken()
+    }
+    fn open_idle(&mut self, n: usize, server: SocketAddrV4) -> Result<(), String> {
+        for _ in 0..n {
+            let c = self.stack.connect(server).map_err(|e| e.to_string())?;
+            self.idle_conns.push(c);
+        }
+        let start = Instant::now();
+        loop {
+            let now = Instant::now();
+            self.poll(now);
+            let up = self
+                .idle_conns
+                .iter()
+                .filter(|&&c| self.stack.state(c) == Ok(ustack::stack::ConnState::Established))
+                .count();
+            if up == self.idle_conns.len() {
+                return Ok(());
+            }
+            if now - start > Duration::from_secs(30) {
+                return Err(format!(
+                    "only {up} of {n} idle connections came up (server connections_max?)"
+                ));
+            }
+            self.idle(now);
+        }
     }
 }
 

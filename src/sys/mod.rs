@@ -3,6 +3,7 @@
 
 pub mod bpf;
 pub mod netns;
+pub mod proc;
 pub mod signal;
 pub mod socket;
 pub mod tap;
