@@ -13,6 +13,8 @@ use std::time::Duration;
 use crate::mem::PoolBuf;
 use crate::time::Instant;
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod pcap;
 pub mod sim;
 pub mod tap;
