@@ -16,8 +16,9 @@
 //!   there yet is hot-plugged into the running EAL ([`vdev_attach`]).
 //! - **Arguments that work on a VM.** `--no-pci` unless a PCI allow-list is given (otherwise EAL
 //!   probes, and may take, the machine's own virtio NIC), `--in-memory` (no hugepage files, no
-//!   runtime directory left behind), `--no-telemetry`, and `--no-huge` when no hugepages are free
-//!   (logged; [`Hugepages::Require`] turns that into [`EalError::NoHugepages`]).
+//!   runtime directory left behind; `--no-shconf` with `--no-huge`), `--no-telemetry`, and
+//!   `--no-huge` when no hugepages are free (logged; [`Hugepages::Require`] turns that into
+//!   [`EalError::NoHugepages`]).
 //! - **Mempools outlive their mbufs.** A [`Mempool`] dropped while mbufs from it are still out
 //!   (in a stack's queues, say) is not freed but parked, and freed by a later drop or creation
 //!   once every mbuf is back; an [`Mbuf`] therefore never points into freed memory.
@@ -91,14 +92,24 @@ pub mod mbuf_flags {
 
 /// A DPDK call that failed: which one, and the error number it gave.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{op} failed: {reason} (error {errno})")]
+#[error("{op} failed: {reason}{}", errno_suffix(*.errno))]
 pub struct CallError {
     /// The DPDK function (and what it was asked).
     pub op: &'static str,
-    /// The positive error number (`errno` values, or DPDK's own above 1000).
+    /// The positive error number (`errno` values, or DPDK's own above 1000); 0 when the call
+    /// gave none.
     pub errno: i32,
     /// `rte_strerror(errno)`.
     pub reason: String,
+}
+
+/// ` (error N)`, or nothing when there is no error number.
+fn errno_suffix(errno: i32) -> String {
+    if errno == 0 {
+        String::new()
+    } else {
+        format!(" (error {errno})")
+    }
 }
 
 impl CallError {
@@ -220,8 +231,10 @@ pub struct EalConfig {
     /// `None` (the default) makes lcore 0 float over every CPU the calling thread may use
     /// (`--lcores 0@(...)`), so the EAL does not pin the caller's thread to one CPU.
     pub cores: Option<String>,
-    /// Memory for the EAL in MiB (`-m`). `None`: grow on demand with hugepages, 256 MiB with
-    /// `--no-huge`.
+    /// Memory for the EAL in MiB: preallocated (`-m`) and, on hugepages, also the most it may
+    /// grow to (`--socket-limit`; DPDK's dynamic memory would otherwise take every free
+    /// hugepage when a large pool is asked for). `None`: grow on demand with hugepages,
+    /// 256 MiB with `--no-huge`.
     pub memory_mb: Option<usize>,
     /// Hugepage policy.
     pub hugepages: Hugepages,
@@ -322,7 +335,12 @@ impl EalConfig {
         match memory {
             MemoryMode::Hugepages { .. } => {
                 if let Some(m) = self.memory_mb {
-                    a.extend(["-m".into(), m.to_string()]);
+                    a.extend([
+                        "-m".into(),
+                        m.to_string(),
+                        "--socket-limit".into(),
+                        m.to_string(),
+                    ]);
                 }
             }
             MemoryMode::NoHugeConfigured | MemoryMode::NoHugeFallback { .. } => {
@@ -330,7 +348,13 @@ impl EalConfig {
                 a.extend(["--no-huge".into(), "-m".into(), m.to_string()]);
             }
         }
-        a.push("--in-memory".into());
+        // No hugepage files and no runtime directory left behind. --in-memory cannot go with
+        // --no-huge (which implies legacy memory): --no-shconf does the same there.
+        if memory.is_hugepages() {
+            a.push("--in-memory".into());
+        } else {
+            a.push("--no-shconf".into());
+        }
         let prefix = self
             .file_prefix
             .clone()
@@ -655,6 +679,22 @@ pub fn vdev_attach(_eal: &Eal, spec: &str) -> Result<(), CallError> {
     // SAFETY: the EAL runs (an &Eal exists); the three strings are valid and NUL-terminated
     // for the call, and DPDK copies what it keeps.
     let rc = unsafe { ffi::rte_eal_hotplug_add(bus.as_ptr(), cname.as_ptr(), cargs.as_ptr()) };
+    if rc == -1 {
+        // Most drivers' probe functions return a bare -1, which the EAL passes on.
+        return Err(CallError {
+            op: "rte_eal_hotplug_add",
+            errno: 0,
+            reason: "the driver refused the device (no such driver, or bad arguments)".into(),
+        });
+    }
+    if rc == -libc::EFAULT {
+        // What rte_dev_probe says when the name matches no bus or driver.
+        return Err(CallError {
+            op: "rte_eal_hotplug_add",
+            errno: libc::EFAULT,
+            reason: format!("no driver for a device named {name:?}"),
+        });
+    }
     if rc < 0 {
         return Err(CallError::from_ret("rte_eal_hotplug_add", rc));
     }
@@ -1734,12 +1774,21 @@ mod tests {
             })
             .unwrap();
         assert!(!a.contains(&"--no-pci".to_string()), "{a:?}");
+        assert!(a.contains(&"--no-shconf".to_string()), "{a:?}");
+        assert!(!a.contains(&"--in-memory".to_string()), "{a:?}");
         assert!(a.windows(2).any(|w| w == ["-a", "0000:03:00.0"]), "{a:?}");
         assert!(
             a.windows(3).any(|w| w == ["--no-huge", "-m", "256"]),
             "{a:?}"
         );
         assert!(a[1] == "--lcores" && a[2].starts_with("0@("), "{a:?}");
+        c.memory_mb = Some(128);
+        let a = c.args(&MemoryMode::Hugepages { free_mb: 1000 }).unwrap();
+        assert!(
+            a.windows(4)
+                .any(|w| w == ["-m", "128", "--socket-limit", "128"]),
+            "{a:?}"
+        );
         c.extra_args = vec!["bad\0arg".into()];
         assert!(matches!(
             c.args(&MemoryMode::NoHugeConfigured),
