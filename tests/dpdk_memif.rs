@@ -13,6 +13,8 @@
 //! Needs root (DPDK, hugepages); under `scripts/test.sh` as root a skip is a failure.
 
 mod common;
+#[cfg(feature = "dpdk")]
+mod dpdk_support;
 
 #[cfg(not(feature = "dpdk"))]
 #[test]
@@ -22,14 +24,16 @@ fn dpdk_memif_needs_the_dpdk_feature() {
 
 #[cfg(feature = "dpdk")]
 mod dpdk {
-    use std::io::{BufRead, BufReader};
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::process::ExitStatus;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::{Duration, Instant as WallInstant};
 
     use super::common::{skip, Pattern, Rng};
+    use super::dpdk_support::{
+        chunk_content, first_difference, is_root, role, ChildProc, ChunkPlan, CHUNKS, CHUNK_LEN_MAX,
+    };
     use ustack::chunk::{
         ChunkClient, ChunkOp, ChunkServer, ClientConfig, Completion, MemStore, ServerConfig,
         Staging, StagingConfig, SubmitError,
@@ -40,25 +44,11 @@ mod dpdk {
     use ustack::stack::{MacAddr, Stack, StackConfig};
     use ustack::{Instant, PacketDevice, PageSize};
 
-    const ROLE_ENV: &str = "USTACK_DPDK_TEST_ROLE";
     const SOCKET_ENV: &str = "USTACK_DPDK_TEST_SOCKET";
     const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
     const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
     const PORT: u16 = 7000;
-    const CHUNKS: u32 = 500;
-    const CHUNK_LEN_MAX: usize = 4 << 20;
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-    fn is_root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .and_then(|v| v.split_whitespace().nth(1)?.parse::<u32>().ok())
-            })
-            == Some(0)
-    }
 
     /// The memif port of one side. The socket is abstract (no file), unique per test run.
     fn memif(role: &str, socket: &str) -> DpdkConfig {
@@ -74,63 +64,6 @@ mod dpdk {
         cfg.sockets_max = sockets;
         cfg.ring_frames = 512;
         Stack::new(dev, cfg).expect("stack on the memif port")
-    }
-
-    /// The child process: this test binary running one test in the given role.
-    struct ChildProc {
-        child: Child,
-        output: Arc<Mutex<Vec<String>>>,
-        reader: Option<std::thread::JoinHandle<()>>,
-    }
-
-    impl ChildProc {
-        fn spawn(test: &str, role: &str, socket: &str) -> ChildProc {
-            let exe = std::env::current_exe().expect("test binary path");
-            let mut child = Command::new(exe)
-                .args([test, "--exact", "--nocapture", "--include-ignored"])
-                .env(ROLE_ENV, role)
-                .env(SOCKET_ENV, socket)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start the client process");
-            let out = child.stdout.take().expect("piped stdout");
-            let output = Arc::new(Mutex::new(Vec::new()));
-            let lines = Arc::clone(&output);
-            let reader = std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    println!("[client] {line}");
-                    lines.lock().unwrap().push(line);
-                }
-            });
-            ChildProc {
-                child,
-                output,
-                reader: Some(reader),
-            }
-        }
-
-        fn try_wait(&mut self) -> Option<ExitStatus> {
-            self.child.try_wait().expect("waitpid")
-        }
-
-        fn lines(&mut self) -> Vec<String> {
-            if let Some(r) = self.reader.take() {
-                let _ = r.join();
-            }
-            self.output.lock().unwrap().clone()
-        }
-    }
-
-    impl Drop for ChildProc {
-        fn drop(&mut self) {
-            // Only if it is still running (a failed test): ends the process this test started,
-            // by its pid.
-            if let Ok(None) = self.child.try_wait() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
     }
 
     /// Runs the server until the child exits; returns its exit status.
@@ -219,7 +152,7 @@ mod dpdk {
             server_config(connections, 8),
         )
         .expect("chunk server");
-        let mut child = ChildProc::spawn(test, "client", &socket);
+        let mut child = ChildProc::spawn(&[], test, "client", &[(SOCKET_ENV, &socket)]);
         let status = serve(
             &mut stack,
             &mut server,
@@ -277,17 +210,10 @@ mod dpdk {
         }
     }
 
-    /// A length from 1 B to 4 MiB, log-uniform.
-    fn log_uniform_len(rng: &mut Rng) -> usize {
-        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        let len = ((CHUNK_LEN_MAX as f64 + 1.0).ln() * u).exp() as usize;
-        len.clamp(1, CHUNK_LEN_MAX)
-    }
-
     #[test]
     fn memif_chunks_round_trip_between_two_processes() {
         const TEST: &str = "dpdk::memif_chunks_round_trip_between_two_processes";
-        if std::env::var(ROLE_ENV).as_deref() == Ok("client") {
+        if role().as_deref() == Some("client") {
             round_trip_client();
             return;
         }
@@ -317,14 +243,13 @@ mod dpdk {
         };
         let mut client =
             ChunkClient::connect(&mut stack, server_addr(), &cfg, Instant::now()).expect("connect");
-        let mut rng = Rng::new(0x6d65_6d69_66);
+        let mut plan = ChunkPlan::new(0x6d65_6d69_66);
         let mut buf = vec![0u8; CHUNK_LEN_MAX];
         let (mut bytes, mut largest, mut smallest) = (0u64, 0usize, usize::MAX);
         let start = WallInstant::now();
         for i in 0..CHUNKS {
-            let len = log_uniform_len(&mut rng);
-            let pattern = Pattern::new(0x5eed ^ u64::from(i));
-            pattern.fill(0, &mut buf[..len]);
+            let len = plan.next_len();
+            chunk_content(i, &mut buf[..len]);
             let id = ChunkId(0xd9d4_0000 + u128::from(i));
             let w = call(
                 &mut stack,
@@ -352,9 +277,11 @@ mod dpdk {
                 },
             );
             assert!(r.result.is_ok(), "READ of chunk {i}: {:?}", r.result);
-            assert_eq!(r.data().len(), len, "READ of chunk {i}: length");
-            if let Some(at) = r.data().iter().zip(&buf[..len]).position(|(a, b)| a != b) {
-                panic!("chunk {i} ({len} B) differs at byte {at}");
+            if let Some(at) = first_difference(r.data(), &buf[..len]) {
+                panic!(
+                    "chunk {i} ({len} B) read back {} B, differing from byte {at}",
+                    r.data().len()
+                );
             }
             bytes += len as u64;
             largest = largest.max(len);
@@ -613,7 +540,7 @@ mod dpdk {
     #[ignore = "benchmark: cargo test --release --features dpdk --test dpdk_memif -- --ignored --nocapture"]
     fn memif_bench_next_to_kernel_loopback() {
         const TEST: &str = "dpdk::memif_bench_next_to_kernel_loopback";
-        if std::env::var(ROLE_ENV).as_deref() == Ok("client") {
+        if role().as_deref() == Some("client") {
             let mut stack = memif_client_stack(40);
             let staging = Staging::new(&bench_staging(), 1 << 20).expect("staging");
             let cfg = bench_client_config();

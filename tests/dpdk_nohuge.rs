@@ -69,7 +69,10 @@ fn no_hugepages_is_an_error_or_a_logged_fallback() {
     );
     let text = e.to_string();
     assert!(text.contains("no hugepages"), "{text}");
-    assert!(text.contains("nr_hugepages"), "says how to reserve them: {text}");
+    assert!(
+        text.contains("nr_hugepages"),
+        "says how to reserve them: {text}"
+    );
     let cfg = DpdkConfig {
         eal: eal(Hugepages::Require),
         ..DpdkConfig::default()
@@ -99,7 +102,10 @@ fn no_hugepages_is_an_error_or_a_logged_fallback() {
     );
     assert_eq!(dev.memory_mode(), Some(running.memory()));
     assert!(
-        running.args().windows(3).any(|w| w == ["--no-huge", "-m", "128"]),
+        running
+            .args()
+            .windows(3)
+            .any(|w| w == ["--no-huge", "-m", "128"]),
         "{:?}",
         running.args()
     );

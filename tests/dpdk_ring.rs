@@ -103,7 +103,10 @@ mod dpdk {
         let mut dev = DpdkDevice::open(&config("net_ring0")).expect("open net_ring0");
         assert_eq!(dev.info().driver, "net_ring");
         assert!(dev.link_up(), "net_ring's link is up once started");
-        assert!(!dev.tx_checksum_offload(), "net_ring offers no checksum offload");
+        assert!(
+            !dev.tx_checksum_offload(),
+            "net_ring offers no checksum offload"
+        );
         let caps = dev.caps();
         let mut out = Batch::with_capacity(64);
         let mut back = Batch::with_capacity(64);
@@ -191,8 +194,14 @@ mod dpdk {
         println!("no port: {e}");
         assert!(matches!(e, DpdkError::NoPort { ref name, .. } if name == "net_nothing0"));
         let text = e.to_string();
-        assert!(text.contains("no DPDK port named \"net_nothing0\""), "{text}");
-        assert!(text.contains("net_ring0"), "lists the ports present: {text}");
+        assert!(
+            text.contains("no DPDK port named \"net_nothing0\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("net_ring0"),
+            "lists the ports present: {text}"
+        );
         let by_id = DpdkConfig {
             port: Some(PortSelect::Id(31)),
             eal: eal(),
@@ -221,7 +230,10 @@ mod dpdk {
         println!("bad vdev at start: {e}");
         assert!(matches!(e, DpdkError::VdevProbeFailed { .. }), "{e:?}");
         assert!(e.to_string().contains("failed to probe"), "{e}");
-        assert!(Eal::get().unwrap().failed_vdevs().contains(&BAD_VDEV.to_string()));
+        assert!(Eal::get()
+            .unwrap()
+            .failed_vdevs()
+            .contains(&BAD_VDEV.to_string()));
         // Hot-plugged into the running EAL: an unknown driver, and bad arguments.
         for spec in ["net_nosuchdriver0", "net_ring7,nodeaction=bogus"] {
             let e = DpdkDevice::open(&config(spec)).unwrap_err();
