@@ -44,11 +44,6 @@ struct rte_mbuf *ustack_pktmbuf_alloc(struct rte_mempool *mp)
     return rte_pktmbuf_alloc(mp);
 }
 
-int ustack_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned n)
-{
-    return rte_pktmbuf_alloc_bulk(mp, mbufs, n);
-}
-
 void ustack_pktmbuf_free(struct rte_mbuf *m)
 {
     rte_pktmbuf_free(m);

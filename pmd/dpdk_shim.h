@@ -43,8 +43,6 @@ uint16_t ustack_tx_burst(uint16_t port_id, uint16_t queue_id, struct rte_mbuf **
 
 /* rte_pktmbuf_alloc: one packet mbuf from a pktmbuf pool, or NULL when the pool is empty. */
 struct rte_mbuf *ustack_pktmbuf_alloc(struct rte_mempool *mp);
-/* rte_pktmbuf_alloc_bulk: n mbufs or none (returns 0, or a negative errno). */
-int ustack_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned n);
 /* rte_pktmbuf_free: the whole chain back to its pool(s). */
 void ustack_pktmbuf_free(struct rte_mbuf *m);
 

@@ -35,24 +35,20 @@ cat >"$wrapper" <<'H'
 H
 
 functions=(
-    'rte_eal_init' 'rte_eal_cleanup' 'rte_eal_hotplug_add' 'rte_eal_hotplug_remove'
-    'rte_strerror' 'rte_socket_id' 'rte_log_set_global_level'
+    'rte_eal_init' 'rte_eal_hotplug_add' 'rte_eal_hotplug_remove' 'rte_strerror'
     'rte_eth_dev_count_avail' 'rte_eth_dev_get_port_by_name' 'rte_eth_dev_get_name_by_port'
-    'rte_eth_dev_is_valid_port' 'rte_eth_find_next_owned_by' 'rte_eth_dev_info_get'
+    'rte_eth_find_next_owned_by' 'rte_eth_dev_info_get' 'rte_eth_dev_socket_id'
     'rte_eth_dev_configure' 'rte_eth_dev_adjust_nb_rx_tx_desc'
     'rte_eth_rx_queue_setup' 'rte_eth_tx_queue_setup'
     'rte_eth_dev_start' 'rte_eth_dev_stop' 'rte_eth_dev_close'
-    'rte_eth_dev_set_mtu' 'rte_eth_dev_get_mtu' 'rte_eth_macaddr_get'
-    'rte_eth_promiscuous_enable' 'rte_eth_dev_socket_id'
+    'rte_eth_macaddr_get' 'rte_eth_promiscuous_enable'
     'rte_eth_link_get_nowait' 'rte_eth_stats_get'
-    'rte_eth_dev_rx_intr_enable' 'rte_eth_dev_rx_intr_disable' 'rte_eth_dev_rx_intr_ctl_q_get_fd'
     'rte_pktmbuf_pool_create' 'rte_mempool_free' 'rte_mempool_avail_count' 'rte_mempool_in_use_count'
     'ustack_.*'
 )
 vars=(
     'USTACK_.*' 'RTE_MAX_ETHPORTS' 'RTE_ETH_NAME_MAX_LEN' 'RTE_ETH_DEV_NO_OWNER'
-    'RTE_ETH_LINK_UP' 'RTE_ETH_LINK_FULL_DUPLEX' 'RTE_ETH_SPEED_NUM_NONE' 'SOCKET_ID_ANY'
-    'RTE_LOG_EMERG' 'RTE_LOG_ERR' 'RTE_LOG_WARNING' 'RTE_LOG_NOTICE' 'RTE_LOG_INFO' 'RTE_LOG_DEBUG'
+    'RTE_ETH_LINK_UP' 'RTE_ETH_LINK_FULL_DUPLEX' 'SOCKET_ID_ANY'
 )
 args=()
 for f in "${functions[@]}"; do args+=(--allowlist-function "$f"); done

@@ -89,7 +89,7 @@ mod dpdk {
                 }
             }
             spins += 1;
-            if spins % 4096 == 0 || (!busy_poll && idle > 256) {
+            if spins.is_multiple_of(4096) || (!busy_poll && idle > 256) {
                 if let Some(status) = child.try_wait() {
                     // Let the last segments out.
                     for _ in 0..1000 {
@@ -243,7 +243,7 @@ mod dpdk {
         };
         let mut client =
             ChunkClient::connect(&mut stack, server_addr(), &cfg, Instant::now()).expect("connect");
-        let mut plan = ChunkPlan::new(0x6d65_6d69_66);
+        let mut plan = ChunkPlan::new(0x006d_656d_6966);
         let mut buf = vec![0u8; CHUNK_LEN_MAX];
         let (mut bytes, mut largest, mut smallest) = (0u64, 0usize, usize::MAX);
         let start = WallInstant::now();

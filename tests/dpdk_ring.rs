@@ -324,4 +324,31 @@ mod dpdk {
         drop(held);
         assert!(dev.tx_alloc().is_some());
     }
+
+    #[test]
+    fn mbufs_outlive_their_device() {
+        let _serial = serial();
+        if !root() {
+            return;
+        }
+        // A stack drops its device before the frames it still queues: the pool must stay
+        // until they are back.
+        let mut dev = DpdkDevice::open(&config("net_ring4")).expect("open");
+        let mut kept = Vec::new();
+        for i in 0..100u8 {
+            let mut m = dev.tx_alloc().expect("mbuf");
+            assert!(m.set_len(64));
+            m.data_mut().fill(i);
+            kept.push(m);
+        }
+        drop(dev);
+        for (i, m) in kept.iter_mut().enumerate() {
+            assert!(m.data().iter().all(|&b| b == i as u8), "mbuf {i} intact");
+            m.data_mut().fill(0xee);
+        }
+        drop(kept);
+        // The parked pool is freed on the next pool creation; the port opens again.
+        let again = DpdkDevice::open(&config("net_ring4")).expect("reopen");
+        assert_eq!(again.pool_usage().1, 0);
+    }
 }

@@ -1,13 +1,22 @@
-//! A ustack `ChunkServer` on DPDK's `net_af_packet` PMD, bound to one end of a veth pair, and
-//! the kernel's TCP (`net::KernelClient`) on the other end, each in a network namespace the
-//! test creates (`sys::netns::VethPair`): 500 chunks, sizes log-uniform from 1 B to 4 MiB,
-//! written and read back, every byte compared.
+//! ustack on DPDK ports facing the kernel's own TCP (`net::KernelClient`), in network
+//! namespaces the tests create:
 //!
-//! The DPDK side is a process of its own inside namespace A (`ip netns exec A <this test
-//! binary>` with `USTACK_DPDK_TEST_ROLE=server`): its EAL, its AF_PACKET socket and its
-//! threads all live there. The kernel in namespace A has its address removed from the veth
-//! end, so only ustack answers for it. Needs root; under `scripts/test.sh` as root a skip is a
-//! failure.
+//! - `af_packet_on_veth_serves_a_kernel_tcp_client`: a `ChunkServer` on DPDK's `net_af_packet`
+//!   PMD bound to one end of a veth pair (`sys::netns::VethPair`), the kernel client on the other
+//!   end: 500 chunks, sizes log-uniform from 1 B to 4 MiB, written and read back, every byte
+//!   compared. The DPDK side is a process of its own inside namespace A (`ip netns exec A <this
+//!   test binary>` with `USTACK_DPDK_TEST_ROLE=server`): its EAL, its AF_PACKET socket and its
+//!   threads all live there. The kernel in namespace A has its address removed from the veth
+//!   end, so only ustack answers for it.
+//! - `tap_pmd_with_tx_checksum_offload_serves_a_kernel_tcp_client`: the same server on DPDK's
+//!   `net_tap` PMD, which offers IPv4/TCP transmit checksum offload: smoltcp leaves both
+//!   checksums out, ustack marks the mbufs for offload, the PMD computes the checksums, and the
+//!   kernel (which verifies what it receives from a TAP) accepts 100 chunks both ways; without
+//!   the offload flags the connection never comes up (tried). net_tap derives the pseudo-header
+//!   sum itself; the value ustack writes for NICs is checked against DPDK's
+//!   `rte_ipv4_phdr_cksum` by a unit test in `dev::dpdk`.
+//!
+//! Needs root; under `scripts/test.sh` as root a skip is a failure.
 
 mod common;
 #[cfg(feature = "dpdk")]
@@ -38,13 +47,13 @@ mod dpdk {
     use ustack::net::KernelClient;
     use ustack::proto::{ChunkId, Reply};
     use ustack::stack::{MacAddr, Stack, StackConfig};
-    use ustack::sys::netns::{self, VethConfig, VethPair};
+    use ustack::sys::netns::{self, NetNs, VethConfig, VethPair};
     use ustack::{Instant, PacketDevice, PageSize};
 
-    const IFACE_ENV: &str = "USTACK_DPDK_TEST_IFACE";
+    const VDEV_ENV: &str = "USTACK_DPDK_TEST_VDEV";
     const IP_ENV: &str = "USTACK_DPDK_TEST_IP";
+    const OFFLOAD_ENV: &str = "USTACK_DPDK_TEST_EXPECT_OFFLOAD";
     const PORT: u16 = 7000;
-    const TEST: &str = "dpdk::af_packet_on_veth_serves_a_kernel_tcp_client";
 
     fn staging() -> StagingConfig {
         StagingConfig {
@@ -56,47 +65,41 @@ mod dpdk {
         }
     }
 
-    #[test]
-    fn af_packet_on_veth_serves_a_kernel_tcp_client() {
-        if role().as_deref() == Some("server") {
-            dpdk_server();
-            return;
-        }
+    /// Root and namespaces available (else says why it skips).
+    fn can_run() -> bool {
         if !is_root() {
             skip("needs root (network namespaces, DPDK)");
-            return;
+            return false;
         }
         if let Err(e) = netns::can_create_netns() {
             skip(&e.to_string());
-            return;
+            return false;
         }
-        let pair = VethPair::create(&VethConfig {
-            prefix: "ust-dpdk".into(),
-            addr_a: Ipv4Addr::new(10, 205, 0, 1),
-            addr_b: Ipv4Addr::new(10, 205, 0, 2),
-            ..VethConfig::default()
-        })
-        .expect("veth pair in two namespaces");
-        // ustack answers for A's address; the kernel in A must not.
-        pair.a()
-            .ip(["addr", "flush", "dev", pair.iface_a()])
-            .expect("remove the kernel's address in A");
-        let ip_a = pair.addr_a().to_string();
+        true
+    }
+
+    /// Starts the DPDK server process inside `ns` on `vdev` with address `ip`, and waits until
+    /// it serves.
+    fn spawn_server(ns: &NetNs, test: &str, vdev: &str, ip: Ipv4Addr, offload: bool) -> ChildProc {
+        let ip = ip.to_string();
         let mut server = ChildProc::spawn(
-            &["ip", "netns", "exec", pair.a().name()],
-            TEST,
+            &["ip", "netns", "exec", ns.name()],
+            test,
             "server",
-            &[(IFACE_ENV, pair.iface_a()), (IP_ENV, &ip_a)],
+            &[
+                (VDEV_ENV, vdev),
+                (IP_ENV, &ip),
+                (OFFLOAD_ENV, if offload { "1" } else { "0" }),
+            ],
         );
         server
             .wait_for_line("READY", Duration::from_secs(60))
             .expect("the DPDK server process did not come up");
+        server
+    }
 
-        let addr = SocketAddr::V4(SocketAddrV4::new(pair.addr_a(), PORT));
-        let result = pair
-            .b()
-            .run(move || kernel_client(addr))
-            .expect("run in namespace B");
+    /// Stops the server process and checks it reported and exited cleanly.
+    fn finish(mut server: ChildProc, result: Result<String, String>) {
         let status = server.stop(Duration::from_secs(30));
         let lines = server.lines();
         let summary = result.expect("kernel client round trip");
@@ -111,8 +114,66 @@ mod dpdk {
         );
     }
 
-    /// The kernel side in namespace B: 500 chunks written and read back.
-    fn kernel_client(addr: SocketAddr) -> Result<String, String> {
+    #[test]
+    fn af_packet_on_veth_serves_a_kernel_tcp_client() {
+        const TEST: &str = "dpdk::af_packet_on_veth_serves_a_kernel_tcp_client";
+        if role().as_deref() == Some("server") {
+            dpdk_server();
+            return;
+        }
+        if !can_run() {
+            return;
+        }
+        let pair = VethPair::create(&VethConfig {
+            prefix: "ust-dpdk".into(),
+            addr_a: Ipv4Addr::new(10, 205, 0, 1),
+            addr_b: Ipv4Addr::new(10, 205, 0, 2),
+            ..VethConfig::default()
+        })
+        .expect("veth pair in two namespaces");
+        // ustack answers for A's address; the kernel in A must not.
+        pair.a()
+            .ip(["addr", "flush", "dev", pair.iface_a()])
+            .expect("remove the kernel's address in A");
+        let vdev = format!("net_af_packet0,iface={},framecnt=4096", pair.iface_a());
+        let server = spawn_server(pair.a(), TEST, &vdev, pair.addr_a(), false);
+        let addr = SocketAddr::V4(SocketAddrV4::new(pair.addr_a(), PORT));
+        let result = pair
+            .b()
+            .run(move || kernel_client(addr, CHUNKS))
+            .expect("run in namespace B");
+        finish(server, result);
+    }
+
+    #[test]
+    fn tap_pmd_with_tx_checksum_offload_serves_a_kernel_tcp_client() {
+        const TEST: &str = "dpdk::tap_pmd_with_tx_checksum_offload_serves_a_kernel_tcp_client";
+        if role().as_deref() == Some("server") {
+            dpdk_server();
+            return;
+        }
+        if !can_run() {
+            return;
+        }
+        let ns = NetNs::create("ust-dpdktap").expect("namespace");
+        ns.ip(["link", "set", "lo", "up"]).expect("lo up");
+        // The PMD creates the TAP interface in the server process's namespace (this one).
+        let iface = format!("dtap{:x}", std::process::id());
+        let ustack_ip = Ipv4Addr::new(10, 206, 0, 2);
+        let vdev = format!("net_tap0,iface={iface}");
+        let server = spawn_server(&ns, TEST, &vdev, ustack_ip, true);
+        ns.ip(["addr", "add", "10.206.0.1/24", "dev", &iface])
+            .expect("kernel address on the TAP");
+        ns.ip(["link", "set", &iface, "up"]).expect("TAP up");
+        let addr = SocketAddr::V4(SocketAddrV4::new(ustack_ip, PORT));
+        let result = ns
+            .run(move || kernel_client(addr, 100))
+            .expect("run in the namespace");
+        finish(server, result);
+    }
+
+    /// The kernel side: `chunks` chunks written and read back.
+    fn kernel_client(addr: SocketAddr, chunks: u32) -> Result<String, String> {
         let cfg = ClientConfig {
             staging: staging(),
             request_timeout: Duration::from_secs(60),
@@ -124,7 +185,7 @@ mod dpdk {
         let mut buf = vec![0u8; CHUNK_LEN_MAX];
         let mut bytes = 0u64;
         let start = WallInstant::now();
-        for i in 0..CHUNKS {
+        for i in 0..chunks {
             let len = plan.next_len();
             chunk_content(i, &mut buf[..len]);
             let id = ChunkId(0x7e70_0000 + u128::from(i));
@@ -163,29 +224,39 @@ mod dpdk {
         let secs = start.elapsed().as_secs_f64();
         c.close();
         Ok(format!(
-            "verified {CHUNKS} chunks, {bytes} bytes each way in {secs:.2} s ({:.0} MB/s written + read)",
+            "verified {chunks} chunks, {bytes} bytes each way in {secs:.2} s ({:.0} MB/s written + read)",
             2.0 * bytes as f64 / secs / 1e6
         ))
     }
 
-    /// The DPDK side, in namespace A: a chunk server on net_af_packet until stdin closes.
+    /// The DPDK side, in its namespace: a chunk server on the parent's vdev until stdin
+    /// closes.
     fn dpdk_server() {
-        let iface = std::env::var(IFACE_ENV).expect("interface from the parent");
+        let vdev = std::env::var(VDEV_ENV).expect("vdev from the parent");
         let ip: Ipv4Addr = std::env::var(IP_ENV)
             .expect("address from the parent")
             .parse()
             .expect("an IPv4 address");
+        let offload = std::env::var(OFFLOAD_ENV).as_deref() == Ok("1");
         let stop = stdin_closed_flag();
-        let dev = DpdkDevice::open(&DpdkConfig::from_vdev(&format!(
-            "net_af_packet0,iface={iface},framecnt=4096"
-        )))
-        .expect("net_af_packet port on the veth");
+        let dev = DpdkDevice::open(&DpdkConfig::from_vdev(&vdev)).expect("DPDK port");
         println!(
-            "port {} ({}) on {iface}, mac {:02x?}, tx checksum offload {}",
+            "port {} ({}) from {vdev}, mac {:02x?}, tx checksum offload {}",
             dev.info().name,
             dev.info().driver,
             dev.mac(),
             dev.tx_checksum_offload()
+        );
+        assert_eq!(
+            dev.tx_checksum_offload(),
+            offload,
+            "TX checksum offload in use (the port offers 0x{:x})",
+            dev.info().tx_offload_capa
+        );
+        let caps = dev.caps();
+        assert_eq!(
+            (caps.checksum.tx_ipv4, caps.checksum.tx_l4),
+            (offload, offload)
         );
         let mut cfg = StackConfig::new(ip, 24);
         cfg.mac = MacAddr(dev.mac());

@@ -508,13 +508,6 @@ impl<T: Copy + Default, const N: usize> Default for __BindgenOpaqueArray64<[T; N
     }
 }
 pub const RTE_MAX_ETHPORTS: u32 = 32;
-pub const RTE_LOG_EMERG: u32 = 1;
-pub const RTE_LOG_ERR: u32 = 4;
-pub const RTE_LOG_WARNING: u32 = 5;
-pub const RTE_LOG_NOTICE: u32 = 6;
-pub const RTE_LOG_INFO: u32 = 7;
-pub const RTE_LOG_DEBUG: u32 = 8;
-pub const RTE_ETH_SPEED_NUM_NONE: u32 = 0;
 pub const RTE_ETH_LINK_FULL_DUPLEX: u32 = 1;
 pub const RTE_ETH_LINK_UP: u32 = 1;
 pub const SOCKET_ID_ANY: i32 = -1;
@@ -538,13 +531,7 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
-    pub fn rte_eal_cleanup() -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
     pub fn rte_strerror(errnum: ::core::ffi::c_int) -> *const ::core::ffi::c_char;
-}
-unsafe extern "C" {
-    pub fn rte_log_set_global_level(level: u32);
 }
 #[repr(C)]
 #[derive(Debug)]
@@ -563,9 +550,6 @@ unsafe extern "C" {
         busname: *const ::core::ffi::c_char,
         devname: *const ::core::ffi::c_char,
     ) -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
-    pub fn rte_socket_id() -> ::core::ffi::c_uint;
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -2091,9 +2075,6 @@ unsafe extern "C" {
     pub fn rte_eth_dev_socket_id(port_id: u16) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
-    pub fn rte_eth_dev_is_valid_port(port_id: u16) -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
     pub fn rte_eth_dev_start(port_id: u16) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
@@ -2119,21 +2100,6 @@ unsafe extern "C" {
         port_id: u16,
         dev_info: *mut rte_eth_dev_info,
     ) -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
-    pub fn rte_eth_dev_get_mtu(port_id: u16, mtu: *mut u16) -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
-    pub fn rte_eth_dev_set_mtu(port_id: u16, mtu: u16) -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
-    pub fn rte_eth_dev_rx_intr_enable(port_id: u16, queue_id: u16) -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
-    pub fn rte_eth_dev_rx_intr_disable(port_id: u16, queue_id: u16) -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
-    pub fn rte_eth_dev_rx_intr_ctl_q_get_fd(port_id: u16, queue_id: u16) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
     pub fn rte_eth_dev_get_port_by_name(
@@ -2162,13 +2128,6 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn ustack_pktmbuf_alloc(mp: *mut rte_mempool) -> *mut rte_mbuf;
-}
-unsafe extern "C" {
-    pub fn ustack_pktmbuf_alloc_bulk(
-        mp: *mut rte_mempool,
-        mbufs: *mut *mut rte_mbuf,
-        n: ::core::ffi::c_uint,
-    ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
     pub fn ustack_pktmbuf_free(m: *mut rte_mbuf);

@@ -382,12 +382,25 @@ fn port_names(eal: &Eal) -> Vec<String> {
         .collect()
 }
 
-/// Finds the port `cfg` asks for, hot-plugging its vdev when it is not there yet. Returns the
-/// port id and, for a vdev, its name (removed again when the port is closed).
-fn resolve_port(eal: &Eal, cfg: &DpdkConfig) -> Result<(u16, Option<String>), DpdkError> {
+/// The port a configuration resolved to.
+struct Resolved {
+    id: u16,
+    /// The vdev behind the port, removed again when the port is closed.
+    vdev: Option<String>,
+    /// Whether this call hot-plugged the vdev (and must remove it if opening fails).
+    attached_now: bool,
+}
+
+/// Finds the port `cfg` asks for, hot-plugging its vdev when it is not there yet.
+fn resolve_port(eal: &Eal, cfg: &DpdkConfig) -> Result<Resolved, DpdkError> {
+    let found = |id, vdev| Resolved {
+        id,
+        vdev,
+        attached_now: false,
+    };
     if let Some(PortSelect::Id(id)) = cfg.port {
         return if sys::port_ids(eal).contains(&id) {
-            Ok((id, None))
+            Ok(found(id, None))
         } else {
             Err(DpdkError::NoPortId {
                 id,
@@ -398,7 +411,7 @@ fn resolve_port(eal: &Eal, cfg: &DpdkConfig) -> Result<(u16, Option<String>), Dp
     let Some(name) = cfg.port_name() else {
         let ids = sys::port_ids(eal);
         return match ids.first() {
-            Some(&id) => Ok((id, None)),
+            Some(&id) => Ok(found(id, None)),
             None => Err(DpdkError::NoPorts {
                 eal_args: eal.args().to_vec(),
             }),
@@ -411,7 +424,7 @@ fn resolve_port(eal: &Eal, cfg: &DpdkConfig) -> Result<(u16, Option<String>), Dp
         .find(|spec| sys::vdev_name(spec) == name);
     let detach = vdev.map(|_| name.to_string());
     if let Some(id) = sys::port_by_name(eal, name) {
-        return Ok((id, detach));
+        return Ok(found(id, detach));
     }
     let Some(spec) = vdev else {
         return Err(DpdkError::NoPort {
@@ -433,7 +446,11 @@ fn resolve_port(eal: &Eal, cfg: &DpdkConfig) -> Result<(u16, Option<String>), Dp
         });
     }
     match sys::port_by_name(eal, name) {
-        Some(id) => Ok((id, detach)),
+        Some(id) => Ok(Resolved {
+            id,
+            vdev: detach,
+            attached_now: true,
+        }),
         None => {
             if let Err(e) = sys::vdev_detach(eal, name) {
                 tracing::debug!(vdev = %name, "removing a vdev without port: {e}");
@@ -450,7 +467,7 @@ fn resolve_port(eal: &Eal, cfg: &DpdkConfig) -> Result<(u16, Option<String>), Dp
 /// configuring it: for backend auto-selection ("is there a DPDK port?").
 pub fn probe(cfg: &DpdkConfig) -> Result<PortInfo, DpdkError> {
     let eal = Eal::init(&cfg.eal)?;
-    let (id, _) = resolve_port(eal, cfg)?;
+    let id = resolve_port(eal, cfg)?.id;
     sys::port_info(eal, id).map_err(|source| DpdkError::PortSetup {
         port: sys::port_name(eal, id).unwrap_or_default(),
         driver: String::new(),
@@ -490,10 +507,18 @@ impl DpdkDevice {
     pub fn open_queues(cfg: &DpdkConfig) -> Result<Vec<DpdkDevice>, DpdkError> {
         cfg.validate()?;
         let eal = Eal::init(&cfg.eal)?;
-        let (id, detach) = resolve_port(eal, cfg)?;
+        let Resolved {
+            id,
+            vdev: detach,
+            attached_now,
+        } = resolve_port(eal, cfg)?;
         let name = sys::port_name(eal, id).unwrap_or_else(|| format!("port {id}"));
+        if sys::port_is_open(id) {
+            return Err(DpdkError::PortBusy { name });
+        }
+        // Undoes this call's hot-plug on failure (a vdev found in place stays).
         let detach_on_error = |detach: &Option<String>| {
-            if let Some(v) = detach {
+            if let (true, Some(v)) = (attached_now, detach) {
                 let _ = sys::vdev_detach(eal, v);
             }
         };

@@ -34,7 +34,6 @@
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fmt;
 use std::io;
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -748,7 +747,9 @@ pub fn port_ids(_eal: &Eal) -> Vec<u16> {
     while (next as usize) < PORTS_MAX {
         // SAFETY: the EAL runs; the call only reads ethdev tables and returns
         // RTE_MAX_ETHPORTS when there is no further port.
-        next = unsafe { ffi::rte_eth_find_next_owned_by(next as u16, 0) };
+        next = unsafe {
+            ffi::rte_eth_find_next_owned_by(next as u16, u64::from(ffi::RTE_ETH_DEV_NO_OWNER))
+        };
         if next as usize >= PORTS_MAX {
             break;
         }
@@ -1292,6 +1293,14 @@ impl fmt::Debug for Mempool {
 /// Ports configured by this process now (a port is driven by one [`Port`] at a time).
 static PORTS_IN_USE: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
+/// Whether a [`Port`] of this process drives port `id` now.
+pub fn port_is_open(id: u16) -> bool {
+    PORTS_IN_USE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&id)
+}
+
 /// How to configure a port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSetup {
@@ -1663,13 +1672,6 @@ impl PortQueue {
         if !t.is_zero() {
             std::thread::sleep(t);
         }
-    }
-
-    /// An RX interrupt descriptor for the queue, if the driver offers one.
-    pub fn rx_interrupt_fd(&self) -> Option<RawFd> {
-        // SAFETY: a plain query on a valid port and queue.
-        let fd = unsafe { ffi::rte_eth_dev_rx_intr_ctl_q_get_fd(self.port.id, self.queue) };
-        (fd >= 0).then_some(fd)
     }
 }
 
