@@ -341,8 +341,17 @@ mod dpdk {
     /// Many chunk clients over one transport.
     trait Clients {
         fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError>;
-        fn poll(&mut self, now: Instant);
+        /// Moves data; true if anything happened.
+        fn poll(&mut self, now: Instant) -> bool;
+        /// Nothing happened for a while: may sleep (ustack with USTACK_BENCH_IDLE=sleep).
+        fn idle(&mut self, now: Instant);
         fn next_completion(&mut self, i: usize) -> Option<Completion>;
+    }
+
+    /// USTACK_BENCH_IDLE=sleep: ustack's server and client sleep (at most the device's 50 us
+    /// `wait_max`) when idle, instead of busy-polling.
+    fn idle_sleeps() -> bool {
+        std::env::var("USTACK_BENCH_IDLE").as_deref() == Ok("sleep")
     }
 
     struct UstackClients {
@@ -354,10 +363,16 @@ mod dpdk {
         fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError> {
             self.clients[i].submit(op, now)
         }
-        fn poll(&mut self, now: Instant) {
-            self.stack.poll(now);
+        fn poll(&mut self, now: Instant) -> bool {
+            let mut busy = self.stack.poll(now);
             for c in &mut self.clients {
-                c.poll(&mut self.stack, now);
+                busy |= c.poll(&mut self.stack, now);
+            }
+            busy
+        }
+        fn idle(&mut self, now: Instant) {
+            if idle_sleeps() {
+                self.stack.wait(now, Duration::from_millis(1));
             }
         }
         fn next_completion(&mut self, i: usize) -> Option<Completion> {
@@ -371,11 +386,14 @@ mod dpdk {
         fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError> {
             self.0[i].submit(op, now)
         }
-        fn poll(&mut self, now: Instant) {
+        fn poll(&mut self, now: Instant) -> bool {
+            let mut busy = false;
             for c in &mut self.0 {
-                c.poll(now, Duration::ZERO);
+                busy |= c.poll(now, Duration::ZERO);
             }
+            busy
         }
+        fn idle(&mut self, _now: Instant) {}
         fn next_completion(&mut self, i: usize) -> Option<Completion> {
             self.0[i].next_completion()
         }
@@ -438,6 +456,7 @@ mod dpdk {
         let end = warm + Duration::from_secs_f64(secs);
         let mut measuring = false;
         let mut measure_start = warm;
+        let mut idle = 0u32;
         loop {
             let wall = WallInstant::now();
             if !measuring && wall >= warm {
@@ -463,7 +482,14 @@ mod dpdk {
                     }
                 }
             }
-            c.poll(now);
+            if c.poll(now) {
+                idle = 0;
+            } else {
+                idle += 1;
+                if idle > 64 {
+                    c.idle(now);
+                }
+            }
             for (i, slots) in inflight.iter_mut().enumerate() {
                 while let Some(done) = c.next_completion(i) {
                     let at = slots
@@ -516,7 +542,16 @@ mod dpdk {
         let chunks = bench_chunks();
         prefill(c, &chunks);
         let mut out = Vec::new();
-        for (size, conns, depth) in [(4 << 10, 1, 1), (4 << 10, 32, 4), (1 << 20, 1, 4)] {
+        // USTACK_BENCH_PHASES picks some of "4k1", "4k32", "1m" (all by default).
+        let phases = std::env::var("USTACK_BENCH_PHASES").unwrap_or_default();
+        for (name, size, conns, depth) in [
+            ("4k1", 4 << 10, 1, 1),
+            ("4k32", 4 << 10, 32, 4),
+            ("1m", 1 << 20, 1, 4),
+        ] {
+            if !phases.is_empty() && !phases.split(',').any(|p| p == name) {
+                continue;
+            }
             let r = run_phase(c, &chunks, size, conns, depth, secs);
             let line = format!(
                 "RESULT transport={transport} op=read size={size} connections={conns} depth={depth} \
@@ -568,8 +603,9 @@ mod dpdk {
             return;
         }
         let glibc = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        println!("GLIBC_TUNABLES={glibc:?} (both processes)");
-        let Some(memif_lines) = memif_server(TEST, 36, true) else {
+        let busy = !idle_sleeps();
+        println!("GLIBC_TUNABLES={glibc:?} (both processes); ustack busy-polls: {busy}");
+        let Some(memif_lines) = memif_server(TEST, 36, busy) else {
             return;
         };
         // Kernel TCP on loopback, same binary, same run.
