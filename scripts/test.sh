@@ -20,7 +20,7 @@ step() { printf '\n==> %s\n' "$*"; }
 # --- packages and toolchain -----------------------------------------------------------------
 if [ $quick -eq 0 ] && [ "${USTACK_SKIP_INSTALL:-0}" != 1 ]; then
     step "system packages"
-    ensure_packages iproute2 ethtool ca-certificates curl gcc libc6-dev pkg-config procps \
+    ensure_packages iproute2 ethtool ca-certificates curl gcc libc6-dev pkg-config procps libdpdk-dev \
         || echo "continuing: tests that need the missing packages will fail or say SKIPPED"
 fi
 ensure_rust

@@ -15,6 +15,8 @@ use crate::time::Instant;
 
 pub mod af_xdp;
 pub mod auto;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod pcap;
 pub mod sim;
 pub mod tap;

@@ -2,6 +2,8 @@
 #![allow(unsafe_code)]
 
 pub mod bpf;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod netns;
 pub mod proc;
 pub mod signal;
