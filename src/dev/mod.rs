@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::mem::PoolBuf;
 use crate::time::Instant;
 
+pub mod memif;
 pub mod pcap;
 pub mod sim;
 pub mod tap;

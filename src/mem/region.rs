@@ -100,6 +100,9 @@ pub struct HugeRegion {
 enum Backing {
     #[cfg(not(miri))]
     Mmap(#[allow(dead_code)] memmap2::MmapMut),
+    /// A shared mapping of a memory file (see `HugeRegion::map_memfd` in `shm.rs`).
+    #[cfg(not(miri))]
+    Shared(#[allow(dead_code)] memmap2::MmapRaw),
     #[cfg(miri)]
     Heap(std::alloc::Layout),
 }
@@ -209,6 +212,29 @@ impl HugeRegion {
             }
             Err(source) => Err(MemError::Map { len, page, source }),
         }
+    }
+
+    /// A region over a shared mapping of `len` bytes (a multiple of `page`'s size) made by
+    /// `shm.rs`.
+    #[cfg(not(miri))]
+    pub(crate) fn from_shared_map(
+        map: memmap2::MmapRaw,
+        len: usize,
+        page: PageSize,
+    ) -> Result<HugeRegion, MemError> {
+        let ptr = NonNull::new(map.as_mut_ptr()).ok_or(MemError::Map {
+            len,
+            page,
+            source: std::io::Error::other("mmap returned a null mapping"),
+        })?;
+        debug_assert!(map.len() >= len);
+        Ok(HugeRegion {
+            ptr,
+            len,
+            page_size: page,
+            slabs_taken: AtomicBool::new(false),
+            _backing: Backing::Shared(map),
+        })
     }
 
     /// Under Miri there is no mmap: a zeroed heap allocation stands in for base pages, and

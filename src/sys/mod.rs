@@ -1,6 +1,7 @@
 //! Every FFI call and raw syscall: the only place with `unsafe`, besides `mem`.
 #![allow(unsafe_code)]
 
+pub mod memif;
 pub mod netns;
 pub mod signal;
 pub mod socket;
