@@ -222,7 +222,7 @@ impl SharedRegion {
 
     #[inline]
     fn range_ptr(&self, offset: usize, len: usize, align: usize) -> Option<*mut u8> {
-        if !self.contains(offset as u64, len as u64) || offset % align != 0 {
+        if !self.contains(offset as u64, len as u64) || !offset.is_multiple_of(align) {
             return None;
         }
         // SAFETY: offset + len <= self.len <= the mapping's length, so the pointer stays inside

@@ -24,7 +24,7 @@ pub const MSG_LEN: usize = 128;
 /// Protocol version 2.0, `(major << 8) | minor`.
 pub const VERSION: u16 = 0x0200;
 /// Magic value at the start of every ring.
-pub const COOKIE: u32 = 0x3E31_F20;
+pub const COOKIE: u32 = 0x03E3_1F20;
 /// Length of the name fields.
 pub const NAME_LEN: usize = 32;
 /// Length of the secret field.
