@@ -502,6 +502,11 @@ fn spawn_child(role: &str, socket: &Path, as_nobody: bool) -> Child {
     if as_nobody {
         cmd.uid(NOBODY).gid(NOBODY);
     }
+    spawn_command(cmd, role)
+}
+
+/// Spawns `cmd` with its stdout read line by line.
+fn spawn_command(mut cmd: Command, role: &str) -> Child {
     let mut child = cmd.spawn().expect("spawn child");
     let out = child.stdout.take().unwrap();
     let (tx, rx) = channel();
@@ -1465,4 +1470,245 @@ fn bench_chunk_read_4k_depth1_memif_vs_kernel() {
         percentile(&lat, 0.99) as f64 / 1e3,
         lat.len()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Interoperability with DPDK's net_memif
+
+/// A DPDK application on net_memif that echoes every frame: built by the test from this source
+/// with the system's DPDK (`libdpdk-dev`), or taken from `USTACK_MEMIF_DPDK_PEER`.
+const DPDK_PEER_C: &str = r#"/* A DPDK net_memif peer that echoes every frame back (for ustack's memif interop tests).
+ * usage: peer <vdev-args> <seconds> [extra EAL args...] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <time.h>
+#include <rte_eal.h>
+#include <rte_ethdev.h>
+#include <rte_mbuf.h>
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) { fprintf(stderr, "usage: peer <vdev-args> <seconds>\n"); return 2; }
+    char vdev[600], prefix[64];
+    snprintf(vdev, sizeof vdev, "--vdev=%s", argv[1]);
+    snprintf(prefix, sizeof prefix, "--file-prefix=ustmemif%d", (int)getpid());
+    char *eal[32] = {"peer", "-l", "0", "--no-pci", "--no-huge", "-m", "256", "--no-shconf",
+                     prefix, vdev, "--log-level=pmd.net.memif:info"};
+    int n = 11;
+    for (int i = 3; i < argc && n < 31; i++) eal[n++] = argv[i];
+    if (rte_eal_init(n, eal) < 0) { fprintf(stderr, "peer: EAL init failed\n"); return 1; }
+    uint16_t port;
+    const char *name = argv[1];
+    char devname[64];
+    snprintf(devname, sizeof devname, "%.*s", (int)strcspn(name, ","), name);
+    if (rte_eth_dev_get_port_by_name(devname, &port) != 0) { fprintf(stderr, "peer: no port %s\n", devname); return 1; }
+    struct rte_mempool *pool = rte_pktmbuf_pool_create("mb", 8191, 256, 0,
+        RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id());
+    if (!pool) { fprintf(stderr, "peer: no mempool\n"); return 1; }
+    struct rte_eth_conf conf;
+    memset(&conf, 0, sizeof conf);
+    if (rte_eth_dev_configure(port, 1, 1, &conf) < 0 ||
+        rte_eth_rx_queue_setup(port, 0, 1024, rte_eth_dev_socket_id(port), NULL, pool) < 0 ||
+        rte_eth_tx_queue_setup(port, 0, 1024, rte_eth_dev_socket_id(port), NULL) < 0) {
+        fprintf(stderr, "peer: port setup failed\n"); return 1;
+    }
+    if (rte_eth_dev_start(port) < 0) { fprintf(stderr, "peer: start failed\n"); return 1; }
+    printf("peer: started\n"); fflush(stdout);
+    double end = now_s() + atof(argv[2]);
+    unsigned long frames = 0, bytes = 0;
+    int up = 0;
+    struct rte_mbuf *b[32];
+    while (now_s() < end) {
+        struct rte_eth_link link;
+        rte_eth_link_get_nowait(port, &link);
+        if (link.link_status != up) {
+            up = link.link_status;
+            printf("peer: link %s\n", up ? "up" : "down"); fflush(stdout);
+        }
+        uint16_t got = rte_eth_rx_burst(port, 0, b, 32);
+        for (uint16_t i = 0; i < got; i++) { frames++; bytes += rte_pktmbuf_pkt_len(b[i]); }
+        uint16_t sent = 0;
+        while (sent < got) {
+            uint16_t k = rte_eth_tx_burst(port, 0, b + sent, got - sent);
+            if (k == 0 && now_s() > end) break;
+            sent += k;
+        }
+        for (uint16_t i = sent; i < got; i++) rte_pktmbuf_free(b[i]);
+    }
+    printf("peer: echoed %lu frames %lu bytes\n", frames, bytes); fflush(stdout);
+    rte_eth_dev_stop(port);
+    rte_eth_dev_close(port);
+    rte_eal_cleanup();
+    return 0;
+}
+"#;
+
+fn dpdk_peer(dir: &Path) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("USTACK_MEMIF_DPDK_PEER") {
+        return Ok(PathBuf::from(p));
+    }
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "libdpdk"])
+        .output()
+        .map_err(|e| format!("pkg-config: {e}"))?;
+    if !flags.status.success() {
+        return Err(
+            "DPDK development files not found (apt-get install libdpdk-dev pkg-config)".into(),
+        );
+    }
+    let src = dir.join("peer.c");
+    let bin = dir.join("peer");
+    std::fs::write(&src, DPDK_PEER_C).map_err(|e| e.to_string())?;
+    let flags = String::from_utf8_lossy(&flags.stdout).to_string();
+    let out = Command::new("cc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .args(flags.split_whitespace())
+        .output()
+        .map_err(|e| format!("cc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the DPDK peer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(bin)
+}
+
+/// Sends frames of every length from 60 to 1514 bytes through a DPDK echo peer and checks what
+/// comes back, byte for byte and in order.
+fn echo_through(dev: &mut MemifDevice, frames: usize) {
+    let len_of = |i: usize| 60 + (i * 37) % (1514 - 60 + 1);
+    let (mut sent, mut back) = (0usize, 0usize);
+    let mut out: Batch<PoolBuf> = Batch::with_capacity(64);
+    let mut rx: Batch<PoolBuf> = Batch::with_capacity(64);
+    let start = WallInstant::now();
+    while back < frames {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{back} of {frames} frames came back; {:?}",
+            dev.memif_stats()
+        );
+        while sent < frames && sent - back < 256 && !out.is_full() {
+            let f = frame_with(dev, sent as u8, len_of(sent));
+            out.push(f).ok().unwrap();
+            sent += 1;
+        }
+        dev.tx_burst(Instant::now(), &mut out);
+        dev.rx_burst(Instant::now(), &mut rx);
+        while let Some(f) = rx.pop() {
+            let i = back;
+            assert_eq!(f.len(), len_of(i), "frame {i}");
+            assert!(
+                f.as_slice()
+                    .iter()
+                    .enumerate()
+                    .all(|(k, &b)| b == (i as u8) ^ (k as u8)),
+                "frame {i} corrupted"
+            );
+            back += 1;
+        }
+    }
+}
+
+#[test]
+fn interop_with_dpdk_net_memif_both_roles() {
+    let dir = TestDir::new("dpdk");
+    let peer = match dpdk_peer(&dir.0) {
+        Ok(p) => p,
+        Err(e) => {
+            common::skip(&e);
+            return;
+        }
+    };
+    // (our role, abstract socket name, DPDK client in zero-copy mode)
+    for (ours, socket_abstract, zero_copy) in [
+        (MemifRole::Client, false, false),
+        (MemifRole::Server, false, false),
+        (MemifRole::Client, true, false),
+        (MemifRole::Server, true, true),
+    ] {
+        let path = if socket_abstract {
+            PathBuf::from(format!("ustack-memif-{}", std::process::id()))
+        } else {
+            dir.socket()
+        };
+        let theirs = if ours == MemifRole::Client {
+            "server"
+        } else {
+            "client"
+        };
+        let vdev = format!(
+            "net_memif0,role={theirs},id=3,socket={},socket-abstract={},rsize=10,bsize=2048,\
+             zero-copy={}",
+            path.display(),
+            if socket_abstract { "yes" } else { "no" },
+            if zero_copy { "yes" } else { "no" }
+        );
+        let mut cfg = memif_cfg(&path, ours);
+        cfg.interface_id = 3;
+        cfg.socket_abstract = socket_abstract;
+        let mut cmd = Command::new(&peer);
+        cmd.args([vdev.as_str(), "60"])
+            .args(zero_copy.then_some("--single-file-segments"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        // DPDK's client connects once, when its port starts: our server goes first.
+        let (mut dev, mut dpdk) = if ours == MemifRole::Server {
+            let dev = MemifDevice::open(&cfg).unwrap();
+            (dev, spawn_command(cmd, "dpdk-client"))
+        } else {
+            let mut dpdk = spawn_command(cmd, "dpdk-server");
+            dpdk.wait_line("peer: started", Duration::from_secs(30), || {});
+            (MemifDevice::open(&cfg).unwrap(), dpdk)
+        };
+        let mut scratch = Batch::with_capacity(64);
+        let start = WallInstant::now();
+        while !dev.link_up() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no link with DPDK ({ours:?}, abstract {socket_abstract}): {:?}",
+                dev.last_error()
+            );
+            dev.rx_burst(Instant::now(), &mut scratch);
+        }
+        let (peer_name, peer_if) = dev.peer_names().unwrap();
+        println!(
+            "ustack {ours:?} <-> DPDK {theirs} (abstract socket {socket_abstract}, zero-copy \
+             {zero_copy}): peer {peer_name:?} / {peer_if:?}, queues {:?}, regions {}",
+            dev.queues(),
+            dev.mapped_regions()
+        );
+        if zero_copy {
+            // DPDK's zero-copy client sends its ring region plus its mbuf memory.
+            assert!(dev.mapped_regions() >= 2);
+        }
+        assert!(peer_name.starts_with("DPDK"), "{peer_name}");
+        echo_through(&mut dev, 20_000);
+        let stats = dev.memif_stats();
+        println!("  {stats:?}");
+        assert_eq!(stats.rejected_desc, 0);
+        assert_eq!(stats.link.rx_errors, 0);
+        // The DPDK process dies: we notice, and free the rings.
+        dpdk.kill();
+        let start = WallInstant::now();
+        while dev.link_up() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "DPDK's death not noticed"
+            );
+            dev.rx_burst(Instant::now(), &mut scratch);
+        }
+        assert_eq!(dev.mapped_regions(), 0);
+        assert_eq!(dev.lent_buffers(), 0);
+    }
 }
