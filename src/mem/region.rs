@@ -101,7 +101,6 @@ enum Backing {
     #[cfg(not(miri))]
     Mmap(#[allow(dead_code)] memmap2::MmapMut),
     /// A shared mapping of a memory file (see `HugeRegion::map_memfd` in `shm.rs`).
-    #[cfg(not(miri))]
     Shared(#[allow(dead_code)] memmap2::MmapRaw),
     #[cfg(miri)]
     Heap(std::alloc::Layout),
@@ -216,7 +215,6 @@ impl HugeRegion {
 
     /// A region over a shared mapping of `len` bytes (a multiple of `page`'s size) made by
     /// `shm.rs`.
-    #[cfg(not(miri))]
     pub(crate) fn from_shared_map(
         map: memmap2::MmapRaw,
         len: usize,
@@ -311,10 +309,11 @@ impl HugeRegion {
 #[cfg(miri)]
 impl Drop for HugeRegion {
     fn drop(&mut self) {
-        let Backing::Heap(layout) = &self._backing;
-        // SAFETY: `ptr` was allocated in map_backing with exactly this layout and is freed only
-        // here; the slabs borrowed from the region are gone since we have `&mut self`.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), *layout) };
+        if let Backing::Heap(layout) = &self._backing {
+            // SAFETY: `ptr` was allocated in map_backing with exactly this layout and is freed
+            // only here; the slabs borrowed from the region are gone since we have `&mut self`.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), *layout) };
+        }
     }
 }
 

@@ -11,7 +11,8 @@
 //! references (`&[u8]`) to its bytes: it offers bounds-checked copies in and out and atomic views
 //! (`&[AtomicU16]`, `&[AtomicU32]`) for indexes and descriptors. Every offset is checked against
 //! the mapping; nothing a peer writes can make these methods touch memory outside it.
-#![cfg(not(miri))]
+//!
+//! Miri has no `memfd_create` or `mmap`: this compiles under Miri, but its tests are skipped there.
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -332,6 +333,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     #[test]
+    #[cfg_attr(miri, ignore = "no memfd or mmap under Miri")]
     fn create_share_and_bounds() {
         let a = SharedRegion::create(10_000, PageSize::Base4K, "ustack-shm-test").unwrap();
         assert_eq!(a.len(), 12288);
@@ -366,6 +368,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "no memfd or mmap under Miri")]
     fn a_peer_cannot_claim_more_than_the_file_holds() {
         let a = SharedRegion::create(4096, PageSize::Base4K, "ustack-shm-short").unwrap();
         let fd = a.fd().unwrap().try_clone_to_owned().unwrap();
@@ -384,6 +387,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "no memfd or mmap under Miri")]
     fn a_file_we_made_cannot_be_truncated_by_the_peer() {
         let a = SharedRegion::create(4096, PageSize::Base4K, "ustack-shm-seal").unwrap();
         let file = std::fs::File::from(a.fd().unwrap().try_clone_to_owned().unwrap());
@@ -391,6 +395,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "no memfd or mmap under Miri")]
     fn an_unsealed_peer_file_gets_sealed() {
         let fd = sys::memfd_create("ustack-unsealed", None).unwrap();
         std::fs::File::from(fd.try_clone().unwrap())
@@ -403,6 +408,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "no memfd or mmap under Miri")]
     fn pool_on_a_memfd_is_shared() {
         let (region, fd) =
             HugeRegion::map_memfd(64 << 10, PageSize::Huge2M, "ustack-pool-test").unwrap();

@@ -1071,6 +1071,12 @@ mod tests {
     }
 
     #[test]
+    fn the_device_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<MemifDevice>();
+    }
+
+    #[test]
     fn flows_stay_on_one_queue() {
         let mut f = vec![0u8; 64];
         f[12] = 0x08;
