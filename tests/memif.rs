@@ -1246,6 +1246,11 @@ fn either_side_can_start_first() {
     assert!(socket.exists());
     let server = MemifDevice::open(&memif_cfg(&socket, MemifRole::Server)).unwrap();
     drop(server);
+    // A file that is not a socket is never removed.
+    std::fs::write(&socket, b"precious").unwrap();
+    let e = MemifDevice::open(&memif_cfg(&socket, MemifRole::Server)).unwrap_err();
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read(&socket).unwrap(), b"precious");
 }
 
 #[test]
@@ -1715,5 +1720,67 @@ fn interop_with_dpdk_net_memif_both_roles() {
         }
         assert_eq!(dev.mapped_regions(), 0);
         assert_eq!(dev.lent_buffers(), 0);
+    }
+}
+
+#[test]
+fn several_queue_pairs_carry_flows_in_order() {
+    let dir = TestDir::new("queues");
+    let socket = dir.socket();
+    let mut scfg = memif_cfg(&socket, MemifRole::Server);
+    scfg.queues = 2;
+    let mut ccfg = memif_cfg(&socket, MemifRole::Client);
+    ccfg.queues = 4;
+    let mut server = MemifDevice::open(&scfg).unwrap();
+    let mut client = MemifDevice::open(&ccfg).unwrap();
+    pump_until_up(&mut client, &mut server);
+    assert_eq!(client.queues(), Some((2, 2)), "the server's limit wins");
+    assert_eq!(server.queues(), Some((2, 2)));
+    // IPv4/TCP-shaped frames of 8 flows (source ports), 50 frames each, sequence-numbered.
+    let flows = 8u16;
+    let per_flow = 50u32;
+    for (tx_is_client, tag) in [(true, 0u8), (false, 1u8)] {
+        let (tx, rx) = if tx_is_client {
+            (&mut client, &mut server)
+        } else {
+            (&mut server, &mut client)
+        };
+        let mut out: Batch<PoolBuf> = Batch::with_capacity(1024);
+        for seq in 0..per_flow {
+            for flow in 0..flows {
+                let mut f = tx.tx_alloc().unwrap();
+                assert!(f.set_len(80));
+                let d = f.data_mut();
+                d.fill(tag);
+                d[12..14].copy_from_slice(&[0x08, 0x00]);
+                d[14] = 0x45;
+                d[23] = 6;
+                d[26..30].copy_from_slice(&[10, 0, 0, 1]);
+                d[30..34].copy_from_slice(&[10, 0, 0, 2]);
+                d[34..36].copy_from_slice(&(1000 + flow).to_be_bytes());
+                d[36..38].copy_from_slice(&80u16.to_be_bytes());
+                d[40..44].copy_from_slice(&seq.to_be_bytes());
+                out.push(f).ok().unwrap();
+            }
+        }
+        let total = (flows as u32 * per_flow) as usize;
+        let mut next_seq = vec![0u32; flows as usize];
+        let mut got = 0;
+        let mut rxb: Batch<PoolBuf> = Batch::with_capacity(256);
+        let start = WallInstant::now();
+        while got < total {
+            assert!(start.elapsed() < Duration::from_secs(5), "{got} of {total}");
+            tx.tx_burst(Instant::now(), &mut out);
+            rx.rx_burst(Instant::now(), &mut rxb);
+            while let Some(f) = rxb.pop() {
+                let d = f.as_slice();
+                assert_eq!(d[0], tag);
+                let flow = (u16::from_be_bytes([d[34], d[35]]) - 1000) as usize;
+                let seq = u32::from_be_bytes([d[40], d[41], d[42], d[43]]);
+                assert_eq!(seq, next_seq[flow], "flow {flow} out of order");
+                next_seq[flow] += 1;
+                got += 1;
+            }
+        }
     }
 }

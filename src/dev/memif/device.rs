@@ -313,6 +313,17 @@ impl MemifDevice {
                 let UnixAddr::Path(path) = &self.addr else {
                     return Err(MemifError::AddressInUse { socket });
                 };
+                let is_socket = std::fs::symlink_metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+                if !is_socket {
+                    return Err(MemifError::Bind {
+                        socket,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            "the path exists and is not a socket",
+                        ),
+                    });
+                }
                 match SeqPacket::connect(&self.addr) {
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                         tracing::info!(socket = %socket, "removing a stale memif socket file");
