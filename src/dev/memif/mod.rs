@@ -2,6 +2,17 @@
 //! memif protocol as DPDK 22.11's `net_memif` and libmemif (VPP) define it — no kernel on the
 //! data path, no root, no NIC.
 //!
+//! ```no_run
+//! use ustack::dev::memif::{MemifConfig, MemifDevice, MemifRole};
+//! use ustack::stack::{Stack, StackConfig};
+//!
+//! // The file server: a memif server on a socket its clients can reach (no root needed).
+//! let dev = MemifDevice::open(&MemifConfig::new("/run/ustack/memif.sock", MemifRole::Server))?;
+//! let mut stack = Stack::new(dev, StackConfig::new("10.77.0.1".parse()?, 24))?;
+//! // ... ChunkServer::bind(&mut stack, ..), then poll: the link comes up when a client connects.
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # The protocol in one paragraph
 //!
 //! The server (master) listens on a unix `SOCK_SEQPACKET` socket. A client (slave) connects and
