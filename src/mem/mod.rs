@@ -11,6 +11,7 @@
 
 mod pool;
 mod region;
+pub mod shm;
 
 pub use pool::{BufPool, PoolBuf, PoolStats};
 pub use region::{HugeRegion, PageSize, RegionPart};
@@ -52,6 +53,23 @@ pub enum MemError {
     /// The region's slabs were already handed out (it can be split once).
     #[error("the region's slabs were already taken")]
     SlabsTaken,
+    /// Creating, sizing or inspecting a shared memory file failed.
+    #[error("{op} failed: {source}")]
+    SharedFile {
+        /// What was tried.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A peer's memory file is shorter than the region it was announced as.
+    #[error("the shared memory file holds {file_len} bytes, fewer than the {len} claimed")]
+    FileTooShort {
+        /// Bytes claimed.
+        len: u64,
+        /// Bytes the file holds.
+        file_len: u64,
+    },
     /// A pool buffer layout that cannot work.
     #[error("bad pool layout: {0}")]
     BadLayout(&'static str),

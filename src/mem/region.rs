@@ -100,6 +100,8 @@ pub struct HugeRegion {
 enum Backing {
     #[cfg(not(miri))]
     Mmap(#[allow(dead_code)] memmap2::MmapMut),
+    /// A shared mapping of a memory file (see `HugeRegion::map_memfd` in `shm.rs`).
+    Shared(#[allow(dead_code)] memmap2::MmapRaw),
     #[cfg(miri)]
     Heap(std::alloc::Layout),
 }
@@ -209,6 +211,28 @@ impl HugeRegion {
             }
             Err(source) => Err(MemError::Map { len, page, source }),
         }
+    }
+
+    /// A region over a shared mapping of `len` bytes (a multiple of `page`'s size) made by
+    /// `shm.rs`.
+    pub(crate) fn from_shared_map(
+        map: memmap2::MmapRaw,
+        len: usize,
+        page: PageSize,
+    ) -> Result<HugeRegion, MemError> {
+        let ptr = NonNull::new(map.as_mut_ptr()).ok_or(MemError::Map {
+            len,
+            page,
+            source: std::io::Error::other("mmap returned a null mapping"),
+        })?;
+        debug_assert!(map.len() >= len);
+        Ok(HugeRegion {
+            ptr,
+            len,
+            page_size: page,
+            slabs_taken: AtomicBool::new(false),
+            _backing: Backing::Shared(map),
+        })
     }
 
     /// Under Miri there is no mmap: a zeroed heap allocation stands in for base pages, and
@@ -361,10 +385,11 @@ impl RegionPart {
 #[cfg(miri)]
 impl Drop for HugeRegion {
     fn drop(&mut self) {
-        let Backing::Heap(layout) = &self._backing;
-        // SAFETY: `ptr` was allocated in map_backing with exactly this layout and is freed only
-        // here; the slabs borrowed from the region are gone since we have `&mut self`.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), *layout) };
+        if let Backing::Heap(layout) = &self._backing {
+            // SAFETY: `ptr` was allocated in map_backing with exactly this layout and is freed
+            // only here; the slabs borrowed from the region are gone since we have `&mut self`.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), *layout) };
+        }
     }
 }
 

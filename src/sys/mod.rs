@@ -4,6 +4,7 @@
 pub mod bpf;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod memif;
 pub mod netns;
 pub mod proc;
 pub mod signal;
