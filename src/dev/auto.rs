@@ -13,6 +13,9 @@ use crate::mem::PoolBuf;
 use crate::time::Instant;
 
 use super::af_xdp::{XdpConfig, XdpDevice, XdpError};
+#[cfg(feature = "dpdk")]
+use super::dpdk::{DpdkConfig, DpdkDevice};
+use super::memif::{MemifConfig, MemifDevice};
 use super::sim::SimPort;
 use super::tap::TapDevice;
 use super::{Batch, DeviceCaps, Frame, LinkStats, PacketDevice};
@@ -87,6 +90,11 @@ pub struct BackendConfig {
     /// AF_XDP settings; `xdp.ifname` names the interface, and `xdp.filter_ipv4` should be the
     /// stack's address so other traffic stays with the kernel.
     pub xdp: XdpConfig,
+    /// The DPDK device to try first (a vdev spec or EAL arguments). Without one, DPDK is tried
+    /// on the interface's PCI device only when its kernel driver lets DPDK share the NIC
+    /// (mlx5); other NICs must be bound to vfio-pci and named with EAL arguments.
+    #[cfg(feature = "dpdk")]
+    pub dpdk: Option<DpdkConfig>,
     /// Skip DPDK even when it is compiled in.
     pub no_dpdk: bool,
 }
@@ -96,49 +104,92 @@ impl BackendConfig {
     pub fn from_iface(ifname: &str) -> BackendConfig {
         BackendConfig {
             xdp: XdpConfig::new(ifname),
+            #[cfg(feature = "dpdk")]
+            dpdk: None,
             no_dpdk: false,
         }
     }
 }
 
+/// Kernel drivers whose NICs DPDK can drive while the kernel keeps them (bifurcated).
+#[cfg(feature = "dpdk")]
+const SHARED_DRIVERS: &[&str] = &["mlx5_core", "mlx4_core"];
+
+/// The DPDK device to try for `cfg`, or why there is none.
+#[cfg(feature = "dpdk")]
+fn dpdk_candidate(cfg: &BackendConfig) -> Result<DpdkConfig, String> {
+    if let Some(d) = &cfg.dpdk {
+        return Ok(d.clone());
+    }
+    let ifname = &cfg.xdp.ifname;
+    let dev = std::path::Path::new("/sys/class/net")
+        .join(ifname)
+        .join("device");
+    let pci = std::fs::canonicalize(&dev)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.contains(':'))
+        .ok_or_else(|| format!("{ifname} is not a PCI NIC, and no DPDK device was given (--dpdk-vdev SPEC or --dpdk-eal ARGS)"))?;
+    let driver = std::fs::read_link(dev.join("driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    if !SHARED_DRIVERS.contains(&driver.as_str()) {
+        return Err(format!(
+            "{ifname} ({pci}) is driven by the kernel's {driver}: DPDK needs it bound to vfio-pci \
+             (then pass --dpdk-eal \"-a {pci}\"), or a NIC DPDK can share with the kernel (mlx5)"
+        ));
+    }
+    DpdkConfig::from_eal_args(["-a", pci.as_str()]).map_err(|e| e.to_string())
+}
+
 /// A frame of any backend.
 pub enum AnyFrame {
-    /// A pool buffer (sim, TAP, AF_XDP UMEM frame).
+    /// A pool buffer (sim, TAP, memif, AF_XDP UMEM frame).
     Pool(PoolBuf),
+    /// A DPDK mbuf.
+    #[cfg(feature = "dpdk")]
+    Mbuf(crate::sys::dpdk::Mbuf),
+}
+
+/// Runs `$body` with `$f` bound to the frame inside.
+macro_rules! with_frame {
+    ($self:expr, $f:ident => $body:expr) => {
+        match $self {
+            AnyFrame::Pool($f) => $body,
+            #[cfg(feature = "dpdk")]
+            AnyFrame::Mbuf($f) => $body,
+        }
+    };
 }
 
 impl Frame for AnyFrame {
     #[inline]
     fn data(&self) -> &[u8] {
-        match self {
-            AnyFrame::Pool(b) => b.as_slice(),
-        }
+        with_frame!(self, f => Frame::data(f))
     }
     #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
-        match self {
-            AnyFrame::Pool(b) => b.as_mut_slice(),
-        }
+        with_frame!(self, f => Frame::data_mut(f))
     }
     #[inline]
     fn capacity(&self) -> usize {
-        match self {
-            AnyFrame::Pool(b) => b.capacity(),
-        }
+        with_frame!(self, f => Frame::capacity(f))
     }
     #[inline]
     fn set_len(&mut self, len: usize) -> bool {
-        match self {
-            AnyFrame::Pool(b) => b.set_len(len),
-        }
+        with_frame!(self, f => Frame::set_len(f, len))
     }
 }
 
+// Boxed variants: the devices are large and the enum is moved around by value.
 enum Inner {
-    // Boxed: the AF_XDP device is large and the enum is moved around by value.
     AfXdp(Box<XdpDevice>),
+    Memif(Box<MemifDevice>),
     Tap(TapDevice),
     Sim(SimPort),
+    #[cfg(feature = "dpdk")]
+    Dpdk(Box<DpdkDevice>),
 }
 
 /// A device of any backend, with the reason it was chosen.
@@ -146,19 +197,28 @@ pub struct AnyDevice {
     inner: Inner,
     kind: BackendKind,
     reason: String,
-    /// Frames between the caller's batches and a pool-based backend's (moved, never copied).
+    /// Frames between the caller's batches and the backend's own (moved, never copied).
     rx_carry: Batch<PoolBuf>,
     tx_carry: Batch<PoolBuf>,
+    #[cfg(feature = "dpdk")]
+    rx_mbufs: Batch<crate::sys::dpdk::Mbuf>,
+    #[cfg(feature = "dpdk")]
+    tx_mbufs: Batch<crate::sys::dpdk::Mbuf>,
 }
 
 impl AnyDevice {
     fn new(inner: Inner, kind: BackendKind, reason: String, burst: usize) -> AnyDevice {
+        let burst = burst.max(1);
         AnyDevice {
             inner,
             kind,
             reason,
-            rx_carry: Batch::with_capacity(burst.max(1)),
-            tx_carry: Batch::with_capacity(burst.max(1)),
+            rx_carry: Batch::with_capacity(burst),
+            tx_carry: Batch::with_capacity(burst),
+            #[cfg(feature = "dpdk")]
+            rx_mbufs: Batch::with_capacity(burst),
+            #[cfg(feature = "dpdk")]
+            tx_mbufs: Batch::with_capacity(burst),
         }
     }
 
@@ -173,6 +233,25 @@ impl AnyDevice {
                 why: "skipped (asked not to use DPDK)".into(),
             });
         } else {
+            #[cfg(feature = "dpdk")]
+            match dpdk_candidate(cfg) {
+                Ok(dcfg) => match super::dpdk::probe(&dcfg).and_then(|_| DpdkDevice::open(&dcfg)) {
+                    Ok(dev) => {
+                        let reason =
+                            format!("DPDK port {} ({})", dev.info().name, dev.info().driver);
+                        return Ok(AnyDevice::dpdk(dev, reason));
+                    }
+                    Err(e) => tried.push(Attempt {
+                        kind: BackendKind::Dpdk,
+                        why: e.to_string(),
+                    }),
+                },
+                Err(why) => tried.push(Attempt {
+                    kind: BackendKind::Dpdk,
+                    why,
+                }),
+            }
+            #[cfg(not(feature = "dpdk"))]
             tried.push(Attempt {
                 kind: BackendKind::Dpdk,
                 why: "not compiled in (build with `--features dpdk`)".into(),
@@ -228,6 +307,43 @@ impl AnyDevice {
         )
     }
 
+    /// A memif interface (server or client role), shared memory with a peer process.
+    pub fn open_memif(cfg: &MemifConfig) -> Result<AnyDevice, BackendError> {
+        let dev = MemifDevice::open(cfg).map_err(|e| BackendError::Open {
+            kind: BackendKind::Memif,
+            why: e.to_string(),
+        })?;
+        let burst = dev.caps().burst_max;
+        let reason = format!("memif {:?} on {}", cfg.role, cfg.socket_path.display());
+        Ok(AnyDevice::new(
+            Inner::Memif(Box::new(dev)),
+            BackendKind::Memif,
+            reason,
+            burst,
+        ))
+    }
+
+    /// A DPDK port.
+    #[cfg(feature = "dpdk")]
+    pub fn open_dpdk(cfg: &DpdkConfig) -> Result<AnyDevice, BackendError> {
+        let dev = DpdkDevice::open(cfg).map_err(|e| BackendError::Open {
+            kind: BackendKind::Dpdk,
+            why: e.to_string(),
+        })?;
+        let reason = format!(
+            "DPDK port {} ({}) (asked for)",
+            dev.info().name,
+            dev.info().driver
+        );
+        Ok(AnyDevice::dpdk(dev, reason))
+    }
+
+    #[cfg(feature = "dpdk")]
+    fn dpdk(dev: DpdkDevice, reason: String) -> AnyDevice {
+        let burst = dev.caps().burst_max;
+        AnyDevice::new(Inner::Dpdk(Box::new(dev)), BackendKind::Dpdk, reason, burst)
+    }
+
     /// Wraps an open TAP device.
     pub fn from_tap(dev: TapDevice, reason: impl Into<String>) -> AnyDevice {
         let burst = dev.caps().burst_max;
@@ -256,7 +372,17 @@ impl AnyDevice {
     pub fn mac(&self) -> Option<[u8; 6]> {
         match &self.inner {
             Inner::AfXdp(d) => Some(d.mac()),
-            Inner::Tap(_) | Inner::Sim(_) => None,
+            #[cfg(feature = "dpdk")]
+            Inner::Dpdk(d) => Some(d.mac()),
+            Inner::Memif(_) | Inner::Tap(_) | Inner::Sim(_) => None,
+        }
+    }
+
+    /// The memif device, if that is the backend.
+    pub fn as_memif(&self) -> Option<&MemifDevice> {
+        match &self.inner {
+            Inner::Memif(d) => Some(d),
+            _ => None,
         }
     }
 
@@ -269,79 +395,120 @@ impl AnyDevice {
     }
 }
 
-/// Runs `$body` with `$d` bound to the pool-based inner device.
-macro_rules! with_pool_dev {
-    ($self:expr, $d:ident => $body:expr) => {
-        match &mut $self.inner {
+/// Runs `$body` with `$d` bound to the inner device, whatever its type.
+macro_rules! with_dev {
+    ($inner:expr, $d:ident => $body:expr) => {
+        match $inner {
             Inner::AfXdp($d) => $body,
+            Inner::Memif($d) => $body,
             Inner::Tap($d) => $body,
             Inner::Sim($d) => $body,
+            #[cfg(feature = "dpdk")]
+            Inner::Dpdk($d) => $body,
         }
     };
+}
+
+/// Runs `$pool` with `$d` bound to a pool-based inner device, or `$mbuf` for DPDK.
+macro_rules! by_frame {
+    ($inner:expr, $d:ident => $pool:expr, $m:ident => $mbuf:expr) => {
+        match $inner {
+            Inner::AfXdp($d) => $pool,
+            Inner::Memif($d) => $pool,
+            Inner::Tap($d) => $pool,
+            Inner::Sim($d) => $pool,
+            #[cfg(feature = "dpdk")]
+            Inner::Dpdk($m) => $mbuf,
+        }
+    };
+}
+
+/// Moves frames from `carry` into `batch` as `wrap(frame)`; returns how many.
+fn drain_into<F, G>(carry: &mut Batch<F>, batch: &mut Batch<G>, wrap: impl Fn(F) -> G) -> usize {
+    let mut n = 0;
+    while !batch.is_full() {
+        let Some(f) = carry.pop() else { break };
+        // Cannot fail: the batch has room.
+        let _ = batch.push(wrap(f));
+        n += 1;
+    }
+    n
 }
 
 impl PacketDevice for AnyDevice {
     type Frame = AnyFrame;
 
     fn caps(&self) -> DeviceCaps {
-        match &self.inner {
-            Inner::AfXdp(d) => d.caps(),
-            Inner::Tap(d) => d.caps(),
-            Inner::Sim(d) => d.caps(),
-        }
+        with_dev!(&self.inner, d => d.caps())
     }
 
     fn rx_burst(&mut self, now: Instant, batch: &mut Batch<AnyFrame>) -> usize {
-        if self.rx_carry.is_empty() {
-            let carry = &mut self.rx_carry;
-            with_pool_dev!(self, d => d.rx_burst(now, carry));
-        }
-        let mut n = 0;
-        while !batch.is_full() {
-            let Some(f) = self.rx_carry.pop() else { break };
-            // Cannot fail: the batch has room.
-            let _ = batch.push(AnyFrame::Pool(f));
-            n += 1;
-        }
-        n
+        by_frame!(&mut self.inner,
+            d => {
+                if self.rx_carry.is_empty() {
+                    d.rx_burst(now, &mut self.rx_carry);
+                }
+                drain_into(&mut self.rx_carry, batch, AnyFrame::Pool)
+            },
+            m => {
+                if self.rx_mbufs.is_empty() {
+                    m.rx_burst(now, &mut self.rx_mbufs);
+                }
+                drain_into(&mut self.rx_mbufs, batch, AnyFrame::Mbuf)
+            }
+        )
     }
 
     fn tx_alloc(&mut self) -> Option<AnyFrame> {
-        with_pool_dev!(self, d => d.tx_alloc()).map(AnyFrame::Pool)
+        by_frame!(&mut self.inner, d => d.tx_alloc().map(AnyFrame::Pool), m => m.tx_alloc().map(AnyFrame::Mbuf))
     }
 
     fn tx_burst(&mut self, now: Instant, batch: &mut Batch<AnyFrame>) -> usize {
+        // Frames move into the backend's own batch; those it does not take stay there (bounded)
+        // and go first next time. A frame of another backend cannot occur: tx frames come
+        // from this device's tx_alloc.
         let mut taken = 0;
-        while !self.tx_carry.is_full() {
-            let Some(AnyFrame::Pool(f)) = batch.pop() else {
-                break;
-            };
-            let _ = self.tx_carry.push(f);
-            taken += 1;
-        }
-        let carry = &mut self.tx_carry;
-        with_pool_dev!(self, d => d.tx_burst(now, carry));
-        // Frames the device did not take stay in tx_carry (bounded) and go first next time.
+        by_frame!(&mut self.inner,
+            d => {
+                while !self.tx_carry.is_full() {
+                    match batch.pop() {
+                        Some(AnyFrame::Pool(f)) => {
+                            let _ = self.tx_carry.push(f);
+                            taken += 1;
+                        }
+                        #[cfg(feature = "dpdk")]
+                        Some(AnyFrame::Mbuf(_)) => taken += 1,
+                        None => break,
+                    }
+                }
+                d.tx_burst(now, &mut self.tx_carry);
+            },
+            m => {
+                while !self.tx_mbufs.is_full() {
+                    match batch.pop() {
+                        Some(AnyFrame::Mbuf(f)) => {
+                            let _ = self.tx_mbufs.push(f);
+                            taken += 1;
+                        }
+                        Some(AnyFrame::Pool(_)) => taken += 1,
+                        None => break,
+                    }
+                }
+                m.tx_burst(now, &mut self.tx_mbufs);
+            }
+        );
         taken
     }
 
     fn stats(&self) -> LinkStats {
-        match &self.inner {
-            Inner::AfXdp(d) => d.stats(),
-            Inner::Tap(d) => d.stats(),
-            Inner::Sim(d) => d.stats(),
-        }
+        with_dev!(&self.inner, d => d.stats())
     }
 
     fn link_up(&self) -> bool {
-        match &self.inner {
-            Inner::AfXdp(d) => d.link_up(),
-            Inner::Tap(d) => d.link_up(),
-            Inner::Sim(d) => d.link_up(),
-        }
+        with_dev!(&self.inner, d => d.link_up())
     }
 
     fn wait(&mut self, timeout: Duration) {
-        with_pool_dev!(self, d => d.wait(timeout))
+        with_dev!(&mut self.inner, d => d.wait(timeout))
     }
 }
