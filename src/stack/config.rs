@@ -16,6 +16,14 @@ impl MacAddr {
         MacAddr([0x02, b[0], b[1], b[2], b[3], b[4] ^ b[5]])
     }
 
+    /// The locally administered address ustack derives from an IPv4 address
+    /// (02:75:a:b:c:d): stable across restarts, so a peer's ARP cache stays right when a
+    /// process on a link without its own MAC (memif, TAP, sim) comes back.
+    pub fn local_from_ipv4(ip: std::net::Ipv4Addr) -> MacAddr {
+        let o = ip.octets();
+        MacAddr([0x02, 0x75, o[0], o[1], o[2], o[3]])
+    }
+
     /// True for a unicast address (multicast bit clear) that is not all zeros.
     pub fn is_unicast(&self) -> bool {
         self.0[0] & 1 == 0 && self.0 != [0; 6]
@@ -102,7 +110,8 @@ impl Default for TcpConfig {
 /// Configuration of a [`Stack`](super::Stack).
 #[derive(Clone, Debug)]
 pub struct StackConfig {
-    /// Our MAC address (unicast).
+    /// Our MAC address (unicast). Default: derived from `ipv4` ([`MacAddr::local_from_ipv4`]);
+    /// on a NIC (AF_XDP, DPDK) use the NIC's own.
     pub mac: MacAddr,
     /// Our IPv4 address.
     pub ipv4: Ipv4Addr,
@@ -136,7 +145,7 @@ impl StackConfig {
     pub fn new(ipv4: Ipv4Addr, prefix_len: u8) -> StackConfig {
         let seed = default_seed(ipv4);
         StackConfig {
-            mac: MacAddr::local_from_seed(seed),
+            mac: MacAddr::local_from_ipv4(ipv4),
             ipv4,
             prefix_len,
             gateway: None,

@@ -179,6 +179,9 @@ pub struct Stack<D: PacketDevice> {
     listener_gens: Vec<u32>,
     next_port: u16,
     next_shard: usize,
+    /// The link state at the last poll, and how often it came back up.
+    link_was_up: bool,
+    link_ups: u64,
     cfg: StackConfig,
     now: Instant,
 }
@@ -252,23 +255,7 @@ impl<D: PacketDevice> Stack<D> {
         }
 
         let mut io = Io::new(dev, mtu, cfg.mac.0, cfg.ring_frames);
-        let mut icfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac.0)));
-        icfg.random_seed = cfg.random_seed;
-        let mut no_frames = Batch::with_capacity(0);
-        let mut iface = Interface::new(icfg, &mut io.view(&mut no_frames), smol_now(Instant::ZERO));
-        iface.update_ip_addrs(|addrs| {
-            // Cannot fail: the list is empty and holds at least one address.
-            let _ = addrs.push(IpCidr::new(cfg.ipv4.into(), cfg.prefix_len));
-        });
-        if let Some(gw) = cfg.gateway {
-            iface
-                .routes_mut()
-                .add_default_ipv4_route(gw)
-                .map_err(|_| StackError::Config {
-                    field: "gateway",
-                    reason: "route table full".into(),
-                })?;
-        }
+        let iface = build_iface(&cfg, &mut io, cfg.random_seed)?;
         let shard_count = cfg.sockets_max.div_ceil(cfg.shard_sockets);
         if shard_count > usize::from(u16::MAX) {
             return Err(StackError::Config {
@@ -315,6 +302,8 @@ impl<D: PacketDevice> Stack<D> {
             listener_gens: vec![0; cfg.listeners_max],
             next_port: EPHEMERAL_FIRST + (cfg.random_seed % port_span) as u16,
             next_shard: 0,
+            link_was_up: true,
+            link_ups: 0,
             cfg,
             now: Instant::ZERO,
         })
@@ -332,6 +321,7 @@ impl<D: PacketDevice> Stack<D> {
             self.io.stats.rx_dropped(),
         );
         let smol = smol_now(now);
+        self.check_link();
         self.iface.poll_maintenance(smol);
         // Steer what arrived to the shards that own it.
         let budget = self.shards[0].rx.capacity();
@@ -397,6 +387,30 @@ impl<D: PacketDevice> Stack<D> {
             self.io.stats.rx_dropped(),
         );
         changed || before != after
+    }
+
+    /// When the link comes back up (a memif peer reconnected, a cable was plugged), the peer
+    /// may be another machine or a restarted process with another MAC: forget every neighbor
+    /// by starting the interface afresh (the sockets live in the shards and are kept).
+    fn check_link(&mut self) {
+        let up = self.io.dev.link_up();
+        if up && !self.link_was_up {
+            self.link_ups += 1;
+            let seed = self.cfg.random_seed ^ self.link_ups.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            match build_iface(&self.cfg, &mut self.io, seed) {
+                Ok(iface) => {
+                    self.iface = iface;
+                    tracing::debug!("link up again: neighbor cache cleared");
+                }
+                Err(e) => {
+                    tracing::warn!("link up again, but the interface could not be rebuilt: {e}")
+                }
+            }
+            for s in &mut self.shards {
+                s.dirty = true;
+            }
+        }
+        self.link_was_up = up;
     }
 
     /// Polls every shard that has frames, was touched, or has a timer due.
@@ -894,6 +908,32 @@ impl std::hash::Hasher for FlowHasher {
         let h = self.h ^ (self.h >> 32);
         h.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ (h >> 29)
     }
+}
+
+/// smoltcp's interface for `cfg` (addresses, default route), with neighbor cache empty.
+fn build_iface<D: PacketDevice>(
+    cfg: &StackConfig,
+    io: &mut Io<D>,
+    seed: u64,
+) -> Result<Interface, StackError> {
+    let mut icfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac.0)));
+    icfg.random_seed = seed;
+    let mut no_frames = Batch::with_capacity(0);
+    let mut iface = Interface::new(icfg, &mut io.view(&mut no_frames), smol_now(Instant::ZERO));
+    iface.update_ip_addrs(|addrs| {
+        // Cannot fail: the list is empty and holds at least one address.
+        let _ = addrs.push(IpCidr::new(cfg.ipv4.into(), cfg.prefix_len));
+    });
+    if let Some(gw) = cfg.gateway {
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(gw)
+            .map_err(|_| StackError::Config {
+                field: "gateway",
+                reason: "route table full".into(),
+            })?;
+    }
+    Ok(iface)
 }
 
 /// Whether any shard listens on `port`.
