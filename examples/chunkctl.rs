@@ -22,34 +22,18 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use common::{
-    check_pattern, fill_pattern, open_tap, stack_config, Cidr, ClientSet, Rng, Size, StackClients,
+    check_pattern, fill_pattern, open_device, stack_config, stack_on, Backend, Cidr, ClientSet,
+    DevArgs, MemifRoleArg, Rng, Size, StackClients,
 };
 use ustack::chunk::{
     ChunkOp, ChunkServer, ClientConfig, Completion, MemStore, ServerConfig, ServerStats, Staging,
     SubmitError,
 };
-use ustack::dev::auto::{AnyDevice, BackendConfig};
 use ustack::dev::sim::{SimConfig, SimLink, SimPort};
 use ustack::net::KernelClient;
 use ustack::proto::{crc32c, ChunkId, Limits, Reply};
-use ustack::stack::{MacAddr, Stack};
+use ustack::stack::Stack;
 use ustack::Instant;
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    /// The best kernel-bypass backend for --iface (DPDK if compiled in and it has a port, else
-    /// AF_XDP), to --server.
-    Auto,
-    /// ustack client stack on an AF_XDP socket bound to --iface, to --server.
-    AfXdp,
-    /// Kernel TCP to --server.
-    Kernel,
-    /// ustack on both ends, in this process: a server stack (memory store) on the other end of
-    /// the simulated link. Needs no privileges and no server.
-    Sim,
-    /// ustack client stack on a TAP interface (needs CAP_NET_ADMIN), to --server through it.
-    Tap,
-}
 
 #[derive(Parser, Debug)]
 #[command(about = "ustack chunk client: put/get/verify/bench")]
@@ -72,12 +56,8 @@ struct Args {
     /// ustack client backends: our address.
     #[arg(long, default_value = "10.213.0.3/24")]
     ip: Cidr,
-    /// TAP backend: the kernel's address on the TAP.
-    #[arg(long)]
-    tap_peer: Option<Cidr>,
-    /// auto and af-xdp backends: the network interface (in this network namespace).
-    #[arg(long)]
-    iface: Option<String>,
+    #[command(flatten)]
+    dev: DevArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -341,42 +321,16 @@ fn run(args: &Args) -> Result<(), String> {
                 "ustack <-> ustack over the in-process simulated link (server thread + client thread, memory store)".into(),
             )?)
         }
-        Backend::Tap => {
-            let (tap, where_) = open_tap(None, args.tap_peer, None)?;
-            let stack =
-                Stack::new(tap, stack_config(args.ip, None, sockets)).map_err(|e| e.to_string())?;
-            Box::new(StackClients::connect(
-                stack,
-                args.server,
-                args.connections,
-                &cfg,
-                format!("ustack client over {where_} to {}", args.server),
-            )?)
-        }
-        Backend::Auto | Backend::AfXdp => {
-            let iface = args
-                .iface
-                .clone()
-                .ok_or("--backend auto/af-xdp needs --iface NAME (the interface to bind)")?;
-            let mut bcfg = BackendConfig::from_iface(&iface);
-            bcfg.xdp.filter_ipv4 = Some(args.ip.addr);
-            let dev = if args.backend == Backend::Auto {
-                AnyDevice::auto(&bcfg)
-            } else {
-                AnyDevice::open_af_xdp(&bcfg.xdp)
-            }
-            .map_err(|e| e.to_string())?;
+        backend => {
+            let (dev, _netns) =
+                open_device(backend, &args.dev, args.ip.addr, MemifRoleArg::Client)?;
             let what = format!(
                 "ustack client on {}: {}, to {}",
                 dev.kind(),
                 dev.reason(),
                 args.server
             );
-            let mut scfg = stack_config(args.ip, None, sockets);
-            if let Some(mac) = dev.mac() {
-                scfg.mac = MacAddr(mac);
-            }
-            let stack = Stack::new(dev, scfg).map_err(|e| e.to_string())?;
+            let stack = stack_on(dev, args.ip, None, sockets)?;
             Box::new(StackClients::connect(
                 stack,
                 args.server,

@@ -19,39 +19,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use common::{open_store, open_tap, stack_config, Cidr, Size, StoreSpec};
+use common::{
+    open_device, open_store, stack_on, Backend, Cidr, DevArgs, MemifRoleArg, Size, StoreSpec,
+};
 use ustack::chunk::{ChunkServer, ChunkStore, ServerConfig, ServerStats, SyncPolicy};
-use ustack::dev::af_xdp::XdpMode;
-use ustack::dev::auto::{AnyDevice, BackendConfig};
+use ustack::dev::auto::AnyDevice;
 use ustack::net::KernelServer;
 use ustack::proto::Limits;
-use ustack::stack::{MacAddr, Stack};
-use ustack::sys::netns::NetNs;
 use ustack::sys::signal;
 use ustack::Instant;
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    /// The best kernel-bypass backend for --iface (DPDK if compiled in and it has a port, else
-    /// AF_XDP); fails with every reason when none works.
-    Auto,
-    /// ustack TCP/IP on an AF_XDP socket bound to --iface (CAP_NET_RAW, CAP_BPF, CAP_NET_ADMIN).
-    AfXdp,
-    /// Kernel TCP (std::net): no kernel bypass; the baseline, and for hosts without privileges.
-    Kernel,
-    /// ustack TCP/IP on a Linux TAP interface (needs CAP_NET_ADMIN). Debugging/compatibility.
-    Tap,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum XdpModeArg {
-    /// Native (driver) XDP, falling back to generic.
-    Auto,
-    /// Native XDP only.
-    Native,
-    /// Generic (skb) XDP only.
-    Generic,
-}
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 enum Sync {
@@ -79,21 +55,8 @@ struct Args {
     /// ustack backends: default gateway.
     #[arg(long)]
     gateway: Option<Ipv4Addr>,
-    /// auto and af-xdp backends: the network interface (in this network namespace).
-    #[arg(long)]
-    iface: Option<String>,
-    /// af-xdp backend: XDP attach mode.
-    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
-    xdp_mode: XdpModeArg,
-    /// TAP backend: interface name (default: the kernel picks ust<N>).
-    #[arg(long)]
-    tap_name: Option<String>,
-    /// TAP backend: the kernel's address on the TAP (configured with `ip`), e.g. 10.213.0.1/24.
-    #[arg(long)]
-    tap_peer: Option<Cidr>,
-    /// TAP backend: create this network namespace and put the TAP's kernel side in it.
-    #[arg(long)]
-    tap_netns: Option<String>,
+    #[command(flatten)]
+    dev: DevArgs,
     /// Chunk store: `mem` or `dir:PATH`.
     #[arg(long, default_value = "mem")]
     store: StoreSpec,
@@ -161,36 +124,12 @@ fn run(args: &Args) -> Result<(), String> {
             println!("fileserver: backend kernel (kernel TCP, no bypass) because --backend kernel");
             serve_kernel(args, store, cfg)
         }
-        Backend::Tap => {
-            let ns = match &args.tap_netns {
-                Some(name) => Some(NetNs::create(name).map_err(|e| e.to_string())?),
-                None => None,
-            };
-            let (tap, where_) = open_tap(args.tap_name.clone(), args.tap_peer, ns.as_ref())?;
-            let dev = AnyDevice::from_tap(
-                tap,
-                format!("ustack TCP/IP over {where_} because --backend tap"),
-            );
-            serve_stack(args, dev, store, cfg)
+        Backend::Sim => {
+            Err("--backend sim runs both ends in one process: use `chunkctl --backend sim`".into())
         }
-        Backend::Auto | Backend::AfXdp => {
-            let iface = args
-                .iface
-                .clone()
-                .ok_or("--backend auto/af-xdp needs --iface NAME (the interface to bind)")?;
-            let mut bcfg = BackendConfig::from_iface(&iface);
-            bcfg.xdp.filter_ipv4 = Some(args.ip.addr);
-            bcfg.xdp.mode = match args.xdp_mode {
-                XdpModeArg::Auto => XdpMode::Auto,
-                XdpModeArg::Native => XdpMode::Native,
-                XdpModeArg::Generic => XdpMode::Generic,
-            };
-            let dev = if args.backend == Backend::Auto {
-                AnyDevice::auto(&bcfg)
-            } else {
-                AnyDevice::open_af_xdp(&bcfg.xdp)
-            }
-            .map_err(|e| e.to_string())?;
+        backend => {
+            let (dev, _netns) =
+                open_device(backend, &args.dev, args.ip.addr, MemifRoleArg::Server)?;
             serve_stack(args, dev, store, cfg)
         }
     }
@@ -222,13 +161,12 @@ fn serve_stack(
     cfg: ServerConfig,
 ) -> Result<(), String> {
     println!("fileserver: backend {}: {}", dev.kind(), dev.reason());
-    let mut scfg = stack_config(args.ip, args.gateway, cfg.connections_max + cfg.backlog);
-    if let Some(mac) = dev.mac() {
-        // The device's own address: the interface drops frames for any other, and peers keep it
-        // in their ARP caches across restarts.
-        scfg.mac = MacAddr(mac);
-    }
-    let mut stack = Stack::new(dev, scfg).map_err(|e| e.to_string())?;
+    let mut stack = stack_on(
+        dev,
+        args.ip,
+        args.gateway,
+        cfg.connections_max + cfg.backlog,
+    )?;
     let grace = cfg.shutdown_grace;
     let mut server =
         ChunkServer::bind(&mut stack, args.port, store, cfg).map_err(|e| e.to_string())?;

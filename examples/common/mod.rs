@@ -393,3 +393,185 @@ impl Rng {
         lo + self.below(hi - lo + 1)
     }
 }
+
+/// The network backend to run on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The best kernel-bypass backend for --iface: a DPDK port (when built with `--features
+    /// dpdk` and DPDK has one for it), else AF_XDP; fails listing every reason when none works.
+    Auto,
+    /// ustack TCP/IP on an AF_XDP socket bound to --iface (CAP_NET_RAW, CAP_BPF, CAP_NET_ADMIN).
+    AfXdp,
+    /// ustack TCP/IP on a DPDK port (--dpdk-vdev or --dpdk-eal; needs `--features dpdk`).
+    Dpdk,
+    /// ustack TCP/IP over shared memory with a peer process on this host (memif, --memif-socket).
+    /// No privileges needed.
+    Memif,
+    /// ustack TCP/IP on a Linux TAP interface (CAP_NET_ADMIN). Debugging and compatibility.
+    Tap,
+    /// ustack on both ends of the in-process simulated link (chunkctl only: it runs the server
+    /// stack itself).
+    Sim,
+    /// Kernel TCP (std::net): no kernel bypass; the baseline.
+    Kernel,
+}
+
+/// XDP attach mode.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (driver) XDP, falling back to generic.
+    Auto,
+    /// Native XDP only.
+    Native,
+    /// Generic (skb) XDP only.
+    Generic,
+}
+
+/// memif role.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemifRoleArg {
+    /// Listens on the socket (the file server's usual role).
+    Server,
+    /// Connects to the socket and provides the shared memory.
+    Client,
+}
+
+/// Options of the kernel-bypass backends, shared by the examples.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevArgs {
+    /// auto, af-xdp (and dpdk on a shared NIC): the network interface, in this namespace.
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// af-xdp: XDP attach mode.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+    /// memif: the control socket path (the server creates it).
+    #[arg(long)]
+    pub memif_socket: Option<std::path::PathBuf>,
+    /// memif: our role (default: server for fileserver, client for chunkctl).
+    #[arg(long, value_enum)]
+    pub memif_role: Option<MemifRoleArg>,
+    /// dpdk: a virtual device, e.g. `net_memif0,role=client,socket=/tmp/m.sock`.
+    #[arg(long)]
+    pub dpdk_vdev: Option<String>,
+    /// dpdk: EAL arguments, e.g. "-l 1 -a 0000:3b:00.0 -m 512".
+    #[arg(long, allow_hyphen_values = true)]
+    pub dpdk_eal: Option<String>,
+    /// tap: interface name (default: the kernel picks ust<N>).
+    #[arg(long)]
+    pub tap_name: Option<String>,
+    /// tap: the kernel's address on the TAP (configured with `ip`), e.g. 10.213.0.1/24.
+    #[arg(long)]
+    pub tap_peer: Option<Cidr>,
+    /// tap: create this network namespace and put the TAP's kernel side in it.
+    #[arg(long)]
+    pub tap_netns: Option<String>,
+}
+
+/// A kernel-bypass device for `backend` (not sim or kernel), plus a namespace to keep alive.
+pub fn open_device(
+    backend: Backend,
+    dev: &DevArgs,
+    ip: Ipv4Addr,
+    default_role: MemifRoleArg,
+) -> Result<(ustack::dev::auto::AnyDevice, Option<NetNs>), String> {
+    use ustack::dev::af_xdp::XdpMode;
+    use ustack::dev::auto::{AnyDevice, BackendConfig};
+    use ustack::dev::memif::{MemifConfig, MemifRole};
+    let iface = || {
+        dev.iface.clone().ok_or_else(|| {
+            format!("--backend {backend:?} needs --iface NAME (the interface to bind)")
+        })
+    };
+    let backend_cfg = |ifname: String| -> Result<BackendConfig, String> {
+        let mut b = BackendConfig::from_iface(&ifname);
+        b.xdp.filter_ipv4 = Some(ip);
+        b.xdp.mode = match dev.xdp_mode {
+            XdpModeArg::Auto => XdpMode::Auto,
+            XdpModeArg::Native => XdpMode::Native,
+            XdpModeArg::Generic => XdpMode::Generic,
+        };
+        #[cfg(feature = "dpdk")]
+        {
+            b.dpdk = dpdk_config(dev)?;
+        }
+        Ok(b)
+    };
+    let opened = match backend {
+        Backend::Auto => AnyDevice::auto(&backend_cfg(iface()?)?),
+        Backend::AfXdp => AnyDevice::open_af_xdp(&backend_cfg(iface()?)?.xdp),
+        Backend::Memif => {
+            let path = dev
+                .memif_socket
+                .clone()
+                .ok_or("--backend memif needs --memif-socket PATH")?;
+            let role = match dev.memif_role.unwrap_or(default_role) {
+                MemifRoleArg::Server => MemifRole::Server,
+                MemifRoleArg::Client => MemifRole::Client,
+            };
+            AnyDevice::open_memif(&MemifConfig::new(path, role))
+        }
+        Backend::Dpdk => {
+            #[cfg(feature = "dpdk")]
+            {
+                let cfg = dpdk_config(dev)?
+                    .ok_or("--backend dpdk needs --dpdk-vdev SPEC or --dpdk-eal ARGS")?;
+                AnyDevice::open_dpdk(&cfg)
+            }
+            #[cfg(not(feature = "dpdk"))]
+            {
+                return Err("this binary was built without DPDK: cargo build --release --examples --features dpdk".into());
+            }
+        }
+        Backend::Tap => {
+            let ns = match &dev.tap_netns {
+                Some(name) => Some(NetNs::create(name).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let (tap, where_) = open_tap(dev.tap_name.clone(), dev.tap_peer, ns.as_ref())?;
+            return Ok((
+                AnyDevice::from_tap(tap, format!("ustack TCP/IP over {where_}")),
+                ns,
+            ));
+        }
+        Backend::Sim | Backend::Kernel => {
+            return Err(format!("{backend:?} is not a device backend"))
+        }
+    };
+    opened.map(|d| (d, None)).map_err(|e| e.to_string())
+}
+
+/// The DPDK device named on the command line, if any.
+#[cfg(feature = "dpdk")]
+fn dpdk_config(dev: &DevArgs) -> Result<Option<ustack::dev::dpdk::DpdkConfig>, String> {
+    use ustack::dev::dpdk::DpdkConfig;
+    Ok(match (&dev.dpdk_vdev, &dev.dpdk_eal) {
+        (Some(v), None) => Some(DpdkConfig::from_vdev(v)),
+        (None, Some(a)) => {
+            Some(DpdkConfig::from_eal_args(a.split_whitespace()).map_err(|e| e.to_string())?)
+        }
+        (Some(v), Some(a)) => {
+            let mut c =
+                DpdkConfig::from_eal_args(a.split_whitespace()).map_err(|e| e.to_string())?;
+            c.eal.vdevs.push(v.clone());
+            Some(c)
+        }
+        (None, None) => None,
+    })
+}
+
+/// A stack on `dev` with the device's own MAC when it has one.
+pub fn stack_on(
+    dev: ustack::dev::auto::AnyDevice,
+    ip: Cidr,
+    gateway: Option<Ipv4Addr>,
+    sockets: usize,
+) -> Result<Stack<ustack::dev::auto::AnyDevice>, String> {
+    let mut cfg = stack_config(ip, gateway, sockets);
+    if let Some(mac) = dev.mac() {
+        // The interface drops frames for any other address, and peers keep it in their ARP
+        // caches across our restarts.
+        cfg.mac = ustack::stack::MacAddr(mac);
+    }
+    Stack::new(dev, cfg).map_err(|e| e.to_string())
+}
