@@ -445,6 +445,9 @@ pub struct DevArgs {
     /// af-xdp: XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+    /// af-xdp: UMEM frame size, 2048 or 4096 (4096 for interface MTUs above 1792).
+    #[arg(long, default_value_t = 2048)]
+    pub xdp_frame_len: usize,
     /// memif: the control socket path (the server creates it).
     #[arg(long)]
     pub memif_socket: Option<std::path::PathBuf>,
@@ -491,6 +494,7 @@ pub fn open_device(
             XdpModeArg::Native => XdpMode::Native,
             XdpModeArg::Generic => XdpMode::Generic,
         };
+        b.xdp.frame_len = dev.xdp_frame_len;
         #[cfg(feature = "dpdk")]
         {
             b.dpdk = dpdk_config(dev)?;
