@@ -330,7 +330,7 @@ fn run(args: &Args) -> Result<(), String> {
                 dev.reason(),
                 args.server
             );
-            let stack = stack_on(dev, args.ip, None, sockets)?;
+            let stack = stack_on(dev, &args.dev, args.ip, None, sockets)?;
             Box::new(StackClients::connect(
                 stack,
                 args.server,

@@ -135,6 +135,26 @@ fn run(args: &Args) -> Result<(), String> {
     }
 }
 
+/// What the server reserves at start (all of it: nothing grows with traffic).
+fn print_memory(stack: &ustack::stack::Stack<AnyDevice>, cfg: &ServerConfig) {
+    let sc = stack.config();
+    let per_conn = sc.tcp.rx_buf_len + sc.tcp.tx_buf_len;
+    let sockets = sc.socket_memory_len();
+    let staging = cfg.staging.memory_len(cfg.limits.payload_len_max as usize);
+    let mib = |b: usize| b as f64 / 1048576.0;
+    println!(
+        "fileserver: memory reserved: socket buffers {:.1} MiB ({} sockets x {} KiB), payload staging {:.1} MiB, \
+         {:.1} MiB in all; per connection {} KiB of socket buffers (a connection's share of staging is bounded by \
+         large_per_connection_max)",
+        mib(sockets),
+        sc.sockets_max,
+        per_conn >> 10,
+        mib(staging),
+        mib(sockets + staging),
+        per_conn >> 10
+    );
+}
+
 fn print_stats(label: &str, s: &ServerStats) {
     println!(
         "fileserver: {label}: connections {} accepted / {} refused / {} closed ({} for protocol errors); \
@@ -163,11 +183,13 @@ fn serve_stack(
     println!("fileserver: backend {}: {}", dev.kind(), dev.reason());
     let mut stack = stack_on(
         dev,
+        &args.dev,
         args.ip,
         args.gateway,
         cfg.connections_max + cfg.backlog,
     )?;
     let grace = cfg.shutdown_grace;
+    print_memory(&stack, &cfg);
     let mut server =
         ChunkServer::bind(&mut stack, args.port, store, cfg).map_err(|e| e.to_string())?;
     println!("fileserver: listening on {}:{}", stack.ipv4(), args.port);

@@ -469,6 +469,10 @@ pub struct DevArgs {
     /// tap: create this network namespace and put the TAP's kernel side in it.
     #[arg(long)]
     pub tap_netns: Option<String>,
+    /// ustack backends: TCP receive and send buffer per connection, each (memory is reserved
+    /// for every socket at start: lower it for servers with many connections).
+    #[arg(long, default_value = "256KiB")]
+    pub tcp_buf: Size,
 }
 
 /// A kernel-bypass device for `backend` (not sim or kernel), plus a namespace to keep alive.
@@ -567,11 +571,15 @@ fn dpdk_config(dev: &DevArgs) -> Result<Option<ustack::dev::dpdk::DpdkConfig>, S
 /// A stack on `dev` with the device's own MAC when it has one.
 pub fn stack_on(
     dev: ustack::dev::auto::AnyDevice,
+    args: &DevArgs,
     ip: Cidr,
     gateway: Option<Ipv4Addr>,
     sockets: usize,
 ) -> Result<Stack<ustack::dev::auto::AnyDevice>, String> {
     let mut cfg = stack_config(ip, gateway, sockets);
+    let buf = usize::try_from(args.tcp_buf.0).map_err(|_| "--tcp-buf is too large")?;
+    cfg.tcp.rx_buf_len = buf;
+    cfg.tcp.tx_buf_len = buf;
     if let Some(mac) = dev.mac() {
         // The interface drops frames for any other address, and peers keep it in their ARP
         // caches across our restarts.
