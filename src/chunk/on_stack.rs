@@ -52,6 +52,15 @@ pub struct ChunkServer<S: ChunkStore> {
     /// The stack's shard epochs when the connections were last served: a connection whose
     /// shard was not polled since has nothing new.
     seen_epochs: Vec<u64>,
+    /// Open connections (slot indices) by stack shard.
+    by_shard: Vec<Vec<u32>>,
+    /// Connections with work of their own (answers to send, a request waiting for a buffer,
+    /// end of input to finish), served on every poll whatever their shard did.
+    busy: Vec<u32>,
+    in_busy: Vec<bool>,
+    /// Poll count when each slot was last served (so no slot is served twice in one poll).
+    served_at: Vec<u64>,
+    polls: u64,
 }
 
 impl<S: ChunkStore> ChunkServer<S> {
@@ -92,6 +101,13 @@ impl<S: ChunkStore> ChunkServer<S> {
             stats: ServerStats::default(),
             shutting_down: false,
             seen_epochs: vec![u64::MAX; stack.shard_count()],
+            by_shard: (0..stack.shard_count())
+                .map(|_| Vec::with_capacity(cfg.connections_max.div_ceil(stack.shard_count()) + 1))
+                .collect(),
+            busy: Vec::with_capacity(cfg.connections_max),
+            in_busy: vec![false; cfg.connections_max],
+            served_at: vec![0; cfg.connections_max],
+            polls: 0,
         })
     }
 
@@ -108,6 +124,12 @@ impl<S: ChunkStore> ChunkServer<S> {
                         slot.core.reset();
                         slot.conn = Some(c);
                         slot.eof = false;
+                        self.by_shard[c.shard()].push(i as u32);
+                        // Its first bytes may already be in the socket.
+                        if !self.in_busy[i] {
+                            self.in_busy[i] = true;
+                            self.busy.push(i as u32);
+                        }
                         self.stats.connections_accepted += 1;
                     }
                     other => {
@@ -120,20 +142,51 @@ impl<S: ChunkStore> ChunkServer<S> {
                 }
             }
         }
-        for i in 0..self.slots.len() {
-            let Some(c) = self.slots[i].conn else {
+        self.polls += 1;
+        // Connections of shards the stack polled since last time: data, room or a state change
+        // may be there. The others have nothing new unless they have work of their own.
+        for sh in 0..self.by_shard.len() {
+            let epoch = stack.shard_epoch(sh);
+            if self.seen_epochs[sh] == epoch {
                 continue;
-            };
-            let core = &self.slots[i].core;
-            let moved = self.seen_epochs.get(c.shard()) != Some(&stack.shard_epoch(c.shard()));
-            // Served when its shard was polled (data, room, or a state change may be there), or
-            // when it has work of its own (answers to send, a request waiting for a buffer).
-            if moved || core.queued() > 0 || core.is_waiting() || self.slots[i].eof {
-                busy |= self.serve(stack, i);
+            }
+            self.seen_epochs[sh] = epoch;
+            let mut k = 0;
+            while k < self.by_shard[sh].len() {
+                let i = self.by_shard[sh][k] as usize;
+                busy |= self.serve_once(stack, i);
+                // A closed connection left the list (swap_remove): look at the same place again.
+                if self.by_shard[sh].get(k) == Some(&(i as u32)) {
+                    k += 1;
+                }
             }
         }
-        for (sh, seen) in self.seen_epochs.iter_mut().enumerate() {
-            *seen = stack.shard_epoch(sh);
+        let mut k = 0;
+        while k < self.busy.len() {
+            let i = self.busy[k] as usize;
+            busy |= self.serve_once(stack, i);
+            k += 1;
+        }
+        let (slots, in_busy) = (&self.slots, &mut self.in_busy);
+        self.busy.retain(|&i| {
+            let keep = needs_attention(&slots[i as usize]);
+            in_busy[i as usize] = keep;
+            keep
+        });
+        busy
+    }
+
+    /// Serves slot `i` unless it was served in this poll already; notes it as busy if it still
+    /// has work of its own.
+    fn serve_once<D: PacketDevice>(&mut self, stack: &mut Stack<D>, i: usize) -> bool {
+        if self.served_at[i] == self.polls {
+            return false;
+        }
+        self.served_at[i] = self.polls;
+        let busy = self.serve(stack, i);
+        if !self.in_busy[i] && needs_attention(&self.slots[i]) {
+            self.in_busy[i] = true;
+            self.busy.push(i as u32);
         }
         busy
     }
@@ -191,6 +244,10 @@ impl<S: ChunkStore> ChunkServer<S> {
             return busy;
         }
         slot.conn = None;
+        let list = &mut self.by_shard[c.shard()];
+        if let Some(pos) = list.iter().position(|&x| x as usize == i) {
+            list.swap_remove(pos);
+        }
         self.free.push(i);
         self.stats.connections_closed += 1;
         true
@@ -203,8 +260,13 @@ impl<S: ChunkStore> ChunkServer<S> {
         if let Some(l) = self.listener.take() {
             let _ = stack.unlisten(l);
         }
-        for slot in &mut self.slots {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
             slot.core.drain();
+            // Each must be served (once its answers are out it closes) whatever its shard does.
+            if slot.conn.is_some() && !self.in_busy[i] {
+                self.in_busy[i] = true;
+                self.busy.push(i as u32);
+            }
         }
     }
 
@@ -227,6 +289,12 @@ impl<S: ChunkStore> ChunkServer<S> {
     pub fn store(&self) -> &S {
         &self.store
     }
+}
+
+/// Whether a connection has work of its own, whatever its shard did: answers to send, a request
+/// waiting for a staging buffer, or the end of its input to finish.
+fn needs_attention(slot: &Slot) -> bool {
+    slot.conn.is_some() && (slot.core.queued() > 0 || slot.core.is_waiting() || slot.eof)
 }
 
 /// A chunk client on a [`Stack`]: one connection, many requests in flight.

@@ -144,10 +144,6 @@ pub enum StackError {
 struct Shard<F> {
     table: SocketTable,
     rx: Batch<F>,
-    /// The application touched a socket, or a neighbor was learned: poll it.
-    dirty: bool,
-    /// When its sockets next need a poll without new frames.
-    wake_at: Option<Instant>,
     /// Listening sockets free per listened port: SYNs this shard can take now.
     budget: Vec<(u16, u32)>,
     /// Times this shard was polled: its sockets may have changed when it moves.
@@ -170,6 +166,14 @@ pub struct Stack<D: PacketDevice> {
     iface: Interface,
     io: Io<D>,
     shards: Vec<Shard<D::Frame>>,
+    /// Per shard, kept apart from the shards so a poll scans two small arrays: the shard has
+    /// frames queued, was touched by the application, or a neighbor was learned...
+    due: Vec<bool>,
+    /// ...or its sockets' next timer (microseconds; `u64::MAX`: none).
+    wake: Vec<u64>,
+    /// Shards with connections waiting to be accepted, and how many shards that is.
+    ready: Vec<bool>,
+    ready_shards: usize,
     /// Connection requests waiting for a listening socket to re-arm (bounded).
     syn_wait: Batch<(FlowKey, Instant, D::Frame)>,
     /// Which shard owns each TCP flow (bounded: swept of dead flows when full).
@@ -276,8 +280,6 @@ impl<D: PacketDevice> Stack<D> {
             shards.push(Shard {
                 table: SocketTable::new(&cfg, i as u16, n, part)?,
                 rx: Batch::with_capacity(ring),
-                dirty: false,
-                wake_at: None,
                 budget: Vec::with_capacity(cfg.listeners_max),
                 epoch: 0,
             });
@@ -288,10 +290,15 @@ impl<D: PacketDevice> Stack<D> {
         );
         let port_span = u64::from(u16::MAX - EPHEMERAL_FIRST) + 1;
         let flows_max = cfg.sockets_max * 2;
+        let shard_count = shards.len();
         Ok(Stack {
             iface,
             io,
             shards,
+            due: vec![false; shard_count],
+            wake: vec![u64::MAX; shard_count],
+            ready: vec![false; shard_count],
+            ready_shards: 0,
             syn_wait: Batch::with_capacity(ring),
             flows: HashMap::with_capacity_and_hasher(
                 flows_max,
@@ -332,6 +339,7 @@ impl<D: PacketDevice> Stack<D> {
             flows_max,
             next_shard,
             syn_wait,
+            due,
             ..
         } = self;
         let mut arp = false;
@@ -339,7 +347,7 @@ impl<D: PacketDevice> Stack<D> {
         io.receive(budget, |route, frame| {
             let shard = match route {
                 Route::Tcp { flow, syn: true } if listening(shards, flow.local_port) => {
-                    match steer_syn(shards, flows, *flows_max, next_shard, flow) {
+                    match steer_syn(shards, due, flows, *flows_max, next_shard, flow) {
                         Some(s) => s,
                         // Every armed socket is taken for now: hold the SYN until one re-arms.
                         None => {
@@ -360,13 +368,12 @@ impl<D: PacketDevice> Stack<D> {
                 }
                 Route::Other => 0,
             };
+            due[shard] = true;
             shards[shard].rx.push(frame).map_err(|_| RxDrop::ShardFull)
         });
         if arp {
             // A neighbor may have been learned: sockets of every shard may be waiting for it.
-            for s in shards.iter_mut() {
-                s.dirty = true;
-            }
+            due.fill(true);
         }
         let mut changed = self.poll_due_shards(now);
         // SYNs that found no armed socket: each round of polling re-arms the listeners, so
@@ -378,9 +385,6 @@ impl<D: PacketDevice> Stack<D> {
             changed |= self.poll_due_shards(now);
         }
         self.io.flush();
-        for i in 0..self.shards.len() {
-            self.forget_freed(i);
-        }
         let after = (
             self.io.stats.rx_frames,
             self.io.stats.tx_frames,
@@ -406,9 +410,7 @@ impl<D: PacketDevice> Stack<D> {
                     tracing::warn!("link up again, but the interface could not be rebuilt: {e}")
                 }
             }
-            for s in &mut self.shards {
-                s.dirty = true;
-            }
+            self.due.fill(true);
         }
         self.link_was_up = up;
     }
@@ -416,12 +418,9 @@ impl<D: PacketDevice> Stack<D> {
     /// Polls every shard that has frames, was touched, or has a timer due.
     fn poll_due_shards(&mut self, now: Instant) -> bool {
         let mut changed = false;
+        let now_us = now.as_micros();
         for i in 0..self.shards.len() {
-            let due = {
-                let s = &self.shards[i];
-                !s.rx.is_empty() || s.dirty || s.wake_at.is_some_and(|t| t <= now)
-            };
-            if due {
+            if self.due[i] || self.wake[i] <= now_us {
                 self.io.stats.shard_polls += 1;
                 changed |= self.poll_shard(i, now);
             }
@@ -444,6 +443,7 @@ impl<D: PacketDevice> Stack<D> {
             }
             match steer_syn(
                 &mut self.shards,
+                &mut self.due,
                 &mut self.flows,
                 self.flows_max,
                 &mut self.next_shard,
@@ -451,6 +451,7 @@ impl<D: PacketDevice> Stack<D> {
             ) {
                 Some(s) => {
                     placed = true;
+                    self.due[s] = true;
                     if self.shards[s].rx.push(frame).is_err() {
                         self.io.count_drop(RxDrop::ShardFull);
                     }
@@ -502,13 +503,28 @@ impl<D: PacketDevice> Stack<D> {
         shard.table.maintain(now, cfg, &mut io.stats);
         shard.table.listen_budget(&mut shard.budget);
         let at = shard.table.with_set(|set| iface.poll_at(smol, set));
-        let at = at.map(|t| Instant::from_micros(t.total_micros().max(0) as u64));
-        shard.wake_at = match (at, shard.table.next_deadline(cfg.tcp.close_timeout)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        shard.dirty = false;
+        let at = at.map_or(u64::MAX, |t| t.total_micros().max(0) as u64);
+        let deadline = shard
+            .table
+            .next_deadline(cfg.tcp.close_timeout)
+            .map_or(u64::MAX, Instant::as_micros);
+        self.wake[i] = at.min(deadline);
+        self.due[i] = !shard.rx.is_empty();
+        let ready = shard.table.has_ready();
+        self.set_ready(i, ready);
+        self.forget_freed(i);
         changed
+    }
+
+    fn set_ready(&mut self, i: usize, ready: bool) {
+        if self.ready[i] != ready {
+            self.ready[i] = ready;
+            if ready {
+                self.ready_shards += 1;
+            } else {
+                self.ready_shards -= 1;
+            }
+        }
     }
 
     /// Removes the flows of recycled sockets from the flow table.
@@ -524,10 +540,16 @@ impl<D: PacketDevice> Stack<D> {
     /// When the stack next needs a [`Stack::poll`] even if no frame arrives: `Some(now)` or
     /// earlier means at once, `None` means only when a frame arrives.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        if self.io.tx_pending() > 0 || self.shards.iter().any(|s| s.dirty || !s.rx.is_empty()) {
+        if self.io.tx_pending() > 0 || self.due.iter().any(|&d| d) {
             return Some(now);
         }
-        let timers = self.shards.iter().filter_map(|s| s.wake_at).min();
+        let timers = self
+            .wake
+            .iter()
+            .copied()
+            .min()
+            .filter(|&t| t != u64::MAX)
+            .map(Instant::from_micros);
         // Held SYNs are retried soon (a listener may re-arm after an accept).
         let syns = (!self.syn_wait.is_empty()).then(|| now + Duration::from_millis(1));
         timers.into_iter().chain(syns).min()
@@ -603,22 +625,31 @@ impl<D: PacketDevice> Stack<D> {
         for s in &mut self.shards {
             s.table.remove_listener(id.idx, self.now);
             s.table.listen_budget(&mut s.budget);
-            s.dirty = true;
         }
+        self.due.fill(true);
         Ok(())
     }
 
     /// The next connection that arrived on the listener, if any.
     pub fn accept(&mut self, id: ListenerId) -> Result<Option<ConnId>, StackError> {
         self.listener(id)?;
+        if self.ready_shards == 0 {
+            return Ok(None);
+        }
         let n = self.shards.len();
         for k in 0..n {
             let i = (self.next_shard + k) % n;
-            if let Some(c) = self.shards[i].table.accept(id.idx) {
+            if !self.ready[i] {
+                continue;
+            }
+            let c = self.shards[i].table.accept(id.idx);
+            let still = self.shards[i].table.has_ready();
+            self.set_ready(i, still);
+            if let Some(c) = c {
                 self.next_shard = (i + 1) % n;
                 self.io.stats.accepted += 1;
                 // Its listener may re-arm now.
-                self.shards[i].dirty = true;
+                self.due[i] = true;
                 return Ok(Some(c));
             }
         }
@@ -656,7 +687,7 @@ impl<D: PacketDevice> Stack<D> {
         if self.shards.len() > 1 {
             remember_flow(&mut self.flows, self.flows_max, &mut self.shards, flow, i);
         }
-        self.shards[i].dirty = true;
+        self.due[i] = true;
         self.io.stats.connected += 1;
         Ok(c)
     }
@@ -694,7 +725,7 @@ impl<D: PacketDevice> Stack<D> {
     /// The shard of `c`, marked for polling (the application changed its socket).
     fn shard_of(&mut self, c: ConnId) -> Result<&mut SocketTable, ConnError> {
         let s = self.shards.get_mut(c.shard()).ok_or(ConnError::Stale)?;
-        s.dirty = true;
+        self.due[c.shard()] = true;
         Ok(&mut s.table)
     }
 
@@ -702,8 +733,8 @@ impl<D: PacketDevice> Stack<D> {
     /// window, writing has data to send); an empty read or write changes nothing.
     fn moved(&mut self, c: ConnId, moved: usize) {
         if moved > 0 {
-            if let Some(s) = self.shards.get_mut(c.shard()) {
-                s.dirty = true;
+            if let Some(d) = self.due.get_mut(c.shard()) {
+                *d = true;
             }
         }
     }
@@ -947,6 +978,7 @@ fn listening<F>(shards: &[Shard<F>], port: u16) -> bool {
 /// one with a socket listening on the port (its budget is taken and the flow remembered).
 fn steer_syn<F>(
     shards: &mut [Shard<F>],
+    due: &mut [bool],
     flows: &mut HashMap<FlowKey, u16, FlowHash>,
     flows_max: usize,
     next: &mut usize,
@@ -956,7 +988,7 @@ fn steer_syn<F>(
         if shards[0].table.has_flow(&flow) {
             return Some(0);
         }
-        return take_syn_budget(shards, flow.local_port, next);
+        return take_syn_budget(shards, due, flow.local_port, next);
     }
     if let Some(&s) = flows.get(&flow) {
         let s = usize::from(s);
@@ -964,13 +996,18 @@ fn steer_syn<F>(
             return Some(s);
         }
     }
-    let s = take_syn_budget(shards, flow.local_port, next)?;
+    let s = take_syn_budget(shards, due, flow.local_port, next)?;
     remember_flow(flows, flows_max, shards, flow, s);
     Some(s)
 }
 
 /// Picks a shard with a socket listening on `port` (round robin) and takes one from its budget.
-fn take_syn_budget<F>(shards: &mut [Shard<F>], port: u16, next: &mut usize) -> Option<usize> {
+fn take_syn_budget<F>(
+    shards: &mut [Shard<F>],
+    due: &mut [bool],
+    port: u16,
+    next: &mut usize,
+) -> Option<usize> {
     let n = shards.len();
     for k in 0..n {
         let i = (*next + k) % n;
@@ -981,7 +1018,7 @@ fn take_syn_budget<F>(shards: &mut [Shard<F>], port: u16, next: &mut usize) -> O
         {
             *b -= 1;
             // Its listener re-arms on this shard's next poll.
-            shards[i].dirty = true;
+            due[i] = true;
             *next = (i + 1) % n;
             return Some(i);
         }

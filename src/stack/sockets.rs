@@ -347,6 +347,11 @@ impl SocketTable {
         }
     }
 
+    /// Whether a connection waits in any listener's accept queue.
+    pub(crate) fn has_ready(&self) -> bool {
+        self.listeners.iter().flatten().any(|l| !l.ready.is_empty())
+    }
+
     /// The next connection waiting on listener `idx`.
     pub(crate) fn accept(&mut self, idx: u32) -> Option<ConnId> {
         let l = self.listeners.get_mut(idx as usize)?.as_mut()?;
@@ -513,7 +518,8 @@ impl SocketTable {
 
     /// Listener upkeep, then recycles released sockets whose close has finished.
     pub(crate) fn maintain(&mut self, now: Instant, cfg: &StackConfig, stats: &mut StackStats) {
-        self.maintain_listeners(now, cfg, stats);
+        // Recycle first, so a listener starved of sockets re-arms with the ones freed now
+        // (nothing else may wake this shard up again).
         let mut i = 0;
         while i < self.closing.len() {
             let slot = self.closing[i];
@@ -535,6 +541,7 @@ impl SocketTable {
                 i += 1;
             }
         }
+        self.maintain_listeners(now, cfg, stats);
     }
 
     fn maintain_listener(
