@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
-use common::skip;
 use ustack::chunk::{ChunkOp, ChunkServer, ClientConfig, MemStore, ServerConfig, ServerStats};
 use ustack::dev::tap::{TapConfig, TapDevice};
 use ustack::net::KernelClient;
@@ -20,7 +19,7 @@ use ustack::proto::{
     crc32c, ChunkId, Limits, Reply, Request, RequestHeader, ResponseHeader, Status,
 };
 use ustack::stack::{Stack, StackConfig};
-use ustack::sys::netns::{self, NetNs};
+use ustack::sys::netns::NetNs;
 use ustack::Instant;
 
 const KERNEL_IP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 1);
@@ -37,21 +36,11 @@ fn topology(
     sockets: usize,
     buf_len: usize,
 ) -> Option<(NetNs, Stack<TapDevice>, ChunkServer<Arc<MemStore>>)> {
-    if let Err(e) = netns::can_create_netns() {
-        skip(&e.to_string());
-        return None;
-    }
-    let ns = NetNs::create("ustchunk").expect("netns");
-    let tap = TapDevice::open(&TapConfig {
+    let tap_cfg = TapConfig {
         pool_frames: 4096,
         ..TapConfig::default()
-    })
-    .expect("tap");
-    let name = tap.name().to_string();
-    ns.move_link(&name).expect("move tap");
-    ns.ip(["addr", "add", &format!("{KERNEL_IP}/24"), "dev", &name])
-        .expect("addr");
-    ns.ip(["link", "set", &name, "up"]).expect("up");
+    };
+    let (ns, tap) = common::tap_in_netns("ustchunk", KERNEL_IP, &tap_cfg)?;
     let mut scfg = StackConfig::new(USTACK_IP, 24);
     scfg.sockets_max = sockets;
     scfg.tcp.rx_buf_len = buf_len;

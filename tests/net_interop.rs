@@ -9,7 +9,6 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant};
 
-use common::skip;
 use ustack::chunk::{
     ChunkClient, ChunkOp, ChunkServer, ClientConfig, ClientError, Completion, MemStore,
     ServerConfig, StagingConfig,
@@ -18,7 +17,7 @@ use ustack::dev::tap::{TapConfig, TapDevice};
 use ustack::net::{KernelClient, KernelServer};
 use ustack::proto::{crc32c, ChunkId, Reply, Status};
 use ustack::stack::{Stack, StackConfig};
-use ustack::sys::netns::{self, NetNs};
+use ustack::sys::netns::NetNs;
 use ustack::{Instant, PageSize};
 
 // ---------------------------------------------------------------------------------------------
@@ -59,23 +58,7 @@ fn server_config() -> ServerConfig {
 
 /// A namespace holding the kernel side of a TAP whose descriptor ustack runs on.
 fn topology() -> Option<(NetNs, Stack<TapDevice>)> {
-    if let Err(e) = netns::can_create_netns() {
-        skip(&e.to_string());
-        return None;
-    }
-    let ns = NetNs::create("usnet").expect("create netns");
-    let tap = match TapDevice::open(&TapConfig::default()) {
-        Ok(t) => t,
-        Err(e) => {
-            skip(&e.to_string());
-            return None;
-        }
-    };
-    let name = tap.name().to_string();
-    ns.move_link(&name).expect("move tap into netns");
-    ns.ip(["addr", "add", &format!("{KERNEL_IP}/24"), "dev", &name])
-        .expect("address");
-    ns.ip(["link", "set", &name, "up"]).expect("link up");
+    let (ns, tap) = common::tap_in_netns("usnet", KERNEL_IP, &TapConfig::default())?;
     let mut cfg = StackConfig::new(USTACK_IP, 24);
     cfg.sockets_max = 8;
     cfg.page_size = PageSize::Base4K;

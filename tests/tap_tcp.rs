@@ -10,10 +10,10 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant as WallInstant};
 
-use common::{skip, Pattern};
+use common::Pattern;
 use ustack::dev::tap::{TapConfig, TapDevice};
 use ustack::stack::{ConnError, ConnId, Stack, StackConfig};
-use ustack::sys::netns::{self, NetNs};
+use ustack::sys::netns::NetNs;
 use ustack::Instant;
 
 const TOTAL: u64 = 32 << 20;
@@ -23,23 +23,7 @@ const WALL_LIMIT: Duration = Duration::from_secs(120);
 
 /// A namespace holding the kernel side of a TAP whose descriptor ustack runs on.
 fn topology() -> Option<(NetNs, Stack<TapDevice>)> {
-    if let Err(e) = netns::can_create_netns() {
-        skip(&e.to_string());
-        return None;
-    }
-    let ns = NetNs::create("ustcp").expect("create netns");
-    let tap = match TapDevice::open(&TapConfig::default()) {
-        Ok(t) => t,
-        Err(e) => {
-            skip(&e.to_string());
-            return None;
-        }
-    };
-    let name = tap.name().to_string();
-    ns.move_link(&name).expect("move tap into netns");
-    ns.ip(["addr", "add", &format!("{KERNEL_IP}/24"), "dev", &name])
-        .expect("address");
-    ns.ip(["link", "set", &name, "up"]).expect("link up");
+    let (ns, tap) = common::tap_in_netns("ustcp", KERNEL_IP, &TapConfig::default())?;
     let mut cfg = StackConfig::new(USTACK_IP, 24);
     cfg.sockets_max = 4;
     let stack = Stack::new(tap, cfg).expect("stack on tap");

@@ -215,3 +215,32 @@ impl Rng {
         self.next_u64() % n
     }
 }
+
+/// A TAP interface whose kernel side lives, with `kernel_ip`/24, in a new namespace (named from
+/// `prefix`); ustack runs on the descriptor in this process. `None` (after saying why) where
+/// namespaces or /dev/net/tun are not available.
+pub fn tap_in_netns(
+    prefix: &str,
+    kernel_ip: Ipv4Addr,
+    tap: &ustack::dev::tap::TapConfig,
+) -> Option<(ustack::sys::netns::NetNs, ustack::dev::tap::TapDevice)> {
+    if let Err(e) = ustack::sys::netns::can_create_netns() {
+        skip(&e.to_string());
+        return None;
+    }
+    let ns = ustack::sys::netns::NetNs::create(prefix).expect("create netns");
+    let tap = match ustack::dev::tap::TapDevice::open(tap) {
+        Ok(t) => t,
+        Err(e) => {
+            skip(&e.to_string());
+            return None;
+        }
+    };
+    let name = tap.name().to_string();
+    ns.move_link(&name)
+        .expect("move the TAP into the namespace");
+    ns.ip(["addr", "add", &format!("{kernel_ip}/24"), "dev", &name])
+        .expect("address");
+    ns.ip(["link", "set", &name, "up"]).expect("link up");
+    Some((ns, tap))
+}
