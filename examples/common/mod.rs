@@ -473,6 +473,10 @@ pub struct DevArgs {
     /// for every socket at start: lower it for servers with many connections).
     #[arg(long, default_value = "256KiB")]
     pub tcp_buf: Size,
+    /// memif and dpdk: the link's IP MTU (both ends must agree; the AF_XDP and TAP MTU is the
+    /// interface's). A shared-memory link has no wire limit: 9000 or more cuts per-packet work.
+    #[arg(long, default_value_t = 1500)]
+    pub mtu: usize,
 }
 
 /// A kernel-bypass device for `backend` (not sim or kernel), plus a namespace to keep alive.
@@ -517,7 +521,11 @@ pub fn open_device(
                 MemifRoleArg::Server => MemifRole::Server,
                 MemifRoleArg::Client => MemifRole::Client,
             };
-            AnyDevice::open_memif(&MemifConfig::new(path, role))
+            let mut cfg = MemifConfig::new(path, role);
+            cfg.mtu = dev.mtu;
+            // Whole frames in one buffer (a chain would be dropped).
+            cfg.buffer_size = (dev.mtu + 14).next_multiple_of(64).max(2048);
+            AnyDevice::open_memif(&cfg)
         }
         Backend::Dpdk => {
             #[cfg(feature = "dpdk")]
