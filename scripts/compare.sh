@@ -51,7 +51,8 @@
 # Every run records ops/s, MB/s, p50/p99/p999 latency, the payload bytes the client moved, the
 # client's CPU seconds (getrusage), the server's CPU seconds over the run (/proc/PID/stat
 # utime+stime), and the server's largest resident memory during the run (VmRSS, and hugepages
-# apart: they are not in VmRSS).
+# apart: they are not in VmRSS), and the CPU time the rest of the machine used meanwhile (from
+# /proc/stat: other work on the shared cores shows up there) with the hypervisor's steal time.
 #
 # Needs: a Rust toolchain, iproute2 and ethtool (veth paths), libdpdk-dev + pkg-config
 # (dpdk-memif), fonts-dejavu-core (the plot's font); as root the script installs what is
@@ -326,7 +327,7 @@ meta_set client_cpu "$client_cpu"
 meta_set connections_max "$CONNECTIONS_MAX"
 meta_set store "mem (in memory; 64 distinct chunks per run, prefilled)"
 
-printf 'rep\tpath\tworkload\top\tsize_bytes\tconnections\tdepth\tidle\tstatus\tops_s\tmb_s\tp50_us\tp99_us\tp999_us\terrors\ttotal_bytes\tclient_cpu_s\tserver_cpu_s\tserver_rss_max_kb\tserver_hugetlb_max_kb\n' >"$results"
+printf 'rep\tpath\tworkload\top\tsize_bytes\tconnections\tdepth\tidle\tstatus\tops_s\tmb_s\tp50_us\tp99_us\tp999_us\terrors\ttotal_bytes\tclient_cpu_s\tserver_cpu_s\tserver_rss_max_kb\tserver_hugetlb_max_kb\tother_cpu_s\tsteal_s\n' >"$results"
 
 # --- per-path commands ----------------------------------------------------------------------
 kernel_port=7000
@@ -461,6 +462,12 @@ mem_kb() {
         echo "0 0"
 }
 
+# CPU time of the whole machine in clock ticks: "busy steal" (busy: user, nice, system, irq,
+# softirq, steal).
+machine_ticks() {
+    awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $9; exit}' /proc/stat
+}
+
 # The value of key $2 in a RESULT line $1.
 field() {
     local kv
@@ -481,6 +488,8 @@ run_one() {
     local t0 t1 rss=0 huge=0 r h status=ok rc=0
     local limit=$((duration_s + 120))
     t0=$(cpu_ticks "$server_pid")
+    local m0 m1
+    m0=$(machine_ticks)
     timeout -k 5 "$limit" "${client_cmd[@]}" --connections "$conns" bench --op "$op" --size "$size" \
         --depth "$depth" --duration-s "$duration_s" --idle "$idle" >"$log" 2>&1 &
     client_pid=$!
@@ -493,6 +502,7 @@ run_one() {
     wait "$client_pid" || rc=$?
     client_pid=""
     t1=$(cpu_ticks "$server_pid")
+    m1=$(machine_ticks)
     local line
     line=$(grep '^RESULT ' "$log" | tail -1 || true)
     if [ $rc -ne 0 ] || [ -z "$line" ]; then
@@ -501,14 +511,23 @@ run_one() {
     fi
     local server_cpu_s
     server_cpu_s=$(awk -v a="$t0" -v b="$t1" -v hz="$clk_tck" 'BEGIN {printf "%.3f", (b - a) / hz}')
+    # CPU the rest of the machine used meanwhile (other work, and kernel work not charged to
+    # either process), and the hypervisor's steal time.
+    local other_cpu_s steal_s client_cpu_s
+    client_cpu_s=$(field "$line" cpu_s)
+    [ "$client_cpu_s" != NA ] || client_cpu_s=0
+    read -r other_cpu_s steal_s < <(awk -v m0="$m0" -v m1="$m1" -v s="$server_cpu_s" -v c="$client_cpu_s" \
+        -v hz="$clk_tck" 'BEGIN {split(m0, a, " "); split(m1, b, " ");
+            printf "%.3f %.3f\n", (b[1] - a[1]) / hz - s - c, (b[2] - a[2]) / hz}')
     local size_bytes
     size_bytes=$(field "$line" size)
     [ "$size_bytes" != NA ] || size_bytes=$size
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$rep" "$path" "$name" "$op" "$size_bytes" "$conns" "$depth" "$idle" "$status" \
         "$(field "$line" ops_s)" "$(field "$line" mb_s)" "$(field "$line" p50_us)" \
         "$(field "$line" p99_us)" "$(field "$line" p999_us)" "$(field "$line" errors)" \
-        "$(field "$line" total_bytes)" "$(field "$line" cpu_s)" "$server_cpu_s" "$rss" "$huge" >>"$results"
+        "$(field "$line" total_bytes)" "$(field "$line" cpu_s)" "$server_cpu_s" "$rss" "$huge" \
+        "$other_cpu_s" "$steal_s" >>"$results"
     if [ $status = ok ]; then
         printf '    %-16s %10s ops/s %9s MB/s  p50 %7s us  p99 %7s us\n' "$name" \
             "$(field "$line" ops_s)" "$(field "$line" mb_s)" "$(field "$line" p50_us)" "$(field "$line" p99_us)"
@@ -539,7 +558,7 @@ for rep in $(seq 1 "$reps"); do
                 echo "    the server did not start (log: $slog): ${spec%% *} fails" >&2
                 read -r name op size conns depth idle <<<"$spec"
                 printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tfail%s\n' "$rep" "$path" "$name" "$op" \
-                    "$size" "$conns" "$depth" "$idle" "$(printf '\tNA%.0s' $(seq 1 11))" >>"$results"
+                    "$size" "$conns" "$depth" "$idle" "$(printf '\tNA%.0s' $(seq 1 13))" >>"$results"
             fi
         done
     done
