@@ -950,10 +950,12 @@ fn markdown(d: &Data, meta: &Meta, svg_name: &str, notes: Option<&str>) -> Strin
     if !wide.is_empty() {
         let _ = writeln!(
             md,
-            "Runs whose ops/s varied by 1.5x or more between repetitions: {}. A repetition far \
-             below the others most likely ran while other work held one of the two cores (both \
-             processes are pinned, so a third busy process takes a core from one of them); the \
-             median leaves it out, the ranges and the verdicts' counts keep it visible.\n",
+            "Runs whose ops/s varied by 1.5x or more between repetitions: {}. The median leaves \
+             such a repetition out; the ranges and the verdicts' counts keep it visible. Other \
+             CPU is what the rest of the machine ran during that low repetition: a large value \
+             points at other work on the two shared cores (both processes are pinned, so a third \
+             busy process takes time from one of them); near zero, the cause lies elsewhere (the \
+             hypervisor, or the processes themselves).\n",
             wide.join("; ")
         );
     }
