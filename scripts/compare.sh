@@ -1,0 +1,575 @@
+#!/usr/bin/env bash
+# Side-by-side performance (issue 7): the same chunk workloads over every ustack backend and over
+# kernel TCP, server and client as two processes pinned to fixed cores, several repetitions;
+# raw results to target/compare/results.tsv, then docs/BENCHMARKS.md and docs/benchmarks.svg
+# (examples/benchreport.rs) with medians, min-max and the ratios against the kernel baseline of
+# the same path, computed pair by pair per repetition.
+#
+#   sudo scripts/compare.sh                  full run: every path, every workload, 3 repetitions
+#   sudo scripts/compare.sh --quick          smoke run: 1 repetition, 1 s measurements, fewer
+#                                            workloads; the report goes to target/compare/
+#   scripts/compare.sh --paths memif,kernel-lo   only these paths (no root needed for these two)
+#
+# Paths (both ends run ustack unless the name says kernel):
+#   memif         native memif between two processes (shared memory)
+#   dpdk-memif    DPDK's net_memif PMD at both ends (needs libdpdk-dev; skipped with a note without)
+#   af-xdp-veth   AF_XDP, native XDP mode, on a veth pair between two network namespaces (root)
+#   kernel-lo     kernel TCP on 127.0.0.1 (the baseline of memif and dpdk-memif)
+#   kernel-veth   kernel TCP on the same veth pair (the baseline of af-xdp-veth; root)
+#
+# Options:
+#   --reps N              repetitions (default 3; --quick: 1)
+#   --duration-s N        measured seconds per run, after chunkctl's 1 s warm-up (default 3;
+#                         --quick: 1)
+#   --quick               1 repetition, 1 s, fewer workloads, report under target/compare/
+#   --paths a,b,...       paths to run (default: all)
+#   --workloads a,b,...   workloads to run (names as in the table below; default: all, or the
+#                         quick set with --quick)
+#   --glibc-tunables      run both sides with GLIBC_TUNABLES set to the value PLATFORM.md
+#                         documents (glibc's rep-movsb memcpy is slow on this machine's AMD CPU);
+#                         by default GLIBC_TUNABLES is removed from both sides' environment
+#   --server-cpu N        core for the server (default 0)
+#   --client-cpu N        core for the client (default 1)
+#   --out DIR             raw results and logs (default target/compare)
+#   --report-dir DIR      where BENCHMARKS.md and benchmarks.svg go (default docs; --quick:
+#                         the --out directory)
+#   --no-report           only measure
+#
+# Workloads (name: op size connections x depth, idle connections):
+#   read-4k-c1-d1    READ 4 KiB, 1 x 1        write-4k-c1-d1   WRITE 4 KiB, 1 x 1
+#   read-4k-c32-d4   READ 4 KiB, 32 x 4
+#   read-1m-c1-d4    READ 1 MiB, 1 x 4        write-1m-c1-d4   WRITE 1 MiB, 1 x 4
+#   read-1m-c4-d4    READ 1 MiB, 4 x 4        write-1m-c4-d4   WRITE 1 MiB, 4 x 4
+#   scale-idle0      READ 4 KiB, 32 x 1, 0 idle connections; scale-idle256, scale-idle1024:
+#                    the same with 256 and 1,024 more connections open and idle
+#
+# Order: for each repetition, for each path, for each workload: a fresh server (started, waited
+# for, stopped with SIGTERM by PID), one chunkctl bench run against it. Paths alternate within a
+# repetition so that a ratio (ustack vs the kernel on the same path) compares runs made minutes
+# apart, not a whole run apart.
+#
+# Every run records ops/s, MB/s, p50/p99/p999 latency, the payload bytes the client moved, the
+# client's CPU seconds (getrusage), the server's CPU seconds over the run (/proc/PID/stat
+# utime+stime), and the server's largest resident memory during the run (VmRSS, and hugepages
+# apart: they are not in VmRSS), and the CPU time the rest of the machine used meanwhile (from
+# /proc/stat: other work on the shared cores shows up there) with the hypervisor's steal time.
+#
+# Needs: a Rust toolchain, iproute2 and ethtool (veth paths), libdpdk-dev + pkg-config
+# (dpdk-memif), fonts-dejavu-core (the plot's font); as root the script installs what is
+# missing, reserves hugepages (and gives back what it reserved), and creates and removes the
+# network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh disable=SC1091
+. scripts/lib.sh
+
+ALL_PATHS=(memif dpdk-memif af-xdp-veth kernel-lo kernel-veth)
+# name op size connections depth idle
+ALL_WORKLOADS=(
+    "read-4k-c1-d1 read 4KiB 1 1 0"
+    "write-4k-c1-d1 write 4KiB 1 1 0"
+    "read-4k-c32-d4 read 4KiB 32 4 0"
+    "read-1m-c1-d4 read 1MiB 1 4 0"
+    "write-1m-c1-d4 write 1MiB 1 4 0"
+    "read-1m-c4-d4 read 1MiB 4 4 0"
+    "write-1m-c4-d4 write 1MiB 4 4 0"
+    "scale-idle0 read 4KiB 32 1 0"
+    "scale-idle256 read 4KiB 32 1 256"
+    "scale-idle1024 read 4KiB 32 1 1024"
+)
+QUICK_WORKLOADS=(read-4k-c1-d1 read-4k-c32-d4 read-1m-c1-d4 write-1m-c1-d4 scale-idle0 scale-idle1024)
+GLIBC_TUNABLES_VALUE="glibc.cpu.x86_rep_movsb_threshold=1000000000:glibc.cpu.x86_rep_movsb_stop_threshold=1000000000"
+# 1,024 idle + 32 active connections + a few spare.
+CONNECTIONS_MAX=1100
+# Hugepages (2 MiB) the DPDK and memif processes need at most, together.
+HUGEPAGES_NEEDED=800
+
+reps=""
+duration_s=""
+quick=0
+paths_arg=""
+workloads_arg=""
+glibc=0
+server_cpu=0
+client_cpu=1
+out=target/compare
+report_dir=""
+report=1
+cmdline="scripts/compare.sh $*"
+
+die() {
+    echo "compare.sh: $*" >&2
+    exit 1
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --reps) reps=${2:?--reps needs a number}; shift ;;
+        --duration-s) duration_s=${2:?--duration-s needs a number}; shift ;;
+        --quick) quick=1 ;;
+        --paths) paths_arg=${2:?--paths needs a list}; shift ;;
+        --workloads) workloads_arg=${2:?--workloads needs a list}; shift ;;
+        --glibc-tunables) glibc=1 ;;
+        --server-cpu) server_cpu=${2:?--server-cpu needs a core number}; shift ;;
+        --client-cpu) client_cpu=${2:?--client-cpu needs a core number}; shift ;;
+        --out) out=${2:?--out needs a directory}; shift ;;
+        --report-dir) report_dir=${2:?--report-dir needs a directory}; shift ;;
+        --no-report) report=0 ;;
+        -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        *) die "unknown option $1 (try --help)" ;;
+    esac
+    shift
+done
+
+if [ $quick -eq 1 ]; then
+    : "${reps:=1}" "${duration_s:=1}" "${report_dir:=$out}"
+else
+    : "${reps:=3}" "${duration_s:=3}" "${report_dir:=docs}"
+fi
+[[ $reps =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive number, not '$reps'"
+[[ $duration_s =~ ^[1-9][0-9]*$ ]] || die "--duration-s must be a positive number, not '$duration_s'"
+[[ $server_cpu =~ ^[0-9]+$ && $client_cpu =~ ^[0-9]+$ ]] || die "--server-cpu/--client-cpu take core numbers"
+
+# --- what to run ----------------------------------------------------------------------------
+paths=()
+if [ -n "$paths_arg" ]; then
+    IFS=, read -r -a paths <<<"$paths_arg"
+    for p in "${paths[@]}"; do
+        [[ " ${ALL_PATHS[*]} " == *" $p "* ]] || die "unknown path '$p' (paths: ${ALL_PATHS[*]})"
+    done
+else
+    paths=("${ALL_PATHS[@]}")
+fi
+
+workload_names=()
+if [ -n "$workloads_arg" ]; then
+    IFS=, read -r -a workload_names <<<"$workloads_arg"
+elif [ $quick -eq 1 ]; then
+    workload_names=("${QUICK_WORKLOADS[@]}")
+else
+    for w in "${ALL_WORKLOADS[@]}"; do workload_names+=("${w%% *}"); done
+fi
+workloads=()
+for name in "${workload_names[@]}"; do
+    found=""
+    for w in "${ALL_WORKLOADS[@]}"; do
+        [ "${w%% *}" = "$name" ] && found=$w
+    done
+    [ -n "$found" ] || die "unknown workload '$name' (see --help)"
+    workloads+=("$found")
+done
+
+# --- state and cleanup ----------------------------------------------------------------------
+mkdir -p "$out/logs"
+out=$(cd "$out" && pwd)
+results="$out/results.tsv"
+meta="$out/meta.tsv"
+work=$(mktemp -d "${TMPDIR:-/tmp}/ustack-compare.XXXXXX")
+chmod 755 "$work"
+server_pid=""
+client_pid=""
+netns=""
+hugepages_restore=""
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ -n "$client_pid" ] && kill -0 "$client_pid" 2>/dev/null; then
+        kill -TERM "$client_pid" 2>/dev/null || true
+        wait "$client_pid" 2>/dev/null || true
+    fi
+    stop_server >/dev/null 2>&1 || true
+    if [ -n "$netns" ]; then
+        scripts/netns.sh down "$netns" >/dev/null 2>&1 || true
+    fi
+    if [ -n "$hugepages_restore" ]; then
+        scripts/hugepages.sh "$hugepages_restore" >/dev/null 2>&1 || true
+    fi
+    rm -rf "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+meta_set() {
+    printf '%s\t%s\n' "$1" "$2" >>"$meta"
+}
+
+skip_path() {
+    echo "==> skipping $1: $2"
+    meta_set "skipped.$1" "$2"
+}
+
+has_path() {
+    local p
+    for p in "${paths[@]}"; do [ "$p" = "$1" ] && return 0; done
+    return 1
+}
+
+drop_path() {
+    local keep=() p
+    for p in "${paths[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    paths=("${keep[@]}")
+}
+
+: >"$meta"
+started_s=$(date +%s)
+meta_set command "$cmdline"
+meta_set date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+meta_set loadavg.start "$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- setup: packages, toolchain, build ------------------------------------------------------
+ensure_rust
+ensure_linker
+needs_veth=0
+if has_path af-xdp-veth || has_path kernel-veth; then needs_veth=1; fi
+if is_root; then
+    ensure_packages fonts-dejavu-core iproute2 ethtool procps ||
+        echo "compare.sh: warning: some packages are missing (see above)" >&2
+    if has_path dpdk-memif; then
+        ensure_packages libdpdk-dev pkg-config || true
+    fi
+fi
+# With DPDK whenever it is installed, whichever paths run (one build for every selection).
+features=()
+if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libdpdk 2>/dev/null; then
+    features=(--features dpdk)
+elif has_path dpdk-memif; then
+    skip_path dpdk-memif "DPDK's development files are not installed (apt-get install libdpdk-dev pkg-config, as root)"
+    drop_path dpdk-memif
+fi
+if [ $needs_veth -eq 1 ] && ! is_root; then
+    for p in af-xdp-veth kernel-veth; do
+        if has_path "$p"; then
+            skip_path "$p" "needs root (network namespaces; AF_XDP needs CAP_NET_RAW, CAP_BPF, CAP_NET_ADMIN)"
+            drop_path "$p"
+        fi
+    done
+    needs_veth=0
+fi
+[ ${#paths[@]} -gt 0 ] || die "no path left to run"
+
+echo "==> building the examples (release${features[*]:+, ${features[*]}})"
+cargo build --release --examples -q "${features[@]}"
+bin=$PWD/target/release/examples
+
+ncpu=$(nproc)
+if [ "$server_cpu" -ge "$ncpu" ] || [ "$client_cpu" -ge "$ncpu" ]; then
+    die "cores $server_cpu and $client_cpu: this machine has $ncpu (use --server-cpu/--client-cpu)"
+fi
+[ "$server_cpu" != "$client_cpu" ] || echo "compare.sh: warning: server and client share core $server_cpu" >&2
+
+# File descriptors: 1,024 idle + 32 connections at each end.
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
+    ulimit -n 4096 2>/dev/null || echo "compare.sh: warning: cannot raise the open-file limit to 4096 (scaling runs may fail)" >&2
+fi
+
+# Hugepages for memif and DPDK (both fall back to 4 KiB pages without).
+huge_total=$(awk '/^HugePages_Total:/ {print $2}' /proc/meminfo)
+huge_free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
+if is_root && [ "$huge_free" -lt $HUGEPAGES_NEEDED ]; then
+    want=$((huge_total + HUGEPAGES_NEEDED - huge_free))
+    echo "==> reserving hugepages: $want x 2 MiB (given back at the end)"
+    if scripts/hugepages.sh "$want" >/dev/null; then
+        hugepages_restore=$huge_total
+    else
+        echo "compare.sh: warning: could not reserve $want hugepages; memif/DPDK may use 4 KiB pages" >&2
+        hugepages_restore=$huge_total
+    fi
+fi
+meta_set hugepages "$(awk '/^HugePages_Total:/ {t=$2} /^HugePages_Free:/ {f=$2} END {print t " x 2 MiB reserved, " f " free"}' /proc/meminfo)"
+
+# The veth pair between two namespaces, for af-xdp-veth and kernel-veth.
+if [ $needs_veth -eq 1 ]; then
+    netns="cmp$$"
+    netns=${netns:0:13}
+    scripts/netns.sh up "$netns" >/dev/null
+    ns_a="$netns-a"
+    ns_b="$netns-b"
+fi
+
+# --- the record of the machine and settings -------------------------------------------------
+cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
+[ -n "$cpu_model" ] || cpu_model=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -1)
+meta_set machine.cpu "${cpu_model:-unknown}"
+meta_set machine.cores "$ncpu"
+meta_set machine.kernel "$(uname -r)"
+meta_set machine.memory "$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+meta_set machine.os "$(sed -n 's/^PRETTY_NAME=//p' /etc/os-release 2>/dev/null | tr -d '"')"
+meta_set machine.virtualization "$(systemd-detect-virt 2>/dev/null || lscpu 2>/dev/null | sed -n 's/^Hypervisor vendor: *//p' | head -1)"
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then commit="$commit (with uncommitted changes)"; fi
+meta_set commit "$commit"
+meta_set rustc "$(rustc --version 2>/dev/null || echo unknown)"
+meta_set glibc "$(ldd --version 2>/dev/null | head -1 | sed 's/.* //')"
+if [ ${#features[@]} -gt 0 ]; then
+    meta_set dpdk "$(pkg-config --modversion libdpdk)"
+fi
+meta_set build "cargo build --release --examples ${features[*]}"
+if [ -n "${GLIBC_TUNABLES:-}" ]; then
+    meta_set glibc_tunables.caller "$GLIBC_TUNABLES"
+fi
+if [ $glibc -eq 1 ]; then
+    run_env=(env "GLIBC_TUNABLES=$GLIBC_TUNABLES_VALUE")
+    meta_set glibc_tunables "$GLIBC_TUNABLES_VALUE"
+else
+    run_env=(env -u GLIBC_TUNABLES)
+    meta_set glibc_tunables unset
+fi
+meta_set reps "$reps"
+meta_set duration_s "$duration_s"
+meta_set quick "$quick"
+meta_set paths "${paths[*]}"
+meta_set workloads "${workload_names[*]}"
+meta_set server_cpu "$server_cpu"
+meta_set client_cpu "$client_cpu"
+meta_set connections_max "$CONNECTIONS_MAX"
+meta_set store "mem (in memory; 64 distinct chunks per run, prefilled)"
+
+printf 'rep\tpath\tworkload\top\tsize_bytes\tconnections\tdepth\tidle\tstatus\tops_s\tmb_s\tp50_us\tp99_us\tp999_us\terrors\ttotal_bytes\tclient_cpu_s\tserver_cpu_s\tserver_rss_max_kb\tserver_hugetlb_max_kb\tother_cpu_s\tsteal_s\n' >"$results"
+
+# --- per-path commands ----------------------------------------------------------------------
+kernel_port=7000
+server_cmd=()
+client_cmd=()
+in_ns_a=()
+in_ns_b=()
+if [ $needs_veth -eq 1 ]; then
+    in_ns_a=(ip netns exec "$ns_a")
+    in_ns_b=(ip netns exec "$ns_b")
+fi
+
+# Offloads of the veth pair: the kernel baseline gets its best settings (checksum offload, TSO,
+# GSO on; GRO stays at the veth default, off: turning it on made no consistent difference here
+# and puts veth into NAPI mode); AF_XDP gets what netns.sh sets up (TX checksum offload off: a user-space receiver
+# would see the kernel's partial checksums as corrupt; ustack sends no kernel traffic there).
+veth_offloads() {
+    local state=$1 ns
+    for ns in "$ns_a" "$ns_b"; do
+        if [ "$state" = on ]; then
+            ip netns exec "$ns" ethtool -K "$ns" tx on sg on tso on gso on >/dev/null 2>&1 || true
+        else
+            ip netns exec "$ns" ethtool -K "$ns" tx off >/dev/null 2>&1 || true
+        fi
+    done
+    ip netns exec "$ns_a" ethtool -k "$ns_a" 2>/dev/null |
+        awk -F': ' '/^(tx-checksumming|tcp-segmentation-offload|generic-segmentation-offload|generic-receive-offload):/ {printf "%s%s %s", sep, $1, $2; sep=", "}'
+}
+
+# Sets server_cmd and client_cmd (without the bench arguments) for path $1.
+setup_path() {
+    local path=$1
+    local common=(--store mem --connections-max "$CONNECTIONS_MAX" --grace-s 2)
+    case "$path" in
+        memif)
+            server_cmd=("${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver" --backend memif
+                --memif-socket "$work/memif.sock" --ip 10.214.0.1/24 "${common[@]}")
+            client_cmd=("${run_env[@]}" taskset -c "$client_cpu" "$bin/chunkctl" --backend memif
+                --memif-socket "$work/memif.sock" --ip 10.214.0.2/24 --server 10.214.0.1:7000)
+            ;;
+        dpdk-memif)
+            server_cmd=("${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver" --backend dpdk
+                --dpdk-vdev "net_memif0,role=server,socket=$work/dpdk.sock,socket-abstract=no"
+                --ip 10.215.0.1/24 "${common[@]}")
+            client_cmd=("${run_env[@]}" taskset -c "$client_cpu" "$bin/chunkctl" --backend dpdk
+                --dpdk-vdev "net_memif0,role=client,socket=$work/dpdk.sock,socket-abstract=no"
+                --ip 10.215.0.2/24 --server 10.215.0.1:7000)
+            ;;
+        af-xdp-veth)
+            meta_set "offloads.$path" "$(veth_offloads off)"
+            server_cmd=("${in_ns_a[@]}" "${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver"
+                --backend af-xdp --iface "$ns_a" --ip 10.99.0.1/24 --xdp-mode native "${common[@]}")
+            client_cmd=("${in_ns_b[@]}" "${run_env[@]}" taskset -c "$client_cpu" "$bin/chunkctl"
+                --backend af-xdp --iface "$ns_b" --ip 10.99.0.2/24 --xdp-mode native
+                --server 10.99.0.1:7000)
+            ;;
+        kernel-lo)
+            kernel_port=$((20000 + RANDOM % 20000))
+            server_cmd=("${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver" --backend kernel
+                --listen "127.0.0.1:$kernel_port" "${common[@]}")
+            client_cmd=("${run_env[@]}" taskset -c "$client_cpu" "$bin/chunkctl" --backend kernel
+                --server "127.0.0.1:$kernel_port")
+            ;;
+        kernel-veth)
+            meta_set "offloads.$path" "$(veth_offloads on)"
+            server_cmd=("${in_ns_a[@]}" "${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver"
+                --backend kernel --listen 10.99.0.1:7000 "${common[@]}")
+            client_cmd=("${in_ns_b[@]}" "${run_env[@]}" taskset -c "$client_cpu" "$bin/chunkctl"
+                --backend kernel --server 10.99.0.1:7000)
+            ;;
+    esac
+}
+
+# Starts the server (server_cmd) and waits for its "listening on" line; log in $1.
+start_server() {
+    local log=$1
+    "${server_cmd[@]}" >"$log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 1 600); do
+        if grep -q "listening on" "$log" 2>/dev/null; then
+            # ip netns exec, env and taskset exec the server: $! is the server itself.
+            if [ "$(cat "/proc/$server_pid/comm" 2>/dev/null)" != fileserver ]; then
+                echo "compare.sh: PID $server_pid is not the file server; its CPU time cannot be read" >&2
+            fi
+            return 0
+        fi
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            wait "$server_pid" 2>/dev/null || true
+            server_pid=""
+            echo "compare.sh: the file server exited:" >&2
+            tail -5 "$log" >&2
+            return 1
+        fi
+        sleep 0.05
+    done
+    echo "compare.sh: the file server did not come up in 30 s:" >&2
+    tail -5 "$log" >&2
+    stop_server
+    return 1
+}
+
+# SIGTERM to the server we started; SIGKILL if it has not exited 15 s later.
+stop_server() {
+    [ -n "$server_pid" ] || return 0
+    local pid=$server_pid
+    server_pid=""
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "compare.sh: the file server (PID $pid) ignored SIGTERM for 15 s: killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# utime + stime of process $1 in clock ticks.
+cpu_ticks() {
+    local stat rest
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    rest=${stat##*) }
+    # shellcheck disable=SC2086
+    set -- $rest
+    echo $((${12} + ${13}))
+}
+
+# Resident memory of process $1 in KiB: "VmRSS HugetlbPages" (hugepage mappings are not in VmRSS).
+mem_kb() {
+    awk '/^VmRSS:/ {r = $2} /^HugetlbPages:/ {h = $2} END {print r + 0, h + 0}' "/proc/$1/status" 2>/dev/null ||
+        echo "0 0"
+}
+
+# CPU time of the whole machine in clock ticks: "busy steal" (busy: user, nice, system, irq,
+# softirq, steal).
+machine_ticks() {
+    awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $9; exit}' /proc/stat
+}
+
+# The value of key $2 in a RESULT line $1.
+field() {
+    local kv
+    for kv in $1; do
+        [ "${kv%%=*}" = "$2" ] && { echo "${kv#*=}"; return; }
+    done
+    echo NA
+}
+
+clk_tck=$(getconf CLK_TCK)
+
+# One chunkctl bench run: rep, path, workload spec; appends one line to the results.
+run_one() {
+    local rep=$1 path=$2 spec=$3
+    local name op size conns depth idle
+    read -r name op size conns depth idle <<<"$spec"
+    local log="$out/logs/rep$rep-$path-$name.log"
+    local t0 t1 rss=0 huge=0 r h status=ok rc=0
+    local limit=$((duration_s + 120))
+    t0=$(cpu_ticks "$server_pid")
+    local m0 m1
+    m0=$(machine_ticks)
+    timeout -k 5 "$limit" "${client_cmd[@]}" --connections "$conns" bench --op "$op" --size "$size" \
+        --depth "$depth" --duration-s "$duration_s" --idle "$idle" >"$log" 2>&1 &
+    client_pid=$!
+    while kill -0 "$client_pid" 2>/dev/null; do
+        read -r r h <<<"$(mem_kb "$server_pid")"
+        [ "${r:-0}" -gt "$rss" ] && rss=$r
+        [ "${h:-0}" -gt "$huge" ] && huge=$h
+        sleep 0.2
+    done
+    wait "$client_pid" || rc=$?
+    client_pid=""
+    t1=$(cpu_ticks "$server_pid")
+    m1=$(machine_ticks)
+    local line
+    line=$(grep '^RESULT ' "$log" | tail -1 || true)
+    if [ $rc -ne 0 ] || [ -z "$line" ]; then
+        status=fail
+        echo "    FAILED (exit $rc): $(grep -v '^ ' "$log" | tail -2 | tr '\n' ' ')" >&2
+    fi
+    local server_cpu_s
+    server_cpu_s=$(awk -v a="$t0" -v b="$t1" -v hz="$clk_tck" 'BEGIN {printf "%.3f", (b - a) / hz}')
+    # CPU the rest of the machine used meanwhile (other work, and kernel work not charged to
+    # either process), and the hypervisor's steal time.
+    local other_cpu_s steal_s client_cpu_s
+    client_cpu_s=$(field "$line" cpu_s)
+    [ "$client_cpu_s" != NA ] || client_cpu_s=0
+    read -r other_cpu_s steal_s < <(awk -v m0="$m0" -v m1="$m1" -v s="$server_cpu_s" -v c="$client_cpu_s" \
+        -v hz="$clk_tck" 'BEGIN {split(m0, a, " "); split(m1, b, " ");
+            printf "%.3f %.3f\n", (b[1] - a[1]) / hz - s - c, (b[2] - a[2]) / hz}')
+    local size_bytes
+    size_bytes=$(field "$line" size)
+    [ "$size_bytes" != NA ] || size_bytes=$size
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$rep" "$path" "$name" "$op" "$size_bytes" "$conns" "$depth" "$idle" "$status" \
+        "$(field "$line" ops_s)" "$(field "$line" mb_s)" "$(field "$line" p50_us)" \
+        "$(field "$line" p99_us)" "$(field "$line" p999_us)" "$(field "$line" errors)" \
+        "$(field "$line" total_bytes)" "$(field "$line" cpu_s)" "$server_cpu_s" "$rss" "$huge" \
+        "$other_cpu_s" "$steal_s" >>"$results"
+    if [ $status = ok ]; then
+        printf '    %-16s %10s ops/s %9s MB/s  p50 %7s us  p99 %7s us\n' "$name" \
+            "$(field "$line" ops_s)" "$(field "$line" mb_s)" "$(field "$line" p50_us)" "$(field "$line" p99_us)"
+    fi
+    [ $status = ok ]
+}
+
+# --- the runs -------------------------------------------------------------------------------
+echo "==> $reps repetition(s) x ${#paths[@]} path(s) x ${#workloads[@]} workload(s), ${duration_s} s each" \
+    "(+1 s warm-up); server on core $server_cpu, client on core $client_cpu;" \
+    "GLIBC_TUNABLES $([ $glibc -eq 1 ] && echo set || echo unset)"
+echo "    results: $results"
+for rep in $(seq 1 "$reps"); do
+    for path in "${paths[@]}"; do
+        echo "==> repetition $rep/$reps: $path"
+        setup_path "$path"
+        for spec in "${workloads[@]}"; do
+            # A fresh server per run: no state (chunks, connections a client left behind) carries
+            # over from one workload to the next.
+            slog="$out/logs/rep$rep-$path-${spec%% *}-server.log"
+            if start_server "$slog"; then
+                run_one "$rep" "$path" "$spec" || true
+                if ! kill -0 "$server_pid" 2>/dev/null; then
+                    echo "    the server died during the run (log: $slog)" >&2
+                fi
+                stop_server
+            else
+                echo "    the server did not start (log: $slog): ${spec%% *} fails" >&2
+                read -r name op size conns depth idle <<<"$spec"
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tfail%s\n' "$rep" "$path" "$name" "$op" \
+                    "$size" "$conns" "$depth" "$idle" "$(printf '\tNA%.0s' $(seq 1 13))" >>"$results"
+            fi
+        done
+    done
+done
+
+meta_set loadavg.end "$(cut -d' ' -f1-3 /proc/loadavg)"
+meta_set elapsed_s "$(($(date +%s) - started_s))"
+echo "==> measured in $(($(date +%s) - started_s)) s; load average now $(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [ $report -eq 1 ]; then
+    mkdir -p "$report_dir"
+    "$bin/benchreport" --results "$results" --meta "$meta" \
+        --markdown "$report_dir/BENCHMARKS.md" --svg "$report_dir/benchmarks.svg"
+fi
