@@ -688,11 +688,19 @@ fn check_port(info: &PortInfo, cfg: &DpdkConfig) -> Result<(), DpdkError> {
             ),
         );
     }
-    let mtu_max = usize::from(info.mtu_max);
+    // ethdev checks the frame (MTU + Ethernet header + FCS) against max_rx_pktlen too.
+    let frame_max = match usize::try_from(info.frame_len_max) {
+        Ok(0) | Err(_) => usize::MAX, // not reported
+        Ok(n) => n,
+    };
+    let mtu_max = usize::from(info.mtu_max).min(frame_max.saturating_sub(ETH_HEADER_LEN + 4));
     if cfg.mtu > mtu_max || cfg.mtu < usize::from(info.mtu_min) {
         return unsupported(
             "that MTU",
-            format!("{} asked, {}..={} possible", cfg.mtu, info.mtu_min, mtu_max),
+            format!(
+                "{} asked, {}..={} possible (frames up to {} bytes)",
+                cfg.mtu, info.mtu_min, mtu_max, info.frame_len_max
+            ),
         );
     }
     Ok(())

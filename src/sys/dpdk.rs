@@ -802,6 +802,9 @@ pub struct PortInfo {
     pub mtu_min: u16,
     /// Largest MTU the port takes.
     pub mtu_max: u16,
+    /// Largest frame the port receives, Ethernet header and FCS included (`max_rx_pktlen`;
+    /// some drivers, such as net_memif in 22.11, report 1518 and a `max_mtu` far above it).
+    pub frame_len_max: u32,
     /// `RTE_ETH_TX_OFFLOAD_*` bits the port offers (see [`tx_offload`]).
     pub tx_offload_capa: u64,
     /// `RTE_ETH_RX_OFFLOAD_*` bits the port offers.
@@ -850,6 +853,7 @@ pub fn port_info(eal: &Eal, id: u16) -> Result<PortInfo, CallError> {
         tx_desc_max: info.tx_desc_lim.nb_max,
         mtu_min: info.min_mtu,
         mtu_max: info.max_mtu,
+        frame_len_max: info.max_rx_pktlen,
         tx_offload_capa: info.tx_offload_capa,
         rx_offload_capa: info.rx_offload_capa,
         socket: u32::try_from(socket).ok(),
