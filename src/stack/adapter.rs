@@ -118,6 +118,11 @@ impl<D: PacketDevice> Io<D> {
         self.tx.len()
     }
 
+    /// Frames taken from the device and not yet handed to the stack (over the poll's budget).
+    pub(crate) fn rx_pending(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Offers queued frames to the device. Returns how many it took.
     pub(crate) fn flush(&mut self) -> usize {
         let mut sent = 0;

@@ -251,6 +251,12 @@ impl<D: PacketDevice> Stack<D> {
                 reason: "must be at least 1".into(),
             });
         }
+        if cfg.rx_budget == 0 {
+            return Err(StackError::Config {
+                field: "rx_budget",
+                reason: "must be at least 1 frame per poll".into(),
+            });
+        }
         if cfg.sockets_max == 0 || cfg.sockets_max > u32::MAX as usize / 2 {
             return Err(StackError::Config {
                 field: "sockets_max",
@@ -331,7 +337,7 @@ impl<D: PacketDevice> Stack<D> {
         self.check_link();
         self.iface.poll_maintenance(smol);
         // Steer what arrived to the shards that own it.
-        let budget = self.shards[0].rx.capacity();
+        let budget = self.cfg.rx_budget.min(self.shards[0].rx.capacity());
         let Stack {
             io,
             shards,
@@ -540,7 +546,7 @@ impl<D: PacketDevice> Stack<D> {
     /// When the stack next needs a [`Stack::poll`] even if no frame arrives: `Some(now)` or
     /// earlier means at once, `None` means only when a frame arrives.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        if self.io.tx_pending() > 0 || self.due.iter().any(|&d| d) {
+        if self.io.tx_pending() > 0 || self.io.rx_pending() > 0 || self.due.iter().any(|&d| d) {
             return Some(now);
         }
         let timers = self
