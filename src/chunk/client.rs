@@ -207,6 +207,9 @@ pub struct ClientConn {
     next_id: u64,
     send_q: VecDeque<OutReq>,
     in_flight: Vec<InFlight>,
+    /// No request in flight has a deadline before this (kept conservatively: completing a
+    /// request does not raise it), so most polls skip the scan for timeouts.
+    timeouts_from: Option<Instant>,
     decoder: ResponseDecoder,
     answer: Option<Answer>,
     done: VecDeque<Completion>,
@@ -234,6 +237,7 @@ impl ClientConn {
             next_id: 1,
             send_q: VecDeque::with_capacity(max),
             in_flight: Vec::with_capacity(max),
+            timeouts_from: None,
             decoder: ResponseDecoder::new(cfg.limits),
             answer: None,
             done: VecDeque::with_capacity(max),
@@ -327,13 +331,15 @@ impl ClientConn {
             payload,
             sent: 0,
         });
+        let deadline = now + self.timeout;
         self.in_flight.push(InFlight {
             request_id: id,
             op: request.op(),
             read_len,
             read_buf,
-            deadline: now + self.timeout,
+            deadline,
         });
+        self.timeouts_from = Some(self.timeouts_from.map_or(deadline, |t| t.min(deadline)));
         self.stats.submitted += 1;
         Ok(id)
     }
@@ -469,6 +475,9 @@ impl ClientConn {
 
     /// Completes every request past its deadline with [`ClientError::Timeout`].
     pub fn handle_timeouts(&mut self, now: Instant) {
+        if self.timeouts_from.is_none_or(|t| now < t) {
+            return;
+        }
         let mut i = 0;
         while i < self.in_flight.len() {
             if self.in_flight[i].deadline <= now {
@@ -477,6 +486,7 @@ impl ClientConn {
                 i += 1;
             }
         }
+        self.timeouts_from = self.next_deadline();
     }
 
     /// The earliest request deadline.

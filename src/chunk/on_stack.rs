@@ -304,6 +304,9 @@ pub struct ChunkClient {
     connected: bool,
     connect_deadline: Instant,
     closed: bool,
+    /// The shard epoch when the socket was last read empty: until the stack polls that shard
+    /// again, nothing new can have arrived.
+    read_epoch: u64,
 }
 
 impl ChunkClient {
@@ -338,6 +341,7 @@ impl ChunkClient {
             connected: false,
             connect_deadline: now + cfg.connect_timeout,
             closed: false,
+            read_epoch: u64::MAX,
         })
     }
 
@@ -367,17 +371,26 @@ impl ChunkClient {
                 }
             }
         }
-        loop {
-            let core = &mut self.core;
-            match stack.recv_with(self.conn, |data| {
-                let n = core.handle_input(data);
-                (n, n)
-            }) {
-                Ok(0) => break,
-                Ok(_) => busy = true,
-                Err(_) => {
-                    self.core.fail_all(ClientError::ConnectionLost);
-                    return true;
+        let epoch = stack.shard_epoch(self.conn.shard());
+        if epoch != self.read_epoch {
+            loop {
+                let core = &mut self.core;
+                match stack.recv_with(self.conn, |data| {
+                    let n = core.handle_input(data);
+                    (n, (n, data.len()))
+                }) {
+                    // Drained: skip reading until the shard moves. Bytes left behind (waiting
+                    // for a staging buffer) are retried on every poll.
+                    Ok((0, 0)) => {
+                        self.read_epoch = epoch;
+                        break;
+                    }
+                    Ok((0, _)) => break,
+                    Ok(_) => busy = true,
+                    Err(_) => {
+                        self.core.fail_all(ClientError::ConnectionLost);
+                        return true;
+                    }
                 }
             }
         }
