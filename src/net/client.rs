@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use crate::chunk::{
@@ -268,6 +268,13 @@ impl KernelClient {
         self.core.is_broken()
     }
 
+    /// Whether request bytes are queued that the kernel has not taken yet. An application
+    /// that waits on many clients' sockets with one `poll(2)` asks for `POLLOUT` on these and
+    /// `POLLIN` on all (see the [`AsFd`] implementation).
+    pub fn has_unsent(&self) -> bool {
+        self.core.next_output().is_some() || self.pipe.has_unsent()
+    }
+
     /// The server's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
@@ -302,5 +309,14 @@ impl std::fmt::Debug for KernelClient {
             .field("broken", &self.core.is_broken())
             .field("closed", &self.closed)
             .finish()
+    }
+}
+
+/// The connection's socket, for waiting on many clients at once with `poll(2)` or epoll: when
+/// it is readable (or writable while [`KernelClient::has_unsent`]), call
+/// [`KernelClient::poll`]. Reading or writing the socket directly would corrupt the stream.
+impl AsFd for KernelClient {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
     }
 }

@@ -151,6 +151,11 @@ impl Pipe {
         }
     }
 
+    /// Whether gathered bytes wait for room in the socket.
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.tx_end > self.tx_start
+    }
+
     /// Sends what `out` has until it has nothing more or the socket's buffer is full (then
     /// `write_blocked` is set). Returns the bytes handed to the kernel.
     pub(crate) fn flush(&mut self, fd: BorrowedFd<'_>, out: &mut impl Output) -> io::Result<usize> {
