@@ -1139,6 +1139,12 @@ fn markdown(d: &Data, meta: &Meta, svg_name: &str, notes: Option<&str>) -> Strin
         "| server | `fileserver --store mem --connections-max {} --grace-s 2` |",
         m("connections_max")
     );
+    if let Some(mtu) = meta.get("shm_mtu") {
+        let _ = writeln!(
+            md,
+            "| IP MTU | memif {mtu} (`--mtu`); dpdk-memif 1500 (DPDK 22.11's net_memif takes frames up to 1518 bytes); kernel loopback 65536; veth 1500 |"
+        );
+    }
     for p in ["af-xdp-veth", "kernel-veth"] {
         if let Some(v) = meta.get(&format!("offloads.{p}")) {
             let _ = writeln!(md, "| veth offloads for {p} | {v} |");

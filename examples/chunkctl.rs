@@ -11,9 +11,10 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use common::{
     check_pattern, fill_pattern, open_device, stack_config, stack_on, Backend, Cidr, ClientSet,
-    DevArgs, MemifRoleArg, Rng, Size, StackClients,
+    DevArgs, MemifRoleArg, Ready, Rng, Size, StackClients, IDLE_SPIN_POLLS,
 };
 use ustack::chunk::{
     ChunkOp, ChunkServer, ClientConfig, Completion, MemStore, ServerConfig, ServerStats, Staging,
@@ -159,6 +160,33 @@ struct KernelClients {
     what: String,
     /// Connections held open and never used.
     idle: Vec<std::net::TcpStream>,
+    ready: Ready,
+    /// One `poll(2)` over every socket says which to pump, rather than a read per connection.
+    fds: Vec<libc::pollfd>,
+    /// Pumped next time whatever poll(2) says: a request was queued, or the last pump moved
+    /// something (there may be more).
+    dirty: Vec<bool>,
+    /// When every connection was last pumped (which also expires requests past their deadline).
+    swept: Instant,
+    idle_polls: u32,
+    spin_polls: u32,
+}
+
+impl KernelClients {
+    fn new(clients: Vec<KernelClient>, what: String) -> KernelClients {
+        let n = clients.len();
+        KernelClients {
+            clients,
+            what,
+            idle: Vec::new(),
+            ready: Ready::new(n),
+            fds: Vec::with_capacity(n),
+            dirty: vec![true; n],
+            swept: Instant::ZERO,
+            idle_polls: 0,
+            spin_polls: IDLE_SPIN_POLLS,
+        }
+    }
 }
 
 impl ClientSet for KernelClients {
@@ -169,19 +197,65 @@ impl ClientSet for KernelClients {
         self.clients.len()
     }
     fn poll(&mut self, now: Instant) -> bool {
+        let sweep = now.saturating_duration_since(self.swept) >= Duration::from_millis(10);
+        if sweep {
+            self.swept = now;
+        }
+        let mut readable = true;
+        if self.clients.len() > 1 && !sweep {
+            self.fds.clear();
+            for c in &self.clients {
+                let out = if c.has_unsent() { libc::POLLOUT } else { 0 };
+                self.fds.push(libc::pollfd {
+                    fd: c.as_fd().as_raw_fd(),
+                    events: libc::POLLIN | out,
+                    revents: 0,
+                });
+            }
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures; timeout 0.
+            let r = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, 0) };
+            // On failure (EINTR, ENOMEM) pump every connection, as without poll(2).
+            readable = r < 0;
+        }
         let mut busy = false;
-        for c in &mut self.clients {
-            busy |= c.poll(now, Duration::ZERO);
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            let wake = readable || self.dirty[i] || self.fds.get(i).is_some_and(|f| f.revents != 0);
+            if !wake {
+                continue;
+            }
+            let moved = c.poll(now, Duration::ZERO);
+            self.dirty[i] = moved;
+            if moved {
+                busy = true;
+                self.ready.mark(i);
+            }
+        }
+        if busy {
+            self.idle_polls = 0;
         }
         busy
     }
+    fn take_ready(&mut self, out: &mut Vec<usize>) {
+        self.ready.take(out);
+    }
     fn idle(&mut self, now: Instant) {
+        // Spin a while like the ustack clients (latency), then, with one connection, block
+        // in poll(2) until it has something.
+        self.idle_polls += 1;
+        if self.idle_polls <= self.spin_polls {
+            return;
+        }
         if let [one] = &mut self.clients[..] {
-            // One connection: block in poll(2) until it has something.
-            one.poll(now, Duration::from_millis(1));
+            if one.poll(now, Duration::from_millis(1)) {
+                self.ready.mark(0);
+            }
         }
     }
+    fn set_spin_polls(&mut self, polls: u32) {
+        self.spin_polls = polls;
+    }
     fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError> {
+        self.dirty[i] = true;
         self.clients[i].submit(op, now)
     }
     fn next_completion(&mut self, i: usize) -> Option<Completion> {
@@ -288,11 +362,10 @@ fn run(args: &Args) -> Result<(), String> {
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            Box::new(KernelClients {
+            Box::new(KernelClients::new(
                 clients,
-                what: format!("kernel TCP to {} (no bypass)", args.server),
-                idle: Vec::new(),
-            })
+                format!("kernel TCP to {} (no bypass)", args.server),
+            ))
         }
         Backend::Sim => {
             let (_link, a, b) = SimLink::new(SimConfig {
@@ -340,6 +413,9 @@ fn run(args: &Args) -> Result<(), String> {
             )?)
         }
     };
+    if let Some(n) = args.dev.spin_polls {
+        clients.set_spin_polls(n);
+    }
     // On stderr: stdout carries the manifest (put) and the results.
     eprintln!(
         "chunkctl: backend {:?}: {}",
@@ -393,6 +469,8 @@ fn run(args: &Args) -> Result<(), String> {
         Cmd::Delete { id } => single(clients.as_mut(), ChunkOp::Delete { id: parse_id(id)? }),
         Cmd::Ping => single(clients.as_mut(), ChunkOp::Ping),
     };
+    // FINs, so the server frees its connections now rather than when they time out.
+    clients.close(Duration::from_millis(500));
     drop(clients);
     if let Some(s) = sim_server {
         let stats = s.finish()?;
@@ -448,6 +526,29 @@ struct Driver<'a> {
     reqs: HashMap<(usize, u64), Req>,
     buf: Vec<u8>,
     scratch: Vec<u8>,
+    /// Whole contents of the benchmark's chunks, computed once, so that writing and checking a
+    /// payload costs a copy or a compare rather than regenerating the pattern every request.
+    preset: Option<Preset>,
+}
+
+/// The contents of chunks `base | 0 .. base | n-1`, each `size` bytes, back to back.
+struct Preset {
+    base: u128,
+    size: u64,
+    data: Vec<u8>,
+}
+
+impl Preset {
+    /// Bytes `offset .. offset+len` of `chunk`, when they are in the preset.
+    fn get(&self, chunk: u128, offset: u64, len: u64) -> Option<&[u8]> {
+        let k = chunk.checked_sub(self.base)?;
+        let start = u64::try_from(k).ok()?.checked_mul(self.size)?;
+        if offset.checked_add(len)? > self.size {
+            return None;
+        }
+        let from = usize::try_from(start + offset).ok()?;
+        self.data.get(from..from + len as usize)
+    }
 }
 
 impl<'a> Driver<'a> {
@@ -460,6 +561,7 @@ impl<'a> Driver<'a> {
             reqs: HashMap::with_capacity(n * depth.max(1) * 2),
             buf: vec![0; payload_max],
             scratch: vec![0; 64 << 10],
+            preset: None,
         }
     }
 
@@ -468,11 +570,22 @@ impl<'a> Driver<'a> {
         let id = ChunkId(req.chunk);
         let op = match req.op {
             b'w' => {
-                fill_pattern(req.chunk, req.offset, &mut self.buf[..req.len as usize]);
+                let data = match self
+                    .preset
+                    .as_ref()
+                    .and_then(|p| p.get(req.chunk, req.offset, req.len))
+                {
+                    Some(d) => d,
+                    None => {
+                        let b = &mut self.buf[..req.len as usize];
+                        fill_pattern(req.chunk, req.offset, b);
+                        b
+                    }
+                };
                 ChunkOp::Write {
                     id,
                     offset: req.offset,
-                    data: &self.buf[..req.len as usize],
+                    data,
                 }
             }
             b'r' => ChunkOp::Read {
@@ -495,61 +608,92 @@ impl<'a> Driver<'a> {
     }
 
     /// Runs until `plan` is exhausted and all requests completed, or `until` passes.
+    ///
+    /// Each turn looks only at the connections where something happened and fills only those
+    /// below `depth` (oldest first, one request each in turn), so a turn with nothing to do
+    /// costs the same with 1 or 1,024 connections.
     fn run(
         &mut self,
         until: Option<Instant>,
         mut plan: impl FnMut() -> Option<Req>,
-        mut check: impl FnMut(&Req, &Completion, &mut [u8], Instant) -> Result<(), String>,
+        mut check: impl FnMut(&Req, &Completion, &mut Checker<'_>, Instant) -> Result<(), String>,
     ) -> Result<(), String> {
+        let n = self.c.len();
         let mut pending: Option<Req> = None;
         let mut exhausted = false;
-        let mut next_conn = 0;
+        let mut outstanding: usize = self.in_flight.iter().sum();
+        // Connections below depth, in the order they got there.
+        let mut hungry: VecDeque<usize> = VecDeque::with_capacity(n);
+        let queued_at_start = self.in_flight.iter().map(|&f| f < self.depth);
+        let mut queued: Vec<bool> = queued_at_start.collect();
+        hungry.extend((0..n).filter(|&i| queued[i]));
+        let mut ready = Vec::with_capacity(n);
         loop {
             let now = Instant::now();
             let stop = until.is_some_and(|u| now >= u);
             let mut busy = self.c.poll(now);
-            for i in 0..self.c.len() {
+            self.c.take_ready(&mut ready);
+            for &i in &ready {
                 while let Some(comp) = self.c.next_completion(i) {
                     busy = true;
                     self.in_flight[i] -= 1;
+                    outstanding -= 1;
                     let req = self
                         .reqs
                         .remove(&(i, comp.request_id))
                         .ok_or("completion for an unknown request")?;
-                    check(&req, &comp, &mut self.scratch, now)?;
+                    let mut checker = Checker {
+                        preset: self.preset.as_ref(),
+                        scratch: &mut self.scratch,
+                    };
+                    check(&req, &comp, &mut checker, now)?;
                 }
                 if self.c.is_broken(i) {
                     return Err(format!("connection {i} failed"));
                 }
+                if !queued[i] && self.in_flight[i] < self.depth {
+                    queued[i] = true;
+                    hungry.push_back(i);
+                }
             }
-            if (exhausted || stop) && self.in_flight.iter().all(|&n| n == 0) {
+            if (exhausted || stop) && outstanding == 0 {
                 return Ok(());
             }
-            // Fill every connection up to depth, round robin.
-            if !stop {
-                for _ in 0..self.c.len() {
-                    let i = next_conn;
-                    next_conn = (next_conn + 1) % self.c.len();
-                    while self.in_flight[i] < self.depth && !exhausted {
-                        let req = match pending.take() {
-                            Some(r) => r,
-                            None => match plan() {
-                                Some(mut r) => {
-                                    r.start = now;
-                                    r
-                                }
-                                None => {
-                                    exhausted = true;
-                                    break;
-                                }
-                            },
-                        };
-                        if !self.submit(i, req)? {
-                            pending = Some(req);
+            while !stop && !exhausted {
+                let Some(&i) = hungry.front() else { break };
+                if self.in_flight[i] >= self.depth {
+                    hungry.pop_front();
+                    queued[i] = false;
+                    continue;
+                }
+                let req = match pending.take() {
+                    Some(r) => r,
+                    None => match plan() {
+                        Some(mut r) => {
+                            r.start = now;
+                            r
+                        }
+                        None => {
+                            exhausted = true;
                             break;
                         }
-                        busy = true;
-                    }
+                    },
+                };
+                if !self.submit(i, req)? {
+                    // Out of staging buffers or of room on this connection: again next turn,
+                    // the others first.
+                    pending = Some(req);
+                    hungry.pop_front();
+                    hungry.push_back(i);
+                    break;
+                }
+                outstanding += 1;
+                busy = true;
+                hungry.pop_front();
+                if self.in_flight[i] < self.depth {
+                    hungry.push_back(i);
+                } else {
+                    queued[i] = false;
                 }
             }
             if !busy {
@@ -559,7 +703,26 @@ impl<'a> Driver<'a> {
     }
 }
 
-fn verify_read(req: &Req, comp: &Completion, scratch: &mut [u8]) -> Result<(), String> {
+/// What a completion's data is checked against: the preset contents, or the pattern regenerated
+/// into `scratch`.
+struct Checker<'a> {
+    preset: Option<&'a Preset>,
+    scratch: &'a mut [u8],
+}
+
+impl Checker<'_> {
+    fn matches(&mut self, req: &Req, data: &[u8]) -> bool {
+        match self
+            .preset
+            .and_then(|p| p.get(req.chunk, req.offset, req.len))
+        {
+            Some(expected) => expected == data,
+            None => check_pattern(req.chunk, req.offset, data, self.scratch),
+        }
+    }
+}
+
+fn verify_read(req: &Req, comp: &Completion, ck: &mut Checker<'_>) -> Result<(), String> {
     match comp.result {
         Ok(Reply::Read {
             len, chunk_size, ..
@@ -570,7 +733,7 @@ fn verify_read(req: &Req, comp: &Completion, scratch: &mut [u8]) -> Result<(), S
                     req.chunk, req.len
                 ));
             }
-            if !check_pattern(req.chunk, req.offset, comp.data(), scratch) {
+            if !ck.matches(req, comp.data()) {
                 return Err(format!(
                     "chunk {:032x}: data read back differs from what was written",
                     req.chunk
@@ -648,8 +811,8 @@ fn verify(
                 ..blank
             })
         },
-        |req, comp, scratch, _| {
-            verify_read(req, comp, scratch)?;
+        |req, comp, ck, _| {
+            verify_read(req, comp, ck)?;
             verified += req.len;
             Ok(())
         },
@@ -757,7 +920,21 @@ fn bench(
         op: 0,
         start: Instant::ZERO,
     };
-    let chunk_id = |k: u64| 0xbe7c_0000_0000_0000_0000u128 | u128::from(k);
+    const BASE: u128 = 0xbe7c_0000_0000_0000_0000;
+    let chunk_id = |k: u64| BASE | u128::from(k);
+    // The chunks' contents, computed once (up to 1 GiB): the client then spends its time on I/O,
+    // not on generating and checking patterns.
+    if chunks.saturating_mul(size) <= 1 << 30 {
+        let mut data = vec![0; (chunks * size) as usize];
+        for (k, c) in data.chunks_mut(size.max(1) as usize).enumerate() {
+            fill_pattern(chunk_id(k as u64), 0, c);
+        }
+        d.preset = Some(Preset {
+            base: BASE,
+            size,
+            data,
+        });
+    }
     // Fill the chunks the requests will read.
     let mut k = 0;
     d.run(
@@ -799,7 +976,7 @@ fn bench(
                     ..blank
                 })
             },
-            |req, comp, scratch, now| {
+            |req, comp, ck, now| {
                 if comp.result.is_ok() {
                     moved += size;
                 }
@@ -807,7 +984,7 @@ fn bench(
                     return Ok(());
                 }
                 let ok = match op {
-                    BenchOp::Read => verify_read(req, comp, scratch).is_ok(),
+                    BenchOp::Read => verify_read(req, comp, ck).is_ok(),
                     BenchOp::Write => comp.result.is_ok(),
                 };
                 if ok {

@@ -86,6 +86,11 @@ struct Args {
     grace_s: u64,
 }
 
+/// Idle turns the serving loop spins through before it sleeps (in the device, or in ppoll for
+/// kernel TCP) unless `--spin-polls` says otherwise: a request that comes within this is seen
+/// at once.
+const SERVER_SPIN_POLLS: u32 = 1000;
+
 fn main() -> ExitCode {
     common::init_logging();
     let args = Args::parse();
@@ -194,6 +199,7 @@ fn serve_stack(
         ChunkServer::bind(&mut stack, args.port, store, cfg).map_err(|e| e.to_string())?;
     println!("fileserver: listening on {}:{}", stack.ipv4(), args.port);
     let mut idle = 0u32;
+    let spin = args.dev.spin_polls.unwrap_or(SERVER_SPIN_POLLS);
     let mut deadline = None;
     let mut last_stats = Instant::now();
     loop {
@@ -220,7 +226,7 @@ fn serve_stack(
             idle = 0;
         } else {
             idle += 1;
-            if idle > 1000 {
+            if idle > spin {
                 stack.wait(now, Duration::from_millis(1));
             }
         }
@@ -242,9 +248,22 @@ fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> R
     println!("fileserver: listening on {}", server.local_addr());
     let mut deadline = None;
     let mut last_stats = Instant::now();
+    // Busy-polls like the ustack loop (the kernel baseline gets the same chance at latency),
+    // then sleeps in ppoll once idle for a while.
+    let mut idle = 0u32;
+    let spin = args.dev.spin_polls.unwrap_or(SERVER_SPIN_POLLS);
     loop {
         let now = Instant::now();
-        server.poll(Duration::from_millis(5));
+        let wait = if idle > spin {
+            Duration::from_millis(5)
+        } else {
+            Duration::ZERO
+        };
+        if server.poll(wait) {
+            idle = 0;
+        } else {
+            idle = idle.saturating_add(1);
+        }
         if signal::stop_requested() && deadline.is_none() {
             println!(
                 "fileserver: signal {}: shutting down",
