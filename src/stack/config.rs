@@ -127,7 +127,10 @@ pub struct StackConfig {
     /// Listeners (ports being listened on).
     pub listeners_max: usize,
     /// Sockets per shard: smoltcp scans a socket set linearly on every poll and segment, so
-    /// sockets are split into sets of this size, each polled only when it has work.
+    /// sockets are split into sets of this size, each polled only when it has work. An active
+    /// connection pays for every socket of its shard, idle ones included: with 32 active and
+    /// 1,024 idle connections over memif, 4 kept 88-91% of the requests served with none idle,
+    /// 16 kept 65%, and 2 gained little more while scanning twice the shards.
     pub shard_sockets: usize,
     /// TCP settings.
     pub tcp: TcpConfig,
@@ -158,7 +161,7 @@ impl StackConfig {
             mtu: None,
             sockets_max: 64,
             listeners_max: 8,
-            shard_sockets: 16,
+            shard_sockets: 4,
             tcp: TcpConfig::default(),
             page_size: PageSize::Huge2M,
             ring_frames: 256,

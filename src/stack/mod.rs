@@ -5,7 +5,7 @@
 //! allocated afterwards: sockets are recycled between connections.
 //!
 //! smoltcp walks every socket of a socket set on each poll and on each received segment, so
-//! the sockets are split into *shards* of `StackConfig::shard_sockets` (16 by default), each its
+//! the sockets are split into *shards* of `StackConfig::shard_sockets` (4 by default), each its
 //! own socket set. A flow table steers each TCP flow, by its 4-tuple, to the shard that owns it,
 //! and a shard is polled only when it has frames, was used by the application, or has a timer
 //! due: idle connections cost (almost) nothing. The shards share the one interface, so ARP and
