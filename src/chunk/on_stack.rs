@@ -61,6 +61,8 @@ pub struct ChunkServer<S: ChunkStore> {
     /// Poll count when each slot was last served (so no slot is served twice in one poll).
     served_at: Vec<u64>,
     polls: u64,
+    /// [`Stack::epoch`] at the last poll: unchanged, no shard needs looking at.
+    seen_epoch: u64,
 }
 
 impl<S: ChunkStore> ChunkServer<S> {
@@ -108,6 +110,7 @@ impl<S: ChunkStore> ChunkServer<S> {
             in_busy: vec![false; cfg.connections_max],
             served_at: vec![0; cfg.connections_max],
             polls: 0,
+            seen_epoch: u64::MAX,
         })
     }
 
@@ -145,7 +148,10 @@ impl<S: ChunkStore> ChunkServer<S> {
         self.polls += 1;
         // Connections of shards the stack polled since last time: data, room or a state change
         // may be there. The others have nothing new unless they have work of their own.
-        for sh in 0..self.by_shard.len() {
+        let epoch = stack.epoch();
+        let moved = epoch != self.seen_epoch;
+        self.seen_epoch = epoch;
+        for sh in (0..self.by_shard.len()).filter(|_| moved) {
             let epoch = stack.shard_epoch(sh);
             if self.seen_epochs[sh] == epoch {
                 continue;

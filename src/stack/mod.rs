@@ -161,6 +161,70 @@ const SYN_ROUNDS_MAX: usize = 64;
 /// How long a SYN may wait for a listening socket before it is dropped (the client retries).
 const SYN_WAIT_MAX: Duration = Duration::from_secs(2);
 
+/// Shards to poll: a flag per shard and the list of the flagged ones, so finding them costs
+/// what was flagged rather than a walk over every shard. The list may hold shards whose flag was
+/// cleared since (they are skipped); a shard is listed again only when its flag goes from clear
+/// to set, so the list never outgrows twice the shard count between two polls.
+struct DueSet {
+    flags: Vec<bool>,
+    list: Vec<usize>,
+}
+
+impl DueSet {
+    fn new(n: usize) -> DueSet {
+        DueSet {
+            flags: vec![false; n],
+            list: Vec::with_capacity(2 * n),
+        }
+    }
+
+    fn mark(&mut self, i: usize) {
+        if !self.flags[i] {
+            self.flags[i] = true;
+            self.list.push(i);
+        }
+    }
+
+    fn unmark(&mut self, i: usize) {
+        self.flags[i] = false;
+    }
+
+    fn mark_all(&mut self) {
+        self.flags.fill(true);
+        self.list.clear();
+        self.list.extend(0..self.flags.len());
+    }
+
+    fn is(&self, i: usize) -> bool {
+        self.flags[i]
+    }
+
+    fn listed_len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// The `k`th listed shard.
+    fn listed(&self, k: usize) -> usize {
+        self.list[k]
+    }
+
+    /// Drops the first `k` listed shards (those just looked at); shards marked meanwhile stay.
+    fn forget_listed(&mut self, k: usize) {
+        self.list.drain(..k);
+    }
+
+    /// Lists exactly the flagged shards (after a walk over all of them).
+    fn relist(&mut self) {
+        self.list.clear();
+        let flags = &self.flags;
+        self.list.extend((0..flags.len()).filter(|&i| flags[i]));
+    }
+
+    fn any(&self) -> bool {
+        self.list.iter().any(|&i| self.flags[i])
+    }
+}
+
 /// A TCP/IP stack over one packet device.
 pub struct Stack<D: PacketDevice> {
     iface: Interface,
@@ -168,9 +232,13 @@ pub struct Stack<D: PacketDevice> {
     shards: Vec<Shard<D::Frame>>,
     /// Per shard, kept apart from the shards so a poll scans two small arrays: the shard has
     /// frames queued, was touched by the application, or a neighbor was learned...
-    due: Vec<bool>,
+    due: DueSet,
     /// ...or its sockets' next timer (microseconds; `u64::MAX`: none).
     wake: Vec<u64>,
+    /// No shard's timer is due before this (kept conservatively low).
+    wake_min: u64,
+    /// Shard polls so far, all shards together.
+    epoch: u64,
     /// Shards with connections waiting to be accepted, and how many shards that is.
     ready: Vec<bool>,
     ready_shards: usize,
@@ -301,7 +369,9 @@ impl<D: PacketDevice> Stack<D> {
             iface,
             io,
             shards,
-            due: vec![false; shard_count],
+            due: DueSet::new(shard_count),
+            wake_min: u64::MAX,
+            epoch: 0,
             wake: vec![u64::MAX; shard_count],
             ready: vec![false; shard_count],
             ready_shards: 0,
@@ -374,12 +444,12 @@ impl<D: PacketDevice> Stack<D> {
                 }
                 Route::Other => 0,
             };
-            due[shard] = true;
+            due.mark(shard);
             shards[shard].rx.push(frame).map_err(|_| RxDrop::ShardFull)
         });
         if arp {
             // A neighbor may have been learned: sockets of every shard may be waiting for it.
-            due.fill(true);
+            due.mark_all();
         }
         let mut changed = self.poll_due_shards(now);
         // SYNs that found no armed socket: each round of polling re-arms the listeners, so
@@ -416,20 +486,41 @@ impl<D: PacketDevice> Stack<D> {
                     tracing::warn!("link up again, but the interface could not be rebuilt: {e}")
                 }
             }
-            self.due.fill(true);
+            self.due.mark_all();
         }
         self.link_was_up = up;
     }
 
-    /// Polls every shard that has frames, was touched, or has a timer due.
+    /// Polls every shard that has frames, was touched, or has a timer due. Looks only at the
+    /// shards marked due unless the earliest timer of all has come, so a turn with nothing to
+    /// do costs the same with 1 or 1,000 shards.
     fn poll_due_shards(&mut self, now: Instant) -> bool {
         let mut changed = false;
         let now_us = now.as_micros();
-        for i in 0..self.shards.len() {
-            if self.due[i] || self.wake[i] <= now_us {
-                self.io.stats.shard_polls += 1;
-                changed |= self.poll_shard(i, now);
+        if now_us >= self.wake_min {
+            let mut min = u64::MAX;
+            for i in 0..self.shards.len() {
+                if self.due.is(i) || self.wake[i] <= now_us {
+                    self.io.stats.shard_polls += 1;
+                    changed |= self.poll_shard(i, now);
+                }
+                min = min.min(self.wake[i]);
             }
+            self.wake_min = min;
+            self.due.relist();
+        } else {
+            // Shards polled here may be marked again (frames left over the budget): those
+            // wait for the next turn.
+            let listed = self.due.listed_len();
+            for k in 0..listed {
+                let i = self.due.listed(k);
+                if self.due.is(i) {
+                    self.io.stats.shard_polls += 1;
+                    changed |= self.poll_shard(i, now);
+                    self.wake_min = self.wake_min.min(self.wake[i]);
+                }
+            }
+            self.due.forget_listed(listed);
         }
         changed
     }
@@ -457,7 +548,7 @@ impl<D: PacketDevice> Stack<D> {
             ) {
                 Some(s) => {
                     placed = true;
-                    self.due[s] = true;
+                    self.due.mark(s);
                     if self.shards[s].rx.push(frame).is_err() {
                         self.io.count_drop(RxDrop::ShardFull);
                     }
@@ -515,7 +606,11 @@ impl<D: PacketDevice> Stack<D> {
             .next_deadline(cfg.tcp.close_timeout)
             .map_or(u64::MAX, Instant::as_micros);
         self.wake[i] = at.min(deadline);
-        self.due[i] = !shard.rx.is_empty();
+        self.epoch += 1;
+        self.due.unmark(i);
+        if !shard.rx.is_empty() {
+            self.due.mark(i);
+        }
         let ready = shard.table.has_ready();
         self.set_ready(i, ready);
         self.forget_freed(i);
@@ -546,7 +641,7 @@ impl<D: PacketDevice> Stack<D> {
     /// When the stack next needs a [`Stack::poll`] even if no frame arrives: `Some(now)` or
     /// earlier means at once, `None` means only when a frame arrives.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        if self.io.tx_pending() > 0 || self.io.rx_pending() > 0 || self.due.iter().any(|&d| d) {
+        if self.io.tx_pending() > 0 || self.io.rx_pending() > 0 || self.due.any() {
             return Some(now);
         }
         let timers = self
@@ -632,7 +727,7 @@ impl<D: PacketDevice> Stack<D> {
             s.table.remove_listener(id.idx, self.now);
             s.table.listen_budget(&mut s.budget);
         }
-        self.due.fill(true);
+        self.due.mark_all();
         Ok(())
     }
 
@@ -655,7 +750,7 @@ impl<D: PacketDevice> Stack<D> {
                 self.next_shard = (i + 1) % n;
                 self.io.stats.accepted += 1;
                 // Its listener may re-arm now.
-                self.due[i] = true;
+                self.due.mark(i);
                 return Ok(Some(c));
             }
         }
@@ -693,7 +788,7 @@ impl<D: PacketDevice> Stack<D> {
         if self.shards.len() > 1 {
             remember_flow(&mut self.flows, self.flows_max, &mut self.shards, flow, i);
         }
-        self.due[i] = true;
+        self.due.mark(i);
         self.io.stats.connected += 1;
         Ok(c)
     }
@@ -731,17 +826,15 @@ impl<D: PacketDevice> Stack<D> {
     /// The shard of `c`, marked for polling (the application changed its socket).
     fn shard_of(&mut self, c: ConnId) -> Result<&mut SocketTable, ConnError> {
         let s = self.shards.get_mut(c.shard()).ok_or(ConnError::Stale)?;
-        self.due[c.shard()] = true;
+        self.due.mark(c.shard());
         Ok(&mut s.table)
     }
 
     /// Marks the shard of `c` for polling when `moved` bytes changed hands (reading opens the
     /// window, writing has data to send); an empty read or write changes nothing.
     fn moved(&mut self, c: ConnId, moved: usize) {
-        if moved > 0 {
-            if let Some(d) = self.due.get_mut(c.shard()) {
-                *d = true;
-            }
+        if moved > 0 && c.shard() < self.shards.len() {
+            self.due.mark(c.shard());
         }
     }
 
@@ -904,6 +997,12 @@ impl<D: PacketDevice> Stack<D> {
     pub fn shard_epoch(&self, shard: usize) -> u64 {
         self.shards.get(shard).map_or(0, |s| s.epoch)
     }
+
+    /// Shard polls so far, all shards together: while it does not move, no
+    /// [`Stack::shard_epoch`] moved either.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
 }
 
 /// A cheap keyed hash for the flow table: one multiply per word, keyed by the stack's random
@@ -984,7 +1083,7 @@ fn listening<F>(shards: &[Shard<F>], port: u16) -> bool {
 /// one with a socket listening on the port (its budget is taken and the flow remembered).
 fn steer_syn<F>(
     shards: &mut [Shard<F>],
-    due: &mut [bool],
+    due: &mut DueSet,
     flows: &mut HashMap<FlowKey, u16, FlowHash>,
     flows_max: usize,
     next: &mut usize,
@@ -1010,7 +1109,7 @@ fn steer_syn<F>(
 /// Picks a shard with a socket listening on `port` (round robin) and takes one from its budget.
 fn take_syn_budget<F>(
     shards: &mut [Shard<F>],
-    due: &mut [bool],
+    due: &mut DueSet,
     port: u16,
     next: &mut usize,
 ) -> Option<usize> {
@@ -1024,7 +1123,7 @@ fn take_syn_budget<F>(
         {
             *b -= 1;
             // Its listener re-arms on this shard's next poll.
-            due[i] = true;
+            due.mark(i);
             *next = (i + 1) % n;
             return Some(i);
         }
