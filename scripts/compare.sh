@@ -575,6 +575,9 @@ echo "==> measured in $(($(date +%s) - started_s)) s; load average now $(cut -d'
 
 if [ $report -eq 1 ]; then
     mkdir -p "$report_dir"
+    # The hand-written analysis (profiles, what limits each figure) goes with the report.
+    notes=()
+    [ -f "$report_dir/benchmarks-analysis.md" ] && notes=(--notes "$report_dir/benchmarks-analysis.md")
     "$bin/benchreport" --results "$results" --meta "$meta" \
-        --markdown "$report_dir/BENCHMARKS.md" --svg "$report_dir/benchmarks.svg"
+        --markdown "$report_dir/BENCHMARKS.md" --svg "$report_dir/benchmarks.svg" "${notes[@]}"
 fi
