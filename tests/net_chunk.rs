@@ -1099,3 +1099,49 @@ fn a_read_waiting_for_a_buffer_is_answered_after_the_peer_half_closes() {
     let stats = server.stop();
     assert_eq!(stats.reads, 9, "{stats:?}");
 }
+
+#[test]
+fn many_clients_can_be_waited_on_with_one_poll() {
+    use std::os::fd::{AsFd, AsRawFd};
+    let store = Arc::new(MemStore::new(1 << 30));
+    let server = KernelServer::spawn(any_port(), Arc::clone(&store), server_config(4)).unwrap();
+    let mut clients: Vec<KernelClient> = (0..3)
+        .map(|_| KernelClient::connect(server.local_addr(), &client_config()).unwrap())
+        .collect();
+    // The descriptor is the connection's own socket.
+    for c in &clients {
+        let peer = peer_of(c.as_fd().as_raw_fd());
+        assert_eq!(peer, server.local_addr());
+    }
+    // Only client 1 asks: it has bytes to send until polled, and only its socket turns
+    // readable.
+    assert!(clients.iter().all(|c| !c.has_unsent()));
+    clients[1].submit(ChunkOp::Ping, Instant::now()).unwrap();
+    assert!(clients[1].has_unsent() && !clients[0].has_unsent());
+    clients[1].poll(Instant::now(), Duration::ZERO);
+    assert!(!clients[1].has_unsent());
+    let mut fds: Vec<libc::pollfd> = clients
+        .iter()
+        .map(|c| libc::pollfd {
+            fd: c.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: a valid array of pollfd structures of the length given.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 5_000) };
+    assert_eq!(n, 1, "{fds:?}");
+    assert!(fds[1].revents & libc::POLLIN != 0 && fds[0].revents == 0 && fds[2].revents == 0);
+    let done = collect(&mut clients[1], 1);
+    assert!(matches!(ok(done.values().next().unwrap()), Reply::Ping));
+}
+
+/// The peer address of a connected TCP socket.
+fn peer_of(fd: std::os::fd::RawFd) -> SocketAddr {
+    // SAFETY: `fd` stays open (borrowed from a live client) while it is duplicated, and the
+    // duplicate is owned by the TcpStream that closes it.
+    let dup = unsafe { libc::dup(fd) };
+    assert!(dup >= 0);
+    let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+    s.peer_addr().unwrap()
+}
