@@ -148,22 +148,23 @@ impl<S: ChunkStore> ChunkServer<S> {
         self.polls += 1;
         // Connections of shards the stack polled since last time: data, room or a state change
         // may be there. The others have nothing new unless they have work of their own.
-        let epoch = stack.epoch();
-        let moved = epoch != self.seen_epoch;
-        self.seen_epoch = epoch;
-        for sh in (0..self.by_shard.len()).filter(|_| moved) {
-            let epoch = stack.shard_epoch(sh);
-            if self.seen_epochs[sh] == epoch {
-                continue;
-            }
-            self.seen_epochs[sh] = epoch;
-            let mut k = 0;
-            while k < self.by_shard[sh].len() {
-                let i = self.by_shard[sh][k] as usize;
-                busy |= self.serve_once(stack, i);
-                // A closed connection left the list (swap_remove): look at the same place again.
-                if self.by_shard[sh].get(k) == Some(&(i as u32)) {
-                    k += 1;
+        if stack.epoch() != self.seen_epoch {
+            self.seen_epoch = stack.epoch();
+            for sh in 0..self.by_shard.len() {
+                let epoch = stack.shard_epoch(sh);
+                if self.seen_epochs[sh] == epoch {
+                    continue;
+                }
+                self.seen_epochs[sh] = epoch;
+                let mut k = 0;
+                while k < self.by_shard[sh].len() {
+                    let i = self.by_shard[sh][k] as usize;
+                    busy |= self.serve_once(stack, i);
+                    // A closed connection left the list (swap_remove): look at the same place
+                    // again.
+                    if self.by_shard[sh].get(k) == Some(&(i as u32)) {
+                        k += 1;
+                    }
                 }
             }
         }

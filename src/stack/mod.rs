@@ -237,8 +237,6 @@ pub struct Stack<D: PacketDevice> {
     wake: Vec<u64>,
     /// No shard's timer is due before this (kept conservatively low).
     wake_min: u64,
-    /// Shard polls so far, all shards together.
-    epoch: u64,
     /// Shards with connections waiting to be accepted, and how many shards that is.
     ready: Vec<bool>,
     ready_shards: usize,
@@ -371,7 +369,6 @@ impl<D: PacketDevice> Stack<D> {
             shards,
             due: DueSet::new(shard_count),
             wake_min: u64::MAX,
-            epoch: 0,
             wake: vec![u64::MAX; shard_count],
             ready: vec![false; shard_count],
             ready_shards: 0,
@@ -501,7 +498,6 @@ impl<D: PacketDevice> Stack<D> {
             let mut min = u64::MAX;
             for i in 0..self.shards.len() {
                 if self.due.is(i) || self.wake[i] <= now_us {
-                    self.io.stats.shard_polls += 1;
                     changed |= self.poll_shard(i, now);
                 }
                 min = min.min(self.wake[i]);
@@ -515,7 +511,6 @@ impl<D: PacketDevice> Stack<D> {
             for k in 0..listed {
                 let i = self.due.listed(k);
                 if self.due.is(i) {
-                    self.io.stats.shard_polls += 1;
                     changed |= self.poll_shard(i, now);
                     self.wake_min = self.wake_min.min(self.wake[i]);
                 }
@@ -575,6 +570,7 @@ impl<D: PacketDevice> Stack<D> {
         } = self;
         let shard = &mut shards[i];
         shard.epoch += 1;
+        io.stats.shard_polls += 1;
         let mut changed = false;
         loop {
             let mut view = io.view(&mut shard.rx);
@@ -606,7 +602,6 @@ impl<D: PacketDevice> Stack<D> {
             .next_deadline(cfg.tcp.close_timeout)
             .map_or(u64::MAX, Instant::as_micros);
         self.wake[i] = at.min(deadline);
-        self.epoch += 1;
         self.due.unmark(i);
         if !shard.rx.is_empty() {
             self.due.mark(i);
@@ -998,10 +993,10 @@ impl<D: PacketDevice> Stack<D> {
         self.shards.get(shard).map_or(0, |s| s.epoch)
     }
 
-    /// Shard polls so far, all shards together: while it does not move, no
-    /// [`Stack::shard_epoch`] moved either.
+    /// Shard polls so far, all shards together (`StackStats::shard_polls`): while it does not
+    /// move, no [`Stack::shard_epoch`] moved either.
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.io.stats.shard_polls
     }
 }
 
