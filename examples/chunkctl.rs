@@ -24,7 +24,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use common::{
     check_pattern, fill_pattern, open_device, stack_config, stack_on, Backend, Cidr, ClientSet,
-    DevArgs, MemifRoleArg, Ready, Rng, Size, StackClients, IDLE_SPIN_POLLS,
+    DevArgs, IdleSpin, MemifRoleArg, Ready, Rng, Size, StackClients, IDLE_SPIN_POLLS,
 };
 use ustack::chunk::{
     ChunkOp, ChunkServer, ClientConfig, Completion, MemStore, ServerConfig, ServerStats, Staging,
@@ -168,8 +168,7 @@ struct KernelClients {
     dirty: Vec<bool>,
     /// When every connection was last pumped (which also expires requests past their deadline).
     swept: Instant,
-    idle_polls: u32,
-    spin_polls: u32,
+    spin: IdleSpin,
 }
 
 impl KernelClients {
@@ -183,8 +182,7 @@ impl KernelClients {
             fds: Vec::with_capacity(n),
             dirty: vec![true; n],
             swept: Instant::ZERO,
-            idle_polls: 0,
-            spin_polls: IDLE_SPIN_POLLS,
+            spin: IdleSpin::new(IDLE_SPIN_POLLS),
         }
     }
 }
@@ -201,7 +199,7 @@ impl ClientSet for KernelClients {
         if sweep {
             self.swept = now;
         }
-        let mut readable = true;
+        let mut pump_all = true;
         if self.clients.len() > 1 && !sweep {
             self.fds.clear();
             for c in &self.clients {
@@ -215,11 +213,11 @@ impl ClientSet for KernelClients {
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures; timeout 0.
             let r = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, 0) };
             // On failure (EINTR, ENOMEM) pump every connection, as without poll(2).
-            readable = r < 0;
+            pump_all = r < 0;
         }
         let mut busy = false;
         for (i, c) in self.clients.iter_mut().enumerate() {
-            let wake = readable || self.dirty[i] || self.fds.get(i).is_some_and(|f| f.revents != 0);
+            let wake = pump_all || self.dirty[i] || self.fds.get(i).is_some_and(|f| f.revents != 0);
             if !wake {
                 continue;
             }
@@ -231,7 +229,7 @@ impl ClientSet for KernelClients {
             }
         }
         if busy {
-            self.idle_polls = 0;
+            self.spin.busy();
         }
         busy
     }
@@ -241,8 +239,7 @@ impl ClientSet for KernelClients {
     fn idle(&mut self, now: Instant) {
         // Spin a while like the ustack clients (latency), then, with one connection, block
         // in poll(2) until it has something.
-        self.idle_polls += 1;
-        if self.idle_polls <= self.spin_polls {
+        if !self.spin.idle() {
             return;
         }
         if let [one] = &mut self.clients[..] {
@@ -252,7 +249,7 @@ impl ClientSet for KernelClients {
         }
     }
     fn set_spin_polls(&mut self, polls: u32) {
-        self.spin_polls = polls;
+        self.spin.set_spin(polls);
     }
     fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError> {
         self.dirty[i] = true;
@@ -323,16 +320,11 @@ fn spawn_sim_server(port: SimPort, connections: usize, limits: Limits) -> SimSer
         let store = Arc::new(MemStore::new(8 << 30));
         let mut server =
             ChunkServer::bind(&mut stack, 7000, store, cfg).map_err(|e| e.to_string())?;
-        let mut idle = 0u32;
+        let mut spin = IdleSpin::new(IDLE_SPIN_POLLS);
         while !flag.load(Ordering::Relaxed) {
             let now = Instant::now();
-            if stack.poll(now) | server.poll(&mut stack) {
-                idle = 0;
-            } else {
-                idle += 1;
-                if idle > 2000 {
-                    stack.wait(now, Duration::from_millis(1));
-                }
+            if spin.turn(stack.poll(now) | server.poll(&mut stack)) {
+                stack.wait(now, Duration::from_millis(1));
             }
         }
         Ok(server.stats())

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use common::{
-    open_device, open_store, stack_on, Backend, Cidr, DevArgs, MemifRoleArg, Size, StoreSpec,
+    open_device, open_store, stack_on, Backend, Cidr, DevArgs, IdleSpin, MemifRoleArg, Size,
+    StoreSpec,
 };
 use ustack::chunk::{ChunkServer, ChunkStore, ServerConfig, ServerStats, SyncPolicy};
 use ustack::dev::auto::AnyDevice;
@@ -90,6 +91,10 @@ struct Args {
 /// kernel TCP) unless `--spin-polls` says otherwise: a request that comes within this is seen
 /// at once.
 const SERVER_SPIN_POLLS: u32 = 1000;
+
+fn server_spin(args: &Args) -> IdleSpin {
+    IdleSpin::new(args.dev.spin_polls.unwrap_or(SERVER_SPIN_POLLS))
+}
 
 fn main() -> ExitCode {
     common::init_logging();
@@ -198,8 +203,7 @@ fn serve_stack(
     let mut server =
         ChunkServer::bind(&mut stack, args.port, store, cfg).map_err(|e| e.to_string())?;
     println!("fileserver: listening on {}:{}", stack.ipv4(), args.port);
-    let mut idle = 0u32;
-    let spin = args.dev.spin_polls.unwrap_or(SERVER_SPIN_POLLS);
+    let mut spin = server_spin(args);
     let mut deadline = None;
     let mut last_stats = Instant::now();
     loop {
@@ -222,13 +226,8 @@ fn serve_stack(
             print_stats("stats", &server.stats());
             last_stats = now;
         }
-        if busy {
-            idle = 0;
-        } else {
-            idle += 1;
-            if idle > spin {
-                stack.wait(now, Duration::from_millis(1));
-            }
+        if spin.turn(busy) {
+            stack.wait(now, Duration::from_millis(1));
         }
     }
     // Let the last FINs and ACKs out.
@@ -250,20 +249,15 @@ fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> R
     let mut last_stats = Instant::now();
     // Busy-polls like the ustack loop (the kernel baseline gets the same chance at latency),
     // then sleeps in ppoll once idle for a while.
-    let mut idle = 0u32;
-    let spin = args.dev.spin_polls.unwrap_or(SERVER_SPIN_POLLS);
+    let mut spin = server_spin(args);
     loop {
         let now = Instant::now();
-        let wait = if idle > spin {
+        let wait = if spin.spun() {
             Duration::from_millis(5)
         } else {
             Duration::ZERO
         };
-        if server.poll(wait) {
-            idle = 0;
-        } else {
-            idle = idle.saturating_add(1);
-        }
+        spin.turn(server.poll(wait));
         if signal::stop_requested() && deadline.is_none() {
             println!(
                 "fileserver: signal {}: shutting down",

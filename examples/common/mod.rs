@@ -246,6 +246,48 @@ pub trait ClientSet {
 /// TCP) unless `--spin-polls` says otherwise: a reply that comes within this is seen at once.
 pub const IDLE_SPIN_POLLS: u32 = 2000;
 
+/// Counts the idle turns of a busy-polling loop: it spins `spin` of them, then may sleep.
+pub struct IdleSpin {
+    idle: u32,
+    spin: u32,
+}
+
+impl IdleSpin {
+    pub fn new(spin: u32) -> IdleSpin {
+        IdleSpin { idle: 0, spin }
+    }
+
+    pub fn set_spin(&mut self, spin: u32) {
+        self.spin = spin;
+    }
+
+    /// Something happened: spin again before sleeping.
+    pub fn busy(&mut self) {
+        self.idle = 0;
+    }
+
+    /// One more idle turn; true once the loop has spun its share and should sleep.
+    pub fn idle(&mut self) -> bool {
+        self.idle = self.idle.saturating_add(1);
+        self.spun()
+    }
+
+    /// Whether the spinning is over (the loop's next wait may sleep).
+    pub fn spun(&self) -> bool {
+        self.idle > self.spin
+    }
+
+    /// Notes a turn; true when it was idle and the loop should sleep now.
+    pub fn turn(&mut self, busy: bool) -> bool {
+        if busy {
+            self.busy();
+            false
+        } else {
+            self.idle()
+        }
+    }
+}
+
 /// Connections where something happened, each listed once, so a driver with many connections
 /// looks at those rather than at all of them.
 pub struct Ready {
@@ -283,8 +325,7 @@ pub struct StackClients<D: PacketDevice> {
     pub stack: Stack<D>,
     pub clients: Vec<ChunkClient>,
     pub what: String,
-    pub idle_polls: u32,
-    pub spin_polls: u32,
+    pub spin: IdleSpin,
     /// Connections held open and never used.
     pub idle_conns: Vec<ustack::stack::ConnId>,
     pub ready: Ready,
@@ -313,8 +354,7 @@ impl<D: PacketDevice> StackClients<D> {
             stack,
             clients,
             what,
-            idle_polls: 0,
-            spin_polls: IDLE_SPIN_POLLS,
+            spin: IdleSpin::new(IDLE_SPIN_POLLS),
             idle_conns: Vec::new(),
             ready: Ready::new(n),
         })
@@ -337,7 +377,7 @@ impl<D: PacketDevice> ClientSet for StackClients<D> {
             }
         }
         if busy {
-            self.idle_polls = 0;
+            self.spin.busy();
         }
         busy
     }
@@ -346,13 +386,12 @@ impl<D: PacketDevice> ClientSet for StackClients<D> {
     }
     fn idle(&mut self, now: Instant) {
         // Spin a while (latency), then sleep in the device until a frame or a timer.
-        self.idle_polls += 1;
-        if self.idle_polls > self.spin_polls {
+        if self.spin.idle() {
             self.stack.wait(now, Duration::from_millis(1));
         }
     }
     fn set_spin_polls(&mut self, polls: u32) {
-        self.spin_polls = polls;
+        self.spin.set_spin(polls);
     }
     fn close(&mut self, max: Duration) {
         for c in &mut self.clients {
