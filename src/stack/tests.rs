@@ -90,10 +90,20 @@ struct Pair {
 
 impl Pair {
     fn new() -> Pair {
+        Pair::tuned(|_| {})
+    }
+
+    /// Two stacks on [`cfg`] with `tune` applied to both configurations.
+    fn tuned(tune: impl Fn(&mut StackConfig)) -> Pair {
+        let mk = |ip, seed| {
+            let mut c = cfg(ip, seed);
+            tune(&mut c);
+            c
+        };
         let (wa, wb) = wire_pair();
         Pair {
-            a: Stack::new(wa, cfg(A, 1)).unwrap(),
-            b: Stack::new(wb, cfg(B, 2)).unwrap(),
+            a: Stack::new(wa, mk(A, 1)).unwrap(),
+            b: Stack::new(wb, mk(B, 2)).unwrap(),
             now: Instant::ZERO,
         }
     }
@@ -303,17 +313,7 @@ fn listener_errors() {
 #[test]
 fn flows_are_steered_to_their_shards() {
     // Four shards of two sockets: listeners and connections spread over them.
-    let mk = |ip, seed| {
-        let mut c = cfg(ip, seed);
-        c.shard_sockets = 2;
-        c
-    };
-    let (wa, wb) = wire_pair();
-    let mut p = Pair {
-        a: Stack::new(wa, mk(A, 1)).unwrap(),
-        b: Stack::new(wb, mk(B, 2)).unwrap(),
-        now: Instant::ZERO,
-    };
+    let mut p = Pair::tuned(|c| c.shard_sockets = 2);
     assert_eq!(p.a.shard_count(), 4);
     let l = p.b.listen(7002, 4).unwrap();
     let conns: Vec<ConnId> = (0..4)
@@ -367,18 +367,10 @@ fn flows_are_steered_to_their_shards() {
 fn one_frame_per_poll_still_moves_everything_and_idle_polls_leave_the_epoch_alone() {
     // rx_budget 1: frames wait in the adapter between polls, and poll_at must say so (the
     // loop below only polls again when poll_at asks, or the test would stall in virtual time).
-    let mk = |ip, seed| {
-        let mut c = cfg(ip, seed);
+    let mut p = Pair::tuned(|c| {
         c.rx_budget = 1;
         c.shard_sockets = 2;
-        c
-    };
-    let (wa, wb) = wire_pair();
-    let mut p = Pair {
-        a: Stack::new(wa, mk(A, 1)).unwrap(),
-        b: Stack::new(wb, mk(B, 2)).unwrap(),
-        now: Instant::ZERO,
-    };
+    });
     let l = p.b.listen(7003, 2).unwrap();
     let c = p.a.connect(SocketAddrV4::new(B, 7003)).unwrap();
     let mut s = None;
