@@ -141,35 +141,41 @@ impl fmt::Display for State {
 /// RFC 6298: (2.1) Until a round-trip time (RTT) measurement has been made for a
 /// segment sent between the sender and receiver, the sender SHOULD
 /// set RTO <- 1 second,
-const RTTE_INITIAL_RTO: u32 = 1000;
+const RTTE_INITIAL_RTO_US: u32 = 1_000_000;
 
 // Minimum "safety margin" for the RTO that kicks in when the
-// variance gets very low.
-const RTTE_MIN_MARGIN: u32 = 5;
+// variance gets very low (the default of `Socket::set_rto_margin`).
+const RTTE_MIN_MARGIN_US: u32 = 5_000;
 
 /// K, according to RFC 6298
 const RTTE_K: u32 = 4;
 
 // RFC 6298 (2.4): Whenever RTO is computed, if it is less than 1 second, then the
-// RTO SHOULD be rounded up to 1 second.
-const RTTE_MIN_RTO: u32 = 1000;
+// RTO SHOULD be rounded up to 1 second (the default of `Socket::set_rto_min`).
+const RTTE_MIN_RTO_US: u32 = 1_000_000;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
-const RTTE_MAX_RTO: u32 = 60_000;
+const RTTE_MAX_RTO_US: u32 = 60_000_000;
 
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 struct RttEstimator {
     /// true if we have made at least one rtt measurement.
     have_measurement: bool,
-    // Using u32 instead of Duration to save space (Duration is i64)
-    /// Smoothed RTT
+    // Using u32 microseconds instead of Duration to save space (Duration is i64).
+    // Microseconds, not milliseconds: on a LAN or between processes an RTT is tens of
+    // microseconds, which whole milliseconds round to zero.
+    /// Smoothed RTT, in microseconds.
     srtt: u32,
-    /// RTT variance.
+    /// RTT variance, in microseconds.
     rttvar: u32,
-    /// Retransmission Time-Out
+    /// Retransmission Time-Out, in microseconds.
     rto: u32,
+    /// The least RTO (RFC 6298 (2.4)), in microseconds.
+    rto_min: u32,
+    /// The least amount the RTO exceeds the smoothed RTT by (RFC 6298's G), in microseconds.
+    rto_margin: u32,
     timestamp: Option<(Instant, TcpSeqNumber)>,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
@@ -181,7 +187,9 @@ impl Default for RttEstimator {
             have_measurement: false,
             srtt: 0,   // ignored, will be overwritten on first measurement.
             rttvar: 0, // ignored, will be overwritten on first measurement.
-            rto: RTTE_INITIAL_RTO,
+            rto: RTTE_INITIAL_RTO_US,
+            rto_min: RTTE_MIN_RTO_US,
+            rto_margin: RTTE_MIN_MARGIN_US,
             timestamp: None,
             max_seq_sent: None,
             rto_count: 0,
@@ -189,9 +197,23 @@ impl Default for RttEstimator {
     }
 }
 
+/// A duration in whole microseconds, saturated to `u32` (71 minutes).
+fn duration_us(d: Duration) -> u32 {
+    u32::try_from(d.total_micros()).unwrap_or(u32::MAX)
+}
+
 impl RttEstimator {
+    /// A fresh estimator that keeps this one's configured bounds.
+    fn reset(&self) -> Self {
+        Self {
+            rto_min: self.rto_min,
+            rto_margin: self.rto_margin,
+            ..Self::default()
+        }
+    }
+
     fn retransmission_timeout(&self) -> Duration {
-        Duration::from_millis(self.rto as _)
+        Duration::from_micros(self.rto as _)
     }
 
     #[cfg(feature = "socket-tcp-cubic")]
@@ -199,12 +221,36 @@ impl RttEstimator {
         if self.have_measurement { self.srtt } else { 0 }
     }
 
+    fn set_rto_min(&mut self, min: Duration) {
+        self.rto_min = duration_us(min).clamp(1, RTTE_MAX_RTO_US);
+        if self.have_measurement {
+            self.update_rto();
+        }
+    }
+
+    fn set_rto_margin(&mut self, margin: Duration) {
+        self.rto_margin = duration_us(margin).min(RTTE_MAX_RTO_US);
+        if self.have_measurement {
+            self.update_rto();
+        }
+    }
+
+    fn update_rto(&mut self) {
+        // RFC 6298 (2.2), (2.3)
+        let margin = self.rto_margin.max(self.rttvar.saturating_mul(RTTE_K));
+        self.rto = self
+            .srtt
+            .saturating_add(margin)
+            .clamp(self.rto_min, RTTE_MAX_RTO_US);
+    }
+
+    /// Takes an RTT sample, in microseconds.
     fn sample(&mut self, new_rtt: u32) {
         if self.have_measurement {
             // RFC 6298 (2.3) When a subsequent RTT measurement R' is made, a host MUST set (...)
-            let diff = (self.srtt as i32 - new_rtt as i32).unsigned_abs();
-            self.rttvar = (self.rttvar * 3 + diff).div_ceil(4);
-            self.srtt = (self.srtt * 7 + new_rtt).div_ceil(8);
+            let diff = (self.srtt as i64 - new_rtt as i64).unsigned_abs() as u32;
+            self.rttvar = ((self.rttvar as u64 * 3 + diff as u64).div_ceil(4)) as u32;
+            self.srtt = ((self.srtt as u64 * 7 + new_rtt as u64).div_ceil(8)) as u32;
         } else {
             // RFC 6298 (2.2) When the first RTT measurement R is made, the host MUST set (...)
             self.have_measurement = true;
@@ -212,14 +258,12 @@ impl RttEstimator {
             self.rttvar = new_rtt / 2;
         }
 
-        // RFC 6298 (2.2), (2.3)
-        let margin = RTTE_MIN_MARGIN.max(self.rttvar * RTTE_K);
-        self.rto = (self.srtt + margin).clamp(RTTE_MIN_RTO, RTTE_MAX_RTO);
+        self.update_rto();
 
         self.rto_count = 0;
 
         tcp_trace!(
-            "rtte: sample={:?} srtt={:?} rttvar={:?} rto={:?}",
+            "rtte: sample={:?}us srtt={:?}us rttvar={:?}us rto={:?}us",
             new_rtt,
             self.srtt,
             self.rttvar,
@@ -245,7 +289,7 @@ impl RttEstimator {
         if let Some((sent_timestamp, sent_seq)) = self.timestamp
             && seq >= sent_seq
         {
-            self.sample((timestamp - sent_timestamp).total_millis() as u32);
+            self.sample(duration_us(timestamp - sent_timestamp));
             self.timestamp = None;
         }
     }
@@ -254,8 +298,8 @@ impl RttEstimator {
         // RFC 6298 (5.5) The host MUST set RTO <- RTO * 2 ("back off the timer").  The
         // maximum value discussed in (2.5) above may be used to provide
         // an upper bound to this doubling operation.
-        self.rto = (self.rto * 2).min(RTTE_MAX_RTO);
-        tcp_trace!("rtte: doubling rto to {:?}", self.rto);
+        self.rto = self.rto.saturating_mul(2).min(RTTE_MAX_RTO_US);
+        tcp_trace!("rtte: doubling rto to {:?}us", self.rto);
 
         // RFC 6298: a TCP implementation MAY clear SRTT and RTTVAR after
         // backing off the timer multiple times as it is likely that the current
@@ -406,7 +450,7 @@ impl Timer {
 
     fn rewind_zero_window_probe(&mut self, timestamp: Instant) {
         if let Timer::ZeroWindowProbe { mut delay, .. } = *self {
-            delay = (delay * 2).min(Duration::from_millis(RTTE_MAX_RTO as _));
+            delay = (delay * 2).min(Duration::from_micros(RTTE_MAX_RTO_US as _));
             *self = Timer::ZeroWindowProbe {
                 expires_at: timestamp + delay,
                 delay,
@@ -806,6 +850,40 @@ impl<'a> Socket<'a> {
         self.ack_delay = duration
     }
 
+    /// Set the least retransmission timeout.
+    ///
+    /// RFC 6298 (2.4) rounds the RTO up to 1 second, the default. Between hosts whose round
+    /// trip is measured in microseconds (a LAN, a data center, processes on one machine) that
+    /// turns every loss the fast retransmit cannot repair into a second of silence; such
+    /// links use a few milliseconds, as Linux's `rto_min` route option allows.
+    pub fn set_rto_min(&mut self, min: Duration) {
+        self.rtte.set_rto_min(min)
+    }
+
+    /// Return the least retransmission timeout (see [set_rto_min](#method.set_rto_min)).
+    pub fn rto_min(&self) -> Duration {
+        Duration::from_micros(self.rtte.rto_min as _)
+    }
+
+    /// Set the least amount by which the retransmission timeout exceeds the smoothed round
+    /// trip time (RFC 6298's clock granularity G), 5 ms by default. It keeps the RTO above
+    /// the RTT when the measured variance is near zero.
+    pub fn set_rto_margin(&mut self, margin: Duration) {
+        self.rtte.set_rto_margin(margin)
+    }
+
+    /// Return the current retransmission timeout.
+    pub fn rto(&self) -> Duration {
+        self.rtte.retransmission_timeout()
+    }
+
+    /// Return the smoothed round-trip time, or `None` before the first measurement.
+    pub fn smoothed_rtt(&self) -> Option<Duration> {
+        self.rtte
+            .have_measurement
+            .then(|| Duration::from_micros(self.rtte.srtt as _))
+    }
+
     /// Enable or disable Nagle's Algorithm.
     ///
     /// Also known as "tinygram prevention". By default, it is enabled.
@@ -907,7 +985,7 @@ impl<'a> Socket<'a> {
 
         self.state = State::Closed;
         self.timer = Timer::new();
-        self.rtte = RttEstimator::default();
+        self.rtte = self.rtte.reset();
         self.assembler = Assembler::new();
         self.tx_buffer.clear();
         self.rx_buffer.clear();
@@ -9573,15 +9651,74 @@ mod test {
     fn test_rtt_estimator() {
         let mut r = RttEstimator::default();
 
+        // Microseconds (the estimator samples in microseconds since our patch 1; in whole
+        // milliseconds the same sequence was 6000, 5000, 4252, 3692, ... 2012).
         let rtos = &[
-            6000, 5000, 4252, 3692, 3272, 2956, 2720, 2540, 2408, 2308, 2232, 2176, 2132, 2100,
-            2076, 2060, 2048, 2036, 2028, 2024, 2020, 2016, 2012, 2012,
+            6000000, 5000000, 4250000, 3687500, 3265628, 2949224, 2711920, 2533940, 2400456,
+            2300344, 2225260, 2168948, 2126712, 2095036, 2071280, 2053460, 2040096, 2030072,
+            2022556, 2016920, 2012692, 2009520, 2007140, 2005356,
         ];
 
         for &rto in rtos {
-            r.sample(2000);
-            assert_eq!(r.retransmission_timeout(), Duration::from_millis(rto));
+            r.sample(2_000_000);
+            assert_eq!(r.retransmission_timeout(), Duration::from_micros(rto));
         }
+    }
+
+    #[test]
+    fn test_rtt_estimator_microseconds() {
+        // A 50 us round trip is measured as such, not rounded to 0 ms.
+        let mut r = RttEstimator::default();
+        r.set_rto_min(Duration::from_millis(10));
+        r.set_rto_margin(Duration::from_millis(1));
+        for _ in 0..32 {
+            r.sample(50);
+        }
+        assert_eq!(r.srtt, 50);
+        // srtt + max(margin, 4 * rttvar) is 1.05 ms: the floor of 10 ms wins.
+        assert_eq!(r.retransmission_timeout(), Duration::from_millis(10));
+        r.set_rto_min(Duration::from_micros(100));
+        assert_eq!(r.retransmission_timeout(), Duration::from_micros(1050));
+        // Bounds survive a reset (a socket reused for another connection).
+        let r = r.reset();
+        assert_eq!(r.rto_min, 100);
+        assert_eq!(r.rto_margin, 1000);
+        assert_eq!(r.retransmission_timeout(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn test_rto_min_shortens_retransmission() {
+        let mut s = socket_established();
+        s.set_rto_min(Duration::from_millis(10));
+        s.set_rto_margin(Duration::from_millis(1));
+        s.send_slice(b"abcdef").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
+        // ACKed at once: the RTT sample (0 us) gives an RTO of max(10 ms, 0 + 1 ms).
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"ghijkl").unwrap();
+        recv!(s, time 1, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ghijkl"[..],
+            ..RECV_TEMPL
+        }));
+        // Lost: retransmitted after 10 ms, not 1 s.
+        recv_nothing!(s, time 10);
+        recv!(s, time 12, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ghijkl"[..],
+            ..RECV_TEMPL
+        }));
     }
 
     #[test]
