@@ -560,6 +560,10 @@ pub struct Socket<'a> {
     remote_last_ts: Option<Instant>,
     /// The sequence number of the last packet received, used for sACK
     local_rx_last_seq: Option<TcpSeqNumber>,
+    /// The SACK blocks reported in the last ACK sent (RFC 2018: repeated in later ACKs).
+    sack_reported: [Option<(u32, u32)>; 3],
+    /// A duplicate segment received, to report as a D-SACK block in the next ACK (RFC 2883).
+    dsack_pending: Option<(TcpSeqNumber, TcpSeqNumber)>,
     /// The ACK number of the last packet received.
     local_rx_last_ack: Option<TcpSeqNumber>,
     /// The number of packets received directly after
@@ -656,6 +660,8 @@ impl<'a> Socket<'a> {
             remote_last_ts: None,
             local_rx_last_ack: None,
             local_rx_last_seq: None,
+            sack_reported: [None; 3],
+            dsack_pending: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
             ack_delay: Some(ACK_DELAY_DEFAULT),
@@ -1002,6 +1008,9 @@ impl<'a> Socket<'a> {
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
+        self.local_rx_last_seq = None;
+        self.sack_reported = [None; 3];
+        self.dsack_pending = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
 
@@ -1573,45 +1582,69 @@ impl<'a> Socket<'a> {
         // If the remote supports selective acknowledgement, add the option to the outgoing
         // segment.
         if self.remote_has_sack {
-            net_debug!("sending sACK option with current assembler ranges");
-
-            // RFC 2018: The first SACK block (i.e., the one immediately following the kind and
-            // length fields in the option) MUST specify the contiguous block of data containing
-            // the segment which triggered this ACK, unless that segment advanced the
-            // Acknowledgment Number field in the header.
-            reply_repr.sack_ranges[0] = None;
-
-            let ack = reply_repr.ack_number.unwrap_or(TcpSeqNumber(0));
-
-            if let Some(last_seg_seq) = self.local_rx_last_seq {
-                reply_repr.sack_ranges[0] = self
-                    .assembler
-                    .iter_data()
-                    .map(|(left, right)| (ack + left, ack + right))
-                    .find(|&(left, right)| left <= last_seg_seq && right >= last_seg_seq)
-                    .map(|(left, right)| (left.0 as u32, right.0 as u32));
-            }
-
-            if reply_repr.sack_ranges[0].is_none() {
-                // The matching segment was removed from the assembler, meaning the acknowledgement
-                // number has advanced, or there was no previous sACK.
-                //
-                // While the RFC says we SHOULD keep a list of reported sACK ranges, and iterate
-                // through those, that is currently infeasible. Instead, we offer the range with
-                // the lowest sequence number (if one exists) to hint at what segments would
-                // most quickly advance the acknowledgement number.
-                reply_repr.sack_ranges[0] = self
-                    .assembler
-                    .iter_data()
-                    .map(|(left, right)| (ack + left, ack + right))
-                    .next()
-                    .map(|(left, right)| (left.0 as u32, right.0 as u32));
-            }
+            reply_repr.sack_ranges = self.sack_blocks();
         }
 
         // Since the sACK option may have changed the length of the payload, update that.
         ip_reply_repr.set_payload_len(reply_repr.buffer_len());
         (ip_reply_repr, reply_repr)
+    }
+
+    /// The SACK blocks to send with an ACK (RFC 2018 section 4, RFC 2883).
+    ///
+    /// A D-SACK block, if a duplicate segment just arrived, comes first; then the block holding
+    /// the segment that triggered this ACK; then the blocks reported in the previous ACK that
+    /// are still held, most recent first, so that each block is repeated in several ACKs and
+    /// survives lost ACKs; then any other block held, lowest first. At most three fit beside
+    /// the other options.
+    fn sack_blocks(&mut self) -> [Option<(u32, u32)>; 3] {
+        let ack = self.remote_seq_no + self.rx_buffer.len();
+        let mut out: [Option<(u32, u32)>; 3] = [None; 3];
+        let dsack = self.dsack_pending.take();
+        if let Some((l, r)) = dsack {
+            out[0] = Some((l.0 as u32, r.0 as u32));
+        }
+        let first_reported = usize::from(dsack.is_some());
+        // A block is listed once (the D-SACK block aside: the block that holds it follows it).
+        let push = |out: &mut [Option<(u32, u32)>; 3], (l, r): (TcpSeqNumber, TcpSeqNumber)| {
+            let b = Some((l.0 as u32, r.0 as u32));
+            let n = out.iter().take_while(|b| b.is_some()).count();
+            if n < out.len() && l < r && !out[first_reported..n].contains(&b) {
+                out[n] = b;
+            }
+        };
+        let held = |at: TcpSeqNumber| {
+            self.assembler
+                .iter_data()
+                .map(|(left, right)| (ack + left, ack + right))
+                .find(|&(left, right)| left <= at && at < right)
+        };
+        if let Some(last_seg_seq) = self.local_rx_last_seq
+            && let Some(b) = held(last_seg_seq)
+        {
+            push(&mut out, b);
+        }
+        for (left, _) in self.sack_reported.into_iter().flatten() {
+            if let Some(b) = held(TcpSeqNumber(left as i32)) {
+                push(&mut out, b);
+            }
+        }
+        for (left, right) in self.assembler.iter_data() {
+            push(&mut out, (ack + left, ack + right));
+        }
+        // Remember what was reported, the D-SACK block aside (it is reported once).
+        self.sack_reported = [None; 3];
+        self.sack_reported[..out.len() - first_reported].copy_from_slice(&out[first_reported..]);
+        out
+    }
+
+    /// Records a duplicate segment (`start..end`, already received) to report as a D-SACK
+    /// block (RFC 2883) in the next ACK, so that the sender can tell its retransmission was
+    /// spurious.
+    fn note_duplicate(&mut self, start: TcpSeqNumber, end: TcpSeqNumber) {
+        if self.remote_has_sack && start < end {
+            self.dsack_pending = Some((start, end));
+        }
     }
 
     fn challenge_ack_reply(
@@ -1854,6 +1887,10 @@ impl<'a> Socket<'a> {
                     // the checks done above imply this.
                     debug_assert!(overlap_start <= overlap_end);
 
+                    if segment_start < window_start {
+                        // Partly old data: report the part already received (RFC 2883).
+                        self.note_duplicate(segment_start, window_start);
+                    }
                     self.local_rx_last_seq = Some(repr.seq_number);
 
                     (
@@ -1902,6 +1939,11 @@ impl<'a> Socket<'a> {
                             TcpControl::None | TcpControl::Psh | TcpControl::Fin
                         )
                     {
+                        if segment_end <= window_start {
+                            // All of it was received before: a spurious retransmission, or
+                            // a duplicate from the network (RFC 2883).
+                            self.note_duplicate(segment_start, segment_end);
+                        }
                         return Some(self.ack_reply(ip_repr, repr));
                     }
 
@@ -2288,6 +2330,16 @@ impl<'a> Socket<'a> {
 
         let assembler_was_empty = self.assembler.is_empty();
 
+        // Data held out of order already: a duplicate to report (RFC 2883).
+        if !assembler_was_empty
+            && self.assembler.iter_data().any(|(left, right)| {
+                left <= payload_offset && payload_offset + payload_len <= right
+            })
+        {
+            let start = self.remote_seq_no + self.rx_buffer.len() + payload_offset;
+            self.note_duplicate(start, start + payload_len);
+        }
+
         // Try adding payload octets to the assembler.
         let Ok(contig_len) = self
             .assembler
@@ -2298,7 +2350,9 @@ impl<'a> Socket<'a> {
                 payload_len,
                 payload_offset
             );
-            return None;
+            // Still acknowledge: the duplicate ACK (with the blocks held) tells the sender
+            // what is missing, and the segment comes again.
+            return Some(self.ack_reply(ip_repr, repr));
         };
 
         // Place payload octets into the buffer.
@@ -2651,6 +2705,18 @@ impl<'a> Socket<'a> {
             ),
             payload: &[],
         };
+
+        // RFC 2018: while data is held out of order, every ACK carries SACK blocks, data
+        // segments included (they are the ACKs of a two-way exchange).
+        if self.remote_has_sack
+            && !matches!(
+                self.state,
+                State::Closed | State::Listen | State::SynSent | State::SynReceived
+            )
+            && (!self.assembler.is_empty() || self.dsack_pending.is_some())
+        {
+            repr.sack_ranges = self.sack_blocks();
+        }
 
         let mut is_zero_window_probe = false;
 
@@ -4757,6 +4823,184 @@ mod test {
                 })
             );
         }
+    }
+
+    #[test]
+    fn test_established_rfc2018_case3_several_blocks() {
+        // RFC 2018, case 3: the 2nd, 4th, 6th and 8th (last) of eight segments are dropped.
+        // Each ACK carries the block of the segment that triggered it first, then the blocks
+        // reported before, most recent first:
+        //
+        //   Triggering  ACK     First Block   2nd Block     3rd Block
+        //   Segment             Left   Right  Left   Right  Left   Right
+        //   5000        5500
+        //   5500        (lost)
+        //   6000        5500    6000   6500
+        //   6500        (lost)
+        //   7000        5500    7000   7500   6000   6500
+        //   7500        (lost)
+        //   8000        5500    8000   8500   7000   7500   6000   6500
+        //   8500        (lost)
+        let (mut s, segment) = setup_rfc2018_cases();
+        let seq = |n: usize| REMOTE_SEQ + 1 + n;
+        let block = |l: usize, r: usize| Some((seq(l).0 as u32, seq(r).0 as u32));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: seq(5000),
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment,
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(seq(5500)),
+                window_len: 3500,
+                ..RECV_TEMPL
+            }]
+        );
+        let expected = [
+            (6000, [block(6000, 6500), None, None]),
+            (7000, [block(7000, 7500), block(6000, 6500), None]),
+            (
+                8000,
+                [block(8000, 8500), block(7000, 7500), block(6000, 6500)],
+            ),
+        ];
+        for (at, sack_ranges) in expected {
+            send!(
+                s,
+                TcpRepr {
+                    seq_number: seq(at),
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &segment,
+                    ..SEND_TEMPL
+                },
+                Some(TcpRepr {
+                    seq_number: LOCAL_SEQ + 1,
+                    ack_number: Some(seq(5500)),
+                    window_len: 3500,
+                    sack_ranges,
+                    ..RECV_TEMPL
+                })
+            );
+        }
+        // The first hole is filled: the ACK moves to 6500 and the blocks still held follow,
+        // most recently reported first.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: seq(5500),
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment,
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(seq(6500)),
+                window_len: 2500,
+                sack_ranges: [block(8000, 8500), block(7000, 7500), None],
+                ..RECV_TEMPL
+            })
+        );
+    }
+
+    #[test]
+    fn test_established_dsack_for_duplicate_below_ack() {
+        // RFC 2883 section 4.1.1: a retransmitted segment that was already acknowledged is
+        // reported in a D-SACK block (below the ACK number), so the sender learns that the
+        // retransmission was spurious.
+        let (mut s, segment) = setup_rfc2018_cases();
+        let seq = |n: usize| REMOTE_SEQ + 1 + n;
+        send!(
+            s,
+            TcpRepr {
+                seq_number: seq(4500),
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment,
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(seq(5000)),
+                window_len: 4000,
+                sack_ranges: [Some((seq(4500).0 as u32, seq(5000).0 as u32)), None, None],
+                ..RECV_TEMPL
+            })
+        );
+        // Reported once only.
+        recv_nothing!(s);
+    }
+
+    #[test]
+    fn test_established_dsack_for_duplicate_out_of_order() {
+        // RFC 2883 section 4.2: a duplicate of data held out of order is reported first,
+        // followed by the block that holds it.
+        let (mut s, segment) = setup_rfc2018_cases();
+        let seq = |n: usize| REMOTE_SEQ + 1 + n;
+        let block = |l: usize, r: usize| Some((seq(l).0 as u32, seq(r).0 as u32));
+        for (at, sack_ranges) in [
+            (5500, [block(5500, 6000), None, None]),
+            (6000, [block(5500, 6500), None, None]),
+            (5500, [block(5500, 6000), block(5500, 6500), None]),
+        ] {
+            send!(
+                s,
+                TcpRepr {
+                    seq_number: seq(at),
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &segment,
+                    ..SEND_TEMPL
+                },
+                Some(TcpRepr {
+                    seq_number: LOCAL_SEQ + 1,
+                    ack_number: Some(seq(5000)),
+                    window_len: 4000,
+                    sack_ranges,
+                    ..RECV_TEMPL
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn test_established_sack_on_data_segments() {
+        // While data is held out of order, our own data segments carry the SACK blocks too
+        // (RFC 2018: "SACK options SHOULD be included in all ACKs").
+        let (mut s, segment) = setup_rfc2018_cases();
+        let seq = |n: usize| REMOTE_SEQ + 1 + n;
+        let block = |l: usize, r: usize| Some((seq(l).0 as u32, seq(r).0 as u32));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: seq(5500),
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment,
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(seq(5000)),
+                window_len: 4000,
+                sack_ranges: [block(5500, 6000), None, None],
+                ..RECV_TEMPL
+            })
+        );
+        s.send_slice(b"reply").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(seq(5000)),
+                window_len: 4000,
+                sack_ranges: [block(5500, 6000), None, None],
+                payload: &b"reply"[..],
+                ..RECV_TEMPL
+            }]
+        );
     }
 
     #[test]
