@@ -19,6 +19,10 @@ use crate::wire::{
 };
 
 mod congestion;
+mod recovery;
+
+pub use self::recovery::Counters;
+use self::recovery::{LossCause, Rack, TxLog};
 
 macro_rules! tcp_trace {
     ($($arg:expr),*) => (net_log!(trace, $($arg),*));
@@ -330,8 +334,8 @@ enum Timer {
     },
     Retransmit {
         expires_at: Instant,
+        kind: RetransmitKind,
     },
-    FastRetransmit,
     ZeroWindowProbe {
         expires_at: Instant,
         delay: Duration,
@@ -339,6 +343,23 @@ enum Timer {
     Close {
         expires_at: Instant,
     },
+}
+
+/// The least probe timeout of a tail loss probe, in microseconds (RFC 8985 sets none; Linux
+/// adds two timer ticks to 2 SRTT). A probe fired too early costs one segment.
+const TLP_MIN_PTO_US: u64 = 1_000;
+
+/// What the retransmission timer is waiting for (RFC 8985 shares one timer among them, as Linux
+/// does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+enum RetransmitKind {
+    /// The retransmission timeout (RFC 6298).
+    Rto,
+    /// A tail loss probe (RFC 8985 section 7).
+    Probe,
+    /// RACK's reordering window of a segment not yet deemed lost (RFC 8985 section 6.3).
+    Reorder,
 }
 
 const ACK_DELAY_DEFAULT: Duration = Duration::from_millis(10);
@@ -362,8 +383,7 @@ impl Timer {
 
     fn should_retransmit(&self, timestamp: Instant) -> bool {
         match *self {
-            Timer::Retransmit { expires_at } if timestamp >= expires_at => true,
-            Timer::FastRetransmit => true,
+            Timer::Retransmit { expires_at, .. } if timestamp >= expires_at => true,
             _ => false,
         }
     }
@@ -392,7 +412,6 @@ impl Timer {
             } => PollAt::Ingress,
             Timer::ZeroWindowProbe { expires_at, .. } => PollAt::Time(expires_at),
             Timer::Retransmit { expires_at, .. } => PollAt::Time(expires_at),
-            Timer::FastRetransmit => PollAt::Now,
             Timer::Close { expires_at } => PollAt::Time(expires_at),
         }
     }
@@ -418,21 +437,23 @@ impl Timer {
     }
 
     fn set_for_retransmit(&mut self, timestamp: Instant, delay: Duration) {
+        self.set_for(timestamp + delay, RetransmitKind::Rto)
+    }
+
+    fn set_for(&mut self, expires_at: Instant, kind: RetransmitKind) {
         match *self {
-            Timer::Idle { .. }
-            | Timer::FastRetransmit
-            | Timer::Retransmit { .. }
-            | Timer::ZeroWindowProbe { .. } => {
-                *self = Timer::Retransmit {
-                    expires_at: timestamp + delay,
-                }
+            Timer::Idle { .. } | Timer::Retransmit { .. } | Timer::ZeroWindowProbe { .. } => {
+                *self = Timer::Retransmit { expires_at, kind }
             }
             Timer::Close { .. } => (),
         }
     }
 
-    fn set_for_fast_retransmit(&mut self) {
-        *self = Timer::FastRetransmit
+    fn retransmit_kind(&self) -> Option<RetransmitKind> {
+        match *self {
+            Timer::Retransmit { kind, .. } => Some(kind),
+            _ => None,
+        }
     }
 
     fn set_for_close(&mut self, timestamp: Instant) {
@@ -467,7 +488,7 @@ impl Timer {
     }
 
     fn is_retransmit(&self) -> bool {
-        matches!(self, Timer::Retransmit { .. } | Timer::FastRetransmit)
+        matches!(self, Timer::Retransmit { .. })
     }
 }
 
@@ -569,8 +590,24 @@ pub struct Socket<'a> {
     /// The number of packets received directly after
     /// each other which have the same ACK number.
     local_rx_dup_acks: u8,
-    /// If a fast retransmit needs to occur
-    pending_fast_retransmit: bool,
+    /// Data segments in flight: the scoreboard of loss recovery (patch 3).
+    tx_log: TxLog,
+    /// RACK's state: the most recently sent segment delivered (RFC 8985).
+    rack: Rack,
+    /// When RACK's reordering window of a segment in flight ends (RFC 8985 6.3).
+    rack_timer: Option<Instant>,
+    /// In loss recovery until the cumulative ACK reaches this (`SND.NXT` when it began).
+    recovery_point: Option<TcpSeqNumber>,
+    /// Retransmissions since the last recovery began, not yet reported spurious by D-SACK,
+    /// and where that recovery began (`SND.UNA`).
+    undo_retrans: u32,
+    undo_marker: Option<TcpSeqNumber>,
+    /// A tail loss probe is due: the next dispatch sends it.
+    tlp_pending: bool,
+    /// The end of the tail loss probe in flight, if any.
+    tlp_end: Option<TcpSeqNumber>,
+    /// Counters of this connection (since `listen` or `connect`).
+    counters: Counters,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -663,7 +700,15 @@ impl<'a> Socket<'a> {
             sack_reported: [None; 3],
             dsack_pending: None,
             local_rx_dup_acks: 0,
-            pending_fast_retransmit: false,
+            tx_log: TxLog::new(),
+            rack: Rack::new(),
+            rack_timer: None,
+            recovery_point: None,
+            undo_retrans: 0,
+            undo_marker: None,
+            tlp_pending: false,
+            tlp_end: None,
+            counters: Counters::default(),
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -1009,8 +1054,18 @@ impl<'a> Socket<'a> {
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
         self.local_rx_last_seq = None;
+        self.local_rx_last_ack = None;
+        self.local_rx_dup_acks = 0;
         self.sack_reported = [None; 3];
         self.dsack_pending = None;
+        self.tx_log.clear();
+        self.rack = Rack::new();
+        self.rack_timer = None;
+        self.recovery_point = None;
+        self.undo_retrans = 0;
+        self.undo_marker = None;
+        self.tlp_pending = false;
+        self.tlp_end = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
 
@@ -1052,6 +1107,7 @@ impl<'a> Socket<'a> {
         }
 
         self.reset();
+        self.counters = Counters::default();
         self.listen_endpoint = local_endpoint;
         self.tuple = None;
         self.set_state(State::Listen);
@@ -1141,6 +1197,7 @@ impl<'a> Socket<'a> {
         }
 
         self.reset();
+        self.counters = Counters::default();
         self.tuple = Some(Tuple {
             local: local_endpoint,
             remote: remote_endpoint,
@@ -1485,11 +1542,48 @@ impl<'a> Socket<'a> {
         self.remote_last_seq - self.local_seq_no
     }
 
+    /// Bytes deemed to be in the network (RFC 6675's "pipe"): sent and not acknowledged, less
+    /// what the peer selectively acknowledged and what is deemed lost and not yet resent.
+    /// Without SACK each duplicate ACK stands for a segment that left the network (RFC 3042,
+    /// RFC 6675 section 5.1 on DupAcks), so limited transmit and fast recovery send new data.
+    fn in_flight(&self) -> usize {
+        let mut pipe = self
+            .flight_size()
+            .saturating_sub(self.tx_log.sacked_bytes() + self.tx_log.lost_bytes());
+        if !self.remote_has_sack {
+            pipe = pipe.saturating_sub(self.local_rx_dup_acks as usize * self.remote_mss);
+        }
+        pipe
+    }
+
+    /// How much new data the congestion window lets go in the next segment: none unless it
+    /// has room for `segment` bytes (the next full segment, or all there is to send), so the
+    /// window's last bytes never go out as a runt segment (the congestion window counts
+    /// segments in Linux for the same reason).
+    fn cwnd_allows(&self, segment: usize) -> usize {
+        let room = self.cwnd_remaining();
+        if room >= segment {
+            room
+        } else if self.in_flight() == 0 {
+            // A window smaller than a segment (a controller that had not learned the MSS
+            // yet) still lets one segment go: nothing else would ever open it.
+            segment
+        } else {
+            0
+        }
+    }
+
     fn cwnd_remaining(&self) -> usize {
         self.congestion_controller
             .inner()
             .window()
-            .saturating_sub(self.flight_size())
+            .saturating_sub(self.in_flight())
+    }
+
+    /// The counters of this connection: retransmissions by cause, tail loss probes, spurious
+    /// retransmissions, RTOs, recoveries, ignored SACK blocks, challenge ACKs.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -1642,6 +1736,7 @@ impl<'a> Socket<'a> {
     /// block (RFC 2883) in the next ACK, so that the sender can tell its retransmission was
     /// spurious.
     fn note_duplicate(&mut self, start: TcpSeqNumber, end: TcpSeqNumber) {
+        self.counters.duplicates_received += 1;
         if self.remote_has_sack && start < end {
             self.dsack_pending = Some((start, end));
         }
@@ -2212,10 +2307,10 @@ impl<'a> Socket<'a> {
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
 
-            match self.local_rx_last_ack {
+            let is_dup_ack = match self.local_rx_last_ack {
                 // Duplicate ACK if payload empty and ACK doesn't move send window ->
-                // Increment duplicate ACK count, notify congestion controller and
-                // set for retransmit if we just received the third duplicate ACK
+                // Increment duplicate ACK count, notify congestion controller; loss
+                // recovery (below) acts on the third
                 Some(last_rx_ack)
                     if repr.payload.is_empty()
                         && last_rx_ack == ack_number
@@ -2236,11 +2331,6 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
-                        self.timer.set_for_fast_retransmit();
-                        net_debug!("started fast retransmit");
-                    }
-
                     // Notify of duplicate ACK
                     let in_flight = self.flight_size();
                     self.congestion_controller.inner_mut().on_dup_ack(
@@ -2248,6 +2338,7 @@ impl<'a> Socket<'a> {
                         self.remote_mss,
                         in_flight,
                     );
+                    true
                 }
 
                 // No duplicate ACK means we reset the duplicate ACK count
@@ -2259,8 +2350,12 @@ impl<'a> Socket<'a> {
                     }
                     self.local_rx_last_ack = Some(ack_number);
 
-                    // Notify of fresh ACK
-                    self.rtte.on_ack(cx.now(), ack_number);
+                    // Notify of fresh ACK. (Data segments give their RTT samples through
+                    // their records, in `process_ack_for_recovery`: this one times the SYN
+                    // and FIN.)
+                    if self.tx_log.is_empty() {
+                        self.rtte.on_ack(cx.now(), ack_number);
+                    }
                     let new_flight_size = self.flight_size().saturating_sub(ack_len);
                     self.congestion_controller.inner_mut().on_ack(
                         cx.now(),
@@ -2268,6 +2363,7 @@ impl<'a> Socket<'a> {
                         new_flight_size,
                         &self.rtte,
                     );
+                    false
                 }
             };
 
@@ -2283,6 +2379,8 @@ impl<'a> Socket<'a> {
             if self.remote_last_seq < self.local_seq_no {
                 self.remote_last_seq = self.local_seq_no
             }
+
+            self.process_ack_for_recovery(cx.now(), ack_number, &repr.sack_ranges, is_dup_ack);
         }
 
         // update last remote tsval
@@ -2292,14 +2390,17 @@ impl<'a> Socket<'a> {
 
         // update timers.
         match self.timer {
-            Timer::Retransmit { .. } | Timer::FastRetransmit => {
+            Timer::Retransmit { kind, .. } => {
                 if ack_all {
                     // RFC 6298: (5.2) ACK of all outstanding data turn off the retransmit timer.
                     self.timer.set_for_idle(cx.now(), self.keep_alive);
-                } else if ack_len > 0 {
-                    // (5.3) ACK of new data in ESTABLISHED state restart the retransmit timer.
-                    let rto = self.rtte.retransmission_timeout();
-                    self.timer.set_for_retransmit(cx.now(), rto);
+                } else if ack_len > 0
+                    || self.rack_timer.is_some()
+                    || kind == RetransmitKind::Reorder
+                {
+                    // (5.3) ACK of new data in ESTABLISHED state restart the retransmit timer
+                    // (or RACK's reordering timer, or a tail loss probe: RFC 8985).
+                    self.arm_retransmit_timer(cx.now());
                 }
             }
             Timer::Idle { .. } => {
@@ -2421,6 +2522,272 @@ impl<'a> Socket<'a> {
         }
     }
 
+    /// Loss detection on an acceptable ACK (patch 3): the cumulative ACK and the SACK blocks
+    /// update the scoreboard and RACK; segments are deemed lost by RACK (RFC 8985), by three
+    /// duplicate ACKs or by a partial ACK in recovery without SACK (RFC 5681, RFC 6582); the
+    /// first loss starts a recovery episode, an ACK past its end finishes it.
+    fn process_ack_for_recovery(
+        &mut self,
+        now: Instant,
+        ack: TcpSeqNumber,
+        sack_ranges: &[Option<(u32, u32)>; 3],
+        is_dup_ack: bool,
+    ) {
+        // The round trip of the most recently sent segment this ACK delivered that was sent
+        // once only (Karn): an RTT sample on every ACK, also during recovery, where the
+        // cumulative ACK is stuck.
+        let mut rtt_sample: Option<u32> = None;
+        let rack = &mut self.rack;
+        let delivered = self.tx_log.ack(ack, rack.fack, |seg| {
+            rack.on_delivered(seg, now);
+            if !seg.is_retransmitted() {
+                let age = seg.age_us(now);
+                rtt_sample = Some(rtt_sample.map_or(age, |a| a.min(age)));
+            }
+        });
+        let mut reordered = delivered.reordered;
+        let acked_new = delivered.bytes > 0;
+        rack.note_delivered_up_to(ack);
+
+        if self.remote_has_sack && sack_ranges[0].is_some() {
+            let (r, sample) = self.process_sack_blocks(now, ack, sack_ranges);
+            reordered |= r;
+            if let Some(age) = sample {
+                rtt_sample = Some(rtt_sample.map_or(age, |a| a.min(age)));
+            }
+        }
+        if let Some(rtt) = rtt_sample {
+            // A fresh sample also ends the backoff of an earlier RTO (RFC 6298 5.7).
+            self.rtte.sample(rtt);
+        }
+        if reordered {
+            self.rack.reordering_seen = true;
+        }
+
+        if let Some(point) = self.recovery_point
+            && ack >= point
+        {
+            tcp_trace!("recovery: finished at {}", ack);
+            self.recovery_point = None;
+            self.congestion_controller.inner_mut().on_recovery_end(now);
+            self.rack.on_recovery_end();
+        }
+        if self.tlp_end.is_some_and(|end| ack >= end) {
+            // The probe was answered.
+            self.tlp_end = None;
+        }
+
+        let mut lost = 0;
+        if self.remote_has_sack {
+            let srtt = self.rtte.have_measurement.then_some(self.rtte.srtt);
+            let (marked, next) =
+                self.rack
+                    .detect_loss(&mut self.tx_log, now, self.recovery_point.is_some(), srtt);
+            lost += marked;
+            self.rack_timer = next;
+        }
+        if !self.tx_log.is_empty() {
+            if !self.remote_has_sack
+                && is_dup_ack
+                && self.local_rx_dup_acks == 3
+                && self.recovery_point.is_none()
+            {
+                // RFC 5681 3.2: the third duplicate ACK. (With SACK, RACK decides: three
+                // SACKed segments shrink its reordering window to 0 until reordering is
+                // seen, which has the same effect without resending on every reordering.)
+                lost += self.tx_log.mark_lost(0, LossCause::DupAck) as usize;
+            } else if !self.remote_has_sack
+                && acked_new
+                && self.recovery_point.is_some_and(|point| ack < point)
+            {
+                // RFC 6582: a partial ACK in recovery: the next hole is lost too.
+                lost += self.tx_log.mark_lost(0, LossCause::DupAck) as usize;
+            }
+        }
+        if lost > 0 && self.recovery_point.is_none() {
+            self.enter_recovery(now);
+        }
+    }
+
+    /// Applies the SACK blocks of an ACK to the scoreboard (RFC 2018, RFC 2883). Blocks that
+    /// are reversed, empty, or outside the data in flight are ignored and counted. Returns
+    /// whether they showed reordering, and the age of the most recently sent segment they
+    /// delivered that was sent once only (an RTT sample).
+    fn process_sack_blocks(
+        &mut self,
+        now: Instant,
+        ack: TcpSeqNumber,
+        blocks: &[Option<(u32, u32)>; 3],
+    ) -> (bool, Option<u32>) {
+        let block = |b: Option<(u32, u32)>| {
+            b.map(|(l, r)| (TcpSeqNumber(l as i32), TcpSeqNumber(r as i32)))
+        };
+        let sent_end = self.tx_log.end().unwrap_or(ack);
+        let mut reordered = false;
+        let mut sample: Option<u32> = None;
+        for (k, b) in blocks.iter().enumerate() {
+            let Some((left, right)) = block(*b) else {
+                continue;
+            };
+            // Reversed, empty, or longer than any window (1 GiB, RFC 7323): garbage. (The
+            // length is taken modulo 2^32: sequence numbers half the space apart compare
+            // neither way, and subtracting them would panic.)
+            let len = (right.0 as u32).wrapping_sub(left.0 as u32);
+            if len == 0 || len > (1 << 30) {
+                self.counters.sack_blocks_ignored += 1;
+                continue;
+            }
+            // D-SACK (RFC 2883 section 4): the first block below the ACK, or inside the
+            // second block.
+            let dsack = k == 0
+                && (right <= ack
+                    || block(blocks[1]).is_some_and(|(l2, r2)| l2 <= left && right <= r2));
+            if dsack {
+                self.on_dsack(now, left, right, ack);
+                continue;
+            }
+            if left < ack || right > sent_end {
+                tcp_trace!(
+                    "sack: ignoring block {}..{} outside {}..{}",
+                    left,
+                    right,
+                    ack,
+                    sent_end
+                );
+                self.counters.sack_blocks_ignored += 1;
+                continue;
+            }
+            let rack = &mut self.rack;
+            let fack = rack.fack;
+            reordered |= self
+                .tx_log
+                .sack(left, right, fack, |seg| {
+                    rack.on_delivered(seg, now);
+                    if !seg.is_retransmitted() {
+                        let age = seg.age_us(now);
+                        sample = Some(sample.map_or(age, |a| a.min(age)));
+                    }
+                })
+                .reordered;
+        }
+        (reordered, sample)
+    }
+
+    /// The peer reports data it received twice (RFC 2883). If we resent it, the
+    /// retransmission was spurious; RACK widens its reordering window either way.
+    fn on_dsack(
+        &mut self,
+        now: Instant,
+        left: TcpSeqNumber,
+        right: TcpSeqNumber,
+        ack: TcpSeqNumber,
+    ) {
+        let ours = if right <= ack {
+            // Already acknowledged: the record is gone. Count it against the
+            // retransmissions of the last recovery, as Linux does.
+            self.undo_retrans > 0 && self.undo_marker.is_some_and(|marker| left >= marker)
+        } else {
+            self.tx_log.covers_retransmission(left, right)
+        };
+        self.rack.on_dsack(ack, self.remote_last_seq);
+        if ours {
+            self.counters.spurious_retransmits += 1;
+            self.undo_retrans = self.undo_retrans.saturating_sub(1);
+            if self.undo_retrans == 0 && self.undo_marker.take().is_some() {
+                // Every retransmission of the episode was spurious: nothing was lost.
+                tcp_trace!("recovery: undone (all retransmissions were spurious)");
+                self.congestion_controller.inner_mut().undo_loss(now);
+                if self.recovery_point.take().is_some() {
+                    self.rack.on_recovery_end();
+                }
+                self.tx_log.unmark_all_lost();
+                self.counters.recoveries_undone += 1;
+            }
+        }
+    }
+
+    /// Starts a loss recovery episode (RFC 6675 section 5, RFC 8985 section 6.3): the
+    /// congestion window is reduced once; it ends when the ACK passes what was sent so far.
+    fn enter_recovery(&mut self, now: Instant) {
+        tcp_trace!(
+            "recovery: entered at {} (until {})",
+            self.local_seq_no,
+            self.remote_last_seq
+        );
+        self.recovery_point = Some(self.remote_last_seq);
+        self.undo_marker = Some(self.local_seq_no);
+        self.undo_retrans = 0;
+        self.counters.fast_recoveries += 1;
+        let in_flight = self.flight_size();
+        self.congestion_controller
+            .inner_mut()
+            .on_loss(now, in_flight);
+    }
+
+    /// Whether a tail loss probe may be scheduled (RFC 8985 section 7.2): SACK is on, data
+    /// is in flight, and no probe is outstanding. Unlike RFC 8985, a recovery under way does
+    /// not rule it out: there the probe resends the oldest repair still unacknowledged, since
+    /// a lost retransmission that nothing was sent after is invisible to RACK, and with
+    /// the peer's window full that is the usual case at the end of a recovery. (The RTO it
+    /// replaces costs tens of round trips on a LAN.)
+    fn tlp_eligible(&self) -> bool {
+        self.remote_has_sack
+            && matches!(
+                self.state,
+                State::Established
+                    | State::CloseWait
+                    | State::FinWait1
+                    | State::Closing
+                    | State::LastAck
+            )
+            && !self.tx_log.is_empty()
+            && self.tlp_end.is_none()
+            && !self.tlp_pending
+    }
+
+    /// The probe timeout (RFC 8985 section 7.2): two smoothed RTTs, at least `TLP_MIN_PTO_US`
+    /// (timer and scheduling jitter); with one segment in flight the peer may delay its ACK,
+    /// so add what the RTO allows for that (its floor), as Linux does.
+    fn probe_timeout(&self) -> Option<Duration> {
+        if !self.rtte.have_measurement {
+            return None;
+        }
+        let srtt = self.rtte.srtt as u64;
+        let mut pto = (2 * srtt).max(TLP_MIN_PTO_US);
+        if self.tx_log.len() == 1 {
+            pto += (srtt * 3 / 2).max(self.rtte.rto_min as u64);
+        }
+        Some(Duration::from_micros(pto))
+    }
+
+    /// Arms the retransmission timer for what is outstanding: RACK's reordering timer if a
+    /// segment waits on it, else a tail loss probe if one may be sent and is due before the
+    /// RTO, else the RTO.
+    fn arm_retransmit_timer(&mut self, now: Instant) {
+        let rto_at = now + self.rtte.retransmission_timeout();
+        if let Some(at) = self.rack_timer {
+            self.timer.set_for(at.min(rto_at), RetransmitKind::Reorder);
+            return;
+        }
+        if self.tlp_eligible()
+            && let Some(pto) = self.probe_timeout()
+            && now + pto < rto_at
+        {
+            self.timer.set_for(now + pto, RetransmitKind::Probe);
+            return;
+        }
+        self.timer.set_for(rto_at, RetransmitKind::Rto);
+    }
+
+    /// The record to resend next, if any may go now: the first deemed lost, when the
+    /// congestion window has room (RFC 6675 NextSeg rule 1).
+    fn next_retransmission(&mut self) -> Option<usize> {
+        if !self.tx_log.has_lost() || self.cwnd_remaining() == 0 {
+            return None;
+        }
+        self.tx_log.first_lost()
+    }
+
     fn timed_out(&self, timestamp: Instant) -> bool {
         match (self.remote_last_ts, self.timeout) {
             (Some(remote_last_ts), Some(timeout)) => timestamp >= remote_last_ts + timeout,
@@ -2428,9 +2795,24 @@ impl<'a> Socket<'a> {
         }
     }
 
+    /// Whether the state lets data go out (and so retransmissions and probes).
+    fn may_send_data(&self) -> bool {
+        matches!(
+            self.state,
+            State::Established
+                | State::FinWait1
+                | State::Closing
+                | State::CloseWait
+                | State::LastAck
+        )
+    }
+
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
-        // Fast retransmits should always send, even if later congestion checks would disallow
-        if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
+        // A segment deemed lost goes first, when the congestion window has room; a tail loss
+        // probe goes whatever the window (RFC 8985 7.3).
+        if self.may_send_data()
+            && ((self.tx_log.has_lost() && self.cwnd_remaining() > 0) || self.tlp_pending)
+        {
             return true;
         }
 
@@ -2470,8 +2852,13 @@ impl<'a> Socket<'a> {
             0
         };
 
-        // compare max bytes allowed by cwnd with max bytes allowed by remote
-        let max_send = capped_send_seq.min(self.cwnd_remaining());
+        // compare max bytes allowed by cwnd with max bytes allowed by remote; a full log of
+        // segments in flight sends nothing new until ACKs free records.
+        let max_send = if self.tx_log.is_full() {
+            0
+        } else {
+            capped_send_seq.min(self.cwnd_allows(capped_send_seq.min(effective_mss)))
+        };
 
         // Can we send at least 1 octet?
         let mut can_send = max_send != 0;
@@ -2604,44 +2991,77 @@ impl<'a> Socket<'a> {
             net_debug!("timeout exceeded");
             self.set_state(State::Closed);
         } else if self.timer.should_retransmit(cx.now()) {
-            if let Timer::Retransmit { .. } = self.timer {
-                // If a retransmit timer expired, we should resend data starting at the last ACK.
-                net_debug!("retransmitting after rto");
+            match self.timer.retransmit_kind() {
+                Some(RetransmitKind::Probe) => {
+                    if self.tlp_eligible() {
+                        // RFC 8985 7.3: send a probe (new data, or the last segment again);
+                        // its ACK, with SACK blocks, lets RACK find what was lost at the tail.
+                        net_debug!("tail loss probe");
+                        self.tlp_pending = true;
+                        self.counters.tail_loss_probes += 1;
+                        self.timer.set_for_idle(cx.now(), self.keep_alive);
+                    } else {
+                        let rto = self.rtte.retransmission_timeout();
+                        self.timer.set_for_retransmit(cx.now(), rto);
+                    }
+                }
+                Some(RetransmitKind::Reorder) => {
+                    // RFC 8985 6.3: a reordering window ended: judge those segments again.
+                    let srtt = self.rtte.have_measurement.then_some(self.rtte.srtt);
+                    let (marked, next) = self.rack.detect_loss(
+                        &mut self.tx_log,
+                        cx.now(),
+                        self.recovery_point.is_some(),
+                        srtt,
+                    );
+                    self.rack_timer = next;
+                    if marked > 0 && self.recovery_point.is_none() {
+                        self.enter_recovery(cx.now());
+                    }
+                    self.arm_retransmit_timer(cx.now());
+                }
+                _ => {
+                    net_debug!("retransmitting after rto");
+                    self.counters.rto_expirations += 1;
 
-                // Inform the congestion controller that we're retransmitting and should enter the slow start state
-                let in_flight = self.flight_size();
-                self.congestion_controller
-                    .inner_mut()
-                    .on_rto(cx.now(), in_flight);
+                    // Inform the congestion controller that we're retransmitting and should
+                    // enter the slow start state
+                    let in_flight = self.flight_size();
+                    self.congestion_controller
+                        .inner_mut()
+                        .on_rto(cx.now(), in_flight);
 
-                // Rewind "last sequence number sent", as if we never
-                // had sent them. This will cause all data in the queue
-                // to be sent again.
-                self.remote_last_seq = self.local_seq_no;
+                    if self.tx_log.is_empty() {
+                        // Only a SYN or FIN is outstanding: rewind "last sequence number
+                        // sent" to send it again.
+                        self.remote_last_seq = self.local_seq_no;
+                    } else {
+                        // Every segment the peer has not selectively acknowledged is deemed
+                        // lost and resent in order as the window allows (RFC 6675 5.1, RFC
+                        // 8985 6.3): never what the peer holds, unlike a go-back-N rewind.
+                        self.tx_log.mark_all_lost(LossCause::Rto);
+                        self.recovery_point = Some(self.remote_last_seq);
+                        self.undo_marker = Some(self.local_seq_no);
+                        self.undo_retrans = 0;
+                        self.rack_timer = None;
+                        self.tlp_pending = false;
+                        self.tlp_end = None;
+                    }
 
-                // Inform RTTE, so that it can can handle RTO backoff
-                self.rtte.on_rto();
-            } else {
-                // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
-                net_debug!("retransmitting for fast-retransmit");
-
-                // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
-                let in_flight = self.flight_size();
-                self.congestion_controller
-                    .inner_mut()
-                    .on_loss(cx.now(), in_flight);
-
-                self.pending_fast_retransmit = true;
+                    // Inform RTTE, so that it can can handle RTO backoff
+                    self.rtte.on_rto();
+                    // Inform RTTE, so that it can avoid bogus measurements.
+                    self.rtte.on_retransmit();
+                }
             }
 
             // Clear the `should_retransmit` state. If we can't retransmit right
             // now for whatever reason (like zero window), this avoids an
             // infinite polling loop where `poll_at` returns `Now` but `dispatch`
             // can't actually do anything.
-            self.timer.set_for_idle(cx.now(), self.keep_alive);
-
-            // Inform RTTE, so that it can avoid bogus measurements.
-            self.rtte.on_retransmit();
+            if self.timer.should_retransmit(cx.now()) {
+                self.timer.set_for_idle(cx.now(), self.keep_alive);
+            }
         }
 
         #[cfg(feature = "socket-tcp-pause-synack")]
@@ -2719,6 +3139,11 @@ impl<'a> Socket<'a> {
         }
 
         let mut is_zero_window_probe = false;
+        // What this segment is, for the bookkeeping after it is sent: a record resent, and
+        // whether it is a tail loss probe (new data, or the last record again).
+        let mut resend: Option<usize> = None;
+        let mut probe_new = false;
+        let mut probe_retransmit = false;
 
         #[cfg_attr(
             not(feature = "segmentation-offload"),
@@ -2775,14 +3200,51 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
-                let offset = if self.pending_fast_retransmit {
-                    let size = effective_mss.min(self.tx_buffer.len());
-                    repr.seq_number = self.local_seq_no;
-                    repr.payload = self.tx_buffer.get_allocated(0, size);
+                // A segment deemed lost goes first (RFC 6675 NextSeg, rule 1). A tail loss
+                // probe sends new data if the peer's window takes it, else the last segment
+                // again (RFC 8985 7.3).
+                let mut retransmit = self.next_retransmission();
+                if retransmit.is_none() && self.tlp_pending {
+                    self.tlp_pending = false;
+                    let win_right_edge = self.local_seq_no + self.remote_win_len;
+                    let unsent = self.local_seq_no + self.tx_buffer.len() > self.remote_last_seq;
+                    let repair = if self.recovery_point.is_some() {
+                        self.tx_log.first_retransmitted_unsacked()
+                    } else {
+                        None
+                    };
+                    if repair.is_some() {
+                        // In recovery: the oldest repair still unacknowledged was lost.
+                        retransmit = repair;
+                        probe_retransmit = true;
+                    } else if unsent
+                        && win_right_edge > self.remote_last_seq
+                        && !self.tx_log.is_full()
+                    {
+                        probe_new = true;
+                    } else {
+                        retransmit = self.tx_log.last_unsacked();
+                        probe_retransmit = retransmit.is_some();
+                    }
+                }
 
-                    self.pending_fast_retransmit = false;
-
-                    0
+                let offset = if let Some(i) = retransmit {
+                    let seg = *self.tx_log.get(i);
+                    let mut effective_mss = effective_mss;
+                    if seg.len() > effective_mss && repr.sack_ranges[0].is_some() {
+                        // The segment was sent without SACK blocks beside it, and they leave
+                        // no room for all of it now: resend it without them.
+                        repr.sack_ranges = [None; 3];
+                        let options_len = repr.header_len() - TCP_HEADER_LEN;
+                        effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
+                    }
+                    debug_assert!(seg.len() <= effective_mss);
+                    let offset = seg.seq() - self.local_seq_no;
+                    repr.seq_number = seg.seq();
+                    repr.payload = self.tx_buffer.get_allocated(offset, seg.len());
+                    debug_assert_eq!(repr.payload.len(), seg.len());
+                    resend = Some(i);
+                    offset
                 } else {
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;
@@ -2838,15 +3300,20 @@ impl<'a> Socket<'a> {
                         .unwrap_or(effective_mss)
                     };
 
-                    let size = if is_zero_window_probe {
+                    let size = if is_zero_window_probe || probe_new {
                         // Zero-window probes are exempt from the congestion window: they
                         // are sent precisely when normal transmission is impossible, and
                         // an empty segment elicits no reply, so capping the probe to a
                         // zero length would stall the connection if a window update from
-                        // the remote got lost.
+                        // the remote got lost. A tail loss probe is exempt too (RFC 8985
+                        // 7.3).
                         win_limit.min(device_limit)
                     } else {
-                        win_limit.min(device_limit).min(self.cwnd_remaining())
+                        // As in `seq_to_transmit`: the next segment is a full one, or all the
+                        // unsent data there is.
+                        let unsent = self.tx_buffer.len().saturating_sub(self.flight_size());
+                        let segment = win_limit.min(unsent).min(effective_mss);
+                        win_limit.min(device_limit).min(self.cwnd_allows(segment))
                     };
 
                     let offset = self.flight_size();
@@ -2979,12 +3446,44 @@ impl<'a> Socket<'a> {
                 .post_transmit(cx.now(), repr.segment_len());
         }
 
-        if repr.segment_len() > 0 && !self.timer.is_retransmit() {
-            // RFC 6298 (5.1) Every time a packet containing data is sent (including a
-            // retransmission), if the timer is not running, start it running
-            // so that it will expire after RTO seconds.
-            let rto = self.rtte.retransmission_timeout();
-            self.timer.set_for_retransmit(cx.now(), rto);
+        // Loss recovery bookkeeping (patch 3): a resent record, or a new one.
+        if let Some(i) = resend {
+            match self.tx_log.on_retransmit(i, cx.now()) {
+                Some(LossCause::Rto) => self.counters.retransmits_rto += 1,
+                Some(LossCause::DupAck) => self.counters.retransmits_fast += 1,
+                Some(LossCause::Sack) => self.counters.retransmits_sack += 1,
+                // A tail loss probe of a segment not deemed lost.
+                None => {}
+            }
+            self.undo_retrans = self.undo_retrans.saturating_add(1);
+            // Karn: the ACK of a resent segment says nothing of the RTT.
+            self.rtte.on_retransmit();
+        } else if !repr.payload.is_empty() {
+            let recorded = self
+                .tx_log
+                .push(repr.seq_number, repr.payload.len(), cx.now());
+            debug_assert!(recorded, "new data sent with a full log or out of order");
+            self.counters.segments_sent += 1;
+        }
+        if probe_new || probe_retransmit {
+            self.tlp_end = Some(self.remote_last_seq);
+        }
+
+        if repr.segment_len() > 0 {
+            if probe_new || probe_retransmit {
+                // RFC 8985 7.3: after the probe, the RTO.
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(cx.now(), rto);
+            } else if resend.is_none() && !repr.payload.is_empty() && self.tlp_eligible() {
+                // RFC 8985 7.2: new data (re)schedules the tail loss probe.
+                self.arm_retransmit_timer(cx.now());
+            } else if !self.timer.is_retransmit() {
+                // RFC 6298 (5.1) Every time a packet containing data is sent (including a
+                // retransmission), if the timer is not running, start it running
+                // so that it will expire after RTO seconds.
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(cx.now(), rto);
+            }
         }
 
         if self.state == State::Closed {
@@ -3400,6 +3899,7 @@ mod test {
         s.remote_seq_no = REMOTE_SEQ + 1 + 1;
         s.timer = Timer::Retransmit {
             expires_at: Instant::from_millis_const(1000),
+            kind: RetransmitKind::Rto,
         };
         s
     }
@@ -7252,6 +7752,389 @@ mod test {
             payload:    &b"ABCDEF"[..],
             ..RECV_TEMPL
         }));
+    }
+
+    // =========================================================================================//
+    // Loss recovery with SACK, RACK-TLP and NewReno (patch 3)
+    // =========================================================================================//
+
+    /// An established socket whose peer takes SACK and 4-byte segments, with `data` sent as
+    /// 4-byte segments at time 0 (`LOCAL_SEQ + 1` onwards).
+    fn socket_sending_segments(sack: bool, data: &'static [u8]) -> TestSocket {
+        let mut s = socket_established();
+        s.remote_has_sack = sack;
+        s.remote_mss = 4;
+        s.send_slice(data).unwrap();
+        for (i, chunk) in data.chunks(4).enumerate() {
+            recv!(s, time 0, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 4 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: chunk,
+                ..RECV_TEMPL
+            }));
+        }
+        recv_nothing!(s, time 0);
+        s
+    }
+
+    /// The sequence number of byte `n` of the data sent.
+    fn byte(n: usize) -> TcpSeqNumber {
+        LOCAL_SEQ + 1 + n
+    }
+
+    fn sack_block(left: usize, right: usize) -> Option<(u32, u32)> {
+        Some((byte(left).0 as u32, byte(right).0 as u32))
+    }
+
+    #[test]
+    fn test_sack_hole_gets_exactly_the_hole_retransmitted() {
+        let mut s = socket_sending_segments(true, b"0000111122223333");
+        // The peer got segments 0, 2 and 3; segment 1 was lost.
+        send!(s, time 2, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            sack_ranges: [sack_block(8, 16), None, None],
+            ..SEND_TEMPL
+        });
+        // RACK waits a reordering window past the RTT (2 ms + 0.5 ms), then resends segment
+        // 1 and nothing else: the peer holds 2 and 3.
+        recv_nothing!(s, time 2);
+        recv!(s, time 3, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 3);
+        assert_eq!(s.counters().retransmits_sack, 1);
+        assert_eq!(s.counters().fast_recoveries, 1);
+        assert!(s.recovery_point.is_some());
+        // The hole is filled: everything is acknowledged, recovery ends.
+        send!(s, time 4, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(16)),
+            ..SEND_TEMPL
+        });
+        assert!(s.recovery_point.is_none());
+        assert!(s.tx_log.is_empty());
+        assert!(s.timer.is_idle());
+    }
+
+    #[test]
+    fn test_sack_three_dup_acks_retransmit_at_once() {
+        // Three duplicate ACKs with SACK blocks: the hole goes at once, without waiting for a
+        // reordering window (RFC 8985: no reordering seen, three segments SACKed).
+        let mut s = socket_sending_segments(true, b"00001111222233334444");
+        for right in [12, 16, 20] {
+            send!(s, time 1, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(byte(4)),
+                sack_ranges: [sack_block(8, right), None, None],
+                ..SEND_TEMPL
+            });
+        }
+        recv!(s, time 1, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1);
+    }
+
+    #[test]
+    fn test_sack_two_holes_and_a_lost_retransmission() {
+        let mut s = socket_sending_segments(true, b"000011112222333344445555");
+        // Segments 1 and 3 lost.
+        send!(s, time 2, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            sack_ranges: [sack_block(16, 24), sack_block(8, 12), None],
+            ..SEND_TEMPL
+        });
+        // Both holes go after the reordering window, in order, and only they.
+        recv!(s, time 3, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        recv!(s, time 3, Ok(TcpRepr {
+            seq_number: byte(12),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"3333"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 3);
+        // The retransmission of 3 arrives, that of 1 is lost again. RACK sees that a segment
+        // resent after it was delivered, and resends 1 again without waiting for an RTO.
+        send!(s, time 5, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            sack_ranges: [sack_block(8, 24), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 6, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 6);
+        assert_eq!(s.counters().retransmits_sack, 3);
+        assert_eq!(s.counters().rto_expirations, 0);
+    }
+
+    #[test]
+    fn test_probe_in_recovery_resends_a_lost_repair() {
+        let mut s = socket_sending_segments(true, b"0000111122223333");
+        // An RTT sample (0 ms) first, so the probe timeout is known (its 1 ms floor).
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            sack_ranges: [sack_block(8, 16), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        // The repair is lost, and nothing was sent after it: RACK cannot tell. After the
+        // probe timeout (not the RTO) it goes again.
+        recv_nothing!(s, time 0);
+        recv!(s, time 1, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1);
+        assert_eq!(s.counters().rto_expirations, 0);
+        assert_eq!(s.counters().tail_loss_probes, 1);
+        send!(s, time 2, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(16)),
+            ..SEND_TEMPL
+        });
+        assert!(s.recovery_point.is_none());
+    }
+
+    #[test]
+    fn test_newreno_partial_ack_retransmits_next_hole() {
+        // No SACK: segments 0 and 2 of six are lost.
+        let mut s = socket_sending_segments(false, b"000011112222333344445555");
+        // An ACK of nothing new, then three duplicates of it.
+        for _ in 0..4 {
+            send!(s, time 1, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            });
+        }
+        // The third duplicate ACK: the first segment goes again.
+        recv!(s, time 1, Ok(TcpRepr {
+            seq_number: byte(0),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"0000"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1);
+        // A partial ACK (up to the second hole) during recovery: the next hole goes at once
+        // (RFC 6582), not after an RTO.
+        send!(s, time 2, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(8)),
+            ..SEND_TEMPL
+        });
+        recv!(s, time 2, Ok(TcpRepr {
+            seq_number: byte(8),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"2222"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 2);
+        assert_eq!(s.counters().retransmits_fast, 2);
+        // All acknowledged: recovery is over.
+        send!(s, time 3, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(24)),
+            ..SEND_TEMPL
+        });
+        assert!(s.recovery_point.is_none());
+    }
+
+    #[test]
+    fn test_rto_resends_only_what_the_peer_lacks_and_backs_off() {
+        let mut s = socket_sending_segments(true, b"0000111122223333");
+        // The peer holds segments 2 and 3 and says so; then it goes silent.
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(0)),
+            sack_ranges: [sack_block(8, 16), None, None],
+            ..SEND_TEMPL
+        });
+        // RACK resends 0 and 1 (three duplicate ACKs are not needed: three SACKed
+        // segments are not either; the reordering window is a quarter of the RTT, 0 here).
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: byte(0),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"0000"[..],
+            ..RECV_TEMPL
+        }));
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 0);
+        // Both retransmissions are lost. The RTO (1 s) resends 0 and 1 again, never 2 and 3.
+        recv_nothing!(s, time 999);
+        recv!(s, time 1000, Ok(TcpRepr {
+            seq_number: byte(0),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"0000"[..],
+            ..RECV_TEMPL
+        }));
+        recv!(s, time 1000, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1000);
+        assert_eq!(s.counters().rto_expirations, 1);
+        assert_eq!(s.counters().retransmits_rto, 2);
+        // Lost again: the next RTO is twice as long.
+        recv_nothing!(s, time 2999);
+        recv!(s, time 3000, Ok(TcpRepr {
+            seq_number: byte(0),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"0000"[..],
+            ..RECV_TEMPL
+        }));
+        // The cumulative ACK finally arrives: all is acknowledged, the socket recovers.
+        send!(s, time 3001, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(16)),
+            ..SEND_TEMPL
+        });
+        assert!(s.tx_log.is_empty());
+        assert!(s.recovery_point.is_none());
+        s.send_slice(b"next").unwrap();
+        recv!(s, time 3002, Ok(TcpRepr {
+            seq_number: byte(16),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"next"[..],
+            ..RECV_TEMPL
+        }));
+    }
+
+    #[test]
+    fn test_tail_loss_probe_resends_the_last_segment() {
+        let mut s = socket_sending_segments(true, b"0000");
+        // An RTT sample of 0: the probe timeout is its floor, 1 ms.
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"111122223333").unwrap();
+        for (i, chunk) in [&b"1111"[..], b"2222", b"3333"].iter().enumerate() {
+            recv!(s, time 10, Ok(TcpRepr {
+                seq_number: byte(4 + 4 * i),
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: chunk,
+                ..RECV_TEMPL
+            }));
+        }
+        // All three are lost; no ACK comes. After the probe timeout (not the RTO), the last
+        // segment goes again.
+        recv_nothing!(s, time 10);
+        recv!(s, time 11, Ok(TcpRepr {
+            seq_number: byte(12),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"3333"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 15);
+        recv_nothing!(s, time 500);
+        assert_eq!(s.counters().tail_loss_probes, 1);
+        // Its ACK carries a SACK block: RACK now finds 1 and 2 lost.
+        send!(s, time 16, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            sack_ranges: [sack_block(12, 16), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 16, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        recv!(s, time 16, Ok(TcpRepr {
+            seq_number: byte(8),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"2222"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 16);
+        assert_eq!(s.counters().rto_expirations, 0);
+    }
+
+    #[test]
+    fn test_dsack_counts_a_spurious_retransmission() {
+        let mut s = socket_sending_segments(true, b"0000111122223333");
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(0)),
+            sack_ranges: [sack_block(4, 16), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: byte(0),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"0000"[..],
+            ..RECV_TEMPL
+        }));
+        // Segment 0 was only late: the peer got it twice and says so with a D-SACK block.
+        send!(s, time 1, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(16)),
+            sack_ranges: [sack_block(0, 4), None, None],
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.counters().spurious_retransmits, 1);
+        assert!(s.rack.reordering_seen || s.counters().spurious_retransmits == 1);
+    }
+
+    #[test]
+    fn test_bad_sack_blocks_are_ignored_and_counted() {
+        let mut s = socket_sending_segments(true, b"0000111122223333");
+        // Reversed, beyond what was sent, below the ACK without being a D-SACK (second
+        // block), and absurdly large: none marks anything.
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            sack_ranges: [sack_block(12, 8), sack_block(12, 40), sack_block(0, 4)],
+            ..SEND_TEMPL
+        });
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            sack_ranges: [
+                Some((byte(8).0 as u32, byte(8).0.wrapping_add(1 << 31) as u32)),
+                None,
+                None,
+            ],
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.counters().sack_blocks_ignored, 4);
+        assert_eq!(s.tx_log.sacked_bytes(), 0);
+        recv_nothing!(s, time 0);
     }
 
     #[test]

@@ -26,8 +26,18 @@ pub(super) trait Controller {
     /// Fired on a retransmission timeout.
     fn on_rto(&mut self, now: Instant, in_flight: usize) {}
 
-    /// Fired after an inferred loss via three duplicate acks.
+    /// Fired when a loss recovery episode starts (segments deemed lost by SACK, RACK or
+    /// duplicate ACKs), once per episode. The window is reduced here, once: the socket counts
+    /// what is in flight (RFC 6675's pipe), so the window is not inflated per duplicate ACK.
     fn on_loss(&mut self, now: Instant, in_flight: usize) {}
+
+    /// Fired when the cumulative ACK passes the end of a loss recovery episode.
+    fn on_recovery_end(&mut self, now: Instant) {}
+
+    /// Fired when the peer reported (D-SACK) that every retransmission of the last loss
+    /// episode was spurious: the losses were reordering or delay, and the window goes back
+    /// to what it was before the episode (RFC 3708 and Linux's undo).
+    fn undo_loss(&mut self, now: Instant) {}
 
     fn pre_transmit(&mut self, now: Instant) {}
 

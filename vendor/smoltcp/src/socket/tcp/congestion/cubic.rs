@@ -29,6 +29,8 @@ pub struct Cubic {
     // are retransmissions of the same segment and must not reduce ssthresh
     // again (RFC 5681 section 3.1).
     in_rto_recovery: bool,
+    // The window and threshold before the last loss episode, for `undo_loss`.
+    prior: Option<(usize, usize)>,
     idle_start: Option<Instant>, // RFC 9438 §4.2: when in-flight last hit 0
 }
 
@@ -47,6 +49,7 @@ impl Cubic {
             recovery_start: None,
             in_fast_recovery: false,
             in_rto_recovery: false,
+            prior: None,
             idle_start: None,
         };
         cubic.recompute_k();
@@ -97,11 +100,9 @@ impl Controller for Cubic {
         // New data was ACKed: a timer-based loss episode, if any, is over.
         self.in_rto_recovery = false;
 
-        // First new-data-ack exits fast recovery and deflates `cwnd`
+        // The window holds during fast recovery; the socket says when it ends
+        // (`on_recovery_end`).
         if self.in_fast_recovery {
-            self.in_fast_recovery = false;
-            self.cwnd = self.ssthresh;
-            self.w_est = self.cwnd as f64;
             return;
         } else if self.cwnd < self.ssthresh {
             // Slow start: increase `cwnd` by 1 MSS per ACK.
@@ -173,9 +174,21 @@ impl Controller for Cubic {
         self.cwnd = (self.cwnd + increment).min(self.rwnd).max(self.mss);
     }
 
-    fn on_dup_ack(&mut self, _now: Instant, len: usize, _in_flight: usize) {
+    fn undo_loss(&mut self, _now: Instant) {
+        if let Some((cwnd, ssthresh)) = self.prior.take() {
+            self.cwnd = self.cwnd.max(cwnd).min(self.rwnd).max(self.mss);
+            self.ssthresh = self.ssthresh.max(ssthresh);
+            self.w_est = self.cwnd as f64;
+            self.in_fast_recovery = false;
+            self.in_rto_recovery = false;
+        }
+    }
+
+    fn on_recovery_end(&mut self, _now: Instant) {
         if self.in_fast_recovery {
-            self.cwnd = self.cwnd.saturating_add(len).min(self.rwnd).max(self.mss);
+            self.in_fast_recovery = false;
+            self.cwnd = self.ssthresh.min(self.rwnd).max(self.mss);
+            self.w_est = self.cwnd as f64;
         }
     }
 
@@ -187,6 +200,9 @@ impl Controller for Cubic {
         self.idle_start = None;
         // Only cut window size on first entrance to fast recovery.
         if !self.in_fast_recovery {
+            if !self.in_rto_recovery {
+                self.prior = Some((self.cwnd, self.ssthresh));
+            }
             // RFC 9438 §4.3: remember the cwnd at this congestion event so W_est can
             // detect when it has recovered and switch α_cubic to 1.
             self.cwnd_prior = self.cwnd;
@@ -204,7 +220,7 @@ impl Controller for Cubic {
             };
 
             self.ssthresh = ((in_flight as f64 * BETA_CUBIC) as usize).max(2 * self.mss);
-            self.cwnd = self.ssthresh.min(self.rwnd).saturating_add(3 * self.mss);
+            self.cwnd = self.ssthresh.min(self.rwnd).max(self.mss);
 
             self.recovery_start = Some(now);
             self.in_fast_recovery = true;
@@ -217,6 +233,9 @@ impl Controller for Cubic {
         // already been retransmitted by the timer (no new data was ACKed since
         // the previous RTO), ssthresh is held constant.
         if !self.in_rto_recovery {
+            if !self.in_fast_recovery {
+                self.prior = Some((self.cwnd, self.ssthresh));
+            }
             self.ssthresh = ((in_flight as f64 * BETA_CUBIC) as usize).max(2 * self.mss);
             self.in_rto_recovery = true;
         }
@@ -365,47 +384,37 @@ mod test {
         cubic.set_mss(MSS);
         cubic.cwnd = MSS * 32;
 
-        // duplicate ACKs before fast recovery should do nothing
+        // duplicate ACKs do not change the window: the socket counts what left the network
         let initial_cwnd = cubic.window();
         for _ in 0..3 {
             cubic.on_dup_ack(Instant::from_millis(0), MSS, initial_cwnd);
         }
         assert_eq!(cubic.window(), initial_cwnd);
 
-        // we enter fast recovery upon minor loss (three duplicate ACKs).
-        // ssthresh = flight_size * beta_cubic, cwnd = ssthresh + 3*MSS, recovery_start = now.
-        // w_max = cwnd since the prior w_max (initial 2*MSS) is below cwnd.
+        // a loss recovery episode starts: the window is reduced once, without inflation (the
+        // socket subtracts what the peer holds from what is in flight, RFC 6675)
         let in_flight = initial_cwnd / 2;
         let expected_ssthresh = (in_flight as f64 * BETA_CUBIC) as usize;
         cubic.on_loss(Instant::from_millis(0), in_flight);
         assert_eq!(cubic.ssthresh, expected_ssthresh);
-        assert_eq!(cubic.cwnd, expected_ssthresh + 3 * MSS);
+        assert_eq!(cubic.cwnd, expected_ssthresh);
         assert_eq!(cubic.w_max, initial_cwnd);
-        assert!(cubic.in_fast_recovery);
         assert_eq!(cubic.recovery_start, Some(Instant::from_millis(0)));
+        assert!(cubic.in_fast_recovery);
 
-        // in fast recovery, each dup-ACK should increase the cwnd by 1 MSS
-        let initial_cwnd = cubic.window();
+        // during recovery neither duplicate ACKs, nor further losses, nor ACKs of new data
+        // (partial ACKs, RFC 6582) change the window
         for i in 0..3 {
-            for _ in 0..3 {
-                let initial_cwnd = cubic.window();
-                cubic.on_dup_ack(Instant::from_millis(i), MSS, initial_cwnd);
-                assert_eq!(cubic.window(), initial_cwnd + MSS);
-            }
-
-            // multiple loss events (trip-dup-ack) should not trigger additional fast recovery reductions
-            let initial_cwnd = cubic.window();
-            let initial_ssthresh = cubic.ssthresh;
-            let initial_w_max = cubic.w_max;
-            cubic.on_loss(Instant::from_millis(i), initial_cwnd);
-            assert_eq!(cubic.window(), initial_cwnd);
-            assert_eq!(cubic.ssthresh, initial_ssthresh);
-            assert_eq!(cubic.w_max, initial_w_max);
+            cubic.on_dup_ack(Instant::from_millis(i), MSS, cubic.window());
+            cubic.on_loss(Instant::from_millis(i), cubic.window());
+            ack(&mut cubic, MSS, Instant::from_millis(i));
+            assert_eq!(cubic.window(), expected_ssthresh);
+            assert_eq!(cubic.ssthresh, expected_ssthresh);
+            assert!(cubic.in_fast_recovery);
         }
-        assert_eq!(cubic.window(), initial_cwnd + MSS * 9);
 
-        // a non-duplicate ACK exits fast recovery and deflates cwnd to ssthresh
-        ack(&mut cubic, MSS, Instant::from_millis(10));
+        // the socket ends the episode: the window is ssthresh and grows again
+        cubic.on_recovery_end(Instant::from_millis(10));
         assert_eq!(cubic.window(), cubic.ssthresh);
         assert!(!cubic.in_fast_recovery);
     }
@@ -430,8 +439,11 @@ mod test {
         assert_eq!(cubic.window(), cwnd);
         assert_eq!(cubic.ssthresh, ssthresh);
 
-        // The first ACK of new data still exits and deflates.
+        // Nor does an ACK of new data (a partial ACK): the socket ends recovery.
         ack(&mut cubic, MSS, Instant::from_millis(2));
+        assert!(cubic.in_fast_recovery);
+        assert_eq!(cubic.window(), cwnd);
+        cubic.on_recovery_end(Instant::from_millis(3));
         assert!(!cubic.in_fast_recovery);
         assert_eq!(cubic.window(), ssthresh);
     }
@@ -565,27 +577,27 @@ mod test {
         assert_eq!(cubic.window(), initial_cwnd + MSS * 30);
         assert!(cubic.window() < cubic.ssthresh);
 
-        // dup ACKs: ssthresh = cwnd * beta, cwnd = ssthresh + 3*MSS, recovery_start = now
+        // loss: ssthresh and cwnd are reduced once, no inflation
         time += 1;
         let loss_cwnd = cubic.window();
         let expected_ssthresh = (loss_cwnd as f64 * BETA_CUBIC) as usize;
         cubic.on_loss(Instant::from_millis(time), loss_cwnd);
         assert_eq!(cubic.ssthresh, expected_ssthresh);
-        assert_eq!(cubic.window(), expected_ssthresh + 3 * MSS);
+        assert_eq!(cubic.window(), expected_ssthresh);
         assert!(cubic.in_fast_recovery);
         assert_eq!(cubic.recovery_start, Some(Instant::from_millis(time)));
 
-        // inflate cwnd on each duplicate ACK
+        // duplicate and partial ACKs hold the window
         for _ in 0..9 {
             time += 1;
-            let initial_cwnd = cubic.window();
             cubic.on_dup_ack(Instant::from_millis(time), MSS, cubic.cwnd);
-            assert_eq!(cubic.window(), initial_cwnd + MSS);
+            ack(&mut cubic, MSS, Instant::from_millis(time));
+            assert_eq!(cubic.window(), expected_ssthresh);
         }
 
-        // non-duplicate ACK deflates cwnd to ssthresh
+        // the end of recovery leaves cwnd at ssthresh
         time += 1;
-        ack(&mut cubic, MSS, Instant::from_millis(time));
+        cubic.on_recovery_end(Instant::from_millis(time));
         assert_eq!(cubic.window(), expected_ssthresh);
         assert!(!cubic.in_fast_recovery);
 

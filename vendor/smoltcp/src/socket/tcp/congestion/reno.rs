@@ -17,6 +17,8 @@ pub struct Reno {
     // are retransmissions of the same segment and must not reduce ssthresh
     // again (RFC 5681 section 3.1).
     in_rto_recovery: bool,
+    // The window and threshold before the last loss episode, for `undo_loss`.
+    prior: Option<(usize, usize)>,
 }
 
 impl Reno {
@@ -28,6 +30,7 @@ impl Reno {
             rwnd: 64 * DEFAULT_MSS,
             in_fast_recovery: false,
             in_rto_recovery: false,
+            prior: None,
         }
     }
 }
@@ -49,10 +52,9 @@ impl Controller for Reno {
         // New data was ACKed: a timer-based loss episode, if any, is over.
         self.in_rto_recovery = false;
 
-        // First new-data-ack exits fast recovery and deflates `cwnd`
+        // The window holds during fast recovery; the socket says when it ends
+        // (`on_recovery_end`), not the first ACK of new data (NewReno, RFC 6582).
         if self.in_fast_recovery {
-            self.in_fast_recovery = false;
-            self.cwnd = self.ssthresh;
             return;
         }
 
@@ -67,19 +69,33 @@ impl Controller for Reno {
         self.cwnd = self.cwnd.saturating_add(inc).min(self.rwnd).max(self.mss);
     }
 
-    fn on_dup_ack(&mut self, _now: Instant, len: usize, _in_flight: usize) {
-        if self.in_fast_recovery {
-            self.cwnd = self.cwnd.saturating_add(len).min(self.rwnd).max(self.mss);
+    fn on_loss(&mut self, _now: Instant, in_flight: usize) {
+        // Only cut window size on first entrance to fast recovery. No inflation: the
+        // socket subtracts what the peer holds from what is in flight (RFC 6675).
+        if !self.in_fast_recovery {
+            if !self.in_rto_recovery {
+                self.prior = Some((self.cwnd, self.ssthresh));
+            }
+            self.ssthresh = (in_flight >> 1).max(2 * self.mss);
+            self.cwnd = self.ssthresh.min(self.rwnd).max(self.mss);
+
+            self.in_fast_recovery = true;
         }
     }
 
-    fn on_loss(&mut self, _now: Instant, in_flight: usize) {
-        // Only cut window size on first entrance to fast recovery.
-        if !self.in_fast_recovery {
-            self.ssthresh = (in_flight >> 1).max(2 * self.mss);
-            self.cwnd = self.ssthresh.min(self.rwnd).saturating_add(3 * self.mss);
+    fn undo_loss(&mut self, _now: Instant) {
+        if let Some((cwnd, ssthresh)) = self.prior.take() {
+            self.cwnd = self.cwnd.max(cwnd).min(self.rwnd).max(self.mss);
+            self.ssthresh = self.ssthresh.max(ssthresh);
+            self.in_fast_recovery = false;
+            self.in_rto_recovery = false;
+        }
+    }
 
-            self.in_fast_recovery = true;
+    fn on_recovery_end(&mut self, _now: Instant) {
+        if self.in_fast_recovery {
+            self.in_fast_recovery = false;
+            self.cwnd = self.ssthresh.min(self.rwnd).max(self.mss);
         }
     }
 
@@ -88,6 +104,9 @@ impl Controller for Reno {
         // already been retransmitted by the timer (no new data was ACKed since
         // the previous RTO), ssthresh is held constant.
         if !self.in_rto_recovery {
+            if !self.in_fast_recovery {
+                self.prior = Some((self.cwnd, self.ssthresh));
+            }
             self.ssthresh = (in_flight >> 1).max(2 * self.mss);
             self.in_rto_recovery = true;
         }
@@ -152,47 +171,37 @@ mod test {
         reno.set_mss(MSS);
         reno.cwnd = MSS * 32;
 
-        // duplicate ACKs before fast recovery should do nothing
+        // duplicate ACKs do not change the window: the socket counts what left the network
         let initial_cwnd = reno.window();
         for _ in 0..3 {
             reno.on_dup_ack(Instant::from_millis(0), MSS, initial_cwnd);
         }
         assert_eq!(reno.window(), initial_cwnd);
 
-        // we enter fast recovery upon minor loss (three duplicate ACKs)
-        // window should become half the in-flight bytes
-        // sstresh should be the reduced cwnd, advanced by MSS for the 3 dup ACKs
-        let inflight = initial_cwnd / 2;
-        reno.on_loss(Instant::from_millis(0), inflight);
-        assert_eq!(reno.ssthresh, inflight / 2);
-        assert_eq!(reno.cwnd, inflight / 2 + 3 * MSS);
+        // a loss recovery episode starts: the window is reduced once, without inflation (the
+        // socket subtracts what the peer holds from what is in flight, RFC 6675)
+        let in_flight = initial_cwnd / 2;
+        let expected_ssthresh = in_flight / 2;
+        reno.on_loss(Instant::from_millis(0), in_flight);
+        assert_eq!(reno.ssthresh, expected_ssthresh);
+        assert_eq!(reno.cwnd, expected_ssthresh);
+        assert!(reno.in_fast_recovery);
 
-        // in fast recovery, each dup-ACK should increase  the cwnd by 1 MSS
-        let initial_cwnd = reno.window();
+        // during recovery neither duplicate ACKs, nor further losses, nor ACKs of new data
+        // (partial ACKs, RFC 6582) change the window
         for i in 0..3 {
-            for _ in 0..3 {
-                let initial_cwnd = reno.window();
-                reno.on_dup_ack(Instant::from_millis(i), MSS, initial_cwnd);
-                assert_eq!(reno.window(), initial_cwnd + MSS);
-            }
-
-            // multiple loss events (trip-dup-ack) should not trigger additional fast recovery reductions
-            let initial_cwnd = reno.window();
-            let initial_ssthresh = reno.ssthresh;
-            reno.on_loss(Instant::from_millis(i), initial_cwnd);
-            assert_eq!(reno.window(), initial_cwnd);
-            assert_eq!(reno.ssthresh, initial_ssthresh);
+            reno.on_dup_ack(Instant::from_millis(i), MSS, reno.window());
+            reno.on_loss(Instant::from_millis(i), reno.window());
+            ack(&mut reno, MSS, Instant::from_millis(i));
+            assert_eq!(reno.window(), expected_ssthresh);
+            assert_eq!(reno.ssthresh, expected_ssthresh);
+            assert!(reno.in_fast_recovery);
         }
-        assert_eq!(reno.window(), initial_cwnd + MSS * 9);
 
-        // a non-duplicate ACK exits fast recovery and enters congestion avoidance
-        ack(&mut reno, MSS, Instant::from_millis(10));
+        // the socket ends the episode: the window is ssthresh and grows again
+        reno.on_recovery_end(Instant::from_millis(10));
         assert_eq!(reno.window(), reno.ssthresh);
-
-        // CA is slower growth so should be less than 1MSS per ACK
-        let initial_cwnd = reno.window();
-        ack(&mut reno, MSS, Instant::from_millis(30));
-        assert!(reno.window() < initial_cwnd + MSS);
+        assert!(!reno.in_fast_recovery);
     }
 
     #[test]
@@ -300,26 +309,26 @@ mod test {
         assert_eq!(reno.window(), initial_cwnd + MSS * 30);
         assert!(reno.window() < reno.ssthresh);
 
-        // dup ACKs: cwnd and sstresh become half in-flight bytes AND cwnd gets advanced for each dup-ack it had received
+        // loss: ssthresh and cwnd are reduced once, no inflation
         time += 1;
         let loss_cwnd = reno.window();
         let expected_ssthresh = loss_cwnd / 2;
         reno.on_loss(Instant::from_millis(time), loss_cwnd);
         assert_eq!(reno.ssthresh, expected_ssthresh);
-        assert_eq!(reno.window(), expected_ssthresh + 3 * MSS);
+        assert_eq!(reno.window(), expected_ssthresh);
         assert!(reno.in_fast_recovery);
 
-        // inflate cwnd until on each duplicate ACK
+        // duplicate and partial ACKs hold the window
         for _ in 0..9 {
             time += 1;
-            let initial_cwnd = reno.window();
             reno.on_dup_ack(Instant::from_millis(time), MSS, reno.cwnd);
-            assert_eq!(reno.window(), initial_cwnd + MSS);
+            ack(&mut reno, MSS, Instant::from_millis(time));
+            assert_eq!(reno.window(), expected_ssthresh);
         }
 
-        // non-duplicate ACK deflates cwnd to ssthresh
+        // the end of recovery leaves cwnd at ssthresh
         time += 1;
-        ack(&mut reno, MSS, Instant::from_millis(time));
+        reno.on_recovery_end(Instant::from_millis(time));
         assert_eq!(reno.window(), expected_ssthresh);
         assert!(!reno.in_fast_recovery);
 
@@ -351,8 +360,11 @@ mod test {
         assert_eq!(reno.window(), cwnd);
         assert_eq!(reno.ssthresh, ssthresh);
 
-        // The first ACK of new data still exits and deflates.
+        // Nor does an ACK of new data (a partial ACK): the socket ends recovery.
         ack(&mut reno, MSS, Instant::from_millis(2));
+        assert!(reno.in_fast_recovery);
+        assert_eq!(reno.window(), cwnd);
+        reno.on_recovery_end(Instant::from_millis(3));
         assert!(!reno.in_fast_recovery);
         assert_eq!(reno.window(), ssthresh);
     }
