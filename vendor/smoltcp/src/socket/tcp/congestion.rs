@@ -10,6 +10,12 @@ pub(super) mod cubic;
 #[cfg(feature = "socket-tcp-reno")]
 pub(super) mod reno;
 
+/// The initial congestion window for `mss`-byte segments (RFC 6928): ten segments, at most
+/// 14600 bytes unless two segments are more.
+pub(super) fn initial_window(mss: usize) -> usize {
+    (10 * mss).min((2 * mss).max(14600))
+}
+
 #[allow(unused_variables)]
 pub(super) trait Controller {
     /// Returns the number of bytes that can be sent.

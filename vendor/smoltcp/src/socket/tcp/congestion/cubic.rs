@@ -31,6 +31,8 @@ pub struct Cubic {
     in_rto_recovery: bool,
     // The window and threshold before the last loss episode, for `undo_loss`.
     prior: Option<(usize, usize)>,
+    // Nothing acknowledged or lost yet: the window is the initial window of the MSS.
+    initial: bool,
     idle_start: Option<Instant>, // RFC 9438 §4.2: when in-flight last hit 0
 }
 
@@ -50,6 +52,7 @@ impl Cubic {
             in_fast_recovery: false,
             in_rto_recovery: false,
             prior: None,
+            initial: true,
             idle_start: None,
         };
         cubic.recompute_k();
@@ -99,6 +102,7 @@ impl Controller for Cubic {
 
         // New data was ACKed: a timer-based loss episode, if any, is over.
         self.in_rto_recovery = false;
+        self.initial = false;
 
         // The window holds during fast recovery; the socket says when it ends
         // (`on_recovery_end`).
@@ -197,6 +201,7 @@ impl Controller for Cubic {
     }
 
     fn on_loss(&mut self, now: Instant, in_flight: usize) {
+        self.initial = false;
         self.idle_start = None;
         // Only cut window size on first entrance to fast recovery.
         if !self.in_fast_recovery {
@@ -229,6 +234,7 @@ impl Controller for Cubic {
     }
 
     fn on_rto(&mut self, _now: Instant, in_flight: usize) {
+        self.initial = false;
         // RFC 5681: when the retransmission timer fires for a segment that has
         // already been retransmitted by the timer (no new data was ACKed since
         // the previous RTO), ssthresh is held constant.
@@ -251,6 +257,12 @@ impl Controller for Cubic {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
+        if self.initial {
+            self.cwnd = super::initial_window(mss);
+            self.w_max = self.cwnd;
+            self.w_est = self.cwnd as f64;
+            self.cwnd_prior = self.cwnd;
+        }
         self.recompute_k();
     }
 

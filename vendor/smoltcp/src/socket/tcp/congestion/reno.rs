@@ -19,6 +19,8 @@ pub struct Reno {
     in_rto_recovery: bool,
     // The window and threshold before the last loss episode, for `undo_loss`.
     prior: Option<(usize, usize)>,
+    // Nothing acknowledged or lost yet: the window is the initial window of the MSS.
+    initial: bool,
 }
 
 impl Reno {
@@ -31,6 +33,7 @@ impl Reno {
             in_fast_recovery: false,
             in_rto_recovery: false,
             prior: None,
+            initial: true,
         }
     }
 }
@@ -51,6 +54,7 @@ impl Controller for Reno {
 
         // New data was ACKed: a timer-based loss episode, if any, is over.
         self.in_rto_recovery = false;
+        self.initial = false;
 
         // The window holds during fast recovery; the socket says when it ends
         // (`on_recovery_end`), not the first ACK of new data (NewReno, RFC 6582).
@@ -70,6 +74,7 @@ impl Controller for Reno {
     }
 
     fn on_loss(&mut self, _now: Instant, in_flight: usize) {
+        self.initial = false;
         // Only cut window size on first entrance to fast recovery. No inflation: the
         // socket subtracts what the peer holds from what is in flight (RFC 6675).
         if !self.in_fast_recovery {
@@ -100,6 +105,7 @@ impl Controller for Reno {
     }
 
     fn on_rto(&mut self, _now: Instant, in_flight: usize) {
+        self.initial = false;
         // RFC 5681: when the retransmission timer fires for a segment that has
         // already been retransmitted by the timer (no new data was ACKed since
         // the previous RTO), ssthresh is held constant.
@@ -120,6 +126,9 @@ impl Controller for Reno {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
+        if self.initial {
+            self.cwnd = super::initial_window(mss);
+        }
     }
 
     fn set_remote_window(&mut self, remote_window: usize) {
@@ -447,6 +456,25 @@ mod test {
                 assert!(reno.window() <= remote_window);
             }
         }
+    }
+
+    #[test]
+    fn initial_window_is_ten_segments() {
+        // RFC 6928: min(10 * MSS, max(2 * MSS, 14600)).
+        let mut reno = Reno::new();
+        reno.set_mss(1460);
+        assert_eq!(reno.window(), 14600);
+        let mut reno = Reno::new();
+        reno.set_mss(536);
+        assert_eq!(reno.window(), 5360);
+        let mut reno = Reno::new();
+        reno.set_mss(8960);
+        assert_eq!(reno.window(), 2 * 8960);
+        // Once data was acknowledged, a new MSS leaves the window alone.
+        reno.on_ack(Instant::from_millis(0), 8960, 0, &rtte());
+        let cwnd = reno.window();
+        reno.set_mss(1460);
+        assert_eq!(reno.window(), cwnd);
     }
 
     #[test]
