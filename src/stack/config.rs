@@ -87,6 +87,14 @@ pub struct TcpConfig {
     pub keep_alive: Option<Duration>,
     /// Abort a connection whose peer does not acknowledge anything for this long.
     pub timeout: Option<Duration>,
+    /// The least retransmission timeout. RFC 6298's 1 s floor (smoltcp's default) was set
+    /// for the Internet of 2000; between machines of one data center or processes of one
+    /// host the round trip is 10-200 us, and a lost segment that nothing else repairs would
+    /// stall the connection for a second. 10 ms (default) stays well above a busy machine's
+    /// scheduling delays, so the timer rarely fires for a segment that was not lost (see
+    /// docs/DECISIONS.md). Tail losses are mostly repaired sooner, by a probe after two
+    /// round trips (RFC 8985).
+    pub rto_min: Duration,
     /// How long a closed connection may linger (FIN-WAIT etc.) before its socket is reset and
     /// reused.
     pub close_timeout: Duration,
@@ -102,6 +110,7 @@ impl Default for TcpConfig {
             congestion: Congestion::default(),
             keep_alive: None,
             timeout: None,
+            rto_min: Duration::from_millis(10),
             close_timeout: Duration::from_secs(10),
         }
     }

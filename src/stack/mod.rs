@@ -83,6 +83,59 @@ pub struct StackStats {
     pub close_timeouts: u64,
 }
 
+/// TCP events summed over the connections of a stack ([`Stack::tcp_stats`]): why data was
+/// sent again, what loss recovery did, and what was refused.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcpStats {
+    /// Data segments sent for the first time.
+    pub segments_sent: u64,
+    /// Segments resent because the retransmission timer expired.
+    pub retransmits_rto: u64,
+    /// Segments resent after three duplicate ACKs or a partial ACK (peers without SACK).
+    pub retransmits_fast: u64,
+    /// Segments resent because SACK showed them lost (RACK, RFC 8985).
+    pub retransmits_sack: u64,
+    /// Tail loss probes sent (RFC 8985): a round trip's silence at the end of a flight.
+    pub tail_loss_probes: u64,
+    /// Retransmissions the peer reported it already had (D-SACK): spurious.
+    pub spurious_retransmits: u64,
+    /// Retransmission timeouts.
+    pub rto_expirations: u64,
+    /// Loss recovery episodes entered without a timeout.
+    pub fast_recoveries: u64,
+    /// Loss episodes undone: the peer reported every retransmission in them spurious.
+    pub recoveries_undone: u64,
+    /// SACK blocks ignored as invalid (reversed, outside the data in flight).
+    pub sack_blocks_ignored: u64,
+    /// Segments answered with a challenge ACK or dropped under RFC 5961 (a RST or SYN not at
+    /// the expected sequence number, an ACK of data never sent).
+    pub challenge_acks: u64,
+    /// Duplicate segments received (reported to the peer as D-SACK).
+    pub duplicates_received: u64,
+}
+
+impl TcpStats {
+    /// All retransmissions of data, whatever the cause.
+    pub fn retransmits(&self) -> u64 {
+        self.retransmits_rto + self.retransmits_fast + self.retransmits_sack
+    }
+
+    fn add_counters(&mut self, c: &smoltcp::socket::tcp::Counters) {
+        self.segments_sent += c.segments_sent;
+        self.retransmits_rto += c.retransmits_rto;
+        self.retransmits_fast += c.retransmits_fast;
+        self.retransmits_sack += c.retransmits_sack;
+        self.tail_loss_probes += c.tail_loss_probes;
+        self.spurious_retransmits += c.spurious_retransmits;
+        self.rto_expirations += c.rto_expirations;
+        self.fast_recoveries += c.fast_recoveries;
+        self.recoveries_undone += c.recoveries_undone;
+        self.sack_blocks_ignored += c.sack_blocks_ignored;
+        self.challenge_acks += c.challenge_acks;
+        self.duplicates_received += c.duplicates_received;
+    }
+}
+
 impl StackStats {
     /// All frames dropped as malformed or not for us.
     pub fn rx_dropped(&self) -> u64 {
@@ -943,6 +996,16 @@ impl<D: PacketDevice> Stack<D> {
     /// Counters of the stack.
     pub fn stats(&self) -> StackStats {
         self.io.stats
+    }
+
+    /// TCP events summed over every connection the stack had (walks the sockets: for
+    /// reports, not for every poll).
+    pub fn tcp_stats(&mut self) -> TcpStats {
+        let mut total = TcpStats::default();
+        for shard in &mut self.shards {
+            total.add_counters(&shard.table.tcp_counters());
+        }
+        total
     }
 
     /// Counters of the device.

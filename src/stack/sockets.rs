@@ -132,6 +132,8 @@ pub(crate) struct SocketTable {
     shard: u16,
     /// Flows of sockets recycled since the stack last looked, to forget in its flow table.
     pub(crate) freed: Vec<FlowKey>,
+    /// TCP counters of the connections whose sockets were recycled.
+    retired: tcp::Counters,
 }
 
 pub(crate) fn v4_endpoint(e: IpEndpoint) -> Option<SocketAddrV4> {
@@ -170,6 +172,7 @@ fn configure(s: &mut tcp::Socket<'_>, cfg: &StackConfig) {
     s.set_ack_delay(t.ack_delay.map(smol_duration));
     s.set_keep_alive(t.keep_alive.map(smol_duration));
     s.set_timeout(t.timeout.map(smol_duration));
+    s.set_rto_min(smol_duration(t.rto_min));
     s.set_congestion_control(match t.congestion {
         Congestion::None => tcp::CongestionControl::None,
         Congestion::Reno => tcp::CongestionControl::Reno,
@@ -222,6 +225,7 @@ impl SocketTable {
             page_size,
             shard,
             freed: Vec::with_capacity(n),
+            retired: tcp::Counters::default(),
         })
     }
 
@@ -243,6 +247,20 @@ impl SocketTable {
                 _ => false,
             })
         })
+    }
+
+    /// TCP counters of every connection this shard had: recycled and live.
+    pub(crate) fn tcp_counters(&mut self) -> tcp::Counters {
+        let mut total = self.retired;
+        self.store.with_dependent_mut(|_, s| {
+            for (_, sock) in s.set.iter() {
+                #[allow(irrefutable_let_patterns)]
+                if let Socket::Tcp(t) = sock {
+                    total.add(t.counters());
+                }
+            }
+        });
+        total
     }
 
     pub(crate) fn with_set<R>(&mut self, f: impl FnOnce(&mut SocketSet<'_>) -> R) -> R {
@@ -296,12 +314,13 @@ impl SocketTable {
     fn free_slot(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
         if let Some(h) = s.handle.take() {
-            let freed = &mut self.freed;
+            let (freed, retired) = (&mut self.freed, &mut self.retired);
             self.store.with_dependent_mut(|_, socks| {
                 let mut sock = as_tcp(socks.set.remove(h));
                 if let Some(flow) = flow_of(&sock) {
                     freed.push(flow);
                 }
+                retired.add(sock.counters());
                 sock.abort();
                 socks.spare.push(sock);
             });
