@@ -342,6 +342,15 @@ impl NetNs {
         ip_output(all)
     }
 
+    /// A command that runs `program` inside this namespace (`ip netns exec NAME PROGRAM`).
+    /// `ip` enters the namespace and then executes the program in its own place, so the child's
+    /// PID is the program's: signals sent to it by PID reach the program.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.name.as_str()]).arg(program);
+        cmd
+    }
+
     /// Moves interface `dev` from the caller's namespace into this one
     /// (`ip link set DEV netns NAME`). The interface arrives down and without addresses.
     /// Descriptors bound to it (a TAP's fd) keep working.
@@ -475,6 +484,18 @@ fn netns_exists(name: &str) -> bool {
     list_netns().is_ok_and(|names| names.iter().any(|n| n == name))
 }
 
+/// A stem for interface names, `v{pid}x{counter}` in hex (at most 14 bytes), unique per
+/// process and call: with a one-letter suffix it fits the 15 bytes of an interface name.
+pub(crate) fn unique_stem() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("v{:x}x{:x}", std::process::id(), n)
+}
+
+/// Checks an interface name made from [`unique_stem`].
+pub(crate) fn check_ifname(name: &str) -> Result<(), NetNsError> {
+    check_name(name, super::tap::IFNAME_LEN_MAX)
+}
+
 /// What a [`VethPair`] should look like.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VethConfig {
@@ -529,8 +550,7 @@ impl VethPair {
     pub fn create(config: &VethConfig) -> Result<VethPair, NetNsError> {
         let a = NetNs::create(&config.prefix)?;
         let b = NetNs::create(&config.prefix)?;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let stem = format!("v{:x}x{:x}", std::process::id(), n);
+        let stem = unique_stem();
         let iface_a = format!("{stem}a");
         let iface_b = format!("{stem}b");
         check_name(&iface_a, super::tap::IFNAME_LEN_MAX)?;
