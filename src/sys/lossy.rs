@@ -448,7 +448,7 @@ impl Relay<'_> {
     /// Stops the relay with `SIGTERM` (by PID) and returns the report it wrote: one line
     /// `FAULTWIRE key=value ...` (see [`crate::dev::faults::WireReport`]).
     pub fn stop(mut self) -> Result<String, RelayError> {
-        let Some(child) = self.child.take() else {
+        let Some(mut child) = self.child.take() else {
             return Err(RelayError::Failed {
                 detail: "already stopped".into(),
                 output: String::new(),

@@ -84,7 +84,7 @@ impl OwnedChild {
 
     /// Sends `SIGTERM` and waits up to `grace` for it to exit; after that, `SIGKILL`. Returns
     /// its exit status and whether it had to be killed.
-    pub fn terminate(mut self, grace: Duration) -> io::Result<(ExitStatus, bool)> {
+    pub fn terminate(&mut self, grace: Duration) -> io::Result<(ExitStatus, bool)> {
         if let Some(st) = self.try_wait()? {
             return Ok((st, false));
         }
@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn terminate_stops_a_child_with_sigterm_and_drop_kills() {
-        let child = OwnedChild::spawn(Command::new("sleep").arg("30"), "sleep").unwrap();
+        let mut child = OwnedChild::spawn(Command::new("sleep").arg("30"), "sleep").unwrap();
         let t = Instant::now();
         let (st, killed) = child.terminate(Duration::from_secs(5)).unwrap();
         assert!(!killed && !st.success());
@@ -134,7 +134,7 @@ mod tests {
         // A shell that ignores SIGTERM is killed after the grace time.
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "trap '' TERM; while :; do sleep 0.05; done"]);
-        let stubborn = OwnedChild::spawn(&mut cmd, "stubborn").unwrap();
+        let mut stubborn = OwnedChild::spawn(&mut cmd, "stubborn").unwrap();
         std::thread::sleep(Duration::from_millis(100));
         let (_, killed) = stubborn.terminate(Duration::from_millis(200)).unwrap();
         assert!(killed);
