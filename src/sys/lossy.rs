@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use super::netns::{check_ifname, unique_stem, NetNs, NetNsError};
+use super::netns::{check_ifname, unique_stem, Endpoints, NetNs, NetNsError};
 use super::proc::OwnedChild;
 use super::tap::{set_offload, Offload};
 
@@ -130,20 +130,23 @@ pub enum RelayError {
 }
 
 /// Three namespaces, A - M - B, joined by two veth pairs through M. See the
-/// [module docs](self). Dropping it deletes the namespaces and with them the interfaces.
+/// [module docs](self). A and B, their interfaces and addresses are those of [`Endpoints`],
+/// which it dereferences to. Dropping it deletes the namespaces and with them the interfaces.
 #[derive(Debug)]
 pub struct LossyPath {
-    a: NetNs,
+    ends: Endpoints,
     m: NetNs,
-    b: NetNs,
-    iface_a: String,
     iface_left: String,
     iface_right: String,
-    iface_b: String,
-    addr_a: Ipv4Addr,
-    addr_b: Ipv4Addr,
     mac_a: [u8; 6],
     mac_b: [u8; 6],
+}
+
+impl std::ops::Deref for LossyPath {
+    type Target = Endpoints;
+    fn deref(&self) -> &Endpoints {
+        &self.ends
+    }
 }
 
 /// Turns IPv6 off for every interface of the namespace the calling thread is in.
@@ -203,30 +206,8 @@ impl LossyPath {
                     source,
                 })?;
         }
-        a.ip([
-            "link",
-            "add",
-            iface_a.as_str(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            iface_left.as_str(),
-            "netns",
-            m.name(),
-        ])?;
-        m.ip([
-            "link",
-            "add",
-            iface_right.as_str(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            iface_b.as_str(),
-            "netns",
-            b.name(),
-        ])?;
+        a.add_veth(&iface_a, &iface_left, &m)?;
+        m.add_veth(&iface_right, &iface_b, &b)?;
         let ends = [
             (&a, &iface_a, Some(config.addr_a)),
             (&m, &iface_left, None),
@@ -276,43 +257,18 @@ impl LossyPath {
             "lossy path created"
         );
         Ok(LossyPath {
-            a,
+            ends: Endpoints::new((a, iface_a, config.addr_a), (b, iface_b, config.addr_b)),
             m,
-            b,
-            iface_a,
             iface_left,
             iface_right,
-            iface_b,
-            addr_a: config.addr_a,
-            addr_b: config.addr_b,
             mac_a,
             mac_b,
         })
     }
 
-    /// Namespace A.
-    pub fn a(&self) -> &NetNs {
-        &self.a
-    }
-
     /// Namespace M, where the relay runs.
     pub fn m(&self) -> &NetNs {
         &self.m
-    }
-
-    /// Namespace B.
-    pub fn b(&self) -> &NetNs {
-        &self.b
-    }
-
-    /// A's interface (in namespace A).
-    pub fn iface_a(&self) -> &str {
-        &self.iface_a
-    }
-
-    /// B's interface (in namespace B).
-    pub fn iface_b(&self) -> &str {
-        &self.iface_b
     }
 
     /// M's end of the veth pair toward A (the relay's `--left`).
@@ -323,16 +279,6 @@ impl LossyPath {
     /// M's end of the veth pair toward B (the relay's `--right`).
     pub fn iface_right(&self) -> &str {
         &self.iface_right
-    }
-
-    /// A's address.
-    pub fn addr_a(&self) -> Ipv4Addr {
-        self.addr_a
-    }
-
-    /// B's address.
-    pub fn addr_b(&self) -> Ipv4Addr {
-        self.addr_b
     }
 
     /// The MAC address of A's interface: every frame A sends has it as its source, whichever
@@ -486,20 +432,28 @@ impl Drop for Relay<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netns::can_create_netns;
+    use crate::sys::netns::netns_or_skip;
 
-    #[test]
-    fn the_path_is_built_with_offloads_and_ipv6_off_and_removed() {
-        if let Err(e) = can_create_netns() {
-            println!("SKIPPED: {e}");
-            return;
+    /// A path on 10.207.`subnet`.0/24, or `None` where namespaces cannot be made.
+    fn path(subnet: u8, mtu: Option<usize>) -> Option<LossyPath> {
+        if !netns_or_skip() {
+            return None;
         }
         let path = LossyPath::create(&LossyConfig {
             prefix: "ust-lossyt".into(),
-            mtu: Some(1400),
+            addr_a: Ipv4Addr::new(10, 207, subnet, 1),
+            addr_b: Ipv4Addr::new(10, 207, subnet, 2),
+            mtu,
             ..LossyConfig::default()
-        })
-        .expect("lossy path");
+        });
+        Some(path.expect("lossy path"))
+    }
+
+    #[test]
+    fn the_path_is_built_with_offloads_and_ipv6_off_and_removed() {
+        let Some(path) = path(1, Some(1400)) else {
+            return;
+        };
         let names = [path.a().name(), path.m().name(), path.b().name()].map(str::to_string);
         for (ns, iface) in [
             (path.a(), path.iface_a()),
@@ -542,17 +496,9 @@ mod tests {
 
     #[test]
     fn a_relay_that_does_not_start_is_reported() {
-        if let Err(e) = can_create_netns() {
-            println!("SKIPPED: {e}");
+        let Some(path) = path(2, None) else {
             return;
-        }
-        let path = LossyPath::create(&LossyConfig {
-            prefix: "ust-lossyt".into(),
-            addr_a: Ipv4Addr::new(10, 207, 0, 1),
-            addr_b: Ipv4Addr::new(10, 207, 0, 2),
-            ..LossyConfig::default()
-        })
-        .expect("lossy path");
+        };
         // `true` takes any arguments, prints nothing and exits.
         let err = path
             .start_relay(Path::new("true"), &["--seed", "1"])
