@@ -128,14 +128,7 @@ enum BenchOp {
 
 fn main() -> ExitCode {
     common::init_logging();
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chunkctl: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("chunkctl", run(&Args::parse()))
 }
 
 fn client_config(args: &Args) -> Result<ClientConfig, String> {

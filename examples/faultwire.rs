@@ -110,14 +110,7 @@ struct Args {
 
 fn main() -> ExitCode {
     common::init_logging();
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("faultwire: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("faultwire", run(&Args::parse()))
 }
 
 /// One interface: its socket and the batch frames are received into.
