@@ -751,8 +751,14 @@ run_lossy_one() {
 }
 
 # --- the runs -------------------------------------------------------------------------------
-echo "==> $reps repetition(s) x ${#paths[@]} path(s) x ${#workloads[@]} workload(s), ${duration_s} s each" \
-    "(+1 s warm-up); server on core $server_cpu, client on core $client_cpu;" \
+bench_paths=${#paths[@]}
+lossy_note=""
+if has_path lossy; then
+    bench_paths=$((bench_paths - 1))
+    lossy_note=" + lossy: ${#lossy_settings[@]} fault setting(s) x 3 transfers of $lossy_total;"
+fi
+echo "==> $reps repetition(s) x $bench_paths path(s) x ${#workloads[@]} workload(s), ${duration_s} s each" \
+    "(+1 s warm-up);$lossy_note server on core $server_cpu, client on core $client_cpu;" \
     "GLIBC_TUNABLES $([ $glibc -eq 1 ] && echo set || echo unset)"
 echo "    results: $results"
 for rep in $(seq 1 "$reps"); do
