@@ -25,7 +25,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -329,6 +331,8 @@ fn relay_decisions_follow_the_seed() {
             .b()
             .spawn(move || {
                 let s = UdpSocket::bind((addr_b, UDP_PORT)).expect("bind in B");
+                // Room for every datagram, however long this thread is descheduled.
+                ustack::sys::socket::set_buffer_len(s.as_fd(), true, 8 << 20).expect("SO_RCVBUF");
                 let _ = bound_tx.send(());
                 s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
                 let mut got: BTreeMap<u64, u32> = BTreeMap::new();
@@ -402,4 +406,38 @@ fn relay_decisions_follow_the_seed() {
             "run {run}: the datagrams received are not the ones the seed lets through"
         );
     }
+}
+
+/// The relay's errors say what is missing: an interface, a privilege, a sane probability.
+#[test]
+fn faultwire_says_what_is_missing() {
+    let bin = example_binary("faultwire");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("run faultwire");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(Command::new(&bin).args(["--left", "ust-nope0", "--right", "ust-nope1"]));
+    assert!(err.contains("no such interface \"ust-nope0\""), "{err}");
+    let err = run(Command::new(&bin).args(["--left", "lo", "--right", "x", "--loss", "150%"]));
+    assert!(err.contains("not between 0 and 1"), "{err}");
+    // Without CAP_NET_RAW: as root, drop to the unprivileged user `nobody` first.
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    let mut cmd = if root {
+        if Command::new("setpriv").arg("--version").output().is_err() {
+            skip("setpriv (util-linux) is not installed");
+            return;
+        }
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let err = run(cmd.args(["--left", "lo", "--right", "ust-nope1"]));
+    assert!(err.contains("needs CAP_NET_RAW"), "{err}");
 }

@@ -298,17 +298,10 @@ impl PacketSocket {
     /// bookkeeping). With `CAP_NET_ADMIN` the system maximum (`net.core.rmem_max`) does not
     /// apply; without, the buffers are capped at it.
     pub fn set_buffers(&self, rcvbuf: usize, sndbuf: usize) -> Result<(), PacketError> {
-        for (force, plain, bytes, op) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, rcvbuf, "SO_RCVBUF"),
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, sndbuf, "SO_SNDBUF"),
-        ] {
-            let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-            if self.setsockopt(libc::SOL_SOCKET, force, &v).is_err() {
-                self.setsockopt(libc::SOL_SOCKET, plain, &v)
-                    .map_err(setup_error(op, &self.iface))?;
-            }
-        }
-        Ok(())
+        super::socket::set_buffer_len(self.fd.as_fd(), true, rcvbuf)
+            .map_err(setup_error("SO_RCVBUF", &self.iface))?;
+        super::socket::set_buffer_len(self.fd.as_fd(), false, sndbuf)
+            .map_err(setup_error("SO_SNDBUF", &self.iface))
     }
 
     /// Receives one frame into `buf`: `Ok(None)` when none is waiting.
