@@ -53,6 +53,10 @@
 //!
 //! # Determinism
 //!
+//! The per-frame decisions are [`FaultDice::roll`]'s, shared with the fault relay
+//! (`examples/faultwire.rs`, see [`crate::dev::faults`]), so a fault mix means the same on the
+//! simulated link and on a real one.
+//!
 //! Each direction draws from its own [`SplitMix64`] stream derived from [`SimConfig::seed`], and
 //! every frame offered to `tx_burst` consumes exactly the same number of draws, whatever
 //! happens to it. So the faults of the n-th frame sent A->B depend only on the seed and n. The
