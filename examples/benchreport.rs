@@ -8,6 +8,10 @@
 //!     --markdown docs/BENCHMARKS.md --svg docs/benchmarks.svg
 //! ```
 //!
+//! With `--lossy` (compare.sh's `lossy.tsv`) the report also has the lossy-path section
+//! (issue 11, `benchreport_lossy/mod.rs`); when the results hold no bench runs (only the lossy
+//! path ran), only that section of the existing report is replaced, and no plot is drawn.
+//!
 //! Medians and min-max are over the repetitions. A ratio against the kernel (memif and
 //! dpdk-memif against kernel-lo, af-xdp-veth against kernel-veth) is computed pair by pair, one
 //! per repetition (the ustack run and the kernel run of the same repetition), and the report
@@ -21,6 +25,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+#[path = "benchreport_lossy/mod.rs"]
+mod lossy;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +55,9 @@ struct Args {
     /// A Markdown file appended to the report as its closing notes (analysis, profiles).
     #[arg(long)]
     notes: Option<PathBuf>,
+    /// The lossy path's results (compare.sh --paths lossy writes lossy.tsv).
+    #[arg(long)]
+    lossy: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -62,11 +72,37 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let runs = read_results(&args.results)?;
-    if runs.is_empty() {
-        return Err(format!("{}: no runs in it", args.results.display()));
-    }
+    let lossy = match &args.lossy {
+        Some(p) => Some(lossy::LossyData::new(lossy::read(p)?)).filter(|d| !d.is_empty()),
+        None => None,
+    };
+    let runs = if lossy.is_none() || args.results.exists() {
+        read_results(&args.results)?
+    } else {
+        Vec::new()
+    };
     let meta = read_meta(&args.meta)?;
+    if runs.is_empty() {
+        let Some(l) = &lossy else {
+            return Err(format!("{}: no runs in it", args.results.display()));
+        };
+        // Only the lossy path ran: replace its section, keep the rest of the report.
+        let doc = match std::fs::read_to_string(&args.markdown) {
+            Ok(doc) => doc,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "# Benchmarks: ustack against kernel TCP\n".to_string()
+            }
+            Err(e) => return Err(format!("{}: {e}", args.markdown.display())),
+        };
+        let md = lossy::splice(&doc, &lossy::section(l, &meta));
+        write_file(&args.markdown, md.as_bytes())?;
+        println!(
+            "benchreport: updated the lossy-path section of {} ({} transfers)",
+            args.markdown.display(),
+            l.len()
+        );
+        return Ok(());
+    }
     let data = Data::new(runs);
     let notes = match &args.notes {
         Some(p) => Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?),
@@ -77,7 +113,7 @@ fn run(args: &Args) -> Result<(), String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "benchmarks.svg".into());
-    let md = markdown(&data, &meta, &svg_name, notes.as_deref());
+    let md = markdown(&data, &meta, &svg_name, notes.as_deref(), lossy.as_ref());
     write_file(&args.markdown, md.as_bytes())?;
     register_font(&args.font)?;
     draw_svg(&args.svg, &data)?;
@@ -263,6 +299,12 @@ struct Spread {
 }
 
 impl Spread {
+    /// `value(rep)` over the repetitions that have one.
+    fn over(reps: &BTreeSet<u32>, value: impl FnMut(u32) -> Option<f64>) -> Option<Spread> {
+        let mut value = value;
+        Spread::of(reps.iter().filter_map(|&rep| value(rep)).collect())
+    }
+
     fn of(mut values: Vec<f64>) -> Option<Spread> {
         values.retain(|v| v.is_finite());
         if values.is_empty() {
@@ -380,12 +422,9 @@ impl Data {
         workload: &str,
         metric: fn(&Run) -> Option<f64>,
     ) -> Option<Spread> {
-        Spread::of(
-            self.reps
-                .iter()
-                .filter_map(|&rep| self.get(path, workload, rep).and_then(metric))
-                .collect(),
-        )
+        Spread::over(&self.reps, |rep| {
+            self.get(path, workload, rep).and_then(metric)
+        })
     }
 
     /// `metric(a) / metric(b)` per repetition, where both ran.
@@ -395,16 +434,11 @@ impl Data {
         b: (&str, &str),
         metric: fn(&Run) -> Option<f64>,
     ) -> Option<Spread> {
-        Spread::of(
-            self.reps
-                .iter()
-                .filter_map(|&rep| {
-                    let x = self.get(a.0, a.1, rep).and_then(metric)?;
-                    let y = self.get(b.0, b.1, rep).and_then(metric)?;
-                    (y > 0.0).then(|| x / y)
-                })
-                .collect(),
-        )
+        Spread::over(&self.reps, |rep| {
+            let x = self.get(a.0, a.1, rep).and_then(metric)?;
+            let y = self.get(b.0, b.1, rep).and_then(metric)?;
+            (y > 0.0).then(|| x / y)
+        })
     }
 
     /// `metric` of `path` against the same workload on its kernel baseline, pair by pair.
@@ -426,17 +460,12 @@ impl Data {
     /// Server memory per idle connection, bytes: the growth of the server's peak resident set
     /// from the run without idle connections to `workload`, divided by its idle connections.
     fn bytes_per_conn(&self, path: &str, workload: &str) -> Option<Spread> {
-        Spread::of(
-            self.reps
-                .iter()
-                .filter_map(|&rep| {
-                    let r = self.get(path, workload, rep)?;
-                    let base = self.get(path, SCALE_BASE, rep)?;
-                    let delta = m_mem_mib(r)? - m_mem_mib(base)?;
-                    (r.idle > 0).then(|| delta * 1048576.0 / f64::from(r.idle))
-                })
-                .collect(),
-        )
+        Spread::over(&self.reps, |rep| {
+            let r = self.get(path, workload, rep)?;
+            let base = self.get(path, SCALE_BASE, rep)?;
+            let delta = m_mem_mib(r)? - m_mem_mib(base)?;
+            (r.idle > 0).then(|| delta * 1048576.0 / f64::from(r.idle))
+        })
     }
 
     fn failed(&self) -> Vec<&Run> {
@@ -790,7 +819,13 @@ fn meta_get<'a>(meta: &'a Meta, key: &str) -> &'a str {
         .unwrap_or("(not recorded)")
 }
 
-fn markdown(d: &Data, meta: &Meta, svg_name: &str, notes: Option<&str>) -> String {
+fn markdown(
+    d: &Data,
+    meta: &Meta,
+    svg_name: &str,
+    notes: Option<&str>,
+    lossy: Option<&lossy::LossyData>,
+) -> String {
     let mut md = String::new();
     let m = |k: &str| meta_get(meta, k);
     let reps = d.reps.len();
@@ -1081,6 +1116,10 @@ fn markdown(d: &Data, meta: &Meta, svg_name: &str, notes: Option<&str>) -> Strin
         let _ = writeln!(md);
     }
 
+    if let Some(l) = lossy {
+        let _ = writeln!(md, "{}", lossy::section(l, meta));
+    }
+
     // Machine and settings.
     let _ = writeln!(md, "## Machine and settings\n");
     let _ = writeln!(md, "| | |");
@@ -1270,6 +1309,7 @@ fn markdown(d: &Data, meta: &Meta, svg_name: &str, notes: Option<&str>) -> Strin
          sudo scripts/compare.sh --quick              # smoke run: 1 repetition, 1 s, report in target/compare/\n\
          scripts/compare.sh --paths memif,kernel-lo   # no root needed for these two\n\
          sudo scripts/compare.sh --glibc-tunables     # both sides with the faster memcpy settings\n\
+         sudo scripts/compare.sh --paths lossy        # loss recovery through the fault relay (issue 11; not in the default set)\n\
          # re-render this report from the raw results:\n\
          cargo run --release --example benchreport -- --results target/compare/results.tsv \\\n\
          \x20   --meta target/compare/meta.tsv --markdown docs/BENCHMARKS.md --svg docs/benchmarks.svg\n\

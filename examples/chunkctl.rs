@@ -128,14 +128,7 @@ enum BenchOp {
 
 fn main() -> ExitCode {
     common::init_logging();
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chunkctl: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("chunkctl", run(&Args::parse()))
 }
 
 fn client_config(args: &Args) -> Result<ClientConfig, String> {
@@ -768,7 +761,8 @@ fn verify(
         start: Instant::ZERO,
     };
 
-    let t = Instant::now();
+    let started = Instant::now();
+    let t = started;
     let mut it = chunks.iter();
     d.run(
         None,
@@ -882,6 +876,14 @@ fn verify(
     );
     println!("  verified       {verified} of {total} bytes read back identical; {stat_ok} of {} STAT checksums right", chunks.len());
     println!("  result         OK");
+    // For scripts (scripts/compare.sh): the whole round trip, writes to deletes.
+    println!(
+        "RESULT cmd=verify total_bytes={total} chunks={} verified={verified} write_s={:.3} read_s={:.3} elapsed_s={:.3}",
+        chunks.len(),
+        write_time.as_secs_f64(),
+        read_time.as_secs_f64(),
+        (Instant::now() - started).as_secs_f64()
+    );
     Ok(())
 }
 

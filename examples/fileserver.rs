@@ -98,14 +98,7 @@ fn server_spin(args: &Args) -> IdleSpin {
 
 fn main() -> ExitCode {
     common::init_logging();
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fileserver: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("fileserver", run(&Args::parse()))
 }
 
 fn run(args: &Args) -> Result<(), String> {

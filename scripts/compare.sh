@@ -9,6 +9,8 @@
 #   sudo scripts/compare.sh --quick          smoke run: 1 repetition, 1 s measurements, fewer
 #                                            workloads; the report goes to target/compare/
 #   scripts/compare.sh --paths memif,kernel-lo   only these paths (no root needed for these two)
+#   sudo scripts/compare.sh --paths lossy    loss recovery (issue 11): ustack against the kernel
+#                                            through a relay with seeded faults
 #
 # Paths (both ends run ustack unless the name says kernel):
 #   memif         native memif between two processes (shared memory)
@@ -16,6 +18,17 @@
 #   af-xdp-veth   AF_XDP, native XDP mode, on a veth pair between two network namespaces (root)
 #   kernel-lo     kernel TCP on 127.0.0.1 (the baseline of memif and dpdk-memif)
 #   kernel-veth   kernel TCP on the same veth pair (the baseline of af-xdp-veth; root)
+#   lossy         not in the default set (its transfers take minutes while ustack recovers
+#                 from loss slowly): namespaces A - M - B (scripts/netns.sh lossy-up), the
+#                 examples/faultwire relay in M forwarding every frame with seeded faults, offloads
+#                 off on every veth end. Per fault setting and repetition, the same
+#                 `chunkctl verify --total SIZE` from A to B three ways, each through a fresh relay
+#                 with the same seed: kernel client -> ustack server (AF_XDP, native XDP), ustack
+#                 client (AF_XDP) -> kernel server, kernel -> kernel (default kernel settings).
+#                 Records chunkctl's time (writes to deletes) and the frames each endpoint sent (the
+#                 relay counts them by source MAC); the report gives ustack time / kernel time and
+#                 ustack frames / kernel frames per setting against the issue-11 targets. Results
+#                 in lossy.tsv; a run of only this path updates only its section of BENCHMARKS.md.
 #
 # Options:
 #   --reps N              repetitions (default 3; --quick: 1)
@@ -34,6 +47,14 @@
 #   --report-dir DIR      where BENCHMARKS.md and benchmarks.svg go (default docs; --quick:
 #                         the --out directory)
 #   --no-report           only measure
+#   --lossy-total SIZE    bytes each lossy transfer writes and reads back (default 32MiB;
+#                         --quick: 4MiB)
+#   --lossy-settings a,b  fault settings of the lossy path (default: all; --quick: mix):
+#                         loss-0.1 (0.1% loss), loss-1 (1%), loss-3 (3%), mix (1% loss,
+#                         1% duplication, 5% reordering, 0.1% corruption)
+#   --lossy-seed N        the relay's seed (default 1)
+#   --lossy-timeout-s N   the most one lossy transfer may take before it counts as failed
+#                         (default 900)
 #
 # Workloads (name: op size connections x depth, idle connections):
 #   read-4k-c1-d1    READ 4 KiB, 1 x 1        write-4k-c1-d1   WRITE 4 KiB, 1 x 1
@@ -64,6 +85,18 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ALL_PATHS=(memif dpdk-memif af-xdp-veth kernel-lo kernel-veth)
+# Paths that run only when asked for with --paths.
+OPT_PATHS=(lossy)
+# name loss duplicate reorder corrupt (fractions)
+ALL_LOSSY_SETTINGS=(
+    "loss-0.1 0.001 0 0 0"
+    "loss-1 0.01 0 0 0"
+    "loss-3 0.03 0 0 0"
+    "mix 0.01 0.01 0.05 0.001"
+)
+QUICK_LOSSY_SETTINGS=(mix)
+# The three ways of a lossy transfer: name, client backend, server backend.
+LOSSY_WAYS=("kernel-ustack kernel af-xdp" "ustack-kernel af-xdp kernel" "kernel-kernel kernel kernel")
 # name op size connections depth idle
 ALL_WORKLOADS=(
     "read-4k-c1-d1 read 4KiB 1 1 0"
@@ -99,6 +132,10 @@ client_cpu=1
 out=target/compare
 report_dir=""
 report=1
+lossy_total=""
+lossy_settings_arg=""
+lossy_seed=1
+lossy_timeout_s=900
 cmdline="scripts/compare.sh $*"
 
 die() {
@@ -119,6 +156,10 @@ while [ $# -gt 0 ]; do
         --out) out=${2:?--out needs a directory}; shift ;;
         --report-dir) report_dir=${2:?--report-dir needs a directory}; shift ;;
         --no-report) report=0 ;;
+        --lossy-total) lossy_total=${2:?--lossy-total needs a size}; shift ;;
+        --lossy-settings) lossy_settings_arg=${2:?--lossy-settings needs a list}; shift ;;
+        --lossy-seed) lossy_seed=${2:?--lossy-seed needs a number}; shift ;;
+        --lossy-timeout-s) lossy_timeout_s=${2:?--lossy-timeout-s needs a number}; shift ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) die "unknown option $1 (try --help)" ;;
     esac
@@ -126,10 +167,13 @@ while [ $# -gt 0 ]; do
 done
 
 if [ $quick -eq 1 ]; then
-    : "${reps:=1}" "${duration_s:=1}" "${report_dir:=$out}"
+    : "${reps:=1}" "${duration_s:=1}" "${report_dir:=$out}" "${lossy_total:=4MiB}"
 else
-    : "${reps:=3}" "${duration_s:=3}" "${report_dir:=docs}"
+    : "${reps:=3}" "${duration_s:=3}" "${report_dir:=docs}" "${lossy_total:=32MiB}"
 fi
+[[ $lossy_total =~ ^[1-9][0-9]*([KMG]i?B?)?$ ]] || die "--lossy-total must be a size such as 32MiB, not '$lossy_total'"
+[[ $lossy_seed =~ ^[0-9]+$ ]] || die "--lossy-seed must be a number, not '$lossy_seed'"
+[[ $lossy_timeout_s =~ ^[1-9][0-9]*$ ]] || die "--lossy-timeout-s must be a positive number, not '$lossy_timeout_s'"
 [[ $reps =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive number, not '$reps'"
 [[ $duration_s =~ ^[1-9][0-9]*$ ]] || die "--duration-s must be a positive number, not '$duration_s'"
 [[ $server_cpu =~ ^[0-9]+$ && $client_cpu =~ ^[0-9]+$ ]] || die "--server-cpu/--client-cpu take core numbers"
@@ -139,40 +183,57 @@ paths=()
 if [ -n "$paths_arg" ]; then
     IFS=, read -r -a paths <<<"$paths_arg"
     for p in "${paths[@]}"; do
-        [[ " ${ALL_PATHS[*]} " == *" $p "* ]] || die "unknown path '$p' (paths: ${ALL_PATHS[*]})"
+        [[ " ${ALL_PATHS[*]} ${OPT_PATHS[*]} " == *" $p "* ]] ||
+            die "unknown path '$p' (paths: ${ALL_PATHS[*]} ${OPT_PATHS[*]})"
     done
 else
     paths=("${ALL_PATHS[@]}")
 fi
 
-workload_names=()
-if [ -n "$workloads_arg" ]; then
-    IFS=, read -r -a workload_names <<<"$workloads_arg"
-elif [ $quick -eq 1 ]; then
-    workload_names=("${QUICK_WORKLOADS[@]}")
-else
-    for w in "${ALL_WORKLOADS[@]}"; do workload_names+=("${w%% *}"); done
-fi
-workloads=()
-for name in "${workload_names[@]}"; do
-    found=""
-    for w in "${ALL_WORKLOADS[@]}"; do
-        [ "${w%% *}" = "$name" ] && found=$w
+# Picks from the specs ("name fields...") in array $1 those named in the comma-separated list
+# $2 (empty: with --quick the names in array $3, else all); $4 names the kind in errors. Sets
+# the arrays picked_names and picked_specs.
+pick_specs() {
+    local -n all_specs=$1 quick_names=$3
+    local list=$2 kind=$4 name spec found
+    picked_names=()
+    picked_specs=()
+    if [ -n "$list" ]; then
+        IFS=, read -r -a picked_names <<<"$list"
+    elif [ $quick -eq 1 ]; then
+        picked_names=("${quick_names[@]}")
+    else
+        for spec in "${all_specs[@]}"; do picked_names+=("${spec%% *}"); done
+    fi
+    for name in "${picked_names[@]}"; do
+        found=""
+        for spec in "${all_specs[@]}"; do
+            [ "${spec%% *}" = "$name" ] && found=$spec
+        done
+        [ -n "$found" ] || die "unknown $kind '$name' (see --help)"
+        picked_specs+=("$found")
     done
-    [ -n "$found" ] || die "unknown workload '$name' (see --help)"
-    workloads+=("$found")
-done
+}
+pick_specs ALL_WORKLOADS "$workloads_arg" QUICK_WORKLOADS workload
+workload_names=("${picked_names[@]}")
+workloads=("${picked_specs[@]}")
+pick_specs ALL_LOSSY_SETTINGS "$lossy_settings_arg" QUICK_LOSSY_SETTINGS "lossy setting"
+lossy_setting_names=("${picked_names[@]}")
+lossy_settings=("${picked_specs[@]}")
 
 # --- state and cleanup ----------------------------------------------------------------------
 mkdir -p "$out/logs"
 out=$(cd "$out" && pwd)
 results="$out/results.tsv"
 meta="$out/meta.tsv"
+lossy_results="$out/lossy.tsv"
 work=$(mktemp -d "${TMPDIR:-/tmp}/ustack-compare.XXXXXX")
 chmod 755 "$work"
 server_pid=""
 client_pid=""
+relay_pid=""
 netns=""
+lossy_netns=""
 hugepages_restore=""
 
 cleanup() {
@@ -183,8 +244,12 @@ cleanup() {
         wait "$client_pid" 2>/dev/null || true
     fi
     stop_server >/dev/null 2>&1 || true
+    stop_relay >/dev/null 2>&1 || true
     if [ -n "$netns" ]; then
         scripts/netns.sh down "$netns" >/dev/null 2>&1 || true
+    fi
+    if [ -n "$lossy_netns" ]; then
+        scripts/netns.sh down "$lossy_netns" >/dev/null 2>&1 || true
     fi
     if [ -n "$hugepages_restore" ]; then
         scripts/hugepages.sh "$hugepages_restore" >/dev/null 2>&1 || true
@@ -243,6 +308,10 @@ elif has_path dpdk-memif; then
     skip_path dpdk-memif "DPDK's development files are not installed (apt-get install libdpdk-dev pkg-config, as root)"
     drop_path dpdk-memif
 fi
+if has_path lossy && ! is_root; then
+    skip_path lossy "needs root (network namespaces, AF_PACKET for the relay; AF_XDP needs CAP_NET_RAW, CAP_BPF, CAP_NET_ADMIN)"
+    drop_path lossy
+fi
 if [ $needs_veth -eq 1 ] && ! is_root; then
     for p in af-xdp-veth kernel-veth; do
         if has_path "$p"; then
@@ -293,6 +362,16 @@ if [ $needs_veth -eq 1 ]; then
     ns_b="$netns-b"
 fi
 
+# The lossy path: A - M - B, the relay runs in M per transfer.
+if has_path lossy; then
+    lossy_netns="cl$$"
+    lossy_netns=${lossy_netns:0:13}
+    NETNS_ADDR_A=10.98.0.1/24 NETNS_ADDR_B=10.98.0.2/24 scripts/netns.sh lossy-up "$lossy_netns" >/dev/null
+    mac_of() { ip -n "$1" link show dev "$2" | awk '/link\/ether/ {print $2}'; }
+    lossy_mac_a=$(mac_of "$lossy_netns-a" "$lossy_netns-a")
+    lossy_mac_b=$(mac_of "$lossy_netns-b" "$lossy_netns-b")
+fi
+
 # --- the record of the machine and settings -------------------------------------------------
 cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 [ -n "$cpu_model" ] || cpu_model=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -1)
@@ -331,7 +410,19 @@ meta_set client_cpu "$client_cpu"
 meta_set connections_max "$CONNECTIONS_MAX"
 meta_set shm_mtu "$SHM_MTU"
 meta_set store "mem (in memory; 64 distinct chunks per run, prefilled)"
+if has_path lossy; then
+    meta_set lossy.total "$lossy_total"
+    meta_set lossy.seed "$lossy_seed"
+    meta_set lossy.settings "${lossy_setting_names[*]}"
+    meta_set lossy.offloads "tx, tso, gso and gro off on all four veth ends (the relay forwards frames as a wire carries them; kernel TCP otherwise at its defaults)"
+    meta_set lossy.relay "examples/faultwire, reorder delay 100 us, unpinned (it shares the two cores with server and client)"
+fi
 
+if has_path lossy; then
+    printf 'rep\tsetting\tloss\tduplicate\treorder\tcorrupt\tway\tclient\tserver\tstatus\telapsed_s\twall_s\ttotal_bytes\tframes_a\tframes_b\tbytes_a\tbytes_b\tdropped\tduplicated\treordered\tcorrupted\tkernel_drops\tsend_failed\n' >"$lossy_results"
+else
+    rm -f "$lossy_results"
+fi
 printf 'rep\tpath\tworkload\top\tsize_bytes\tconnections\tdepth\tidle\tstatus\tops_s\tmb_s\tp50_us\tp99_us\tp999_us\terrors\ttotal_bytes\tclient_cpu_s\tserver_cpu_s\tserver_rss_max_kb\tserver_hugetlb_max_kb\tother_cpu_s\tsteal_s\n' >"$results"
 
 # --- per-path commands ----------------------------------------------------------------------
@@ -406,32 +497,56 @@ setup_path() {
     esac
 }
 
-# Starts the server (server_cmd) and waits for its "listening on" line; log in $1.
-start_server() {
-    local log=$1
-    "${server_cmd[@]}" >"$log" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 1 600); do
-        if grep -q "listening on" "$log" 2>/dev/null; then
-            # ip netns exec, env and taskset exec the server: $! is the server itself.
-            if [ "$(cat "/proc/$server_pid/comm" 2>/dev/null)" != fileserver ]; then
-                echo "compare.sh: PID $server_pid is not the file server; its CPU time cannot be read" >&2
-            fi
-            return 0
-        fi
-        if ! kill -0 "$server_pid" 2>/dev/null; then
-            wait "$server_pid" 2>/dev/null || true
-            server_pid=""
-            echo "compare.sh: the file server exited:" >&2
+# Waits until log $3 of the process whose PID is in the variable named $1 holds the text $4;
+# $2 says what it is. Fails if the process exits first (the variable is then emptied) or the
+# text does not come within $5 seconds.
+wait_started() {
+    local -n pid_of=$1
+    local what=$2 log=$3 text=$4 secs=$5
+    for _ in $(seq 1 $((secs * 20))); do
+        grep -q "$text" "$log" 2>/dev/null && return 0
+        if ! kill -0 "$pid_of" 2>/dev/null; then
+            wait "$pid_of" 2>/dev/null || true
+            pid_of=""
+            echo "compare.sh: $what exited:" >&2
             tail -5 "$log" >&2
             return 1
         fi
         sleep 0.05
     done
-    echo "compare.sh: the file server did not come up in 30 s:" >&2
+    echo "compare.sh: $what did not come up in $secs s (log: $log):" >&2
     tail -5 "$log" >&2
-    stop_server
     return 1
+}
+
+# Starts the server (server_cmd) and waits for its "listening on" line; log in $1.
+start_server() {
+    local log=$1
+    "${server_cmd[@]}" >"$log" 2>&1 &
+    server_pid=$!
+    if ! wait_started server_pid "the file server" "$log" "listening on" 30; then
+        stop_server
+        return 1
+    fi
+    # ip netns exec, env and taskset exec the server: $! is the server itself.
+    if [ "$(cat "/proc/$server_pid/comm" 2>/dev/null)" != fileserver ]; then
+        echo "compare.sh: PID $server_pid is not the file server; its CPU time cannot be read" >&2
+    fi
+}
+
+# SIGTERM to process $1 (one we started), named $2; SIGKILL if it has not exited $3 s later.
+stop_process() {
+    local pid=$1 what=$2 grace=$3
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 $((grace * 10))); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "compare.sh: $what (PID $pid) ignored SIGTERM for $grace s: killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
 }
 
 # SIGTERM to the server we started; SIGKILL if it has not exited 15 s later.
@@ -439,16 +554,15 @@ stop_server() {
     [ -n "$server_pid" ] || return 0
     local pid=$server_pid
     server_pid=""
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "compare.sh: the file server (PID $pid) ignored SIGTERM for 15 s: killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
+    stop_process "$pid" "the file server" 15
+}
+
+# SIGTERM to the relay we started (it writes its report on the way out).
+stop_relay() {
+    [ -n "$relay_pid" ] || return 0
+    local pid=$relay_pid
+    relay_pid=""
+    stop_process "$pid" "the relay" 10
 }
 
 # utime + stime of process $1 in clock ticks.
@@ -540,13 +654,124 @@ run_one() {
     [ $status = ok ]
 }
 
+# --- the lossy path -------------------------------------------------------------------------
+
+# Starts the relay in M with the faults of setting $1 ("name loss duplicate reorder corrupt")
+# and waits until it forwards; its report goes to $work/relay.report, its log to $2.
+start_relay() {
+    local spec=$1 log=$2 name loss dup reo cor
+    read -r name loss dup reo cor <<<"$spec"
+    rm -f "$work/relay.report"
+    ip netns exec "$lossy_netns-m" "${run_env[@]}" "$bin/faultwire" --left "$lossy_netns-l" \
+        --right "$lossy_netns-r" --seed "$lossy_seed" --loss "$loss" --duplicate "$dup" \
+        --reorder "$reo" --corrupt "$cor" --stats-file "$work/relay.report" >"$log" 2>&1 &
+    relay_pid=$!
+    if ! wait_started relay_pid "the relay" "$log" "faultwire: forwarding" 10; then
+        stop_relay
+        return 1
+    fi
+}
+
+# Counter $2 of both directions of relay report $1, added up.
+both_ways() {
+    local a b
+    a=$(field "$1" "l2r.$2")
+    b=$(field "$1" "r2l.$2")
+    if [ "$a" = NA ] || [ "$b" = NA ]; then echo NA; else echo $((a + b)); fi
+}
+
+# One lossy transfer: rep, setting spec, way spec ("name client-backend server-backend");
+# appends one line to lossy.tsv.
+run_lossy_one() {
+    local rep=$1 spec=$2 way=$3
+    local sname loss dup reo cor wname cback sback
+    read -r sname loss dup reo cor <<<"$spec"
+    read -r wname cback sback <<<"$way"
+    local tag="rep$rep-lossy-$sname-$wname"
+    local log="$out/logs/$tag.log"
+    local status=ok line="" rc=0 wall=NA saddr t0 t1
+    local common=(--store mem --grace-s 2)
+    if [ "$sback" = kernel ]; then
+        saddr=10.98.0.2:7000
+        server_cmd=(ip netns exec "$lossy_netns-b" "${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver"
+            --backend kernel --listen "$saddr" "${common[@]}")
+    else
+        saddr=10.98.0.4:7000
+        server_cmd=(ip netns exec "$lossy_netns-b" "${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver"
+            --backend af-xdp --iface "$lossy_netns-b" --ip 10.98.0.4/24 --xdp-mode native "${common[@]}")
+    fi
+    client_cmd=(ip netns exec "$lossy_netns-a" "${run_env[@]}" taskset -c "$client_cpu" "$bin/chunkctl")
+    if [ "$cback" = kernel ]; then
+        client_cmd+=(--backend kernel)
+    else
+        client_cmd+=(--backend af-xdp --iface "$lossy_netns-a" --ip 10.98.0.3/24 --xdp-mode native)
+    fi
+    client_cmd+=(--server "$saddr" --timeout-s 120 verify --total "$lossy_total" --seed 7)
+    if start_relay "$spec" "$out/logs/$tag-relay.log" && start_server "$out/logs/$tag-server.log"; then
+        t0=$(date +%s.%N)
+        timeout -k 5 "$lossy_timeout_s" "${client_cmd[@]}" >"$log" 2>&1 &
+        client_pid=$!
+        wait "$client_pid" || rc=$?
+        client_pid=""
+        t1=$(date +%s.%N)
+        wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
+        line=$(grep '^RESULT cmd=verify' "$log" | tail -1 || true)
+        if [ $rc -ne 0 ] || [ -z "$line" ]; then
+            status=fail
+            echo "    FAILED (exit $rc): $(grep -v '^ ' "$log" | tail -2 | tr '\n' ' ')" >&2
+        fi
+    else
+        status=fail
+    fi
+    stop_server
+    stop_relay
+    local report=""
+    [ -f "$work/relay.report" ] && report=$(grep '^FAULTWIRE' "$work/relay.report" | tail -1 || true)
+    if [ -z "$report" ] && [ $status = ok ]; then
+        echo "    no report from the relay (log: $out/logs/$tag-relay.log)" >&2
+        status=fail
+    fi
+    [ -n "$report" ] && cp "$work/relay.report" "$out/logs/$tag-relay.report"
+    local frames_a frames_b bytes_a bytes_b
+    frames_a=$(field "$report" "l2r.src.$lossy_mac_a.frames")
+    frames_b=$(field "$report" "r2l.src.$lossy_mac_b.frames")
+    bytes_a=$(field "$report" "l2r.src.$lossy_mac_a.bytes")
+    bytes_b=$(field "$report" "r2l.src.$lossy_mac_b.bytes")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$rep" "$sname" "$loss" "$dup" "$reo" "$cor" "$wname" "$cback" "$sback" "$status" \
+        "$(field "$line" elapsed_s)" "$wall" "$(field "$line" total_bytes)" "$frames_a" "$frames_b" \
+        "$bytes_a" "$bytes_b" "$(both_ways "$report" dropped)" "$(both_ways "$report" duplicated)" \
+        "$(both_ways "$report" reordered)" "$(both_ways "$report" corrupted)" \
+        "$(both_ways "$report" kernel_drops)" "$(both_ways "$report" send_failed)" >>"$lossy_results"
+    if [ $status = ok ]; then
+        printf '    %-9s %-14s %9s s  frames from A %8s, from B %8s\n' "$sname" "$wname" \
+            "$(field "$line" elapsed_s)" "$frames_a" "$frames_b"
+    fi
+    [ $status = ok ]
+}
+
 # --- the runs -------------------------------------------------------------------------------
-echo "==> $reps repetition(s) x ${#paths[@]} path(s) x ${#workloads[@]} workload(s), ${duration_s} s each" \
-    "(+1 s warm-up); server on core $server_cpu, client on core $client_cpu;" \
+bench_paths=${#paths[@]}
+lossy_note=""
+if has_path lossy; then
+    bench_paths=$((bench_paths - 1))
+    lossy_note=" + lossy: ${#lossy_settings[@]} fault setting(s) x 3 transfers of $lossy_total;"
+fi
+echo "==> $reps repetition(s) x $bench_paths path(s) x ${#workloads[@]} workload(s), ${duration_s} s each" \
+    "(+1 s warm-up);$lossy_note server on core $server_cpu, client on core $client_cpu;" \
     "GLIBC_TUNABLES $([ $glibc -eq 1 ] && echo set || echo unset)"
 echo "    results: $results"
 for rep in $(seq 1 "$reps"); do
     for path in "${paths[@]}"; do
+        if [ "$path" = lossy ]; then
+            echo "==> repetition $rep/$reps: lossy ($lossy_total per transfer, seed $lossy_seed)"
+            for spec in "${lossy_settings[@]}"; do
+                for way in "${LOSSY_WAYS[@]}"; do
+                    run_lossy_one "$rep" "$spec" "$way" || true
+                done
+            done
+            continue
+        fi
         echo "==> repetition $rep/$reps: $path"
         setup_path "$path"
         for spec in "${workloads[@]}"; do
@@ -578,6 +803,9 @@ if [ $report -eq 1 ]; then
     # The hand-written analysis (profiles, what limits each figure) goes with the report.
     notes=()
     [ -f "$report_dir/benchmarks-analysis.md" ] && notes=(--notes "$report_dir/benchmarks-analysis.md")
+    lossy_arg=()
+    [ -f "$lossy_results" ] && lossy_arg=(--lossy "$lossy_results")
+    # With only the lossy path run, benchreport updates only its section of BENCHMARKS.md.
     "$bin/benchreport" --results "$results" --meta "$meta" \
-        --markdown "$report_dir/BENCHMARKS.md" --svg "$report_dir/benchmarks.svg" "${notes[@]}"
+        --markdown "$report_dir/BENCHMARKS.md" --svg "$report_dir/benchmarks.svg" "${notes[@]}" "${lossy_arg[@]}"
 fi

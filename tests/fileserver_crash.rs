@@ -26,23 +26,6 @@ impl Drop for TempDir {
     }
 }
 
-/// The example binary, built for this profile if `cargo test` did not build it already.
-fn fileserver_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir.join("examples").join("fileserver");
-    if !bin.exists() {
-        let target = profile_dir.parent().unwrap();
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "fileserver", "--target-dir"])
-            .arg(target)
-            .status()
-            .expect("run cargo to build the fileserver example");
-        assert!(status.success(), "building the fileserver example failed");
-    }
-    bin
-}
-
 /// A running server process and the address it listens on.
 struct Server {
     child: Child,
@@ -199,7 +182,7 @@ fn load(
 
 #[test]
 fn sigkilled_server_keeps_every_acknowledged_write() {
-    let bin = fileserver_binary();
+    let bin = common::example_binary("fileserver");
     let dir = TempDir(std::env::temp_dir().join(format!("ustack-crash-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
     let cfg = ClientConfig {

@@ -155,6 +155,18 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// The process's exit code for `result`: success, or failure after printing the error as
+/// `PROGRAM: error`.
+pub fn exit_code(program: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Opens a TAP interface for a ustack endpoint and configures its kernel side: `peer` as the
 /// kernel's address on it, inside `netns` if given (created by the caller).
 pub fn open_tap(

@@ -17,6 +17,7 @@ pub mod af_xdp;
 pub mod auto;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod faults;
 pub mod memif;
 pub mod pcap;
 pub mod sim;

@@ -53,6 +53,10 @@
 //!
 //! # Determinism
 //!
+//! The per-frame decisions are [`FaultDice::roll`]'s, shared with the fault relay
+//! (`examples/faultwire.rs`, see [`crate::dev::faults`]), so a fault mix means the same on the
+//! simulated link and on a real one.
+//!
 //! Each direction draws from its own [`SplitMix64`] stream derived from [`SimConfig::seed`], and
 //! every frame offered to `tx_burst` consumes exactly the same number of draws, whatever
 //! happens to it. So the faults of the n-th frame sent A->B depend only on the seed and n. The
@@ -98,6 +102,9 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub use crate::dev::faults::{Faults, SplitMix64};
+
+use crate::dev::faults::{flip_bit, BadProbability, FaultDice};
 use crate::dev::{Batch, ChecksumCaps, DeviceCaps, LinkStats, PacketDevice, ETH_HEADER_LEN};
 use crate::mem::{BufPool, MemError, PageSize, PoolBuf};
 use crate::time::Instant;
@@ -110,119 +117,6 @@ pub const MTU_MAX: usize = 9216;
 const HEADROOM: usize = 128;
 /// Buffers are at least this long (headroom included).
 const BUF_LEN_MIN: usize = 2048;
-
-/// A SplitMix64 pseudo-random generator: tiny, fast, and good enough to decide faults.
-///
-/// Public so tests built on the link can draw reproducible data from the same kind of seed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-    /// A generator starting from `seed` (any value is fine, zero included).
-    pub const fn new(seed: u64) -> SplitMix64 {
-        SplitMix64 { state: seed }
-    }
-
-    /// The next 64 random bits.
-    #[inline]
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(Self::GAMMA);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform number in `[0, 1)` with 53 random bits.
-    #[inline]
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// A number in `[0, n)` (0 when `n == 0`), by multiply-shift: the bias is below `n / 2^64`.
-    #[inline]
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-}
-
-/// Fault probabilities, each in `[0, 1]`, decided independently per frame at send time.
-///
-/// The default is no faults. See the [module docs](self) for what each one does.
-#[derive(Copy, Clone, Debug, Default, PartialEq)]
-pub struct Faults {
-    /// Probability that a frame is dropped on the wire.
-    pub loss: f64,
-    /// Probability that a frame arrives twice.
-    pub duplicate: f64,
-    /// Probability that a frame gets [`SimConfig::reorder_delay`] extra latency.
-    pub reorder: f64,
-    /// Probability that one bit of a frame is flipped.
-    pub corrupt: f64,
-}
-
-impl Faults {
-    /// No faults: a perfect wire.
-    pub const fn none() -> Faults {
-        Faults {
-            loss: 0.0,
-            duplicate: 0.0,
-            reorder: 0.0,
-            corrupt: 0.0,
-        }
-    }
-
-    /// The stack tests' standard mix: 5% loss, 5% reorder, 1% duplication, 0.1% corruption.
-    pub const fn standard() -> Faults {
-        Faults {
-            loss: 0.05,
-            duplicate: 0.01,
-            reorder: 0.05,
-            corrupt: 0.001,
-        }
-    }
-
-    /// These faults with loss probability `p`.
-    pub const fn with_loss(self, p: f64) -> Faults {
-        Faults { loss: p, ..self }
-    }
-
-    /// These faults with duplication probability `p`.
-    pub const fn with_duplicate(self, p: f64) -> Faults {
-        Faults {
-            duplicate: p,
-            ..self
-        }
-    }
-
-    /// These faults with reordering probability `p`.
-    pub const fn with_reorder(self, p: f64) -> Faults {
-        Faults { reorder: p, ..self }
-    }
-
-    /// These faults with corruption probability `p`.
-    pub const fn with_corrupt(self, p: f64) -> Faults {
-        Faults { corrupt: p, ..self }
-    }
-
-    fn validate(&self) -> Result<(), SimError> {
-        for (fault, value) in [
-            ("loss", self.loss),
-            ("duplicate", self.duplicate),
-            ("reorder", self.reorder),
-            ("corrupt", self.corrupt),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(SimError::BadProbability { fault, value });
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Configuration of a simulated link. Both directions behave alike, each with its own random
 /// stream.
@@ -286,7 +180,7 @@ impl SimConfig {
     }
 
     fn validate(&self) -> Result<(), SimError> {
-        self.faults.validate()?;
+        self.faults.check()?;
         for (field, value) in [
             ("queue_frames", self.queue_frames),
             ("pool_frames", self.pool_frames),
@@ -392,6 +286,15 @@ pub enum SimError {
     },
 }
 
+impl From<BadProbability> for SimError {
+    fn from(e: BadProbability) -> SimError {
+        SimError::BadProbability {
+            fault: e.fault,
+            value: e.value,
+        }
+    }
+}
+
 /// Counters of one direction of the link. Every frame offered to `tx_burst` ends up in exactly
 /// one of `too_long`, `dropped_down`, `dropped_full`, `lost`, or goes in flight; frames in
 /// flight are later `delivered` or `dropped_down` (when the link goes down).
@@ -495,38 +398,11 @@ impl Ord for InFlight {
     }
 }
 
-/// The random decisions for one frame. Every frame draws all of them, used or not, so that the
-/// decisions of frame n depend only on the seed and n.
-struct Draw {
-    loss: f64,
-    duplicate: f64,
-    reorder: f64,
-    corrupt: f64,
-    bit: u64,
-    jitter_us: u64,
-    copy_jitter_us: u64,
-}
-
-impl Draw {
-    fn next(rng: &mut SplitMix64, jitter_us: u64) -> Draw {
-        let span = jitter_us.saturating_add(1);
-        Draw {
-            loss: rng.next_f64(),
-            duplicate: rng.next_f64(),
-            reorder: rng.next_f64(),
-            corrupt: rng.next_f64(),
-            bit: rng.next_u64(),
-            jitter_us: rng.below(span),
-            copy_jitter_us: rng.below(span),
-        }
-    }
-}
-
 /// One direction of the wire.
 struct Lane {
     faults: Faults,
     queue: BinaryHeap<InFlight>,
-    rng: SplitMix64,
+    dice: FaultDice,
     next_seq: u64,
     stats: DirectionStats,
 }
@@ -580,17 +456,15 @@ impl SimLink {
     /// Builds a link and its two ports, allocating every buffer and queue up front.
     pub fn new(cfg: SimConfig) -> Result<(SimLink, SimPort, SimPort), SimError> {
         cfg.validate()?;
-        let mut root = SplitMix64::new(cfg.seed);
-        let lane = |seed: u64| {
+        let lanes = FaultDice::pair(cfg.seed).map(|dice| {
             Mutex::new(Lane {
                 faults: cfg.faults,
                 queue: BinaryHeap::with_capacity(cfg.queue_frames),
-                rng: SplitMix64::new(seed),
+                dice,
                 next_seq: 0,
                 stats: DirectionStats::default(),
             })
-        };
-        let lanes = [lane(root.next_u64()), lane(root.next_u64())];
+        });
         let shared = Arc::new(Shared {
             cfg,
             up: AtomicBool::new(true),
@@ -612,7 +486,7 @@ impl SimLink {
     /// Changes the faults of both directions for the frames sent from now on (frames in
     /// flight keep theirs). Part of the call sequence that a replay must repeat.
     pub fn set_faults(&self, faults: Faults) -> Result<(), SimError> {
-        faults.validate()?;
+        faults.check()?;
         for idx in 0..2 {
             self.shared.lane(idx).faults = faults;
         }
@@ -808,7 +682,8 @@ impl PacketDevice for SimPort {
                 break;
             };
             n += 1;
-            let d = Draw::next(&mut lane.rng, jitter_us);
+            let faults = lane.faults;
+            let fate = lane.dice.roll(&faults, jitter_us);
             lane.stats.offered += 1;
             let len = frame.len();
             if len > frame_len_max {
@@ -829,14 +704,13 @@ impl PacketDevice for SimPort {
             }
             self.stats.tx_packets += 1;
             self.stats.tx_bytes += len as u64;
-            let faults = lane.faults;
-            if d.loss < faults.loss {
+            if fate.lost {
                 lane.stats.lost += 1;
                 continue;
             }
             let sent = now + cfg.latency;
             // The copy is taken before corruption, so it stays clean.
-            let copy = if d.duplicate < faults.duplicate {
+            let copy = if fate.duplicate {
                 let copy = if room >= 2 && !self.pool_full() {
                     frame.try_clone()
                 } else {
@@ -849,19 +723,19 @@ impl PacketDevice for SimPort {
             } else {
                 None
             };
-            if d.corrupt < faults.corrupt && len > 0 {
-                let bit = d.bit % (len as u64 * 8);
-                frame.as_mut_slice()[(bit / 8) as usize] ^= 1 << (bit % 8);
-                lane.stats.corrupted += 1;
+            if let Some(bit) = fate.corrupt_bit {
+                if flip_bit(frame.as_mut_slice(), bit) {
+                    lane.stats.corrupted += 1;
+                }
             }
-            let mut due = sent + Duration::from_micros(d.jitter_us);
-            if d.reorder < faults.reorder {
+            let mut due = sent + Duration::from_micros(fate.jitter_us);
+            if fate.reorder {
                 due += cfg.reorder_delay;
                 lane.stats.reordered += 1;
             }
             lane.push(due, frame);
             if let Some(copy) = copy {
-                lane.push(sent + Duration::from_micros(d.copy_jitter_us), copy);
+                lane.push(sent + Duration::from_micros(fate.copy_jitter_us), copy);
                 lane.stats.duplicated += 1;
             }
             queued = true;

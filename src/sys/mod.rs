@@ -4,8 +4,10 @@
 pub mod bpf;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod lossy;
 pub mod memif;
 pub mod netns;
+pub mod packet;
 pub mod proc;
 pub mod signal;
 pub mod socket;

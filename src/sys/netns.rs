@@ -157,6 +157,20 @@ pub fn can_create_netns() -> Result<(), NetNsError> {
     Ok(())
 }
 
+/// For the unit tests that need namespaces: whether they can run here; when not, says why.
+/// (They cannot reach `tests/common`'s rule; the integration tests, which enforce it, catch a
+/// machine that should run them and cannot.)
+#[cfg(test)]
+pub(crate) fn netns_or_skip() -> bool {
+    match can_create_netns() {
+        Ok(()) => true,
+        Err(e) => {
+            println!("SKIPPED: {e}");
+            false
+        }
+    }
+}
+
 /// The effective capability set of this process, from `/proc/self/status`.
 fn effective_caps() -> io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
@@ -342,6 +356,33 @@ impl NetNs {
         ip_output(all)
     }
 
+    /// A command that runs `program` inside this namespace (`ip netns exec NAME PROGRAM`).
+    /// `ip` enters the namespace and then executes the program in its own place, so the child's
+    /// PID is the program's: signals sent to it by PID reach the program.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.name.as_str()]).arg(program);
+        cmd
+    }
+
+    /// Creates a veth pair: interface `iface` in this namespace, its peer `peer` directly in
+    /// namespace `peer_ns` (so neither name ever appears in the caller's namespace).
+    pub fn add_veth(&self, iface: &str, peer: &str, peer_ns: &NetNs) -> Result<(), NetNsError> {
+        self.ip([
+            "link",
+            "add",
+            iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            peer_ns.name(),
+        ])
+        .map(|_| ())
+    }
+
     /// Moves interface `dev` from the caller's namespace into this one
     /// (`ip link set DEV netns NAME`). The interface arrives down and without addresses.
     /// Descriptors bound to it (a TAP's fd) keep working.
@@ -475,6 +516,18 @@ fn netns_exists(name: &str) -> bool {
     list_netns().is_ok_and(|names| names.iter().any(|n| n == name))
 }
 
+/// A stem for interface names, `v{pid}x{counter}` in hex (at most 14 bytes), unique per
+/// process and call: with a one-letter suffix it fits the 15 bytes of an interface name.
+pub(crate) fn unique_stem() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("v{:x}x{:x}", std::process::id(), n)
+}
+
+/// Checks an interface name made from [`unique_stem`].
+pub(crate) fn check_ifname(name: &str) -> Result<(), NetNsError> {
+    check_name(name, super::tap::IFNAME_LEN_MAX)
+}
+
 /// What a [`VethPair`] should look like.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VethConfig {
@@ -506,14 +559,11 @@ impl Default for VethConfig {
     }
 }
 
-/// Two network namespaces joined by a veth pair: interface [`VethPair::iface_a`] in namespace
-/// [`VethPair::a`] with [`VethConfig::addr_a`], and its peer [`VethPair::iface_b`] in
-/// [`VethPair::b`] with `addr_b`; loopback and both ends up.
-///
-/// Dropping it deletes both namespaces, and with them the veth pair.
+/// The two ends of a test topology: namespaces A and B, an interface in each, and their
+/// addresses. [`VethPair`] and [`super::lossy::LossyPath`] dereference to it.
 #[derive(Debug)]
-pub struct VethPair {
-    // Field order: b is dropped after a; either deletion removes the pair.
+pub struct Endpoints {
+    // Field order: b is dropped after a.
     a: NetNs,
     b: NetNs,
     iface_a: String,
@@ -522,58 +572,19 @@ pub struct VethPair {
     addr_b: Ipv4Addr,
 }
 
-impl VethPair {
-    /// Builds the topology. Interface names are `v{pid}x{counter}a`/`…b` in hex (at most 15
-    /// bytes), unique per process, and created directly inside their namespaces, so they never
-    /// appear in the caller's namespace.
-    pub fn create(config: &VethConfig) -> Result<VethPair, NetNsError> {
-        let a = NetNs::create(&config.prefix)?;
-        let b = NetNs::create(&config.prefix)?;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let stem = format!("v{:x}x{:x}", std::process::id(), n);
-        let iface_a = format!("{stem}a");
-        let iface_b = format!("{stem}b");
-        check_name(&iface_a, super::tap::IFNAME_LEN_MAX)?;
-        a.ip([
-            "link",
-            "add",
-            iface_a.as_str(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            iface_b.as_str(),
-            "netns",
-            b.name(),
-        ])?;
-        for (ns, iface, addr) in [(&a, &iface_a, config.addr_a), (&b, &iface_b, config.addr_b)] {
-            let cidr = format!("{addr}/{}", config.prefix_len);
-            ns.ip(["addr", "add", cidr.as_str(), "dev", iface.as_str()])?;
-            if let Some(mtu) = config.mtu {
-                let mtu = mtu.to_string();
-                ns.ip(["link", "set", iface.as_str(), "mtu", mtu.as_str()])?;
-            }
-            if config.tx_checksum_off {
-                let iface_name = iface.clone();
-                ns.run(move || super::tap::set_tx_checksum_offload(&iface_name, false))?
-                    .map_err(|source| NetNsError::Interface {
-                        op: "turning TX checksum offload off",
-                        iface: iface.clone(),
-                        ns: ns.name().to_string(),
-                        source,
-                    })?;
-            }
-            ns.ip(["link", "set", "lo", "up"])?;
-            ns.ip(["link", "set", iface.as_str(), "up"])?;
-        }
-        Ok(VethPair {
+impl Endpoints {
+    pub(crate) fn new(
+        (a, iface_a, addr_a): (NetNs, String, Ipv4Addr),
+        (b, iface_b, addr_b): (NetNs, String, Ipv4Addr),
+    ) -> Endpoints {
+        Endpoints {
             a,
             b,
             iface_a,
             iface_b,
-            addr_a: config.addr_a,
-            addr_b: config.addr_b,
-        })
+            addr_a,
+            addr_b,
+        }
     }
 
     /// Namespace of side A.
@@ -604,6 +615,62 @@ impl VethPair {
     /// Address of side B.
     pub fn addr_b(&self) -> Ipv4Addr {
         self.addr_b
+    }
+}
+
+/// Two network namespaces joined by a veth pair: interface [`Endpoints::iface_a`] in namespace
+/// [`Endpoints::a`] with [`VethConfig::addr_a`], and its peer [`Endpoints::iface_b`] in
+/// [`Endpoints::b`] with `addr_b`; loopback and both ends up. The accessors are those of
+/// [`Endpoints`], which it dereferences to.
+///
+/// Dropping it deletes both namespaces, and with them the veth pair.
+#[derive(Debug)]
+pub struct VethPair {
+    ends: Endpoints,
+}
+
+impl std::ops::Deref for VethPair {
+    type Target = Endpoints;
+    fn deref(&self) -> &Endpoints {
+        &self.ends
+    }
+}
+
+impl VethPair {
+    /// Builds the topology. Interface names are `v{pid}x{counter}a`/`…b` in hex (at most 15
+    /// bytes), unique per process, and created directly inside their namespaces, so they never
+    /// appear in the caller's namespace.
+    pub fn create(config: &VethConfig) -> Result<VethPair, NetNsError> {
+        let a = NetNs::create(&config.prefix)?;
+        let b = NetNs::create(&config.prefix)?;
+        let stem = unique_stem();
+        let iface_a = format!("{stem}a");
+        let iface_b = format!("{stem}b");
+        check_name(&iface_a, super::tap::IFNAME_LEN_MAX)?;
+        a.add_veth(&iface_a, &iface_b, &b)?;
+        for (ns, iface, addr) in [(&a, &iface_a, config.addr_a), (&b, &iface_b, config.addr_b)] {
+            let cidr = format!("{addr}/{}", config.prefix_len);
+            ns.ip(["addr", "add", cidr.as_str(), "dev", iface.as_str()])?;
+            if let Some(mtu) = config.mtu {
+                let mtu = mtu.to_string();
+                ns.ip(["link", "set", iface.as_str(), "mtu", mtu.as_str()])?;
+            }
+            if config.tx_checksum_off {
+                let iface_name = iface.clone();
+                ns.run(move || super::tap::set_tx_checksum_offload(&iface_name, false))?
+                    .map_err(|source| NetNsError::Interface {
+                        op: "turning TX checksum offload off",
+                        iface: iface.clone(),
+                        ns: ns.name().to_string(),
+                        source,
+                    })?;
+            }
+            ns.ip(["link", "set", "lo", "up"])?;
+            ns.ip(["link", "set", iface.as_str(), "up"])?;
+        }
+        Ok(VethPair {
+            ends: Endpoints::new((a, iface_a, config.addr_a), (b, iface_b, config.addr_b)),
+        })
     }
 }
 

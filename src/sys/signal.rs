@@ -42,6 +42,33 @@ pub fn stop_signal() -> i32 {
     SIGNAL.load(Ordering::Relaxed)
 }
 
+/// `SIGTERM`: ask a process to stop cleanly.
+pub const SIGTERM: i32 = libc::SIGTERM;
+/// `SIGINT`: what ^C sends.
+pub const SIGINT: i32 = libc::SIGINT;
+/// `SIGKILL`: stop a process at once.
+pub const SIGKILL: i32 = libc::SIGKILL;
+
+/// Sends signal `sig` to the process `pid` (`kill(2)`), for stopping a child this process
+/// started, by its PID. `ESRCH` when no such process exists (any more).
+pub fn send(pid: u32, sig: i32) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a single process id (kill(2) would signal a group)",
+            )
+        })?;
+    // SAFETY: kill takes no pointers; a positive pid names exactly one process.
+    let rc = unsafe { libc::kill(pid, sig) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +80,17 @@ mod tests {
         assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
         assert!(stop_requested());
         assert_eq!(stop_signal(), libc::SIGTERM);
+    }
+
+    #[test]
+    fn send_refuses_groups_and_reports_missing_processes() {
+        assert!(send(0, SIGTERM).is_err());
+        assert!(send(u32::MAX, SIGTERM).is_err());
+        // Signal 0 checks that the process exists.
+        send(std::process::id(), 0).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(send(pid, 0).unwrap_err().raw_os_error(), Some(libc::ESRCH));
     }
 }

@@ -134,6 +134,36 @@ pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the receive (`receive`) or send buffer of socket `fd` to `bytes` (the kernel doubles
+/// it for its bookkeeping). With `CAP_NET_ADMIN` the system maximum (`net.core.rmem_max` /
+/// `wmem_max`) does not apply (`SO_RCVBUFFORCE`); without, the buffer is capped at it.
+pub fn set_buffer_len(fd: BorrowedFd<'_>, receive: bool, bytes: usize) -> io::Result<()> {
+    let (force, plain) = if receive {
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)
+    } else {
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)
+    };
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |name: libc::c_int| {
+        // SAFETY: `v` is a c_int that lives for the call and the length passed is its size, as
+        // both options take; fd is a live descriptor borrowed for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                name,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    set(force).or_else(|_| set(plain))
+}
+
 /// Calls `listen` again on a listening socket to set its accept backlog (Linux applies the new
 /// value; the kernel caps it at `net.core.somaxconn`).
 pub fn set_listen_backlog(fd: BorrowedFd<'_>, backlog: usize) -> io::Result<()> {
@@ -201,6 +231,28 @@ mod tests {
             }
         }
         assert_eq!(err.unwrap().kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn buffer_lengths_are_set() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        set_buffer_len(s.as_fd(), true, 1 << 20).unwrap();
+        set_buffer_len(s.as_fd(), false, 1 << 20).unwrap();
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are writable and live for the call; the socket is open.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        // Doubled by the kernel, or capped at rmem_max without privileges.
+        assert!(v > 0);
     }
 
     #[test]

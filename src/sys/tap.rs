@@ -257,6 +257,61 @@ pub fn set_tx_checksum_offload(name: &str, on: bool) -> io::Result<()> {
     ethtool_value(name, ETHTOOL_STXCSUM, u32::from(on)).map(|_| ())
 }
 
+/// An offload that `ethtool -K` turns on and off, through the legacy ethtool commands (which
+/// the kernel maps onto its feature flags).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Offload {
+    /// TX checksum offload (`tx`): off, the kernel sends complete TCP/UDP checksums.
+    TxChecksum,
+    /// TCP segmentation offload (`tso`).
+    Tso,
+    /// Generic segmentation offload (`gso`): off, no frame leaves longer than the MTU.
+    Gso,
+    /// Generic receive offload (`gro`): off, received frames are not merged.
+    Gro,
+}
+
+impl Offload {
+    /// Every offload in this enum, in the order they are best turned off.
+    pub const ALL: [Offload; 4] = [
+        Offload::TxChecksum,
+        Offload::Tso,
+        Offload::Gso,
+        Offload::Gro,
+    ];
+
+    /// The (get, set) ethtool commands.
+    const fn commands(self) -> (u32, u32) {
+        match self {
+            Offload::TxChecksum => (ETHTOOL_GTXCSUM, ETHTOOL_STXCSUM),
+            Offload::Tso => (0x1e, 0x1f),
+            Offload::Gso => (0x23, 0x24),
+            Offload::Gro => (0x2b, 0x2c),
+        }
+    }
+
+    /// The name `ethtool -K` uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Offload::TxChecksum => "tx",
+            Offload::Tso => "tso",
+            Offload::Gso => "gso",
+            Offload::Gro => "gro",
+        }
+    }
+}
+
+/// Whether `offload` is on for interface `name`, in the calling thread's network namespace.
+pub fn offload(name: &str, offload: Offload) -> io::Result<bool> {
+    Ok(ethtool_value(name, offload.commands().0, 0)? != 0)
+}
+
+/// Turns `offload` on or off for interface `name` (`ethtool -K NAME tso off`, ...), in the
+/// calling thread's network namespace. Needs `CAP_NET_ADMIN`.
+pub fn set_offload(name: &str, offload: Offload, on: bool) -> io::Result<()> {
+    ethtool_value(name, offload.commands().1, u32::from(on)).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +336,9 @@ mod tests {
         // Reading the MTU and the TX checksum flag of `lo` needs no privilege.
         assert!(mtu("lo").unwrap() >= 1500);
         assert!(tx_checksum_offload("lo").is_ok());
+        for o in Offload::ALL {
+            assert!(offload("lo", o).is_ok(), "{}", o.name());
+        }
         assert!(mtu("no-such-if0").is_err());
     }
 
