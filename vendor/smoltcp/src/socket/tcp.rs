@@ -571,6 +571,8 @@ pub struct Socket<'a> {
     /// The remote window size, relative to local_seq_no
     /// I.e. we're allowed to send octets until local_seq_no+remote_win_len
     remote_win_len: usize,
+    /// The largest window the remote offered (RFC 5961's MAX.SND.WND).
+    remote_win_max: usize,
     /// The receive window scaling factor for remotes which support RFC 1323, None if unsupported.
     remote_win_scale: Option<u8>,
     /// Whether or not the remote supports selective ACK as described in RFC 2018.
@@ -690,6 +692,7 @@ impl<'a> Socket<'a> {
             remote_last_ack: None,
             remote_last_win: 0,
             remote_win_len: 0,
+            remote_win_max: 0,
             remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
             remote_win_scale: None,
             remote_has_sack: false,
@@ -1049,6 +1052,7 @@ impl<'a> Socket<'a> {
         self.remote_last_ack = None;
         self.remote_last_win = 0;
         self.remote_win_len = 0;
+        self.remote_win_max = 0;
         self.remote_win_scale = None;
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
         self.remote_mss = DEFAULT_MSS;
@@ -1808,6 +1812,12 @@ impl<'a> Socket<'a> {
         };
         let control_len = (sent_syn as usize) + (sent_fin as usize);
 
+        // An ACK older than SND.UNA but within the largest window the peer offered: the
+        // segment's data and flags count, its ACK field does not (RFC 5961 5.2; RFC 9293
+        // ignores only the ACK of such a segment). Reordered data segments of a two-way
+        // exchange carry such ACKs.
+        let mut stale_ack = false;
+
         // Reject unacceptable acknowledgements.
         match (self.state, repr.control, repr.ack_number) {
             // An RST received in response to initial SYN is acceptable if it acknowledges
@@ -1888,13 +1898,28 @@ impl<'a> Socket<'a> {
                 }
 
                 if ack_number < ack_min {
+                    let max_window = self.remote_win_max.max(self.remote_win_len);
+                    if sent_syn || ack_min - ack_number > max_window {
+                        // RFC 5961 5.2: older than any window: a blind or broken peer.
+                        net_debug!(
+                            "unacceptable old ACK ({} not in {}...{})",
+                            ack_number,
+                            ack_min,
+                            ack_max
+                        );
+                        self.counters.challenge_acks += 1;
+                        return if sent_syn {
+                            None
+                        } else {
+                            self.challenge_ack_reply(cx, ip_repr, repr)
+                        };
+                    }
                     net_debug!(
-                        "duplicate ACK ({} not in {}...{})",
+                        "old ACK ({} below {}): taking the segment, not its ACK",
                         ack_number,
-                        ack_min,
-                        ack_max
+                        ack_min
                     );
-                    return None;
+                    stale_ack = true;
                 }
 
                 if ack_number > ack_max {
@@ -1904,6 +1929,8 @@ impl<'a> Socket<'a> {
                         ack_min,
                         ack_max
                     );
+                    // RFC 5961 5.2: an ACK of data never sent.
+                    self.counters.challenge_acks += 1;
                     return self.challenge_ack_reply(cx, ip_repr, repr);
                 }
             }
@@ -1975,6 +2002,18 @@ impl<'a> Socket<'a> {
                     }
                 };
 
+                if segment_in_window
+                    && repr.control == TcpControl::Rst
+                    && segment_start != window_start
+                {
+                    // RFC 5961 3.2: a RST in the window but not exactly at RCV.NXT may be a
+                    // blind attack: answer with a challenge ACK (a real peer then sends a RST
+                    // with the right number), do not reset.
+                    net_debug!("RST not at RCV.NXT: challenge ACK");
+                    self.counters.challenge_acks += 1;
+                    return self.challenge_ack_reply(cx, ip_repr, repr);
+                }
+
                 if segment_in_window {
                     let overlap_start = window_start.max(segment_start);
                     let overlap_end = window_end.min(segment_end);
@@ -1999,7 +2038,12 @@ impl<'a> Socket<'a> {
                     // need a reply to make progress.
                     if repr.control == TcpControl::Rst {
                         net_debug!("dropping out-of-window RST");
+                        self.counters.challenge_acks += 1;
                         return None;
+                    }
+                    if repr.control == TcpControl::Syn {
+                        // RFC 5961 4.2: a SYN in a synchronized state.
+                        self.counters.challenge_acks += 1;
                     }
 
                     // If we're in the TIME-WAIT state, restart the TIME-WAIT timeout, since
@@ -2052,8 +2096,9 @@ impl<'a> Socket<'a> {
         let mut ack_len = 0;
         let mut ack_of_fin = false;
         let mut ack_all = false;
+        let ack_field = if stale_ack { None } else { repr.ack_number };
         if repr.control != TcpControl::Rst
-            && let Some(ack_number) = repr.ack_number
+            && let Some(ack_number) = ack_field
         {
             // Sequence number corresponding to the first byte in `tx_buffer`.
             // This normally equals `local_seq_no`, but is 1 higher if we have sent a SYN,
@@ -2265,6 +2310,24 @@ impl<'a> Socket<'a> {
                 // Partial ACK: fall through to advance SND.UNA normally.
             }
 
+            // RFC 5961 4.2: a SYN in a synchronized state, whatever its sequence number, gets
+            // a challenge ACK (a peer that restarted then sends a RST with the right number);
+            // the connection is not reset.
+            (
+                State::Established
+                | State::FinWait1
+                | State::FinWait2
+                | State::CloseWait
+                | State::Closing
+                | State::LastAck
+                | State::TimeWait,
+                TcpControl::Syn,
+            ) => {
+                net_debug!("SYN in a synchronized state: challenge ACK");
+                self.counters.challenge_acks += 1;
+                return self.challenge_ack_reply(cx, ip_repr, repr);
+            }
+
             _ => {
                 net_debug!("unexpected packet {}", repr);
                 return None;
@@ -2281,12 +2344,15 @@ impl<'a> Socket<'a> {
             _ => self.remote_win_scale.unwrap_or(0),
         };
         let new_remote_win_len = (repr.window_len as usize) << (scale as usize);
-        let is_window_update = new_remote_win_len != self.remote_win_len;
-        self.remote_win_len = new_remote_win_len;
-
-        self.congestion_controller
-            .inner_mut()
-            .set_remote_window(new_remote_win_len);
+        let is_window_update = !stale_ack && new_remote_win_len != self.remote_win_len;
+        if !stale_ack {
+            // (The window of a segment with an old ACK is relative to that old ACK.)
+            self.remote_win_len = new_remote_win_len;
+            self.remote_win_max = self.remote_win_max.max(new_remote_win_len);
+            self.congestion_controller
+                .inner_mut()
+                .set_remote_window(new_remote_win_len);
+        }
 
         if ack_len > 0 {
             // Dequeue acknowledged octets.
@@ -2303,7 +2369,7 @@ impl<'a> Socket<'a> {
             self.tx_waker.wake();
         }
 
-        if let Some(ack_number) = repr.ack_number {
+        if let Some(ack_number) = ack_field {
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
 
@@ -5863,6 +5929,136 @@ mod test {
             })
         );
         assert_eq!(s.local_seq_no, LOCAL_SEQ + 1);
+    }
+
+    #[test]
+    fn test_rfc5961_rst_in_window_gets_a_challenge_ack() {
+        let mut s = socket_established();
+        // In the window, but not at RCV.NXT: a blind reset attempt.
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1 + 10,
+                ack_number: None,
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.counters().challenge_acks, 1);
+        // Challenge ACKs are rate-limited: the next one within a second goes unanswered.
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1 + 20,
+                ack_number: None,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.counters().challenge_acks, 2);
+        // Exactly at RCV.NXT: a real reset.
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: None,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Closed);
+    }
+
+    #[test]
+    fn test_rfc5961_syn_in_established_gets_a_challenge_ack() {
+        let mut s = socket_established();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.counters().challenge_acks, 1);
+    }
+
+    #[test]
+    fn test_data_with_an_old_ack_is_taken() {
+        // A data segment overtaken by a later one carries an ACK older than SND.UNA: its data
+        // counts (RFC 9293, RFC 5961 5.2), its ACK and window do not.
+        let mut s = socket_established();
+        s.send_slice(b"xyz").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"xyz"[..],
+            ..RECV_TEMPL
+        }));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                payload: &b"abc"[..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.local_seq_no, LOCAL_SEQ + 1 + 3);
+        // The earlier-sent segment arrives second, acknowledging less.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 3,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 0,
+                payload: &b"def"[..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.local_seq_no, LOCAL_SEQ + 1 + 3);
+        assert_eq!(s.remote_win_len, 256);
+        s.recv(|data| {
+            assert_eq!(data, b"abcdef");
+            (6, ())
+        })
+        .unwrap();
+        assert_eq!(s.counters().challenge_acks, 0);
+    }
+
+    #[test]
+    fn test_rfc5961_ack_older_than_any_window_is_dropped() {
+        let mut s = socket_established();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 - 100_000),
+                payload: &b"abc"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.recv_queue(), 0);
+        assert_eq!(s.counters().challenge_acks, 1);
     }
 
     #[test]
@@ -10275,11 +10471,29 @@ mod test {
             (0, ())
         })
         .unwrap();
+        // RFC 5961 3.2: a RST past RCV.NXT (the hole) gets a challenge ACK, not a reset...
         send!(
             s,
             TcpRepr {
                 control: TcpControl::Rst,
                 seq_number: REMOTE_SEQ + 1 + 9,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 3),
+                window_len: 64,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+        // ...and the peer's answer, a RST at RCV.NXT, resets.
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1 + 3,
                 ack_number: Some(LOCAL_SEQ + 1),
                 ..SEND_TEMPL
             }
@@ -10345,11 +10559,29 @@ mod test {
                 ..RECV_TEMPL
             })
         );
+        // RFC 5961 3.2: a RST past RCV.NXT (the hole) gets a challenge ACK, not a reset...
         send!(
             s,
             TcpRepr {
                 control: TcpControl::Rst,
                 seq_number: REMOTE_SEQ + 1 + 9,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 3),
+                window_len: 61,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+        // ...and the peer's answer, a RST at RCV.NXT, resets.
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1 + 3,
                 ack_number: Some(LOCAL_SEQ + 1),
                 ..SEND_TEMPL
             }
