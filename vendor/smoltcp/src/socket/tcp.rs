@@ -610,6 +610,9 @@ pub struct Socket<'a> {
     tlp_end: Option<TcpSeqNumber>,
     /// Counters of this connection (since `listen` or `connect`).
     counters: Counters,
+    /// SYN or SYN|ACK retransmissions so far, and how many are allowed.
+    syn_retries: u8,
+    syn_retries_max: Option<u8>,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -712,6 +715,8 @@ impl<'a> Socket<'a> {
             tlp_pending: false,
             tlp_end: None,
             counters: Counters::default(),
+            syn_retries: 0,
+            syn_retries_max: None,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -897,6 +902,14 @@ impl<'a> Socket<'a> {
         self.timeout = duration
     }
 
+    /// Set how many times a SYN or SYN|ACK is resent before the handshake is given up
+    /// (`None`, the default: never). A socket in SYN-RECEIVED that came from `listen` then
+    /// listens again, so a peer that never completes the handshake (a spoofed SYN) holds it for
+    /// a bounded time; a `connect` then fails (the state becomes CLOSED).
+    pub fn set_syn_retries(&mut self, retries: Option<u8>) {
+        self.syn_retries_max = retries;
+    }
+
     /// Set the ACK delay duration.
     ///
     /// By default, the ACK delay is set to 10ms.
@@ -1040,6 +1053,8 @@ impl<'a> Socket<'a> {
         self.state = State::Closed;
         self.timer = Timer::new();
         self.rtte = self.rtte.reset();
+        // A new connection starts with a fresh congestion window of the same algorithm.
+        self.set_congestion_control(self.congestion_control());
         self.assembler = Assembler::new();
         self.tx_buffer.clear();
         self.rx_buffer.clear();
@@ -1070,6 +1085,7 @@ impl<'a> Socket<'a> {
         self.undo_marker = None;
         self.tlp_pending = false;
         self.tlp_end = None;
+        self.syn_retries = 0;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
 
@@ -1078,6 +1094,15 @@ impl<'a> Socket<'a> {
             self.rx_waker.wake();
             self.tx_waker.wake();
         }
+    }
+
+    /// Goes back to LISTEN on the same endpoint after a handshake that did not complete,
+    /// forgetting everything of it (its RTO backoff included).
+    fn relisten(&mut self) {
+        let endpoint = self.listen_endpoint;
+        self.reset();
+        self.listen_endpoint = endpoint;
+        self.set_state(State::Listen);
     }
 
     /// Start listening on the given endpoint.
@@ -2146,8 +2171,7 @@ impl<'a> Socket<'a> {
             // reason is TCP simultaneous open).
             (State::SynReceived, TcpControl::Rst) if self.listen_endpoint.port != 0 => {
                 tcp_trace!("received RST");
-                self.tuple = None;
-                self.set_state(State::Listen);
+                self.relisten();
                 return None;
             }
 
@@ -3086,8 +3110,28 @@ impl<'a> Socket<'a> {
                     }
                     self.arm_retransmit_timer(cx.now());
                 }
+                _ if matches!(self.state, State::SynSent | State::SynReceived)
+                    && self
+                        .syn_retries_max
+                        .is_some_and(|max| self.syn_retries >= max) =>
+                {
+                    // The handshake is given up: a SYN-RECEIVED socket made from a listening
+                    // one listens again (its slot takes the next SYN), a connect fails.
+                    net_debug!("handshake given up after {} retries", self.syn_retries);
+                    self.counters.handshake_timeouts += 1;
+                    if self.state == State::SynReceived && self.listen_endpoint.port != 0 {
+                        self.relisten();
+                    } else {
+                        self.set_state(State::Closed);
+                        self.tuple = None;
+                    }
+                    return Ok(());
+                }
                 _ => {
                     net_debug!("retransmitting after rto");
+                    if matches!(self.state, State::SynSent | State::SynReceived) {
+                        self.syn_retries = self.syn_retries.saturating_add(1);
+                    }
                     self.counters.rto_expirations += 1;
 
                     // Inform the congestion controller that we're retransmitting and should
@@ -4326,6 +4370,64 @@ mod test {
             }
         );
         assert_eq!(s.state, State::Established);
+    }
+
+    #[test]
+    fn test_syn_received_gives_up_and_listens_again() {
+        let mut s = socket_syn_received();
+        s.listen_endpoint = LISTEN_END;
+        s.set_syn_retries(Some(2));
+        let synack = TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: LOCAL_SEQ,
+            ack_number: Some(REMOTE_SEQ + 1),
+            max_seg_size: Some(BASE_MSS),
+            ..RECV_TEMPL
+        };
+        // The SYN|ACK at 0, then two retransmissions (RTO 1 s, then 2 s)...
+        recv!(s, time 0, Ok(synack.clone()));
+        recv!(s, time 1000, Ok(synack.clone()));
+        recv!(s, time 3000, Ok(synack.clone()));
+        // ...then the handshake is given up: the socket listens again, sending nothing.
+        recv_nothing!(s, time 7000);
+        assert_eq!(s.state, State::Listen);
+        assert_eq!(s.counters().handshake_timeouts, 1);
+        // A new SYN is taken, with a fresh RTO (1 s, not the backed-off 8 s).
+        send!(s, time 7001, TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: REMOTE_SEQ,
+            ack_number: None,
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.state, State::SynReceived);
+        assert_eq!(s.rto(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn test_syn_sent_gives_up() {
+        let mut s = socket_syn_sent();
+        s.set_syn_retries(Some(1));
+        recv!(s, time 0, Ok(TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: LOCAL_SEQ,
+            ack_number: None,
+            max_seg_size: Some(BASE_MSS),
+            window_scale: Some(0),
+            sack_permitted: true,
+            ..RECV_TEMPL
+        }));
+        recv!(s, time 1000, Ok(TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: LOCAL_SEQ,
+            ack_number: None,
+            max_seg_size: Some(BASE_MSS),
+            window_scale: Some(0),
+            sack_permitted: true,
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 3000);
+        assert_eq!(s.state, State::Closed);
+        assert_eq!(s.counters().handshake_timeouts, 1);
     }
 
     #[test]

@@ -620,6 +620,8 @@ pub struct Counters {
     pub challenge_acks: u64,
     /// Duplicate segments received (reported to the peer as D-SACK).
     pub duplicates_received: u64,
+    /// Handshakes given up after `set_syn_retries` retransmissions of the SYN or SYN|ACK.
+    pub handshake_timeouts: u64,
 }
 
 impl Counters {
@@ -642,6 +644,7 @@ impl Counters {
         self.sack_blocks_ignored += other.sack_blocks_ignored;
         self.challenge_acks += other.challenge_acks;
         self.duplicates_received += other.duplicates_received;
+        self.handshake_timeouts += other.handshake_timeouts;
     }
 }
 
