@@ -27,8 +27,10 @@ pub(crate) enum Answer {
     /// The neighbor address is not in the cache, or has expired.
     NotFound,
     /// The neighbor address is not in the cache, or has expired,
-    /// and a lookup has been made recently.
+    /// and a lookup has been made recently (or the request budget is spent).
     RateLimited,
+    /// Every request for the neighbor went unanswered: it is unreachable for now.
+    Unreachable,
 }
 
 impl Answer {
@@ -41,16 +43,49 @@ impl Answer {
     }
 }
 
+/// A resolution under way (patch 7): requests sent for an address not in the cache.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+struct Pending {
+    /// When the first request went out.
+    since: Instant,
+    /// When the next request may go (or, after the last one, when it is deemed unreachable).
+    next_at: Instant,
+    /// Requests sent.
+    tries: u8,
+}
+
 /// A neighbor cache backed by a map.
+///
+/// Discovery is rate-limited per address (a request every `RETRY_TIME`, at most `TRIES` of
+/// them, then the address is unreachable for `UNREACHABLE_TIME`) and in total (a budget of
+/// `REQUESTS_PER_SECOND`); at most `PENDING_COUNT` addresses are being resolved at once. The
+/// cache itself only evicts an entry to make room for an answer to one of our requests, so a
+/// flood of unsolicited requests cannot push out the neighbors in use.
 #[derive(Debug)]
 pub struct Cache {
     storage: LinearMap<IpAddress, Neighbor, IFACE_NEIGHBOR_CACHE_COUNT>,
-    silent_until: Instant,
+    pending: LinearMap<IpAddress, Pending, { Cache::PENDING_COUNT }>,
+    /// Requests that may still go before `refill_at`.
+    budget: u32,
+    refill_at: Instant,
 }
 
 impl Cache {
-    /// Minimum delay between discovery requests, in milliseconds.
-    pub(crate) const SILENT_TIME: Duration = Duration::from_millis(1_000);
+    /// Minimum delay between discovery requests for one address.
+    pub(crate) const RETRY_TIME: Duration = Duration::from_millis(250);
+
+    /// Requests sent for an address before it is deemed unreachable.
+    pub(crate) const TRIES: u8 = 3;
+
+    /// How long an address stays unreachable (no more requests) after its last try.
+    pub(crate) const UNREACHABLE_TIME: Duration = Duration::from_millis(3_000);
+
+    /// Addresses resolved at once.
+    pub(crate) const PENDING_COUNT: usize = 32;
+
+    /// Discovery requests sent per second, all addresses together.
+    pub(crate) const REQUESTS_PER_SECOND: u32 = 100;
 
     /// Neighbor entry lifetime, in milliseconds.
     pub(crate) const ENTRY_LIFETIME: Duration = Duration::from_millis(60_000);
@@ -59,7 +94,9 @@ impl Cache {
     pub fn new() -> Self {
         Self {
             storage: LinearMap::new(),
-            silent_until: Instant::from_millis(0),
+            pending: LinearMap::new(),
+            budget: Self::REQUESTS_PER_SECOND,
+            refill_at: Instant::from_millis(0),
         }
     }
 
@@ -88,8 +125,26 @@ impl Cache {
         debug_assert!(protocol_addr.is_unicast());
         debug_assert!(hardware_addr.is_unicast());
 
+        self.pending.remove(&protocol_addr);
         let expires_at = timestamp + Self::ENTRY_LIFETIME;
         self.fill_with_expiration(protocol_addr, hardware_addr, expires_at);
+    }
+
+    /// Fills the cache from a mapping nobody asked for (an ARP request aimed at us, a
+    /// neighbor solicitation): it updates an entry or takes a free one, and never evicts one,
+    /// unless we were resolving that address ourselves.
+    pub fn fill_unsolicited(
+        &mut self,
+        protocol_addr: IpAddress,
+        hardware_addr: HardwareAddress,
+        timestamp: Instant,
+    ) {
+        if self.pending.contains_key(&protocol_addr)
+            || self.storage.contains_key(&protocol_addr)
+            || self.storage.len() < self.storage.capacity()
+        {
+            self.fill(protocol_addr, hardware_addr, timestamp);
+        }
     }
 
     pub fn fill_with_expiration(
@@ -158,19 +213,96 @@ impl Cache {
             return Answer::Found(hardware_addr);
         }
 
-        if timestamp < self.silent_until {
-            Answer::RateLimited
-        } else {
-            Answer::NotFound
+        match self.pending.get(protocol_addr) {
+            Some(p) if p.tries >= Self::TRIES && timestamp >= p.next_at => {
+                if timestamp < p.next_at + Self::UNREACHABLE_TIME {
+                    Answer::Unreachable
+                } else {
+                    // Long enough: ask again.
+                    self.budget_answer(timestamp)
+                }
+            }
+            Some(p) if timestamp < p.next_at => Answer::RateLimited,
+            Some(_) => self.budget_answer(timestamp),
+            None if self.pending.len() == self.pending.capacity()
+                && !self.pending.values().any(|p| self.evictable(p, timestamp)) =>
+            {
+                Answer::RateLimited
+            }
+            None => self.budget_answer(timestamp),
         }
     }
 
-    pub(crate) fn limit_rate(&mut self, timestamp: Instant) {
-        self.silent_until = timestamp + Self::SILENT_TIME;
+    /// `NotFound` (a request may go) if the budget allows one now, else `RateLimited`.
+    fn budget_answer(&self, timestamp: Instant) -> Answer {
+        if self.budget > 0 || timestamp >= self.refill_at {
+            Answer::NotFound
+        } else {
+            Answer::RateLimited
+        }
+    }
+
+    /// Whether a pending resolution may make room for another: it was given up, or the
+    /// whole round of requests is over.
+    fn evictable(&self, p: &Pending, timestamp: Instant) -> bool {
+        p.tries >= Self::TRIES && timestamp >= p.next_at
+    }
+
+    /// Records that a discovery request for `protocol_addr` was sent at `timestamp`.
+    pub(crate) fn requested(&mut self, protocol_addr: IpAddress, timestamp: Instant) {
+        if timestamp >= self.refill_at {
+            self.budget = Self::REQUESTS_PER_SECOND;
+            self.refill_at = timestamp + Duration::from_secs(1);
+        }
+        self.budget = self.budget.saturating_sub(1);
+
+        if let Some(p) = self.pending.get_mut(&protocol_addr) {
+            if p.tries >= Self::TRIES {
+                // A new round after the unreachable time.
+                *p = Pending {
+                    since: timestamp,
+                    next_at: timestamp,
+                    tries: 0,
+                };
+            }
+            p.tries += 1;
+            p.next_at = timestamp + Self::RETRY_TIME;
+            return;
+        }
+        if self.pending.len() == self.pending.capacity() {
+            // Room from the oldest resolution that is over (lookup checked there is one).
+            let victim = self
+                .pending
+                .iter()
+                .filter(|(_, p)| self.evictable(p, timestamp))
+                .min_by_key(|(_, p)| p.since)
+                .map(|(addr, _)| *addr);
+            match victim {
+                Some(addr) => {
+                    self.pending.remove(&addr);
+                }
+                None => return,
+            }
+        }
+        let _ = self.pending.insert(
+            protocol_addr,
+            Pending {
+                since: timestamp,
+                next_at: timestamp + Self::RETRY_TIME,
+                tries: 1,
+            },
+        );
+    }
+
+    /// Whether every discovery request for `protocol_addr` went unanswered (and the last one
+    /// was given its time).
+    pub(crate) fn unreachable(&self, protocol_addr: &IpAddress, timestamp: Instant) -> bool {
+        self.lookup(protocol_addr, timestamp) == Answer::Unreachable
     }
 
     pub(crate) fn flush(&mut self) {
-        self.storage.clear()
+        self.storage.clear();
+        self.pending.clear();
     }
 }
 
@@ -305,15 +437,117 @@ mod test {
             Answer::NotFound
         );
 
-        cache.limit_rate(Instant::from_millis(0));
+        cache.requested(MOCK_IP_ADDR_1.into(), Instant::from_millis(0));
         assert_eq!(
             cache.lookup(&MOCK_IP_ADDR_1.into(), Instant::from_millis(100)),
             Answer::RateLimited
         );
+        // Another address is not held back by it.
         assert_eq!(
-            cache.lookup(&MOCK_IP_ADDR_1.into(), Instant::from_millis(2000)),
+            cache.lookup(&MOCK_IP_ADDR_2.into(), Instant::from_millis(100)),
             Answer::NotFound
         );
+        assert_eq!(
+            cache.lookup(&MOCK_IP_ADDR_1.into(), Instant::from_millis(250)),
+            Answer::NotFound
+        );
+    }
+
+    #[test]
+    fn test_unanswered_address_becomes_unreachable() {
+        let mut cache = Cache::new();
+        let addr: IpAddress = MOCK_IP_ADDR_1.into();
+        let mut t = Instant::from_millis(0);
+        for _ in 0..Cache::TRIES {
+            assert_eq!(cache.lookup(&addr, t), Answer::NotFound);
+            cache.requested(addr, t);
+            assert_eq!(cache.lookup(&addr, t), Answer::RateLimited);
+            t += Cache::RETRY_TIME;
+        }
+        assert_eq!(cache.lookup(&addr, t), Answer::Unreachable);
+        assert!(cache.unreachable(&addr, t));
+        // For a while; then it is asked for again.
+        t += Cache::UNREACHABLE_TIME;
+        assert_eq!(cache.lookup(&addr, t), Answer::NotFound);
+        cache.requested(addr, t);
+        assert_eq!(cache.lookup(&addr, t), Answer::RateLimited);
+        // An answer ends it.
+        cache.fill(addr, HADDR_A, t);
+        assert_eq!(cache.lookup(&addr, t), Answer::Found(HADDR_A));
+    }
+
+    #[test]
+    fn test_request_budget_and_pending_table_are_bounded() {
+        let mut cache = Cache::new();
+        let t = Instant::from_millis(0);
+        let addr = |i: u32| -> IpAddress {
+            #[cfg(feature = "proto-ipv4")]
+            {
+                crate::wire::Ipv4Address::from_bits(0x0a00_0000 + i).into()
+            }
+            #[cfg(not(feature = "proto-ipv4"))]
+            {
+                crate::wire::Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, i as u16 + 1).into()
+            }
+        };
+        // As many addresses as the pending table holds get a request at once...
+        for i in 0..Cache::PENDING_COUNT as u32 {
+            assert_eq!(cache.lookup(&addr(i), t), Answer::NotFound);
+            cache.requested(addr(i), t);
+        }
+        // ...then no more until one of them is over.
+        let next = addr(Cache::PENDING_COUNT as u32);
+        assert_eq!(cache.lookup(&next, t), Answer::RateLimited);
+        let over = t + Cache::RETRY_TIME * Cache::TRIES as u32;
+        for i in 0..Cache::PENDING_COUNT as u32 {
+            for k in 1..Cache::TRIES as u32 {
+                cache.requested(addr(i), t + Cache::RETRY_TIME * k);
+            }
+        }
+        assert_eq!(cache.lookup(&addr(0), over), Answer::Unreachable);
+        // 32 x 3 = 96 requests: 4 left in this second's budget.
+        assert_eq!(cache.lookup(&next, over), Answer::NotFound);
+        for i in 0..4 {
+            cache.requested(addr(100 + i), over);
+        }
+        assert_eq!(cache.lookup(&addr(200), over), Answer::RateLimited);
+        // The budget refills after a second.
+        assert_eq!(
+            cache.lookup(&addr(200), t + Duration::from_secs(1)),
+            Answer::NotFound
+        );
+    }
+
+    #[test]
+    fn test_unsolicited_fill_does_not_evict() {
+        let mut cache = Cache::new();
+        let t = Instant::from_millis(0);
+        let addr = |i: u32| -> IpAddress {
+            #[cfg(feature = "proto-ipv4")]
+            {
+                crate::wire::Ipv4Address::from_bits(0x0a00_0000 + i).into()
+            }
+            #[cfg(not(feature = "proto-ipv4"))]
+            {
+                crate::wire::Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, i as u16 + 1).into()
+            }
+        };
+        let cap = IFACE_NEIGHBOR_CACHE_COUNT as u32;
+        for i in 0..cap {
+            cache.fill_unsolicited(addr(i), HADDR_A, t);
+        }
+        // Full: a flood of unsolicited mappings pushes nobody out...
+        for i in cap..cap + 100 {
+            cache.fill_unsolicited(addr(i), HADDR_B, t + Duration::from_millis(1));
+        }
+        for i in 0..cap {
+            assert_eq!(cache.lookup(&addr(i), t), Answer::Found(HADDR_A));
+        }
+        // ...but the answer to our own request does.
+        let asked = addr(cap + 200);
+        cache.requested(asked, t);
+        cache.fill_unsolicited(asked, HADDR_C, t);
+        assert_eq!(cache.lookup(&asked, t), Answer::Found(HADDR_C));
     }
 
     #[test]

@@ -42,8 +42,9 @@ impl Meta {
     /// Minimum delay between neighbor discovery requests for this particular
     /// socket, in milliseconds.
     ///
-    /// See also `iface::NeighborCache::SILENT_TIME`.
-    pub(crate) const DISCOVERY_SILENT_TIME: Duration = Duration::from_millis(1_000);
+    /// The same as `iface::neighbor::Cache::RETRY_TIME`: the socket tries again when the
+    /// cache would send the next request.
+    pub(crate) const DISCOVERY_SILENT_TIME: Duration = Duration::from_millis(250);
 
     pub(crate) fn poll_at<F>(
         &self,
@@ -162,7 +163,7 @@ mod tests {
         m.neighbor_missing(t0, NEIGHBOR);
         let silent_until = t0 + Meta::DISCOVERY_SILENT_TIME;
 
-        let t_before = Instant::from_millis(1500);
+        let t_before = t0 + Meta::DISCOVERY_SILENT_TIME / 2;
         assert!(t_before < silent_until);
 
         assert_eq!(
@@ -217,7 +218,7 @@ mod tests {
         m.neighbor_missing(t0, NEIGHBOR);
         let silent_until = t0 + Meta::DISCOVERY_SILENT_TIME;
 
-        let t_before = Instant::from_millis(1500);
+        let t_before = t0 + Meta::DISCOVERY_SILENT_TIME / 2;
         assert!(!m.egress_permitted(t_before, |_| false));
         assert_eq!(
             m.poll_at(PollAt::Ingress, |_| false, t_before),

@@ -294,7 +294,9 @@ impl InterfaceInner {
                 // We fill from requests too because if someone is requesting our address they
                 // are probably going to talk to us, so we avoid having to request their address
                 // when we later reply to them.
-                self.neighbor_cache.fill(
+                // (Without evicting a neighbor in use, unless we asked for this one: a flood
+                // of requests from made-up addresses must not push out the real peers.)
+                self.neighbor_cache.fill_unsolicited(
                     source_protocol_addr.into(),
                     source_hardware_addr.into(),
                     timestamp,

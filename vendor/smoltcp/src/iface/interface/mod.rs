@@ -391,6 +391,14 @@ impl Interface {
         self.inner.get_source_address_ipv6(dst_addr)
     }
 
+    /// Whether every discovery request (ARP, neighbor solicitation) for the neighbor that
+    /// `addr` is reached through went unanswered, as of the last poll: a connection to it
+    /// cannot make progress for now (see `iface::neighbor`'s rate limits).
+    #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
+    pub fn neighbor_unreachable(&self, addr: IpAddress) -> bool {
+        self.inner.neighbor_unreachable(&addr)
+    }
+
     /// Update the IP addresses of the interface.
     ///
     /// # Panics
@@ -1044,6 +1052,14 @@ impl InterfaceInner {
         self.routes.lookup(addr, timestamp)
     }
 
+    #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
+    fn neighbor_unreachable(&self, addr: &IpAddress) -> bool {
+        match self.route(addr, self.now) {
+            Some(routed) => self.neighbor_cache.unreachable(&routed, self.now),
+            None => true,
+        }
+    }
+
     fn has_neighbor(&self, addr: &IpAddress) -> bool {
         match self.route(addr, self.now) {
             Some(_routed_addr) => match self.caps.medium {
@@ -1130,7 +1146,9 @@ impl InterfaceInner {
 
         match self.neighbor_cache.lookup(&dst_addr, self.now) {
             NeighborAnswer::Found(hardware_addr) => return Ok((hardware_addr, tx_token)),
-            NeighborAnswer::RateLimited => return Err(DispatchError::NeighborPending),
+            NeighborAnswer::RateLimited | NeighborAnswer::Unreachable => {
+                return Err(DispatchError::NeighborPending);
+            }
             _ => (), // XXX
         }
 
@@ -1202,7 +1220,7 @@ impl InterfaceInner {
         }
 
         // The request got dispatched, limit the rate on the cache.
-        self.neighbor_cache.limit_rate(self.now);
+        self.neighbor_cache.requested(dst_addr, self.now);
         Err(DispatchError::NeighborPending)
     }
 
