@@ -95,6 +95,16 @@ pub struct TcpConfig {
     /// docs/DECISIONS.md). Tail losses are mostly repaired sooner, by a probe after two
     /// round trips (RFC 8985).
     pub rto_min: Duration,
+    /// SYN|ACK retransmissions before a half-open connection (SYN received, never
+    /// completed) gives its socket back to the listener: with the RTO starting at 1 s and
+    /// doubling, 2 (default) frees it 7 s after the SYN. A peer that cannot be reached (no
+    /// ARP answer) frees it at once, and a new SYN finding the backlog full evicts the oldest
+    /// half-open connection, so this bounds the rest.
+    pub synack_retries: u8,
+    /// Reset connections on which the application moved no data for this long, accepted or
+    /// waiting to be accepted (`None`: never). Peers that complete handshakes and then say
+    /// nothing would otherwise hold every socket for ever.
+    pub idle_timeout: Option<Duration>,
     /// How long a closed connection may linger (FIN-WAIT etc.) before its socket is reset and
     /// reused.
     pub close_timeout: Duration,
@@ -111,6 +121,8 @@ impl Default for TcpConfig {
             keep_alive: None,
             timeout: None,
             rto_min: Duration::from_millis(10),
+            synack_retries: 2,
+            idle_timeout: None,
             close_timeout: Duration::from_secs(10),
         }
     }

@@ -81,6 +81,13 @@ pub struct StackStats {
     pub sockets_exhausted: u64,
     /// Sockets reset because they lingered past `close_timeout` after being released.
     pub close_timeouts: u64,
+    /// Half-open connections evicted because a new SYN found the backlog full (the oldest go
+    /// first).
+    pub half_open_evicted: u64,
+    /// Half-open connections dropped because their peer's address never answered ARP.
+    pub half_open_unreachable: u64,
+    /// Connections reset after `TcpConfig::idle_timeout` without data moving.
+    pub idle_reaped: u64,
 }
 
 /// TCP events summed over the connections of a stack ([`Stack::tcp_stats`]): why data was
@@ -573,8 +580,10 @@ impl<D: PacketDevice> Stack<D> {
         changed
     }
 
-    /// Offers the waiting SYNs to the shards again; drops those that waited too long. Returns
-    /// whether any was placed.
+    /// Offers the waiting SYNs to the shards again; drops those that waited too long. A SYN
+    /// that finds every socket of its listener taken evicts the oldest half-open connection
+    /// (RFC 4987's "drop oldest"), whose socket listens again after the shard's next poll.
+    /// Returns whether any SYN was placed or any socket freed for one.
     fn route_waiting_syns(&mut self, now: Instant) -> bool {
         let mut placed = false;
         for _ in 0..self.syn_wait.len() {
@@ -602,12 +611,33 @@ impl<D: PacketDevice> Stack<D> {
                     }
                 }
                 None => {
+                    if let Some(s) = self.evict_oldest_half_open(flow.local_port, now) {
+                        self.due.mark(s);
+                        placed = true;
+                    }
                     // Cannot fail: one was just taken out.
                     let _ = self.syn_wait.push((flow, since, frame));
                 }
             }
         }
         placed
+    }
+
+    /// Frees the socket of the oldest half-open connection of the listener on `port`, if any
+    /// (it listens again at once); returns its shard.
+    fn evict_oldest_half_open(&mut self, port: u16, now: Instant) -> Option<usize> {
+        let (_, shard, slot) = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.table.oldest_half_open(port).map(|(t, slot)| (t, i, slot)))
+            .min()?;
+        self.shards[shard]
+            .table
+            .evict_half_open(slot, now, &self.cfg);
+        self.io.stats.half_open_evicted += 1;
+        self.forget_freed(shard);
+        Some(shard)
     }
 
     /// Runs smoltcp over one shard: its frames in, its sockets out, then listener and socket
@@ -646,13 +676,15 @@ impl<D: PacketDevice> Stack<D> {
                 PollResult::SocketStateChanged => changed = true,
             }
         }
-        shard.table.maintain(now, cfg, &mut io.stats);
+        shard.table.maintain(now, cfg, &mut io.stats, &|addr| {
+            iface.neighbor_unreachable(addr)
+        });
         shard.table.listen_budget(&mut shard.budget);
         let at = shard.table.with_set(|set| iface.poll_at(smol, set));
         let at = at.map_or(u64::MAX, |t| t.total_micros().max(0) as u64);
         let deadline = shard
             .table
-            .next_deadline(cfg.tcp.close_timeout)
+            .next_deadline(cfg)
             .map_or(u64::MAX, Instant::as_micros);
         self.wake[i] = at.min(deadline);
         self.due.unmark(i);
@@ -750,7 +782,11 @@ impl<D: PacketDevice> Stack<D> {
         self.listeners[idx] = Some(ListenerMeta { port });
         for s in &mut self.shards {
             s.table.add_listener(idx as u32, port, per_shard);
-            s.table.maintain(self.now, &self.cfg, &mut self.io.stats);
+            let iface = &self.iface;
+            s.table
+                .maintain(self.now, &self.cfg, &mut self.io.stats, &|addr| {
+                    iface.neighbor_unreachable(addr)
+                });
             s.table.listen_budget(&mut s.budget);
         }
         Ok(ListenerId {
@@ -883,6 +919,7 @@ impl<D: PacketDevice> Stack<D> {
     fn moved(&mut self, c: ConnId, moved: usize) {
         if moved > 0 && c.shard() < self.shards.len() {
             self.due.mark(c.shard());
+            self.shards[c.shard()].table.touch(c, self.now);
         }
     }
 

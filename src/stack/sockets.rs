@@ -108,6 +108,11 @@ struct Slot {
     role: Role,
     handle: Option<SocketHandle>,
     since: Instant,
+    /// When a listening socket was first seen in SYN-RECEIVED (the oldest is evicted first).
+    half_open_since: Option<Instant>,
+    /// When the application last moved data on the connection (or it was accepted or opened),
+    /// for the idle timeout.
+    active_at: Instant,
 }
 
 struct Listener {
@@ -217,6 +222,8 @@ impl SocketTable {
                     role: Role::Free,
                     handle: None,
                     since: Instant::ZERO,
+                    half_open_since: None,
+                    active_at: Instant::ZERO,
                 })
                 .collect(),
             free: (0..n as u32).rev().collect(),
@@ -307,6 +314,8 @@ impl SocketTable {
         s.role = role;
         s.handle = Some(handle);
         s.since = now;
+        s.half_open_since = None;
+        s.active_at = now;
         Some(Ok(slot))
     }
 
@@ -333,9 +342,46 @@ impl SocketTable {
     fn arm(&mut self, idx: u32, port: u16, cfg: &StackConfig, now: Instant) -> Option<u32> {
         self.take_slot(Role::Armed(idx), now, |s| {
             configure(s, cfg);
+            // A handshake nobody completes gives its socket back to the listener.
+            s.set_syn_retries(Some(cfg.tcp.synack_retries));
             s.listen(port).is_ok()
         })?
         .ok()
+    }
+
+    /// The oldest half-open connection (SYN received, handshake not complete) of the listener
+    /// on `port`: when it was first seen, and its slot.
+    pub(crate) fn oldest_half_open(&self, port: u16) -> Option<(Instant, u32)> {
+        self.listeners
+            .iter()
+            .flatten()
+            .filter(|l| l.port == port)
+            .flat_map(|l| l.members.iter())
+            .filter_map(|&slot| {
+                let s = &self.slots[slot as usize];
+                s.half_open_since.map(|t| (t, slot))
+            })
+            .min()
+    }
+
+    /// Gives a half-open connection's socket back to its listener at once, silently (the
+    /// peer of a SYN flood is made up; a real one retries its SYN).
+    pub(crate) fn evict_half_open(&mut self, slot: u32, now: Instant, cfg: &StackConfig) {
+        if let Some(h) = self.slots[slot as usize].handle {
+            let flow = self.with_socket(h, |s| {
+                let flow = flow_of(s);
+                // Back to LISTEN with no RST: listen() on an aborted socket starts afresh.
+                s.abort();
+                let port = s.listen_endpoint().port;
+                configure(s, cfg);
+                s.set_syn_retries(Some(cfg.tcp.synack_retries));
+                let _ = s.listen(port);
+                flow
+            });
+            self.freed.extend(flow);
+            self.slots[slot as usize].half_open_since = None;
+            self.slots[slot as usize].since = now;
+        }
     }
 
     /// Arms listener `idx` (the stack's listener index) on `port` with `backlog` sockets.
@@ -401,6 +447,7 @@ impl SocketTable {
         let endpoint = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
         let res = self.take_slot(Role::User, now, |s| {
             configure(s, cfg);
+            s.set_syn_retries(None);
             s.connect(iface.context(), endpoint, port).is_ok()
         });
         match res {
@@ -502,12 +549,20 @@ impl SocketTable {
         Ok(())
     }
 
-    /// The earliest time maintenance must run: a lingering close timing out.
-    pub(crate) fn next_deadline(&self, close_timeout: std::time::Duration) -> Option<Instant> {
-        self.closing
+    /// The earliest time maintenance must run: a lingering close timing out, or a connection
+    /// going idle for too long.
+    pub(crate) fn next_deadline(&self, cfg: &StackConfig) -> Option<Instant> {
+        let closes = self
+            .closing
             .iter()
-            .map(|&slot| self.slots[slot as usize].since + close_timeout)
-            .min()
+            .map(|&slot| self.slots[slot as usize].since + cfg.tcp.close_timeout);
+        let idles = cfg.tcp.idle_timeout.into_iter().flat_map(|idle| {
+            self.slots
+                .iter()
+                .filter(|s| matches!(s.role, Role::Ready(_) | Role::User))
+                .map(move |s| s.active_at + idle)
+        });
+        closes.chain(idles).min()
     }
 
     /// Fills `budget` with (port, sockets listening) for every listener.
@@ -521,22 +576,81 @@ impl SocketTable {
         );
     }
 
-    /// Moves connected sockets to accept queues and re-arms listeners.
+    /// Moves connected sockets to accept queues and re-arms listeners; `unreachable` says
+    /// whether a peer's address went unanswered (its half-open connection is dropped).
     pub(crate) fn maintain_listeners(
         &mut self,
         now: Instant,
         cfg: &StackConfig,
         stats: &mut StackStats,
+        unreachable: &dyn Fn(IpAddress) -> bool,
     ) {
         for idx in 0..self.listeners.len() {
             if self.listeners[idx].is_some() {
-                self.maintain_listener(idx as u32, now, cfg, stats);
+                self.maintain_listener(idx as u32, now, cfg, stats, unreachable);
+            }
+        }
+    }
+
+    /// Resets connections the application has not moved data on for `cfg.tcp.idle_timeout`
+    /// (waiting to be accepted, or accepted): a RST goes to the peer, the application sees the
+    /// connection reset and releases it.
+    fn reap_idle(&mut self, now: Instant, cfg: &StackConfig, stats: &mut StackStats) {
+        let Some(idle) = cfg.tcp.idle_timeout else {
+            return;
+        };
+        for slot in 0..self.slots.len() as u32 {
+            let s = &self.slots[slot as usize];
+            if !matches!(s.role, Role::Ready(_) | Role::User)
+                || now.saturating_duration_since(s.active_at) < idle
+            {
+                continue;
+            }
+            let Some(h) = s.handle else { continue };
+            let open = self.with_socket(h, |sock| {
+                let open = sock.is_open();
+                if open {
+                    sock.abort();
+                }
+                open
+            });
+            if open {
+                stats.idle_reaped += 1;
+            }
+            let s = &mut self.slots[slot as usize];
+            // Checked again only after another idle period.
+            s.active_at = now;
+            if let Role::Ready(idx) = s.role {
+                // Never accepted: the socket goes back once its RST is out.
+                s.role = Role::Closing;
+                s.since = now;
+                s.gen = s.gen.wrapping_add(1);
+                if let Some(Some(l)) = self.listeners.get_mut(idx as usize) {
+                    l.ready.retain(|&r| r != slot);
+                }
+                self.closing.push(slot);
+            }
+        }
+    }
+
+    /// Marks the application's use of connection `c` now (for the idle timeout).
+    pub(crate) fn touch(&mut self, c: ConnId, now: Instant) {
+        if let Some(s) = self.slots.get_mut(c.slot as usize) {
+            if s.gen == c.gen {
+                s.active_at = now;
             }
         }
     }
 
     /// Listener upkeep, then recycles released sockets whose close has finished.
-    pub(crate) fn maintain(&mut self, now: Instant, cfg: &StackConfig, stats: &mut StackStats) {
+    pub(crate) fn maintain(
+        &mut self,
+        now: Instant,
+        cfg: &StackConfig,
+        stats: &mut StackStats,
+        unreachable: &dyn Fn(IpAddress) -> bool,
+    ) {
+        self.reap_idle(now, cfg, stats);
         // Recycle first, so a listener starved of sockets re-arms with the ones freed now
         // (nothing else may wake this shard up again).
         let mut i = 0;
@@ -560,7 +674,7 @@ impl SocketTable {
                 i += 1;
             }
         }
-        self.maintain_listeners(now, cfg, stats);
+        self.maintain_listeners(now, cfg, stats, unreachable);
     }
 
     fn maintain_listener(
@@ -569,6 +683,7 @@ impl SocketTable {
         now: Instant,
         cfg: &StackConfig,
         stats: &mut StackStats,
+        unreachable: &dyn Fn(IpAddress) -> bool,
     ) {
         let Some(mut l) = self.listeners[idx as usize].take() else {
             return;
@@ -579,10 +694,27 @@ impl SocketTable {
             let slot = l.members[i];
             match self.state_of(slot) {
                 tcp::State::Listen => {
+                    // (Back to LISTEN after a handshake that was given up, or never left.)
+                    self.slots[slot as usize].half_open_since = None;
                     listening += 1;
                     i += 1;
                 }
-                tcp::State::SynReceived => i += 1,
+                tcp::State::SynReceived => {
+                    let peer = self.slots[slot as usize]
+                        .handle
+                        .and_then(|h| self.with_socket(h, |s| s.remote_endpoint().map(|e| e.addr)));
+                    if peer.is_some_and(unreachable) {
+                        // Nobody answers for the peer's address: its SYN was made up, and the
+                        // SYN|ACK can never be delivered. The socket listens again at once.
+                        self.evict_half_open(slot, now, cfg);
+                        stats.half_open_unreachable += 1;
+                        listening += 1;
+                    } else {
+                        let s = &mut self.slots[slot as usize];
+                        s.half_open_since.get_or_insert(now);
+                    }
+                    i += 1;
+                }
                 tcp::State::Closed | tcp::State::TimeWait => {
                     // The handshake failed (RST, timeout): recycle.
                     l.members.swap_remove(i);
@@ -590,7 +722,10 @@ impl SocketTable {
                 }
                 _ if l.ready.len() < l.backlog => {
                     l.members.swap_remove(i);
-                    self.slots[slot as usize].role = Role::Ready(idx);
+                    let s = &mut self.slots[slot as usize];
+                    s.role = Role::Ready(idx);
+                    s.half_open_since = None;
+                    s.active_at = now;
                     l.ready.push_back(slot);
                 }
                 _ => i += 1,
