@@ -116,7 +116,7 @@ impl Default for TcpConfig {
             rx_buf_len: 256 << 10,
             tx_buf_len: 256 << 10,
             nagle: false,
-            ack_delay: None,
+            ack_delay: Some(Duration::from_micros(500)),
             congestion: Congestion::default(),
             keep_alive: None,
             timeout: None,
