@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The test command: installs what a fresh Debian 12 machine lacks, reserves hugepages, then runs
 # every check and test (formatting, lints, docs, unit and integration tests, the ones that need
-# root, network namespaces and hugepages included, and Miri on the unsafe memory layer).
+# root, network namespaces and hugepages included, a bounded run of every fuzz target, and Miri
+# on the unsafe memory layer).
 #
 #   sudo scripts/test.sh            # everything (as root: nothing is skipped)
-#   scripts/test.sh --quick         # lints + tests only: no package install, no Miri
+#   scripts/test.sh --quick         # lints + tests only: no package install, no fuzzing, no Miri
 #
-# Environment: USTACK_HUGEPAGES (default 1024 x 2 MiB), USTACK_SKIP_MIRI=1, USTACK_SKIP_INSTALL=1.
+# Environment: USTACK_HUGEPAGES (default 1024 x 2 MiB), USTACK_FUZZ_SECONDS (per fuzz target,
+# default 25), USTACK_SKIP_FUZZ=1, USTACK_SKIP_MIRI=1, USTACK_SKIP_INSTALL=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +22,8 @@ step() { printf '\n==> %s\n' "$*"; }
 # --- packages and toolchain -----------------------------------------------------------------
 if [ $quick -eq 0 ] && [ "${USTACK_SKIP_INSTALL:-0}" != 1 ]; then
     step "system packages"
-    ensure_packages iproute2 ethtool ca-certificates curl gcc libc6-dev pkg-config procps libdpdk-dev \
+    # g++: libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+    ensure_packages iproute2 ethtool ca-certificates curl gcc g++ libc6-dev pkg-config procps libdpdk-dev \
         || echo "continuing: tests that need the missing packages will fail or say SKIPPED"
 fi
 ensure_rust
@@ -56,6 +59,13 @@ fi
 if ! grep -q '^test result: ok' target/test-output.log; then
     echo "no test results found: see target/test-output.log" >&2
     exit 1
+fi
+
+if [ $quick -eq 0 ] && [ "${USTACK_SKIP_FUZZ:-0}" != 1 ]; then
+    # Every target of fuzz/ for a bounded time on the stable toolchain (installs cargo-fuzz if
+    # missing); a crash fails the run.
+    step "fuzzing: every target for ${USTACK_FUZZ_SECONDS:-25}s"
+    scripts/fuzz.sh "${USTACK_FUZZ_SECONDS:-25}"
 fi
 
 if [ $quick -eq 0 ] && [ "${USTACK_SKIP_MIRI:-0}" != 1 ]; then

@@ -69,9 +69,10 @@
 //! # Resources
 //!
 //! Everything is allocated by [`SimLink::new`]: each port's pool of `pool_frames` transmit
-//! buffers ([`BufPool`] on 2 MiB hugepages, falling back to base pages by itself), and each
-//! direction's in-flight queue of `queue_frames` entries. Nothing is allocated per frame. Each
-//! direction's state sits behind its own mutex, taken once per burst.
+//! buffers ([`BufPool`] on [`SimConfig::page_size`] pages, 2 MiB hugepages by default, falling
+//! back to base pages by itself), and each direction's in-flight queue of `queue_frames`
+//! entries. Nothing is allocated per frame. Each direction's state sits behind its own mutex,
+//! taken once per burst.
 //!
 //! ```
 //! use ustack::dev::sim::{Faults, SimConfig, SimLink};
@@ -141,11 +142,15 @@ pub struct SimConfig {
     pub mtu: usize,
     /// The most frames one `rx_burst` or `tx_burst` call moves.
     pub burst_max: usize,
+    /// Page size wanted for each port's buffer pool (falls back to base pages by itself).
+    /// Programs that build many short-lived links, like the fuzz targets, take
+    /// [`PageSize::Base4K`] so they neither hold nor fault in hugepages other processes need.
+    pub page_size: PageSize,
 }
 
 impl Default for SimConfig {
     /// Seed 0, no faults, 10 us latency, no jitter, 100 us reorder delay, 4096 frames in flight
-    /// per direction, 8192 buffers per port, MTU 1500, bursts of 32.
+    /// per direction, 8192 buffers per port, MTU 1500, bursts of 32, pools on 2 MiB pages.
     fn default() -> SimConfig {
         SimConfig {
             seed: 0,
@@ -157,6 +162,7 @@ impl Default for SimConfig {
             pool_frames: 8192,
             mtu: 1500,
             burst_max: 32,
+            page_size: PageSize::Huge2M,
         }
     }
 }
@@ -562,7 +568,7 @@ impl SimPort {
     fn new(shared: Arc<Shared>, side: Side) -> Result<SimPort, SimError> {
         let cfg = shared.cfg;
         let buf_len = cfg.buf_len();
-        let pool = BufPool::with_capacity(cfg.pool_frames, buf_len, HEADROOM, PageSize::Huge2M)
+        let pool = BufPool::with_capacity(cfg.pool_frames, buf_len, HEADROOM, cfg.page_size)
             .map_err(|source| SimError::Pool {
                 side,
                 frames: cfg.pool_frames,
@@ -1341,6 +1347,17 @@ mod tests {
         let b = rx.join().unwrap();
         assert_eq!(b.stats().rx_packets, N);
         assert_eq!(link.stats().a_to_b.dropped_full, 0);
+    }
+
+    #[test]
+    fn pools_take_the_page_size_asked() {
+        let c = SimConfig {
+            page_size: PageSize::Base4K,
+            ..cfg(1, Faults::none())
+        };
+        let (_link, a, b) = SimLink::new(c).unwrap();
+        assert_eq!(a.pool().page_size(), PageSize::Base4K);
+        assert_eq!(b.pool().page_size(), PageSize::Base4K);
     }
 
     #[test]
