@@ -1,7 +1,6 @@
 //! TCP failures the fuzz targets found in the TCP engine (smoltcp), each reproduced with two
-//! stacks on the simulated link. They are `#[ignore]`d while the engine still fails them; run
-//! them with `cargo test --test tcp_regressions -- --ignored`, and drop the `#[ignore]` when the
-//! vendored smoltcp fixes the behaviour.
+//! stacks on the simulated link, and fixed in the vendored smoltcp (vendor/smoltcp/PATCHES.md).
+//! A new one goes in `#[ignore]`d until the engine is fixed.
 
 mod common;
 
@@ -101,16 +100,15 @@ impl PacketDevice for Lossy {
 /// Both ends send 12 KiB at once; one segment of each direction is lost (with its fast
 /// retransmissions), so both ends recover by their retransmission timeout, at the same time.
 ///
-/// smoltcp 0.14 deadlocks: after its timeout each end goes back to SND.UNA and resends one
-/// segment, so the ACKs it sends carry a sequence number below the other end's RCV.NXT (which
+/// smoltcp 0.14 as published deadlocked: after its timeout each end went back to SND.UNA and
+/// resent one segment, so the ACKs it sends carry a sequence number below the other end's RCV.NXT (which
 /// moved past the hole with the retransmission and the SACKed data). Each end then drops the
 /// other's ACKs as out of window (RFC 9293 3.10.7.4) without looking at their acknowledgement,
 /// and both retransmit the same segment for ever (1.2 s in, each has received 4,968 bytes of
 /// 12,288, and stays there). Found by `fuzz/fuzz_targets/stack_rx.rs` (its scene with
-/// `USTACK_FUZZ_SIMULTANEOUS_LOSS=1`). Either end sending its ACKs with the highest sequence
-/// number it has sent, rather than the rewound one, would keep them in the peer's window.
+/// `USTACK_FUZZ_SIMULTANEOUS_LOSS=1`). Fixed by the vendored smoltcp's patch 3: an RTO no longer
+/// rewinds SND.NXT, so ACKs keep the highest sequence number sent and stay in the peer's window.
 #[test]
-#[ignore = "smoltcp 0.14 deadlocks when both ends recover by retransmission timeout at once"]
 fn simultaneous_timeouts_in_both_directions_recover() {
     let wrap = |inner: SimPort, is_a: bool| Lossy {
         tmp: Batch::with_capacity(inner.caps().burst_max),
