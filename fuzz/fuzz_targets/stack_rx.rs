@@ -569,7 +569,7 @@ fn state_of<D: PacketDevice>(st: &mut Stack<D>, c: ConnId) -> ConnState {
 }
 
 /// Every counter of the stack, in a fixed order (a new field breaks the build here).
-fn stack_counters(s: &StackStats) -> [u64; 19] {
+fn stack_counters(s: &StackStats) -> [u64; 22] {
     let StackStats {
         rx_frames,
         rx_runt,
@@ -589,6 +589,9 @@ fn stack_counters(s: &StackStats) -> [u64; 19] {
         connected,
         sockets_exhausted,
         close_timeouts,
+        half_open_evicted,
+        half_open_unreachable,
+        idle_reaped,
     } = *s;
     [
         rx_frames,
@@ -609,6 +612,9 @@ fn stack_counters(s: &StackStats) -> [u64; 19] {
         connected,
         sockets_exhausted,
         close_timeouts,
+        half_open_evicted,
+        half_open_unreachable,
+        idle_reaped,
         s.rx_dropped(),
     ]
 }
@@ -710,7 +716,7 @@ struct Rig {
     data_injected: bool,
     rank_s1: u8,
     rank_c1: u8,
-    prev: ([u64; 19], [u64; 19], [u64; 8], [u64; 8]),
+    prev: ([u64; 22], [u64; 22], [u64; 8], [u64; 8]),
     scratch: Vec<u8>,
 }
 
@@ -798,7 +804,7 @@ impl Rig {
             data_injected: false,
             rank_s1: 1,
             rank_c1: 1,
-            prev: ([0; 19], [0; 19], [0; 8], [0; 8]),
+            prev: ([0; 22], [0; 22], [0; 8], [0; 8]),
             scratch: vec![0; 16 << 10],
         };
         // Handshakes.
