@@ -21,6 +21,8 @@ pub struct Reno {
     prior: Option<(usize, usize)>,
     // Nothing acknowledged or lost yet: the window is the initial window of the MSS.
     initial: bool,
+    // In the slow start after a retransmission timeout (RFC 3465 counts 1 MSS per ACK there).
+    rto_slow_start: bool,
 }
 
 impl Reno {
@@ -34,6 +36,7 @@ impl Reno {
             in_rto_recovery: false,
             prior: None,
             initial: true,
+            rto_slow_start: false,
         }
     }
 }
@@ -62,12 +65,18 @@ impl Controller for Reno {
             return;
         }
 
+        // Appropriate Byte Counting (RFC 3465): the window grows by the bytes acknowledged,
+        // not per ACK, so a receiver that acknowledges every second segment (delayed ACKs)
+        // or several at once does not slow the growth down.
         let inc = if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by 1 MSS per ACK.
-            len.min(self.mss)
+            // Slow start: by the bytes acknowledged, at most 2 MSS per ACK (RFC 3465's L), or
+            // 1 MSS in the slow start that follows a timeout.
+            let limit = if self.rto_slow_start { 1 } else { 2 };
+            len.min(limit * self.mss)
         } else {
-            // Congestion avoidance: increase by ~1 MSS per RTT.
-            (self.mss * self.mss / self.cwnd).max(1)
+            self.rto_slow_start = false;
+            // Congestion avoidance: by ~1 MSS per window of bytes acknowledged (per RTT).
+            (self.mss.saturating_mul(len.min(self.cwnd)) / self.cwnd).max(1)
         };
 
         self.cwnd = self.cwnd.saturating_add(inc).min(self.rwnd).max(self.mss);
@@ -119,6 +128,7 @@ impl Controller for Reno {
 
         // cwnd collapses to the loss window (1 MSS) and we re-enter slow start.
         self.cwnd = self.mss;
+        self.rto_slow_start = true;
 
         // Major loss has occurred, ensure we move from fast recovery (if in it) to slow start.
         self.in_fast_recovery = false
@@ -456,6 +466,29 @@ mod test {
                 assert!(reno.window() <= remote_window);
             }
         }
+    }
+
+    #[test]
+    fn byte_counting_with_delayed_acks() {
+        // RFC 3465: an ACK of two segments grows the window as two ACKs of one would.
+        let mut reno = Reno::new();
+        reno.set_mss(MSS);
+        let start = reno.window();
+        ack(&mut reno, 2 * MSS, Instant::from_millis(0));
+        assert_eq!(reno.window(), start + 2 * MSS);
+        // ...but no more than 2 MSS per ACK (a stretch ACK).
+        ack(&mut reno, 8 * MSS, Instant::from_millis(1));
+        assert_eq!(reno.window(), start + 4 * MSS);
+
+        // Congestion avoidance: a window's worth of bytes acknowledged, in ACKs of two
+        // segments, grows the window by about one segment, as many ACKs of one would.
+        reno.cwnd = 32 * MSS;
+        reno.ssthresh = 16 * MSS;
+        for i in 0..16 {
+            ack(&mut reno, 2 * MSS, Instant::from_millis(2 + i));
+        }
+        let grown = reno.window() - 32 * MSS;
+        assert!((MSS * 9 / 10..=MSS).contains(&grown), "grew {grown}");
     }
 
     #[test]
