@@ -349,6 +349,9 @@ enum Timer {
 /// adds two timer ticks to 2 SRTT). A probe fired too early costs one segment.
 const TLP_MIN_PTO_US: u64 = 1_000;
 
+/// What a tail loss probe of a lone segment allows for the peer's delayed ACK, in microseconds.
+const TLP_DELAYED_ACK_US: u64 = 2_000;
+
 /// What the retransmission timer is waiting for (RFC 8985 shares one timer among them, as Linux
 /// does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -2639,6 +2642,7 @@ impl<'a> Socket<'a> {
         let acked_new = delivered.bytes > 0;
         rack.note_delivered_up_to(ack);
 
+        let sacked_before = self.tx_log.sacked_bytes();
         if self.remote_has_sack && sack_ranges[0].is_some() {
             let (r, sample) = self.process_sack_blocks(now, ack, sack_ranges);
             reordered |= r;
@@ -2662,8 +2666,9 @@ impl<'a> Socket<'a> {
             self.congestion_controller.inner_mut().on_recovery_end(now);
             self.rack.on_recovery_end();
         }
-        if self.tlp_end.is_some_and(|end| ack >= end) {
-            // The probe was answered.
+        if self.tlp_end.is_some() && (acked_new || self.tx_log.sacked_bytes() > sacked_before) {
+            // The probe was answered: the peer reported something new (RFC 8985 7.4). A probe
+            // may go again at the next tail, even if holes remain below this one.
             self.tlp_end = None;
         }
 
@@ -2836,8 +2841,10 @@ impl<'a> Socket<'a> {
     }
 
     /// The probe timeout (RFC 8985 section 7.2): two smoothed RTTs, at least `TLP_MIN_PTO_US`
-    /// (timer and scheduling jitter); with one segment in flight the peer may delay its ACK,
-    /// so add what the RTO allows for that (its floor), as Linux does.
+    /// (timer and scheduling jitter); with one segment in flight the peer may be delaying its
+    /// ACK for that one segment, so add 1.5 SRTT, and at least `TLP_DELAYED_ACK_US`. (Linux adds
+    /// its 200 ms RTO floor, which makes every lost lone request or response cost an RTO; a
+    /// probe sent while the peer delays its ACK costs one segment.)
     fn probe_timeout(&self) -> Option<Duration> {
         if !self.rtte.have_measurement {
             return None;
@@ -2845,7 +2852,7 @@ impl<'a> Socket<'a> {
         let srtt = self.rtte.srtt as u64;
         let mut pto = (2 * srtt).max(TLP_MIN_PTO_US);
         if self.tx_log.len() == 1 {
-            pto += (srtt * 3 / 2).max(self.rtte.rto_min as u64);
+            pto += (srtt * 3 / 2).max(TLP_DELAYED_ACK_US);
         }
         Some(Duration::from_micros(pto))
     }
@@ -3252,7 +3259,6 @@ impl<'a> Socket<'a> {
         // What this segment is, for the bookkeeping after it is sent: a record resent, and
         // whether it is a tail loss probe (new data, or the last record again).
         let mut resend: Option<usize> = None;
-        let mut probe_new = false;
         let mut probe_retransmit = false;
 
         #[cfg_attr(
@@ -3311,31 +3317,21 @@ impl<'a> Socket<'a> {
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
                 // A segment deemed lost goes first (RFC 6675 NextSeg, rule 1). A tail loss
-                // probe sends new data if the peer's window takes it, else the last segment
-                // again (RFC 8985 7.3).
+                // probe resends the last segment (in recovery, the oldest repair not yet
+                // acknowledged). RFC 8985 7.3 prefers new data, but a peer may hold its ACK of
+                // a lone new segment for its delayed-ACK time (40 ms on Linux, past our RTO),
+                // while a duplicate, or a segment that fills a hole, is acknowledged at once
+                // by every receiver (RFC 5681 4.2).
                 let mut retransmit = self.next_retransmission();
                 if retransmit.is_none() && self.tlp_pending {
                     self.tlp_pending = false;
-                    let win_right_edge = self.local_seq_no + self.remote_win_len;
-                    let unsent = self.local_seq_no + self.tx_buffer.len() > self.remote_last_seq;
                     let repair = if self.recovery_point.is_some() {
                         self.tx_log.first_retransmitted_unsacked()
                     } else {
                         None
                     };
-                    if repair.is_some() {
-                        // In recovery: the oldest repair still unacknowledged was lost.
-                        retransmit = repair;
-                        probe_retransmit = true;
-                    } else if unsent
-                        && win_right_edge > self.remote_last_seq
-                        && !self.tx_log.is_full()
-                    {
-                        probe_new = true;
-                    } else {
-                        retransmit = self.tx_log.last_unsacked();
-                        probe_retransmit = retransmit.is_some();
-                    }
+                    retransmit = repair.or_else(|| self.tx_log.last_unsacked());
+                    probe_retransmit = retransmit.is_some();
                 }
 
                 let offset = if let Some(i) = retransmit {
@@ -3410,13 +3406,12 @@ impl<'a> Socket<'a> {
                         .unwrap_or(effective_mss)
                     };
 
-                    let size = if is_zero_window_probe || probe_new {
+                    let size = if is_zero_window_probe {
                         // Zero-window probes are exempt from the congestion window: they
                         // are sent precisely when normal transmission is impossible, and
                         // an empty segment elicits no reply, so capping the probe to a
                         // zero length would stall the connection if a window update from
-                        // the remote got lost. A tail loss probe is exempt too (RFC 8985
-                        // 7.3).
+                        // the remote got lost.
                         win_limit.min(device_limit)
                     } else {
                         // As in `seq_to_transmit`: the next segment is a full one, or all the
@@ -3575,12 +3570,12 @@ impl<'a> Socket<'a> {
             debug_assert!(recorded, "new data sent with a full log or out of order");
             self.counters.segments_sent += 1;
         }
-        if probe_new || probe_retransmit {
+        if probe_retransmit {
             self.tlp_end = Some(self.remote_last_seq);
         }
 
         if repr.segment_len() > 0 {
-            if probe_new || probe_retransmit {
+            if probe_retransmit {
                 // RFC 8985 7.3: after the probe, the RTO.
                 let rto = self.rtte.retransmission_timeout();
                 self.timer.set_for_retransmit(cx.now(), rto);
@@ -8380,6 +8375,44 @@ mod test {
             ..RECV_TEMPL
         }));
         recv_nothing!(s, time 16);
+        assert_eq!(s.counters().rto_expirations, 0);
+    }
+
+    #[test]
+    fn test_lone_segment_probe_allows_for_a_delayed_ack() {
+        let mut s = socket_sending_segments(true, b"0000");
+        // An RTT sample of 0 ms.
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"1111").unwrap();
+        recv!(s, time 10, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        // One segment in flight: the peer may be holding its ACK. The probe waits 1 ms plus
+        // 2 ms for that, not the RTO (1 s here), and resends the segment, which the peer
+        // acknowledges at once whether it had it or not.
+        recv_nothing!(s, time 12);
+        recv!(s, time 13, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        // The peer had it (D-SACK): the probe is answered, another may go at the next tail.
+        send!(s, time 14, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(8)),
+            sack_ranges: [sack_block(4, 8), None, None],
+            ..SEND_TEMPL
+        });
+        assert!(s.tlp_end.is_none());
+        assert_eq!(s.counters().tail_loss_probes, 1);
         assert_eq!(s.counters().rto_expirations, 0);
     }
 
