@@ -349,6 +349,9 @@ enum Timer {
 /// adds two timer ticks to 2 SRTT). A probe fired too early costs one segment.
 const TLP_MIN_PTO_US: u64 = 1_000;
 
+/// Segments whose SACK may be folded into one ACK (Linux's `tcp_comp_sack_nr`).
+const SACK_COMPRESS_MAX: u8 = 44;
+
 /// What a tail loss probe of a lone segment allows for the peer's delayed ACK, in microseconds.
 const TLP_DELAYED_ACK_US: u64 = 2_000;
 
@@ -586,6 +589,13 @@ pub struct Socket<'a> {
     remote_last_ts: Option<Instant>,
     /// The sequence number of the last packet received, used for sACK
     local_rx_last_seq: Option<TcpSeqNumber>,
+    /// SACK compression (patch 10): whether it is on, when the deferred ACK is due, how many
+    /// segments it covers, and the duplicate ACKs sent at once for the current RCV.NXT.
+    sack_compression: bool,
+    sack_ack_due: Option<Instant>,
+    sack_compressed: u8,
+    sack_dupacks: u8,
+    sack_dupack_rcv_nxt: Option<TcpSeqNumber>,
     /// The SACK blocks reported in the last ACK sent (RFC 2018: repeated in later ACKs).
     sack_reported: [Option<(u32, u32)>; 3],
     /// A duplicate segment received, to report as a D-SACK block in the next ACK (RFC 2883).
@@ -708,6 +718,11 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             sack_reported: [None; 3],
             dsack_pending: None,
+            sack_compression: false,
+            sack_ack_due: None,
+            sack_compressed: 0,
+            sack_dupacks: 0,
+            sack_dupack_rcv_nxt: None,
             local_rx_dup_acks: 0,
             tx_log: TxLog::new(),
             rack: Rack::new(),
@@ -913,6 +928,16 @@ impl<'a> Socket<'a> {
         self.syn_retries_max = retries;
     }
 
+    /// Enable or disable SACK compression (off by default). When on, and the peer takes SACK,
+    /// a burst of out-of-order segments is acknowledged with a few duplicate ACKs (the first
+    /// three for each RCV.NXT) and then one ACK per twentieth of the RTT (100 us to 1 ms) or per
+    /// 44 segments, each carrying all the SACK blocks, rather than one ACK per segment, as
+    /// Linux does. A segment that advances RCV.NXT, or a duplicate, is still acknowledged at
+    /// once.
+    pub fn set_sack_compression(&mut self, enabled: bool) {
+        self.sack_compression = enabled;
+    }
+
     /// Set the ACK delay duration.
     ///
     /// By default, the ACK delay is set to 10ms.
@@ -1080,6 +1105,10 @@ impl<'a> Socket<'a> {
         self.local_rx_dup_acks = 0;
         self.sack_reported = [None; 3];
         self.dsack_pending = None;
+        self.sack_ack_due = None;
+        self.sack_compressed = 0;
+        self.sack_dupacks = 0;
+        self.sack_dupack_rcv_nxt = None;
         self.tx_log.clear();
         self.rack = Rack::new();
         self.rack_timer = None;
@@ -2605,6 +2634,9 @@ impl<'a> Socket<'a> {
         //  1) an out-of-order segment is received, or
         //  2) a segment arrives that fills in all or part of a gap in sequence space.
         if !self.assembler.is_empty() || !assembler_was_empty {
+            if self.compress_sack(cx.now(), assembler_was_empty, contig_len) {
+                return None;
+            }
             // Note that we change the transmitter state here.
             // This is fine because smoltcp assumes that it can always transmit zero or one
             // packets for every packet it receives.
@@ -2613,6 +2645,47 @@ impl<'a> Socket<'a> {
         } else {
             None
         }
+    }
+
+    /// SACK compression (patch 10, as Linux does since 4.18): while data is held out of order,
+    /// the first out-of-order segment, a segment that advances RCV.NXT, a duplicate, and the
+    /// first three duplicate ACKs for each RCV.NXT are acknowledged at once; further ones are
+    /// folded into one ACK sent a twentieth of the RTT later (between 100 us and 1 ms), or
+    /// after `SACK_COMPRESS_MAX` segments, with the SACK blocks of all of them. Returns
+    /// whether this segment's ACK was deferred.
+    fn compress_sack(&mut self, now: Instant, first_out_of_order: bool, advanced: usize) -> bool {
+        let rcv_nxt = self.remote_seq_no + self.rx_buffer.len();
+        if !self.sack_compression
+            || !self.remote_has_sack
+            || first_out_of_order
+            || advanced > 0
+            || self.dsack_pending.is_some()
+            || self.assembler.is_empty()
+        {
+            self.sack_ack_due = None;
+            self.sack_compressed = 0;
+            return false;
+        }
+        if self.sack_dupack_rcv_nxt != Some(rcv_nxt) {
+            self.sack_dupack_rcv_nxt = Some(rcv_nxt);
+            self.sack_dupacks = 0;
+        }
+        if self.sack_dupacks < 3 || self.sack_compressed >= SACK_COMPRESS_MAX {
+            self.sack_dupacks = self.sack_dupacks.saturating_add(1);
+            self.sack_ack_due = None;
+            self.sack_compressed = 0;
+            return false;
+        }
+        self.sack_compressed += 1;
+        if self.sack_ack_due.is_none() {
+            let delay = if self.rtte.have_measurement {
+                (self.rtte.srtt as u64 / 20).clamp(100, 1_000)
+            } else {
+                500
+            };
+            self.sack_ack_due = Some(now + Duration::from_micros(delay));
+        }
+        true
     }
 
     /// Loss detection on an acceptable ACK (patch 3): the cumulative ACK and the SACK blocks
@@ -3193,6 +3266,9 @@ impl<'a> Socket<'a> {
         } else if self.ack_to_transmit() && self.delayed_ack_expired(cx.now()) {
             // If we have data to acknowledge, do it.
             tcp_trace!("outgoing segment will acknowledge");
+        } else if self.sack_ack_due.is_some_and(|t| t <= cx.now()) {
+            // Compressed SACKs are due (patch 10).
+            tcp_trace!("outgoing segment will acknowledge out-of-order data");
         } else if self.window_to_update() {
             // If we have window length increase to advertise, do it.
             tcp_trace!("outgoing segment will update window");
@@ -3521,6 +3597,9 @@ impl<'a> Socket<'a> {
             }
         }
         self.ack_delay_timer = AckDelayTimer::Idle;
+        // Any segment carries the ACK and the SACK blocks compressed so far.
+        self.sack_ack_due = None;
+        self.sack_compressed = 0;
 
         // Leave the rest of the state intact if sending a zero-window probe.
         if is_zero_window_probe {
@@ -3631,6 +3710,7 @@ impl<'a> Socket<'a> {
                 (true, AckDelayTimer::Waiting(t)) => PollAt::Time(t),
                 (true, AckDelayTimer::Immediate) => PollAt::Now,
             };
+            let sack_poll_at = self.sack_ack_due.map_or(PollAt::Ingress, PollAt::Time);
 
             let timeout_poll_at = match (self.remote_last_ts, self.timeout) {
                 // If we're transmitting or retransmitting data, we need to poll at the moment
@@ -3641,10 +3721,15 @@ impl<'a> Socket<'a> {
             };
 
             // We wait for the earliest of our timers to fire.
-            *[self.timer.poll_at(), timeout_poll_at, delayed_ack_poll_at]
-                .iter()
-                .min()
-                .unwrap_or(&PollAt::Ingress)
+            *[
+                self.timer.poll_at(),
+                timeout_poll_at,
+                delayed_ack_poll_at,
+                sack_poll_at,
+            ]
+            .iter()
+            .min()
+            .unwrap_or(&PollAt::Ingress)
         }
     }
 }
@@ -5663,6 +5748,64 @@ mod test {
                 payload: &b"reply"[..],
                 ..RECV_TEMPL
             }]
+        );
+    }
+
+    #[test]
+    fn test_sack_compression() {
+        // RFC 2018's case 2 (the first of eight segments lost), with SACK compression: the
+        // first out-of-order segment and three duplicate ACKs go at once, the rest is folded
+        // into one ACK a little later, with the block grown to hold them all.
+        let (mut s, segment) = setup_rfc2018_cases();
+        s.set_sack_compression(true);
+        let seq = |n: usize| REMOTE_SEQ + 1 + n;
+        let block = |l: usize, r: usize| Some((seq(l).0 as u32, seq(r).0 as u32));
+        for (i, offset) in (500..3500).step_by(500).enumerate() {
+            let expected = (i < 4).then(|| TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(seq(5000)),
+                window_len: 4000,
+                sack_ranges: [block(5500, 5500 + offset), None, None],
+                ..RECV_TEMPL
+            });
+            send!(
+                s,
+                time 0,
+                TcpRepr {
+                    seq_number: seq(5000 + offset),
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &segment,
+                    ..SEND_TEMPL
+                },
+                expected
+            );
+        }
+        // No RTT measured: the folded ACK goes 500 us later.
+        recv_nothing!(s, time 0);
+        recv!(s, time 1, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(seq(5000)),
+            window_len: 4000,
+            sack_ranges: [block(5500, 8500), None, None],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 2);
+        // The lost segment arrives: acknowledged at once.
+        send!(
+            s,
+            time 2,
+            TcpRepr {
+                seq_number: seq(5000),
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment,
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(seq(8500)),
+                window_len: 500,
+                ..RECV_TEMPL
+            })
         );
     }
 
