@@ -68,6 +68,8 @@ pub enum Congestion {
     /// Reno (measured to cost nothing noticeable here).
     #[default]
     Reno,
+    /// CUBIC (RFC 9438), as Linux uses by default.
+    Cubic,
 }
 
 /// Per-connection TCP settings, applied to every socket the stack arms or connects.
@@ -79,8 +81,16 @@ pub struct TcpConfig {
     pub tx_buf_len: usize,
     /// Nagle's algorithm. Off by default: request/response traffic must not wait.
     pub nagle: bool,
-    /// Delayed ACK. `None` (off) by default for request/response latency.
+    /// Delayed ACK: an ACK goes for every second full segment, or this long after the last
+    /// segment received, whichever comes first (500 us by default; `None`: every segment is
+    /// acknowledged at once). A reply carries the ACK of its request, so request/response
+    /// exchanges do not wait; bulk transfers send half the pure ACKs.
     pub ack_delay: Option<Duration>,
+    /// SACK compression (on by default): a burst of segments received out of order is
+    /// acknowledged with three duplicate ACKs and then one ACK per twentieth of the round trip
+    /// (or per 44 segments) carrying all the SACK blocks, as Linux does, rather than an ACK
+    /// per segment.
+    pub sack_compression: bool,
     /// Congestion control.
     pub congestion: Congestion,
     /// Keep-alive interval; `None` disables keep-alives.
@@ -117,6 +127,7 @@ impl Default for TcpConfig {
             tx_buf_len: 256 << 10,
             nagle: false,
             ack_delay: Some(Duration::from_micros(500)),
+            sack_compression: true,
             congestion: Congestion::default(),
             keep_alive: None,
             timeout: None,

@@ -177,10 +177,16 @@ fn configure(s: &mut tcp::Socket<'_>, cfg: &StackConfig) {
     s.set_ack_delay(t.ack_delay.map(smol_duration));
     s.set_keep_alive(t.keep_alive.map(smol_duration));
     s.set_timeout(t.timeout.map(smol_duration));
+    // The RTO is SRTT + max(4 RTTVAR, rto_min), at least rto_min (Linux's formula): a round
+    // trip stretched by a busy machine must not bring the RTO down onto the tail loss probe's
+    // 2 SRTT, which would then never go first.
     s.set_rto_min(smol_duration(t.rto_min));
+    s.set_rto_margin(smol_duration(t.rto_min));
+    s.set_sack_compression(t.sack_compression);
     s.set_congestion_control(match t.congestion {
         Congestion::None => tcp::CongestionControl::None,
         Congestion::Reno => tcp::CongestionControl::Reno,
+        Congestion::Cubic => tcp::CongestionControl::Cubic,
     });
 }
 
