@@ -230,6 +230,7 @@ fn serve_stack(
     }
     print_stats("final", &server.stats());
     println!("fileserver: stack {:?}", stack.stats());
+    println!("fileserver: tcp {:?}", stack.tcp_stats());
     Ok(())
 }
 
