@@ -61,6 +61,19 @@ if ! grep -q '^test result: ok' target/test-output.log; then
     exit 1
 fi
 
+# smoltcp's own tests, on the vendored copy with our patches (vendor/smoltcp/PATCHES.md names
+# the tests of each), with the features ustack builds it with (plus medium-ip, which its TCP
+# tests need). Counted with the rest.
+step "smoltcp's own tests (vendor/smoltcp)"
+cargo test --manifest-path vendor/smoltcp/Cargo.toml --target-dir target/smoltcp --lib \
+    --no-default-features \
+    --features std,medium-ethernet,medium-ip,proto-ipv4,socket-tcp,socket-tcp-reno,socket-tcp-cubic,auto-icmp-echo-reply,assembler-max-segment-count-32 \
+    2>&1 | tee -a target/test-output.log | grep -E '^test result|FAILED|panicked' || true
+if grep -qE '^test result: FAILED|error: test failed|could not compile' target/test-output.log; then
+    echo "smoltcp TESTS FAILED: see target/test-output.log" >&2
+    exit 1
+fi
+
 if [ $quick -eq 0 ] && [ "${USTACK_SKIP_FUZZ:-0}" != 1 ]; then
     # Every target of fuzz/ for a bounded time on the stable toolchain (installs cargo-fuzz if
     # missing); a crash fails the run.
