@@ -397,7 +397,7 @@ if [ $glibc -eq 1 ]; then
     run_env=(env "GLIBC_TUNABLES=$GLIBC_TUNABLES_VALUE")
     meta_set glibc_tunables "$GLIBC_TUNABLES_VALUE"
 else
-    run_env=(env -u GLIBC_TUNABLES)
+    run_env=(env -u GLIBC_TUNABLES SMOL_DEBUG_RTO=1)
     meta_set glibc_tunables unset
 fi
 meta_set reps "$reps"
@@ -690,7 +690,12 @@ run_lossy_one() {
     local tag="rep$rep-lossy-$sname-$wname"
     local log="$out/logs/$tag.log"
     local status=ok line="" rc=0 wall=NA saddr t0 t1
-    local common=(--store mem --grace-s 2)
+    # Idle turns spin: none, so each end sleeps when it has nothing to do. The two ends and
+    # the relay share the machine's cores: a busy-polling end would take CPU time from the
+    # relay (whose frames it waits for), where kernel TCP does its work in the relay's own
+    # system calls. 1 MiB socket buffers for ustack: a window that covers the round trips a
+    # loss costs, as the kernel's autotuning (up to 6 MiB) gives it.
+    local common=(--store mem --grace-s 2 --spin-polls 0)
     if [ "$sback" = kernel ]; then
         saddr=10.98.0.2:7000
         server_cmd=(ip netns exec "$lossy_netns-b" "${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver"
@@ -698,13 +703,14 @@ run_lossy_one() {
     else
         saddr=10.98.0.4:7000
         server_cmd=(ip netns exec "$lossy_netns-b" "${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver"
-            --backend af-xdp --iface "$lossy_netns-b" --ip 10.98.0.4/24 --xdp-mode native "${common[@]}")
+            --backend af-xdp --iface "$lossy_netns-b" --ip 10.98.0.4/24 --xdp-mode native --tcp-buf 1MiB "${common[@]}")
     fi
     client_cmd=(ip netns exec "$lossy_netns-a" "${run_env[@]}" taskset -c "$client_cpu" "$bin/chunkctl")
     if [ "$cback" = kernel ]; then
-        client_cmd+=(--backend kernel)
+        client_cmd+=(--backend kernel --spin-polls 0)
     else
-        client_cmd+=(--backend af-xdp --iface "$lossy_netns-a" --ip 10.98.0.3/24 --xdp-mode native)
+        client_cmd+=(--backend af-xdp --iface "$lossy_netns-a" --ip 10.98.0.3/24 --xdp-mode native
+            --spin-polls 0 --tcp-buf 1MiB)
     fi
     client_cmd+=(--server "$saddr" --timeout-s 120 verify --total "$lossy_total" --seed 7)
     if start_relay "$spec" "$out/logs/$tag-relay.log" && start_server "$out/logs/$tag-server.log"; then
