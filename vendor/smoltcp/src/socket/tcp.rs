@@ -527,6 +527,11 @@ pub enum CongestionControl {
     #[cfg(feature = "socket-tcp-reno")]
     Reno,
 
+    /// Reno's growth; on loss the window shrinks in proportion to the share of data lost
+    /// (DCTCP's rule with losses in place of ECN marks: patch 11).
+    #[cfg(feature = "socket-tcp-reno")]
+    RenoLossProportional,
+
     #[cfg(feature = "socket-tcp-cubic")]
     Cubic,
 }
@@ -792,6 +797,11 @@ impl<'a> Socket<'a> {
             #[cfg(feature = "socket-tcp-reno")]
             CongestionControl::Reno => AnyController::Reno(reno::Reno::new()),
 
+            #[cfg(feature = "socket-tcp-reno")]
+            CongestionControl::RenoLossProportional => {
+                AnyController::Reno(reno::Reno::new_loss_proportional())
+            }
+
             #[cfg(feature = "socket-tcp-cubic")]
             CongestionControl::Cubic => AnyController::Cubic(cubic::Cubic::new()),
         }
@@ -804,6 +814,10 @@ impl<'a> Socket<'a> {
         match self.congestion_controller {
             AnyController::None(_) => CongestionControl::None,
 
+            #[cfg(feature = "socket-tcp-reno")]
+            AnyController::Reno(ref r) if r.is_loss_proportional() => {
+                CongestionControl::RenoLossProportional
+            }
             #[cfg(feature = "socket-tcp-reno")]
             AnyController::Reno(_) => CongestionControl::Reno,
 
@@ -2746,6 +2760,7 @@ impl<'a> Socket<'a> {
         }
 
         let mut lost = 0;
+        let lost_bytes_before = self.tx_log.lost_bytes();
         if self.remote_has_sack {
             let srtt = self.rtte.have_measurement.then_some(self.rtte.srtt);
             let (marked, next) =
@@ -2772,8 +2787,12 @@ impl<'a> Socket<'a> {
                 lost += self.tx_log.mark_lost(0, LossCause::DupAck) as usize;
             }
         }
-        if lost > 0 && self.recovery_point.is_none() {
-            self.enter_recovery(now);
+        if lost > 0 {
+            let bytes = self.tx_log.lost_bytes().saturating_sub(lost_bytes_before);
+            self.congestion_controller.inner_mut().on_lost(bytes);
+            if self.recovery_point.is_none() {
+                self.enter_recovery(now);
+            }
         }
     }
 
@@ -3178,6 +3197,7 @@ impl<'a> Socket<'a> {
                 Some(RetransmitKind::Reorder) => {
                     // RFC 8985 6.3: a reordering window ended: judge those segments again.
                     let srtt = self.rtte.have_measurement.then_some(self.rtte.srtt);
+                    let lost_before = self.tx_log.lost_bytes();
                     let (marked, next) = self.rack.detect_loss(
                         &mut self.tx_log,
                         cx.now(),
@@ -3185,8 +3205,12 @@ impl<'a> Socket<'a> {
                         srtt,
                     );
                     self.rack_timer = next;
-                    if marked > 0 && self.recovery_point.is_none() {
-                        self.enter_recovery(cx.now());
+                    if marked > 0 {
+                        let bytes = self.tx_log.lost_bytes().saturating_sub(lost_before);
+                        self.congestion_controller.inner_mut().on_lost(bytes);
+                        if self.recovery_point.is_none() {
+                            self.enter_recovery(cx.now());
+                        }
                     }
                     self.arm_retransmit_timer(cx.now());
                 }
@@ -3229,7 +3253,10 @@ impl<'a> Socket<'a> {
                         // Every segment the peer has not selectively acknowledged is deemed
                         // lost and resent in order as the window allows (RFC 6675 5.1, RFC
                         // 8985 6.3): never what the peer holds, unlike a go-back-N rewind.
+                        let lost_before = self.tx_log.lost_bytes();
                         self.tx_log.mark_all_lost(LossCause::Rto);
+                        let bytes = self.tx_log.lost_bytes().saturating_sub(lost_before);
+                        self.congestion_controller.inner_mut().on_lost(bytes);
                         self.recovery_point = Some(self.remote_last_seq);
                         self.undo_marker = Some(self.local_seq_no);
                         self.undo_retrans = 0;

@@ -37,6 +37,10 @@ pub(super) trait Controller {
     /// what is in flight (RFC 6675's pipe), so the window is not inflated per duplicate ACK.
     fn on_loss(&mut self, now: Instant, in_flight: usize) {}
 
+    /// Segments of `bytes` bytes in all were deemed lost (before `on_loss` for the first ones
+    /// of an episode, and for later ones too).
+    fn on_lost(&mut self, bytes: usize) {}
+
     /// Fired when the cumulative ACK passes the end of a loss recovery episode.
     fn on_recovery_end(&mut self, now: Instant) {}
 

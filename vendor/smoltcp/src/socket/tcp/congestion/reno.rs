@@ -23,7 +23,29 @@ pub struct Reno {
     initial: bool,
     // In the slow start after a retransmission timeout (RFC 3465 counts 1 MSS per ACK there).
     rto_slow_start: bool,
+    // Loss-proportional decrease (patch 11): the share of data lost, an average over rounds of
+    // about one window (x 1024), and this round's counts. `None`: Reno's halving.
+    proportional: Option<LossShare>,
 }
+
+/// The share of data a connection loses, tracked as DCTCP tracks its share of ECN marks.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+struct LossShare {
+    /// The average share lost, in units of `SHARE_ONE` (starts at 1: the first loss halves,
+    /// as Reno does).
+    alpha: u32,
+    acked: usize,
+    lost: usize,
+    /// Bytes acknowledged that end the current round (the window when it began).
+    round: usize,
+}
+
+/// DCTCP's gain for the average (RFC 8257: 1/16).
+const SHARE_GAIN_SHIFT: u32 = 4;
+
+/// The share lost is kept in units of 1/2^20 (so the average can decay to a few per million).
+const SHARE_ONE: u64 = 1 << 20;
 
 impl Reno {
     pub fn new() -> Self {
@@ -37,7 +59,44 @@ impl Reno {
             prior: None,
             initial: true,
             rto_slow_start: false,
+            proportional: None,
         }
+    }
+
+    /// Reno's growth, with a decrease on loss in proportion to the share of data lost: the
+    /// window is multiplied by `1 - share / 2`, the share being a moving average (gain 1/16)
+    /// of the bytes lost over the bytes sent, per round of about one window. That is DCTCP's
+    /// rule (RFC 8257) with losses in place of ECN marks: a loss that costs a large part of
+    /// the window (a queue overflowing) halves it, as Reno does; isolated losses on a path
+    /// that drops a steady small share of segments (a lossy link, corruption) barely shrink
+    /// it. The average starts at 1, so a new connection's first loss halves the window.
+    pub fn new_loss_proportional() -> Self {
+        Reno {
+            proportional: Some(LossShare {
+                alpha: SHARE_ONE as u32,
+                acked: 0,
+                lost: 0,
+                round: 0,
+            }),
+            ..Reno::new()
+        }
+    }
+
+    /// Whether the decrease is loss-proportional (`new_loss_proportional`).
+    pub fn is_loss_proportional(&self) -> bool {
+        self.proportional.is_some()
+    }
+
+    /// The window after a loss episode that began with `in_flight` bytes outstanding.
+    fn decreased(&self, in_flight: usize) -> usize {
+        match self.proportional {
+            None => in_flight >> 1,
+            Some(share) => {
+                let cut = (self.cwnd as u64 * share.alpha as u64 / (2 * SHARE_ONE)) as usize;
+                self.cwnd.saturating_sub(cut)
+            }
+        }
+        .max(2 * self.mss)
     }
 }
 
@@ -58,6 +117,20 @@ impl Controller for Reno {
         // New data was ACKed: a timer-based loss episode, if any, is over.
         self.in_rto_recovery = false;
         self.initial = false;
+
+        if let Some(share) = &mut self.proportional {
+            share.acked += len;
+            if share.acked >= share.round {
+                // A round is over: fold its share lost into the average.
+                let sent = (share.acked + share.lost).max(1);
+                let frac = ((share.lost as u64 * SHARE_ONE) / sent as u64).min(SHARE_ONE) as u32;
+                share.alpha =
+                    share.alpha - (share.alpha >> SHARE_GAIN_SHIFT) + (frac >> SHARE_GAIN_SHIFT);
+                share.acked = 0;
+                share.lost = 0;
+                share.round = self.cwnd;
+            }
+        }
 
         // The window holds during fast recovery; the socket says when it ends
         // (`on_recovery_end`), not the first ACK of new data (NewReno, RFC 6582).
@@ -90,7 +163,7 @@ impl Controller for Reno {
             if !self.in_rto_recovery {
                 self.prior = Some((self.cwnd, self.ssthresh));
             }
-            self.ssthresh = (in_flight >> 1).max(2 * self.mss);
+            self.ssthresh = self.decreased(in_flight);
             self.cwnd = self.ssthresh.min(self.rwnd).max(self.mss);
 
             self.in_fast_recovery = true;
@@ -132,6 +205,12 @@ impl Controller for Reno {
 
         // Major loss has occurred, ensure we move from fast recovery (if in it) to slow start.
         self.in_fast_recovery = false
+    }
+
+    fn on_lost(&mut self, bytes: usize) {
+        if let Some(share) = &mut self.proportional {
+            share.lost += bytes;
+        }
     }
 
     fn set_mss(&mut self, mss: usize) {
@@ -489,6 +568,63 @@ mod test {
         }
         let grown = reno.window() - 32 * MSS;
         assert!((MSS * 9 / 10..=MSS).contains(&grown), "grew {grown}");
+    }
+
+    #[test]
+    fn loss_proportional_decrease() {
+        let mut reno = Reno::new_loss_proportional();
+        reno.set_mss(MSS);
+        reno.cwnd = 100 * MSS;
+        // The share starts at 1: the first loss halves the window, as Reno would.
+        reno.on_lost(MSS);
+        reno.on_loss(Instant::from_millis(0), 100 * MSS);
+        assert_eq!(reno.window(), 50 * MSS);
+        reno.on_recovery_end(Instant::from_millis(1));
+
+        // Rounds of a window each with no loss bring the share down (gain 1/16)...
+        reno.cwnd = 100 * MSS;
+        for i in 0..80 {
+            ack(&mut reno, 100 * MSS, Instant::from_millis(2 + i));
+        }
+        let alpha = reno.proportional.unwrap().alpha as u64;
+        assert!(alpha < SHARE_ONE / 100, "share {alpha}/{SHARE_ONE}");
+        // ...so that one segment lost in a window barely shrinks it.
+        let cwnd = reno.window();
+        reno.on_lost(MSS);
+        reno.on_loss(Instant::from_millis(100), cwnd);
+        assert!(
+            reno.window() >= cwnd * 99 / 100,
+            "{} from {cwnd}",
+            reno.window()
+        );
+        reno.on_recovery_end(Instant::from_millis(101));
+
+        // Rounds losing a third of what was sent (a queue overflowing) raise the share
+        // towards 1/3 (1/48 after one round): the decrease follows, towards a sixth.
+        let cwnd = reno.window();
+        for i in 0..64 {
+            reno.on_lost(cwnd / 2);
+            ack(&mut reno, cwnd, Instant::from_millis(200 + i));
+        }
+        let alpha = reno.proportional.unwrap().alpha as u64;
+        assert!(
+            (SHARE_ONE / 4..=SHARE_ONE / 3).contains(&alpha),
+            "share {alpha}/{SHARE_ONE}"
+        );
+        let cwnd = reno.window();
+        reno.on_loss(Instant::from_millis(300), cwnd);
+        assert!(
+            reno.window() <= cwnd * 7 / 8,
+            "{} from {cwnd}",
+            reno.window()
+        );
+        // Plain Reno is unaffected by the loss accounting.
+        let mut plain = Reno::new();
+        plain.set_mss(MSS);
+        plain.cwnd = 100 * MSS;
+        plain.on_lost(MSS);
+        plain.on_loss(Instant::from_millis(0), 100 * MSS);
+        assert_eq!(plain.window(), 50 * MSS);
     }
 
     #[test]
