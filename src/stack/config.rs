@@ -65,9 +65,14 @@ impl std::str::FromStr for MacAddr {
 pub enum Congestion {
     /// None: send up to the peer's window (best on a dedicated, loss-free link).
     None,
-    /// Reno (measured to cost nothing noticeable here).
-    #[default]
+    /// Reno (measured to cost nothing noticeable here): the window halves at every loss.
     Reno,
+    /// Reno's growth; at a loss the window shrinks in proportion to the share of data the
+    /// connection loses (a moving average; DCTCP's rule with losses for ECN marks): a queue
+    /// that overflows halves it, a link that drops a steady small share of segments barely
+    /// does (the default; see docs/DECISIONS.md).
+    #[default]
+    LossProportional,
     /// CUBIC (RFC 9438), as Linux uses by default.
     Cubic,
 }

@@ -186,6 +186,7 @@ fn configure(s: &mut tcp::Socket<'_>, cfg: &StackConfig) {
     s.set_congestion_control(match t.congestion {
         Congestion::None => tcp::CongestionControl::None,
         Congestion::Reno => tcp::CongestionControl::Reno,
+        Congestion::LossProportional => tcp::CongestionControl::RenoLossProportional,
         Congestion::Cubic => tcp::CongestionControl::Cubic,
     });
 }
