@@ -456,6 +456,9 @@ fn run(args: &Args) -> Result<(), String> {
     };
     // FINs, so the server frees its connections now rather than when they time out.
     clients.close(Duration::from_millis(500));
+    if let Some(tcp) = clients.tcp_report() {
+        println!("chunkctl: tcp {tcp}");
+    }
     drop(clients);
     if let Some(s) = sim_server {
         let stats = s.finish()?;

@@ -242,6 +242,11 @@ pub trait ClientSet {
     /// Closes every connection gracefully, waiting at most `max` for the closes to complete
     /// (kernel sockets close when dropped).
     fn close(&mut self, _max: Duration) {}
+    /// The TCP counters of a ustack client set (retransmissions by cause, probes, RTOs), for
+    /// its last words; `None` for kernel TCP.
+    fn tcp_report(&mut self) -> Option<String> {
+        None
+    }
     /// Queues a request on connection `i`.
     fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError>;
     /// A finished request of connection `i`.
@@ -423,6 +428,9 @@ impl<D: PacketDevice> ClientSet for StackClients<D> {
                 self.stack.wait(now, Duration::from_millis(1));
             }
         }
+    }
+    fn tcp_report(&mut self) -> Option<String> {
+        Some(format!("{:?}", self.stack.tcp_stats()))
     }
     fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError> {
         self.clients[i].submit(op, now)
