@@ -2566,6 +2566,7 @@ impl<'a> Socket<'a> {
         }
 
         let assembler_was_empty = self.assembler.is_empty();
+        let blocks_before = self.assembler.iter_data().count();
 
         // Data held out of order already: a duplicate to report (RFC 2883).
         if !assembler_was_empty
@@ -2648,7 +2649,10 @@ impl<'a> Socket<'a> {
         //  1) an out-of-order segment is received, or
         //  2) a segment arrives that fills in all or part of a gap in sequence space.
         if !self.assembler.is_empty() || !assembler_was_empty {
-            if self.compress_sack(cx.now(), assembler_was_empty, contig_len) {
+            // A segment that opened a new block (a new hole behind it) is reported at once:
+            // only the blocks that merely grow are folded, so none goes unreported.
+            let new_block = self.assembler.iter_data().count() > blocks_before;
+            if !new_block && self.compress_sack(cx.now(), assembler_was_empty, contig_len) {
                 return None;
             }
             // Note that we change the transmitter state here.
@@ -2662,8 +2666,9 @@ impl<'a> Socket<'a> {
     }
 
     /// SACK compression (patch 10, as Linux does since 4.18): while data is held out of order,
-    /// the first out-of-order segment, a segment that advances RCV.NXT, a duplicate, and the
-    /// first three duplicate ACKs for each RCV.NXT are acknowledged at once; further ones are
+    /// the first out-of-order segment, a segment that advances RCV.NXT or opens a new block, a
+    /// duplicate, and the first three duplicate ACKs for each RCV.NXT are acknowledged at
+    /// once; further ones (segments that extend a block) are
     /// folded into one ACK sent a twentieth of the RTT later (between 100 us and 1 ms), or
     /// after `SACK_COMPRESS_MAX` segments, with the SACK blocks of all of them. Returns
     /// whether this segment's ACK was deferred.
