@@ -5822,6 +5822,24 @@ mod test {
             ..RECV_TEMPL
         }));
         recv_nothing!(s, time 2);
+        // A segment past another hole opens a new block: acknowledged at once.
+        send!(
+            s,
+            time 2,
+            TcpRepr {
+                seq_number: seq(8600),
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment[..100],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(seq(5000)),
+                window_len: 4000,
+                sack_ranges: [block(8600, 8700), block(5500, 8500), None],
+                ..RECV_TEMPL
+            })
+        );
         // The lost segment arrives: acknowledged at once.
         send!(
             s,
@@ -5836,6 +5854,7 @@ mod test {
                 seq_number: LOCAL_SEQ + 1,
                 ack_number: Some(seq(8500)),
                 window_len: 500,
+                sack_ranges: [block(8600, 8700), None, None],
                 ..RECV_TEMPL
             })
         );
