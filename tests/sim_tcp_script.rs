@@ -22,9 +22,8 @@
 //!    challenge ACK and do not reset it; a RST at RCV.NXT does.
 //!
 //! The tests marked `#[ignore]` pin behaviour the stack does not have yet: each reason names
-//! the bug (found by these scripts and by `tests/syn_flood.rs`), and each was checked to pass
-//! with the bug worked around in a scratch copy of the stack. Run them with `-- --ignored`; drop
-//! the `#[ignore]` with the fix. The whole file runs in well under a second of real time.
+//! the bug (found by these scripts and by `tests/syn_flood.rs`). Run them with `-- --ignored`;
+//! drop the `#[ignore]` with the fix. The whole file runs in well under a second of real time.
 
 mod common;
 
