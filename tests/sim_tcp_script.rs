@@ -509,6 +509,32 @@ fn assert_resent(s: &Seg, c: &Conn, i: usize, what: &str) {
     assert_eq!(s.payload, pattern_bytes(i * MSS, MSS), "{what}: its bytes");
 }
 
+/// The next segment, before `until`, must be the stack's full-sized segment `i` again, sent
+/// as soon as the segment the peer sent at `trigger` arrived (in the poll that read it).
+fn expect_repair(rig: &mut Rig, c: &Conn, i: usize, trigger: Instant, until: Instant, what: &str) {
+    let s = rig.expect(until, what);
+    assert_resent(&s, c, i, what);
+    assert_eq!(s.sent(), trigger + LATENCY, "{what}: at once: {}", s.line());
+}
+
+/// The peer acknowledges the stack's `n` full-sized segments; the stack then sends nothing
+/// more (no repair, no probe, no timeout) and has nothing left to send.
+fn ack_all_then_quiet(rig: &mut Rig, c: &mut Conn, n: usize) {
+    let f = c.ack(c.mss_seg(n - 1).1, &[]);
+    rig.send(&f);
+    rig.quiet_until(
+        rig.after(10 * rig.rto_min()),
+        "after everything was acknowledged",
+    );
+    assert_eq!(rig.stack.send_queue(c.id), Ok(0));
+    let tcp = rig.stack.tcp_stats();
+    assert_eq!(
+        (tcp.rto_expirations, tcp.tail_loss_probes),
+        (0, 0),
+        "no timer fired: {tcp:?}"
+    );
+}
+
 #[test]
 fn frames_build_parse_and_checksum() {
     let e = Ends {
@@ -600,30 +626,16 @@ fn sack_hole_gets_exactly_the_hole_retransmitted() {
         };
         rig.send(&f);
     }
-    let acks_sent = rig.now;
-    let repair = rig.expect(sent + rig.rto_min(), "the repair");
-    assert_resent(&repair, &c, hole, "the hole");
-    // The ACKs reached the stack one latency after they left; the repair left in the same
-    // poll that read them.
-    assert_eq!(
-        repair.sent(),
-        acks_sent + LATENCY,
-        "resent as soon as the SACK blocks arrived: {}",
-        repair.line()
-    );
+    // The ACKs reach the stack one latency after they leave; the repair leaves in the poll
+    // that reads them, well before `rto_min`.
+    let (acks_sent, until) = (rig.now, sent + rig.rto_min());
+    expect_repair(&mut rig, &c, hole, acks_sent, until, "the hole");
     // The repair arrives; everything is acknowledged. Nothing else was or is sent.
-    rig.send(&c.ack(c.mss_seg(9).1, &[]));
-    rig.quiet_until(rig.after(10 * rig.rto_min()), "after the repair");
-    assert_eq!(rig.stack.send_queue(c.id), Ok(0));
+    ack_all_then_quiet(&mut rig, &mut c, 10);
     let tcp = rig.stack.tcp_stats();
     assert_eq!(
         (tcp.segments_sent, tcp.retransmits_sack, tcp.retransmits()),
         (10, 1, 1),
-        "{tcp:?}"
-    );
-    assert_eq!(
-        (tcp.rto_expirations, tcp.tail_loss_probes),
-        (0, 0),
         "{tcp:?}"
     );
 }
@@ -650,37 +662,36 @@ fn newreno_two_holes(rig: &mut Rig, dups: usize) -> (Conn, Instant) {
 /// The segments [`newreno_two_holes`] loses.
 const NEWRENO_HOLES: (usize, usize) = (2, 5);
 
-/// The first hole comes back at once when the duplicate ACKs of the six segments that arrived
-/// after it come in (one burst, as a receiver sends them), and nothing else is sent.
-#[test]
-fn newreno_duplicate_acks_resend_the_first_hole() {
-    let mut rig = Rig::new(|_| {});
-    let (mut c, dups_sent) = newreno_two_holes(&mut rig, 6);
-    let repair = rig.expect(rig.after(Duration::from_millis(1)), "the first repair");
-    assert_resent(&repair, &c, NEWRENO_HOLES.0, "after the duplicate ACKs");
-    assert_eq!(
-        repair.sent(),
-        dups_sent + LATENCY,
-        "at once: {}",
-        repair.line()
+/// [`newreno_two_holes`] with the six duplicate ACKs of a receiver: the first hole comes
+/// back at once, and nothing else follows.
+fn newreno_first_repair(rig: &mut Rig) -> Conn {
+    let (c, dups_sent) = newreno_two_holes(rig, 6);
+    let until = rig.after(Duration::from_millis(1));
+    expect_repair(
+        rig,
+        &c,
+        NEWRENO_HOLES.0,
+        dups_sent,
+        until,
+        "the first repair",
     );
     // Nothing else: there is no new data, and the other hole is not known yet.
     rig.quiet_until(
         rig.after(Duration::from_micros(500)),
         "after the first repair",
     );
-    rig.send(&c.ack(c.mss_seg(9).1, &[]));
-    rig.quiet_until(
-        rig.after(10 * rig.rto_min()),
-        "after everything was acknowledged",
-    );
+    c
+}
+
+/// The first hole comes back at once when the duplicate ACKs of the six segments that arrived
+/// after it come in (one burst, as a receiver sends them), and nothing else is sent.
+#[test]
+fn newreno_duplicate_acks_resend_the_first_hole() {
+    let mut rig = Rig::new(|_| {});
+    let mut c = newreno_first_repair(&mut rig);
+    ack_all_then_quiet(&mut rig, &mut c, 10);
     let tcp = rig.stack.tcp_stats();
     assert_eq!((tcp.retransmits_fast, tcp.retransmits()), (1, 1), "{tcp:?}");
-    assert_eq!(
-        (tcp.rto_expirations, tcp.tail_loss_probes),
-        (0, 0),
-        "{tcp:?}"
-    );
 }
 
 /// RFC 5681 3.2: the third duplicate ACK resends the missing segment at once, whether or not
@@ -691,13 +702,14 @@ fn newreno_duplicate_acks_resend_the_first_hole() {
 fn newreno_third_duplicate_ack_resends_the_hole_at_once() {
     let mut rig = Rig::new(|_| {});
     let (mut c, dups_sent) = newreno_two_holes(&mut rig, 3);
-    let repair = rig.expect(rig.after(Duration::from_micros(500)), "the repair");
-    assert_resent(&repair, &c, NEWRENO_HOLES.0, "after three duplicate ACKs");
-    assert_eq!(
-        repair.sent(),
-        dups_sent + LATENCY,
-        "at once: {}",
-        repair.line()
+    let until = rig.after(Duration::from_micros(500));
+    expect_repair(
+        &mut rig,
+        &c,
+        NEWRENO_HOLES.0,
+        dups_sent,
+        until,
+        "three duplicate ACKs",
     );
     for _ in 0..3 {
         let f = c.ack(c.mss_seg(NEWRENO_HOLES.0).0, &[]);
@@ -714,34 +726,23 @@ fn newreno_third_duplicate_ack_resends_the_hole_at_once() {
             pipe fills the congestion window, so it goes only at the retransmission timeout"]
 fn newreno_partial_ack_retransmits_the_next_hole() {
     let mut rig = Rig::new(|_| {});
-    let (mut c, _) = newreno_two_holes(&mut rig, 6);
-    let repair = rig.expect(rig.after(Duration::from_millis(1)), "the first repair");
-    assert_resent(&repair, &c, NEWRENO_HOLES.0, "after the duplicate ACKs");
-    rig.quiet_until(
-        rig.after(Duration::from_micros(500)),
-        "after the first repair",
-    );
+    let mut c = newreno_first_repair(&mut rig);
+    // The repair arrives: the peer holds 0-4, and acknowledges up to the second hole.
     let partial = c.ack(c.mss_seg(NEWRENO_HOLES.1).0, &[]);
     rig.send(&partial);
     let partial_sent = rig.now;
-    let repair2 = rig.expect(rig.after(rig.rto_min()), "the second repair");
-    assert_resent(&repair2, &c, NEWRENO_HOLES.1, "after a partial ACK");
-    assert_eq!(
-        repair2.sent(),
-        partial_sent + LATENCY,
-        "at once, not after a timeout: {}",
-        repair2.line()
+    let until = rig.after(rig.rto_min());
+    expect_repair(
+        &mut rig,
+        &c,
+        NEWRENO_HOLES.1,
+        partial_sent,
+        until,
+        "a partial ACK",
     );
-    rig.send(&c.ack(c.mss_seg(9).1, &[]));
-    rig.quiet_until(rig.after(10 * rig.rto_min()), "after both repairs");
-    assert_eq!(rig.stack.send_queue(c.id), Ok(0));
+    ack_all_then_quiet(&mut rig, &mut c, 10);
     let tcp = rig.stack.tcp_stats();
     assert_eq!((tcp.retransmits_fast, tcp.retransmits()), (2, 2), "{tcp:?}");
-    assert_eq!(
-        (tcp.rto_expirations, tcp.tail_loss_probes),
-        (0, 0),
-        "{tcp:?}"
-    );
     assert_eq!(tcp.fast_recoveries, 1, "one recovery episode: {tcp:?}");
 }
 
