@@ -388,7 +388,7 @@ fn run(args: &Args) -> Result<(), String> {
                 dev.reason(),
                 args.server
             );
-            let stack = stack_on(dev, &args.dev, args.ip, None, sockets)?;
+            let stack = stack_on(dev, &args.dev, args.ip, None, sockets, |_| {})?;
             Box::new(StackClients::connect(
                 stack,
                 args.server,

@@ -9,6 +9,12 @@
 //! It prints the backend it runs on and why, logs with tracing (RUST_LOG), and shuts down
 //! cleanly on SIGINT/SIGTERM: it stops taking requests, sends the answers already due (every
 //! WRITE it acknowledged is in the store), and exits.
+//!
+//! Besides its human-readable counters it prints one line of `key=value` counters for scripts
+//! and tests, `FILESERVER stats ...` with every `--stats-every-s` report and `FILESERVER final
+//! ...` at exit: the server's connections, and on ustack backends the sockets in use against
+//! their maximum and the stack's counters (half-open connections evicted or unreachable, idle
+//! connections reaped, SYNs dropped, retransmissions, challenge ACKs).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -27,6 +33,7 @@ use ustack::chunk::{ChunkServer, ChunkStore, ServerConfig, ServerStats, SyncPoli
 use ustack::dev::auto::AnyDevice;
 use ustack::net::KernelServer;
 use ustack::proto::Limits;
+use ustack::stack::Stack;
 use ustack::sys::signal;
 use ustack::Instant;
 
@@ -70,6 +77,18 @@ struct Args {
     /// Connections served at once (more are refused and counted).
     #[arg(long, default_value_t = 64)]
     connections_max: usize,
+    /// Connections the listener keeps ready to be accepted. On ustack backends this many
+    /// sockets listen (spread over the socket shards, at least one each), each with room for
+    /// one more half-open connection (a SYN that finds them all taken evicts the oldest); the
+    /// stack has `--connections-max` + this many sockets.
+    #[arg(long, default_value_t = 16)]
+    backlog: usize,
+    /// ustack backends: reset connections on which no request or answer moved for this many
+    /// seconds (0: never), so that peers which connect and then say nothing, or vanish, cannot
+    /// hold every socket. 60 s, like the keep-alive timeouts of common servers, keeps a
+    /// client's pooled connection between bursts of work; a client idle for longer reconnects.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_s: u64,
     /// Largest payload of one request.
     #[arg(long, default_value = "4MiB")]
     payload_max: Size,
@@ -118,6 +137,7 @@ fn run(args: &Args) -> Result<(), String> {
     let cfg = ServerConfig {
         limits,
         connections_max: args.connections_max,
+        backlog: args.backlog,
         shutdown_grace: Duration::from_secs(args.grace_s),
         ..ServerConfig::default()
     };
@@ -177,6 +197,53 @@ fn print_stats(label: &str, s: &ServerStats) {
     );
 }
 
+/// The machine-readable counters: `FILESERVER <label> key=value ...` (see the module docs).
+/// `stack` is `None` for kernel TCP.
+fn report_line(
+    label: &str,
+    since: Instant,
+    s: &ServerStats,
+    connections_max: usize,
+    stack: Option<&mut Stack<AnyDevice>>,
+) -> String {
+    let mut line = format!(
+        "FILESERVER {label} t_ms={} connections_max={connections_max} connections_open={} \
+         accepted={} refused={} closed={} errors={}",
+        (Instant::now() - since).as_millis(),
+        s.connections_accepted - s.connections_closed,
+        s.connections_accepted,
+        s.connections_refused,
+        s.connections_closed,
+        s.errors
+    );
+    if let Some(stack) = stack {
+        let st = stack.stats();
+        let tcp = stack.tcp_stats();
+        let max = stack.config().sockets_max;
+        line += &format!(
+            " sockets_max={max} sockets_in_use={} half_open_evicted={} half_open_unreachable={} \
+             idle_reaped={} syn_backlog_full={} sockets_exhausted={} close_timeouts={} \
+             rx_frames={} rx_dropped={} tx_frames={} tx_nobuf={} retransmits={} \
+             rto_expirations={} challenge_acks={}",
+            max - stack.sockets_free(),
+            st.half_open_evicted,
+            st.half_open_unreachable,
+            st.idle_reaped,
+            st.rx_syn_backlog_full,
+            st.sockets_exhausted,
+            st.close_timeouts,
+            st.rx_frames,
+            st.rx_dropped(),
+            st.tx_frames,
+            st.tx_nobuf,
+            tcp.retransmits(),
+            tcp.rto_expirations,
+            tcp.challenge_acks
+        );
+    }
+    line
+}
+
 fn serve_stack(
     args: &Args,
     dev: AnyDevice,
@@ -190,15 +257,31 @@ fn serve_stack(
         args.ip,
         args.gateway,
         cfg.connections_max + cfg.backlog,
+        |c| {
+            c.tcp.idle_timeout =
+                (args.idle_timeout_s > 0).then(|| Duration::from_secs(args.idle_timeout_s));
+        },
     )?;
     let grace = cfg.shutdown_grace;
+    let connections_max = cfg.connections_max;
     print_memory(&stack, &cfg);
+    println!(
+        "fileserver: {} sockets: {connections_max} connections and a backlog of {}; idle \
+         connections reset after {}",
+        stack.config().sockets_max,
+        cfg.backlog,
+        match stack.config().tcp.idle_timeout {
+            Some(t) => format!("{} s", t.as_secs()),
+            None => "never".into(),
+        }
+    );
     let mut server =
         ChunkServer::bind(&mut stack, args.port, store, cfg).map_err(|e| e.to_string())?;
     println!("fileserver: listening on {}:{}", stack.ipv4(), args.port);
     let mut spin = server_spin(args);
     let mut deadline = None;
-    let mut last_stats = Instant::now();
+    let started = Instant::now();
+    let mut last_stats = started;
     loop {
         let now = Instant::now();
         let busy = stack.poll(now) | server.poll(&mut stack);
@@ -216,7 +299,10 @@ fn serve_stack(
             }
         }
         if args.stats_every_s > 0 && now - last_stats >= Duration::from_secs(args.stats_every_s) {
-            print_stats("stats", &server.stats());
+            let s = server.stats();
+            print_stats("stats", &s);
+            let line = report_line("stats", started, &s, connections_max, Some(&mut stack));
+            println!("{line}");
             last_stats = now;
         }
         if spin.turn(busy) {
@@ -228,19 +314,24 @@ fn serve_stack(
     while Instant::now() < end {
         stack.poll(Instant::now());
     }
-    print_stats("final", &server.stats());
+    let s = server.stats();
+    print_stats("final", &s);
     println!("fileserver: stack {:?}", stack.stats());
     println!("fileserver: tcp {:?}", stack.tcp_stats());
+    let line = report_line("final", started, &s, connections_max, Some(&mut stack));
+    println!("{line}");
     Ok(())
 }
 
 fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> Result<(), String> {
     let grace = cfg.shutdown_grace;
+    let connections_max = cfg.connections_max;
     let mut server =
         KernelServer::bind(args.listen.into(), store, cfg).map_err(|e| e.to_string())?;
     println!("fileserver: listening on {}", server.local_addr());
     let mut deadline = None;
-    let mut last_stats = Instant::now();
+    let started = Instant::now();
+    let mut last_stats = started;
     // Busy-polls like the ustack loop (the kernel baseline gets the same chance at latency),
     // then sleeps in ppoll once idle for a while.
     let mut spin = server_spin(args);
@@ -266,10 +357,20 @@ fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> R
             }
         }
         if args.stats_every_s > 0 && now - last_stats >= Duration::from_secs(args.stats_every_s) {
-            print_stats("stats", &server.stats());
+            let s = server.stats();
+            print_stats("stats", &s);
+            println!(
+                "{}",
+                report_line("stats", started, &s, connections_max, None)
+            );
             last_stats = now;
         }
     }
-    print_stats("final", &server.stats());
+    let s = server.stats();
+    print_stats("final", &s);
+    println!(
+        "{}",
+        report_line("final", started, &s, connections_max, None)
+    );
     Ok(())
 }

@@ -726,13 +726,15 @@ fn dpdk_config(dev: &DevArgs) -> Result<Option<ustack::dev::dpdk::DpdkConfig>, S
     Ok(cfg)
 }
 
-/// A stack on `dev` with the device's own MAC when it has one.
+/// A stack on `dev` with the device's own MAC when it has one; `tune` sees the configuration
+/// last (program-specific settings).
 pub fn stack_on(
     dev: ustack::dev::auto::AnyDevice,
     args: &DevArgs,
     ip: Cidr,
     gateway: Option<Ipv4Addr>,
     sockets: usize,
+    tune: impl FnOnce(&mut StackConfig),
 ) -> Result<Stack<ustack::dev::auto::AnyDevice>, String> {
     let mut cfg = stack_config(ip, gateway, sockets);
     let buf = usize::try_from(args.tcp_buf.0).map_err(|_| "--tcp-buf is too large")?;
@@ -743,5 +745,6 @@ pub fn stack_on(
         // caches across our restarts.
         cfg.mac = ustack::stack::MacAddr(mac);
     }
+    tune(&mut cfg);
     Stack::new(dev, cfg).map_err(|e| e.to_string())
 }

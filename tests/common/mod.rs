@@ -2,6 +2,8 @@
 //! patterns, and the rule for tests that need privileges.
 #![allow(dead_code)]
 
+pub mod frames;
+
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;

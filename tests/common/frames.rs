@@ -1,9 +1,14 @@
-//! Ethernet / ARP / IPv4 / TCP frames for the `stack_rx` target: reading the fields the harness
-//! tracks, building segments, patching them, and resealing lengths and checksums.
+//! Ethernet / ARP / IPv4 / TCP frames for test peers that speak to a stack byte by byte: reading
+//! the fields of a segment and its options (MSS, window scale, SACK-permitted, SACK blocks),
+//! building segments and ARP packets with lengths and checksums right, patching them, and
+//! resealing lengths and checksums.
 //!
-//! Written from the RFCs (791, 793, 826, 1071, 2018, 7323) rather than with smoltcp, so the
-//! harness does not share the parser it is testing. Every accessor checks its bounds: frames
-//! here are whatever the fuzzer made of them.
+//! Written from the RFCs (791, 793, 826, 1071, 2018, 7323) rather than with smoltcp, so a test
+//! does not share the parser it is testing (and `tests/` never sees smoltcp, which the crate
+//! keeps private to `src/stack`). Every accessor checks its bounds: frames here may be whatever
+//! a fuzzer made of them. Used by the scripted peers of `tests/sim_tcp_script.rs` and
+//! `tests/syn_flood.rs`, and by the `stack_rx` fuzz target (`fuzz/fuzz_targets/stack_rx.rs`
+//! includes this file by path).
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
@@ -150,6 +155,59 @@ pub fn window_scale(f: &[u8], t: &Tcp) -> Option<u8> {
     ws
 }
 
+/// The MSS option's value, if the segment carries one.
+pub fn mss(f: &[u8], t: &Tcp) -> Option<u16> {
+    let mut mss = None;
+    each_option(options(f, t), |kind, v| {
+        if kind == 2 && v.len() == 2 {
+            mss = Some(u16::from_be_bytes([v[0], v[1]]));
+        }
+    });
+    mss
+}
+
+/// Whether the segment carries the SACK-permitted option.
+pub fn sack_permitted(f: &[u8], t: &Tcp) -> bool {
+    let mut yes = false;
+    each_option(options(f, t), |kind, v| yes |= kind == 4 && v.is_empty());
+    yes
+}
+
+/// The SACK blocks of the segment, as (left, right) sequence numbers, in the order sent.
+pub fn sack_blocks(f: &[u8], t: &Tcp) -> Vec<(u32, u32)> {
+    let mut blocks = Vec::new();
+    each_option(options(f, t), |kind, v| {
+        if kind == 5 {
+            for b in v.chunks_exact(8) {
+                let l = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                let r = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                blocks.push((l, r));
+            }
+        }
+    });
+    blocks
+}
+
+/// The payload of a parsed segment.
+pub fn payload<'a>(f: &'a [u8], t: &Tcp) -> &'a [u8] {
+    let start = t.tcp_at + t.hdr_len;
+    &f[start..start + t.payload_len]
+}
+
+/// Options for a SYN or SYN|ACK: MSS, then window scale (when given) and SACK-permitted (when
+/// `sack`), NOP-padded as Linux sends them.
+pub fn syn_options(mss: u16, window_shift: Option<u8>, sack: bool) -> Vec<u8> {
+    let mut o = vec![2, 4];
+    o.extend_from_slice(&mss.to_be_bytes());
+    if let Some(shift) = window_shift {
+        o.extend_from_slice(&[1, 3, 3, shift]);
+    }
+    if sack {
+        o.extend_from_slice(&[1, 1, 4, 2]);
+    }
+    o
+}
+
 /// Whether the segment carries a SACK option with at least one block.
 pub fn has_sack_blocks(f: &[u8], t: &Tcp) -> bool {
     let mut yes = false;
@@ -201,6 +259,18 @@ pub fn build_arp(
     f
 }
 
+/// The reply to ARP request `req` from `mac`, the owner of the address it asks for.
+pub fn arp_reply(req: &Arp, mac: [u8; 6]) -> Vec<u8> {
+    build_arp(
+        req.sender_mac,
+        2,
+        mac,
+        req.target_ip,
+        req.sender_mac,
+        req.sender_ip,
+    )
+}
+
 /// The addressing of a TCP segment.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Ends {
@@ -210,6 +280,20 @@ pub struct Ends {
     pub dst: Ipv4Addr,
     pub sport: u16,
     pub dport: u16,
+}
+
+impl Ends {
+    /// The same flow seen from the other end.
+    pub fn reversed(&self) -> Ends {
+        Ends {
+            src_mac: self.dst_mac,
+            dst_mac: self.src_mac,
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
 }
 
 /// A TCP segment in an Ethernet frame, lengths and checksums right.
@@ -300,18 +384,6 @@ pub fn lengths_ok(f: &[u8]) -> bool {
     usize::from(u16::from_be_bytes([ip[2], ip[3]])) <= ip.len() && t.tcp_at > ETH_LEN
 }
 
-/// Whether the stack under test takes the frame past its checksum checks. cargo-fuzz builds
-/// every crate with `--cfg fuzzing`, and smoltcp's `verify_checksum` then always says yes
-/// (so that fuzzers get past checksums); ustack's adapter verifies checksums with those very
-/// functions, so in a fuzz build only the lengths count.
-pub fn stack_takes(f: &[u8]) -> bool {
-    if cfg!(fuzzing) {
-        lengths_ok(f)
-    } else {
-        sealed(f)
-    }
-}
-
 /// Replaces the TCP options of a TCP/IPv4 frame (payload kept), padding with EOL to a multiple
 /// of 4 (at most 40 bytes).
 pub fn set_options(f: &mut Vec<u8>, opts: &[u8]) {
@@ -360,16 +432,7 @@ pub fn describe(f: &[u8]) -> String {
                 flags.push(c);
             }
         }
-        let mut sack = Vec::new();
-        each_option(options(f, &t), |kind, v| {
-            if kind == 5 {
-                for b in v.chunks_exact(8) {
-                    let l = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-                    let r = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-                    sack.push((l, r));
-                }
-            }
-        });
+        let sack = sack_blocks(f, &t);
         return format!(
             "{}:{} > {}:{} [{flags}] seq {} ack {} win {} len {}{}{}",
             t.src,
@@ -409,34 +472,4 @@ pub fn seq_gt(a: u32, b: u32) -> bool {
 /// Whether `x` lies in the window `[start, start + len)` of sequence space (wrapping).
 pub fn seq_in(x: u32, start: u32, len: u32) -> bool {
     x.wrapping_sub(start) < len
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn built_segments_are_sealed_and_parse_back() {
-        let e = Ends {
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            sport: 1234,
-            dport: 80,
-        };
-        let mut f = build_tcp(&e, 7, 9, SYN | ACK, 100, &[2, 4, 5, 0xb4, 3, 3, 7], b"hey");
-        assert!(sealed(&f));
-        let t = parse_tcp(&f).unwrap();
-        assert_eq!((t.seq, t.ack, t.flags, t.payload_len), (7, 9, SYN | ACK, 3));
-        assert_eq!(window_scale(&f, &t), Some(7));
-        set_options(&mut f, &sack_option(&[(1, 2)]));
-        set_payload(&mut f, b"longer payload");
-        assert!(!sealed(&f));
-        reseal(&mut f, true);
-        assert!(sealed(&f));
-        let t = parse_tcp(&f).unwrap();
-        assert!(has_sack_blocks(&f, &t));
-        assert_eq!(t.payload_len, 14);
-    }
 }
