@@ -624,6 +624,9 @@ pub struct Socket<'a> {
     undo_marker: Option<TcpSeqNumber>,
     /// A tail loss probe is due: the next dispatch sends it.
     tlp_pending: bool,
+    /// The next retransmission goes whatever the congestion window (a fast retransmission or
+    /// a NewReno partial ACK's).
+    retransmit_now: bool,
     /// The end of the tail loss probe in flight, if any.
     tlp_end: Option<TcpSeqNumber>,
     /// Counters of this connection (since `listen` or `connect`).
@@ -736,6 +739,7 @@ impl<'a> Socket<'a> {
             undo_retrans: 0,
             undo_marker: None,
             tlp_pending: false,
+            retransmit_now: false,
             tlp_end: None,
             counters: Counters::default(),
             syn_retries: 0,
@@ -1130,6 +1134,7 @@ impl<'a> Socket<'a> {
         self.undo_retrans = 0;
         self.undo_marker = None;
         self.tlp_pending = false;
+        self.retransmit_now = false;
         self.tlp_end = None;
         self.syn_retries = 0;
         self.ack_delay_timer = AckDelayTimer::Idle;
@@ -1942,6 +1947,23 @@ impl<'a> Socket<'a> {
             (State::SynSent, _, _) => {
                 net_debug!("expecting a SYN|ACK");
                 return None;
+            }
+            // RFC 5961 4.2: a SYN in a synchronized state gets a challenge ACK, with or
+            // without an ACK of its own (the case with one is handled further down).
+            (
+                State::Established
+                | State::FinWait1
+                | State::FinWait2
+                | State::CloseWait
+                | State::Closing
+                | State::LastAck
+                | State::TimeWait,
+                TcpControl::Syn,
+                None,
+            ) => {
+                net_debug!("SYN without ACK in a synchronized state: challenge ACK");
+                self.counters.challenge_acks += 1;
+                return self.challenge_ack_reply(cx, ip_repr, repr);
             }
             // Every packet after the initial SYN must be an acknowledgement.
             (_, _, None) => {
@@ -2788,8 +2810,12 @@ impl<'a> Socket<'a> {
                 && acked_new
                 && self.recovery_point.is_some_and(|point| ack < point)
             {
-                // RFC 6582: a partial ACK in recovery: the next hole is lost too.
-                lost += self.tx_log.mark_lost(0, LossCause::DupAck) as usize;
+                // RFC 6582: a partial ACK in recovery: the next hole is lost too, and goes at
+                // once.
+                if self.tx_log.mark_lost(0, LossCause::DupAck) {
+                    lost += 1;
+                    self.retransmit_now = true;
+                }
             }
         }
         if lost > 0 {
@@ -2910,6 +2936,8 @@ impl<'a> Socket<'a> {
         self.undo_marker = Some(self.local_seq_no);
         self.undo_retrans = 0;
         self.counters.fast_recoveries += 1;
+        // The fast retransmission goes at once, whatever the window (RFC 5681 3.2 step 4).
+        self.retransmit_now = true;
         let in_flight = self.flight_size();
         self.congestion_controller
             .inner_mut()
@@ -2974,12 +3002,19 @@ impl<'a> Socket<'a> {
     }
 
     /// The record to resend next, if any may go now: the first deemed lost, when the
-    /// congestion window has room (RFC 6675 NextSeg rule 1).
+    /// congestion window has room (RFC 6675 NextSeg rule 1), or at once for the fast
+    /// retransmission that starts a recovery and for each NewReno partial ACK (RFC 5681 3.2
+    /// step 4, RFC 6582 3.2 step 3: these go whatever the window).
     fn next_retransmission(&mut self) -> Option<usize> {
-        if !self.tx_log.has_lost() || self.cwnd_remaining() == 0 {
+        if !self.retransmission_due() {
             return None;
         }
         self.tx_log.first_lost()
+    }
+
+    /// Whether a segment deemed lost may be resent now (see `next_retransmission`).
+    fn retransmission_due(&self) -> bool {
+        self.tx_log.has_lost() && (self.retransmit_now || self.cwnd_remaining() > 0)
     }
 
     fn timed_out(&self, timestamp: Instant) -> bool {
@@ -3004,9 +3039,7 @@ impl<'a> Socket<'a> {
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
         // A segment deemed lost goes first, when the congestion window has room; a tail loss
         // probe goes whatever the window (RFC 8985 7.3).
-        if self.may_send_data()
-            && ((self.tx_log.has_lost() && self.cwnd_remaining() > 0) || self.tlp_pending)
-        {
+        if self.may_send_data() && (self.retransmission_due() || self.tlp_pending) {
             return true;
         }
 
@@ -3250,6 +3283,10 @@ impl<'a> Socket<'a> {
                         .inner_mut()
                         .on_rto(cx.now(), in_flight);
 
+                    // Duplicate ACKs before the timeout say nothing of what left the network
+                    // since (without SACK they would inflate the window of the retransmissions).
+                    self.local_rx_dup_acks = 0;
+                    self.retransmit_now = false;
                     if self.tx_log.is_empty() {
                         // Only a SYN or FIN is outstanding: rewind "last sequence number
                         // sent" to send it again.
@@ -3664,6 +3701,7 @@ impl<'a> Socket<'a> {
 
         // Loss recovery bookkeeping (patch 3): a resent record, or a new one.
         if let Some(i) = resend {
+            self.retransmit_now = false;
             match self.tx_log.on_retransmit(i, cx.now()) {
                 Some(LossCause::Rto) => self.counters.retransmits_rto += 1,
                 Some(LossCause::DupAck) => self.counters.retransmits_fast += 1,
@@ -6289,6 +6327,27 @@ mod test {
     }
 
     #[test]
+    fn test_rfc5961_syn_without_ack_in_established_gets_a_challenge_ack() {
+        let mut s = socket_established();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: None,
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.counters().challenge_acks, 1);
+    }
+
+    #[test]
     fn test_data_with_an_old_ack_is_taken() {
         // A data segment overtaken by a later one carries an ACK older than SND.UNA: its data
         // counts (RFC 9293, RFC 5961 5.2), its ACK and window do not.
@@ -8450,6 +8509,43 @@ mod test {
             ..SEND_TEMPL
         });
         assert!(s.recovery_point.is_none());
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-reno")]
+    fn test_fast_retransmit_goes_whatever_the_window() {
+        // No SACK, Reno, ten 4-byte segments in flight (the initial window of 4-byte segments).
+        // Three duplicate ACKs: the window halves to 20 bytes while 24 still count as in
+        // flight, yet the first segment goes again at once (RFC 5681 3.2 step 4).
+        let mut s = socket_established();
+        s.remote_mss = 4;
+        s.set_congestion_control(CongestionControl::Reno);
+        s.congestion_controller.inner_mut().set_mss(4);
+        s.send_slice(b"0000111122223333444455556666777788889999")
+            .unwrap();
+        for i in 0..10 {
+            recv!(s, time 0, Ok(TcpRepr {
+                seq_number: byte(4 * i),
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"0000111122223333444455556666777788889999"[4 * i..4 * i + 4],
+                ..RECV_TEMPL
+            }));
+        }
+        for _ in 0..4 {
+            send!(s, time 1, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            });
+        }
+        assert_eq!(s.cwnd_remaining(), 0);
+        recv!(s, time 1, Ok(TcpRepr {
+            seq_number: byte(0),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"0000"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1);
     }
 
     #[test]
