@@ -16,6 +16,8 @@ use crate::wire::{HardwareAddress, IpAddress};
 pub struct Neighbor {
     hardware_addr: HardwareAddress,
     expires_at: Instant,
+    /// It sent us traffic since it was resolved (patch 12): a peer in use, evicted last.
+    confirmed: bool,
 }
 
 /// An answer to a neighbor cache lookup.
@@ -109,10 +111,12 @@ impl Cache {
         if let Some(Neighbor {
             expires_at,
             hardware_addr,
+            confirmed,
         }) = self.storage.get_mut(&protocol_addr)
             && source_hardware_addr == *hardware_addr
         {
             *expires_at = timestamp + Self::ENTRY_LIFETIME;
+            *confirmed = true;
         }
     }
 
@@ -156,9 +160,15 @@ impl Cache {
         debug_assert!(protocol_addr.is_unicast());
         debug_assert!(hardware_addr.is_unicast());
 
+        // A peer that keeps its address stays confirmed.
+        let confirmed = self
+            .storage
+            .get(&protocol_addr)
+            .is_some_and(|n| n.confirmed && n.hardware_addr == hardware_addr);
         let neighbor = Neighbor {
             expires_at,
             hardware_addr,
+            confirmed,
         };
         match self.storage.insert(protocol_addr, neighbor) {
             Ok(Some(old_neighbor)) => {
@@ -176,10 +186,13 @@ impl Cache {
             }
             Err((protocol_addr, neighbor)) => {
                 // If we're going down this branch, it means the cache is full, and we need to evict an entry.
+                // The one to expire first, among those that never sent us traffic if any
+                // (patch 12): answers to requests for made-up addresses (a SYN flood's) then
+                // churn among themselves, and the peers in use stay.
                 let old_protocol_addr = *self
                     .storage
                     .iter()
-                    .min_by_key(|(_, neighbor)| neighbor.expires_at)
+                    .min_by_key(|(_, neighbor)| (neighbor.confirmed, neighbor.expires_at))
                     .expect("empty neighbor cache storage")
                     .0;
 
@@ -207,6 +220,7 @@ impl Cache {
         if let Some(&Neighbor {
             expires_at,
             hardware_addr,
+            ..
         }) = self.storage.get(protocol_addr)
             && timestamp < expires_at
         {
@@ -516,6 +530,32 @@ mod test {
             cache.lookup(&addr(200), t + Duration::from_secs(1)),
             Answer::NotFound
         );
+    }
+
+    #[test]
+    fn test_peers_in_use_are_evicted_last() {
+        let mut cache = Cache::new();
+        let t = Instant::from_millis(0);
+        let addr = |i: u32| -> IpAddress {
+            #[cfg(feature = "proto-ipv4")]
+            {
+                crate::wire::Ipv4Address::from_bits(0x0a00_0000 + i).into()
+            }
+            #[cfg(not(feature = "proto-ipv4"))]
+            {
+                crate::wire::Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, i as u16 + 1).into()
+            }
+        };
+        // A peer resolved first, that then talked to us (long ago)...
+        cache.fill(addr(0), HADDR_A, t);
+        cache.reset_expiry_if_existing(addr(0), HADDR_A, t);
+        // ...and a flood of answers to our own requests, much fresher.
+        for i in 1..1000u32 {
+            let at = t + Duration::from_millis(i as u64);
+            cache.requested(addr(i), at);
+            cache.fill(addr(i), HADDR_B, at);
+        }
+        assert_eq!(cache.lookup(&addr(0), t), Answer::Found(HADDR_A));
     }
 
     #[test]

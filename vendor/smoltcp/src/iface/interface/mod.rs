@@ -612,9 +612,10 @@ impl Interface {
             .items()
             .filter_map(|item| {
                 let socket_poll_at = item.socket.poll_at(&mut self.inner);
+                let peer = tcp_peer(&item.socket);
                 match item.meta.poll_at(
                     socket_poll_at,
-                    |ip_addr| self.inner.has_neighbor(&ip_addr),
+                    |ip_addr| self.inner.has_neighbor(&ip_addr) || waits_for_another(peer, ip_addr),
                     timestamp,
                 ) {
                     PollAt::Ingress => None,
@@ -731,10 +732,10 @@ impl Interface {
 
         let mut result = PollResult::None;
         for item in sockets.items_mut() {
-            if !item
-                .meta
-                .egress_permitted(self.inner.now, |ip_addr| self.inner.has_neighbor(&ip_addr))
-            {
+            let peer = tcp_peer(&item.socket);
+            if !item.meta.egress_permitted(self.inner.now, |ip_addr| {
+                self.inner.has_neighbor(&ip_addr) || waits_for_another(peer, ip_addr)
+            }) {
                 continue;
             }
 
@@ -832,6 +833,24 @@ impl Interface {
         }
         result
     }
+}
+
+/// For a TCP socket, the peer it talks to now (`Some(None)`: none, it listens); `None` for
+/// other sockets.
+fn tcp_peer(socket: &Socket<'_>) -> Option<Option<IpAddress>> {
+    match socket {
+        #[cfg(feature = "socket-tcp")]
+        Socket::Tcp(s) => Some(s.remote_endpoint().map(|e| e.addr)),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// Whether a socket whose discovery of `neighbor` is pending now talks to someone else (a
+/// listening socket re-armed after a handshake that failed, patch 12): the wait is stale, and
+/// a new peer must not inherit it.
+fn waits_for_another(peer: Option<Option<IpAddress>>, neighbor: IpAddress) -> bool {
+    matches!(peer, Some(p) if p != Some(neighbor))
 }
 
 impl InterfaceInner {

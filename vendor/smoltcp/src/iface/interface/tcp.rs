@@ -29,14 +29,22 @@ impl InterfaceInner {
             &self.caps.checksum
         ));
 
-        for tcp_socket in sockets
-            .items_mut()
-            .filter_map(|i| Socket::downcast_mut(&mut i.socket))
-        {
-            if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
-                return tcp_socket
-                    .process(self, &ip_repr, &tcp_repr)
-                    .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+        // A connection's own socket first, a listening one only if no connection has the
+        // 4-tuple (patch 12): a SYN on an established connection (a peer that restarted, or a
+        // blind attack) must reach that connection, which answers with a challenge ACK
+        // (RFC 5961 4), not a listener, which would open a second connection on the tuple.
+        for connected in [true, false] {
+            for tcp_socket in sockets
+                .items_mut()
+                .filter_map(|i| Socket::downcast_mut(&mut i.socket))
+            {
+                if tcp_socket.remote_endpoint().is_some() == connected
+                    && tcp_socket.accepts(self, &ip_repr, &tcp_repr)
+                {
+                    return tcp_socket
+                        .process(self, &ip_repr, &tcp_repr)
+                        .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+                }
             }
         }
 
