@@ -16,7 +16,8 @@ use crate::wire::{HardwareAddress, IpAddress};
 pub struct Neighbor {
     hardware_addr: HardwareAddress,
     expires_at: Instant,
-    /// It sent us traffic since it was resolved (patch 12): a peer in use, evicted last.
+    /// A connection with it made progress since it was resolved (patch 12): a peer in use,
+    /// evicted last. Traffic alone does not confirm: a flood of SYNs is traffic too.
     confirmed: bool,
 }
 
@@ -111,12 +112,19 @@ impl Cache {
         if let Some(Neighbor {
             expires_at,
             hardware_addr,
-            confirmed,
+            ..
         }) = self.storage.get_mut(&protocol_addr)
             && source_hardware_addr == *hardware_addr
         {
             *expires_at = timestamp + Self::ENTRY_LIFETIME;
-            *confirmed = true;
+        }
+    }
+
+    /// Marks a neighbor as in use (patch 12): an upper layer saw a connection with it make
+    /// progress (a synchronized TCP connection took a segment from it).
+    pub(crate) fn confirm(&mut self, protocol_addr: &IpAddress) {
+        if let Some(neighbor) = self.storage.get_mut(protocol_addr) {
+            neighbor.confirmed = true;
         }
     }
 
@@ -546,9 +554,9 @@ mod test {
                 crate::wire::Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, i as u16 + 1).into()
             }
         };
-        // A peer resolved first, that then talked to us (long ago)...
+        // A peer resolved first, with a connection that made progress (long ago)...
         cache.fill(addr(0), HADDR_A, t);
-        cache.reset_expiry_if_existing(addr(0), HADDR_A, t);
+        cache.confirm(&addr(0));
         // ...and a flood of answers to our own requests, much fresher.
         for i in 1..1000u32 {
             let at = t + Duration::from_millis(i as u64);

@@ -1,6 +1,6 @@
 use super::*;
 
-use crate::socket::tcp::Socket;
+use crate::socket::tcp::{Socket, State as TcpState};
 
 impl InterfaceInner {
     pub(crate) fn process_tcp<'frame>(
@@ -41,9 +41,22 @@ impl InterfaceInner {
                 if tcp_socket.remote_endpoint().is_some() == connected
                     && tcp_socket.accepts(self, &ip_repr, &tcp_repr)
                 {
-                    return tcp_socket
-                        .process(self, &ip_repr, &tcp_repr)
-                        .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+                    let reply = tcp_socket.process(self, &ip_repr, &tcp_repr);
+                    // A synchronized connection took the segment: its peer is in use, a
+                    // neighbor to keep (patch 12). SYNs alone (a flood) confirm nothing.
+                    #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
+                    if connected
+                        && !matches!(
+                            tcp_socket.state(),
+                            TcpState::Closed
+                                | TcpState::Listen
+                                | TcpState::SynSent
+                                | TcpState::SynReceived
+                        )
+                    {
+                        self.neighbor_cache.confirm(&src_addr);
+                    }
+                    return reply.map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
                 }
             }
         }
