@@ -67,7 +67,7 @@ fi
 step "smoltcp's own tests (vendor/smoltcp)"
 cargo test --manifest-path vendor/smoltcp/Cargo.toml --target-dir target/smoltcp --lib \
     --no-default-features \
-    --features std,medium-ethernet,medium-ip,proto-ipv4,socket-tcp,socket-tcp-reno,socket-tcp-cubic,auto-icmp-echo-reply,assembler-max-segment-count-32 \
+    --features std,medium-ethernet,medium-ip,proto-ipv4,socket-tcp,socket-tcp-reno,socket-tcp-cubic,auto-icmp-echo-reply,assembler-max-segment-count-32,iface-neighbor-cache-count-64 \
     2>&1 | tee -a target/test-output.log | grep -E '^test result|FAILED|panicked' || true
 if grep -qE '^test result: FAILED|error: test failed|could not compile' target/test-output.log; then
     echo "smoltcp TESTS FAILED: see target/test-output.log" >&2

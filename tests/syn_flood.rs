@@ -22,8 +22,7 @@
 //!    exceed the configured maxima (its `FILESERVER stats` lines, every second); its counters
 //!    show half-open connections evicted and dropped as unreachable, and it never sends a
 //!    segment to an address that did not answer ARP. [`syn_flood_from_addresses_that_never_answer_arp`]
-//!    is the same flood from the 32 that never answer only. Both are `#[ignore]`d: the stack
-//!    fails them today (see their reasons); run them with `-- --ignored`.
+//!    is the same flood from the 32 that never answer only.
 //! 2. [`silent_handshakes_hold_sockets_until_the_idle_timeout`]: 2,000 handshakes completed
 //!    from 4 spoofed addresses that then say nothing, far more than the server's 80 sockets.
 //!    While they hold every connection slot, fresh clients are refused; once the idle timeout
@@ -791,12 +790,6 @@ fn flood(subnet: u8, answering: u8, ghosts: u8) {
 
 /// The flood from 32 spoofed addresses that never answer ARP.
 #[test]
-#[ignore = "stack bug: a listening socket re-armed in place (after an eviction, an unreachable \
-            peer or a handshake timeout) keeps smoltcp's 250 ms neighbor silence for its \
-            previous peer, so the SYN|ACK to the next client waits, and while the ghosts' \
-            half-open connections fill the backlog (at the start and whenever their unreachable \
-            verdicts expire) the flood evicts that connection first: the client's SYNs go \
-            unanswered for 1-2 s"]
 fn syn_flood_from_addresses_that_never_answer_arp() {
     flood(1, 0, 32);
 }
@@ -804,12 +797,6 @@ fn syn_flood_from_addresses_that_never_answer_arp() {
 /// The flood of issue 11: 32 addresses that answer ARP (the SYN|ACK reaches them, they never
 /// ACK) and 32 that never answer.
 #[test]
-#[ignore = "stack bugs: (1) a listening socket re-armed in place (after an eviction, an \
-            unreachable peer or a handshake timeout) keeps smoltcp's 250 ms neighbor silence for \
-            its previous peer, so the SYN|ACK to the next client waits, and the flood evicts that \
-            half-open connection first; (2) answers to the flood's ARP requests evict the real \
-            client from the 8-entry neighbor cache, and re-resolving it competes with the flood \
-            for the 100 requests a second"]
 fn syn_flood_from_spoofed_addresses() {
     flood(2, 32, 32);
 }

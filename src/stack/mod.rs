@@ -119,6 +119,9 @@ pub struct TcpStats {
     pub challenge_acks: u64,
     /// Duplicate segments received (reported to the peer as D-SACK).
     pub duplicates_received: u64,
+    /// Handshakes given up after `TcpConfig::synack_retries` SYN|ACKs (half-open connections
+    /// nobody completed), and connects whose SYN went unanswered.
+    pub handshake_timeouts: u64,
 }
 
 impl TcpStats {
@@ -140,6 +143,7 @@ impl TcpStats {
         self.sack_blocks_ignored += c.sack_blocks_ignored;
         self.challenge_acks += c.challenge_acks;
         self.duplicates_received += c.duplicates_received;
+        self.handshake_timeouts += c.handshake_timeouts;
     }
 }
 
@@ -611,7 +615,7 @@ impl<D: PacketDevice> Stack<D> {
                     }
                 }
                 None => {
-                    if let Some(s) = self.evict_oldest_half_open(flow.local_port, now) {
+                    if let Some(s) = self.evict_oldest_half_open(flow.local_port) {
                         self.due.mark(s);
                         placed = true;
                     }
@@ -625,16 +629,14 @@ impl<D: PacketDevice> Stack<D> {
 
     /// Frees the socket of the oldest half-open connection of the listener on `port`, if any
     /// (it listens again at once); returns its shard.
-    fn evict_oldest_half_open(&mut self, port: u16, now: Instant) -> Option<usize> {
+    fn evict_oldest_half_open(&mut self, port: u16) -> Option<usize> {
         let (_, shard, slot) = self
             .shards
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.table.oldest_half_open(port).map(|(t, slot)| (t, i, slot)))
             .min()?;
-        self.shards[shard]
-            .table
-            .evict_half_open(slot, now, &self.cfg);
+        self.shards[shard].table.evict_half_open(slot);
         self.io.stats.half_open_evicted += 1;
         self.forget_freed(shard);
         Some(shard)

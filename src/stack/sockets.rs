@@ -371,24 +371,18 @@ impl SocketTable {
             .min()
     }
 
-    /// Gives a half-open connection's socket back to its listener at once, silently (the
-    /// peer of a SYN flood is made up; a real one retries its SYN).
-    pub(crate) fn evict_half_open(&mut self, slot: u32, now: Instant, cfg: &StackConfig) {
-        if let Some(h) = self.slots[slot as usize].handle {
-            let flow = self.with_socket(h, |s| {
-                let flow = flow_of(s);
-                // Back to LISTEN with no RST: listen() on an aborted socket starts afresh.
-                s.abort();
-                let port = s.listen_endpoint().port;
-                configure(s, cfg);
-                s.set_syn_retries(Some(cfg.tcp.synack_retries));
-                let _ = s.listen(port);
-                flow
-            });
-            self.freed.extend(flow);
-            self.slots[slot as usize].half_open_since = None;
-            self.slots[slot as usize].since = now;
+    /// Gives a half-open connection's socket back at once, silently (the peer of a SYN flood
+    /// is made up; a real one retries its SYN): it is recycled like any socket (its counters
+    /// kept, smoltcp's per-socket state dropped), and the listener re-arms a fresh one at the
+    /// shard's next upkeep.
+    pub(crate) fn evict_half_open(&mut self, slot: u32) {
+        for l in self.listeners.iter_mut().flatten() {
+            if let Some(i) = l.members.iter().position(|&m| m == slot) {
+                l.members.swap_remove(i);
+                break;
+            }
         }
+        self.free_slot(slot);
     }
 
     /// Arms listener `idx` (the stack's listener index) on `port` with `backlog` sockets.
@@ -712,15 +706,16 @@ impl SocketTable {
                         .and_then(|h| self.with_socket(h, |s| s.remote_endpoint().map(|e| e.addr)));
                     if peer.is_some_and(unreachable) {
                         // Nobody answers for the peer's address: its SYN was made up, and the
-                        // SYN|ACK can never be delivered. The socket listens again at once.
-                        self.evict_half_open(slot, now, cfg);
+                        // SYN|ACK can never be delivered. The socket goes back at once (a
+                        // fresh one is armed below).
+                        l.members.swap_remove(i);
+                        self.free_slot(slot);
                         stats.half_open_unreachable += 1;
-                        listening += 1;
                     } else {
                         let s = &mut self.slots[slot as usize];
                         s.half_open_since.get_or_insert(now);
+                        i += 1;
                     }
-                    i += 1;
                 }
                 tcp::State::Closed | tcp::State::TimeWait => {
                     // The handshake failed (RST, timeout): recycle.
