@@ -70,6 +70,9 @@ use ustack::mem::PageSize;
 use ustack::sys::memif::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
 use ustack::{Batch, Frame, Instant, PacketDevice, PoolBuf};
 
+mod input;
+use input::Input;
+
 const MSG_LEN: usize = 128;
 const VERSION: u16 = 0x0200;
 const COOKIE: u32 = 0x03E3_1F20;
@@ -94,36 +97,6 @@ mod ty {
     pub const DISCONNECT: u16 = 8;
 }
 
-/// Reads fields from the input; past its end every read gives zeros.
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Input<'a> {
-    fn done(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-    fn u8(&mut self) -> u8 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let start = self.pos.min(self.data.len());
-        let end = self.pos.saturating_add(n).min(self.data.len());
-        self.pos = self.pos.saturating_add(n);
-        let mut v = self.data[start..end].to_vec();
-        v.resize(n, 0);
-        v
-    }
-}
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -1169,14 +1142,14 @@ fn steps(peer: &mut dyn Peer, input: &mut Input<'_>) {
         match op {
             0 => {
                 let len = usize::from(input.u8());
-                let b = input.bytes(len);
+                let b = input.bytes_padded(len);
                 let fd = fd_from(input, peer);
                 peer.send(&b, fd);
             }
             1 => {
                 let (version, id, mode) = (input.u16(), input.u32(), input.u8());
                 let n = usize::from(input.u8() % 25);
-                let secret = input.bytes(n);
+                let secret = input.bytes_padded(n);
                 let fd = fd_from(input, peer);
                 let m = msg(
                     ty::INIT,
@@ -1250,7 +1223,7 @@ fn steps(peer: &mut dyn Peer, input: &mut Input<'_>) {
             }
             10 => {
                 let (region, at, n) = (input.u8(), input.u16(), usize::from(input.u8()));
-                let bytes = input.bytes(n);
+                let bytes = input.bytes_padded(n);
                 peer.scribble(region, at, &bytes);
             }
             11 => {
@@ -1267,7 +1240,7 @@ fn run(data: &[u8]) {
     let fds_before = open_fds();
     {
         let name = format!("ustack-fuzz-memif-{}", std::process::id());
-        let mut input = Input { data, pos: 0 };
+        let mut input = Input::new(data);
         if input.u8() & 1 == 0 {
             let mut peer = AsClient::new(&name);
             steps(&mut peer, &mut input);

@@ -120,6 +120,9 @@ mod wire;
 
 use wire::{Ends, ACK, FIN, RST, SYN};
 
+mod input;
+use input::Input;
+
 /// Whether the stack under test takes the frame past its checksum checks. cargo-fuzz builds
 /// every crate with `--cfg fuzzing`, and smoltcp's `verify_checksum` then always says yes
 /// (so that fuzzers get past checksums); ustack's adapter verifies checksums with those very
@@ -533,38 +536,6 @@ impl PacketDevice for Tap {
     }
 }
 
-/// Reads fields from the input; past its end every read gives zeros.
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Input<'a> {
-    fn done(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-    fn u8(&mut self) -> u8 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn i32(&mut self) -> i32 {
-        self.u32() as i32
-    }
-    /// Up to `n` bytes (fewer at the end of the input).
-    fn bytes(&mut self, n: usize) -> &'a [u8] {
-        let start = self.pos.min(self.data.len());
-        let end = self.pos.saturating_add(n).min(self.data.len());
-        self.pos = self.pos.saturating_add(n);
-        &self.data[start..end]
-    }
-}
 
 /// Rank of a connection state: it never goes down.
 fn rank(s: ConnState) -> u8 {
@@ -1612,7 +1583,7 @@ fn seal(f: &mut [u8], op: u8) {
 fn run(data: &[u8], opts: Opts) {
     let mut rig = Rig::new(opts);
     let captured = rig.s.device().to_s.clone();
-    let mut input = Input { data, pos: 0 };
+    let mut input = Input::new(data);
     for _ in 0..STEPS_MAX {
         if input.done() {
             break;
