@@ -2589,6 +2589,12 @@ impl<'a> Socket<'a> {
 
         let assembler_was_empty = self.assembler.is_empty();
         let blocks_before = self.assembler.iter_data().count();
+        // Where the data held out of order ends: a segment below it fills (part of) a gap.
+        let held_end = self
+            .assembler
+            .iter_data()
+            .last()
+            .map_or(0, |(_, right)| right);
 
         // Data held out of order already: a duplicate to report (RFC 2883).
         if !assembler_was_empty
@@ -2671,10 +2677,18 @@ impl<'a> Socket<'a> {
         //  1) an out-of-order segment is received, or
         //  2) a segment arrives that fills in all or part of a gap in sequence space.
         if !self.assembler.is_empty() || !assembler_was_empty {
-            // A segment that opened a new block (a new hole behind it) is reported at once:
-            // only the blocks that merely grow are folded, so none goes unreported.
+            // A segment that opened a new block (a new hole behind it), or that fills (part
+            // of) a gap below the highest data held, is reported at once, its block first:
+            // only the leading block's growth is folded. A repair that merged two blocks,
+            // folded into a later ACK whose three blocks are the newest, went unreported, and
+            // the sender's RACK, seeing later data SACKed, resent it.
             let new_block = self.assembler.iter_data().count() > blocks_before;
-            if !new_block && self.compress_sack(cx.now(), assembler_was_empty, contig_len) {
+            let fills_gap = payload_offset < held_end;
+            if self.compress_sack(
+                cx.now(),
+                assembler_was_empty || new_block || fills_gap,
+                contig_len,
+            ) {
                 return None;
             }
             // Note that we change the transmitter state here.
@@ -2688,17 +2702,17 @@ impl<'a> Socket<'a> {
     }
 
     /// SACK compression (patch 10, as Linux does since 4.18): while data is held out of order,
-    /// the first out-of-order segment, a segment that advances RCV.NXT or opens a new block, a
-    /// duplicate, and the first three duplicate ACKs for each RCV.NXT are acknowledged at
-    /// once; further ones (segments that extend a block) are
-    /// folded into one ACK sent a twentieth of the RTT later (between 100 us and 1 ms), or
-    /// after `SACK_COMPRESS_MAX` segments, with the SACK blocks of all of them. Returns
-    /// whether this segment's ACK was deferred.
-    fn compress_sack(&mut self, now: Instant, first_out_of_order: bool, advanced: usize) -> bool {
+    /// a segment that must be reported at once (`urgent`: the first out-of-order one, one that
+    /// opens a new block or fills part of a gap), one that advances RCV.NXT, a duplicate, and
+    /// the first three duplicate ACKs for each RCV.NXT are acknowledged at once; further ones
+    /// (segments that extend the leading block) are folded into one ACK sent a twentieth of
+    /// the RTT later (between 100 us and 1 ms), or after `SACK_COMPRESS_MAX` segments, with
+    /// the SACK blocks of all of them. Returns whether this segment's ACK was deferred.
+    fn compress_sack(&mut self, now: Instant, urgent: bool, advanced: usize) -> bool {
         let rcv_nxt = self.remote_seq_no + self.rx_buffer.len();
         if !self.sack_compression
             || !self.remote_has_sack
-            || first_out_of_order
+            || urgent
             || advanced > 0
             || self.dsack_pending.is_some()
             || self.assembler.is_empty()
@@ -5878,6 +5892,37 @@ mod test {
                 ..RECV_TEMPL
             })
         );
+        // Past the three duplicate ACKs again: growth of the leading block is folded...
+        send!(
+            s,
+            time 2,
+            TcpRepr {
+                seq_number: seq(8700),
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment[..100],
+                ..SEND_TEMPL
+            },
+            None
+        );
+        // ...but a repair that fills the gap between two blocks is acknowledged at once, the
+        // merged block first: folded into a later ACK, it could go unreported.
+        send!(
+            s,
+            time 2,
+            TcpRepr {
+                seq_number: seq(8500),
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment[..100],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(seq(5000)),
+                window_len: 4000,
+                sack_ranges: [block(5500, 8800), None, None],
+                ..RECV_TEMPL
+            })
+        );
         // The lost segment arrives: acknowledged at once.
         send!(
             s,
@@ -5890,9 +5935,9 @@ mod test {
             },
             Some(TcpRepr {
                 seq_number: LOCAL_SEQ + 1,
-                ack_number: Some(seq(8500)),
-                window_len: 500,
-                sack_ranges: [block(8600, 8700), None, None],
+                ack_number: Some(seq(8800)),
+                window_len: 200,
+                sack_ranges: [None, None, None],
                 ..RECV_TEMPL
             })
         );
