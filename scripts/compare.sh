@@ -18,8 +18,8 @@
 #   af-xdp-veth   AF_XDP, native XDP mode, on a veth pair between two network namespaces (root)
 #   kernel-lo     kernel TCP on 127.0.0.1 (the baseline of memif and dpdk-memif)
 #   kernel-veth   kernel TCP on the same veth pair (the baseline of af-xdp-veth; root)
-#   lossy         not in the default set (its transfers take minutes while ustack recovers
-#                 from loss slowly): namespaces A - M - B (scripts/netns.sh lossy-up), the
+#   lossy         not in the default set (it measures loss recovery, not throughput; about
+#                 1.5 minutes for 32 MiB): namespaces A - M - B (scripts/netns.sh lossy-up), the
 #                 examples/faultwire relay in M forwarding every frame with seeded faults, offloads
 #                 off on every veth end. Per fault setting and repetition, the same
 #                 `chunkctl verify --total SIZE` from A to B three ways, each through a fresh relay
