@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod chunk;
+pub mod copies;
 pub mod dev;
 pub mod mem;
 pub mod net;

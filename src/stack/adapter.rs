@@ -260,7 +260,11 @@ impl<F: Frame> phy::RxToken for RxToken<F> {
     where
         G: FnOnce(&[u8]) -> R,
     {
-        f(self.frame.data())
+        let data = self.frame.data();
+        // Whole frames, headers included: smoltcp copies a segment's payload into the socket's
+        // ring from here.
+        crate::copies::count(crate::copies::Pass::Frame, data.len());
+        f(data)
     }
 }
 
@@ -288,6 +292,7 @@ impl<D: PacketDevice> phy::TxToken for TxToken<'_, D> {
             let n = len.min(self.scratch.len());
             return f(&mut self.scratch[..n]);
         }
+        crate::copies::count(crate::copies::Pass::Frame, len);
         let r = f(frame.data_mut());
         if let Err(frame) = self.tx.push(frame) {
             // Full: hand a burst to the device, then queue.
