@@ -50,11 +50,15 @@ pub enum Status {
     Busy = 15,
     /// A bug in the server: a state it did not expect.
     Internal = 16,
+    /// The chunk store did not answer within the server's storage timeout. The request may
+    /// still take effect later: a WRITE's outcome is unknown (READ or STAT the chunk, or write
+    /// it again).
+    Timeout = 17,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 17] = [
+    pub const ALL: [Status; 18] = [
         Status::Ok,
         Status::NotFound,
         Status::BadChecksum,
@@ -72,6 +76,7 @@ impl Status {
         Status::ShuttingDown,
         Status::Busy,
         Status::Internal,
+        Status::Timeout,
     ];
 
     /// The wire code.
@@ -106,6 +111,7 @@ impl Status {
                 | Status::TooManyInFlight
                 | Status::ShuttingDown
                 | Status::Busy
+                | Status::Timeout
         )
     }
 }

@@ -46,7 +46,7 @@ mod wire;
 #[cfg(test)]
 mod proptests;
 
-pub use crc::{crc32c, crc32c_append, crc32c_combine, PayloadCheck};
+pub use crc::{copy_crc, crc32c, crc32c_append, crc32c_combine, PayloadCheck, FUSED_BLOCK};
 pub use decoder::{Event, FrameDecoder, RequestDecoder, ResponseDecoder, WireHeader};
 pub use error::{ParseError, Rejection, Status};
 pub use request::{ChunkId, Op, Request, RequestHeader};
