@@ -29,7 +29,10 @@ use common::{
     open_device, open_store, stack_on, Backend, Cidr, DevArgs, IdleSpin, MemifRoleArg, Size,
     StoreSpec,
 };
-use ustack::chunk::{ChunkServer, ChunkStore, ServerConfig, ServerStats, SyncPolicy};
+use ustack::chunk::{
+    ChunkServer, ChunkStore, ServerConfig, ServerStats, StorageConfig, StorageMode, SyncPolicy,
+    WorkerConfig,
+};
 use ustack::dev::auto::AnyDevice;
 use ustack::net::KernelServer;
 use ustack::proto::Limits;
@@ -104,6 +107,18 @@ struct Args {
     /// Seconds shutdown may take to send the answers already due.
     #[arg(long, default_value_t = 5)]
     grace_s: u64,
+    /// Storage worker threads that run the store's calls off the serving loop (0: call the
+    /// store inline on the loop). Default: 2 for `dir:`, inline for `mem` (memory never waits).
+    #[arg(long)]
+    storage_workers: Option<usize>,
+    /// Jobs each storage worker's queue holds; a full queue makes the server stop reading the
+    /// connection (its TCP window closes) until there is room.
+    #[arg(long, default_value_t = 32)]
+    storage_queue: usize,
+    /// A request whose store call takes longer than this many seconds is answered `Timeout`
+    /// (the connection and the server go on).
+    #[arg(long, default_value_t = 10)]
+    storage_timeout_s: u64,
 }
 
 /// Idle turns the serving loop spins through before it sleeps (in the device, or in ppoll for
@@ -134,14 +149,44 @@ fn run(args: &Args) -> Result<(), String> {
         Sync::Never => SyncPolicy::Never,
     };
     let (store, store_line) = open_store(&args.store, args.mem_budget.0, args.chunk_max.0, sync)?;
+    if args.storage_timeout_s == 0 {
+        return Err("--storage-timeout-s must be at least 1".into());
+    }
+    let storage = StorageConfig {
+        mode: match args.storage_workers {
+            None => StorageMode::Auto,
+            Some(0) => StorageMode::Inline,
+            Some(_) => StorageMode::Workers,
+        },
+        workers: WorkerConfig {
+            threads: args.storage_workers.unwrap_or(2).max(1),
+            queue_len: args.storage_queue.max(1),
+        },
+        timeout: Duration::from_secs(args.storage_timeout_s),
+    };
+    let on_workers = match storage.mode {
+        StorageMode::Auto => store.may_block(),
+        StorageMode::Inline => false,
+        StorageMode::Workers => true,
+    };
+    let storage_line = if on_workers {
+        format!(
+            "{} worker threads, {} jobs queued each, timeout {} s",
+            storage.workers.threads, storage.workers.queue_len, args.storage_timeout_s
+        )
+    } else {
+        "inline on the serving loop (the store answers from memory)".to_string()
+    };
     let cfg = ServerConfig {
         limits,
         connections_max: args.connections_max,
         backlog: args.backlog,
         shutdown_grace: Duration::from_secs(args.grace_s),
+        storage,
         ..ServerConfig::default()
     };
     println!("fileserver: store {store_line}");
+    println!("fileserver: store calls {storage_line}");
     match args.backend {
         Backend::Kernel => {
             println!("fileserver: backend kernel (kernel TCP, no bypass) because --backend kernel");
@@ -208,13 +253,17 @@ fn report_line(
 ) -> String {
     let mut line = format!(
         "FILESERVER {label} t_ms={} connections_max={connections_max} connections_open={} \
-         accepted={} refused={} closed={} errors={}",
+         accepted={} refused={} closed={} errors={} storage_waits={} storage_timeouts={} \
+         storage_late={}",
         (Instant::now() - since).as_millis(),
         s.connections_accepted - s.connections_closed,
         s.connections_accepted,
         s.connections_refused,
         s.connections_closed,
-        s.errors
+        s.errors,
+        s.storage_waits,
+        s.storage_timeouts,
+        s.storage_late
     );
     if let Some(stack) = stack {
         let st = stack.stats();
@@ -306,7 +355,13 @@ fn serve_stack(
             last_stats = now;
         }
         if spin.turn(busy) {
-            stack.wait(now, Duration::from_millis(1));
+            if server.storage_outstanding() > 0 {
+                // Store calls run: their results come without a packet to wake the device
+                // wait, so only give the CPU away (a worker may share this core).
+                std::thread::yield_now();
+            } else {
+                stack.wait(now, Duration::from_millis(1));
+            }
         }
     }
     // Let the last FINs and ACKs out.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Pattern, Rng, SimNet, Step, IP_B};
 use ustack::chunk::{
     ChunkClient, ChunkOp, ChunkServer, ClientConfig, ClientError, Completion, MemStore,
-    ServerConfig,
+    ServerConfig, StorageConfig, StorageMode,
 };
 use ustack::dev::sim::{Faults, SimConfig, SimPort};
 use ustack::proto::{crc32c, ChunkId, Op, Reply, Status};
@@ -26,17 +26,17 @@ struct Rig {
     client: ChunkClient,
 }
 
-fn rig(seed: u64, faults: Faults) -> Rig {
+fn rig_on(seed: u64, faults: Faults, mode: StorageMode) -> Rig {
     // With 5% loss smoltcp recovers on 1 s timeouts: a 4 MiB transfer can take minutes of
     // virtual time.
     let client_cfg = ClientConfig {
         request_timeout: Duration::from_secs(3600),
         ..ClientConfig::default()
     };
-    rig_with(seed, faults, client_cfg)
+    rig_with(seed, faults, client_cfg, mode)
 }
 
-fn rig_with(seed: u64, faults: Faults, client_cfg: ClientConfig) -> Rig {
+fn rig_with(seed: u64, faults: Faults, client_cfg: ClientConfig, mode: StorageMode) -> Rig {
     let sim = SimConfig {
         jitter: Duration::from_micros(5),
         ..SimConfig::default().with_seed(seed).with_faults(faults)
@@ -45,6 +45,11 @@ fn rig_with(seed: u64, faults: Faults, client_cfg: ClientConfig) -> Rig {
     let cfg = ServerConfig {
         connections_max: 4,
         backlog: 2,
+        storage: StorageConfig {
+            mode,
+            // Virtual time stands still while a worker runs (the driver polls "busy").
+            ..StorageConfig::default()
+        },
         ..ServerConfig::default()
     };
     let server =
@@ -73,7 +78,9 @@ impl Rig {
         } = self;
         let mut got = Vec::with_capacity(n);
         net.drive(Duration::from_secs(6 * 3600), |a, b, now| {
-            let busy = server.poll(b) | client.poll(a, now);
+            // Store calls on workers finish in real time: poll again at the same virtual
+            // instant until they have.
+            let busy = server.poll(b) | client.poll(a, now) | (server.storage_outstanding() > 0);
             while let Some(c) = client.next_completion() {
                 got.push(c);
             }
@@ -147,7 +154,11 @@ fn check_read(model: &Model, id: u128, offset: u64, len: u32, c: &Completion) {
 }
 
 fn round_trips(seed: u64, faults: Faults) {
-    let mut rig = rig(seed, faults);
+    round_trips_on(seed, faults, StorageMode::Auto)
+}
+
+fn round_trips_on(seed: u64, faults: Faults, mode: StorageMode) {
+    let mut rig = rig_on(seed, faults, mode);
     let mut rng = Rng::new(seed);
     let mut model = Model::default();
     let pat = Pattern::new(seed);
@@ -244,6 +255,15 @@ fn round_trips_clean() {
     }
 }
 
+/// The same, with every store call on the storage workers (MemStore alone would run inline).
+#[test]
+fn round_trips_on_storage_workers() {
+    for seed in 1..=2 {
+        round_trips_on(seed, Faults::none(), StorageMode::Workers);
+    }
+    round_trips_on(3, Faults::standard(), StorageMode::Workers);
+}
+
 #[test]
 fn round_trips_with_faults() {
     for seed in 1..=4 {
@@ -256,7 +276,7 @@ fn sixty_four_in_flight_complete_out_of_order() {
     // 16 READs of 1 MiB in flight need 16 large staging buffers on the client.
     let mut client_cfg = ClientConfig::default();
     client_cfg.staging.large_count = 16;
-    let mut rig = rig_with(42, Faults::none(), client_cfg);
+    let mut rig = rig_with(42, Faults::none(), client_cfg, StorageMode::Auto);
     let mut rng = Rng::new(42);
     let pat = Pattern::new(42);
     let mut model = Model::default();

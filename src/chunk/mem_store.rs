@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::store::{ChunkStat, ChunkStore, ReadInfo, StoreError};
-use crate::proto::{crc32c, crc32c_combine, ChunkId, Limits};
+use crate::copies::{self, Pass};
+use crate::proto::{copy_crc, crc32c, crc32c_combine, ChunkId, Limits};
 
 /// Number of shards of the chunk map.
 const SHARDS: usize = 64;
@@ -228,22 +229,22 @@ impl ChunkStore for MemStore {
     }
 
     fn read(&self, id: ChunkId, offset: u64, buf: &mut [u8]) -> Result<ReadInfo, StoreError> {
-        let chunk = self.lookup(id).ok_or(StoreError::NotFound(id))?;
-        let chunk = read_lock(&chunk);
-        if chunk.deleted {
-            return Err(StoreError::NotFound(id));
-        }
-        let size = chunk.data.len() as u64;
-        if offset > size {
-            return Err(StoreError::OutOfRange { id, offset, size });
-        }
-        let len = buf.len().min((size - offset) as usize);
-        let start = offset as usize;
-        buf[..len].copy_from_slice(&chunk.data[start..start + len]);
-        Ok(ReadInfo {
-            len,
-            chunk_size: size,
-        })
+        self.read_with(id, offset, buf, false).map(|(info, _)| info)
+    }
+
+    /// One pass: the copy takes the CRC as it goes, or the cached CRC serves a whole-chunk
+    /// read.
+    fn read_crc(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(ReadInfo, u32), StoreError> {
+        self.read_with(id, offset, buf, true)
+    }
+
+    fn may_block(&self) -> bool {
+        false
     }
 
     fn delete(&self, id: ChunkId) -> Result<(), StoreError> {
@@ -277,6 +278,47 @@ impl ChunkStore for MemStore {
             size: chunk.data.len() as u64,
             crc,
         })
+    }
+}
+
+impl MemStore {
+    fn read_with(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: &mut [u8],
+        want_crc: bool,
+    ) -> Result<(ReadInfo, u32), StoreError> {
+        let chunk = self.lookup(id).ok_or(StoreError::NotFound(id))?;
+        let chunk = read_lock(&chunk);
+        if chunk.deleted {
+            return Err(StoreError::NotFound(id));
+        }
+        let size = chunk.data.len() as u64;
+        if offset > size {
+            return Err(StoreError::OutOfRange { id, offset, size });
+        }
+        let len = buf.len().min((size - offset) as usize);
+        let start = offset as usize;
+        let src = &chunk.data[start..start + len];
+        copies::count(Pass::Store, len);
+        let cached = chunk.crc.load(Ordering::Relaxed);
+        let crc = if !want_crc {
+            buf[..len].copy_from_slice(src);
+            0
+        } else if start == 0 && len as u64 == size && cached & CRC_VALID != 0 {
+            buf[..len].copy_from_slice(src);
+            cached as u32
+        } else {
+            copy_crc(&mut buf[..len], src, 0)
+        };
+        Ok((
+            ReadInfo {
+                len,
+                chunk_size: size,
+            },
+            crc,
+        ))
     }
 }
 

@@ -17,6 +17,7 @@ mod staging;
 mod store;
 #[cfg(test)]
 mod store_contract;
+mod workers;
 
 pub use client::{
     ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, SubmitError,
@@ -24,6 +25,7 @@ pub use client::{
 pub use dir_store::{DirStore, DirStoreConfig, DirStoreError, RecoveryReport, SyncPolicy};
 pub use mem_store::MemStore;
 pub use on_stack::{ChunkClient, ChunkServer, ChunkSetupError};
-pub use server::{ServerConfig, ServerConn, ServerStats};
+pub use server::{ServeCtx, ServerConfig, ServerConn, ServerStats};
 pub use staging::{Staging, StagingConfig};
 pub use store::{ChunkStat, ChunkStore, ReadInfo, StoreError};
+pub use workers::{worker_of, Storage, StorageConfig, StorageMode, StoreWorkers, WorkerConfig};

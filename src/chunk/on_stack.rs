@@ -12,9 +12,10 @@ use crate::time::Instant;
 use super::client::{
     ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, SubmitError,
 };
-use super::server::{ServerConfig, ServerConn, ServerStats};
+use super::server::{ServeCtx, ServerConfig, ServerConn, ServerStats};
 use super::staging::Staging;
 use super::store::ChunkStore;
+use super::workers::Storage;
 
 /// Errors setting up a server or client.
 #[derive(Debug, thiserror::Error)]
@@ -31,18 +32,24 @@ pub enum ChunkSetupError {
     /// A configuration value that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The storage worker threads could not be started.
+    #[error("cannot start the storage workers: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 struct Slot {
     conn: Option<ConnId>,
     core: ServerConn,
     eof: bool,
+    /// Bumped at each accept: store results for an earlier connection in this slot are
+    /// recognised and dropped.
+    generation: u32,
 }
 
 /// A chunk server on a [`Stack`]: accepts connections on one port (up to
 /// `connections_max`), serves pipelined requests from the store.
-pub struct ChunkServer<S: ChunkStore> {
-    store: S,
+pub struct ChunkServer<S: ChunkStore + 'static> {
+    storage: Storage<S>,
     staging: Staging,
     listener: Option<ListenerId>,
     slots: Vec<Slot>,
@@ -65,7 +72,7 @@ pub struct ChunkServer<S: ChunkStore> {
     seen_epoch: u64,
 }
 
-impl<S: ChunkStore> ChunkServer<S> {
+impl<S: ChunkStore + 'static> ChunkServer<S> {
     /// Listens on `port` of `stack`. The stack needs `connections_max + backlog` sockets.
     pub fn bind<D: PacketDevice>(
         stack: &mut Stack<D>,
@@ -87,9 +94,10 @@ impl<S: ChunkStore> ChunkServer<S> {
             )));
         }
         let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize)?;
+        let storage = Storage::new(store, &cfg.storage).map_err(ChunkSetupError::Workers)?;
         let listener = stack.listen(port, cfg.backlog)?;
         Ok(ChunkServer {
-            store,
+            storage,
             staging,
             listener: Some(listener),
             slots: (0..cfg.connections_max)
@@ -97,6 +105,7 @@ impl<S: ChunkStore> ChunkServer<S> {
                     conn: None,
                     core: ServerConn::new(cfg.limits),
                     eof: false,
+                    generation: 0,
                 })
                 .collect(),
             free: (0..cfg.connections_max).rev().collect(),
@@ -124,7 +133,8 @@ impl<S: ChunkStore> ChunkServer<S> {
                 match self.free.pop() {
                     Some(i) if !self.shutting_down => {
                         let slot = &mut self.slots[i];
-                        slot.core.reset();
+                        slot.generation = slot.generation.wrapping_add(1);
+                        slot.core.reset(tag_of(i, slot.generation));
                         slot.conn = Some(c);
                         slot.eof = false;
                         self.by_shard[c.shard()].push(i as u32);
@@ -146,6 +156,7 @@ impl<S: ChunkStore> ChunkServer<S> {
             }
         }
         self.polls += 1;
+        busy |= self.take_store_results(stack.now());
         // Connections of shards the stack polled since last time: data, room or a state change
         // may be there. The others have nothing new unless they have work of their own.
         if stack.epoch() != self.seen_epoch {
@@ -203,24 +214,29 @@ impl<S: ChunkStore> ChunkServer<S> {
         let Some(c) = slot.conn else { return false };
         let mut busy = false;
         let mut gone = false;
-        // A request waiting for a staging buffer retries (also after the peer's end of stream).
+        let mut ctx = ServeCtx {
+            storage: &mut self.storage,
+            staging: &self.staging,
+            stats: &mut self.stats,
+            now: stack.now(),
+        };
+        // A request waiting for a staging buffer or storage queue room retries (also after the
+        // peer's end of stream).
         if slot.core.is_waiting() {
-            slot.core
-                .handle_input(&[], &self.store, &self.staging, &mut self.stats);
+            slot.core.handle_input(&[], &mut ctx);
         }
         // Requests in, straight from the socket's receive buffer.
         while !slot.eof {
-            let (store, staging, stats, core) =
-                (&self.store, &self.staging, &mut self.stats, &mut slot.core);
+            let core = &mut slot.core;
             match stack.recv_with(c, |data| {
-                let n = core.handle_input(data, store, staging, stats);
+                let n = core.handle_input(data, &mut ctx);
                 (n, n)
             }) {
                 Ok(0) => break,
                 Ok(_) => busy = true,
                 Err(ConnError::Eof) => {
                     slot.eof = true;
-                    slot.core.handle_eof(&mut self.stats);
+                    slot.core.handle_eof(ctx.stats);
                     busy = true;
                 }
                 Err(_) => {
@@ -294,8 +310,53 @@ impl<S: ChunkStore> ChunkServer<S> {
 
     /// The store.
     pub fn store(&self) -> &S {
-        &self.store
+        self.storage.store()
     }
+
+    /// Store calls running on the storage workers (0 when calls run inline): while there are
+    /// some, a serving loop should not sleep long (their results come without a packet).
+    pub fn storage_outstanding(&self) -> usize {
+        self.storage.outstanding()
+    }
+
+    /// Hands finished store calls to their connections and times out the ones that run too
+    /// long; true if anything became ready.
+    fn take_store_results(&mut self, now: Instant) -> bool {
+        if !self.storage.uses_workers() {
+            return false;
+        }
+        let mut any = false;
+        while let Some(done) = self.storage.collect() {
+            let i = (done.tag & u64::from(u32::MAX)) as usize;
+            match self.slots.get_mut(i) {
+                Some(slot) if slot.conn.is_some() && slot.core.tag() == done.tag => {
+                    slot.core.complete(done, &mut self.stats);
+                    any = true;
+                    if !self.in_busy[i] {
+                        self.in_busy[i] = true;
+                        self.busy.push(i as u32);
+                    }
+                }
+                // The connection went: the buffer returns to its pool.
+                _ => self.stats.storage_late += 1,
+            }
+        }
+        let timeout = self.storage.timeout();
+        for &i in &self.busy {
+            let slot = &mut self.slots[i as usize];
+            if slot.core.storage_waiting() > 0 {
+                let before = self.stats.storage_timeouts;
+                slot.core.expire(now, timeout, &mut self.stats);
+                any |= self.stats.storage_timeouts != before;
+            }
+        }
+        any
+    }
+}
+
+/// The tag of slot `i`'s connection of generation `generation`.
+fn tag_of(i: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | i as u64
 }
 
 /// Whether a connection has work of its own, whatever its shard did: answers to send, a request

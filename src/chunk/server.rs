@@ -3,20 +3,27 @@
 //! [`ChunkStore`], and response bytes come out ([`ServerConn::next_output`]). Transports
 //! (ustack's [`ChunkServer`](super::ChunkServer), the kernel-TCP server in `net`) only move bytes.
 //!
-//! Back-pressure instead of queues: the machine stops taking input while `in_flight_max`
-//! responses wait to be sent, or while no staging buffer is free for a payload; the unread bytes
-//! stay in the transport (for TCP: the window closes).
+//! Store calls run inline, or on storage workers ([`Storage`]) whose results the transport
+//! hands back with [`ServerConn::complete`]; answers go out as they become ready.
+//!
+//! Back-pressure instead of unbounded queues: the machine stops taking input while
+//! `in_flight_max` responses wait (to be sent, or for their store call), while no staging
+//! buffer is free for a payload, or while the storage queue is full; the unread bytes stay in
+//! the transport (for TCP: the window closes).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::copies::{self, Pass};
 use crate::mem::PoolBuf;
 use crate::proto::{
-    crc32c, Event, Limits, Op, Request, RequestDecoder, RequestHeader, ResponseHeader, Status,
+    Event, Limits, Op, Request, RequestDecoder, RequestHeader, ResponseHeader, Status,
 };
+use crate::time::Instant;
 
 use super::staging::{Staging, StagingConfig};
 use super::store::ChunkStore;
+use super::workers::{Done, Job, Outcome, Storage, StorageConfig, Submitted, Work};
 
 /// Server configuration.
 #[derive(Clone, Debug)]
@@ -31,6 +38,8 @@ pub struct ServerConfig {
     pub staging: StagingConfig,
     /// After shutdown begins, how long queued responses may take to go out.
     pub shutdown_grace: Duration,
+    /// Where store calls run (inline, or on storage workers) and their timeout.
+    pub storage: StorageConfig,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +50,7 @@ impl Default for ServerConfig {
             backlog: 16,
             staging: StagingConfig::default(),
             shutdown_grace: Duration::from_secs(5),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -79,6 +89,25 @@ pub struct ServerStats {
     pub bytes_read: u64,
     /// Times a request waited for a staging buffer.
     pub staging_waits: u64,
+    /// Times a request waited for room in a storage worker's queue.
+    pub storage_waits: u64,
+    /// Requests answered [`Status::Timeout`] because their store call ran too long.
+    pub storage_timeouts: u64,
+    /// Store results that came after their request timed out or its connection went (dropped).
+    pub storage_late: u64,
+}
+
+/// What a connection's requests run against, shared by a server's connections; built by the
+/// transport for each call.
+pub struct ServeCtx<'a, S: ChunkStore + 'static> {
+    /// The store and the way its calls run.
+    pub storage: &'a mut Storage<S>,
+    /// Payload buffers.
+    pub staging: &'a Staging,
+    /// The server's counters.
+    pub stats: &'a mut ServerStats,
+    /// Now (for storage timeouts).
+    pub now: Instant,
 }
 
 enum Pending {
@@ -90,8 +119,25 @@ enum Pending {
     },
     /// A READ waiting for a staging buffer.
     Read { header: RequestHeader },
+    /// A store call waiting for room in its worker's queue.
+    Submit {
+        job: Job,
+        request_id: u64,
+        op: Op,
+        large: bool,
+    },
     /// A rejected request whose payload the decoder is skipping.
     Discard,
+}
+
+/// A request whose store call runs on a worker.
+#[derive(Copy, Clone)]
+struct Waiting {
+    seq: u64,
+    since: Instant,
+    op: Op,
+    /// Its job holds a large staging buffer.
+    large: bool,
 }
 
 struct Outgoing {
@@ -100,6 +146,8 @@ struct Outgoing {
     payload: Option<PoolBuf>,
     /// Bytes of header + payload already sent.
     sent: usize,
+    /// Not ready: the store call is still running.
+    waiting: Option<Waiting>,
 }
 
 impl Outgoing {
@@ -119,6 +167,12 @@ pub struct ServerConn {
     /// Shutdown: take no new requests.
     draining: bool,
     eof: bool,
+    /// The transport's name for this connection, carried by its store jobs.
+    tag: u64,
+    /// The next store job's sequence number.
+    next_seq: u64,
+    /// Responses waiting for a store call.
+    waiting: usize,
 }
 
 impl ServerConn {
@@ -133,35 +187,45 @@ impl ServerConn {
             closing: false,
             draining: false,
             eof: false,
+            tag: 0,
+            next_seq: 0,
+            waiting: 0,
         }
     }
 
-    /// Resets to a fresh connection, keeping the allocated queue.
-    pub fn reset(&mut self) {
+    /// Resets to a fresh connection named `tag` (the transport routes store results to the
+    /// connection by it), keeping the allocated queue.
+    pub fn reset(&mut self, tag: u64) {
         self.decoder = RequestDecoder::new(*self.decoder.limits());
         self.pending = None;
         self.out.clear();
         self.closing = false;
         self.draining = false;
         self.eof = false;
+        self.tag = tag;
+        self.waiting = 0;
     }
 
-    /// Feeds received bytes, runs every complete request against `store`, queues responses.
-    /// Returns how many bytes were taken: fewer than given means back-pressure (call again with
-    /// the rest once output has drained or buffers are free). Also call it with no input to
-    /// retry a request waiting for a staging buffer.
-    pub fn handle_input<S: ChunkStore + ?Sized>(
+    /// The tag given at the last [`ServerConn::reset`].
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// Feeds received bytes, runs every complete request (inline, or by submitting it to the
+    /// storage workers), queues responses. Returns how many bytes were taken: fewer than given
+    /// means back-pressure (call again with the rest once output has drained, buffers are free
+    /// or the storage queue has room). Also call it with no input to retry a request waiting
+    /// for one of those.
+    pub fn handle_input<S: ChunkStore + 'static>(
         &mut self,
         mut input: &[u8],
-        store: &S,
-        staging: &Staging,
-        stats: &mut ServerStats,
+        ctx: &mut ServeCtx<'_, S>,
     ) -> usize {
         let given = input.len();
         loop {
             // A request whose header arrived is finished even after end of input or during
             // shutdown (it may have waited for a staging buffer).
-            if !self.resume_pending(store, staging, stats) {
+            if !self.resume_pending(ctx) {
                 break;
             }
             if self.closing || self.draining || self.eof {
@@ -174,7 +238,7 @@ impl ServerConn {
             input = &input[n..];
             match event {
                 None => break,
-                Some(Event::Header(h)) => self.on_header(h, store, staging, stats),
+                Some(Event::Header(h)) => self.on_header(h, ctx),
                 Some(Event::Payload(piece)) => {
                     if let Some(Pending::Write {
                         buf: Some(buf),
@@ -182,31 +246,35 @@ impl ServerConn {
                         ..
                     }) = &mut self.pending
                     {
+                        // The decoder took the piece's CRC just before: the copy reads it
+                        // from the cache.
+                        copies::count(Pass::Socket, piece.len());
                         buf.as_mut_slice()[*filled..*filled + piece.len()].copy_from_slice(piece);
                         *filled += piece.len();
                     }
                 }
                 Some(Event::End(verdict)) => match self.pending.take() {
                     Some(Pending::Write { header, buf, .. }) => match verdict {
-                        Ok(()) => self.run_write(header, buf, store, stats),
+                        Ok(()) => self.run_write(header, buf, ctx),
                         Err(e) => {
-                            stats.bad_checksums += 1;
-                            self.queue_error(header.request_id, Op::Write, e.status(), stats);
+                            ctx.stats.bad_checksums += 1;
+                            self.queue_error(header.request_id, Op::Write, e.status(), ctx.stats);
                         }
                     },
-                    Some(Pending::Read { header }) => {
-                        // Not reached: a waiting READ stops the loop before its End is fed.
-                        self.pending = Some(Pending::Read { header });
+                    Some(other) => {
+                        // Not reached: a waiting READ or submission stops the loop before its
+                        // End is fed.
+                        self.pending = Some(other);
                     }
-                    Some(Pending::Discard) | None => {}
+                    None => {}
                 },
                 Some(Event::Rejected(r)) => {
-                    stats.rejected_frames += 1;
-                    stats.errors += 1;
+                    ctx.stats.rejected_frames += 1;
+                    ctx.stats.errors += 1;
                     self.push(r.request_id.unwrap_or(0), r.error_response(), None);
                     if r.must_close() {
                         self.closing = true;
-                        stats.connections_closed_for_errors += 1;
+                        ctx.stats.connections_closed_for_errors += 1;
                     } else if self.decoder.payload_remaining() > 0 {
                         self.pending = Some(Pending::Discard);
                     }
@@ -216,21 +284,17 @@ impl ServerConn {
         given - input.len()
     }
 
-    /// Completes a request that waited for a staging buffer. False while it still waits.
-    fn resume_pending<S: ChunkStore + ?Sized>(
-        &mut self,
-        store: &S,
-        staging: &Staging,
-        stats: &mut ServerStats,
-    ) -> bool {
+    /// Completes a request that waited for a staging buffer or for room in the storage queue.
+    /// False while it still waits.
+    fn resume_pending<S: ChunkStore + 'static>(&mut self, ctx: &mut ServeCtx<'_, S>) -> bool {
+        let held = self.held_large(ctx.staging);
         match &mut self.pending {
             Some(Pending::Write {
                 header,
                 buf: buf @ None,
                 ..
             }) if header_payload_len(header) > 0 => {
-                let held = held_large(&self.out, staging);
-                match staging.alloc_shared(header_payload_len(header), held) {
+                match ctx.staging.alloc_shared(header_payload_len(header), held) {
                     Some(b) => {
                         *buf = Some(b);
                         true
@@ -241,24 +305,31 @@ impl ServerConn {
             Some(Pending::Read { header }) => {
                 let header = *header;
                 self.pending = None;
-                self.on_header(header, store, staging, stats);
+                self.on_header(header, ctx);
                 // Still waiting if on_header parked it again.
-                !matches!(self.pending, Some(Pending::Read { .. }))
+                !self.is_waiting()
+            }
+            Some(Pending::Submit { .. }) => {
+                let Some(Pending::Submit {
+                    job,
+                    request_id,
+                    op,
+                    large,
+                }) = self.pending.take()
+                else {
+                    unreachable!()
+                };
+                self.submit(job, request_id, op, large, ctx);
+                !self.is_waiting()
             }
             _ => true,
         }
     }
 
-    fn on_header<S: ChunkStore + ?Sized>(
-        &mut self,
-        h: RequestHeader,
-        store: &S,
-        staging: &Staging,
-        stats: &mut ServerStats,
-    ) {
+    fn on_header<S: ChunkStore + 'static>(&mut self, h: RequestHeader, ctx: &mut ServeCtx<'_, S>) {
         let op = h.request.op();
         if self.out.iter().any(|o| o.request_id == h.request_id) {
-            self.queue_error(h.request_id, op, Status::DuplicateRequestId, stats);
+            self.queue_error(h.request_id, op, Status::DuplicateRequestId, ctx.stats);
             if header_payload_len(&h) > 0 {
                 self.pending = Some(Pending::Discard);
             }
@@ -267,16 +338,18 @@ impl ServerConn {
         let id = h.request_id;
         match h.request {
             Request::Ping => {
-                stats.pings += 1;
+                ctx.stats.pings += 1;
                 self.push(id, ResponseHeader::ping(id), None);
             }
             Request::Write { len, .. } => {
                 let buf = if len == 0 {
                     None
                 } else {
-                    let b = staging.alloc_shared(len as usize, held_large(&self.out, staging));
+                    let b = ctx
+                        .staging
+                        .alloc_shared(len as usize, self.held_large(ctx.staging));
                     if b.is_none() {
-                        stats.staging_waits += 1;
+                        ctx.stats.staging_waits += 1;
                     }
                     b
                 };
@@ -293,65 +366,40 @@ impl ServerConn {
             } => {
                 let mut buf = None;
                 if len > 0 {
-                    match staging.alloc_shared(len as usize, held_large(&self.out, staging)) {
+                    match ctx
+                        .staging
+                        .alloc_shared(len as usize, self.held_large(ctx.staging))
+                    {
                         Some(b) => buf = Some(b),
                         None => {
-                            stats.staging_waits += 1;
+                            ctx.stats.staging_waits += 1;
                             self.pending = Some(Pending::Read { header: h });
                             return;
                         }
                     }
                 }
-                let mut empty = [0u8; 0];
-                let target = match buf.as_mut() {
-                    Some(b) => b.as_mut_slice(),
-                    None => &mut empty[..],
+                let large = buf.as_ref().is_some_and(|b| ctx.staging.is_large(b));
+                let work = Work::Read {
+                    chunk: chunk_id,
+                    offset,
+                    buf,
                 };
-                match store.read(chunk_id, offset, target) {
-                    Ok(info) => {
-                        let data: &[u8] = match buf.as_mut() {
-                            Some(b) => {
-                                let _ = b.set_len(info.len);
-                                b.as_slice()
-                            }
-                            None => &[],
-                        };
-                        let crc = crc32c(data);
-                        stats.reads += 1;
-                        stats.bytes_read += info.len as u64;
-                        let payload = buf.filter(|b| !b.is_empty());
-                        self.push(
-                            id,
-                            ResponseHeader::read(id, info.len as u32, crc, info.chunk_size),
-                            payload,
-                        );
-                    }
-                    Err(e) => self.queue_error(id, op, e.status(), stats),
-                }
+                self.start(work, id, op, large, ctx);
             }
-            Request::Delete { chunk_id } => match store.delete(chunk_id) {
-                Ok(()) => {
-                    stats.deletes += 1;
-                    self.push(id, ResponseHeader::delete(id), None);
-                }
-                Err(e) => self.queue_error(id, op, e.status(), stats),
-            },
-            Request::Stat { chunk_id } => match store.stat(chunk_id) {
-                Ok(st) => {
-                    stats.stats += 1;
-                    self.push(id, ResponseHeader::stat(id, st.size, st.crc), None);
-                }
-                Err(e) => self.queue_error(id, op, e.status(), stats),
-            },
+            Request::Delete { chunk_id } => {
+                self.start(Work::Delete { chunk: chunk_id }, id, op, false, ctx)
+            }
+            Request::Stat { chunk_id } => {
+                self.start(Work::Stat { chunk: chunk_id }, id, op, false, ctx)
+            }
         }
     }
 
-    fn run_write<S: ChunkStore + ?Sized>(
+    fn run_write<S: ChunkStore + 'static>(
         &mut self,
         h: RequestHeader,
         buf: Option<PoolBuf>,
-        store: &S,
-        stats: &mut ServerStats,
+        ctx: &mut ServeCtx<'_, S>,
     ) {
         let Request::Write {
             chunk_id, offset, ..
@@ -359,20 +407,116 @@ impl ServerConn {
         else {
             return;
         };
-        let data = buf.as_ref().map_or(&[][..], PoolBuf::as_slice);
-        match store.write(chunk_id, offset, data) {
-            Ok(size) => {
-                stats.writes += 1;
-                stats.bytes_written += data.len() as u64;
-                self.push(
-                    h.request_id,
-                    ResponseHeader::write(h.request_id, size),
-                    None,
-                );
+        let large = buf.as_ref().is_some_and(|b| ctx.staging.is_large(b));
+        let work = Work::Write {
+            chunk: chunk_id,
+            offset,
+            buf,
+        };
+        self.start(work, h.request_id, Op::Write, large, ctx);
+    }
+
+    /// Hands a store call to the storage path under a new sequence number.
+    fn start<S: ChunkStore + 'static>(
+        &mut self,
+        work: Work,
+        request_id: u64,
+        op: Op,
+        large: bool,
+        ctx: &mut ServeCtx<'_, S>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let job = Job {
+            tag: self.tag,
+            seq,
+            work,
+        };
+        self.submit(job, request_id, op, large, ctx);
+    }
+
+    fn submit<S: ChunkStore + 'static>(
+        &mut self,
+        job: Job,
+        request_id: u64,
+        op: Op,
+        large: bool,
+        ctx: &mut ServeCtx<'_, S>,
+    ) {
+        let seq = job.seq;
+        match ctx.storage.submit(job) {
+            Submitted::Done(done) => {
+                let (header, payload) = answer(request_id, op, done.result, ctx.stats);
+                self.push(request_id, header, payload);
             }
-            Err(e) => self.queue_error(h.request_id, Op::Write, e.status(), stats),
+            Submitted::Queued => {
+                self.waiting += 1;
+                self.out.push_back(Outgoing {
+                    request_id,
+                    header: [0; ResponseHeader::HEADER_LEN],
+                    payload: None,
+                    sent: 0,
+                    waiting: Some(Waiting {
+                        seq,
+                        since: ctx.now,
+                        op,
+                        large,
+                    }),
+                });
+            }
+            Submitted::Full(job) => {
+                ctx.stats.storage_waits += 1;
+                self.pending = Some(Pending::Submit {
+                    job,
+                    request_id,
+                    op,
+                    large,
+                });
+            }
         }
-        // `buf` returns to its pool here.
+    }
+
+    /// Takes the result of one of this connection's store jobs (one whose tag is
+    /// [`ServerConn::tag`]): its answer becomes ready to send. A result that comes after its
+    /// request timed out is dropped (and counted).
+    pub(crate) fn complete(&mut self, done: Done, stats: &mut ServerStats) {
+        let Some(o) = self
+            .out
+            .iter_mut()
+            .find(|o| o.waiting.is_some_and(|w| w.seq == done.seq))
+        else {
+            stats.storage_late += 1;
+            return;
+        };
+        let Some(w) = o.waiting.take() else { return };
+        self.waiting -= 1;
+        let (header, payload) = answer(o.request_id, w.op, done.result, stats);
+        o.header = header.to_bytes();
+        o.payload = payload;
+    }
+
+    /// Answers [`Status::Timeout`] for each store call running longer than `timeout`.
+    pub fn expire(&mut self, now: Instant, timeout: Duration, stats: &mut ServerStats) {
+        if self.waiting == 0 {
+            return;
+        }
+        for o in self.out.iter_mut() {
+            let Some(w) = o.waiting else { continue };
+            if now.saturating_duration_since(w.since) < timeout {
+                continue;
+            }
+            o.waiting = None;
+            self.waiting -= 1;
+            stats.storage_timeouts += 1;
+            stats.errors += 1;
+            o.header =
+                ResponseHeader::error(o.request_id, w.op.code(), Status::Timeout, false).to_bytes();
+        }
+    }
+
+    /// Responses waiting for a store call.
+    pub fn storage_waiting(&self) -> usize {
+        self.waiting
     }
 
     fn queue_error(&mut self, id: u64, op: Op, status: Status, stats: &mut ServerStats) {
@@ -390,18 +534,37 @@ impl ServerConn {
             header: header.to_bytes(),
             payload,
             sent: 0,
+            waiting: None,
         });
     }
 
+    /// Large staging buffers this connection holds: in queued answers, in store jobs, and in a
+    /// store call waiting for queue room.
+    fn held_large(&self, staging: &Staging) -> usize {
+        let queued = self
+            .out
+            .iter()
+            .filter(|o| {
+                o.waiting.is_some_and(|w| w.large)
+                    || o.payload.as_ref().is_some_and(|p| staging.is_large(p))
+            })
+            .count();
+        queued
+            + usize::from(matches!(
+                self.pending,
+                Some(Pending::Submit { large: true, .. })
+            ))
+    }
+
     /// The peer closed its sending side. A frame cut short is counted as a protocol error and
-    /// dropped; a READ whose header arrived (waiting for a staging buffer) is still answered:
-    /// keep calling [`ServerConn::handle_input`] (with no input) while
-    /// [`ServerConn::is_waiting`].
+    /// dropped; a request whose header arrived (waiting for a staging buffer or for room in the
+    /// storage queue) is still answered: keep calling [`ServerConn::handle_input`] (with no
+    /// input) while [`ServerConn::is_waiting`].
     pub fn handle_eof(&mut self, stats: &mut ServerStats) {
         if !self.eof && !self.closing {
             let cut = match &self.pending {
                 // A complete READ header is not a cut frame, whatever the decoder still holds.
-                Some(Pending::Read { .. }) => false,
+                Some(Pending::Read { .. } | Pending::Submit { .. }) => false,
                 _ => self.decoder.finish().is_err(),
             };
             if cut {
@@ -409,16 +572,19 @@ impl ServerConn {
             }
         }
         self.eof = true;
-        if !matches!(self.pending, Some(Pending::Read { .. })) {
+        if !matches!(
+            self.pending,
+            Some(Pending::Read { .. } | Pending::Submit { .. })
+        ) {
             self.pending = None;
         }
     }
 
-    /// Whether a request waits for a staging buffer: call [`ServerConn::handle_input`] again
-    /// (input or not) once buffers may have come back.
+    /// Whether a request waits for a staging buffer or for room in the storage queue: call
+    /// [`ServerConn::handle_input`] again (input or not) once either may have come.
     pub fn is_waiting(&self) -> bool {
         match &self.pending {
-            Some(Pending::Read { .. }) => true,
+            Some(Pending::Read { .. } | Pending::Submit { .. }) => true,
             Some(Pending::Write {
                 header, buf: None, ..
             }) => header_payload_len(header) > 0,
@@ -431,14 +597,20 @@ impl ServerConn {
         self.draining = true;
     }
 
-    /// The next bytes to send, if any. Responses without payload overtake a READ response whose
-    /// payload has not started, so small answers do not wait behind megabytes.
+    /// The next bytes to send, if any. Answers go out as they become ready, not in request
+    /// order: one whose store call still runs waits, and answers without payload overtake a
+    /// READ answer whose payload has not started, so small answers do not wait behind
+    /// megabytes.
     pub fn next_output(&mut self) -> Option<&[u8]> {
         let front = self.out.front()?;
-        if front.sent == 0 && front.payload.is_some() {
-            if let Some(i) = self.out.iter().position(|o| o.payload.is_none()) {
-                self.out.swap(0, i);
-            }
+        if front.sent == 0 && (front.waiting.is_some() || front.payload.is_some()) {
+            let ready = |o: &Outgoing| o.waiting.is_none();
+            let pick = self
+                .out
+                .iter()
+                .position(|o| ready(o) && o.payload.is_none())
+                .or_else(|| self.out.iter().position(ready))?;
+            self.out.swap(0, pick);
         }
         let o = self.out.front()?;
         Some(if o.sent < ResponseHeader::HEADER_LEN {
@@ -452,6 +624,12 @@ impl ServerConn {
     /// Records that `n` bytes of [`ServerConn::next_output`] were sent.
     pub fn advance_output(&mut self, n: usize) {
         if let Some(o) = self.out.front_mut() {
+            if o.sent >= ResponseHeader::HEADER_LEN {
+                copies::count(Pass::Socket, n);
+            } else {
+                let header_left = ResponseHeader::HEADER_LEN - o.sent;
+                copies::count(Pass::Socket, n.saturating_sub(header_left));
+            }
             o.sent += n;
             if o.sent >= o.len() {
                 self.out.pop_front();
@@ -459,7 +637,7 @@ impl ServerConn {
         }
     }
 
-    /// Responses queued or partly sent.
+    /// Responses queued or partly sent (including those waiting for a store call).
     pub fn queued(&self) -> usize {
         self.out.len()
     }
@@ -471,11 +649,40 @@ impl ServerConn {
     }
 }
 
-/// Large staging buffers held by queued responses.
-fn held_large(out: &VecDeque<Outgoing>, staging: &Staging) -> usize {
-    out.iter()
-        .filter(|o| o.payload.as_ref().is_some_and(|p| staging.is_large(p)))
-        .count()
+/// The answer to a finished store call, counted.
+fn answer(
+    id: u64,
+    op: Op,
+    result: Result<Outcome, Status>,
+    stats: &mut ServerStats,
+) -> (ResponseHeader, Option<PoolBuf>) {
+    match result {
+        Ok(Outcome::Written { size, len }) => {
+            stats.writes += 1;
+            stats.bytes_written += len as u64;
+            (ResponseHeader::write(id, size), None)
+        }
+        Ok(Outcome::Read { buf, info, crc }) => {
+            stats.reads += 1;
+            stats.bytes_read += info.len as u64;
+            (
+                ResponseHeader::read(id, info.len as u32, crc, info.chunk_size),
+                buf,
+            )
+        }
+        Ok(Outcome::Deleted) => {
+            stats.deletes += 1;
+            (ResponseHeader::delete(id), None)
+        }
+        Ok(Outcome::Stat(st)) => {
+            stats.stats += 1;
+            (ResponseHeader::stat(id, st.size, st.crc), None)
+        }
+        Err(status) => {
+            stats.errors += 1;
+            (ResponseHeader::error(id, op.code(), status, false), None)
+        }
+    }
 }
 
 fn header_payload_len(h: &RequestHeader) -> usize {

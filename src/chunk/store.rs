@@ -105,6 +105,28 @@ pub trait ChunkStore: Send + Sync {
     fn delete(&self, id: ChunkId) -> Result<(), StoreError>;
     /// The chunk's size and content CRC32C.
     fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError>;
+
+    /// Whether a call may wait on something slower than memory (a disk, a network). The
+    /// server runs the calls of such a store on storage workers, off the loop that polls the
+    /// network; a store that answers from memory says `false` and is called inline. The
+    /// default is `true`, the safe answer.
+    fn may_block(&self) -> bool {
+        true
+    }
+
+    /// Like [`ChunkStore::read`], also giving the CRC32C of the bytes read (what a READ answer
+    /// carries). The default reads, then takes the CRC in a second pass; a store that keeps
+    /// CRCs, or can take one while it copies, overrides it to save that pass.
+    fn read_crc(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(ReadInfo, u32), StoreError> {
+        let info = self.read(id, offset, buf)?;
+        crate::copies::count(crate::copies::Pass::Read, info.len);
+        Ok((info, crate::proto::crc32c(&buf[..info.len])))
+    }
 }
 
 impl<S: ChunkStore + ?Sized> ChunkStore for std::sync::Arc<S> {
@@ -119,5 +141,16 @@ impl<S: ChunkStore + ?Sized> ChunkStore for std::sync::Arc<S> {
     }
     fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError> {
         (**self).stat(id)
+    }
+    fn may_block(&self) -> bool {
+        (**self).may_block()
+    }
+    fn read_crc(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(ReadInfo, u32), StoreError> {
+        (**self).read_crc(id, offset, buf)
     }
 }

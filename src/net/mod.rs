@@ -109,6 +109,10 @@ pub enum NetError {
     /// The server thread could not be started.
     #[error("cannot start the server thread: {0}")]
     Thread(#[source] io::Error),
+    /// The storage workers (threads, and the eventfd they wake the server with) could not be
+    /// started.
+    #[error("cannot start the storage workers: {0}")]
+    Workers(#[source] io::Error),
 }
 
 /// What to check when binding fails with `e`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
-use crate::chunk::{ChunkStore, ServerConfig, ServerConn, ServerStats, Staging};
+use crate::chunk::{ChunkStore, ServeCtx, ServerConfig, ServerConn, ServerStats, Staging, Storage};
 use crate::sys::socket::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
 
 use super::pipe::{Pipe, ReadOutcome};
@@ -41,6 +41,12 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// The poll-set index of the listener.
 const LISTENER: usize = usize::MAX;
 
+/// The poll-set index of the storage workers' eventfd.
+const STORAGE: usize = usize::MAX - 1;
+
+/// How long the loop sleeps at most while store calls run (their timeouts are checked then).
+const STORAGE_WAIT_MAX: Duration = Duration::from_millis(100);
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum SlotState {
     Free,
@@ -66,6 +72,9 @@ struct Slot {
     /// ppoll reported an error or hang-up: the connection cannot carry answers any more, and
     /// ppoll will keep reporting it, so the connection goes as soon as it stops making progress.
     hung_up: bool,
+    /// Bumped at each accept: store results for an earlier connection in this slot are
+    /// recognised and dropped.
+    generation: u32,
 }
 
 /// A chunk server on kernel TCP: accepts up to `connections_max` connections on one address and
@@ -74,8 +83,8 @@ struct Slot {
 ///
 /// Connections beyond `connections_max` (or arriving during shutdown) are accepted and reset at
 /// once, and counted in [`ServerStats::connections_refused`].
-pub struct KernelServer<S: ChunkStore> {
-    store: S,
+pub struct KernelServer<S: ChunkStore + 'static> {
+    storage: Storage<S>,
     staging: Staging,
     shutdown_grace: Duration,
     listener: Option<TcpListener>,
@@ -93,7 +102,7 @@ pub struct KernelServer<S: ChunkStore> {
     fd_slots: Vec<usize>,
 }
 
-impl<S: ChunkStore> KernelServer<S> {
+impl<S: ChunkStore + 'static> KernelServer<S> {
     /// Listens on `addr` (port 0 picks a free port: see [`KernelServer::local_addr`]) and
     /// reserves everything the server will use: `connections_max` connection slots, each with
     /// its protocol state and a [`RECV_BUFFER_LEN`](super::RECV_BUFFER_LEN) +
@@ -115,6 +124,10 @@ impl<S: ChunkStore> KernelServer<S> {
             });
         }
         let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize)?;
+        let storage = Storage::new(store, &cfg.storage).map_err(NetError::Workers)?;
+        if let Some(Err(e)) = storage.wake_fd() {
+            return Err(NetError::Workers(e));
+        }
         let bind_err = |source: io::Error| NetError::Bind {
             addr,
             hint: bind_hint(&source),
@@ -145,6 +158,7 @@ impl<S: ChunkStore> KernelServer<S> {
                 peer_eof: false,
                 eof_fed: false,
                 hung_up: false,
+                generation: 0,
             })
             .collect();
         tracing::info!(
@@ -153,7 +167,7 @@ impl<S: ChunkStore> KernelServer<S> {
             "chunk server listening on kernel TCP"
         );
         Ok(KernelServer {
-            store,
+            storage,
             staging,
             shutdown_grace: cfg.shutdown_grace,
             listener: Some(listener),
@@ -202,6 +216,12 @@ impl<S: ChunkStore> KernelServer<S> {
                 accept_ready = true;
                 continue;
             }
+            if i == STORAGE {
+                if let Some(Ok(fd)) = self.storage.wake_fd() {
+                    let _ = crate::sys::memif::eventfd_drain(fd);
+                }
+                continue;
+            }
             let slot = &mut self.slots[i];
             if revents & (POLLIN | POLLERR | POLLHUP) != 0 {
                 slot.readable = true;
@@ -213,7 +233,7 @@ impl<S: ChunkStore> KernelServer<S> {
                 slot.hung_up = true;
             }
         }
-        let mut busy = false;
+        let mut busy = self.take_store_results();
         if accept_ready {
             busy |= self.accept_ready(now);
         }
@@ -302,7 +322,36 @@ impl<S: ChunkStore> KernelServer<S> {
 
     /// The store.
     pub fn store(&self) -> &S {
-        &self.store
+        self.storage.store()
+    }
+
+    /// Hands finished store calls to their connections and times out the ones that run too
+    /// long; true if anything became ready.
+    fn take_store_results(&mut self) -> bool {
+        if !self.storage.uses_workers() {
+            return false;
+        }
+        let mut any = false;
+        while let Some(done) = self.storage.collect() {
+            let i = (done.tag & u64::from(u32::MAX)) as usize;
+            match self.slots.get_mut(i) {
+                Some(slot) if slot.state == SlotState::Open && slot.core.tag() == done.tag => {
+                    slot.core.complete(done, &mut self.stats);
+                    any = true;
+                }
+                // The connection went: the buffer returns to its pool.
+                _ => self.stats.storage_late += 1,
+            }
+        }
+        let (now, timeout) = (crate::time::Instant::now(), self.storage.timeout());
+        for slot in &mut self.slots {
+            if slot.core.storage_waiting() > 0 {
+                let before = self.stats.storage_timeouts;
+                slot.core.expire(now, timeout, &mut self.stats);
+                any |= self.stats.storage_timeouts != before;
+            }
+        }
+        any
     }
 
     /// The earliest time the loop must wake up by itself.
@@ -311,9 +360,12 @@ impl<S: ChunkStore> KernelServer<S> {
             SlotState::Lingering { deadline } => Some(deadline),
             _ => None,
         });
+        let storage =
+            (self.storage.outstanding() > 0).then(|| WallInstant::now() + STORAGE_WAIT_MAX);
         lingering
             .chain(self.grace_deadline)
             .chain(self.accept_paused_until)
+            .chain(storage)
             .min()
     }
 
@@ -328,6 +380,10 @@ impl<S: ChunkStore> KernelServer<S> {
                 self.fds.push(PollFd::new(l.as_raw_fd(), POLLIN));
                 self.fd_slots.push(LISTENER);
             }
+        }
+        if let Some(Ok(fd)) = self.storage.wake_fd() {
+            self.fds.push(PollFd::new(fd.as_raw_fd(), POLLIN));
+            self.fd_slots.push(STORAGE);
         }
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(stream) = &slot.stream else { continue };
@@ -408,7 +464,8 @@ impl<S: ChunkStore> KernelServer<S> {
             return;
         }
         let slot = &mut self.slots[i];
-        slot.core.reset();
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.core.reset(tag_of(i, slot.generation));
         slot.pipe.reset();
         slot.stream = Some(stream);
         slot.peer = Some(peer);
@@ -426,12 +483,18 @@ impl<S: ChunkStore> KernelServer<S> {
     fn serve(&mut self, i: usize, now: WallInstant) -> bool {
         let KernelServer {
             slots,
-            store,
+            storage,
             staging,
             stats,
             grace_deadline,
             ..
         } = self;
+        let mut ctx = ServeCtx {
+            storage,
+            staging,
+            stats,
+            now: crate::time::Instant::now(),
+        };
         let slot = &mut slots[i];
         let Some(stream) = slot.stream.as_mut() else {
             return false;
@@ -442,9 +505,7 @@ impl<S: ChunkStore> KernelServer<S> {
             let mut progress = false;
             // Requests in. Called even with nothing buffered: a request waiting for a staging
             // buffer retries this way.
-            let n = slot
-                .core
-                .handle_input(slot.pipe.received(), &*store, staging, stats);
+            let n = slot.core.handle_input(slot.pipe.received(), &mut ctx);
             slot.pipe.consume(n);
             progress |= n > 0;
             if slot.pipe.rx_is_empty() {
@@ -471,7 +532,7 @@ impl<S: ChunkStore> KernelServer<S> {
                 // A READ still waiting for a staging buffer survives the end of stream; the
                 // handle_input call at the top of each round retries it.
                 if slot.peer_eof && !slot.eof_fed && slot.pipe.rx_is_empty() {
-                    slot.core.handle_eof(stats);
+                    slot.core.handle_eof(ctx.stats);
                     slot.eof_fed = true;
                 }
             }
@@ -559,7 +620,8 @@ impl<S: ChunkStore> KernelServer<S> {
         }
         slot.state = SlotState::Free;
         slot.peer = None;
-        slot.core.reset();
+        // A result still due for this connection finds another tag and is dropped.
+        slot.core.reset(u64::MAX);
         slot.pipe.reset();
         self.free.push(i);
         self.stats.connections_closed += 1;
@@ -637,4 +699,9 @@ impl<S: ChunkStore + 'static> Drop for ServerHandle<S> {
             let _ = thread.join();
         }
     }
+}
+
+/// The tag of slot `i`'s connection of generation `generation`.
+fn tag_of(i: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | i as u64
 }

@@ -720,6 +720,11 @@ impl<D: PacketDevice> Stack<D> {
         }
     }
 
+    /// The time given to the last [`Stack::poll`].
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// When the stack next needs a [`Stack::poll`] even if no frame arrives: `Some(now)` or
     /// earlier means at once, `None` means only when a frame arrives.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
