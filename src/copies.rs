@@ -59,6 +59,15 @@ impl Counts {
         self.0[pass as usize]
     }
 
+    /// `a` and `b` added.
+    pub fn sum(a: &Counts, b: &Counts) -> Counts {
+        let mut out = *a;
+        for (o, x) in out.0.iter_mut().zip(b.0) {
+            *o += x;
+        }
+        out
+    }
+
     /// The counts accumulated since `earlier` (a snapshot taken before).
     pub fn since(&self, earlier: &Counts) -> Counts {
         let mut out = Counts::default();

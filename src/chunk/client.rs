@@ -11,10 +11,11 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::copies::{self, Pass};
 use crate::mem::{MemError, PoolBuf};
 use crate::proto::{
-    crc32c, ChunkId, Event, Limits, Op, ParseError, Reply, Request, RequestHeader, ResponseDecoder,
-    ResponseHeader, Status,
+    copy_crc, ChunkId, Event, Limits, Op, ParseError, Reply, Request, RequestHeader,
+    ResponseDecoder, ResponseHeader, Status,
 };
 use crate::time::Instant;
 
@@ -271,21 +272,24 @@ impl ClientConn {
                         max: payload_max,
                     });
                 }
-                let payload = if data.is_empty() {
-                    None
+                let (payload, crc) = if data.is_empty() {
+                    (None, 0)
                 } else {
                     let mut b = self
                         .staging
                         .alloc(data.len())
                         .ok_or(SubmitError::NoBuffer)?;
-                    b.as_mut_slice().copy_from_slice(data);
-                    Some(b)
+                    // The caller's bytes are borrowed for this call only: one copy, with the
+                    // CRC taken in the same pass.
+                    copies::count(Pass::Store, data.len());
+                    let crc = copy_crc(b.as_mut_slice(), data, 0);
+                    (Some(b), crc)
                 };
                 let req = Request::Write {
                     chunk_id,
                     offset,
                     len: data.len() as u32,
-                    crc: crc32c(data),
+                    crc,
                 };
                 (req, payload, 0)
             }
@@ -364,6 +368,9 @@ impl ClientConn {
                         ..
                     }) = &mut self.answer
                     {
+                        // The decoder took the piece's CRC just before: the copy reads it
+                        // from the cache.
+                        copies::count(Pass::Socket, piece.len());
                         buf.as_mut_slice()[*filled..*filled + piece.len()].copy_from_slice(piece);
                         *filled += piece.len();
                     }
@@ -518,6 +525,8 @@ impl ClientConn {
     /// Records that `n` bytes of [`ClientConn::next_output`] were sent.
     pub fn advance_output(&mut self, n: usize) {
         if let Some(o) = self.send_q.front_mut() {
+            let header_left = RequestHeader::HEADER_LEN.saturating_sub(o.sent);
+            copies::count(Pass::Socket, n.saturating_sub(header_left));
             o.sent += n;
             if o.sent >= o.len() {
                 self.send_q.pop_front();

@@ -200,6 +200,7 @@ impl MemStore {
         }
         // An append at the end extends a cached CRC; anything else invalidates it.
         let crc = if cached & CRC_VALID != 0 && offset as u64 == old {
+            copies::count(Pass::Read, data.len());
             CRC_VALID | u64::from(crc32c_combine(cached as u32, crc32c(data), data.len()))
         } else {
             CRC_NONE
@@ -212,6 +213,7 @@ impl MemStore {
 impl ChunkStore for MemStore {
     fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
         let end = write_end(id, offset, data.len(), self.chunk_len_max)?;
+        copies::count(Pass::Store, data.len());
         loop {
             let Some(chunk) = self.lookup(id) else {
                 match self.create(id, offset, data, end)? {

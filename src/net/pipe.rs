@@ -142,6 +142,8 @@ impl Pipe {
                 Ok(0) => Ok(ReadOutcome::Eof),
                 Ok(n) => {
                     self.rx_end += n;
+                    // The kernel copies from its socket buffer into ours.
+                    crate::copies::count(crate::copies::Pass::Socket, n);
                     Ok(ReadOutcome::Data { drained: n < room })
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
