@@ -97,7 +97,8 @@ ALL_LOSSY_SETTINGS=(
 QUICK_LOSSY_SETTINGS=(mix)
 # The three ways of a lossy transfer: name, client backend, server backend.
 LOSSY_WAYS=("kernel-ustack kernel af-xdp" "ustack-kernel af-xdp kernel" "kernel-kernel kernel kernel")
-# name op size connections depth idle
+# name op size connections depth idle [store: mem (default) or dir, a DirStore in a fresh
+# directory under target/compare/stores, on the same filesystem for every path]
 ALL_WORKLOADS=(
     "read-4k-c1-d1 read 4KiB 1 1 0"
     "write-4k-c1-d1 write 4KiB 1 1 0"
@@ -106,11 +107,13 @@ ALL_WORKLOADS=(
     "write-1m-c1-d4 write 1MiB 1 4 0"
     "read-1m-c4-d4 read 1MiB 4 4 0"
     "write-1m-c4-d4 write 1MiB 4 4 0"
+    "dir-read-1m-c1-d4 read 1MiB 1 4 0 dir"
+    "dir-write-1m-c1-d4 write 1MiB 1 4 0 dir"
     "scale-idle0 read 4KiB 32 1 0"
     "scale-idle256 read 4KiB 32 1 256"
     "scale-idle1024 read 4KiB 32 1 1024"
 )
-QUICK_WORKLOADS=(read-4k-c1-d1 read-4k-c32-d4 read-1m-c1-d4 write-1m-c1-d4 scale-idle0 scale-idle1024)
+QUICK_WORKLOADS=(read-4k-c1-d1 read-4k-c32-d4 read-1m-c1-d4 write-1m-c1-d4 dir-write-1m-c1-d4 scale-idle0 scale-idle1024)
 GLIBC_TUNABLES_VALUE="glibc.cpu.x86_rep_movsb_threshold=1000000000:glibc.cpu.x86_rep_movsb_stop_threshold=1000000000"
 # 1,024 idle + 32 active connections + a few spare.
 CONNECTIONS_MAX=1100
@@ -409,7 +412,7 @@ meta_set server_cpu "$server_cpu"
 meta_set client_cpu "$client_cpu"
 meta_set connections_max "$CONNECTIONS_MAX"
 meta_set shm_mtu "$SHM_MTU"
-meta_set store "mem (in memory; 64 distinct chunks per run, prefilled)"
+meta_set store "mem (in memory; 64 distinct chunks per run, prefilled); dir-* workloads: DirStore (fdatasync before each WRITE is acknowledged, the file server's default) in a fresh directory on $(df -PT "$out" | awk 'NR==2 {print $2 " (" $1 ")"}')"
 if has_path lossy; then
     meta_set lossy.total "$lossy_total"
     meta_set lossy.seed "$lossy_seed"
@@ -521,8 +524,14 @@ wait_started() {
 
 # Starts the server (server_cmd) and waits for its "listening on" line; log in $1.
 start_server() {
-    local log=$1
-    "${server_cmd[@]}" >"$log" 2>&1 &
+    local log=$1 store=${2:-mem} a prev="" cmd=()
+    # The path's command with this run's store.
+    for a in "${server_cmd[@]}"; do
+        [ "$prev" = --store ] && a=$store
+        cmd+=("$a")
+        prev=$a
+    done
+    "${cmd[@]}" >"$log" 2>&1 &
     server_pid=$!
     if ! wait_started server_pid "the file server" "$log" "listening on" 30; then
         stop_server
@@ -601,8 +610,8 @@ clk_tck=$(getconf CLK_TCK)
 # One chunkctl bench run: rep, path, workload spec; appends one line to the results.
 run_one() {
     local rep=$1 path=$2 spec=$3
-    local name op size conns depth idle
-    read -r name op size conns depth idle <<<"$spec"
+    local name op size conns depth idle store
+    read -r name op size conns depth idle store <<<"$spec"
     local log="$out/logs/rep$rep-$path-$name.log"
     local t0 t1 rss=0 huge=0 r h status=ok rc=0
     local limit=$((duration_s + 120))
@@ -784,15 +793,26 @@ for rep in $(seq 1 "$reps"); do
             # A fresh server per run: no state (chunks, connections a client left behind) carries
             # over from one workload to the next.
             slog="$out/logs/rep$rep-$path-${spec%% *}-server.log"
-            if start_server "$slog"; then
+            read -r name op size conns depth idle store <<<"$spec"
+            store_arg=mem
+            store_dir=""
+            if [ "${store:-mem}" = dir ]; then
+                store_dir="$out/stores/rep$rep-$path-$name"
+                rm -rf "$store_dir"
+                mkdir -p "$store_dir"
+                store_arg="dir:$store_dir"
+            fi
+            if start_server "$slog" "$store_arg"; then
                 run_one "$rep" "$path" "$spec" || true
                 if ! kill -0 "$server_pid" 2>/dev/null; then
                     echo "    the server died during the run (log: $slog)" >&2
                 fi
                 stop_server
+                [ -z "$store_dir" ] || rm -rf "$store_dir"
             else
+                [ -z "$store_dir" ] || rm -rf "$store_dir"
                 echo "    the server did not start (log: $slog): ${spec%% *} fails" >&2
-                read -r name op size conns depth idle <<<"$spec"
+                read -r name op size conns depth idle store <<<"$spec"
                 printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tfail%s\n' "$rep" "$path" "$name" "$op" \
                     "$size" "$conns" "$depth" "$idle" "$(printf '\tNA%.0s' $(seq 1 13))" >>"$results"
             fi
