@@ -121,7 +121,7 @@ struct Args {
     storage_timeout_s: u64,
 }
 
-/// Idle turns the serving loop spins through before it sleeps (in the device, or in ppoll for
+/// Idle turns the serving loop spins through before it sleeps (in the device, or in epoll for
 /// kernel TCP) unless `--spin-polls` says otherwise: a request that comes within this is seen
 /// at once.
 const SERVER_SPIN_POLLS: u32 = 1000;
@@ -388,7 +388,7 @@ fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> R
     let started = Instant::now();
     let mut last_stats = started;
     // Busy-polls like the ustack loop (the kernel baseline gets the same chance at latency),
-    // then sleeps in ppoll once idle for a while.
+    // then sleeps in epoll once idle for a while.
     let mut spin = server_spin(args);
     loop {
         let now = Instant::now();

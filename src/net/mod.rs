@@ -11,8 +11,11 @@
 //! store --> core --next_output--> short pieces gathered (64 KiB) + long payload --sendmsg--> socket
 //! ```
 //!
-//! Sockets are non-blocking with `TCP_NODELAY`; one thread waits on all of them with `ppoll(2)`
-//! (see [`crate::sys::socket`]). A core that pushes back (all its answers queued, or no staging
+//! Sockets are non-blocking with `TCP_NODELAY`. The server's thread waits on all of them with
+//! `epoll(7)`, each registered once and edge-triggered, so a wait costs the same with one or a
+//! thousand connections and only connections the kernel reports are looked at; the client waits
+//! on its one socket with `ppoll(2)` (see [`crate::sys::socket`]). Store calls of a store that
+//! may block run on storage workers, which wake the server through an eventfd. A core that pushes back (all its answers queued, or no staging
 //! buffer free) keeps its unread bytes in the receive buffer, and the socket is not read until
 //! the core has taken them: the kernel's receive window closes and the peer slows down.
 //! Everything is allocated when a server binds or a client connects: connection slots with their
@@ -24,7 +27,7 @@
 //!   leave together; a long payload goes out from its staging buffer in the same `sendmsg`,
 //!   behind them. A pipeline of small answers costs one syscall, not two per answer.
 //! * A read that leaves room in the buffer is taken to have emptied the socket; the next read
-//!   waits for `ppoll` to report input instead of trying and getting `EAGAIN`. After doing
+//!   waits for epoll (or `ppoll`) to report input instead of trying and getting `EAGAIN`. After doing
 //!   anything the server passes over its connections again (without a syscall) until nothing
 //!   changes, since one connection's progress may free the staging buffer another waits for.
 //!   One 4 KiB request at a time costs the same as blocking `std::net` sockets.
@@ -33,8 +36,8 @@
 //!   last answer, shuts its sending side, and reads and discards what the peer still sends
 //!   for up to 2 s: closing with unread input would reset the connection and could destroy
 //!   that last answer before the peer reads it.
-//! * A connection reported hung up (`POLLHUP`/`POLLERR`) whose core cannot move is reset at
-//!   once, so `ppoll` does not keep waking the loop for it.
+//! * A connection reported hung up (`EPOLLHUP`/`EPOLLERR`) whose core cannot move is reset at
+//!   once.
 //! * The peer's end of stream reaches the core only when no READ can be waiting for a staging
 //!   buffer (`ServerConn::handle_eof` would drop it unanswered).
 //! * The client reads the server's last answers before it fails what is left with

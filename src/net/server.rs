@@ -2,14 +2,16 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
 use crate::chunk::{ChunkStore, ServeCtx, ServerConfig, ServerConn, ServerStats, Staging, Storage};
-use crate::sys::socket::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
+use crate::sys::socket::{
+    self, Epoll, EpollEvent, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
+};
 
 use super::pipe::{Pipe, ReadOutcome};
 use super::{bind_hint, NetError};
@@ -35,14 +37,17 @@ const LINGER_READS_MAX: usize = 8;
 /// How long accepting pauses after the process ran out of descriptors or memory.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// How long [`KernelServer::run_until`] waits in `ppoll` between looks at its stop flag.
+/// How long [`KernelServer::run_until`] waits in `epoll_wait` between looks at its stop flag.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 
-/// The poll-set index of the listener.
-const LISTENER: usize = usize::MAX;
+/// The epoll token of the listener (connections have their slot index).
+const LISTENER: u64 = u64::MAX;
 
-/// The poll-set index of the storage workers' eventfd.
-const STORAGE: usize = usize::MAX - 1;
+/// The epoll token of the storage workers' eventfd.
+const STORAGE: u64 = u64::MAX - 1;
+
+/// Events taken from the kernel per wait.
+const EVENTS_MAX: usize = 256;
 
 /// How long the loop sleeps at most while store calls run (their timeouts are checked then).
 const STORAGE_WAIT_MAX: Duration = Duration::from_millis(100);
@@ -67,10 +72,13 @@ struct Slot {
     readable: bool,
     /// A read returned end of stream.
     peer_eof: bool,
+    /// epoll reported the peer's end of stream (EPOLLRDHUP): reads go on until one returns
+    /// it, since no other edge will say it is there.
+    rdhup: bool,
     /// The core was told about the end of stream (after it took every buffered byte).
     eof_fed: bool,
-    /// ppoll reported an error or hang-up: the connection cannot carry answers any more, and
-    /// ppoll will keep reporting it, so the connection goes as soon as it stops making progress.
+    /// epoll reported an error or hang-up: the connection cannot carry answers any more, so it
+    /// goes as soon as it stops making progress.
     hung_up: bool,
     /// Bumped at each accept: store results for an earlier connection in this slot are
     /// recognised and dropped.
@@ -97,9 +105,13 @@ pub struct KernelServer<S: ChunkStore + 'static> {
     accept_paused_until: Option<WallInstant>,
     /// The last poll stopped with work left: the next one looks again without waiting.
     hot: bool,
-    /// The poll set and, for each entry, its slot (or [`LISTENER`]); reused every poll.
-    fds: Vec<PollFd>,
-    fd_slots: Vec<usize>,
+    /// Every socket is registered once, edge-triggered: a wait costs the same with 1 or 1,000
+    /// connections, and a connection is looked at only when the kernel says it changed.
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+    /// The listener reported connections not all accepted yet (edge-triggered: no second
+    /// report comes for them).
+    accept_pending: bool,
 }
 
 impl<S: ChunkStore + 'static> KernelServer<S> {
@@ -147,6 +159,16 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
         listener
             .set_nonblocking(true)
             .map_err(option_err("O_NONBLOCK"))?;
+        let epoll = Epoll::new().map_err(option_err("epoll"))?;
+        epoll
+            .add(listener.as_fd(), EPOLLIN | EPOLLET, LISTENER)
+            .map_err(option_err("epoll registration"))?;
+        if let Some(fd) = storage.wake_fd() {
+            let fd = fd.map_err(NetError::Workers)?;
+            epoll
+                .add(fd, EPOLLIN, STORAGE)
+                .map_err(option_err("epoll registration"))?;
+        }
         let slots = (0..cfg.connections_max)
             .map(|_| Slot {
                 stream: None,
@@ -156,6 +178,7 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
                 state: SlotState::Free,
                 readable: false,
                 peer_eof: false,
+                rdhup: false,
                 eof_fed: false,
                 hung_up: false,
                 generation: 0,
@@ -179,8 +202,9 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
             grace_deadline: None,
             accept_paused_until: None,
             hot: false,
-            fds: Vec::with_capacity(cfg.connections_max + 1),
-            fd_slots: Vec::with_capacity(cfg.connections_max + 1),
+            epoll,
+            events: vec![EpollEvent::EMPTY; EVENTS_MAX],
+            accept_pending: true,
         })
     }
 
@@ -200,41 +224,48 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
             self.next_deadline()
                 .map_or(timeout, |d| timeout.min(d.saturating_duration_since(now)))
         };
-        self.build_poll_set(now);
-        if let Err(e) = socket::poll(&mut self.fds, wait) {
-            // Not expected (EINVAL, ENOMEM): serve what is ready rather than spin on it.
-            tracing::warn!(error = %e, "ppoll failed on the chunk server's sockets");
-        }
+        let n = match self.epoll.wait(&mut self.events, wait) {
+            Ok(n) => n,
+            Err(e) => {
+                // Not expected (EINVAL, ENOMEM): serve what is ready rather than spin on it.
+                tracing::warn!(error = %e, "epoll_wait failed on the chunk server's sockets");
+                0
+            }
+        };
         let now = WallInstant::now();
-        let mut accept_ready = false;
-        for (pfd, &i) in self.fds.iter().zip(&self.fd_slots) {
-            let revents = pfd.revents();
-            if revents == 0 {
+        if self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept_paused_until = None;
+        }
+        for ev in &self.events[..n] {
+            let (events, token) = (ev.events(), ev.token());
+            if token == LISTENER {
+                self.accept_pending = true;
                 continue;
             }
-            if i == LISTENER {
-                accept_ready = true;
-                continue;
-            }
-            if i == STORAGE {
+            if token == STORAGE {
                 if let Some(Ok(fd)) = self.storage.wake_fd() {
                     let _ = crate::sys::memif::eventfd_drain(fd);
                 }
                 continue;
             }
-            let slot = &mut self.slots[i];
-            if revents & (POLLIN | POLLERR | POLLHUP) != 0 {
+            let Some(slot) = self.slots.get_mut(token as usize) else {
+                continue;
+            };
+            if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP) != 0 {
                 slot.readable = true;
             }
-            if revents & (POLLOUT | POLLERR | POLLHUP) != 0 {
+            if events & EPOLLRDHUP != 0 {
+                slot.rdhup = true;
+            }
+            if events & (EPOLLOUT | EPOLLERR | EPOLLHUP) != 0 {
                 slot.pipe.write_blocked = false;
             }
-            if revents & (POLLERR | POLLHUP) != 0 {
+            if events & (EPOLLERR | EPOLLHUP) != 0 {
                 slot.hung_up = true;
             }
         }
         let mut busy = self.take_store_results();
-        if accept_ready {
+        if self.accept_pending && self.accept_paused_until.is_none() && self.listener.is_some() {
             busy |= self.accept_ready(now);
         }
         // Passes over every connection until one changes nothing: what one connection frees
@@ -369,45 +400,6 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
             .min()
     }
 
-    fn build_poll_set(&mut self, now: WallInstant) {
-        self.fds.clear();
-        self.fd_slots.clear();
-        if self.accept_paused_until.is_some_and(|t| now >= t) {
-            self.accept_paused_until = None;
-        }
-        if let Some(l) = &self.listener {
-            if self.accept_paused_until.is_none() {
-                self.fds.push(PollFd::new(l.as_raw_fd(), POLLIN));
-                self.fd_slots.push(LISTENER);
-            }
-        }
-        if let Some(Ok(fd)) = self.storage.wake_fd() {
-            self.fds.push(PollFd::new(fd.as_raw_fd(), POLLIN));
-            self.fd_slots.push(STORAGE);
-        }
-        for (i, slot) in self.slots.iter().enumerate() {
-            let Some(stream) = &slot.stream else { continue };
-            let events = match slot.state {
-                SlotState::Free => continue,
-                SlotState::Open => {
-                    let mut ev = 0;
-                    // Input is wanted only once the core has taken everything buffered.
-                    if !slot.readable && !slot.peer_eof && slot.pipe.rx_is_empty() {
-                        ev |= POLLIN;
-                    }
-                    if slot.pipe.write_blocked {
-                        ev |= POLLOUT;
-                    }
-                    ev
-                }
-                SlotState::Lingering { .. } => POLLIN,
-            };
-            // With no events asked, errors and hang-ups are still reported.
-            self.fds.push(PollFd::new(stream.as_raw_fd(), events));
-            self.fd_slots.push(i);
-        }
-    }
-
     fn accept_ready(&mut self, now: WallInstant) -> bool {
         let mut busy = false;
         for _ in 0..ACCEPT_BURST_MAX {
@@ -419,7 +411,10 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
                     busy = true;
                     self.admit(stream, peer);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_pending = false;
+                    break;
+                }
                 Err(e)
                     if e.kind() == io::ErrorKind::Interrupted
                         || e.kind() == io::ErrorKind::ConnectionAborted => {}
@@ -437,6 +432,8 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
                 }
             }
         }
+        // Stopped by the burst limit: more may wait, and no new edge reports them.
+        self.hot |= self.accept_pending && self.accept_paused_until.is_none();
         busy
     }
 
@@ -457,8 +454,15 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
         if let Err(e) = stream
             .set_nonblocking(true)
             .and_then(|()| stream.set_nodelay(true))
+            .and_then(|()| {
+                self.epoll.add(
+                    stream.as_fd(),
+                    EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                    i as u64,
+                )
+            })
         {
-            tracing::warn!(%peer, error = %e, "cannot set O_NONBLOCK/TCP_NODELAY; dropping the connection");
+            tracing::warn!(%peer, error = %e, "cannot set O_NONBLOCK/TCP_NODELAY or register with epoll; dropping the connection");
             self.free.push(i);
             self.stats.connections_refused += 1;
             return;
@@ -473,6 +477,7 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
         // Data may have arrived with the handshake: try a read at once.
         slot.readable = true;
         slot.peer_eof = false;
+        slot.rdhup = false;
         slot.eof_fed = false;
         slot.hung_up = false;
         self.stats.connections_accepted += 1;
@@ -513,12 +518,13 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
                     match slot.pipe.read_from(stream) {
                         Ok(ReadOutcome::Data { drained }) => {
                             progress = true;
-                            // Emptied: ppoll says when more comes, no need to ask with a read.
-                            slot.readable = !drained;
+                            // Emptied: epoll says when more comes, no need to ask with a read
+                            // (unless the end of stream is already there: no edge will come).
+                            slot.readable = !drained || slot.rdhup;
                         }
-                        Ok(ReadOutcome::WouldBlock) | Ok(ReadOutcome::Full) => {
-                            slot.readable = false;
-                        }
+                        Ok(ReadOutcome::WouldBlock) => slot.readable = false,
+                        // The socket may still hold data, and no new edge will say so.
+                        Ok(ReadOutcome::Full) => {}
                         Ok(ReadOutcome::Eof) => {
                             slot.peer_eof = true;
                             progress = true;
@@ -597,7 +603,8 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
             slot.pipe.consume(usize::MAX);
             match slot.pipe.read_from(stream) {
                 Ok(ReadOutcome::Data { .. }) => busy = true,
-                Ok(ReadOutcome::WouldBlock) | Ok(ReadOutcome::Full) => slot.readable = false,
+                Ok(ReadOutcome::WouldBlock) => slot.readable = false,
+                Ok(ReadOutcome::Full) => {}
                 Ok(ReadOutcome::Eof) | Err(_) => done = true,
             }
         }

@@ -268,3 +268,129 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
     }
 }
+
+/// Readable, for [`Epoll::add`].
+pub const EPOLLIN: u32 = libc::EPOLLIN as u32;
+/// Writable.
+pub const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+/// An error is pending (always reported).
+pub const EPOLLERR: u32 = libc::EPOLLERR as u32;
+/// Hang-up (always reported).
+pub const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
+/// The peer shut its sending side.
+pub const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
+/// Edge-triggered: an event is reported when the state changes (new data, new room), not for
+/// as long as it lasts.
+pub const EPOLLET: u32 = libc::EPOLLET as u32;
+
+/// One readiness report of [`Epoll::wait`]: a `struct epoll_event`.
+#[derive(Copy, Clone)]
+#[repr(transparent)]
+pub struct EpollEvent(libc::epoll_event);
+
+impl EpollEvent {
+    /// An empty slot for [`Epoll::wait`] to fill.
+    pub const EMPTY: EpollEvent = EpollEvent(libc::epoll_event { events: 0, u64: 0 });
+
+    /// The events that happened.
+    pub fn events(&self) -> u32 {
+        self.0.events
+    }
+
+    /// The token given to [`Epoll::add`].
+    pub fn token(&self) -> u64 {
+        self.0.u64
+    }
+}
+
+impl std::fmt::Debug for EpollEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (events, token) = (self.0.events, self.0.u64);
+        f.debug_struct("EpollEvent")
+            .field("events", &events)
+            .field("token", &token)
+            .finish()
+    }
+}
+
+/// An epoll instance: the cost of a wait does not grow with the descriptors registered.
+#[derive(Debug)]
+pub struct Epoll {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Epoll {
+    /// A new epoll instance (close-on-exec).
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new descriptor
+        // that nothing else owns.
+        let rc = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `rc` is a descriptor we just opened and own.
+        Ok(Epoll {
+            fd: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(rc) },
+        })
+    }
+
+    /// Registers `fd` for `events`, reported with `token`. Closing `fd` removes it.
+    pub fn add(&self, fd: BorrowedFd<'_>, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` is a valid epoll_event living for the call; both descriptors are open.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Removes `fd` (before it is closed, if it may have been duplicated).
+    pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: as in `add`; the event is ignored by EPOLL_CTL_DEL.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits until an event or `timeout` (rounded up to whole milliseconds; zero does not
+    /// wait); fills `events` from the start and returns how many. `EINTR` returns 0.
+    pub fn wait(&self, events: &mut [EpollEvent], timeout: Duration) -> io::Result<usize> {
+        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        // SAFETY: EpollEvent is repr(transparent) over epoll_event: the kernel writes at most
+        // `events.len()` of them into the exclusively borrowed slice.
+        let rc = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                events.as_mut_ptr().cast::<libc::epoll_event>(),
+                events.len().min(i32::MAX as usize) as i32,
+                ms,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(err);
+        }
+        Ok(rc as usize)
+    }
+}
