@@ -9,7 +9,7 @@ use std::time::{Duration, Instant as WallInstant};
 
 use ustack::chunk::{
     ChunkOp, ChunkStore, ClientConfig, ClientError, Completion, MemStore, ServerConfig,
-    StagingConfig, SubmitError,
+    StagingConfig, StorageConfig, StorageMode, SubmitError,
 };
 use ustack::net::{KernelClient, KernelServer, NetError};
 use ustack::proto::{
@@ -42,6 +42,15 @@ fn server_config(connections_max: usize) -> ServerConfig {
         staging: staging(128, 8),
         shutdown_grace: Duration::from_secs(2),
         ..ServerConfig::default()
+    }
+}
+
+/// READs through staging buffers: store calls on workers (a MemStore called inline lends its
+/// bytes to the answer and takes no staging buffer).
+fn through_staging() -> StorageConfig {
+    StorageConfig {
+        mode: StorageMode::Workers,
+        ..StorageConfig::default()
     }
 }
 
@@ -736,6 +745,7 @@ fn one_large_staging_buffer_back_pressures_without_loss() {
     let store = Arc::new(MemStore::new(1 << 30));
     let cfg = ServerConfig {
         staging: staging(1, 1),
+        storage: through_staging(),
         ..server_config(2)
     };
     let server = KernelServer::spawn(any_port(), Arc::clone(&store), cfg).unwrap();
@@ -917,6 +927,7 @@ fn bind_and_connect_errors_say_what_to_check() {
 fn a_peer_that_resets_while_waiting_for_a_buffer_frees_its_slot() {
     let store = Arc::new(MemStore::new(1 << 30));
     let cfg = ServerConfig {
+        storage: through_staging(),
         staging: staging(1, 1),
         ..server_config(2)
     };

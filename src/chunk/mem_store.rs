@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::store::{ChunkStat, ChunkStore, ReadInfo, StoreError};
+use super::store::{ChunkStat, ChunkStore, ReadInfo, SharedRead, StoreError};
 use crate::copies::{self, Pass};
 use crate::proto::{copy_crc, crc32c, crc32c_combine, ChunkId, Limits};
 
@@ -58,7 +58,10 @@ type Shard = HashMap<ChunkId, Arc<RwLock<MemChunk>>>;
 
 #[derive(Debug)]
 struct MemChunk {
-    data: Vec<u8>,
+    /// Shared with READ answers still being sent ([`ChunkStore::read_shared`]): a write to a
+    /// chunk whose snapshot is out copies it first (`Arc::make_mut`), so the answer keeps the
+    /// bytes its CRC was taken over.
+    data: Arc<Vec<u8>>,
     /// `CRC_VALID | crc` when the CRC of `data` is known, else `CRC_NONE`. Written by writers
     /// (who hold the chunk's write lock) and by STAT (which holds the read lock, so no writer
     /// can change `data` between computing the CRC and storing it).
@@ -146,6 +149,7 @@ impl MemStore {
         id: ChunkId,
         offset: u64,
         data: &[u8],
+        crc: Option<u32>,
         end: u64,
     ) -> Result<Create, StoreError> {
         self.reserve(id, end)?;
@@ -156,9 +160,14 @@ impl MemStore {
         }
         bytes.resize(offset as usize, 0);
         bytes.extend_from_slice(data);
+        // A chunk written whole from its start has the CRC the request carried.
+        let cached = match crc {
+            Some(c) if offset == 0 => CRC_VALID | u64::from(c),
+            _ => CRC_NONE,
+        };
         let chunk = MemChunk {
-            data: bytes,
-            crc: AtomicU64::new(CRC_NONE),
+            data: Arc::new(bytes),
+            crc: AtomicU64::new(cached),
             deleted: false,
         };
         let mut shard = write_lock(self.shard(id));
@@ -177,31 +186,44 @@ impl MemStore {
         id: ChunkId,
         offset: u64,
         data: &[u8],
+        data_crc: Option<u32>,
         end: u64,
     ) -> Result<u64, StoreError> {
         let old = chunk.data.len() as u64;
         let growth = end.saturating_sub(old);
         if growth > 0 {
             self.reserve(id, growth)?;
-            if chunk.data.try_reserve(growth as usize).is_err() {
-                self.release(growth);
-                return Err(StoreError::NoSpace(id));
-            }
+        }
+        // A snapshot lent to a READ answer keeps the old bytes: copy before changing them.
+        let bytes = Arc::make_mut(&mut chunk.data);
+        if growth > 0 && bytes.try_reserve(growth as usize).is_err() {
+            self.release(growth);
+            return Err(StoreError::NoSpace(id));
         }
         let cached = *chunk.crc.get_mut();
         let offset = offset as usize;
         if offset as u64 >= old {
-            chunk.data.resize(offset, 0);
-            chunk.data.extend_from_slice(data);
+            bytes.resize(offset, 0);
+            bytes.extend_from_slice(data);
         } else {
             let in_place = (end.min(old) as usize) - offset;
-            chunk.data[offset..offset + in_place].copy_from_slice(&data[..in_place]);
-            chunk.data.extend_from_slice(&data[in_place..]);
+            bytes[offset..offset + in_place].copy_from_slice(&data[..in_place]);
+            bytes.extend_from_slice(&data[in_place..]);
         }
-        // An append at the end extends a cached CRC; anything else invalidates it.
+        // An append at the end extends a cached CRC (with the request's CRC of the data when
+        // given); a rewrite of the whole chunk from its start takes the request's CRC;
+        // anything else invalidates it.
         let crc = if cached & CRC_VALID != 0 && offset as u64 == old {
-            copies::count(Pass::Read, data.len());
-            CRC_VALID | u64::from(crc32c_combine(cached as u32, crc32c(data), data.len()))
+            let dc = data_crc.unwrap_or_else(|| {
+                copies::count(Pass::Read, data.len());
+                crc32c(data)
+            });
+            CRC_VALID | u64::from(crc32c_combine(cached as u32, dc, data.len()))
+        } else if offset == 0 && end >= old {
+            match data_crc {
+                Some(c) => CRC_VALID | u64::from(c),
+                None => CRC_NONE,
+            }
         } else {
             CRC_NONE
         };
@@ -212,22 +234,26 @@ impl MemStore {
 
 impl ChunkStore for MemStore {
     fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
-        let end = write_end(id, offset, data.len(), self.chunk_len_max)?;
-        copies::count(Pass::Store, data.len());
-        loop {
-            let Some(chunk) = self.lookup(id) else {
-                match self.create(id, offset, data, end)? {
-                    Create::Done(size) => return Ok(size),
-                    Create::Raced => continue,
-                }
-            };
-            let mut chunk = write_lock(&chunk);
-            if chunk.deleted {
-                // Deleted after we looked it up: this write creates the chunk anew.
-                continue;
-            }
-            return self.write_into(&mut chunk, id, offset, data, end);
-        }
+        self.write_with(id, offset, data, None)
+    }
+
+    fn write_crc(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: &[u8],
+        crc: u32,
+    ) -> Result<u64, StoreError> {
+        self.write_with(id, offset, data, Some(crc))
+    }
+
+    fn read_shared(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: usize,
+    ) -> Option<Result<SharedRead, StoreError>> {
+        Some(self.read_shared_inner(id, offset, len))
     }
 
     fn read(&self, id: ChunkId, offset: u64, buf: &mut [u8]) -> Result<ReadInfo, StoreError> {
@@ -256,7 +282,7 @@ impl ChunkStore for MemStore {
         let mut chunk = write_lock(&chunk);
         chunk.deleted = true;
         self.release(chunk.data.len() as u64);
-        chunk.data = Vec::new();
+        chunk.data = Arc::new(Vec::new());
         Ok(())
     }
 
@@ -284,6 +310,64 @@ impl ChunkStore for MemStore {
 }
 
 impl MemStore {
+    fn write_with(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: &[u8],
+        crc: Option<u32>,
+    ) -> Result<u64, StoreError> {
+        let end = write_end(id, offset, data.len(), self.chunk_len_max)?;
+        copies::count(Pass::Store, data.len());
+        loop {
+            let Some(chunk) = self.lookup(id) else {
+                match self.create(id, offset, data, crc, end)? {
+                    Create::Done(size) => return Ok(size),
+                    Create::Raced => continue,
+                }
+            };
+            let mut chunk = write_lock(&chunk);
+            if chunk.deleted {
+                // Deleted after we looked it up: this write creates the chunk anew.
+                continue;
+            }
+            return self.write_into(&mut chunk, id, offset, data, crc, end);
+        }
+    }
+
+    fn read_shared_inner(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: usize,
+    ) -> Result<SharedRead, StoreError> {
+        let chunk = self.lookup(id).ok_or(StoreError::NotFound(id))?;
+        let chunk = read_lock(&chunk);
+        if chunk.deleted {
+            return Err(StoreError::NotFound(id));
+        }
+        let size = chunk.data.len() as u64;
+        if offset > size {
+            return Err(StoreError::OutOfRange { id, offset, size });
+        }
+        let len = len.min((size - offset) as usize);
+        let start = offset as usize;
+        let cached = chunk.crc.load(Ordering::Relaxed);
+        let crc = if start == 0 && len as u64 == size && cached & CRC_VALID != 0 {
+            cached as u32
+        } else {
+            copies::count(Pass::Read, len);
+            crc32c(&chunk.data[start..start + len])
+        };
+        Ok(SharedRead {
+            bytes: Arc::clone(&chunk.data) as Arc<dyn AsRef<[u8]> + Send + Sync>,
+            start,
+            len,
+            crc,
+            chunk_size: size,
+        })
+    }
+
     fn read_with(
         &self,
         id: ChunkId,
@@ -365,6 +449,46 @@ mod tests {
     }
 
     crate::chunk::store_contract::contract_tests!(with_store);
+
+    #[test]
+    fn a_lent_read_keeps_its_bytes_when_the_chunk_is_written() {
+        let store = MemStore::new(1 << 20);
+        let v1 = vec![1u8; 5000];
+        store.write_crc(ChunkId(3), 0, &v1, crc32c(&v1)).unwrap();
+        let lent = store
+            .read_shared(ChunkId(3), 1000, 10_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!((lent.len, lent.chunk_size), (4000, 5000));
+        assert_eq!(lent.crc, crc32c(&v1[1000..]));
+        // Overwritten in place and grown while the answer is out: the answer keeps version 1.
+        store.write(ChunkId(3), 0, &[2u8; 6000]).unwrap();
+        assert!(lent.as_slice().iter().all(|&b| b == 1));
+        let mut buf = [0u8; 6000];
+        assert_eq!(store.read(ChunkId(3), 0, &mut buf).unwrap().len, 6000);
+        assert!(buf.iter().all(|&b| b == 2));
+        // A whole-chunk lend uses the CRC kept from the request, and it is right.
+        let v3: Vec<u8> = (0..7000u32).map(|i| i as u8).collect();
+        store.write_crc(ChunkId(3), 0, &v3, crc32c(&v3)).unwrap();
+        let whole = store.read_shared(ChunkId(3), 0, 1 << 20).unwrap().unwrap();
+        assert_eq!(whole.crc, crc32c(&v3));
+        assert_eq!(store.stat(ChunkId(3)).unwrap().crc, crc32c(&v3));
+        let tail = [9u8; 100];
+        store
+            .write_crc(ChunkId(3), 7000, &tail, crc32c(&tail))
+            .unwrap();
+        let mut all = v3.clone();
+        all.extend_from_slice(&tail);
+        assert_eq!(store.stat(ChunkId(3)).unwrap().crc, crc32c(&all));
+        assert!(matches!(
+            store.read_shared(ChunkId(3), 9000, 1),
+            Some(Err(StoreError::OutOfRange { .. }))
+        ));
+        assert!(matches!(
+            store.read_shared(ChunkId(4), 0, 1),
+            Some(Err(StoreError::NotFound(_)))
+        ));
+    }
 
     #[test]
     fn budget_gives_no_space_and_changes_nothing() {

@@ -27,5 +27,5 @@ pub use mem_store::MemStore;
 pub use on_stack::{ChunkClient, ChunkServer, ChunkSetupError};
 pub use server::{ServeCtx, ServerConfig, ServerConn, ServerStats};
 pub use staging::{Staging, StagingConfig};
-pub use store::{ChunkStat, ChunkStore, ReadInfo, StoreError};
+pub use store::{ChunkStat, ChunkStore, ReadInfo, SharedRead, StoreError};
 pub use workers::{worker_of, Storage, StorageConfig, StorageMode, StoreWorkers, WorkerConfig};

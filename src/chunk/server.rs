@@ -22,7 +22,7 @@ use crate::proto::{
 use crate::time::Instant;
 
 use super::staging::{Staging, StagingConfig};
-use super::store::ChunkStore;
+use super::store::{ChunkStore, SharedRead};
 use super::workers::{Done, Job, Outcome, Storage, StorageConfig, Submitted, Work};
 
 /// Server configuration.
@@ -140,10 +140,25 @@ struct Waiting {
     large: bool,
 }
 
+/// An answer's payload: a staging buffer, or bytes the store lent.
+enum Payload {
+    Buf(PoolBuf),
+    Shared(SharedRead),
+}
+
+impl Payload {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Buf(b) => b.as_slice(),
+            Payload::Shared(s) => s.as_slice(),
+        }
+    }
+}
+
 struct Outgoing {
     request_id: u64,
     header: [u8; ResponseHeader::HEADER_LEN],
-    payload: Option<PoolBuf>,
+    payload: Option<Payload>,
     /// Bytes of header + payload already sent.
     sent: usize,
     /// Not ready: the store call is still running.
@@ -152,7 +167,7 @@ struct Outgoing {
 
 impl Outgoing {
     fn len(&self) -> usize {
-        ResponseHeader::HEADER_LEN + self.payload.as_ref().map_or(0, PoolBuf::len)
+        ResponseHeader::HEADER_LEN + self.payload.as_ref().map_or(0, |p| p.as_slice().len())
     }
 }
 
@@ -364,6 +379,34 @@ impl ServerConn {
                 offset,
                 len,
             } => {
+                // A store called inline that lends its bytes: the answer is sent straight from
+                // them, with no staging copy.
+                if !ctx.storage.uses_workers() && len > 0 {
+                    if let Some(r) = ctx
+                        .storage
+                        .store()
+                        .read_shared(chunk_id, offset, len as usize)
+                    {
+                        let (header, payload) = match r {
+                            Ok(sr) => {
+                                ctx.stats.reads += 1;
+                                ctx.stats.bytes_read += sr.len as u64;
+                                let header =
+                                    ResponseHeader::read(id, sr.len as u32, sr.crc, sr.chunk_size);
+                                (header, (sr.len > 0).then_some(Payload::Shared(sr)))
+                            }
+                            Err(e) => {
+                                ctx.stats.errors += 1;
+                                (
+                                    ResponseHeader::error(id, op.code(), e.status(), false),
+                                    None,
+                                )
+                            }
+                        };
+                        self.push_payload(id, header, payload);
+                        return;
+                    }
+                }
                 let mut buf = None;
                 if len > 0 {
                     match ctx
@@ -402,7 +445,10 @@ impl ServerConn {
         ctx: &mut ServeCtx<'_, S>,
     ) {
         let Request::Write {
-            chunk_id, offset, ..
+            chunk_id,
+            offset,
+            crc,
+            ..
         } = h.request
         else {
             return;
@@ -412,6 +458,7 @@ impl ServerConn {
             chunk: chunk_id,
             offset,
             buf,
+            crc,
         };
         self.start(work, h.request_id, Op::Write, large, ctx);
     }
@@ -492,7 +539,7 @@ impl ServerConn {
         self.waiting -= 1;
         let (header, payload) = answer(o.request_id, w.op, done.result, stats);
         o.header = header.to_bytes();
-        o.payload = payload;
+        o.payload = payload.map(Payload::Buf);
     }
 
     /// Answers [`Status::Timeout`] for each store call running longer than `timeout`.
@@ -529,6 +576,10 @@ impl ServerConn {
     }
 
     fn push(&mut self, request_id: u64, header: ResponseHeader, payload: Option<PoolBuf>) {
+        self.push_payload(request_id, header, payload.map(Payload::Buf));
+    }
+
+    fn push_payload(&mut self, request_id: u64, header: ResponseHeader, payload: Option<Payload>) {
         self.out.push_back(Outgoing {
             request_id,
             header: header.to_bytes(),
@@ -546,7 +597,7 @@ impl ServerConn {
             .iter()
             .filter(|o| {
                 o.waiting.is_some_and(|w| w.large)
-                    || o.payload.as_ref().is_some_and(|p| staging.is_large(p))
+                    || matches!(&o.payload, Some(Payload::Buf(b)) if staging.is_large(b))
             })
             .count();
         queued
@@ -616,7 +667,7 @@ impl ServerConn {
         Some(if o.sent < ResponseHeader::HEADER_LEN {
             &o.header[o.sent..]
         } else {
-            let p = o.payload.as_ref().map_or(&[][..], PoolBuf::as_slice);
+            let p = o.payload.as_ref().map_or(&[][..], Payload::as_slice);
             &p[o.sent - ResponseHeader::HEADER_LEN..]
         })
     }

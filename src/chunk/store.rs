@@ -22,6 +22,40 @@ pub struct ReadInfo {
     pub chunk_size: u64,
 }
 
+/// Bytes of a chunk lent by the store instead of copied out ([`ChunkStore::read_shared`]): a
+/// snapshot that later writes to the chunk do not change.
+#[derive(Clone)]
+pub struct SharedRead {
+    /// The snapshot (the whole chunk, typically).
+    pub bytes: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
+    /// Where the bytes read start in `bytes`.
+    pub start: usize,
+    /// How many bytes were read (fewer than asked only at the end of the chunk).
+    pub len: usize,
+    /// CRC32C of the bytes read.
+    pub crc: u32,
+    /// The chunk's size at the time of the read.
+    pub chunk_size: u64,
+}
+
+impl SharedRead {
+    /// The bytes read.
+    pub fn as_slice(&self) -> &[u8] {
+        &(*self.bytes).as_ref()[self.start..self.start + self.len]
+    }
+}
+
+impl std::fmt::Debug for SharedRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRead")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .field("crc", &self.crc)
+            .field("chunk_size", &self.chunk_size)
+            .finish()
+    }
+}
+
 /// Why a store operation failed. Each maps to a protocol [`Status`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -106,6 +140,33 @@ pub trait ChunkStore: Send + Sync {
     /// The chunk's size and content CRC32C.
     fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError>;
 
+    /// Like [`ChunkStore::write`], given the CRC32C of `data` (the server checked it against
+    /// the request), so a store that keeps CRCs needs no pass of its own. The default ignores
+    /// it.
+    fn write_crc(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: &[u8],
+        crc: u32,
+    ) -> Result<u64, StoreError> {
+        let _ = crc;
+        self.write(id, offset, data)
+    }
+
+    /// A READ without a copy: up to `len` bytes from `offset` as a snapshot the store lends
+    /// (the server sends straight from it into the socket). `None` when the store does not
+    /// lend (the default): the server reads into a buffer of its own. Errors as for `read`.
+    fn read_shared(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: usize,
+    ) -> Option<Result<SharedRead, StoreError>> {
+        let _ = (id, offset, len);
+        None
+    }
+
     /// Whether a call may wait on something slower than memory (a disk, a network). The
     /// server runs the calls of such a store on storage workers, off the loop that polls the
     /// network; a store that answers from memory says `false` and is called inline. The
@@ -144,6 +205,23 @@ impl<S: ChunkStore + ?Sized> ChunkStore for std::sync::Arc<S> {
     }
     fn may_block(&self) -> bool {
         (**self).may_block()
+    }
+    fn write_crc(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: &[u8],
+        crc: u32,
+    ) -> Result<u64, StoreError> {
+        (**self).write_crc(id, offset, data, crc)
+    }
+    fn read_shared(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: usize,
+    ) -> Option<Result<SharedRead, StoreError>> {
+        (**self).read_shared(id, offset, len)
     }
     fn read_crc(
         &self,

@@ -38,11 +38,12 @@ const PARK_MAX: Duration = Duration::from_millis(50);
 /// What a job asks of the store. Payload buffers travel with the job and come back in its
 /// [`Done`].
 pub(crate) enum Work {
-    /// Write `buf` (all of it; `None` for an empty write) at `offset`.
+    /// Write `buf` (all of it; `None` for an empty write) at `offset`; `crc` is its CRC32C.
     Write {
         chunk: ChunkId,
         offset: u64,
         buf: Option<PoolBuf>,
+        crc: u32,
     },
     /// Read into `buf` (its length is the request's) from `offset`, and take the CRC32C of
     /// what was read.
@@ -298,10 +299,15 @@ fn worker<S: ChunkStore>(sh: &Shared<S>, i: usize) {
 /// Runs one store call (on a worker, or inline on the serving loop for stores that never wait).
 pub(crate) fn run<S: ChunkStore + ?Sized>(store: &S, work: Work) -> Result<Outcome, Status> {
     match work {
-        Work::Write { chunk, offset, buf } => {
+        Work::Write {
+            chunk,
+            offset,
+            buf,
+            crc,
+        } => {
             let data = buf.as_ref().map_or(&[][..], PoolBuf::as_slice);
             store
-                .write(chunk, offset, data)
+                .write_crc(chunk, offset, data, crc)
                 .map(|size| Outcome::Written {
                     size,
                     len: data.len(),
