@@ -29,7 +29,13 @@ pub enum Pass {
 
 impl Pass {
     /// Every pass, in index order.
-    pub const ALL: [Pass; 5] = [Pass::Store, Pass::Socket, Pass::Frame, Pass::Device, Pass::Read];
+    pub const ALL: [Pass; 5] = [
+        Pass::Store,
+        Pass::Socket,
+        Pass::Frame,
+        Pass::Device,
+        Pass::Read,
+    ];
 
     /// A short lower-case name for reports.
     pub fn name(self) -> &'static str {
@@ -120,7 +126,7 @@ mod tests {
         assert_eq!(d.get(Pass::Device), 101);
         assert_eq!(d.get(Pass::Read), 7);
         assert_eq!(d.get(Pass::Store), 0);
-        let other = std::thread::spawn(|| snapshot()).join().unwrap();
+        let other = std::thread::spawn(snapshot).join().unwrap();
         assert_eq!(other, Counts::default());
         assert_eq!(d.to_string(), "store=0 socket=0 frame=0 device=101 read=7");
     }
