@@ -446,11 +446,12 @@ fn kernel_client_with_busy_poll_no_need_wakeup_and_4k_frames() {
     assert!(served.xdp.rx_kicks > 0, "busy polling kicks RX");
     assert!(served.xdp.tx_kicks > 0);
     assert_eq!(served.xdp.bad_descriptors, 0);
-    if served.mode.attach == AttachMode::Native {
-        // veth has a NAPI context while a native program is attached: the socket was marked
-        // with it on the first packet, so the recvfrom kicks drove it.
-        assert!(served.xdp.napi_id > 0, "{:?}", served.xdp);
-    }
+    // On veth the socket learns no NAPI id (Linux 6.18: 0 even with a native program), so
+    // the kicks are plain system calls here; printed for the record.
+    println!(
+        "busy poll {}, NAPI id {}",
+        served.mode.busy_poll, served.xdp.napi_id
+    );
 }
 
 /// A veth pair as [`topology`] makes, with IP MTU `mtu` on both ends.
@@ -522,6 +523,49 @@ fn mtu_3000_in_2k_frames_needs_multi_buffer() {
         assert_eq!(served.xdp.rx_multi_buffer_frames > 0, multi_buffer);
         assert_eq!(served.xdp.tx_multi_buffer_frames > 0, multi_buffer);
         assert_eq!(served.xdp.rx_bad_chains + served.xdp.bad_descriptors, 0);
+    }
+}
+
+/// MTU 3700 on 4096-byte frames: each frame fits one UMEM frame (no multi-buffer), but veth
+/// refuses native XDP above MTU 3506 for a program not flagged for fragments (ERANGE, measured):
+/// flagged, the program attaches natively, and the kernel hands the socket each packet in one
+/// descriptor.
+#[test]
+fn mtu_3700_native_with_a_fragments_program() {
+    let subnet = 17;
+    let Some(pair) = topology_mtu(subnet, 3700) else {
+        return;
+    };
+    let ip = subnet_addr(subnet, 3);
+    let config = XdpConfig {
+        frame_len: 4096,
+        ..xdp_config(pair.iface_a(), ip, XdpMode::Native)
+    };
+    let server = XdpServer::start(pair.a(), config, ip, false).expect("native at MTU 3700");
+    assert!(
+        server.mode.frags && !server.mode.multi_buffer,
+        "{:?}",
+        server.mode
+    );
+    let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
+    let r = pair
+        .b()
+        .run(move || kernel_round_trip(addr, 17, 30))
+        .unwrap()
+        .expect("round trip at MTU 3700");
+    let served = server.stop();
+    let x = &served.xdp;
+    println!("{:?}\n  {x:?}", served.mode);
+    assert_eq!(r.chunks, 30);
+    assert!(x.link.rx_bytes / x.link.rx_packets > 3000, "{x:?}");
+    assert_eq!(
+        x.rx_multi_buffer_frames + x.rx_bad_chains + x.tx_copied_frames,
+        0,
+        "{x:?}"
+    );
+    assert_eq!(x.kernel.rx_dropped, 0, "{x:?}");
+    if copies::ENABLED {
+        assert_eq!(served.copies.get(Pass::Device), 0, "{}", served.copies);
     }
 }
 

@@ -44,9 +44,10 @@
 //! `sendto`, which busy-polls too. Where the kernel refuses an option (`EPERM` without
 //! `CAP_NET_ADMIN`, `ENOPROTOOPT` without `CONFIG_NET_RX_BUSY_POLL`), `Auto` logs one warning
 //! and keeps the wakeup path; [`XdpModeInfo::busy_poll`] says which happened and why.
-//! Busy polling needs a NAPI context on the queue ([`XdpStats::napi_id`] non-zero once
-//! traffic flowed): native XDP has one, generic XDP none (the options are then harmless and
-//! useless). On a real NIC, preferred busy polling keeps the device's interrupts off only with
+//! Busy polling needs the socket to know the queue's NAPI context ([`XdpStats::napi_id`]
+//! non-zero once traffic flowed): native XDP on a real NIC; not generic XDP, and not veth on
+//! Linux 6.18 (measured 0: veth registers its XDP queue before the NAPI context is numbered),
+//! where the options are harmless and the kicks plain system calls. On a real NIC, preferred busy polling keeps the device's interrupts off only with
 //! `/sys/class/net/IFACE/napi_defer_hard_irqs` (e.g. 2) and `gro_flush_timeout` (e.g. 200000
 //! ns) set: the kernel then leaves the queue to the application's calls and reschedules its
 //! softirq only when they stop for that long. `open` logs when a physical device has them at 0.
@@ -69,18 +70,21 @@
 //! than a UMEM frame and of every sent frame; without multi-buffer it counts nothing (both
 //! directions are zero-copy), except frames of another pool handed to `tx_burst`.
 //!
-//! Why this is needed rather than a larger MTU check: without multi-buffer, the kernel drops
+//! Why a larger MTU stalled or was refused before: without multi-buffer, the kernel drops
 //! every packet longer than the UMEM frame on its way to the socket (`xsk_rcv_check`,
 //! counted only in the socket's `rx_dropped`), so handshakes and ACKs pass and the first
-//! full-sized segment never arrives: TCP stalls with nothing logged. Before that limit, veth
-//! has its own: native XDP with a program not flagged for fragments is refused with `ERANGE`
-//! ("Peer MTU is too large to set XDP") once the peer's MTU exceeds
-//! `4096 - 256 (XDP headroom) - 320 (skb_shared_info) - 14` = 3506 bytes, since veth gives such
-//! a program one page per packet; `XdpMode::Auto` then falls back to generic XDP. With the
-//! fragments flag veth takes MTUs up to 64 KiB natively and hands the program the first page
-//! with the rest as fragments. Where the kernel refuses a step (a kernel before 6.6, a
-//! zero-copy driver without multi-buffer), `open` fails with
-//! [`XdpError::MultiBufferRefused`], naming the MTU, the frame size and what to do.
+//! full-sized segment never arrives: TCP stalls with nothing logged (hence the MTU check in
+//! `open`). Below that limit veth has its own: native XDP with a program not flagged for
+//! fragments is refused with `ERANGE` ("Peer MTU is too large to set XDP") once the peer's MTU
+//! exceeds `4096 - 256 (XDP headroom) - 320 (skb_shared_info) - 14` = 3506 bytes, since veth
+//! gives such a program one page per packet, and `XdpMode::Auto` falls back to generic XDP.
+//! With the fragments flag veth takes MTUs up to 64 KiB natively and hands the program the
+//! first page with the rest as fragments, so `open` flags the program whenever MTU + 14
+//! exceeds those 3520 bytes, even when a frame still fits one UMEM frame (MTUs 3507 to 3826 on
+//! 4 KiB frames then stay native, each packet in one descriptor, without multi-buffer). Where
+//! the kernel refuses a step (a kernel before 6.6, a zero-copy driver without multi-buffer),
+//! `open` fails with [`XdpError::MultiBufferRefused`], naming the MTU, the frame size and what
+//! to do.
 //!
 //! # Modes
 //!
@@ -153,6 +157,11 @@ use setup::{
     MAP_NAME,
 };
 
+/// Longest frame veth (and drivers like it) hands an XDP program that is not flagged for
+/// fragments: one 4 KiB page minus the XDP headroom (256) and `skb_shared_info` (320). veth
+/// refuses to attach such a program natively when its peer's MTU + 14 exceeds this (`ERANGE`).
+const ONE_PAGE_FRAME: usize = 4096 - 256 - 320;
+
 /// Completions reclaimed per ring read.
 const COMPLETION_BATCH: u32 = 256;
 /// Most `sendto` kicks per TX burst (each sends at most 32 frames in copy mode).
@@ -172,6 +181,9 @@ pub struct XdpModeInfo {
     /// Whether frames larger than a UMEM frame travel in several (multi-buffer, see the
     /// module docs).
     pub multi_buffer: bool,
+    /// Whether the program was loaded for multi-buffer packets (`BPF_F_XDP_HAS_FRAGS`): with
+    /// multi-buffer, and for MTUs above 3506 (veth's native limit for other programs).
+    pub frags: bool,
     /// Page size the UMEM got.
     pub page_size: PageSize,
     /// Whether only the filtered address's traffic comes to the socket.
@@ -371,19 +383,29 @@ impl XdpDevice {
         let map = bpf::create_xskmap(config.queue_id + 1, MAP_NAME)
             .map_err(|source| map_error(&ifname, "creating the XSKMAP", source))?;
         let insns = program::instructions(map.as_raw_fd(), config.filter_ipv4);
-        let prog = match load_program(&ifname, &insns, plan.multi_buffer) {
+        // Flagged for fragments when frames may be longer than one page's worth: needed for
+        // multi-buffer, and it lets veth attach natively above MTU 3506 even when a frame still
+        // fits one UMEM frame (the kernel then copies the fragments into one descriptor).
+        let frags = plan.multi_buffer || frame_len_max > ONE_PAGE_FRAME;
+        let (prog, frags) = match load_program(&ifname, &insns, frags) {
             // An unknown flag is EINVAL with an empty verifier log (kernels before 5.18).
             Err(XdpError::ProgramRejected { source, log })
-                if plan.multi_buffer
-                    && log.is_empty()
-                    && source.raw_os_error() == Some(libc::EINVAL) =>
+                if frags && log.is_empty() && source.raw_os_error() == Some(libc::EINVAL) =>
             {
-                return Err(mb_refused(
-                    "loading the XDP program with BPF_F_XDP_HAS_FRAGS",
-                    source,
-                ));
+                if plan.multi_buffer {
+                    return Err(mb_refused(
+                        "loading the XDP program with BPF_F_XDP_HAS_FRAGS",
+                        source,
+                    ));
+                }
+                tracing::info!(
+                    iface = %ifname,
+                    "the kernel does not take BPF_F_XDP_HAS_FRAGS ({source}); native XDP may be \
+                     refused at this MTU ({mtu})"
+                );
+                (load_program(&ifname, &insns, false)?, false)
             }
-            r => r?,
+            r => (r?, frags),
         };
         let (link, attach, attach_retries) = attach(&ifname, ifindex, prog.as_fd(), config.mode)?;
 
@@ -445,6 +467,7 @@ impl XdpDevice {
             need_wakeup: config.need_wakeup,
             busy_poll,
             multi_buffer: plan.multi_buffer,
+            frags,
             page_size: pool.page_size(),
             filtered: config.filter_ipv4.is_some(),
             busy_retries: attach_retries + bind_retries,
@@ -487,6 +510,7 @@ impl XdpDevice {
             busy_poll = %busy_poll,
             multi_buffer = plan.multi_buffer,
             frags_max = plan.frags,
+            program_frags = frags,
             umem_frames = dev.pool.capacity(),
             frame_len = config.frame_len,
             page = %dev.pool.page_size(),
@@ -690,33 +714,45 @@ fn setup_busy_poll(
     config: &XdpConfig,
     attach: AttachMode,
 ) -> Result<BusyPollState, XdpError> {
-    let ifname = &config.ifname;
     if config.busy_poll == BusyPoll::Off {
         return Ok(BusyPollState::Off);
     }
-    let (timeout_us, budget) = (config.busy_poll_timeout_us, config.busy_poll_budget);
-    match xsk.set_busy_poll(timeout_us, budget) {
-        Ok(()) => {
-            if attach == AttachMode::Generic {
-                tracing::info!(
-                    iface = %ifname,
-                    "busy polling set, but generic XDP has no NAPI context to drive: it changes \
-                     nothing here (native XDP has one)"
-                );
-            }
-            note_napi_deferral(ifname);
-            Ok(BusyPollState::On { timeout_us, budget })
+    let result = xsk.set_busy_poll(config.busy_poll_timeout_us, config.busy_poll_budget);
+    let state = busy_poll_outcome(config, result)?;
+    if state.is_on() {
+        if attach == AttachMode::Generic {
+            tracing::info!(
+                iface = %config.ifname,
+                "busy polling set, but generic XDP has no NAPI context to drive: it changes \
+                 nothing here (native XDP on a real NIC has one)"
+            );
         }
+        note_napi_deferral(&config.ifname);
+    }
+    Ok(state)
+}
+
+/// What `config.busy_poll` makes of the kernel's answer to the socket options: `Auto` falls
+/// back (one warning), `On` fails.
+fn busy_poll_outcome(
+    config: &XdpConfig,
+    result: Result<(), (&'static str, io::Error)>,
+) -> Result<BusyPollState, XdpError> {
+    match result {
+        Ok(()) => Ok(BusyPollState::On {
+            timeout_us: config.busy_poll_timeout_us,
+            budget: config.busy_poll_budget,
+        }),
         Err((option, source)) if config.busy_poll == BusyPoll::On => {
             Err(XdpError::BusyPollRefused {
-                ifname: ifname.clone(),
+                ifname: config.ifname.clone(),
                 option,
                 source,
             })
         }
         Err((option, source)) => {
             tracing::warn!(
-                iface = %ifname,
+                iface = %config.ifname,
                 "busy polling refused ({option}: {source}); using the wakeup path (need_wakeup \
                  flags and poll())"
             );
@@ -1311,6 +1347,45 @@ mod tests {
         assert!(packet.is_empty());
         assert_eq!(umem.available(), 1);
         drop(held);
+    }
+
+    #[test]
+    fn busy_poll_falls_back_or_fails_as_asked() {
+        let eperm = || {
+            Err((
+                "SO_PREFER_BUSY_POLL",
+                io::Error::from_raw_os_error(libc::EPERM),
+            ))
+        };
+        let auto = XdpConfig {
+            busy_poll: BusyPoll::Auto,
+            ..XdpConfig::new("eth0")
+        };
+        assert_eq!(
+            busy_poll_outcome(&auto, eperm()).unwrap(),
+            BusyPollState::Refused {
+                option: "SO_PREFER_BUSY_POLL",
+                errno: libc::EPERM
+            }
+        );
+        assert_eq!(
+            busy_poll_outcome(&auto, Ok(())).unwrap(),
+            BusyPollState::On {
+                timeout_us: 20,
+                budget: 64
+            }
+        );
+        let on = XdpConfig {
+            busy_poll: BusyPoll::On,
+            ..auto
+        };
+        let e = busy_poll_outcome(&on, eperm()).unwrap_err();
+        assert!(matches!(e, XdpError::BusyPollRefused { .. }), "{e:?}");
+        let s = e.to_string();
+        assert!(
+            s.contains("SO_PREFER_BUSY_POLL") && s.contains("CAP_NET_ADMIN") && s.contains("Auto"),
+            "{s}"
+        );
     }
 
     #[test]
