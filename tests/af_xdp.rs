@@ -13,8 +13,16 @@
 //!    while the first keeps serving; an MTU too large for 2048-byte frames is refused.
 //!
 //! Also: a kernel peer with TX checksum offload on sends partial checksums that the stack
-//! drops (why topologies turn offload off); busy polling without need_wakeup on 4 KiB frames;
-//! MTU 3000 on 4 KiB frames.
+//! drops (why topologies turn offload off); busy polling (`BusyPoll::On`) without need_wakeup
+//! on 4 KiB frames; MTU 3000 on 2 KiB frames (refused without multi-buffer, carried with it)
+//! and on 4 KiB frames; MTU 3700 natively with a fragments-flagged program; packets longer
+//! than a UMEM frame dropped by the kernel without a trace but its counter (why `open` checks
+//! the MTU).
+//!
+//! Jumbo frames (MTU 9000, multi-buffer): a kernel client against the ustack server, native on
+//! 4 KiB frames and generic on 2 KiB frames, about 35-45 MB each way, with the chains counted
+//! and the device's copies (`copy-count`) asserted; and ustack on AF_XDP at both ends.
+//! `mtu_sweep` (ignored) prints what each attach mode does at the MTUs in `USTACK_MTU_SWEEP`.
 //!
 //! `bench_read_latency_and_throughput` (ignored; run it with `--ignored --nocapture`) prints
 //! 4 KiB READ at depth 1 and 1 MiB READ throughput against the AF_XDP server and against the
@@ -524,6 +532,59 @@ fn mtu_3000_in_2k_frames_needs_multi_buffer() {
         assert_eq!(served.xdp.tx_multi_buffer_frames > 0, multi_buffer);
         assert_eq!(served.xdp.rx_bad_chains + served.xdp.bad_descriptors, 0);
     }
+}
+
+/// Why `open` checks the MTU (and why a larger one used to stall TCP): without multi-buffer,
+/// the kernel drops a packet longer than the UMEM frame on its way to the socket, counting it
+/// only in the socket's `rx_dropped`. The device is opened at MTU 1500 on 2048-byte frames
+/// (1792 bytes per frame), then both ends are raised to MTU 3000 behind its back: UDP datagrams
+/// of 1000 bytes still reach the device, datagrams of 2500 never do, and nothing but the
+/// kernel's counter says so.
+#[test]
+fn frames_longer_than_a_umem_frame_are_dropped_silently_without_multi_buffer() {
+    let subnet = 18;
+    let Some(pair) = topology(subnet) else {
+        return;
+    };
+    let ip = subnet_addr(subnet, 3);
+    let server = XdpServer::start(
+        pair.a(),
+        xdp_config(pair.iface_a(), ip, XdpMode::Native),
+        ip,
+        false,
+    )
+    .expect("server at MTU 1500");
+    assert!(!server.mode.multi_buffer);
+    let send = |len: usize| {
+        pair.b()
+            .run(move || {
+                let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+                for _ in 0..20 {
+                    sock.send_to(&vec![0x5a; len], (ip, 9)).expect("send");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+            .expect("enter B");
+    };
+    send(1000);
+    for (ns, iface) in [(pair.a(), pair.iface_a()), (pair.b(), pair.iface_b())] {
+        ns.ip(["link", "set", iface, "mtu", "3000"])
+            .expect("mtu 3000");
+    }
+    send(2500);
+    std::thread::sleep(Duration::from_millis(50));
+    let served = server.stop();
+    let x = &served.xdp;
+    println!("{x:?}");
+    // The 1000-byte datagrams came through (with the ARP exchange before them).
+    assert!(x.link.rx_packets >= 20, "{x:?}");
+    assert!(
+        x.link.rx_bytes / x.link.rx_packets < 1100,
+        "no long frame arrived: {x:?}"
+    );
+    // The 2500-byte ones were dropped by the kernel, and only its counter knows.
+    assert!(x.kernel.rx_dropped >= 20, "{x:?}");
+    assert_eq!(x.link.rx_errors + x.rx_bad_chains, 0, "{x:?}");
 }
 
 /// MTU 3700 on 4096-byte frames: each frame fits one UMEM frame (no multi-buffer), but veth

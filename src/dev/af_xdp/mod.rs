@@ -432,17 +432,20 @@ impl XdpDevice {
             (z, _) => z,
         };
         let (bind, bind_retries) = match bind(&xsk, config, zc, plan.multi_buffer) {
-            // Copy mode refuses XDP_USE_SG before Linux 6.6 (EINVAL); a zero-copy driver
-            // without multi-buffer says EOPNOTSUPP.
+            // Copy mode refuses XDP_USE_SG before Linux 6.6 (EINVAL). (A zero-copy driver
+            // without multi-buffer says EOPNOTSUPP, and the copy-mode attempt follows; when
+            // only zero-copy was allowed, the bind error and its hint stand.)
             Err(XdpError::Bind { attempts, .. })
                 if plan.multi_buffer
-                    && (attempts.any_errno(libc::EINVAL)
-                        || attempts.any_errno(libc::EOPNOTSUPP)) =>
+                    && attempts.0.iter().any(|(m, e)| {
+                        *m == BindMode::Copy
+                            && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
+                    }) =>
             {
                 let source = attempts
                     .0
                     .into_iter()
-                    .last()
+                    .rfind(|(m, _)| *m == BindMode::Copy)
                     .map(|(_, e)| e)
                     .unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL));
                 return Err(mb_refused(
