@@ -563,6 +563,17 @@ pub enum XdpModeArg {
     Generic,
 }
 
+/// AF_XDP preferred busy polling (`XdpConfig::busy_poll`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpBusyPollArg {
+    /// The wakeup path only (need_wakeup flags, poll()).
+    Off,
+    /// Busy polling where the kernel allows it, else the wakeup path (one warning).
+    Auto,
+    /// Busy polling, or fail to start.
+    On,
+}
+
 /// memif role.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum MemifRoleArg {
@@ -581,9 +592,20 @@ pub struct DevArgs {
     /// af-xdp: XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
-    /// af-xdp: UMEM frame size, 2048 or 4096 (4096 for interface MTUs above 1792).
+    /// af-xdp: UMEM frame size, 2048 or 4096. Interface MTUs above 1778 (2048) or 3826 (4096)
+    /// are carried in several UMEM frames per packet (multi-buffer, copied once each way).
     #[arg(long, default_value_t = 2048)]
     pub xdp_frame_len: usize,
+    /// af-xdp: preferred busy polling of the queue from the socket's system calls
+    /// (SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET).
+    #[arg(long, value_enum, default_value_t = XdpBusyPollArg::Off)]
+    pub xdp_busy_poll: XdpBusyPollArg,
+    /// af-xdp: SO_BUSY_POLL, microseconds one system call may busy-poll.
+    #[arg(long, default_value_t = 20)]
+    pub xdp_busy_poll_us: u32,
+    /// af-xdp: SO_BUSY_POLL_BUDGET, packets one busy poll may process.
+    #[arg(long, default_value_t = 64)]
+    pub xdp_busy_poll_budget: u32,
     /// Idle turns of the serving or client loop to busy-poll before sleeping until something
     /// comes (every backend, kernel TCP too): lower latency for more CPU. 0 sleeps at once.
     /// Default: 1000 in the file server, 2000 in chunkctl.
@@ -629,7 +651,7 @@ pub fn open_device(
     ip: Ipv4Addr,
     default_role: MemifRoleArg,
 ) -> Result<(ustack::dev::auto::AnyDevice, Option<NetNs>), String> {
-    use ustack::dev::af_xdp::XdpMode;
+    use ustack::dev::af_xdp::{BusyPoll, XdpMode};
     use ustack::dev::auto::{AnyDevice, BackendConfig};
     use ustack::dev::memif::{MemifConfig, MemifRole};
     let iface = || {
@@ -646,6 +668,13 @@ pub fn open_device(
             XdpModeArg::Generic => XdpMode::Generic,
         };
         b.xdp.frame_len = dev.xdp_frame_len;
+        b.xdp.busy_poll = match dev.xdp_busy_poll {
+            XdpBusyPollArg::Off => BusyPoll::Off,
+            XdpBusyPollArg::Auto => BusyPoll::Auto,
+            XdpBusyPollArg::On => BusyPoll::On,
+        };
+        b.xdp.busy_poll_timeout_us = dev.xdp_busy_poll_us;
+        b.xdp.busy_poll_budget = dev.xdp_busy_poll_budget;
         #[cfg(feature = "dpdk")]
         {
             b.dpdk = dpdk_config(dev)?;

@@ -39,6 +39,13 @@ const BPF_XDP: u32 = 37;
 /// `BPF_ANY`: create or replace a map element.
 const BPF_ANY: u64 = 0;
 
+/// `BPF_F_XDP_HAS_FRAGS` (`prog_flags` of `BPF_PROG_LOAD`, what libbpf sets for a program in
+/// section `xdp.frags`): the program copes with multi-buffer packets, whose `data..data_end` is
+/// only the first buffer. Drivers then hand it packets larger than one page (veth lifts its
+/// MTU limit for such programs), and the kernel may pass them to an AF_XDP socket bound with
+/// `XDP_USE_SG` as several descriptors. Kernels before 5.18 refuse the flag (`EINVAL`).
+pub const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
+
 /// `XDP_FLAGS_SKB_MODE`: generic XDP, run by the kernel on socket buffers (any driver).
 pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 /// `XDP_FLAGS_DRV_MODE`: native XDP, run by the driver before any socket buffer exists.
@@ -268,11 +275,16 @@ pub struct LoadError {
 
 /// Loads an XDP program (`BPF_PROG_TYPE_XDP`, expected attach type `BPF_XDP`) and returns its
 /// file descriptor. Map references must already be patched in as `LD_IMM64` with
-/// [`op::PSEUDO_MAP_FD`].
+/// [`op::PSEUDO_MAP_FD`]. `prog_flags` is 0 or [`BPF_F_XDP_HAS_FRAGS`].
 ///
 /// On failure the load is repeated once with the verifier log on (level 1, [`VERIFIER_LOG_LEN`]
 /// bytes), and the log's last few KiB come back in [`LoadError::log`].
-pub fn load_xdp_program(insns: &[Insn], license: &CStr, name: &str) -> Result<OwnedFd, LoadError> {
+pub fn load_xdp_program(
+    insns: &[Insn],
+    license: &CStr,
+    name: &str,
+    prog_flags: u32,
+) -> Result<OwnedFd, LoadError> {
     let attempt = |log: Option<&mut [u8]>| {
         let (log_level, log_size, log_buf) = match log {
             Some(buf) => (1, buf.len() as u32, buf.as_mut_ptr() as u64),
@@ -286,6 +298,7 @@ pub fn load_xdp_program(insns: &[Insn], license: &CStr, name: &str) -> Result<Ow
             log_level,
             log_size,
             log_buf,
+            prog_flags,
             prog_name: object_name(name),
             expected_attach_type: BPF_XDP,
             ..ProgLoadAttr::default()

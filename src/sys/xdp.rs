@@ -53,6 +53,74 @@ pub const XDP_ZEROCOPY: u16 = 1 << 2;
 /// call to make progress; otherwise the rings run without any.
 pub const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
 
+/// Bind flag `XDP_USE_SG`: multi-buffer packets. A packet larger than one UMEM frame comes on
+/// the RX ring as several descriptors, every one but the last with [`XDP_PKT_CONTD`], and may
+/// be sent the same way. Without it the kernel drops such packets (counted in the socket's
+/// `rx_dropped`). Copy mode has it from Linux 6.6 (older kernels: `EINVAL`); zero-copy only
+/// where the driver does (`EOPNOTSUPP` otherwise).
+pub const XDP_USE_SG: u16 = 1 << 4;
+
+/// Descriptor option `XDP_PKT_CONTD`: the packet continues in the next descriptor.
+pub const XDP_PKT_CONTD: u32 = 1;
+
+/// Most descriptors one packet may take on the TX ring: copy mode accepts
+/// `CONFIG_MAX_SKB_FRAGS + 1` and that option is at least 17, so 18 works on every kernel.
+pub const TX_FRAGS_MAX: usize = 18;
+
+/// One packet for the TX ring ([`Xsk::tx_push`]): up to [`TX_FRAGS_MAX`] `(addr, len)`
+/// descriptors in order; all but the last go with [`XDP_PKT_CONTD`].
+#[derive(Clone, Debug)]
+pub struct TxPacket {
+    descs: [(u64, u32); TX_FRAGS_MAX],
+    n: usize,
+}
+
+impl Default for TxPacket {
+    fn default() -> TxPacket {
+        TxPacket {
+            descs: [(0, 0); TX_FRAGS_MAX],
+            n: 0,
+        }
+    }
+}
+
+impl TxPacket {
+    /// Appends a descriptor; `false` (and nothing changes) when the packet has
+    /// [`TX_FRAGS_MAX`] already.
+    #[inline]
+    pub fn push(&mut self, addr: u64, len: u32) -> bool {
+        if self.n == TX_FRAGS_MAX {
+            return false;
+        }
+        self.descs[self.n] = (addr, len);
+        self.n += 1;
+        true
+    }
+
+    /// Descriptors so far.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether there are none.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The descriptors so far.
+    #[inline]
+    pub fn descs(&self) -> &[(u64, u32)] {
+        &self.descs[..self.n]
+    }
+
+    #[inline]
+    fn clear(&mut self) {
+        self.n = 0;
+    }
+}
+
 /// The headroom the kernel keeps in front of received data in every UMEM frame
 /// (`XDP_PACKET_HEADROOM`), before the UMEM's own headroom.
 pub const XDP_PACKET_HEADROOM: usize = 256;
@@ -228,6 +296,7 @@ pub struct Xsk {
     ifindex: u32,
     queue_id: u32,
     stride: u64,
+    tx_len: u32,
     /// Keeps the UMEM mapped while the kernel may use it; never read.
     _pool: BufPool,
 }
@@ -338,12 +407,13 @@ impl Xsk {
             ifindex,
             queue_id,
             stride: stride as u64,
+            tx_len: rings.tx_len,
             _pool: pool.clone(),
         })
     }
 
     /// Binds the socket to its interface queue with `flags` ([`XDP_COPY`], [`XDP_ZEROCOPY`],
-    /// [`XDP_USE_NEED_WAKEUP`]). A failed bind leaves the socket unbound, so it can be tried
+    /// [`XDP_USE_NEED_WAKEUP`], [`XDP_USE_SG`]). A failed bind leaves the socket unbound, so it can be tried
     /// again (with other flags, or after `EBUSY`).
     ///
     /// Typical errors: `EOPNOTSUPP` for zero-copy on a driver without it, `EBUSY` while another
@@ -392,31 +462,73 @@ impl Xsk {
         Ok(flags & XDP_OPTIONS_ZEROCOPY != 0)
     }
 
-    /// Asks the kernel to busy-poll the device queue from this socket's system calls
-    /// (`SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` = `timeout_us`, `SO_BUSY_POLL_BUDGET` = `budget`).
-    /// Setting `SO_BUSY_POLL` above the system default needs `CAP_NET_ADMIN`.
-    pub fn set_busy_poll(&self, timeout_us: u32, budget: u32) -> io::Result<()> {
-        for (opt, value) in [
-            (libc::SO_PREFER_BUSY_POLL, 1u32),
-            (libc::SO_BUSY_POLL, timeout_us),
-            (libc::SO_BUSY_POLL_BUDGET, budget),
-        ] {
-            let v = value as libc::c_int;
-            // SAFETY: `v` is a readable c_int for the call; the fd is owned by self.
-            let rc = unsafe {
-                libc::setsockopt(
-                    self.fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    &v as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
+    /// Asks the kernel for preferred busy polling of the device queue from this socket's system
+    /// calls: `SO_PREFER_BUSY_POLL` = 1, `SO_BUSY_POLL` = `timeout_us`, `SO_BUSY_POLL_BUDGET` =
+    /// `budget`, in that order. On failure it returns the option refused with its error and
+    /// sets the two first back to 0 (the socket is as before).
+    ///
+    /// Typical errors: `EPERM` without `CAP_NET_ADMIN` (preferring busy polling, or a timeout
+    /// or budget above the `net.core.busy_read` default), `ENOPROTOOPT` on a kernel without
+    /// `CONFIG_NET_RX_BUSY_POLL`, `EINVAL` for a value the kernel does not take.
+    pub fn set_busy_poll(
+        &self,
+        timeout_us: u32,
+        budget: u32,
+    ) -> Result<(), (&'static str, io::Error)> {
+        let options = [
+            ("SO_PREFER_BUSY_POLL", libc::SO_PREFER_BUSY_POLL, 1u32),
+            ("SO_BUSY_POLL", libc::SO_BUSY_POLL, timeout_us),
+            ("SO_BUSY_POLL_BUDGET", libc::SO_BUSY_POLL_BUDGET, budget),
+        ];
+        for (name, opt, value) in options {
+            if let Err(e) = self.set_int_option(opt, value as libc::c_int) {
+                let _ = self.set_int_option(libc::SO_BUSY_POLL, 0);
+                let _ = self.set_int_option(libc::SO_PREFER_BUSY_POLL, 0);
+                return Err((name, e));
             }
         }
         Ok(())
+    }
+
+    fn set_int_option(&self, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+        // SAFETY: `v` is a readable c_int for the call; the fd is owned by self.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                opt,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The NAPI context the kernel marked the socket with (`SO_INCOMING_NAPI_ID`), 0 for none:
+    /// busy polling has something to drive only when this is set. The mark comes at bind when
+    /// the queue has a NAPI context, or with the first packet received through one (native
+    /// XDP); generic XDP has none.
+    pub fn napi_id(&self) -> io::Result<u32> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` is a writable c_int and `len` its size, both live for the call; the fd is
+        // owned by self.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_INCOMING_NAPI_ID,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(v as u32)
     }
 
     /// The socket's file descriptor (for `poll`, and as the XSKMAP value).
@@ -515,26 +627,59 @@ impl Xsk {
         self.fq.available()
     }
 
-    /// Puts up to `max` descriptors `(addr, len)` on the TX ring, asking `next` for each (it
-    /// returns `None` to stop early); no more are asked for than there are free slots. Returns
-    /// how many were put. They go out after a kick ([`Xsk::kick_tx`]) when the kernel wants one.
+    /// Puts packets on the TX ring, using at most `max` descriptors: `next(free, packet)` is
+    /// called with the slots still free and an empty `packet`, fills in that packet's
+    /// descriptors (at most `free` of them) and returns `true`, or returns `false` to stop.
+    /// Every descriptor but a packet's last goes with [`XDP_PKT_CONTD`] (which needs a socket
+    /// bound with [`XDP_USE_SG`]). Returns how many descriptors were put. They go out after a
+    /// kick ([`Xsk::kick_tx`]) when the kernel wants one.
+    ///
+    /// `free` is counted from the kernel's consumer index, read once at the start, so a
+    /// packet of `free` descriptors always fits. (xdpilone's own reservation reads that index
+    /// only when its cached view shows no slot at all, so it may offer fewer; then the part
+    /// written is committed and the rest reserved again, which makes it read the index.)
+    ///
+    /// Panics if `next` returns `true` with an empty packet or more descriptors than `free`
+    /// (a packet cut in two would be sent broken).
     #[inline]
-    pub fn tx_push(&mut self, max: u32, mut next: impl FnMut() -> Option<(u64, u32)>) -> u32 {
+    pub fn tx_push(&mut self, max: u32, mut next: impl FnMut(u32, &mut TxPacket) -> bool) -> u32 {
+        let max = max.min(self.tx_len.saturating_sub(self.tx.pending()));
         if max == 0 {
             return 0;
         }
         let mut write = self.tx.transmit(max);
-        let cap = write.capacity();
+        let mut room = write.capacity();
         let mut n = 0;
-        while n < cap {
-            let Some((addr, len)) = next() else { break };
-            let ok = write.insert_once(XdpDesc {
-                addr,
-                len,
-                options: 0,
-            });
-            debug_assert!(ok, "TX ring slot reserved but refused");
-            n += 1;
+        let mut packet = TxPacket::default();
+        while n < max {
+            packet.clear();
+            if !next(max - n, &mut packet) {
+                break;
+            }
+            assert!(
+                !packet.is_empty() && packet.len() as u32 <= max - n,
+                "TX packet of {} descriptors for {} free slots",
+                packet.len(),
+                max - n
+            );
+            let last = packet.len() - 1;
+            for (i, &(addr, len)) in packet.descs().iter().enumerate() {
+                if room == 0 {
+                    write.commit();
+                    drop(write);
+                    write = self.tx.transmit(max - n);
+                    room = write.capacity();
+                    assert!(room > 0, "TX ring slots counted free but not reservable");
+                }
+                let ok = write.insert_once(XdpDesc {
+                    addr,
+                    len,
+                    options: if i < last { XDP_PKT_CONTD } else { 0 },
+                });
+                debug_assert!(ok, "TX ring slot reserved but refused");
+                room -= 1;
+                n += 1;
+            }
         }
         write.commit();
         n

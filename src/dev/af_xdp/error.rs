@@ -135,11 +135,12 @@ pub enum XdpError {
         #[source]
         source: io::Error,
     },
-    /// The interface's MTU does not fit a UMEM frame.
+    /// The interface's MTU does not fit a UMEM frame, and multi-buffer cannot help.
     #[error(
         "interface {ifname} has MTU {mtu}, but a {frame_len}-byte UMEM frame holds frames of at \
-         most {capacity} bytes after its headroom (MTU + 14 must fit): use frame_len 4096, less \
-         headroom, or lower the interface's MTU"
+         most {capacity} bytes after its headroom (MTU + 14 must fit) and {why}: use frame_len \
+         4096, less headroom, or lower the interface's MTU to {mtu_fits} or less",
+        mtu_fits = .capacity.saturating_sub(14)
     )]
     MtuTooLarge {
         /// The interface.
@@ -150,6 +151,50 @@ pub enum XdpError {
         frame_len: usize,
         /// Longest Ethernet frame a UMEM frame holds.
         capacity: usize,
+        /// Why frames cannot be carried in several UMEM frames instead.
+        why: &'static str,
+    },
+    /// The MTU needs multi-buffer (frames in several UMEM frames) and the kernel or driver
+    /// refused a step of it.
+    #[error(
+        "interface {ifname} has MTU {mtu}: its frames do not fit one {frame_len}-byte UMEM frame \
+         ({capacity} bytes after the headroom), and carrying them in several (AF_XDP \
+         multi-buffer) failed when {step} ({source}); without multi-buffer, frames over \
+         {capacity} bytes are dropped by the kernel and TCP stalls. Lower the MTU to {mtu_fits} \
+         or less (`ip link set dev {ifname} mtu {mtu_fits}`), use frame_len 4096 if it is 2048, \
+         or run Linux 6.6 or later (multi-buffer in copy mode; zero-copy needs driver support)",
+        mtu_fits = .capacity.saturating_sub(14)
+    )]
+    MultiBufferRefused {
+        /// The interface.
+        ifname: String,
+        /// Its MTU.
+        mtu: usize,
+        /// The configured frame length.
+        frame_len: usize,
+        /// Longest Ethernet frame one UMEM frame holds.
+        capacity: usize,
+        /// What was refused.
+        step: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Busy polling was required ([`BusyPoll::On`](super::BusyPoll::On)) and the kernel
+    /// refused one of its socket options.
+    #[error(
+        "busy polling on {ifname} (BusyPoll::On): the kernel refused {option} ({source}); it \
+         needs CAP_NET_ADMIN and a kernel built with CONFIG_NET_RX_BUSY_POLL. BusyPoll::Auto \
+         falls back to the wakeup path instead"
+    )]
+    BusyPollRefused {
+        /// The interface.
+        ifname: String,
+        /// The socket option refused.
+        option: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
     },
     /// The UMEM pool could not be built.
     #[error("building the UMEM pool: {0}")]
@@ -229,6 +274,9 @@ pub(crate) fn attach_hint(attempts: &Attempts<AttachMode>) -> &'static str {
          detach it or use another interface"
     } else if attempts.any_errno(libc::EPERM) || attempts.any_errno(libc::EACCES) {
         "attaching needs CAP_NET_ADMIN (and CAP_BPF)"
+    } else if attempts.any_errno(libc::ERANGE) {
+        "the MTU (the veth peer's, on veth) is too large for native XDP with this program: \
+         lower it, or use XdpMode::Auto or XdpMode::Generic"
     } else if attempts.0.iter().all(|(m, _)| *m == AttachMode::Native) {
         "the driver has no native XDP for this interface (or its MTU is too large for it): \
          use XdpMode::Auto or XdpMode::Generic"
@@ -284,6 +332,30 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("now 8192 KiB"), "{s}");
+        let e = XdpError::MultiBufferRefused {
+            ifname: "eth1".into(),
+            mtu: 9000,
+            frame_len: 4096,
+            capacity: 3840,
+            step: "binding the socket with XDP_USE_SG",
+            source: os(libc::EINVAL),
+        };
+        let s = e.to_string();
+        for want in ["MTU 9000", "4096-byte", "XDP_USE_SG", "mtu 3826", "6.6"] {
+            assert!(s.contains(want), "{want}: {s}");
+        }
+        let e = XdpError::MtuTooLarge {
+            ifname: "eth1".into(),
+            mtu: 9000,
+            frame_len: 2048,
+            capacity: 1792,
+            why: "multi-buffer is off (XdpConfig::multi_buffer)",
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("1778 or less") && s.contains("multi_buffer"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -84,8 +84,15 @@ pub(super) fn map_error(ifname: &str, op: &'static str, source: io::Error) -> Xd
     }
 }
 
-pub(super) fn load_program(ifname: &str, insns: &[bpf::Insn]) -> Result<OwnedFd, XdpError> {
-    bpf::load_xdp_program(insns, PROGRAM_LICENSE, PROGRAM_NAME).map_err(|e| {
+/// Loads the program; `frags` loads it for multi-buffer packets (`BPF_F_XDP_HAS_FRAGS`: it
+/// reads only the Ethernet, IPv4 and ARP headers, which are in the first buffer).
+pub(super) fn load_program(
+    ifname: &str,
+    insns: &[bpf::Insn],
+    frags: bool,
+) -> Result<OwnedFd, XdpError> {
+    let flags = if frags { bpf::BPF_F_XDP_HAS_FRAGS } else { 0 };
+    bpf::load_xdp_program(insns, PROGRAM_LICENSE, PROGRAM_NAME, flags).map_err(|e| {
         match e.source.raw_os_error() {
             Some(libc::EPERM | libc::EACCES) if e.log.is_empty() => XdpError::PermissionDenied {
                 ifname: ifname.to_string(),
@@ -197,11 +204,13 @@ pub(super) fn attach(
     })
 }
 
-/// Binds the socket, zero-copy first when `zc` allows, retrying `EBUSY`.
+/// Binds the socket, zero-copy first when `zc` allows, retrying `EBUSY`; `sg` adds
+/// `XDP_USE_SG` (multi-buffer).
 pub(super) fn bind(
     xsk: &Xsk,
     config: &XdpConfig,
     zc: ZeroCopy,
+    sg: bool,
 ) -> Result<(BindMode, u32), XdpError> {
     let tries: &[BindMode] = match zc {
         ZeroCopy::Auto => &[BindMode::ZeroCopy, BindMode::Copy],
@@ -212,7 +221,7 @@ pub(super) fn bind(
         sys::XDP_USE_NEED_WAKEUP
     } else {
         0
-    };
+    } | if sg { sys::XDP_USE_SG } else { 0 };
     let mut attempts: Vec<(BindMode, io::Error)> = Vec::new();
     let mut retries_all = 0;
     for &m in tries {
