@@ -73,11 +73,13 @@
 
 pub mod control;
 mod device;
+mod frame;
 pub mod proto;
 pub mod ring;
 
 pub use control::ControlError;
 pub use device::MemifDevice;
+pub use frame::MemifFrame;
 
 use std::io;
 use std::path::PathBuf;
