@@ -29,7 +29,13 @@ pub enum Pass {
 
 impl Pass {
     /// Every pass, in index order.
-    pub const ALL: [Pass; 5] = [Pass::Store, Pass::Socket, Pass::Frame, Pass::Device, Pass::Read];
+    pub const ALL: [Pass; 5] = [
+        Pass::Store,
+        Pass::Socket,
+        Pass::Frame,
+        Pass::Device,
+        Pass::Read,
+    ];
 
     /// A short lower-case name for reports.
     pub fn name(self) -> &'static str {

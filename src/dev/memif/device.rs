@@ -964,6 +964,10 @@ impl<F: Carry> MemifDevice<F> {
                     if tx.len() == 1 && f.is_of(tx[0].slots()) {
                         self.stats.link.tx_packets += 1;
                         self.stats.link.tx_bytes += len as u64;
+                        self.stats.tx_in_place += 1;
+                        if f.pieces() > 1 {
+                            self.stats.tx_chains += 1;
+                        }
                         f.finish();
                     } else {
                         // Lent by an earlier connection's ring: nowhere to go.
@@ -1057,6 +1061,9 @@ impl<F: Carry> MemifDevice<F> {
                 crate::copies::count(crate::copies::Pass::Device, n);
                 copy
             };
+            if ClientTx::pieces(n, piece) > 1 {
+                self.stats.tx_chains += 1;
+            }
             r.push(&view, &self.pool, frame, piece);
             self.stats.link.tx_packets += 1;
             self.stats.link.tx_bytes += n as u64;

@@ -233,6 +233,16 @@ pub struct MemifStats {
     /// Ring `head`/`tail` values the peer moved beyond what the protocol allows; each ended the
     /// connection.
     pub bad_ring_index: u64,
+    /// Frames a server built in place, in buffers its client posted, and sent (no copy).
+    pub tx_in_place: u64,
+    /// Bytes a server copied from its own buffers into buffers its client posted (frames that
+    /// could not be built in place, or every frame of a device opened with
+    /// [`MemifDevice::open`]).
+    pub tx_copied_bytes: u64,
+    /// Frames sent over several descriptors (a chain).
+    pub tx_chains: u64,
+    /// Frames received over several descriptors (a chain).
+    pub rx_chains: u64,
     /// Connections established.
     pub connects: u64,
     /// Connections established after an earlier one ended.

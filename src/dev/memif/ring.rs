@@ -546,6 +546,9 @@ impl ClientRx {
                 stats.link.rx_errors += 1;
                 continue;
             }
+            if n > 1 {
+                stats.rx_chains += 1;
+            }
             match batch.push(F::from_pool(buf)) {
                 Ok(()) => {
                     got += 1;
@@ -698,6 +701,9 @@ impl ServerRx {
             } else if oversize || len < ETH_HEADER_LEN {
                 stats.link.rx_errors += 1;
             } else {
+                if cur.wrapping_sub(start) > 1 {
+                    stats.rx_chains += 1;
+                }
                 let _ = buf.set_len(len);
                 match batch.push(F::from_pool(buf)) {
                     Ok(()) => {
@@ -836,6 +842,11 @@ impl SlotFrame {
     /// earlier connection).
     pub(crate) fn is_of(&self, slots: &Arc<TxSlots>) -> bool {
         Arc::ptr_eq(&self.slots, slots)
+    }
+
+    /// Descriptors the frame takes.
+    pub(crate) fn pieces(&self) -> u16 {
+        self.count
     }
 
     /// Records the frame's length in its slots (a chain when it spans several). The lease ends
@@ -1062,9 +1073,13 @@ impl ServerTx {
                 break;
             }
         }
+        if slot.wrapping_sub(start) > 1 {
+            stats.tx_chains += 1;
+        }
         s.alloc.store(slot, Ordering::Release);
         stats.link.tx_packets += 1;
         stats.link.tx_bytes += data.len() as u64;
+        stats.tx_copied_bytes += data.len() as u64;
         Ok(CopyIn::Sent)
     }
 
