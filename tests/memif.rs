@@ -1149,7 +1149,7 @@ fn a_hostile_server_cannot_make_the_client_misbehave() {
 // ---------------------------------------------------------------------------------------------
 // 4. Either side first
 
-fn frame_with(dev: &mut MemifDevice, tag: u8, len: usize) -> PoolBuf {
+fn frame_with<D: PacketDevice>(dev: &mut D, tag: u8, len: usize) -> D::Frame {
     let mut f = dev.tx_alloc().expect("tx buffer");
     assert!(f.set_len(len));
     for (i, b) in f.data_mut().iter_mut().enumerate() {
@@ -1623,17 +1623,17 @@ fn dpdk_peer(dir: &Path) -> Result<PathBuf, String> {
 
 /// Sends frames of every length from 60 to 1514 bytes through a DPDK echo peer and checks what
 /// comes back, byte for byte and in order.
-fn echo_through(dev: &mut MemifDevice, frames: usize) {
+fn echo_through<D: PacketDevice>(dev: &mut D, frames: usize) {
     let len_of = |i: usize| 60 + (i * 37) % (1514 - 60 + 1);
     let (mut sent, mut back) = (0usize, 0usize);
-    let mut out: Batch<PoolBuf> = Batch::with_capacity(64);
-    let mut rx: Batch<PoolBuf> = Batch::with_capacity(64);
+    let mut out: Batch<D::Frame> = Batch::with_capacity(64);
+    let mut rx: Batch<D::Frame> = Batch::with_capacity(64);
     let start = WallInstant::now();
     while back < frames {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "{back} of {frames} frames came back; {:?}",
-            dev.memif_stats()
+            dev.stats()
         );
         while sent < frames && sent - back < 256 && !out.is_full() {
             let f = frame_with(dev, sent as u8, len_of(sent));
@@ -1644,9 +1644,9 @@ fn echo_through(dev: &mut MemifDevice, frames: usize) {
         dev.rx_burst(Instant::now(), &mut rx);
         while let Some(f) = rx.pop() {
             let i = back;
-            assert_eq!(f.len(), len_of(i), "frame {i}");
+            assert_eq!(f.data().len(), len_of(i), "frame {i}");
             assert!(
-                f.as_slice()
+                f.data()
                     .iter()
                     .enumerate()
                     .all(|(k, &b)| b == (i as u8) ^ (k as u8)),
@@ -1979,11 +1979,17 @@ fn a_hostile_client_cannot_get_frames_built_in_bad_buffers() {
     raw.send(0, &[arp_request(SERVER_IP)]);
     until_s2c_tail(&mut srv, &raw, 4);
     let stats = srv.dev().memif_stats();
-    assert_eq!(stats.rejected_desc, 3, "ring memory, empty, outside: {stats:?}");
+    assert_eq!(
+        stats.rejected_desc, 3,
+        "ring memory, empty, outside: {stats:?}"
+    );
     for s in 0..3 {
         assert_eq!(s2c.desc(s).length, 0, "slot {s} handed back empty");
     }
-    assert!(is_arp_reply(&raw, s2c.desc(3)), "the reply, copied into the short buffer");
+    assert!(
+        is_arp_reply(&raw, s2c.desc(3)),
+        "the reply, copied into the short buffer"
+    );
     assert_eq!(stats.tx_in_place, 0);
     assert_eq!(stats.tx_copied_bytes, u64::from(s2c.desc(3).length));
     let mut canary = [0u8; 64];
@@ -1999,7 +2005,11 @@ fn a_hostile_client_cannot_get_frames_built_in_bad_buffers() {
     until_s2c_tail(&mut srv, &raw, 7);
     let stats = srv.dev().memif_stats();
     assert!(is_arp_reply(&raw, s2c.desc(4)));
-    assert_eq!(s2c.desc(5).length, 0, "the overlapping buffer came back empty");
+    assert_eq!(
+        s2c.desc(5).length,
+        0,
+        "the overlapping buffer came back empty"
+    );
     assert!(is_arp_reply(&raw, s2c.desc(6)));
     assert_eq!(stats.rejected_desc, 4, "{stats:?}");
     assert_eq!(stats.tx_in_place, 2, "built in place: {stats:?}");
@@ -2013,7 +2023,10 @@ fn a_hostile_client_cannot_get_frames_built_in_bad_buffers() {
     c2s.set_head(3 + 16, Ordering::Release);
     let start = WallInstant::now();
     while c2s.tail(Ordering::Acquire) != 3 + 16 {
-        assert!(start.elapsed() < Duration::from_secs(5), "chain not handed back");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "chain not handed back"
+        );
         srv.step();
     }
     assert_eq!(srv.dev().memif_stats().rejected_desc, 5);
@@ -2052,8 +2065,14 @@ fn chained_64k_frames_carry_chunks_between_ustack_peers() {
             assert_eq!(st.link.tx_errors, 0);
         }
         // Full-sized segments went as chains each way (a 65014-byte frame takes 32 or 8).
-        assert!(c.tx_chains > 100 && s.rx_chains == c.tx_chains, "C2S chains");
-        assert!(s.tx_chains > 100 && c.rx_chains == s.tx_chains, "S2C chains");
+        assert!(
+            c.tx_chains > 100 && s.rx_chains == c.tx_chains,
+            "C2S chains"
+        );
+        assert!(
+            s.tx_chains > 100 && c.rx_chains == s.tx_chains,
+            "S2C chains"
+        );
         // The client's posted buffers are one 64 KiB pool buffer apart: never a run of
         // adjacent ones, so the server copied every frame.
         assert_eq!(s.tx_in_place, 0);
@@ -2102,9 +2121,19 @@ fn a_server_builds_frames_in_place_and_copies_nothing_to_send() {
     let (server, s) = server.join().unwrap();
     println!("{bytes} bytes verified\n  server copies {server}\n  {s:?}\n  client copies {client}\n  {c:?}");
     assert!(bytes >= 20 << 20);
-    assert!(s.link.tx_bytes >= bytes / 2, "the read phase's data went S2C");
-    assert!(s.tx_in_place > 0 && s.tx_in_place * 100 >= s.link.tx_packets * 99, "{s:?}");
-    assert_eq!(s.tx_chains + c.tx_chains, 0, "whole frames in whole buffers");
+    assert!(
+        s.link.tx_bytes >= bytes / 2,
+        "the read phase's data went S2C"
+    );
+    assert!(
+        s.tx_in_place > 0 && s.tx_in_place * 100 >= s.link.tx_packets * 99,
+        "{s:?}"
+    );
+    assert_eq!(
+        s.tx_chains + c.tx_chains,
+        0,
+        "whole frames in whole buffers"
+    );
     if ustack::copies::ENABLED {
         use ustack::copies::Pass;
         assert_eq!(
@@ -2112,7 +2141,72 @@ fn a_server_builds_frames_in_place_and_copies_nothing_to_send() {
             s.link.rx_bytes + s.tx_copied_bytes,
             "server: receiving copies, sending in place does not"
         );
-        assert_eq!(client.get(Pass::Device), 0, "client: its own buffers both ways");
+        assert_eq!(
+            client.get(Pass::Device),
+            0,
+            "client: its own buffers both ways"
+        );
         assert!(server.get(Pass::Frame) >= bytes / 2);
+    }
+}
+
+/// A server building frames in place in the mbufs a DPDK net_memif client posts (2048-byte
+/// buffers, 1514-byte frames), copy and zero-copy client modes.
+#[test]
+fn in_place_server_with_a_dpdk_client() {
+    let dir = TestDir::new("dpdk-inplace");
+    let peer = match dpdk_peer(&dir.0) {
+        Ok(p) => p,
+        Err(e) => {
+            common::skip(&e);
+            return;
+        }
+    };
+    for zero_copy in [false, true] {
+        let path = dir.socket();
+        let vdev = format!(
+            "net_memif0,role=client,id=3,socket={},socket-abstract=no,rsize=10,bsize=2048,\
+             zero-copy={}",
+            path.display(),
+            if zero_copy { "yes" } else { "no" }
+        );
+        let mut cfg = memif_cfg(&path, MemifRole::Server);
+        cfg.interface_id = 3;
+        let mut dev = MemifDevice::open_in_place(&cfg).unwrap();
+        let mut cmd = Command::new(&peer);
+        cmd.args([vdev.as_str(), "60"])
+            .args(zero_copy.then_some("--single-file-segments"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut dpdk = spawn_command(cmd, "dpdk-client");
+        let mut scratch = Batch::with_capacity(64);
+        let start = WallInstant::now();
+        while !dev.link_up() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no link with DPDK: {:?}",
+                dev.last_error()
+            );
+            dev.rx_burst(Instant::now(), &mut scratch);
+        }
+        echo_through(&mut dev, 20_000);
+        let stats = dev.memif_stats();
+        println!("in place, DPDK client zero-copy {zero_copy}: {stats:?}");
+        assert_eq!(stats.rejected_desc, 0);
+        assert_eq!(stats.link.rx_errors, 0);
+        assert!(
+            stats.tx_in_place * 10 >= stats.link.tx_packets * 9,
+            "frames built in DPDK's buffers: {stats:?}"
+        );
+        dpdk.kill();
+        let start = WallInstant::now();
+        while dev.link_up() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "DPDK's death not noticed"
+            );
+            dev.rx_burst(Instant::now(), &mut scratch);
+        }
+        assert_eq!(dev.mapped_regions(), 0);
     }
 }
