@@ -18,8 +18,9 @@
 //! - **C2S** (client → server): the client fills descriptors (buffer, length) and advances
 //!   `head`; the server copies the frames out and advances `tail` to hand the slots back.
 //! - **S2C** (server → client): the client posts empty buffers (offset, capacity in `length`) and
-//!   advances `head`; the server copies a frame into each, writes the length (and `NEXT` for a
-//!   frame spread over several buffers) and advances `tail`.
+//!   advances `head`; the server writes a frame into each — in place (`ServerTx::lend`) or by
+//!   copying (`ServerTx::copy_in`) — then the length (and `NEXT` for a frame spread over
+//!   several buffers) and advances `tail`.
 //!
 //! The receiver of a ring sets `MASK_INT` in its `flags` when it polls; otherwise the sender
 //! writes 1 to the ring's eventfd after moving frames.
