@@ -633,6 +633,57 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "no memfd or mmap under Miri")]
+    fn leases_atomics_and_copies_never_share_bytes() {
+        let a = SharedRegion::create(16384, PageSize::Base4K, "ustack-shm-lease").unwrap();
+        let fd = a.fd().unwrap().try_clone_to_owned().unwrap();
+        let b = Arc::new(SharedRegion::map_fd(fd, 16384).unwrap());
+        assert_eq!(a.file_id(), b.file_id(), "one file");
+        assert!(b.lease(0, 100).is_none(), "no room prepared");
+        assert!(b.prepare_leases(4));
+        // Atomics reserve their bytes for good.
+        assert!(b.atomic_u32s(0, 32).is_some());
+        assert!(b.lease(64, 100).is_none(), "over ring atomics");
+        let mut l = b.lease(4096, 1000).unwrap();
+        assert!(b.lease(4096 + 999, 10).is_none(), "overlaps a lease");
+        assert!(b.lease(4000, 97).is_none());
+        let l2 = b.lease(4096 + 1000, 10).expect("adjacent is fine");
+        assert!(
+            b.atomic_u16s(4096 + 10, 1).is_none(),
+            "atomics over a lease"
+        );
+        assert!(!b.write(4096 + 500, b"x"), "copies over a lease");
+        let mut x = [0u8; 2];
+        assert!(!b.read(4095, &mut x));
+        assert!(b.read(4094, &mut x), "next to it");
+        assert!(b.lease(16384 - 10, 11).is_none(), "past the end");
+        assert!(b.lease(usize::MAX, 2).is_none());
+        assert!(!b.prepare_leases(8), "not while leases are held");
+        l.as_mut_slice().fill(7);
+        let mut got = [0u8; 3];
+        assert!(
+            a.read(4096 + 997, &mut got),
+            "the other mapping has no leases"
+        );
+        assert_eq!(got, [7; 3]);
+        // Shrinking frees the tail; dropping frees the rest.
+        l.shrink(10);
+        assert_eq!(l.as_slice().len(), 10);
+        assert!(b.write(4096 + 500, b"y"));
+        assert_eq!(b.leases(), 2);
+        drop((l, l2));
+        assert_eq!(b.leases(), 0);
+        assert!(b.write(4096, b"z"));
+        // Room is bounded.
+        let held: Vec<ShmLease> = (0..4)
+            .map(|i| b.lease(8192 + i * 100, 100).unwrap())
+            .collect();
+        assert!(b.lease(12000, 100).is_none(), "four leases at most");
+        drop(held);
+        assert!(b.lease(12000, 100).is_some());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "no memfd or mmap under Miri")]
     fn a_peer_cannot_claim_more_than_the_file_holds() {
         let a = SharedRegion::create(4096, PageSize::Base4K, "ustack-shm-short").unwrap();
         let fd = a.fd().unwrap().try_clone_to_owned().unwrap();
