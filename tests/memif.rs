@@ -38,7 +38,7 @@ use ustack::chunk::{
 };
 use ustack::dev::memif::proto::{self, AddRegion, AddRing, Hello, Init, Msg, Name};
 use ustack::dev::memif::ring::{ring_len, Desc, RingView, DESC_FLAG_NEXT};
-use ustack::dev::memif::{MemifConfig, MemifDevice, MemifRole, MemifState};
+use ustack::dev::memif::{MemifConfig, MemifDevice, MemifFrame, MemifRole, MemifState};
 use ustack::mem::shm::SharedRegion;
 use ustack::proto::{ChunkId, Reply};
 use ustack::stack::{MacAddr, Stack, StackConfig};
@@ -155,16 +155,23 @@ impl Idle {
     }
 }
 
-/// A chunk server over memif.
+/// The server's device: it builds outgoing frames in the buffers its client posted.
+type ServerDev = MemifDevice<MemifFrame>;
+
+/// A chunk server over memif (in place).
 struct ServerRig {
-    stack: Stack<MemifDevice>,
+    stack: Stack<ServerDev>,
     server: ChunkServer<Arc<MemStore>>,
     idle: Idle,
 }
 
 impl ServerRig {
     fn new(socket: &Path) -> ServerRig {
-        let dev = MemifDevice::open(&memif_cfg(socket, MemifRole::Server)).expect("memif server");
+        ServerRig::with(memif_cfg(socket, MemifRole::Server))
+    }
+
+    fn with(cfg: MemifConfig) -> ServerRig {
+        let dev = MemifDevice::open_in_place(&cfg).expect("memif server");
         let mut stack = Stack::new(dev, stack_cfg(SERVER_IP, SERVER_MAC)).expect("stack");
         let server = ChunkServer::bind(
             &mut stack,
@@ -187,7 +194,7 @@ impl ServerRig {
         busy
     }
 
-    fn dev(&self) -> &MemifDevice {
+    fn dev(&self) -> &ServerDev {
         self.stack.device()
     }
 }
@@ -202,7 +209,11 @@ struct ClientRig {
 
 impl ClientRig {
     fn new(socket: &Path, request_timeout: Duration) -> ClientRig {
-        let dev = MemifDevice::open(&memif_cfg(socket, MemifRole::Client)).expect("memif client");
+        ClientRig::with(memif_cfg(socket, MemifRole::Client), request_timeout)
+    }
+
+    fn with(cfg: MemifConfig, request_timeout: Duration) -> ClientRig {
+        let dev = MemifDevice::open(&cfg).expect("memif client");
         let stack = Stack::new(dev, stack_cfg(CLIENT_IP, CLIENT_MAC)).expect("stack");
         ClientRig {
             stack,
@@ -1138,7 +1149,7 @@ fn a_hostile_server_cannot_make_the_client_misbehave() {
 // ---------------------------------------------------------------------------------------------
 // 4. Either side first
 
-fn frame_with(dev: &mut MemifDevice, tag: u8, len: usize) -> PoolBuf {
+fn frame_with<D: PacketDevice>(dev: &mut D, tag: u8, len: usize) -> D::Frame {
     let mut f = dev.tx_alloc().expect("tx buffer");
     assert!(f.set_len(len));
     for (i, b) in f.data_mut().iter_mut().enumerate() {
@@ -1612,17 +1623,17 @@ fn dpdk_peer(dir: &Path) -> Result<PathBuf, String> {
 
 /// Sends frames of every length from 60 to 1514 bytes through a DPDK echo peer and checks what
 /// comes back, byte for byte and in order.
-fn echo_through(dev: &mut MemifDevice, frames: usize) {
+fn echo_through<D: PacketDevice>(dev: &mut D, frames: usize) {
     let len_of = |i: usize| 60 + (i * 37) % (1514 - 60 + 1);
     let (mut sent, mut back) = (0usize, 0usize);
-    let mut out: Batch<PoolBuf> = Batch::with_capacity(64);
-    let mut rx: Batch<PoolBuf> = Batch::with_capacity(64);
+    let mut out: Batch<D::Frame> = Batch::with_capacity(64);
+    let mut rx: Batch<D::Frame> = Batch::with_capacity(64);
     let start = WallInstant::now();
     while back < frames {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "{back} of {frames} frames came back; {:?}",
-            dev.memif_stats()
+            dev.stats()
         );
         while sent < frames && sent - back < 256 && !out.is_full() {
             let f = frame_with(dev, sent as u8, len_of(sent));
@@ -1633,9 +1644,9 @@ fn echo_through(dev: &mut MemifDevice, frames: usize) {
         dev.rx_burst(Instant::now(), &mut rx);
         while let Some(f) = rx.pop() {
             let i = back;
-            assert_eq!(f.len(), len_of(i), "frame {i}");
+            assert_eq!(f.data().len(), len_of(i), "frame {i}");
             assert!(
-                f.as_slice()
+                f.data()
                     .iter()
                     .enumerate()
                     .all(|(k, &b)| b == (i as u8) ^ (k as u8)),
@@ -1798,5 +1809,404 @@ fn several_queue_pairs_carry_flows_in_order() {
                 got += 1;
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Big frames, chains, and frames built in place
+
+/// A raw memif client (handshake by hand) with a 16-slot ring pair in region 0 and a 256 KiB
+/// data region 1, for feeding a server whatever descriptors a test wants.
+struct RawClient {
+    /// The control connection (dropping it ends the link).
+    _sock: SeqPacket,
+    rings: SharedRegion,
+    data: SharedRegion,
+}
+
+const RAW_LOG2: u8 = 4;
+
+impl RawClient {
+    fn connect(socket: &Path, mut pump: impl FnMut()) -> RawClient {
+        let sock = SeqPacket::connect(&UnixAddr::Path(socket.to_path_buf())).expect("connect");
+        let (hello, _) = recv_msg(&sock, &mut pump).unwrap();
+        assert!(matches!(hello, Msg::Hello(_)), "{hello:?}");
+        send_msg(
+            &sock,
+            Msg::Init(Init {
+                version: proto::VERSION,
+                id: 0,
+                mode: proto::MODE_ETHERNET,
+                secret: [0; 24],
+                name: Name::new("raw"),
+            }),
+            None,
+        );
+        assert_eq!(recv_msg(&sock, &mut pump).unwrap().0, Msg::Ack);
+        let rings =
+            SharedRegion::create(2 * ring_len(RAW_LOG2), PageSize::Base4K, "raw-rings").unwrap();
+        let data = SharedRegion::create(256 << 10, PageSize::Base4K, "raw-data").unwrap();
+        RingView::new(&rings, 0, RAW_LOG2).unwrap().init(0);
+        RingView::new(&rings, ring_len(RAW_LOG2), RAW_LOG2)
+            .unwrap()
+            .init(0);
+        for (i, r) in [&rings, &data].into_iter().enumerate() {
+            send_msg(
+                &sock,
+                Msg::AddRegion(AddRegion {
+                    index: i as u16,
+                    size: r.len() as u64,
+                }),
+                r.fd(),
+            );
+            assert_eq!(recv_msg(&sock, &mut pump).unwrap().0, Msg::Ack);
+        }
+        let efd = sys::eventfd().unwrap();
+        for (flags, offset) in [
+            (proto::ADD_RING_FLAG_C2S, 0),
+            (0, ring_len(RAW_LOG2) as u32),
+        ] {
+            send_msg(
+                &sock,
+                Msg::AddRing(AddRing {
+                    flags,
+                    index: 0,
+                    region: 0,
+                    offset,
+                    log2_ring_size: RAW_LOG2,
+                    private_hdr_size: 0,
+                }),
+                Some(efd.as_fd()),
+            );
+            assert_eq!(recv_msg(&sock, &mut pump).unwrap().0, Msg::Ack);
+        }
+        send_msg(&sock, Msg::Connect(Name::new("raw0")), None);
+        assert!(matches!(
+            recv_msg(&sock, &mut pump).unwrap().0,
+            Msg::Connected(_)
+        ));
+        RawClient {
+            _sock: sock,
+            rings,
+            data,
+        }
+    }
+
+    fn c2s(&self) -> RingView<'_> {
+        RingView::new(&self.rings, 0, RAW_LOG2).unwrap()
+    }
+
+    fn s2c(&self) -> RingView<'_> {
+        RingView::new(&self.rings, ring_len(RAW_LOG2), RAW_LOG2).unwrap()
+    }
+
+    /// Sends `frames` (each written at 4096 * (i + 1) of the data region) in C2S slots from
+    /// `slot` on, published together.
+    fn send(&self, slot: u16, frames: &[Vec<u8>]) {
+        let c2s = self.c2s();
+        for (i, f) in frames.iter().enumerate() {
+            let off = 4096 * (i + 1);
+            assert!(self.data.write(off, f));
+            c2s.set_desc(slot + i as u16, &desc(1, off as u32, f.len() as u32, 0));
+        }
+        c2s.set_head(slot + frames.len() as u16, Ordering::Release);
+    }
+}
+
+fn desc(region: u16, offset: u32, length: u32, flags: u16) -> Desc {
+    Desc {
+        flags,
+        region,
+        length,
+        offset,
+        metadata: 0,
+    }
+}
+
+/// Polls the server until the S2C tail reaches `tail`.
+fn until_s2c_tail(srv: &mut ServerRig, raw: &RawClient, tail: u16) {
+    let start = WallInstant::now();
+    while raw.s2c().tail(Ordering::Acquire) != tail {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "S2C tail {} not {tail}: {:?}",
+            raw.s2c().tail(Ordering::Acquire),
+            srv.dev().memif_stats()
+        );
+        srv.step();
+    }
+}
+
+fn is_arp_reply(raw: &RawClient, d: Desc) -> bool {
+    let mut got = vec![0u8; d.length as usize];
+    d.region == 1
+        && d.length >= 42
+        && raw.data.read(d.offset as usize, &mut got)
+        && got[12..14] == [0x08, 0x06]
+        && got[20..22] == [0, 2]
+        && got[28..32] == SERVER_IP.octets()
+}
+
+/// Buffers a client posts for the server to build frames in: the server uses them only when
+/// they are inside the client's regions, clear of its rings and of each other, and long
+/// enough; the rest come back empty and are counted; short ones get frames copied in, never
+/// written past their length.
+#[test]
+fn a_hostile_client_cannot_get_frames_built_in_bad_buffers() {
+    let dir = TestDir::new("inplace");
+    let socket = dir.socket();
+    let mut srv = ServerRig::new(&socket);
+    let raw = RawClient::connect(&socket, || {
+        srv.step();
+    });
+    assert_eq!(srv.dev().state(), MemifState::Up);
+    let s2c = raw.s2c();
+    // Slot 0: the client's ring memory; 1: empty; 2: outside region 1; 3: 1000 bytes (shorter
+    // than a 1514-byte frame, with nothing adjacent); 4: a good 2048-byte buffer at 64 KiB.
+    let posted = [
+        desc(0, 0, 2048, 0),
+        desc(1, 0x20000, 0, 0),
+        desc(1, (256 << 10) - 100, 2048, 0),
+        desc(1, 0x30000, 1000, 0),
+        desc(1, 0x10000, 2048, 0),
+    ];
+    for (s, d) in posted.iter().enumerate() {
+        s2c.set_desc(s as u16, d);
+    }
+    // A canary right after the short buffer: never written.
+    assert!(raw.data.write(0x30000 + 1000, &[0xEE; 64]));
+    s2c.set_head(posted.len() as u16, Ordering::Release);
+    raw.send(0, &[arp_request(SERVER_IP)]);
+    until_s2c_tail(&mut srv, &raw, 4);
+    let stats = srv.dev().memif_stats();
+    assert_eq!(
+        stats.rejected_desc, 3,
+        "ring memory, empty, outside: {stats:?}"
+    );
+    for s in 0..3 {
+        assert_eq!(s2c.desc(s).length, 0, "slot {s} handed back empty");
+    }
+    assert!(
+        is_arp_reply(&raw, s2c.desc(3)),
+        "the reply, copied into the short buffer"
+    );
+    assert_eq!(stats.tx_in_place, 0);
+    assert_eq!(stats.tx_copied_bytes, u64::from(s2c.desc(3).length));
+    let mut canary = [0u8; 64];
+    assert!(raw.data.read(0x30000 + 1000, &mut canary));
+    assert_eq!(canary, [0xEE; 64]);
+
+    // Two requests at once: two replies are built before either is sent. Slot 5 overlaps the
+    // good buffer of slot 4 lent for the first reply, so the second goes to slot 6.
+    s2c.set_desc(5, &desc(1, 0x10000 + 1024, 2048, 0));
+    s2c.set_desc(6, &desc(1, 0x18000, 2048, 0));
+    s2c.set_head(7, Ordering::Release);
+    raw.send(1, &[arp_request(SERVER_IP), arp_request(SERVER_IP)]);
+    until_s2c_tail(&mut srv, &raw, 7);
+    let stats = srv.dev().memif_stats();
+    assert!(is_arp_reply(&raw, s2c.desc(4)));
+    assert_eq!(
+        s2c.desc(5).length,
+        0,
+        "the overlapping buffer came back empty"
+    );
+    assert!(is_arp_reply(&raw, s2c.desc(6)));
+    assert_eq!(stats.rejected_desc, 4, "{stats:?}");
+    assert_eq!(stats.tx_in_place, 2, "built in place: {stats:?}");
+    assert_eq!(stats.link.rx_packets, 3);
+
+    // C2S: a chain whose tail never comes, filling the ring: rejected, every slot handed back.
+    let c2s = raw.c2s();
+    for s in 3..3 + 16u16 {
+        c2s.set_desc(s, &desc(1, 4096, 20, DESC_FLAG_NEXT));
+    }
+    c2s.set_head(3 + 16, Ordering::Release);
+    let start = WallInstant::now();
+    while c2s.tail(Ordering::Acquire) != 3 + 16 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "chain not handed back"
+        );
+        srv.step();
+    }
+    assert_eq!(srv.dev().memif_stats().rejected_desc, 5);
+    assert_eq!(srv.dev().state(), MemifState::Up);
+    drop(raw);
+}
+
+/// A server and a client with a 65000-byte MTU, the client's buffers smaller than a frame:
+/// frames of up to 65014 bytes cross as chains of 2048- or 9216-byte descriptors both ways,
+/// and tens of MiB of chunks come back intact.
+#[test]
+fn chained_64k_frames_carry_chunks_between_ustack_peers() {
+    for piece in [2048, 9216] {
+        let dir = TestDir::new("chains");
+        let socket = dir.socket();
+        let mut scfg = memif_cfg(&socket, MemifRole::Server);
+        scfg.mtu = 65000;
+        let mut srv = ServerRig::with(scfg);
+        let mut ccfg = memif_cfg(&socket, MemifRole::Client);
+        ccfg.mtu = 65000;
+        ccfg.buffer_size = piece;
+        ccfg.pool_frames = Some(1024);
+        let mut cli = ClientRig::with(ccfg, Duration::from_secs(60));
+        cli.wait_link(Some(&mut srv), Duration::from_secs(20))
+            .unwrap();
+        cli.connect(Some(&mut srv)).unwrap();
+        let bytes = cli
+            .round_trip(Some(&mut srv), 96, 4 << 20, 7 + piece as u64, 8, |_| {})
+            .unwrap();
+        let (s, c) = (srv.dev().memif_stats(), cli.dev().memif_stats());
+        println!("buffers of {piece}: {bytes} bytes verified\n  server {s:?}\n  client {c:?}");
+        assert!(bytes >= 20 << 20, "tens of MiB: {bytes}");
+        for st in [s, c] {
+            assert_eq!(st.rejected_desc, 0);
+            assert_eq!(st.link.rx_errors, 0);
+            assert_eq!(st.link.tx_errors, 0);
+        }
+        // Full-sized segments went as chains each way (a 65014-byte frame takes 32 or 8).
+        assert!(
+            c.tx_chains > 100 && s.rx_chains == c.tx_chains,
+            "C2S chains"
+        );
+        assert!(
+            s.tx_chains > 100 && c.rx_chains == s.tx_chains,
+            "S2C chains"
+        );
+        // The client's posted buffers are one 64 KiB pool buffer apart: never a run of
+        // adjacent ones, so the server copied every frame.
+        assert_eq!(s.tx_in_place, 0);
+        assert_eq!(s.tx_copied_bytes, s.link.tx_bytes);
+    }
+}
+
+/// The copy budget of a memif link between ustack peers, with the examples' 65000-byte MTU in
+/// whole 64 KiB buffers: on the server, `Pass::Device` counts exactly the bytes it received
+/// (copied out of the client's buffers) and the bytes of the rare frame that could not be
+/// built in place; every frame built in place costs no device pass. The client counts none.
+#[test]
+fn a_server_builds_frames_in_place_and_copies_nothing_to_send() {
+    let dir = TestDir::new("copies");
+    let socket = dir.socket();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (socket, stop) = (socket.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut cfg = memif_cfg(&socket, MemifRole::Server);
+            cfg.mtu = 65000;
+            let mut srv = ServerRig::with(cfg);
+            let before = ustack::copies::snapshot();
+            while !stop.load(Ordering::Acquire) {
+                srv.step();
+            }
+            (
+                ustack::copies::snapshot().since(&before),
+                srv.dev().memif_stats(),
+            )
+        })
+    };
+    let mut ccfg = memif_cfg(&socket, MemifRole::Client);
+    ccfg.mtu = 65000;
+    ccfg.buffer_size = 65024;
+    ccfg.pool_frames = Some(1024);
+    let mut cli = ClientRig::with(ccfg, Duration::from_secs(60));
+    cli.wait_link(None, Duration::from_secs(20)).unwrap();
+    cli.connect(None).unwrap();
+    let before = ustack::copies::snapshot();
+    let bytes = cli.round_trip(None, 96, 4 << 20, 11, 8, |_| {}).unwrap();
+    let client = ustack::copies::snapshot().since(&before);
+    let c = cli.dev().memif_stats();
+    drop(cli);
+    stop.store(true, Ordering::Release);
+    let (server, s) = server.join().unwrap();
+    println!("{bytes} bytes verified\n  server copies {server}\n  {s:?}\n  client copies {client}\n  {c:?}");
+    assert!(bytes >= 20 << 20);
+    assert!(
+        s.link.tx_bytes >= bytes / 2,
+        "the read phase's data went S2C"
+    );
+    assert!(
+        s.tx_in_place > 0 && s.tx_in_place * 100 >= s.link.tx_packets * 99,
+        "{s:?}"
+    );
+    assert_eq!(
+        s.tx_chains + c.tx_chains,
+        0,
+        "whole frames in whole buffers"
+    );
+    if ustack::copies::ENABLED {
+        use ustack::copies::Pass;
+        assert_eq!(
+            server.get(Pass::Device),
+            s.link.rx_bytes + s.tx_copied_bytes,
+            "server: receiving copies, sending in place does not"
+        );
+        assert_eq!(
+            client.get(Pass::Device),
+            0,
+            "client: its own buffers both ways"
+        );
+        assert!(server.get(Pass::Frame) >= bytes / 2);
+    }
+}
+
+/// A server building frames in place in the mbufs a DPDK net_memif client posts (2048-byte
+/// buffers, 1514-byte frames), copy and zero-copy client modes.
+#[test]
+fn in_place_server_with_a_dpdk_client() {
+    let dir = TestDir::new("dpdk-inplace");
+    let peer = match dpdk_peer(&dir.0) {
+        Ok(p) => p,
+        Err(e) => {
+            common::skip(&e);
+            return;
+        }
+    };
+    for zero_copy in [false, true] {
+        let path = dir.socket();
+        let vdev = format!(
+            "net_memif0,role=client,id=3,socket={},socket-abstract=no,rsize=10,bsize=2048,\
+             zero-copy={}",
+            path.display(),
+            if zero_copy { "yes" } else { "no" }
+        );
+        let mut cfg = memif_cfg(&path, MemifRole::Server);
+        cfg.interface_id = 3;
+        let mut dev = MemifDevice::open_in_place(&cfg).unwrap();
+        let mut cmd = Command::new(&peer);
+        cmd.args([vdev.as_str(), "60"])
+            .args(zero_copy.then_some("--single-file-segments"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut dpdk = spawn_command(cmd, "dpdk-client");
+        let mut scratch = Batch::with_capacity(64);
+        let start = WallInstant::now();
+        while !dev.link_up() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no link with DPDK: {:?}",
+                dev.last_error()
+            );
+            dev.rx_burst(Instant::now(), &mut scratch);
+        }
+        echo_through(&mut dev, 20_000);
+        let stats = dev.memif_stats();
+        println!("in place, DPDK client zero-copy {zero_copy}: {stats:?}");
+        assert_eq!(stats.rejected_desc, 0);
+        assert_eq!(stats.link.rx_errors, 0);
+        assert!(
+            stats.tx_in_place * 10 >= stats.link.tx_packets * 9,
+            "frames built in DPDK's buffers: {stats:?}"
+        );
+        dpdk.kill();
+        let start = WallInstant::now();
+        while dev.link_up() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "DPDK's death not noticed"
+            );
+            dev.rx_burst(Instant::now(), &mut scratch);
+        }
+        assert_eq!(dev.mapped_regions(), 0);
     }
 }

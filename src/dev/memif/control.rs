@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::mem::shm::SharedRegion;
 use crate::mem::{MemError, PageSize};
@@ -71,6 +72,12 @@ pub enum ControlError {
     /// Regions must be announced in order, within the limit.
     #[error("Invalid region index")]
     RegionIndex {
+        /// The index announced.
+        index: u16,
+    },
+    /// A region whose memory file was already announced as another region.
+    #[error("Region file already mapped")]
+    RegionDuplicate {
         /// The index announced.
         index: u16,
     },
@@ -129,7 +136,7 @@ pub enum ControlError {
 #[derive(Debug)]
 pub(crate) struct Established {
     /// Mapped regions: the peer's (server), or our ring region (client; index 0).
-    pub(crate) regions: Vec<SharedRegion>,
+    pub(crate) regions: Vec<Arc<SharedRegion>>,
     /// Client-to-server rings, by index.
     pub(crate) c2s: Vec<RingLoc>,
     /// Server-to-client rings, by index.
@@ -272,6 +279,11 @@ impl ServerHandshake {
             return Err(ControlError::RegionSize { size: r.size });
         }
         let region = SharedRegion::map_fd(fd, r.size as usize).map_err(ControlError::RegionMap)?;
+        // One file announced twice would map the same bytes at two addresses: a buffer could
+        // then be lent twice, or overlap a ring, without the regions seeing it.
+        if self.regions.iter().any(|m| m.file_id() == region.file_id()) {
+            return Err(ControlError::RegionDuplicate { index: r.index });
+        }
         self.regions.push(region);
         Ok(())
     }
@@ -338,9 +350,13 @@ impl ServerHandshake {
         let s2c = take(&mut self.s2c)?;
         for (list, is_c2s) in [(&c2s, true), (&s2c, false)] {
             for (index, loc) in list.iter().enumerate() {
-                let view = loc.view(&self.regions).ok_or(ControlError::Ring {
-                    reason: "ring does not fit its region",
-                })?;
+                let view = self
+                    .regions
+                    .get(usize::from(loc.region))
+                    .and_then(|r| RingView::new(r, loc.offset, loc.log2))
+                    .ok_or(ControlError::Ring {
+                        reason: "ring does not fit its region",
+                    })?;
                 if view.cookie() != super::proto::COOKIE {
                     return Err(ControlError::Cookie { index, c2s: is_c2s });
                 }
@@ -353,7 +369,10 @@ impl ServerHandshake {
             }
         }
         Ok(ServerStep::Connected(Established {
-            regions: std::mem::take(&mut self.regions),
+            regions: std::mem::take(&mut self.regions)
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
             c2s,
             s2c,
             peer_name: self.peer_name.unwrap_or(Name([0; 32])),
@@ -428,7 +447,7 @@ impl ClientHandshake {
                     }
                 }
                 Ok(ClientStep::Connected(Established {
-                    regions: vec![region],
+                    regions: vec![Arc::new(region)],
                     c2s,
                     s2c,
                     peer_name: self.peer_name.unwrap_or(Name([0; 32])),

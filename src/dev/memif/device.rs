@@ -1,9 +1,11 @@
 //! The memif device: connection lifecycle (listen or connect with backoff, handshake, teardown)
 //! and the [`PacketDevice`] data path over the rings.
 
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dev::{Batch, ChecksumCaps, DeviceCaps, Frame, PacketDevice, ETH_HEADER_LEN};
@@ -17,16 +19,27 @@ use super::control::{
     ClientHandshake, ClientParams, ClientStep, ControlError, Established, ServerHandshake,
     ServerParams, ServerStep,
 };
+use super::frame::{Carry, MemifFrame, Parts};
 use super::proto::{secret_field, Disconnect, Msg, Name, MSG_LEN, SECRET_LEN};
-use super::ring::{self, ClientRx, ClientTx, RingFault, ServerRx, ServerTx, RING_FLAG_MASK_INT};
+use super::ring::{
+    self, ClientRx, ClientTx, CopyIn, PendingCopy, RingFault, ServerRx, ServerTx,
+    RING_FLAG_MASK_INT,
+};
 use super::{MemifConfig, MemifError, MemifRole, MemifState, MemifStats};
 
 /// Control messages read per service call (a handshake needs about ten).
 const CONTROL_MSGS_PER_CALL: usize = 16;
 /// Extra frames in a client's pool beyond two per ring slot, for frames the stack holds.
 const CLIENT_POOL_SPARE: usize = 1024;
-/// Frames in a server's private pool by default.
+/// Most frames in a server's private pool by default.
 const SERVER_POOL_FRAMES: usize = 4096;
+/// Fewest frames in a server's private pool by default.
+const SERVER_POOL_FRAMES_MIN: usize = 512;
+/// Bytes a server's private pool takes by default at most, beyond its minimum of frames
+/// (4096 frames of 1536 bytes, but 1032 of 64 KiB).
+const SERVER_POOL_BYTES: usize = 64 << 20;
+/// Smallest buffer a client posts (bytes per descriptor).
+const BUFFER_SIZE_MIN: usize = 128;
 /// Largest shared buffer region of a client: buffer offsets are 32-bit, and rounding the region
 /// up to whole hugepages must not take it past that.
 const POOL_LEN_MAX: usize = 1 << 31;
@@ -49,13 +62,13 @@ enum Phase {
 enum DataPath {
     Client {
         /// Region 0: our rings (region 1, the buffers, is the pool and outlives connections).
-        rings: SharedRegion,
+        rings: Arc<SharedRegion>,
         tx: Vec<ClientTx>,
         rx: Vec<ClientRx>,
     },
     Server {
-        /// The client's regions, mapped.
-        regions: Vec<SharedRegion>,
+        /// The client's regions, mapped (frames lent in place keep theirs mapped).
+        regions: Vec<Arc<SharedRegion>>,
         rx: Vec<ServerRx>,
         tx: Vec<ServerTx>,
     },
@@ -69,10 +82,16 @@ struct SocketFile {
 }
 
 /// A memif interface (see the [module documentation](super)).
-pub struct MemifDevice {
+///
+/// `F` is its frame type: [`PoolBuf`] ([`MemifDevice::open`]: every frame in the device's own
+/// pool), or [`MemifFrame`] ([`MemifDevice::open_in_place`]: a server builds outgoing frames
+/// in the buffers its client posted).
+pub struct MemifDevice<F = PoolBuf> {
     role: MemifRole,
     addr: UnixAddr,
     caps: DeviceCaps,
+    /// Most bytes per descriptor a client posts or sends (its configured buffer size).
+    piece: usize,
     pool: BufPool,
     /// A client's shared pool: the memory file and its length, sent as region 1.
     pool_file: Option<(OwnedFd, u64)>,
@@ -95,6 +114,7 @@ pub struct MemifDevice {
     last_error: Option<String>,
     /// Reused by `wait` (control socket, listener, ring eventfds).
     poll_fds: Vec<PollFd>,
+    _frame: PhantomData<fn() -> F>,
 }
 
 fn invalid(field: &'static str, value: impl ToString, reason: &'static str) -> MemifError {
@@ -120,13 +140,11 @@ fn check_config(cfg: &MemifConfig) -> Result<usize, MemifError> {
     if cfg.mtu < 68 || cfg.mtu > 65535 - ETH_HEADER_LEN {
         return Err(invalid("mtu", cfg.mtu, "must be within 68..=65521"));
     }
-    if cfg.role == MemifRole::Client
-        && (cfg.buffer_size < cfg.mtu + ETH_HEADER_LEN || cfg.buffer_size > 65535)
-    {
+    if cfg.role == MemifRole::Client && !(BUFFER_SIZE_MIN..=65535).contains(&cfg.buffer_size) {
         return Err(invalid(
             "buffer_size",
             cfg.buffer_size,
-            "a client's buffers hold whole frames: at least mtu + 14, at most 65535",
+            "at least 128, at most 65535 (frames longer than one buffer are chained)",
         ));
     }
     if cfg.burst_max == 0 {
@@ -160,7 +178,9 @@ fn check_config(cfg: &MemifConfig) -> Result<usize, MemifError> {
     let frames =
         match (cfg.role, cfg.pool_frames) {
             (MemifRole::Client, None) => 2 * slots + CLIENT_POOL_SPARE,
-            (MemifRole::Server, None) => SERVER_POOL_FRAMES,
+            (MemifRole::Server, None) => (SERVER_POOL_BYTES
+                / (cfg.mtu + ETH_HEADER_LEN).next_multiple_of(64))
+            .clamp(SERVER_POOL_FRAMES_MIN, SERVER_POOL_FRAMES),
             (MemifRole::Client, Some(n)) if n <= slots => return Err(invalid(
                 "pool_frames",
                 n,
@@ -170,7 +190,7 @@ fn check_config(cfg: &MemifConfig) -> Result<usize, MemifError> {
             (_, Some(n)) => n,
         };
     if cfg.role == MemifRole::Client
-        && frames.saturating_mul(cfg.buffer_size.next_multiple_of(64)) > POOL_LEN_MAX
+        && frames.saturating_mul(client_buf_len(cfg).next_multiple_of(64)) > POOL_LEN_MAX
     {
         return Err(invalid(
             "pool_frames",
@@ -179,6 +199,11 @@ fn check_config(cfg: &MemifConfig) -> Result<usize, MemifError> {
         ));
     }
     Ok(frames)
+}
+
+/// Bytes per buffer of a client's pool: a whole frame, and at least one posted buffer.
+fn client_buf_len(cfg: &MemifConfig) -> usize {
+    cfg.buffer_size.max(cfg.mtu + ETH_HEADER_LEN)
 }
 
 /// A flow's queue: a hash of the IPv4 addresses and ports, so one flow stays in order.
@@ -201,7 +226,27 @@ impl MemifDevice {
     /// Opens the device: builds the frame pool, and for a server binds the socket. It does not
     /// wait for the peer: the connection is made by later calls (`rx_burst`, `tx_burst`,
     /// `wait`), and [`PacketDevice::link_up`] tells when it is up.
+    ///
+    /// Every frame is a buffer of the device's pool: a server copies its outgoing frames into
+    /// the buffers its client posted (see [`MemifDevice::open_in_place`] for the other way).
     pub fn open(cfg: &MemifConfig) -> Result<MemifDevice, MemifError> {
+        Self::open_as(cfg)
+    }
+}
+
+impl MemifDevice<MemifFrame> {
+    /// Like [`MemifDevice::open`], but a server hands the stack, for each outgoing frame, the
+    /// buffer its client posted (or a run of adjacent posted buffers holding a whole frame),
+    /// so frames are built in place and sent without a copy. When no posted buffer (run) can
+    /// hold a whole frame, the frame is built in a pool buffer and copied, as with `open`.
+    /// A client is the same either way (it sends and receives its own buffers, no copy).
+    pub fn open_in_place(cfg: &MemifConfig) -> Result<MemifDevice<MemifFrame>, MemifError> {
+        Self::open_as(cfg)
+    }
+}
+
+impl<F> MemifDevice<F> {
+    fn open_as(cfg: &MemifConfig) -> Result<MemifDevice<F>, MemifError> {
         let frames = check_config(cfg)?;
         let addr = if cfg.socket_abstract {
             UnixAddr::Abstract(cfg.socket_path.as_os_str().as_encoded_bytes().to_vec())
@@ -222,11 +267,12 @@ impl MemifDevice {
         let frame_len_max = cfg.mtu + ETH_HEADER_LEN;
         let (pool, pool_file) = match cfg.role {
             MemifRole::Client => {
-                let stride = cfg.buffer_size.next_multiple_of(64);
+                let buf_len = client_buf_len(cfg);
+                let stride = buf_len.next_multiple_of(64);
                 let (region, fd) =
                     HugeRegion::map_memfd(frames * stride, cfg.page_size, "memif-buffers")?;
                 let len = region.len() as u64;
-                (BufPool::new(region, cfg.buffer_size, 0)?, Some((fd, len)))
+                (BufPool::new(region, buf_len, 0)?, Some((fd, len)))
             }
             MemifRole::Server => (
                 BufPool::with_capacity(
@@ -259,6 +305,7 @@ impl MemifDevice {
         let mut dev = MemifDevice {
             role: cfg.role,
             addr,
+            piece: cfg.buffer_size.min(65535),
             caps: DeviceCaps {
                 mtu: cfg.mtu,
                 burst_max: cfg.burst_max,
@@ -289,6 +336,7 @@ impl MemifDevice {
             rx_next: 0,
             last_error: None,
             poll_fds: Vec::with_capacity(2 + cfg.queues),
+            _frame: PhantomData,
         };
         if cfg.role == MemifRole::Server {
             dev.bind()?;
@@ -622,16 +670,24 @@ impl MemifDevice {
                 let slice = std::slice::from_ref(&rings);
                 for r in &mut rx {
                     if let Some(view) = r.loc.view(slice) {
-                        r.refill(&view, &self.pool);
+                        r.refill(&view, &self.pool, self.piece);
                     }
                 }
                 DataPath::Client { rings, tx, rx }
             }
-            MemifRole::Server => DataPath::Server {
-                regions,
-                rx: c2s.into_iter().map(ServerRx::new).collect(),
-                tx: s2c.into_iter().map(ServerTx::new).collect(),
-            },
+            MemifRole::Server => {
+                // Room for every S2C slot to be lent at once, in any region (allocated here,
+                // once per connection).
+                let slots: usize = s2c.iter().map(|l| 1usize << l.log2).sum();
+                for r in &regions {
+                    r.prepare_leases(slots);
+                }
+                DataPath::Server {
+                    regions,
+                    rx: c2s.into_iter().map(ServerRx::new).collect(),
+                    tx: s2c.into_iter().map(ServerTx::new).collect(),
+                }
+            }
         };
         self.link = Some(link);
         if let Some(c) = &mut self.conn {
@@ -718,70 +774,9 @@ impl MemifDevice {
             self.backoff = (self.backoff * 2).min(self.backoff_max);
         }
     }
-
-    /// Sends the frames at the front of `batch` that map to queue `q` (at most `max`).
-    fn tx_run(
-        &mut self,
-        q: usize,
-        max: usize,
-        batch: &mut Batch<PoolBuf>,
-    ) -> Result<usize, RingFault> {
-        let frame_len_max = self.caps.frame_len_max();
-        let queues = self.queues().map_or(1, |(_, t)| t);
-        let Some(link) = &mut self.link else {
-            return Ok(0);
-        };
-        match link {
-            DataPath::Client { rings, tx, .. } => {
-                let r = &mut tx[q];
-                let slice = std::slice::from_ref(&*rings);
-                let view = r.loc.view(slice).ok_or(RingFault::Unmapped)?;
-                r.reclaim(&view, &self.pool)?;
-                let (base, len) = self.pool.memory();
-                let mut taken = 0;
-                while taken < max && r.room(&view) > 0 {
-                    let Some(front) = batch.front() else { break };
-                    if flow_queue(front.data(), queues) != q {
-                        break;
-                    }
-                    let Some(frame) = batch.pop() else { break };
-                    taken += 1;
-                    let n = frame.len();
-                    if !(ETH_HEADER_LEN..=frame_len_max).contains(&n) {
-                        self.stats.link.tx_errors += 1;
-                        continue;
-                    }
-                    let p = frame.data().as_ptr() as usize;
-                    let frame = if p >= base as usize && p < base as usize + len {
-                        frame
-                    } else {
-                        // Not one of our shared buffers: copy it into one.
-                        let Some(mut copy) = self.pool.alloc() else {
-                            self.stats.link.tx_dropped += 1;
-                            continue;
-                        };
-                        let _ = copy.set_len(n);
-                        copy.as_mut_slice().copy_from_slice(frame.data());
-                        copy
-                    };
-                    r.push(&view, &self.pool, frame);
-                    self.stats.link.tx_packets += 1;
-                    self.stats.link.tx_bytes += n as u64;
-                }
-                r.publish(&view);
-                Ok(taken)
-            }
-            DataPath::Server { regions, tx, .. } => {
-                let r = &mut tx[q];
-                let view = r.loc.view(regions).ok_or(RingFault::Unmapped)?;
-                // The run is the frames of this queue; bad lengths were dropped by the caller.
-                r.send(&view, regions, batch, max, &mut self.stats)
-            }
-        }
-    }
 }
 
-impl std::fmt::Debug for MemifDevice {
+impl<F> std::fmt::Debug for MemifDevice<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemifDevice")
             .field("socket", &self.addr.to_string())
@@ -792,14 +787,11 @@ impl std::fmt::Debug for MemifDevice {
     }
 }
 
-impl PacketDevice for MemifDevice {
-    type Frame = PoolBuf;
-
-    fn caps(&self) -> DeviceCaps {
-        self.caps
-    }
-
-    fn rx_burst(&mut self, now: Instant, batch: &mut Batch<PoolBuf>) -> usize {
+// Private methods only (`Carry` is the crate's own business); the public face is the two
+// `PacketDevice` impls below.
+#[allow(private_bounds)]
+impl<F: Carry> MemifDevice<F> {
+    fn rx_burst_impl(&mut self, now: Instant, batch: &mut Batch<F>) -> usize {
         self.service(now);
         let want = batch.free().min(self.caps.burst_max);
         let frame_len_max = self.caps.frame_len_max();
@@ -822,6 +814,7 @@ impl PacketDevice for MemifDevice {
                         batch,
                         want - got,
                         frame_len_max,
+                        self.piece,
                         &mut self.stats,
                     ) {
                         Ok(k) => got += k,
@@ -830,7 +823,7 @@ impl PacketDevice for MemifDevice {
                             break;
                         }
                     }
-                    r.refill(&view, &self.pool);
+                    r.refill(&view, &self.pool, self.piece);
                     if got >= want {
                         break;
                     }
@@ -873,11 +866,29 @@ impl PacketDevice for MemifDevice {
         got
     }
 
-    fn tx_alloc(&mut self) -> Option<PoolBuf> {
-        self.pool.alloc()
+    fn tx_alloc_impl(&mut self) -> Option<F> {
+        if F::IN_PLACE {
+            let frame_len_max = self.caps.frame_len_max();
+            if let Some(DataPath::Server { regions, tx, .. }) = &mut self.link {
+                // In place on a single S2C ring only: with several, the ring is chosen by the
+                // flow, which is not known before the frame is written.
+                if let [r] = tx.as_mut_slice() {
+                    if let Some(view) = r.loc.view(regions) {
+                        // A bad ring index shows up again in tx_burst, which ends the link.
+                        if let Ok(Some(f)) = r.lend(&view, regions, frame_len_max, &mut self.stats)
+                        {
+                            return F::from_slot(f);
+                        }
+                    }
+                    let buf = self.pool.alloc()?;
+                    return Some(F::pending(buf, PendingCopy::new(r.slots())));
+                }
+            }
+        }
+        self.pool.alloc().map(F::from_pool)
     }
 
-    fn tx_burst(&mut self, now: Instant, batch: &mut Batch<PoolBuf>) -> usize {
+    fn tx_burst_impl(&mut self, now: Instant, batch: &mut Batch<F>) -> usize {
         self.service(now);
         let frame_len_max = self.caps.frame_len_max();
         let burst = self.caps.burst_max;
@@ -890,10 +901,13 @@ impl PacketDevice for MemifDevice {
             self.stats.link.tx_dropped += n as u64;
             return n;
         };
+        if self.role == MemifRole::Server {
+            return self.tx_server(now, batch);
+        }
         let mut taken = 0;
         while taken < burst {
             let Some(front) = batch.front() else { break };
-            let len = front.len();
+            let len = front.data().len();
             if !(ETH_HEADER_LEN..=frame_len_max).contains(&len) {
                 drop(batch.pop());
                 self.stats.link.tx_errors += 1;
@@ -906,11 +920,11 @@ impl PacketDevice for MemifDevice {
                 .iter()
                 .take(burst - taken)
                 .take_while(|f| {
-                    (ETH_HEADER_LEN..=frame_len_max).contains(&f.len())
+                    (ETH_HEADER_LEN..=frame_len_max).contains(&f.data().len())
                         && flow_queue(f.data(), queues) == q
                 })
                 .count();
-            match self.tx_run(q, run, batch) {
+            match self.tx_run_client(q, run, batch) {
                 Ok(0) => break, // ring full: the rest waits
                 Ok(k) => taken += k,
                 Err(f) => {
@@ -922,15 +936,145 @@ impl PacketDevice for MemifDevice {
         taken
     }
 
-    fn stats(&self) -> crate::dev::LinkStats {
-        self.stats.link
+    /// A server's transmission: frames built in place are finished in their slots; frames in
+    /// pool buffers are copied into posted buffers. Then every ring publishes what is written.
+    fn tx_server(&mut self, now: Instant, batch: &mut Batch<F>) -> usize {
+        let frame_len_max = self.caps.frame_len_max();
+        let burst = self.caps.burst_max;
+        let Some(DataPath::Server { regions, tx, .. }) = &mut self.link else {
+            return 0;
+        };
+        let queues = tx.len();
+        let mut taken = 0;
+        let mut fault = None;
+        while taken < burst {
+            let Some(front) = batch.front() else { break };
+            let len = front.data().len();
+            if !(ETH_HEADER_LEN..=frame_len_max).contains(&len) {
+                // (A frame lent in place goes back to the client empty.)
+                drop(batch.pop());
+                self.stats.link.tx_errors += 1;
+                taken += 1;
+                continue;
+            }
+            if front.is_slot() {
+                let Some(frame) = batch.pop() else { break };
+                taken += 1;
+                if let Parts::Slot(f) = frame.into_parts() {
+                    if tx.len() == 1 && f.is_of(tx[0].slots()) {
+                        self.stats.link.tx_packets += 1;
+                        self.stats.link.tx_bytes += len as u64;
+                        self.stats.tx_in_place += 1;
+                        if f.pieces() > 1 {
+                            self.stats.tx_chains += 1;
+                        }
+                        f.finish();
+                    } else {
+                        // Lent by an earlier connection's ring: nowhere to go.
+                        self.stats.link.tx_dropped += 1;
+                    }
+                }
+                continue;
+            }
+            let r = &mut tx[flow_queue(front.data(), queues)];
+            let Some(view) = r.loc.view(regions) else {
+                fault = Some(RingFault::Unmapped);
+                break;
+            };
+            match r.copy_in(&view, regions, front.data(), &mut self.stats) {
+                Ok(CopyIn::Sent | CopyIn::Cut) => {
+                    drop(batch.pop());
+                    taken += 1;
+                }
+                Ok(CopyIn::NoRoom) => break, // the rest waits for posted buffers
+                Err(f) => {
+                    fault = Some(f);
+                    break;
+                }
+            }
+        }
+        if fault.is_none() {
+            for r in tx.iter_mut() {
+                match r.loc.view(regions) {
+                    Some(view) => r.publish(&view),
+                    None => fault = Some(RingFault::Unmapped),
+                }
+            }
+        }
+        if let Some(f) = fault {
+            self.fault(now, f);
+        }
+        taken
     }
 
-    fn link_up(&self) -> bool {
-        self.link.is_some()
+    /// Sends the frames at the front of `batch` that map to queue `q` (at most `max`), from a
+    /// client: each frame's own shared buffer goes on the ring (a chain of descriptors of at
+    /// most `piece` bytes each).
+    fn tx_run_client(
+        &mut self,
+        q: usize,
+        max: usize,
+        batch: &mut Batch<F>,
+    ) -> Result<usize, RingFault> {
+        let frame_len_max = self.caps.frame_len_max();
+        let piece = self.piece;
+        let queues = self.queues().map_or(1, |(_, t)| t);
+        let Some(DataPath::Client { rings, tx, .. }) = &mut self.link else {
+            return Ok(0);
+        };
+        let r = &mut tx[q];
+        let slice = std::slice::from_ref(&*rings);
+        let view = r.loc.view(slice).ok_or(RingFault::Unmapped)?;
+        r.reclaim(&view, &self.pool)?;
+        let (base, len) = self.pool.memory();
+        let mut taken = 0;
+        while taken < max {
+            let Some(front) = batch.front() else { break };
+            if flow_queue(front.data(), queues) != q {
+                break;
+            }
+            let n = front.data().len();
+            if r.room(&view) < ClientTx::pieces(n, piece) {
+                break;
+            }
+            let Some(frame) = batch.pop() else { break };
+            taken += 1;
+            if !(ETH_HEADER_LEN..=frame_len_max).contains(&n) {
+                self.stats.link.tx_errors += 1;
+                continue;
+            }
+            let Parts::Pool(frame) = frame.into_parts() else {
+                self.stats.link.tx_errors += 1; // a client never lends in place
+                continue;
+            };
+            let p = frame.data().as_ptr() as usize;
+            let frame = if p >= base as usize && p < base as usize + len {
+                frame
+            } else {
+                // Not one of our shared buffers: copy it into one.
+                let Some(mut copy) = self.pool.alloc() else {
+                    self.stats.link.tx_dropped += 1;
+                    continue;
+                };
+                let _ = copy.set_len(n);
+                copy.as_mut_slice().copy_from_slice(frame.data());
+                crate::copies::count(crate::copies::Pass::Device, n);
+                copy
+            };
+            if ClientTx::pieces(n, piece) > 1 {
+                self.stats.tx_chains += 1;
+            }
+            r.push(&view, &self.pool, frame, piece);
+            self.stats.link.tx_packets += 1;
+            self.stats.link.tx_bytes += n as u64;
+        }
+        r.publish(&view);
+        Ok(taken)
     }
+}
 
-    fn wait(&mut self, timeout: Duration) {
+impl<F> MemifDevice<F> {
+    fn wait_impl(&mut self, timeout: Duration) {
         let now = Instant::now();
         self.service(now);
         let mut timeout = timeout;
@@ -1014,7 +1158,47 @@ impl PacketDevice for MemifDevice {
     }
 }
 
-impl Drop for MemifDevice {
+/// The same [`PacketDevice`] for both frame types.
+macro_rules! packet_device {
+    ($frame:ty) => {
+        impl PacketDevice for MemifDevice<$frame> {
+            type Frame = $frame;
+
+            fn caps(&self) -> DeviceCaps {
+                self.caps
+            }
+
+            fn rx_burst(&mut self, now: Instant, batch: &mut Batch<$frame>) -> usize {
+                self.rx_burst_impl(now, batch)
+            }
+
+            fn tx_alloc(&mut self) -> Option<$frame> {
+                self.tx_alloc_impl()
+            }
+
+            fn tx_burst(&mut self, now: Instant, batch: &mut Batch<$frame>) -> usize {
+                self.tx_burst_impl(now, batch)
+            }
+
+            fn stats(&self) -> crate::dev::LinkStats {
+                self.stats.link
+            }
+
+            fn link_up(&self) -> bool {
+                self.link.is_some()
+            }
+
+            fn wait(&mut self, timeout: Duration) {
+                self.wait_impl(timeout)
+            }
+        }
+    };
+}
+
+packet_device!(PoolBuf);
+packet_device!(MemifFrame);
+
+impl<F> Drop for MemifDevice<F> {
     fn drop(&mut self) {
         if self.conn.is_some() || self.link.is_some() {
             self.teardown(
@@ -1051,7 +1235,9 @@ mod tests {
         assert!(bad(&|c| c.ring_size_log2 = 15));
         assert!(bad(&|c| c.queues = 0));
         assert!(bad(&|c| c.queues = 256));
-        assert!(bad(&|c| c.buffer_size = 1500));
+        assert!(bad(&|c| c.buffer_size = 100));
+        assert!(bad(&|c| c.buffer_size = 65536));
+        assert!(!bad(&|c| c.buffer_size = 1500), "frames are chained");
         assert!(bad(&|c| c.secret = Some("x".repeat(25))));
         assert!(bad(&|c| c.pool_frames = Some(1024)));
         assert!(bad(&|c| c.burst_max = 0));
@@ -1066,6 +1252,8 @@ mod tests {
         s.role = MemifRole::Server;
         s.buffer_size = 100;
         assert_eq!(check_config(&s).unwrap(), SERVER_POOL_FRAMES);
+        s.mtu = 65000;
+        assert_eq!(check_config(&s).unwrap(), 1032, "64 MiB of 64 KiB frames");
         assert_eq!(check_config(&base).unwrap(), 2 * 1024 + CLIENT_POOL_SPARE);
         let e =
             MemifDevice::open(&MemifConfig::new("x".repeat(200), MemifRole::Server)).unwrap_err();

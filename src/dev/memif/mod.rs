@@ -33,15 +33,27 @@
 //!   peer death, or a protocol violation we detect) the rings are torn down and unmapped and the
 //!   client reconnects; the device stays usable throughout: [`PacketDevice::link_up`](crate::dev::PacketDevice::link_up) is false
 //!   meanwhile, and frames sent then are dropped and counted (`tx_dropped`).
-//! - **Memory and copies.** The frame type is [`PoolBuf`](crate::mem::PoolBuf) in both roles.
-//!   As a client, ustack owns the memory: region 0 holds the rings, region 1 is the device's
-//!   [`BufPool`](crate::mem::BufPool) itself, built on a shared memory file (2 MiB hugepages when reserved, else base
-//!   pages). Frames the stack writes are sent by pointing a C2S descriptor at them, and frames
+//! - **Memory and copies.** As a client, ustack owns the memory: region 0 holds the rings,
+//!   region 1 is the device's [`BufPool`](crate::mem::BufPool) itself, built on a shared memory
+//!   file (2 MiB hugepages when reserved, else base pages), whose buffers each hold a whole
+//!   frame. Frames the stack writes are sent by pointing C2S descriptors at them, and frames
 //!   received are the very buffers the client posted on S2C — **no copy either way**. As a
 //!   server, the memory is the peer's: received frames are copied out of its buffers into a
 //!   private pool before anyone looks at them (so a peer cannot change a frame under the stack's
-//!   checks), and sent frames are copied into the buffers the client posted — **one copy each
-//!   way**, as in DPDK's server.
+//!   checks) — **one copy**. Sent frames are copied into the buffers the client posted by a
+//!   device opened with [`MemifDevice::open`] (frame type [`PoolBuf`](crate::mem::PoolBuf), as
+//!   in DPDK's server), and **built in place** in them by one opened with
+//!   [`MemifDevice::open_in_place`] (frame type [`MemifFrame`]; see below) — no copy.
+//! - **Chains.** A frame longer than a buffer travels as a chain of descriptors flagged
+//!   [`DESC_FLAG_NEXT`](ring::DESC_FLAG_NEXT), both ways. A client's
+//!   [`MemifConfig::buffer_size`] is the most it puts in one descriptor: with buffers smaller
+//!   than a frame it sends a frame's one pool buffer as several descriptors (no copy), and posts
+//!   buffers of that size on S2C, gathering a chained frame into its first buffer (a copy of all
+//!   but the first piece). A server copies chains into or out of its own buffers, and builds a
+//!   frame in place over several posted buffers only when they are adjacent in one region.
+//!   Chains are checked like single descriptors, piece by piece; a chain longer than a frame can
+//!   need, or one that can never end (it fills the ring), is rejected and counted; one whose end
+//!   is not published yet is waited for.
 //! - **Trust.** Nothing the peer writes in shared memory is used unchecked: descriptor regions,
 //!   offsets and lengths must lie inside a mapped region (else the descriptor is *rejected* and
 //!   counted in [`MemifStats::rejected_desc`], and its slot handed back), the client takes
@@ -60,6 +72,51 @@
 //!   [`MemifConfig::control_poll_interval`] while the link is up (one `recvmsg` per interval),
 //!   and at every call while connecting.
 //!
+//! # In-place transmission and why it is sound
+//!
+//! A server opened with [`MemifDevice::open_in_place`] answers the stack's
+//! [`tx_alloc`](crate::dev::PacketDevice::tx_alloc) with a [`MemifFrame`] over the next buffer
+//! its client posted on S2C (or a run of adjacent ones) that holds a whole frame, as libmemif's
+//! `memif_buffer_alloc` does; smoltcp writes the segment there and `tx_burst` only writes the
+//! descriptor's length and publishes the slot. When no posted buffer fits (none posted yet, or
+//! the client's buffers are shorter than a frame and not adjacent, as DPDK's mbufs), the frame
+//! is built in a pool buffer and copied, and no buffer is lent until that frame is gone, so the
+//! client always sees frames in the order the stack wrote them. In place needs a single S2C
+//! ring: with several, the ring depends on the flow, unknown before the frame is written.
+//!
+//! The stack gets a plain `&mut [u8]` over memory the client maps writable. This is sound on
+//! our side because:
+//!
+//! 1. **The buffer is ours by protocol while lent.** A posted slot belongs to the server until
+//!    it publishes `tail` past it. A lent slot lies between the published `tail` and the next
+//!    slot to lend, and is published only after its frame was consumed (the lease ended) —
+//!    never while the stack can still reach it.
+//! 2. **Nothing else in this process reaches those bytes.** Frames hold an
+//!    [`ShmLease`](crate::mem::shm::ShmLease); the region's registry refuses a lease that
+//!    overlaps another lease or memory served as ring atomics, and refuses atomic views and
+//!    byte copies over leased bytes. So a client that posts two overlapping buffers, or a
+//!    buffer over its rings, gets the second one back empty (counted in
+//!    [`MemifStats::rejected_desc`]), and the server-side copy paths cannot touch a lent
+//!    buffer. One memory file announced as two regions (the same bytes at two addresses) ends
+//!    the handshake. The lease keeps the mapping alive: a frame that outlives its connection
+//!    still writes mapped memory, and is dropped, counted, at `tx_burst`.
+//! 3. **What a misbehaving client can do hurts only its own data.** Each descriptor is read
+//!    once and checked — inside a mapped region, non-empty, long enough for the lease — and
+//!    only our copy of it is used afterwards; lengths are ours. A client writing a buffer it
+//!    gave us races our writes like a device writing memory it was not handed: no address,
+//!    length or other memory-safety decision of ours is taken from those bytes, so the worst
+//!    outcome is a corrupted frame for that client, which the checksums we computed over what
+//!    we wrote (TCP, the chunk CRCs) reveal on its side. The one residual edge: while emitting,
+//!    smoltcp reads back a few header fields it has just written (IPv4 IHL, TCP data offset) and
+//!    slices by them, bounds-checked; a client racing exactly those bytes could at worst trip a
+//!    bounds check (a panic), never cause an out-of-bounds access. A server that must stand any
+//!    local process at any cost can use [`MemifDevice::open`] instead: it copies into posted
+//!    buffers and never holds a reference into peer memory.
+//!
+//! The client trusts its server more: received frames are its own pool buffers, which the
+//! server maps and could still write while the client's stack reads them (a client connects to
+//! a server it chose; a server takes any local process that can open its socket).
+//!
 //! # Compatibility notes
 //!
 //! DPDK's net_memif uses an *abstract* socket name by default (`socket-abstract=yes`): set
@@ -73,11 +130,13 @@
 
 pub mod control;
 mod device;
+mod frame;
 pub mod proto;
 pub mod ring;
 
 pub use control::ControlError;
 pub use device::MemifDevice;
+pub use frame::MemifFrame;
 
 use std::io;
 use std::path::PathBuf;
@@ -117,8 +176,10 @@ pub struct MemifConfig {
     /// Ring size as log2 of the number of slots (1..=14). A client proposes it (the server may
     /// lower it); a server takes what the client proposes. Default 10 (1024 slots).
     pub ring_size_log2: u8,
-    /// Bytes per shared buffer, for a client (its buffers hold whole frames, so at least
-    /// `mtu + 14`; at most 65535). Default 2048.
+    /// Most bytes per descriptor, for a client: the size of the buffers it posts on S2C and the
+    /// most it puts in one C2S descriptor (128..=65535). Frames longer than this travel as
+    /// chains; the pool's buffers hold whole frames either way (`max(buffer_size, mtu + 14)`
+    /// bytes each). Default 2048.
     pub buffer_size: usize,
     /// Queue pairs (rx/tx ring pairs, 1..=255). A client proposes them, a server takes at most
     /// this many. Default 1.
@@ -231,6 +292,16 @@ pub struct MemifStats {
     /// Ring `head`/`tail` values the peer moved beyond what the protocol allows; each ended the
     /// connection.
     pub bad_ring_index: u64,
+    /// Frames a server built in place, in buffers its client posted, and sent (no copy).
+    pub tx_in_place: u64,
+    /// Bytes a server copied from its own buffers into buffers its client posted (frames that
+    /// could not be built in place, or every frame of a device opened with
+    /// [`MemifDevice::open`]).
+    pub tx_copied_bytes: u64,
+    /// Frames sent over several descriptors (a chain).
+    pub tx_chains: u64,
+    /// Frames received over several descriptors (a chain).
+    pub rx_chains: u64,
     /// Connections established.
     pub connects: u64,
     /// Connections established after an earlier one ended.
