@@ -15,7 +15,7 @@ use crate::time::Instant;
 use super::af_xdp::{XdpConfig, XdpDevice, XdpError};
 #[cfg(feature = "dpdk")]
 use super::dpdk::{DpdkConfig, DpdkDevice};
-use super::memif::{MemifConfig, MemifDevice};
+use super::memif::{MemifConfig, MemifDevice, MemifFrame};
 use super::sim::SimPort;
 use super::tap::TapDevice;
 use super::{Batch, DeviceCaps, Frame, LinkStats, PacketDevice};
@@ -145,8 +145,11 @@ fn dpdk_candidate(cfg: &BackendConfig) -> Result<DpdkConfig, String> {
 
 /// A frame of any backend.
 pub enum AnyFrame {
-    /// A pool buffer (sim, TAP, memif, AF_XDP UMEM frame).
+    /// A pool buffer (sim, TAP, AF_XDP UMEM frame).
     Pool(PoolBuf),
+    /// A memif frame: a pool buffer, or (server side) a buffer the client posted, built in
+    /// place.
+    Memif(MemifFrame),
     /// A DPDK mbuf.
     #[cfg(feature = "dpdk")]
     Mbuf(crate::sys::dpdk::Mbuf),
@@ -157,6 +160,7 @@ macro_rules! with_frame {
     ($self:expr, $f:ident => $body:expr) => {
         match $self {
             AnyFrame::Pool($f) => $body,
+            AnyFrame::Memif($f) => $body,
             #[cfg(feature = "dpdk")]
             AnyFrame::Mbuf($f) => $body,
         }
@@ -185,7 +189,7 @@ impl Frame for AnyFrame {
 // Boxed variants: the devices are large and the enum is moved around by value.
 enum Inner {
     AfXdp(Box<XdpDevice>),
-    Memif(Box<MemifDevice>),
+    Memif(Box<MemifDevice<MemifFrame>>),
     Tap(TapDevice),
     Sim(SimPort),
     #[cfg(feature = "dpdk")]
@@ -200,6 +204,8 @@ pub struct AnyDevice {
     /// Frames between the caller's batches and the backend's own (moved, never copied).
     rx_carry: Batch<PoolBuf>,
     tx_carry: Batch<PoolBuf>,
+    rx_memif: Batch<MemifFrame>,
+    tx_memif: Batch<MemifFrame>,
     #[cfg(feature = "dpdk")]
     rx_mbufs: Batch<crate::sys::dpdk::Mbuf>,
     #[cfg(feature = "dpdk")]
@@ -215,6 +221,8 @@ impl AnyDevice {
             reason,
             rx_carry: Batch::with_capacity(burst),
             tx_carry: Batch::with_capacity(burst),
+            rx_memif: Batch::with_capacity(burst),
+            tx_memif: Batch::with_capacity(burst),
             #[cfg(feature = "dpdk")]
             rx_mbufs: Batch::with_capacity(burst),
             #[cfg(feature = "dpdk")]
@@ -309,7 +317,8 @@ impl AnyDevice {
 
     /// A memif interface (server or client role), shared memory with a peer process.
     pub fn open_memif(cfg: &MemifConfig) -> Result<AnyDevice, BackendError> {
-        let dev = MemifDevice::open(cfg).map_err(|e| BackendError::Open {
+        // A server builds its frames in the buffers its client posted (no copy on send).
+        let dev = MemifDevice::open_in_place(cfg).map_err(|e| BackendError::Open {
             kind: BackendKind::Memif,
             why: e.to_string(),
         })?;
@@ -379,7 +388,7 @@ impl AnyDevice {
     }
 
     /// The memif device, if that is the backend.
-    pub fn as_memif(&self) -> Option<&MemifDevice> {
+    pub fn as_memif(&self) -> Option<&MemifDevice<MemifFrame>> {
         match &self.inner {
             Inner::Memif(d) => Some(d),
             _ => None,
@@ -409,12 +418,13 @@ macro_rules! with_dev {
     };
 }
 
-/// Runs `$pool` with `$d` bound to a pool-based inner device, or `$mbuf` for DPDK.
+/// Runs `$pool` with `$d` bound to a pool-based inner device, `$memif` for memif, or `$mbuf`
+/// for DPDK.
 macro_rules! by_frame {
-    ($inner:expr, $d:ident => $pool:expr, $m:ident => $mbuf:expr) => {
+    ($inner:expr, $d:ident => $pool:expr, $mf:ident => $memif:expr, $m:ident => $mbuf:expr) => {
         match $inner {
             Inner::AfXdp($d) => $pool,
-            Inner::Memif($d) => $pool,
+            Inner::Memif($mf) => $memif,
             Inner::Tap($d) => $pool,
             Inner::Sim($d) => $pool,
             #[cfg(feature = "dpdk")]
@@ -450,6 +460,12 @@ impl PacketDevice for AnyDevice {
                 }
                 drain_into(&mut self.rx_carry, batch, AnyFrame::Pool)
             },
+            mf => {
+                if self.rx_memif.is_empty() {
+                    mf.rx_burst(now, &mut self.rx_memif);
+                }
+                drain_into(&mut self.rx_memif, batch, AnyFrame::Memif)
+            },
             m => {
                 if self.rx_mbufs.is_empty() {
                     m.rx_burst(now, &mut self.rx_mbufs);
@@ -460,7 +476,10 @@ impl PacketDevice for AnyDevice {
     }
 
     fn tx_alloc(&mut self) -> Option<AnyFrame> {
-        by_frame!(&mut self.inner, d => d.tx_alloc().map(AnyFrame::Pool), m => m.tx_alloc().map(AnyFrame::Mbuf))
+        by_frame!(&mut self.inner,
+            d => d.tx_alloc().map(AnyFrame::Pool),
+            mf => mf.tx_alloc().map(AnyFrame::Memif),
+            m => m.tx_alloc().map(AnyFrame::Mbuf))
     }
 
     fn tx_burst(&mut self, now: Instant, batch: &mut Batch<AnyFrame>) -> usize {
@@ -476,12 +495,24 @@ impl PacketDevice for AnyDevice {
                             let _ = self.tx_carry.push(f);
                             taken += 1;
                         }
-                        #[cfg(feature = "dpdk")]
-                        Some(AnyFrame::Mbuf(_)) => taken += 1,
+                        Some(_) => taken += 1,
                         None => break,
                     }
                 }
                 d.tx_burst(now, &mut self.tx_carry);
+            },
+            mf => {
+                while !self.tx_memif.is_full() {
+                    match batch.pop() {
+                        Some(AnyFrame::Memif(f)) => {
+                            let _ = self.tx_memif.push(f);
+                            taken += 1;
+                        }
+                        Some(_) => taken += 1,
+                        None => break,
+                    }
+                }
+                mf.tx_burst(now, &mut self.tx_memif);
             },
             m => {
                 while !self.tx_mbufs.is_full() {
@@ -490,7 +521,7 @@ impl PacketDevice for AnyDevice {
                             let _ = self.tx_mbufs.push(f);
                             taken += 1;
                         }
-                        Some(AnyFrame::Pool(_)) => taken += 1,
+                        Some(_) => taken += 1,
                         None => break,
                     }
                 }

@@ -37,7 +37,7 @@
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicU16, AtomicU32};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{HugeRegion, MemError, PageSize};
@@ -175,7 +175,15 @@ pub struct SharedRegion {
     file_id: (u64, u64),
     /// What is leased and reserved (see the module documentation).
     claims: Mutex<Claims>,
+    /// Ranges recently confirmed as reserved, `start << 32 | end` (0: empty), looked at
+    /// without the lock: a reservation is for good and no lease ever overlaps one, so a hit
+    /// stays true. Ring views are made on every poll; this keeps them off the mutex.
+    reserved_hot: [AtomicU64; RESERVED_HOT],
+    reserved_hot_next: AtomicUsize,
 }
+
+/// Reserved ranges remembered lock-free (a memif connection polls a few rings).
+const RESERVED_HOT: usize = 8;
 
 impl SharedRegion {
     /// Creates a zero-filled memory file of at least `len` bytes (rounded up to the page size),
@@ -198,6 +206,8 @@ impl SharedRegion {
             fd: Some(fd),
             file_id,
             claims: Mutex::new(Claims::default()),
+            reserved_hot: Default::default(),
+            reserved_hot_next: AtomicUsize::new(0),
         })
     }
 
@@ -267,6 +277,8 @@ impl SharedRegion {
             fd: None,
             file_id,
             claims: Mutex::new(Claims::default()),
+            reserved_hot: Default::default(),
+            reserved_hot_next: AtomicUsize::new(0),
         })
     }
 
@@ -381,6 +393,28 @@ impl SharedRegion {
     /// and reserves it for good, so no lease will ever cover it.
     fn reserve(&self, offset: usize, bytes: usize) -> bool {
         let end = offset + bytes; // no overflow: range_ptr checked it is inside the region
+        let key = match (u32::try_from(offset), u32::try_from(end)) {
+            (Ok(s), Ok(e)) => Some((u64::from(s) << 32) | u64::from(e)),
+            _ => None,
+        };
+        if let Some(k) = key {
+            if self
+                .reserved_hot
+                .iter()
+                .any(|h| h.load(Ordering::Relaxed) == k)
+            {
+                return true;
+            }
+        }
+        let ok = self.reserve_locked(offset, end);
+        if let (true, Some(k)) = (ok, key) {
+            let i = self.reserved_hot_next.fetch_add(1, Ordering::Relaxed) % RESERVED_HOT;
+            self.reserved_hot[i].store(k, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn reserve_locked(&self, offset: usize, end: usize) -> bool {
         let mut c = self.claims();
         if c.leased_overlaps(offset, end) {
             return false;
