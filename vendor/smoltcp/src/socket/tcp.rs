@@ -2977,6 +2977,9 @@ impl<'a> Socket<'a> {
             && !self.tx_log.is_empty()
             && self.tlp_end.is_none()
             && !self.tlp_pending
+            // With every segment in flight marked SACKed a probe would have nothing to resend
+            // and the timer would be left idle: the RTO must stay armed.
+            && self.tx_log.last_unsacked().is_some()
     }
 
     /// The probe timeout (RFC 8985 section 7.2): two smoothed RTTs, at least `TLP_MIN_PTO_US`
@@ -3309,6 +3312,13 @@ impl<'a> Socket<'a> {
                         // Every segment the peer has not selectively acknowledged is deemed
                         // lost and resent in order as the window allows (RFC 6675 5.1, RFC
                         // 8985 6.3): never what the peer holds, unlike a go-back-N rewind.
+                        // A timeout with the segment at SND.UNA marked SACKed: the peer
+                        // reneged or a forged SACK claimed it (RFC 2018 section 8). Trusting
+                        // the marks would never resend it.
+                        if self.tx_log.head_sacked() {
+                            net_debug!("SACKed data at SND.UNA after a timeout: forgetting SACKs");
+                            self.tx_log.forget_sacks();
+                        }
                         let lost_before = self.tx_log.lost_bytes();
                         self.tx_log.mark_all_lost(LossCause::Rto);
                         let bytes = self.tx_log.lost_bytes().saturating_sub(lost_before);
@@ -8409,6 +8419,59 @@ mod test {
         assert!(s.recovery_point.is_none());
         assert!(s.tx_log.is_empty());
         assert!(s.timer.is_idle());
+    }
+
+    /// A forged (or reneged) SACK block claims the one hole: every segment in flight is then
+    /// marked SACKed, the peer's cumulative ACK stays below the hole, and no ACK comes again.
+    /// The sender must not wait for ever: no tail loss probe (it would have nothing to resend
+    /// and would leave the timer idle), and at the RTO the SACK marks are forgotten (RFC 2018
+    /// section 8) and the hole is resent.
+    #[test]
+    fn test_forged_sack_over_the_hole_does_not_stall_the_sender() {
+        let mut s = socket_sending_segments(true, b"0000111122223333");
+        send!(s, time 2, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            sack_ranges: [sack_block(8, 16), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 3, Ok(TcpRepr {
+            seq_number: byte(4),
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"1111"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 3);
+        // The lie: segment 1 arrived (it did not).
+        send!(s, time 4, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            sack_ranges: [sack_block(4, 16), None, None],
+            ..SEND_TEMPL
+        });
+        assert!(!s.timer.is_idle(), "nothing would ever wake the sender");
+        let mut resent = None;
+        for t in 5..=5000 {
+            s.cx.set_now(Instant::from_millis(t));
+            let _ = s.socket.dispatch(&mut s.cx, |_, _, (_, repr)| {
+                if !repr.payload.is_empty() && resent.is_none() {
+                    resent = Some((repr.seq_number, repr.payload.to_vec()));
+                }
+                Ok::<(), ()>(())
+            });
+            if resent.is_some() {
+                break;
+            }
+        }
+        assert_eq!(resent, Some((byte(4), b"1111".to_vec())));
+        assert!(s.counters().rto_expirations >= 1);
+        // The real ACK then covers everything.
+        send!(s, time 5001, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(16)),
+            ..SEND_TEMPL
+        });
+        assert!(s.tx_log.is_empty());
     }
 
     #[test]

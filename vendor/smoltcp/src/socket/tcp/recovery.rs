@@ -282,6 +282,22 @@ impl TxLog {
     }
 
     /// Marks every record not delivered lost (after an RTO). Returns how many were marked.
+    /// Whether the record at `SND.UNA` is marked selectively acknowledged. After a
+    /// retransmission timeout that means the peer reneged, or a forged SACK claimed it.
+    pub(crate) fn head_sacked(&self) -> bool {
+        self.len > 0 && self.get(0).is(SACKED)
+    }
+
+    /// Forgets every selective acknowledgment (RFC 2018 section 8): what the peer holds is
+    /// then known only from its cumulative ACK.
+    pub(crate) fn forget_sacks(&mut self) {
+        for i in 0..self.len {
+            self.get_mut(i).flags &= !SACKED;
+        }
+        self.sacked_bytes = 0;
+        self.sacked_segs = 0;
+    }
+
     pub(crate) fn mark_all_lost(&mut self, cause: LossCause) -> usize {
         (0..self.len).filter(|&i| self.mark_lost(i, cause)).count()
     }
