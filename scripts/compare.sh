@@ -61,6 +61,9 @@
 #   read-4k-c32-d4   READ 4 KiB, 32 x 4
 #   read-1m-c1-d4    READ 1 MiB, 1 x 4        write-1m-c1-d4   WRITE 1 MiB, 1 x 4
 #   read-1m-c4-d4    READ 1 MiB, 4 x 4        write-1m-c4-d4   WRITE 1 MiB, 4 x 4
+#   dir-read-1m-c1-d4, dir-write-1m-c1-d4: READ / WRITE 1 MiB, 1 x 4, from a DirStore (fdatasync
+#                    before each WRITE is acknowledged) in a fresh directory under --out, on the same
+#                    filesystem for every path
 #   scale-idle0      READ 4 KiB, 32 x 1, 0 idle connections; scale-idle256, scale-idle1024:
 #                    the same with 256 and 1,024 more connections open and idle
 #
@@ -118,9 +121,9 @@ GLIBC_TUNABLES_VALUE="glibc.cpu.x86_rep_movsb_threshold=1000000000:glibc.cpu.x86
 # 1,024 idle + 32 active connections + a few spare.
 CONNECTIONS_MAX=1100
 # IP MTU of the memif link: shared memory has no wire limit (the kernel's loopback baseline
-# runs with MTU 65536). dpdk-memif stays at 1500: DPDK 22.11's net_memif takes frames of at
-# most 1518 bytes.
-SHM_MTU=9000
+# runs with MTU 65536); 65000 is the examples' default. dpdk-memif stays at 1500: DPDK 22.11's
+# net_memif takes frames of at most 1518 bytes.
+SHM_MTU=65000
 # Hugepages (2 MiB) the DPDK and memif processes need at most, together.
 HUGEPAGES_NEEDED=800
 

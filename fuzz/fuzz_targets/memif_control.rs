@@ -275,7 +275,7 @@ fn timed_out(got: &mut Vec<Got>, expired: bool, expect: Expect) -> bool {
     true
 }
 
-fn counters(s: &MemifStats) -> [u64; 16] {
+fn counters(s: &MemifStats) -> [u64; 20] {
     let MemifStats {
         link,
         rejected_desc,
@@ -286,6 +286,10 @@ fn counters(s: &MemifStats) -> [u64; 16] {
         handshake_failures,
         connect_attempts,
         connections_refused,
+        tx_in_place,
+        tx_copied_bytes,
+        tx_chains,
+        rx_chains,
     } = *s;
     [
         link.rx_packets,
@@ -304,6 +308,10 @@ fn counters(s: &MemifStats) -> [u64; 16] {
         handshake_failures,
         connect_attempts,
         connections_refused,
+        tx_in_place,
+        tx_copied_bytes,
+        tx_chains,
+        rx_chains,
     ]
 }
 
@@ -322,7 +330,7 @@ struct Dev {
     dev: MemifDevice,
     now: Instant,
     batch: Batch<PoolBuf>,
-    prev: [u64; 16],
+    prev: [u64; 20],
 }
 
 impl Dev {
@@ -345,7 +353,7 @@ impl Dev {
             dev: MemifDevice::open(&cfg).expect("open the memif device"),
             now: Instant::from_millis(1),
             batch: Batch::with_capacity(64),
-            prev: [0; 16],
+            prev: [0; 20],
         }
     }
 
