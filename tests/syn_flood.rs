@@ -803,7 +803,7 @@ fn syn_flood_from_spoofed_addresses() {
 
 /// 2,000 handshakes completed from 4 spoofed addresses that answer ARP, which then say
 /// nothing: the server takes as many as it has connection slots (63, beside the kept
-/// client's) and refuses the rest. While the silent ones hold every slot, fresh clients are
+/// client's) and refuses the rest (or evicts them from its full backlog, half-open). While the silent ones hold every slot, fresh clients are
 /// refused; the idle timeout reaps them and fresh clients are served again within the idle
 /// timeout plus 1 s of the attack's end. The kept connection, busy, is never reaped and keeps
 /// its 1 s bound throughout.
@@ -889,9 +889,13 @@ fn silent_handshakes_hold_sockets_until_the_idle_timeout() {
         f.stats
     );
     let held_by_attack = CONNECTIONS_MAX as u64 - 1;
+    // The rest are refused once accepted, or, when they come faster than the loop accepts
+    // (a loaded machine), evicted from the full backlog while still half-open: either way
+    // they hold nothing.
     assert!(
         f.fin["idle_reaped"] >= held_by_attack
-            && f.fin["refused"] >= SILENT_HANDSHAKES as u64 - held_by_attack,
+            && f.fin["refused"] + f.fin["half_open_evicted"]
+                >= SILENT_HANDSHAKES as u64 - held_by_attack,
         "{:?}\n{}",
         f.fin,
         f.out
