@@ -12,7 +12,7 @@ use crate::time::Instant;
 use super::client::{
     ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, SubmitError,
 };
-use super::server::{ServeCtx, ServerConfig, ServerConn, ServerStats};
+use super::server::{take_results, ServeCtx, ServerConfig, ServerConn, ServerStats};
 use super::staging::Staging;
 use super::store::ChunkStore;
 use super::workers::Storage;
@@ -325,22 +325,22 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
         if !self.storage.uses_workers() {
             return false;
         }
-        let mut any = false;
-        while let Some(done) = self.storage.collect() {
-            let i = (done.tag & u64::from(u32::MAX)) as usize;
-            match self.slots.get_mut(i) {
+        let (slots, in_busy, busy) = (&mut self.slots, &mut self.in_busy, &mut self.busy);
+        let mut any = take_results(
+            &mut self.storage,
+            &mut self.stats,
+            |i, done, stats| match slots.get_mut(i) {
                 Some(slot) if slot.conn.is_some() && slot.core.tag() == done.tag => {
-                    slot.core.complete(done, &mut self.stats);
-                    any = true;
-                    if !self.in_busy[i] {
-                        self.in_busy[i] = true;
-                        self.busy.push(i as u32);
+                    slot.core.complete(done, stats);
+                    if !in_busy[i] {
+                        in_busy[i] = true;
+                        busy.push(i as u32);
                     }
+                    true
                 }
-                // The connection went: the buffer returns to its pool.
-                _ => self.stats.storage_late += 1,
-            }
-        }
+                _ => false,
+            },
+        );
         let timeout = self.storage.timeout();
         for &i in &self.busy {
             let slot = &mut self.slots[i as usize];

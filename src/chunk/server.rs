@@ -700,6 +700,27 @@ impl ServerConn {
     }
 }
 
+/// Hands each finished store call to its connection: `route(slot, done)` gives it to the
+/// connection in slot `done.tag`'s low 32 bits if that connection still has that tag (and
+/// returns true); a result for a connection that went is dropped (its buffer returns to its
+/// pool) and counted. Returns whether any connection took one.
+pub(crate) fn take_results<S: ChunkStore + 'static>(
+    storage: &mut Storage<S>,
+    stats: &mut ServerStats,
+    mut route: impl FnMut(usize, Done, &mut ServerStats) -> bool,
+) -> bool {
+    let mut any = false;
+    while let Some(done) = storage.collect() {
+        let slot = (done.tag & u64::from(u32::MAX)) as usize;
+        if route(slot, done, stats) {
+            any = true;
+        } else {
+            stats.storage_late += 1;
+        }
+    }
+    any
+}
+
 /// The answer to a finished store call, counted.
 fn answer(
     id: u64,

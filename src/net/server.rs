@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
-use crate::chunk::{ChunkStore, ServeCtx, ServerConfig, ServerConn, ServerStats, Staging, Storage};
+use crate::chunk::{
+    take_results, ChunkStore, ServeCtx, ServerConfig, ServerConn, ServerStats, Staging, Storage,
+};
 use crate::sys::socket::{
     self, Epoll, EpollEvent, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
 };
@@ -362,18 +364,18 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
         if !self.storage.uses_workers() {
             return false;
         }
-        let mut any = false;
-        while let Some(done) = self.storage.collect() {
-            let i = (done.tag & u64::from(u32::MAX)) as usize;
-            match self.slots.get_mut(i) {
+        let slots = &mut self.slots;
+        let mut any = take_results(
+            &mut self.storage,
+            &mut self.stats,
+            |i, done, stats| match slots.get_mut(i) {
                 Some(slot) if slot.state == SlotState::Open && slot.core.tag() == done.tag => {
-                    slot.core.complete(done, &mut self.stats);
-                    any = true;
+                    slot.core.complete(done, stats);
+                    true
                 }
-                // The connection went: the buffer returns to its pool.
-                _ => self.stats.storage_late += 1,
-            }
-        }
+                _ => false,
+            },
+        );
         let (now, timeout) = (crate::time::Instant::now(), self.storage.timeout());
         for slot in &mut self.slots {
             if slot.core.storage_waiting() > 0 {
