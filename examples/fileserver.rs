@@ -354,14 +354,14 @@ fn serve_stack(
             println!("{line}");
             last_stats = now;
         }
-        if spin.turn(busy) {
-            if server.storage_outstanding() > 0 {
-                // Store calls run: their results come without a packet to wake the device
-                // wait, so only give the CPU away (a worker may share this core).
-                std::thread::yield_now();
-            } else {
-                stack.wait(now, Duration::from_millis(1));
-            }
+        if !busy && server.storage_outstanding() > 0 {
+            // Store calls run and nothing else moved: give the CPU to a worker that may share
+            // this core at once, rather than spin (their results come without a packet to wake
+            // a device wait, so the loop does not sleep either).
+            std::thread::yield_now();
+            spin.turn(true);
+        } else if spin.turn(busy) {
+            stack.wait(now, Duration::from_millis(1));
         }
     }
     // Let the last FINs and ACKs out.
