@@ -164,12 +164,7 @@ fn run(args: &Args) -> Result<(), String> {
         },
         timeout: Duration::from_secs(args.storage_timeout_s),
     };
-    let on_workers = match storage.mode {
-        StorageMode::Auto => store.may_block(),
-        StorageMode::Inline => false,
-        StorageMode::Workers => true,
-    };
-    let storage_line = if on_workers {
+    let storage_line = if storage.mode.on_workers(store.may_block()) {
         format!(
             "{} worker threads, {} jobs queued each, timeout {} s",
             storage.workers.threads, storage.workers.queue_len, args.storage_timeout_s

@@ -335,12 +335,16 @@ impl MemStore {
         }
     }
 
-    fn read_shared_inner(
+    /// Runs `f` on the chunk under its read lock, with the range `offset..` of up to `len`
+    /// bytes clipped to the chunk (`start`, `len`), and the cached CRC when that range is the
+    /// whole chunk. Not found and out of range as `read` says.
+    fn with_range<R>(
         &self,
         id: ChunkId,
         offset: u64,
         len: usize,
-    ) -> Result<SharedRead, StoreError> {
+        f: impl FnOnce(&MemChunk, usize, usize, Option<u32>) -> R,
+    ) -> Result<R, StoreError> {
         let chunk = self.lookup(id).ok_or(StoreError::NotFound(id))?;
         let chunk = read_lock(&chunk);
         if chunk.deleted {
@@ -353,18 +357,29 @@ impl MemStore {
         let len = len.min((size - offset) as usize);
         let start = offset as usize;
         let cached = chunk.crc.load(Ordering::Relaxed);
-        let crc = if start == 0 && len as u64 == size && cached & CRC_VALID != 0 {
-            cached as u32
-        } else {
-            copies::count(Pass::Read, len);
-            crc32c(&chunk.data[start..start + len])
-        };
-        Ok(SharedRead {
-            bytes: Arc::clone(&chunk.data) as Arc<dyn AsRef<[u8]> + Send + Sync>,
-            start,
-            len,
-            crc,
-            chunk_size: size,
+        let whole_crc =
+            (start == 0 && len as u64 == size && cached & CRC_VALID != 0).then_some(cached as u32);
+        Ok(f(&chunk, start, len, whole_crc))
+    }
+
+    fn read_shared_inner(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: usize,
+    ) -> Result<SharedRead, StoreError> {
+        self.with_range(id, offset, len, |chunk, start, len, whole_crc| {
+            let crc = whole_crc.unwrap_or_else(|| {
+                copies::count(Pass::Read, len);
+                crc32c(&chunk.data[start..start + len])
+            });
+            SharedRead {
+                bytes: Arc::clone(&chunk.data) as Arc<dyn AsRef<[u8]> + Send + Sync>,
+                start,
+                len,
+                crc,
+                chunk_size: chunk.data.len() as u64,
+            }
         })
     }
 
@@ -375,36 +390,22 @@ impl MemStore {
         buf: &mut [u8],
         want_crc: bool,
     ) -> Result<(ReadInfo, u32), StoreError> {
-        let chunk = self.lookup(id).ok_or(StoreError::NotFound(id))?;
-        let chunk = read_lock(&chunk);
-        if chunk.deleted {
-            return Err(StoreError::NotFound(id));
-        }
-        let size = chunk.data.len() as u64;
-        if offset > size {
-            return Err(StoreError::OutOfRange { id, offset, size });
-        }
-        let len = buf.len().min((size - offset) as usize);
-        let start = offset as usize;
-        let src = &chunk.data[start..start + len];
-        copies::count(Pass::Store, len);
-        let cached = chunk.crc.load(Ordering::Relaxed);
-        let crc = if !want_crc {
-            buf[..len].copy_from_slice(src);
-            0
-        } else if start == 0 && len as u64 == size && cached & CRC_VALID != 0 {
-            buf[..len].copy_from_slice(src);
-            cached as u32
-        } else {
-            copy_crc(&mut buf[..len], src, 0)
-        };
-        Ok((
-            ReadInfo {
+        self.with_range(id, offset, buf.len(), |chunk, start, len, whole_crc| {
+            let src = &chunk.data[start..start + len];
+            copies::count(Pass::Store, len);
+            let crc = match (want_crc, whole_crc) {
+                (true, None) => copy_crc(&mut buf[..len], src, 0),
+                (_, known) => {
+                    buf[..len].copy_from_slice(src);
+                    known.unwrap_or(0)
+                }
+            };
+            let info = ReadInfo {
                 len,
-                chunk_size: size,
-            },
-            crc,
-        ))
+                chunk_size: chunk.data.len() as u64,
+            };
+            (info, crc)
+        })
     }
 }
 

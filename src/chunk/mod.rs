@@ -25,7 +25,7 @@ pub use client::{
 pub use dir_store::{DirStore, DirStoreConfig, DirStoreError, RecoveryReport, SyncPolicy};
 pub use mem_store::MemStore;
 pub use on_stack::{ChunkClient, ChunkServer, ChunkSetupError};
-pub(crate) use server::take_results;
+pub(crate) use server::{conn_tag, take_results};
 pub use server::{ServeCtx, ServerConfig, ServerConn, ServerStats};
 pub use staging::{Staging, StagingConfig};
 pub use store::{ChunkStat, ChunkStore, ReadInfo, SharedRead, StoreError};

@@ -12,7 +12,7 @@ use crate::time::Instant;
 use super::client::{
     ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, SubmitError,
 };
-use super::server::{take_results, ServeCtx, ServerConfig, ServerConn, ServerStats};
+use super::server::{conn_tag, take_results, ServeCtx, ServerConfig, ServerConn, ServerStats};
 use super::staging::Staging;
 use super::store::ChunkStore;
 use super::workers::Storage;
@@ -134,7 +134,7 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
                     Some(i) if !self.shutting_down => {
                         let slot = &mut self.slots[i];
                         slot.generation = slot.generation.wrapping_add(1);
-                        slot.core.reset(tag_of(i, slot.generation));
+                        slot.core.reset(conn_tag(i, slot.generation));
                         slot.conn = Some(c);
                         slot.eof = false;
                         self.by_shard[c.shard()].push(i as u32);
@@ -352,11 +352,6 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
         }
         any
     }
-}
-
-/// The tag of slot `i`'s connection of generation `generation`.
-fn tag_of(i: usize, generation: u32) -> u64 {
-    (u64::from(generation) << 32) | i as u64
 }
 
 /// Whether a connection has work of its own, whatever its shard did: answers to send, a request

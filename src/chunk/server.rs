@@ -286,7 +286,7 @@ impl ServerConn {
                 Some(Event::Rejected(r)) => {
                     ctx.stats.rejected_frames += 1;
                     ctx.stats.errors += 1;
-                    self.push(r.request_id.unwrap_or(0), r.error_response(), None);
+                    self.push(r.request_id.unwrap_or(0), r.error_response());
                     if r.must_close() {
                         self.closing = true;
                         ctx.stats.connections_closed_for_errors += 1;
@@ -354,7 +354,7 @@ impl ServerConn {
         match h.request {
             Request::Ping => {
                 ctx.stats.pings += 1;
-                self.push(id, ResponseHeader::ping(id), None);
+                self.push(id, ResponseHeader::ping(id));
             }
             Request::Write { len, .. } => {
                 let buf = if len == 0 {
@@ -387,22 +387,8 @@ impl ServerConn {
                         .store()
                         .read_shared(chunk_id, offset, len as usize)
                     {
-                        let (header, payload) = match r {
-                            Ok(sr) => {
-                                ctx.stats.reads += 1;
-                                ctx.stats.bytes_read += sr.len as u64;
-                                let header =
-                                    ResponseHeader::read(id, sr.len as u32, sr.crc, sr.chunk_size);
-                                (header, (sr.len > 0).then_some(Payload::Shared(sr)))
-                            }
-                            Err(e) => {
-                                ctx.stats.errors += 1;
-                                (
-                                    ResponseHeader::error(id, op.code(), e.status(), false),
-                                    None,
-                                )
-                            }
-                        };
+                        let result = r.map(Outcome::Lent).map_err(|e| e.status());
+                        let (header, payload) = answer(id, op, result, ctx.stats);
                         self.push_payload(id, header, payload);
                         return;
                     }
@@ -494,7 +480,7 @@ impl ServerConn {
         match ctx.storage.submit(job) {
             Submitted::Done(done) => {
                 let (header, payload) = answer(request_id, op, done.result, ctx.stats);
-                self.push(request_id, header, payload);
+                self.push_payload(request_id, header, payload);
             }
             Submitted::Queued => {
                 self.waiting += 1;
@@ -539,7 +525,7 @@ impl ServerConn {
         self.waiting -= 1;
         let (header, payload) = answer(o.request_id, w.op, done.result, stats);
         o.header = header.to_bytes();
-        o.payload = payload.map(Payload::Buf);
+        o.payload = payload;
     }
 
     /// Answers [`Status::Timeout`] for each store call running longer than `timeout`.
@@ -568,15 +554,12 @@ impl ServerConn {
 
     fn queue_error(&mut self, id: u64, op: Op, status: Status, stats: &mut ServerStats) {
         stats.errors += 1;
-        self.push(
-            id,
-            ResponseHeader::error(id, op.code(), status, false),
-            None,
-        );
+        self.push(id, ResponseHeader::error(id, op.code(), status, false));
     }
 
-    fn push(&mut self, request_id: u64, header: ResponseHeader, payload: Option<PoolBuf>) {
-        self.push_payload(request_id, header, payload.map(Payload::Buf));
+    /// Queues an answer without payload.
+    fn push(&mut self, request_id: u64, header: ResponseHeader) {
+        self.push_payload(request_id, header, None);
     }
 
     fn push_payload(&mut self, request_id: u64, header: ResponseHeader, payload: Option<Payload>) {
@@ -700,6 +683,13 @@ impl ServerConn {
     }
 }
 
+/// The tag of a connection in slot `slot` of a server, accepted as its `generation`-th (the
+/// slot's count of accepts): a store result for an earlier connection in that slot carries
+/// another tag and is dropped. [`take_results`] reads the slot back from the low 32 bits.
+pub(crate) fn conn_tag(slot: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | slot as u64
+}
+
 /// Hands each finished store call to its connection: `route(slot, done)` gives it to the
 /// connection in slot `done.tag`'s low 32 bits if that connection still has that tag (and
 /// returns true); a result for a connection that went is dropped (its buffer returns to its
@@ -727,7 +717,7 @@ fn answer(
     op: Op,
     result: Result<Outcome, Status>,
     stats: &mut ServerStats,
-) -> (ResponseHeader, Option<PoolBuf>) {
+) -> (ResponseHeader, Option<Payload>) {
     match result {
         Ok(Outcome::Written { size, len }) => {
             stats.writes += 1;
@@ -739,8 +729,14 @@ fn answer(
             stats.bytes_read += info.len as u64;
             (
                 ResponseHeader::read(id, info.len as u32, crc, info.chunk_size),
-                buf,
+                buf.map(Payload::Buf),
             )
+        }
+        Ok(Outcome::Lent(sr)) => {
+            stats.reads += 1;
+            stats.bytes_read += sr.len as u64;
+            let header = ResponseHeader::read(id, sr.len as u32, sr.crc, sr.chunk_size);
+            (header, (sr.len > 0).then_some(Payload::Shared(sr)))
         }
         Ok(Outcome::Deleted) => {
             stats.deletes += 1;

@@ -29,7 +29,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::mem::PoolBuf;
 use crate::proto::{ChunkId, Status};
 
-use super::store::{ChunkStat, ChunkStore, ReadInfo};
+use super::store::{ChunkStat, ChunkStore, ReadInfo, SharedRead};
 
 /// How long an idle worker parks before it looks at its queue again (a wake-up is never lost,
 /// this only bounds how late a stop request is noticed).
@@ -91,6 +91,8 @@ pub(crate) enum Outcome {
         info: ReadInfo,
         crc: u32,
     },
+    /// Bytes the store lent (no copy) and their CRC32C.
+    Lent(SharedRead),
     Deleted,
     Stat(ChunkStat),
 }
@@ -359,6 +361,18 @@ pub enum StorageMode {
     Workers,
 }
 
+impl StorageMode {
+    /// Whether calls of a store that says `may_block` (see [`ChunkStore::may_block`]) run on
+    /// workers in this mode.
+    pub fn on_workers(self, may_block: bool) -> bool {
+        match self {
+            StorageMode::Auto => may_block,
+            StorageMode::Inline => false,
+            StorageMode::Workers => true,
+        }
+    }
+}
+
 /// Where and how store calls run.
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -406,12 +420,7 @@ pub struct Storage<S: ChunkStore + 'static> {
 impl<S: ChunkStore + 'static> Storage<S> {
     /// Sets up `store` as `cfg` says (starting workers if it calls for them).
     pub fn new(store: S, cfg: &StorageConfig) -> std::io::Result<Storage<S>> {
-        let workers = match cfg.mode {
-            StorageMode::Auto => store.may_block(),
-            StorageMode::Inline => false,
-            StorageMode::Workers => true,
-        };
-        let runner = if workers {
+        let runner = if cfg.mode.on_workers(store.may_block()) {
             Runner::Workers(StoreWorkers::start(store, &cfg.workers)?)
         } else {
             Runner::Inline(store)

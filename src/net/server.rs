@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
 use crate::chunk::{
-    take_results, ChunkStore, ServeCtx, ServerConfig, ServerConn, ServerStats, Staging, Storage,
+    conn_tag, take_results, ChunkStore, ServeCtx, ServerConfig, ServerConn, ServerStats, Staging,
+    Storage,
 };
 use crate::sys::socket::{
     self, Epoll, EpollEvent, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
@@ -471,7 +472,7 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
         }
         let slot = &mut self.slots[i];
         slot.generation = slot.generation.wrapping_add(1);
-        slot.core.reset(tag_of(i, slot.generation));
+        slot.core.reset(conn_tag(i, slot.generation));
         slot.pipe.reset();
         slot.stream = Some(stream);
         slot.peer = Some(peer);
@@ -708,9 +709,4 @@ impl<S: ChunkStore + 'static> Drop for ServerHandle<S> {
             let _ = thread.join();
         }
     }
-}
-
-/// The tag of slot `i`'s connection of generation `generation`.
-fn tag_of(i: usize, generation: u32) -> u64 {
-    (u64::from(generation) << 32) | i as u64
 }
