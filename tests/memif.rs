@@ -2080,7 +2080,7 @@ fn chained_64k_frames_carry_chunks_between_ustack_peers() {
     }
 }
 
-/// The copy budget of a memif link between ustack peers, with the examples' 65000-byte MTU in
+/// The copy budget of a memif link between ustack peers, with a 65000-byte MTU (`--mtu 65000` in the examples) in
 /// whole 64 KiB buffers: on the server, `Pass::Device` counts exactly the bytes it received
 /// (copied out of the client's buffers) and the bytes of the rare frame that could not be
 /// built in place; every frame built in place costs no device pass. The client counts none.
