@@ -15,7 +15,9 @@ cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says how long the run has taken so far, so a slow phase shows in the CI log.
+started=$SECONDS
+step() { printf '\n==> %s (at %dm%02ds)\n' "$*" $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)); }
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
@@ -90,5 +92,5 @@ passed=$(grep -E '^test result:' target/test-output.log | awk '{s+=$4} END {prin
 failed=$(grep -E '^test result:' target/test-output.log | awk '{s+=$6} END {print s+0}')
 skipped=$(grep -c '^SKIPPED' target/test-output.log || true)
 echo
-echo "${passed} passed, ${failed} failed, ${skipped} skipped"
+echo "${passed} passed, ${failed} failed, ${skipped} skipped, in $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s"
 [ "$failed" -eq 0 ]
