@@ -1730,6 +1730,8 @@ fn interop_with_dpdk_net_memif_both_roles() {
             assert!(dev.mapped_regions() >= 2);
         }
         assert!(peer_name.starts_with("DPDK"), "{peer_name}");
+        // DPDK announced nothing: it gets complete checksums.
+        assert!(!dev.tx_checksums_elided());
         echo_through(&mut dev, 20_000);
         let stats = dev.memif_stats();
         println!("  {stats:?}");
@@ -2077,6 +2079,40 @@ fn chained_64k_frames_carry_chunks_between_ustack_peers() {
         // adjacent ones, so the server copied every frame.
         assert_eq!(s.tx_in_place, 0);
         assert_eq!(s.tx_copied_bytes, s.link.tx_bytes);
+    }
+}
+
+/// Checksums are left out only for a peer that announced it does not verify them. Two ustack
+/// peers with defaults leave them out both ways. A client that verifies what it receives
+/// (`trust_rx_checksums` off) does not announce it, so the server sends it complete
+/// checksums: had it left them out, the client's stack would drop every frame as a bad
+/// checksum and the round trip would fail. (The DPDK interop tests cover a foreign peer.)
+#[test]
+fn checksums_are_left_out_only_for_a_peer_that_does_not_verify_them() {
+    for client_verifies in [false, true] {
+        let dir = TestDir::new("csum");
+        let socket = dir.socket();
+        let mut srv = ServerRig::new(&socket);
+        let mut ccfg = memif_cfg(&socket, MemifRole::Client);
+        ccfg.trust_rx_checksums = !client_verifies;
+        let mut cli = ClientRig::with(ccfg, Duration::from_secs(30));
+        cli.wait_link(Some(&mut srv), Duration::from_secs(20))
+            .unwrap();
+        assert_eq!(
+            srv.dev().tx_checksums_elided(),
+            !client_verifies,
+            "server to client"
+        );
+        // The server does not verify, and said so: the client leaves them out either way.
+        assert!(cli.dev().tx_checksums_elided(), "client to server");
+        cli.connect(Some(&mut srv)).unwrap();
+        let bytes = cli
+            .round_trip(Some(&mut srv), 64, 256 << 10, 11, 4, |_| {})
+            .unwrap();
+        let cs = cli.stack.stats();
+        println!("client verifies: {client_verifies}: {bytes} bytes verified; client {cs:?}");
+        assert_eq!(cs.rx_bad_checksum, 0);
+        assert!(cs.rx_frames > 100, "{cs:?}");
     }
 }
 

@@ -71,6 +71,28 @@ pub struct ChecksumCaps {
     pub tx_l4: bool,
 }
 
+/// Fills in the IPv4 header checksum and, for an unfragmented TCP segment, the TCP checksum of
+/// an Ethernet frame, as a NIC with transmit checksum offload does: for a device that claims
+/// [`ChecksumCaps::tx_ipv4`] and [`ChecksumCaps::tx_l4`] but has no hardware to do it. Any
+/// other frame (ARP, truncated, not IPv4) is left as it is; filling twice gives the same bytes.
+pub(crate) fn fill_checksums(frame: &mut [u8]) {
+    use smoltcp::wire::{IpProtocol, Ipv4Packet, TcpPacket};
+    if frame.len() < ETH_HEADER_LEN || frame[12..14] != [0x08, 0x00] {
+        return;
+    }
+    let Ok(mut ip) = Ipv4Packet::new_checked(&mut frame[ETH_HEADER_LEN..]) else {
+        return;
+    };
+    ip.fill_checksum();
+    if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+        return;
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) {
+        tcp.fill_checksum(&src.into(), &dst.into());
+    }
+}
+
 /// What a device can do.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct DeviceCaps {
@@ -253,5 +275,76 @@ mod tests {
         assert_eq!(b.pop(), Some(0));
         assert_eq!(b.free(), 1);
         assert_eq!(b.iter().copied().collect::<Vec<_>>(), vec![1]);
+    }
+
+    /// An Ethernet frame with an IPv4 TCP segment carrying `payload`, with complete checksums
+    /// as smoltcp computes them.
+    fn tcp_frame(payload: &[u8]) -> Vec<u8> {
+        use smoltcp::phy::ChecksumCapabilities;
+        use smoltcp::wire::{
+            IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
+            TcpRepr, TcpSeqNumber,
+        };
+        let (src, dst) = (Ipv4Address::new(10, 0, 0, 2), Ipv4Address::new(10, 0, 0, 1));
+        let tcp = TcpRepr {
+            src_port: 4000,
+            dst_port: 7000,
+            control: TcpControl::Psh,
+            seq_number: TcpSeqNumber(12345),
+            ack_number: Some(TcpSeqNumber(999)),
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let csum = ChecksumCapabilities::default();
+        let mut f = vec![0u8; ETH_HEADER_LEN + ip.buffer_len() + tcp.buffer_len()];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let mut pkt = Ipv4Packet::new_unchecked(&mut f[ETH_HEADER_LEN..]);
+        ip.emit(&mut pkt, &csum);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(pkt.payload_mut()),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &csum,
+        );
+        f
+    }
+
+    #[test]
+    fn fill_checksums_matches_the_stack() {
+        for len in [0usize, 1, 2, 3, 1460, 8947, 65000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
+            let want = tcp_frame(&payload);
+            let mut got = want.clone();
+            // What a stack that left the checksums to the device sends: both fields zero.
+            got[ETH_HEADER_LEN + 10..ETH_HEADER_LEN + 12].fill(0);
+            got[ETH_HEADER_LEN + 20 + 16..ETH_HEADER_LEN + 20 + 18].fill(0);
+            assert_ne!(got, want);
+            fill_checksums(&mut got);
+            assert_eq!(got, want, "payload of {len} bytes");
+            fill_checksums(&mut got);
+            assert_eq!(got, want, "filled twice, payload of {len} bytes");
+        }
+        // Not IPv4, or cut short: left alone.
+        let mut arp = tcp_frame(b"x");
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        let before = arp.clone();
+        fill_checksums(&mut arp);
+        assert_eq!(arp, before);
+        let mut short = tcp_frame(b"hello")[..ETH_HEADER_LEN + 10].to_vec();
+        let before = short.clone();
+        fill_checksums(&mut short);
+        assert_eq!(short, before);
     }
 }

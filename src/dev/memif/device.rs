@@ -8,7 +8,9 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::dev::{Batch, ChecksumCaps, DeviceCaps, Frame, PacketDevice, ETH_HEADER_LEN};
+use crate::dev::{
+    fill_checksums, Batch, ChecksumCaps, DeviceCaps, Frame, PacketDevice, ETH_HEADER_LEN,
+};
 use crate::mem::shm::SharedRegion;
 use crate::mem::{BufPool, HugeRegion, PoolBuf};
 use crate::sys::memif::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
@@ -20,7 +22,9 @@ use super::control::{
     ServerParams, ServerStep,
 };
 use super::frame::{Carry, MemifFrame, Parts};
-use super::proto::{secret_field, Disconnect, Msg, Name, MSG_LEN, SECRET_LEN};
+use super::proto::{
+    secret_field, Disconnect, Msg, Name, CAP_RX_CHECKSUMS_TRUSTED, MSG_LEN, SECRET_LEN,
+};
 use super::ring::{
     self, ClientRx, ClientTx, CopyIn, PendingCopy, RingFault, ServerRx, ServerTx,
     RING_FLAG_MASK_INT,
@@ -103,6 +107,10 @@ pub struct MemifDevice<F = PoolBuf> {
     client_params: ClientParams,
     stats: MemifStats,
     peer: Option<(Name, Name)>,
+    /// Leave checksums out of frames for a peer that announced it does not verify them.
+    elide_tx_checksums: bool,
+    /// The connected peer announced that: frames go out without checksums.
+    peer_trusts_checksums: bool,
     control_interval: Duration,
     handshake_timeout: Duration,
     backoff_min: Duration,
@@ -284,7 +292,13 @@ impl<F> MemifDevice<F> {
                 None,
             ),
         };
-        let name = Name::new(&cfg.name);
+        // Our name carries ustack's capability mark (see `Name::capabilities`).
+        let caps_flags = if cfg.trust_rx_checksums {
+            CAP_RX_CHECKSUMS_TRUSTED
+        } else {
+            0
+        };
+        let name = Name::with_capabilities(&cfg.name, caps_flags);
         let secret = cfg.secret.as_deref().filter(|s| !s.is_empty());
         let server_params = ServerParams {
             id: cfg.interface_id,
@@ -312,8 +326,10 @@ impl<F> MemifDevice<F> {
                 checksum: ChecksumCaps {
                     rx_ipv4: cfg.trust_rx_checksums,
                     rx_l4: cfg.trust_rx_checksums,
-                    tx_ipv4: false,
-                    tx_l4: false,
+                    // The device fills them in (`fill_checksums`), or leaves them out for a
+                    // peer that does not verify them.
+                    tx_ipv4: true,
+                    tx_l4: true,
                 },
             },
             pool,
@@ -326,6 +342,8 @@ impl<F> MemifDevice<F> {
             client_params,
             stats: MemifStats::default(),
             peer: None,
+            elide_tx_checksums: cfg.elide_tx_checksums,
+            peer_trusts_checksums: false,
             control_interval: cfg.control_poll_interval,
             handshake_timeout: cfg.handshake_timeout,
             backoff_min: cfg.reconnect_backoff_min,
@@ -424,6 +442,12 @@ impl<F> MemifDevice<F> {
         self.peer
             .as_ref()
             .map(|(a, b)| (a.to_string_lossy(), b.to_string_lossy()))
+    }
+
+    /// True while the connected peer is one that does not verify checksums (a ustack peer that
+    /// announced it), so frames go to it without IPv4 and TCP checksums.
+    pub fn tx_checksums_elided(&self) -> bool {
+        self.peer_trusts_checksums
     }
 
     /// Why the last connection or handshake ended, for diagnostics.
@@ -707,6 +731,12 @@ impl<F> MemifDevice<F> {
             queues = ?self.queues(),
             "memif link up"
         );
+        self.peer_trusts_checksums =
+            self.elide_tx_checksums && peer_name.capabilities() & CAP_RX_CHECKSUMS_TRUSTED != 0;
+        tracing::debug!(
+            elided = self.peer_trusts_checksums,
+            "memif transmit checksums (left out only for a peer that does not verify them)"
+        );
         self.peer = Some((peer_name, peer_if_name));
     }
 
@@ -768,6 +798,7 @@ impl<F> MemifDevice<F> {
             tracing::debug!(socket = %self.addr, "memif handshake ended: {why}");
         }
         self.peer = None;
+        self.peer_trusts_checksums = false;
         self.last_error = Some(why);
         if self.role == MemifRole::Client {
             self.next_connect = now + self.backoff;
@@ -941,6 +972,7 @@ impl<F: Carry> MemifDevice<F> {
     fn tx_server(&mut self, now: Instant, batch: &mut Batch<F>) -> usize {
         let frame_len_max = self.caps.frame_len_max();
         let burst = self.caps.burst_max;
+        let elide = self.peer_trusts_checksums;
         let Some(DataPath::Server { regions, tx, .. }) = &mut self.link else {
             return 0;
         };
@@ -958,8 +990,11 @@ impl<F: Carry> MemifDevice<F> {
                 continue;
             }
             if front.is_slot() {
-                let Some(frame) = batch.pop() else { break };
+                let Some(mut frame) = batch.pop() else { break };
                 taken += 1;
+                if !elide {
+                    fill_checksums(frame.data_mut());
+                }
                 if let Parts::Slot(f) = frame.into_parts() {
                     if tx.len() == 1 && f.is_of(tx[0].slots()) {
                         self.stats.link.tx_packets += 1;
@@ -981,13 +1016,20 @@ impl<F: Carry> MemifDevice<F> {
                 fault = Some(RingFault::Unmapped);
                 break;
             };
-            match r.copy_in(&view, regions, front.data(), &mut self.stats) {
-                Ok(CopyIn::Sent | CopyIn::Cut) => {
-                    drop(batch.pop());
-                    taken += 1;
+            let Some(mut frame) = batch.pop() else { break };
+            if !elide {
+                // (Again if the frame waits for room below: the sums come out the same.)
+                fill_checksums(frame.data_mut());
+            }
+            match r.copy_in(&view, regions, frame.data(), &mut self.stats) {
+                Ok(CopyIn::Sent | CopyIn::Cut) => taken += 1,
+                Ok(CopyIn::NoRoom) => {
+                    // The rest waits for posted buffers.
+                    let _ = batch.push_front(frame);
+                    break;
                 }
-                Ok(CopyIn::NoRoom) => break, // the rest waits for posted buffers
                 Err(f) => {
+                    let _ = batch.push_front(frame);
                     fault = Some(f);
                     break;
                 }
@@ -1018,6 +1060,7 @@ impl<F: Carry> MemifDevice<F> {
     ) -> Result<usize, RingFault> {
         let frame_len_max = self.caps.frame_len_max();
         let piece = self.piece;
+        let elide = self.peer_trusts_checksums;
         let queues = self.queues().map_or(1, |(_, t)| t);
         let Some(DataPath::Client { rings, tx, .. }) = &mut self.link else {
             return Ok(0);
@@ -1048,7 +1091,7 @@ impl<F: Carry> MemifDevice<F> {
                 continue;
             };
             let p = frame.data().as_ptr() as usize;
-            let frame = if p >= base as usize && p < base as usize + len {
+            let mut frame = if p >= base as usize && p < base as usize + len {
                 frame
             } else {
                 // Not one of our shared buffers: copy it into one.
@@ -1061,6 +1104,9 @@ impl<F: Carry> MemifDevice<F> {
                 crate::copies::count(crate::copies::Pass::Device, n);
                 copy
             };
+            if !elide {
+                fill_checksums(frame.as_mut_slice());
+            }
             if ClientTx::pieces(n, piece) > 1 {
                 self.stats.tx_chains += 1;
             }

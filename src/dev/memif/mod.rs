@@ -66,8 +66,15 @@
 //!   honours the flag wakes us through the ring's eventfd; the wait is bounded by its timeout
 //!   either way, so a peer that never signals costs latency, not correctness.
 //! - **Checksums.** Shared memory cannot corrupt frames, so by default the device tells the stack
-//!   to skip verifying received IPv4/TCP checksums ([`MemifConfig::trust_rx_checksums`]);
-//!   outgoing frames always carry complete checksums, as any memif peer (DPDK, VPP) expects.
+//!   to skip verifying received IPv4/TCP checksums ([`MemifConfig::trust_rx_checksums`]). The
+//!   device computes outgoing checksums itself, as a NIC with checksum offload does, and leaves
+//!   them out only for a peer that announced it does not verify them: another ustack. The memif
+//!   protocol has no feature bits, so the announcement rides in the application name field of
+//!   HELLO and INIT, behind the name's terminating NUL, where implementations that read the
+//!   name as a C string (libmemif, DPDK's net_memif, VPP) do not look; they get complete
+//!   checksums. Between two ustack peers a frame is then read once fewer on each side, as on
+//!   kernel loopback; the chunk protocol's CRC32C still covers every payload byte end to end.
+//!   A capture taken on such a link shows zero checksums (as one taken under NIC offload does).
 //! - **Control channel cost.** The control socket is read at most every
 //!   [`MemifConfig::control_poll_interval`] while the link is up (one `recvmsg` per interval),
 //!   and at every call while connecting.
@@ -205,8 +212,13 @@ pub struct MemifConfig {
     /// How often the control socket is read while the link is up. Default 1 ms.
     pub control_poll_interval: Duration,
     /// Tell the stack that received checksums need not be verified (shared memory does not
-    /// corrupt). Default true.
+    /// corrupt), and tell a ustack peer it may leave them out (see
+    /// [`elide_tx_checksums`](Self::elide_tx_checksums)). Default true.
     pub trust_rx_checksums: bool,
+    /// Leave the IPv4 and TCP checksums out of frames sent to a peer that announced it does not
+    /// verify them (a ustack peer with [`trust_rx_checksums`](Self::trust_rx_checksums)); to
+    /// any other peer frames carry complete checksums. Default true.
+    pub elide_tx_checksums: bool,
     /// Regions a server accepts from one client (1..=256). Default 16.
     pub regions_max: usize,
     /// Longest region a server maps. Default 64 GiB.
@@ -235,6 +247,7 @@ impl MemifConfig {
             handshake_timeout: Duration::from_secs(5),
             control_poll_interval: Duration::from_millis(1),
             trust_rx_checksums: true,
+            elide_tx_checksums: true,
             regions_max: 16,
             region_len_max: 64 << 30,
         }

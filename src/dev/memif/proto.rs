@@ -54,10 +54,49 @@ mod ty {
 #[derive(Copy, Clone, PartialEq, Eq, Hash)]
 pub struct Name(pub [u8; NAME_LEN]);
 
+/// Where a ustack peer's capability mark sits in its application name field: the last
+/// [`MARK_LEN`] bytes, behind the NUL that ends the name, so a peer that reads the field as a C
+/// string (libmemif, DPDK, VPP) never sees it. The memif protocol has no feature bits.
+const MARK_AT: usize = NAME_LEN - MARK_LEN;
+/// Length of the mark: 4 magic bytes, a version, a flags byte, 2 bytes reserved (zero).
+const MARK_LEN: usize = 8;
+/// The mark's magic bytes.
+const MARK_MAGIC: [u8; 4] = *b"ustk";
+/// The mark's version.
+const MARK_VERSION: u8 = 1;
+
+/// Flag of the capability mark: "I do not verify the IPv4 and TCP checksums of frames I
+/// receive: leave them out". A peer that sees it may send frames without them.
+pub const CAP_RX_CHECKSUMS_TRUSTED: u8 = 1;
+
 impl Name {
     /// The name from `s`, cut to 31 bytes so it stays NUL-terminated.
     pub fn new(s: &str) -> Name {
         Name(padded(s.as_bytes()))
+    }
+
+    /// The name from `s`, cut to 23 bytes, with ustack's capability mark carrying `flags`
+    /// behind it (see [`Name::capabilities`]).
+    pub fn with_capabilities(s: &str, flags: u8) -> Name {
+        let mut out = [0u8; NAME_LEN];
+        let n = s.len().min(MARK_AT - 1);
+        out[..n].copy_from_slice(&s.as_bytes()[..n]);
+        out[MARK_AT..MARK_AT + 4].copy_from_slice(&MARK_MAGIC);
+        out[MARK_AT + 4] = MARK_VERSION;
+        out[MARK_AT + 5] = flags;
+        Name(out)
+    }
+
+    /// The capability flags a ustack peer marked its name with, or 0 for a name without the
+    /// mark (any other memif implementation). The mark counts only behind the name's NUL.
+    pub fn capabilities(&self) -> u8 {
+        let b = &self.0;
+        let hidden = b[..MARK_AT].contains(&0);
+        if hidden && b[MARK_AT..MARK_AT + 4] == MARK_MAGIC && b[MARK_AT + 4] == MARK_VERSION {
+            b[MARK_AT + 5]
+        } else {
+            0
+        }
     }
 
     /// The bytes up to the first NUL, lossily as UTF-8.
@@ -490,6 +529,31 @@ mod tests {
             Disconnect::new(0, &"r".repeat(200)).reason_lossy().len(),
             95
         );
+    }
+
+    #[test]
+    fn capability_mark_hides_behind_the_name() {
+        let n = Name::with_capabilities("ustack", CAP_RX_CHECKSUMS_TRUSTED);
+        // What a C-string reader (libmemif, DPDK, VPP) and we show: the name alone.
+        assert_eq!(n.to_string_lossy(), "ustack");
+        assert_eq!(n.capabilities(), CAP_RX_CHECKSUMS_TRUSTED);
+        // A long name is cut so the NUL comes before the mark.
+        let long = Name::with_capabilities(&"x".repeat(40), CAP_RX_CHECKSUMS_TRUSTED);
+        assert_eq!(long.to_string_lossy().len(), 23);
+        assert_eq!(long.capabilities(), CAP_RX_CHECKSUMS_TRUSTED);
+        // Names without the mark (any other implementation) announce nothing.
+        assert_eq!(Name::new("ustack").capabilities(), 0);
+        assert_eq!(Name::new(&"y".repeat(40)).capabilities(), 0);
+        assert_eq!(Name([0; NAME_LEN]).capabilities(), 0);
+        // The magic inside the name itself (no NUL before it) is not a mark.
+        let mut fake = [b'a'; NAME_LEN];
+        fake[MARK_AT..MARK_AT + 6].copy_from_slice(b"ustk\x01\x01");
+        fake[NAME_LEN - 1] = 0;
+        assert_eq!(Name(fake).capabilities(), 0);
+        // Another version of the mark is not understood.
+        let mut v2 = n;
+        v2.0[MARK_AT + 4] = 2;
+        assert_eq!(v2.capabilities(), 0);
     }
 
     proptest::proptest! {
