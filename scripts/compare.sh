@@ -121,9 +121,8 @@ GLIBC_TUNABLES_VALUE="glibc.cpu.x86_rep_movsb_threshold=1000000000:glibc.cpu.x86
 # 1,024 idle + 32 active connections + a few spare.
 CONNECTIONS_MAX=1100
 # IP MTU of the memif link: shared memory has no wire limit (the kernel's loopback baseline
-# runs with MTU 65536). 9000, the examples' default: at 65000 (faster for 1 MiB transfers) the
-# 256-slot rings cannot take scale-idle1024's burst of connections yet. dpdk-memif stays at
-# 1500: DPDK 22.11's net_memif takes frames of at most 1518 bytes.
+# runs with MTU 65536). 9000, the examples' default (docs/DATAPATH.md, "MTU", says why not
+# 65000). dpdk-memif stays at 1500: DPDK 22.11's net_memif takes frames of at most 1518 bytes.
 SHM_MTU=9000
 # Hugepages (2 MiB) the DPDK and memif processes need at most, together.
 HUGEPAGES_NEEDED=800

@@ -703,10 +703,13 @@ pub fn open_device(
             // buffers (DPDK's and VPP's 2048), and cost a copy of all but the first piece.
             cfg.buffer_size = (cfg.mtu + 14).next_multiple_of(64).clamp(2048, 65535);
             if cfg.mtu > 9000 {
-                // 64 KiB buffers: 256 ring slots and 1024 pool buffers (64 MiB) hold several
-                // TCP windows of full frames.
-                cfg.ring_size_log2 = 8;
-                cfg.pool_frames = Some(1024);
+                // Buffers of up to 64 KiB: 1,024 ring slots, as at the default MTU (with 256,
+                // a burst of 1,024 connections did not all come up: SYN|ACKs waited for posted
+                // buffers while the listener's backlog turned over), and 2,560 pool buffers
+                // (160 MiB at 64 KiB): every slot posted, as many frames in flight, and the
+                // frames the stack holds.
+                cfg.ring_size_log2 = 10;
+                cfg.pool_frames = Some(2560);
             }
             AnyDevice::open_memif(&cfg)
         }
@@ -740,9 +743,9 @@ pub fn open_device(
     opened.map(|d| (d, None)).map_err(|e| e.to_string())
 }
 
-/// The memif link MTU when `--mtu` is not given. 65000 (`--mtu 65000`) is faster for bulk
-/// data, but with its 256 ring slots a burst of 1,024 connections does not all come up
-/// (SYN|ACKs wait for posted buffers): 9000 until rings are sized for both.
+/// The memif link MTU when `--mtu` is not given. Larger MTUs (`--mtu 65000`) move 1 MiB
+/// transfers faster on some runs and 4 KiB requests slower on others (docs/DATAPATH.md, "MTU"):
+/// 9000 until a larger one wins on both.
 const MEMIF_MTU_DEFAULT: usize = 9000;
 
 /// The DPDK device named on the command line, if any.
