@@ -9,6 +9,7 @@ pub mod memif;
 pub mod netns;
 pub mod packet;
 pub mod proc;
+pub mod random;
 pub mod signal;
 pub mod socket;
 pub mod tap;

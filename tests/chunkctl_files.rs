@@ -1,0 +1,364 @@
+//! `chunkctl put` and `get` with real files against the example file server (kernel TCP on
+//! loopback; the file commands do not depend on the backend): ids that do not collide across PID
+//! namespaces, manifests that must cover the file, a failed get that leaves nothing under the
+//! output name, an interrupted put that leaves no chunk behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{example_binary, Rng, Watched};
+
+/// A directory of its own under the system's temporary directory, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "ustack-chunkctl-{tag}-{}-{:x}",
+            std::process::id(),
+            Rng::new(u64::from(std::process::id())).next_u64()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The example file server on 127.0.0.1 (a free port), `store` as given.
+struct Server {
+    proc: Option<Watched>,
+    addr: String,
+}
+
+impl Server {
+    fn start(store: &str) -> Server {
+        let mut proc = Watched::spawn(
+            Command::new(example_binary("fileserver"))
+                .args(["--backend", "kernel", "--listen", "127.0.0.1:0"])
+                .args(["--connections-max", "128", "--store", store])
+                .env("RUST_LOG", "warn"),
+            "fileserver",
+        );
+        let line = proc
+            .wait_for_line("fileserver: listening on ", Duration::from_secs(30))
+            .unwrap();
+        let addr = line["fileserver: listening on ".len()..].trim().to_string();
+        Server {
+            proc: Some(proc),
+            addr,
+        }
+    }
+
+    fn chunkctl(&self) -> Command {
+        let mut c = Command::new(example_binary("chunkctl"));
+        c.args(["--backend", "kernel", "--server", &self.addr])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.terminate(Duration::from_secs(5));
+        }
+    }
+}
+
+fn run(mut cmd: Command) -> Output {
+    cmd.output().expect("run chunkctl")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A file of `len` pseudo-random bytes from `seed`.
+fn random_file(path: &Path, len: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+    std::fs::write(path, data).unwrap();
+}
+
+/// Puts `file` (chunks of `chunk`) and returns the manifest's text.
+fn put(s: &Server, file: &Path, chunk: &str) -> String {
+    let mut c = s.chunkctl();
+    c.args(["put", "--chunk-size", chunk]).arg(file);
+    let out = run(c);
+    assert!(out.status.success(), "put failed: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Runs `get` of `manifest` into `out`; returns whether it succeeded and its standard error.
+fn get(s: &Server, manifest: &Path, out: &Path) -> (bool, String) {
+    let mut c = s.chunkctl();
+    c.arg("get").arg(manifest).arg("--out").arg(out);
+    let o = run(c);
+    (o.status.success(), text(&o.stderr))
+}
+
+/// Names in `dir` other than those given.
+fn other_files(dir: &Path, known: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !known.contains(&n.as_str()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Chunk files in a DirStore directory (`<dir>/<ff>/<32 hex digits>`).
+fn stored_chunks(store: &Path) -> usize {
+    let mut n = 0;
+    for sub in std::fs::read_dir(store).unwrap() {
+        let sub = sub.unwrap().path();
+        if !sub.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&sub).unwrap() {
+            let name = f.unwrap().file_name();
+            let name = name.to_string_lossy();
+            if name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Fifty puts at once, each chunkctl PID 1 of a PID namespace of its own (as in containers),
+/// then every file back: fifty distinct manifests and fifty intact files. Chunk ids built
+/// from the pid and the time collided here (3 of 15 in the run).
+#[test]
+fn puts_in_fifty_pid_namespaces_do_not_collide() {
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip("PID namespaces (unshare --pid) need root");
+        return;
+    }
+    let dir = TempDir::new("pidns");
+    let s = Server::start("mem");
+    const N: usize = 50;
+    let files: Vec<PathBuf> = (0..N)
+        .map(|i| {
+            let f = dir.0.join(format!("file{i}"));
+            random_file(&f, 40_000 + i * 997, 1000 + i as u64);
+            f
+        })
+        .collect();
+    let children: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--kill-child"])
+                .arg(example_binary("chunkctl"))
+                .args(["--backend", "kernel", "--server", &s.addr])
+                .args(["put", "--chunk-size", "8KiB"])
+                .arg(f)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            c.spawn().expect("unshare (util-linux)")
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "put {i} in its PID namespace: {}",
+            text(&out.stderr)
+        );
+        let manifest = text(&out.stdout);
+        for line in manifest.lines().skip(1) {
+            let id = line.split_whitespace().next().unwrap().to_string();
+            assert!(ids.insert(id.clone()), "chunk id {id} chosen twice");
+        }
+        std::fs::write(dir.0.join(format!("file{i}.manifest")), manifest).unwrap();
+    }
+    for (i, f) in files.iter().enumerate() {
+        let back = dir.0.join(format!("file{i}.back"));
+        let (ok, err) = get(&s, &dir.0.join(format!("file{i}.manifest")), &back);
+        assert!(ok, "get {i}: {err}");
+        assert!(
+            std::fs::read(f).unwrap() == std::fs::read(&back).unwrap(),
+            "file {i} came back different"
+        );
+    }
+    println!(
+        "{N} puts in PID namespaces: {} distinct chunk ids, every file intact",
+        ids.len()
+    );
+}
+
+/// A manifest that does not describe the whole file is refused, naming the line, and nothing
+/// is written under the output name (nor left beside it).
+#[test]
+fn get_refuses_a_manifest_that_does_not_cover_the_file() {
+    let dir = TempDir::new("manifest");
+    let s = Server::start("mem");
+    let file = dir.0.join("data");
+    random_file(&file, 100_000, 7);
+    let manifest = put(&s, &file, "16KiB");
+    let lines: Vec<&str> = manifest.lines().collect();
+    assert_eq!(lines.len(), 1 + 7, "{manifest}");
+    assert!(lines[0].starts_with("ustack-manifest 1 length=100000 chunks=7"));
+
+    let with = |lines: &[&str]| lines.join("\n") + "\n";
+    let mut dup = lines.clone();
+    dup.insert(3, lines[2]);
+    let mut swapped = lines.clone();
+    swapped.swap(2, 3);
+    let mut no_header = lines.clone();
+    no_header.remove(0);
+    let mut wrong_version = lines.clone();
+    let v2 = lines[0].replace("ustack-manifest 1", "ustack-manifest 2");
+    wrong_version[0] = &v2;
+    let mut garbage = lines.clone();
+    garbage[4] = "this is not a chunk";
+    let mut long_len = lines.clone();
+    let l = lines[0].replace("length=100000", "length=100001");
+    long_len[0] = &l;
+    let mut bad_crc = lines.clone();
+    let crc = format!("{} zz", lines[5].rsplit_once(' ').unwrap().0);
+    bad_crc[5] = &crc;
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("empty", String::new(), "empty"),
+        (
+            "line deleted",
+            with(&[&lines[..3], &lines[4..]].concat()),
+            "line 4",
+        ),
+        ("line repeated", with(&dup), "line 4"),
+        ("lines swapped", with(&swapped), "line 3"),
+        ("no header", with(&no_header), "line 1"),
+        ("version 2", with(&wrong_version), "version"),
+        ("garbage", with(&garbage), "line 5"),
+        ("length too long", with(&long_len), "100001"),
+        ("bad CRC", with(&bad_crc), "line 6"),
+        ("trailing line", manifest.clone() + "extra\n", "line 9"),
+    ];
+    for (what, m, says) in cases {
+        let mpath = dir.0.join("m");
+        std::fs::write(&mpath, m).unwrap();
+        let out = dir.0.join("out");
+        let (ok, err) = get(&s, &mpath, &out);
+        assert!(!ok, "{what}: get accepted it");
+        assert!(
+            err.contains(says),
+            "{what}: the error should say {says:?}: {err}"
+        );
+        assert_eq!(
+            other_files(&dir.0, &["data", "m"]),
+            Vec::<String>::new(),
+            "{what}: get left a file"
+        );
+    }
+    // The manifest as put wrote it still works.
+    std::fs::write(dir.0.join("m"), &manifest).unwrap();
+    let (ok, err) = get(&s, &dir.0.join("m"), &dir.0.join("out"));
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(dir.0.join("out")).unwrap()
+    );
+}
+
+/// A chunk missing on the server: get says which one and that it was not found, and leaves no
+/// file under the output name. Bad chunk sizes are refused before anything is written.
+#[test]
+fn a_failed_get_leaves_no_file_and_says_why() {
+    let dir = TempDir::new("failed-get");
+    let s = Server::start("mem");
+    let file = dir.0.join("data");
+    random_file(&file, 50_000, 9);
+    let manifest = put(&s, &file, "16KiB");
+    let mpath = dir.0.join("m");
+    std::fs::write(&mpath, &manifest).unwrap();
+    let victim = manifest
+        .lines()
+        .nth(2)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let mut c = s.chunkctl();
+    c.args(["delete", victim]);
+    assert!(run(c).status.success());
+    let out = dir.0.join("out");
+    std::fs::write(&out, b"an older file of the same name").unwrap();
+    let (ok, err) = get(&s, &mpath, &out);
+    assert!(!ok);
+    assert!(err.contains(victim) && err.contains("not found"), "{err}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        b"an older file of the same name",
+        "the old file under the output name is left as it was"
+    );
+    assert_eq!(
+        other_files(&dir.0, &["data", "m", "out"]),
+        Vec::<String>::new()
+    );
+
+    for size in ["0", "8MiB"] {
+        let mut c = s.chunkctl();
+        c.args(["put", "--chunk-size", size]).arg(&file);
+        let o = run(c);
+        assert!(!o.status.success(), "--chunk-size {size} accepted");
+        assert!(
+            text(&o.stderr).contains("--chunk-size"),
+            "{}",
+            text(&o.stderr)
+        );
+        assert!(o.stdout.is_empty(), "no manifest for a refused put");
+    }
+}
+
+/// SIGINT in the middle of a put: it deletes what it wrote, prints no manifest and fails; the
+/// store holds no chunk afterwards.
+#[test]
+fn an_interrupted_put_leaves_no_chunk_behind() {
+    let dir = TempDir::new("interrupt");
+    let store = dir.0.join("store");
+    let s = Server::start(&format!("dir:{}", store.display()));
+    let file = dir.0.join("data");
+    random_file(&file, 64 << 20, 11);
+    let child = s
+        .chunkctl()
+        .args(["put", "--chunk-size", "64KiB"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while stored_chunks(&store) < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the put wrote nothing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ustack::sys::signal::send(child.id(), libc::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "an interrupted put succeeded: {err}");
+    assert!(err.contains("deleted"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "a manifest for an interrupted put: {}",
+        text(&out.stdout)
+    );
+    assert_eq!(stored_chunks(&store), 0, "chunks left behind: {err}");
+}
