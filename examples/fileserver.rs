@@ -2,8 +2,8 @@
 //! over kernel TCP, from memory or a directory.
 //!
 //! ```text
-//! fileserver --backend kernel --listen 127.0.0.1:7000 --store dir:/var/lib/chunks
-//! fileserver --backend auto --iface eth1 --ip 10.0.0.2/24 --store dir:/var/lib/chunks
+//! fileserver --backend kernel --listen 127.0.0.1:7000 --store dir:/var/lib/chunks --create
+//! fileserver --backend auto --iface eth1 --ip 10.0.0.2/24 --store dir:/var/lib/chunks --create
 //! fileserver --backend tap --ip 10.213.0.2/24 --tap-peer 10.213.0.1/24 --store mem
 //! ```
 //! It prints the backend it runs on and why, logs with tracing (RUST_LOG), and shuts down
@@ -71,6 +71,10 @@ struct Args {
     /// Chunk store: `mem` or `dir:PATH`.
     #[arg(long, default_value = "mem")]
     store: StoreSpec,
+    /// Directory store: create the directory if it does not exist (without this, a missing
+    /// directory is an error, so a mistyped path cannot open a new, empty store).
+    #[arg(long)]
+    create: bool,
     /// Directory store: when WRITEs are made durable.
     #[arg(long, value_enum, default_value_t = Sync::Always)]
     sync: Sync,
@@ -148,7 +152,13 @@ fn run(args: &Args) -> Result<(), String> {
         Sync::Always => SyncPolicy::Always,
         Sync::Never => SyncPolicy::Never,
     };
-    let (store, store_line) = open_store(&args.store, args.mem_budget.0, args.chunk_max.0, sync)?;
+    let (store, store_line) = open_store(
+        &args.store,
+        args.mem_budget.0,
+        args.chunk_max.0,
+        sync,
+        args.create,
+    )?;
     if args.storage_timeout_s == 0 {
         return Err("--storage-timeout-s must be at least 1".into());
     }

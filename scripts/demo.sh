@@ -88,7 +88,7 @@ memif)
     run_pair "1. fileserver and chunkctl as two processes over shared memory (memif): ustack at both ends, no root"
     sock="$work/memif.sock"
     start_server "$bin/fileserver" --backend memif --memif-socket "$sock" --ip 10.214.0.1/24 \
-        --store "dir:$work/store-memif" --sync never
+        --store "dir:$work/store-memif" --sync never --create
     "$bin/chunkctl" --backend memif --memif-socket "$sock" --ip 10.214.0.2/24 \
         --server 10.214.0.1:7000 verify --total "$total"
     stop_server
@@ -96,7 +96,7 @@ memif)
     run_pair "2. the same two processes over kernel TCP on loopback (baseline)"
     port=$((20000 + RANDOM % 20000))
     start_server "$bin/fileserver" --backend kernel --listen "127.0.0.1:$port" \
-        --store "dir:$work/store-kernel" --sync never
+        --store "dir:$work/store-kernel" --sync never --create
     "$bin/chunkctl" --backend kernel --server "127.0.0.1:$port" verify --total "$total"
     stop_server
     ;;
@@ -106,7 +106,7 @@ af-xdp)
     scripts/netns.sh up "$netns" >/dev/null
     run_pair "ustack on AF_XDP at both ends of a veth pair (namespaces $netns-a and $netns-b)"
     start_server ip netns exec "$netns-a" "$bin/fileserver" --backend auto --iface "$netns-a" \
-        --ip 10.99.0.1/24 --store "dir:$work/store-afxdp" --sync never
+        --ip 10.99.0.1/24 --store "dir:$work/store-afxdp" --sync never --create
     ip netns exec "$netns-b" "$bin/chunkctl" --backend auto --iface "$netns-b" --ip 10.99.0.2/24 \
         --server 10.99.0.1:7000 verify --total "$total"
     stop_server
@@ -116,7 +116,7 @@ dpdk)
     run_pair "ustack on DPDK's net_memif PMD at both ends (two processes, two EALs)"
     start_server "$bin/fileserver" --backend dpdk \
         --dpdk-vdev "net_memif0,role=server,socket=$sock,socket-abstract=no" --ip 10.215.0.1/24 \
-        --store "dir:$work/store-dpdk" --sync never
+        --store "dir:$work/store-dpdk" --sync never --create
     "$bin/chunkctl" --backend dpdk --dpdk-vdev "net_memif0,role=client,socket=$sock,socket-abstract=no" \
         --ip 10.215.0.2/24 --server 10.215.0.1:7000 verify --total "$total"
     stop_server

@@ -44,7 +44,7 @@ impl Server {
         let mut proc = Watched::spawn(
             Command::new(example_binary("fileserver"))
                 .args(["--backend", "kernel", "--listen", "127.0.0.1:0"])
-                .args(["--connections-max", "128", "--store", store])
+                .args(["--connections-max", "128", "--create", "--store", store])
                 .env("RUST_LOG", "warn"),
             "fileserver",
         );
@@ -361,4 +361,32 @@ fn an_interrupted_put_leaves_no_chunk_behind() {
         text(&out.stdout)
     );
     assert_eq!(stored_chunks(&store), 0, "chunks left behind: {err}");
+}
+
+/// A store directory that does not exist is an error unless --create says to make it (a
+/// mistyped path used to open a new, empty store); the memory store says at start that it
+/// keeps nothing.
+#[test]
+fn a_missing_store_directory_is_an_error_without_create() {
+    let dir = TempDir::new("nostore");
+    let missing = dir.0.join("chunsk");
+    let out = Command::new(example_binary("fileserver"))
+        .args(["--backend", "kernel", "--listen", "127.0.0.1:0", "--store"])
+        .arg(format!("dir:{}", missing.display()))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("does not exist") && err.contains("--create"),
+        "{err}"
+    );
+    assert!(!missing.exists(), "the directory was created anyway");
+
+    let mut mem = Server::start("mem");
+    let p = mem.proc.take().unwrap();
+    let (_, _, printed) = p.terminate(Duration::from_secs(5));
+    assert!(printed.contains("lost when the server exits"), "{printed}");
 }

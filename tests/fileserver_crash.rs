@@ -42,6 +42,7 @@ impl Server {
                 "127.0.0.1:0",
                 "--sync",
                 "always",
+                "--create",
                 "--store",
             ])
             .arg(format!("dir:{}", dir.display()))

@@ -113,19 +113,32 @@ impl FromStr for StoreSpec {
     }
 }
 
-/// Opens the store; returns it with a line describing it.
+/// Opens the store; returns it with a line describing it. A directory store's directory must
+/// exist unless `create` is set (a mistyped path would otherwise open a new, empty store).
 pub fn open_store(
     spec: &StoreSpec,
     mem_budget: u64,
     chunk_len_max: u64,
     sync: SyncPolicy,
+    create: bool,
 ) -> Result<(Arc<dyn ChunkStore>, String), String> {
     match spec {
         StoreSpec::Mem => Ok((
             Arc::new(MemStore::new(mem_budget).with_chunk_len_max(chunk_len_max)),
-            format!("mem (budget {})", Size(mem_budget)),
+            format!(
+                "mem (budget {}; in memory only: every chunk is lost when the server exits, \
+                 use --store dir:PATH to keep them)",
+                Size(mem_budget)
+            ),
         )),
         StoreSpec::Dir(path) => {
+            if !create && !path.exists() {
+                return Err(format!(
+                    "store directory {} does not exist: check the path, or add --create to make \
+                     a new store there",
+                    path.display()
+                ));
+            }
             let cfg = DirStoreConfig {
                 sync,
                 chunk_len_max,
