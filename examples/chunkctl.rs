@@ -1398,8 +1398,26 @@ fn call(c: &mut dyn ClientSet, op: ChunkOp<'_>) -> Result<Completion, String> {
     }
 }
 
+/// One STAT, DELETE or PING, its answer printed as a line; an error says what failed.
 fn single(c: &mut dyn ClientSet, op: ChunkOp<'_>) -> Result<(), String> {
+    let (what, id) = match &op {
+        ChunkOp::Stat { id } => ("STAT", Some(*id)),
+        ChunkOp::Delete { id } => ("DELETE", Some(*id)),
+        _ => ("PING", None),
+    };
+    let started = Instant::now();
     let comp = call(c, op)?;
-    println!("{:?}", comp.result);
-    comp.result.map(|_| ()).map_err(|e| e.to_string())
+    let took = Instant::now() - started;
+    let subject = id.map_or_else(|| "server".to_string(), |id| format!("chunk {id}"));
+    match comp.result {
+        Ok(Reply::Stat {
+            chunk_size,
+            chunk_crc,
+        }) => println!("{subject}: {chunk_size} bytes, CRC32C {chunk_crc:08x}"),
+        Ok(Reply::Delete) => println!("{subject}: deleted"),
+        Ok(Reply::Ping) => println!("{subject}: answered PING in {} us", took.as_micros()),
+        Ok(other) => return Err(format!("{what} of {subject}: unexpected answer {other:?}")),
+        Err(e) => return Err(format!("{what} of {subject}: {e}")),
+    }
+    Ok(())
 }

@@ -117,8 +117,29 @@ impl Status {
 }
 
 impl fmt::Display for Status {
+    /// The status's name, then what it means: `NotFound: the chunk does not exist`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        let what = match self {
+            Status::Ok => "success",
+            Status::NotFound => "the chunk does not exist",
+            Status::BadChecksum => "the payload failed its CRC32C check (not applied)",
+            Status::BadHeaderChecksum => "the request header failed its CRC32C check",
+            Status::TooLarge => "the payload or READ length exceeds the payload limit",
+            Status::OutOfRange => "the READ starts past the chunk's end or the chunk-size limit",
+            Status::ChunkTooLarge => "the WRITE would make the chunk exceed the chunk-size limit",
+            Status::UnknownOp => "the server does not know this operation",
+            Status::UnsupportedVersion => "the server speaks another protocol version",
+            Status::Malformed => "the request breaks the frame format",
+            Status::TooManyInFlight => "too many requests in flight on this connection",
+            Status::DuplicateRequestId => "a request with this id is still in flight",
+            Status::Io => "the chunk store failed (I/O error)",
+            Status::NoSpace => "the chunk store is out of space",
+            Status::ShuttingDown => "the server is shutting down",
+            Status::Busy => "the server is overloaded, retry later",
+            Status::Internal => "a bug in the server",
+            Status::Timeout => "the chunk store did not answer in time (outcome unknown)",
+        };
+        write!(f, "{self:?}: {what}")
     }
 }
 
