@@ -38,12 +38,16 @@ use ustack::sys::signal;
 use ustack::Instant;
 
 #[derive(Parser, Debug)]
-#[command(about = "ustack chunk client: put/get/verify/bench")]
+#[command(
+    name = "chunkctl",
+    version,
+    about = "ustack chunk client: put/get/verify/bench"
+)]
 struct Args {
     /// Network backend.
     #[arg(long, value_enum, default_value_t = Backend::Kernel)]
     backend: Backend,
-    /// The chunk server (kernel and tap backends).
+    /// The chunk server, IPv4:PORT (every backend; ustack backends reach it from --ip).
     #[arg(long, default_value = "127.0.0.1:7000")]
     server: SocketAddrV4,
     /// Connections.

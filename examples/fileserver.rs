@@ -49,7 +49,11 @@ enum Sync {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "ustack example chunk file server")]
+#[command(
+    name = "fileserver",
+    version,
+    about = "ustack example chunk file server"
+)]
 struct Args {
     /// Network backend.
     #[arg(long, value_enum, default_value_t = Backend::Kernel)]
