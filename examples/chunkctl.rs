@@ -385,6 +385,15 @@ fn run(args: &Args) -> Result<(), String> {
             )?)
         }
         backend => {
+            let mask = u32::MAX << (32 - u32::from(args.ip.prefix));
+            if u32::from(*args.server.ip()) & mask != u32::from(args.ip.addr) & mask {
+                return Err(format!(
+                    "--server {} is not on --ip {}'s subnet, and a ustack client reaches only \
+                     its own subnet: give an --ip in the server's subnet",
+                    args.server.ip(),
+                    args.ip
+                ));
+            }
             let (dev, _netns) =
                 open_device(backend, &args.dev, args.ip.addr, MemifRoleArg::Client)?;
             let what = format!(
@@ -495,7 +504,21 @@ fn wait_connected(c: &mut dyn ClientSet) -> Result<(), String> {
             return Ok(());
         }
         if (0..c.len()).any(|i| c.is_broken(i)) || now - start > Duration::from_secs(10) {
-            return Err("could not connect (is the server running and reachable?)".into());
+            let connected = (0..c.len()).filter(|&i| c.is_connected(i)).count();
+            let why = match c.link_problem() {
+                Some(p) => format!("the link is down: {p}"),
+                None if connected > 0 => format!(
+                    "{connected} of {} connections came up; the server refuses connections \
+                     beyond its --connections-max (the file server counts them as refused)",
+                    c.len()
+                ),
+                None => format!(
+                    "is the server running and reachable? ({}); a memif server serves one \
+                     client per interface id at a time",
+                    c.describe()
+                ),
+            };
+            return Err(format!("could not connect: {why}"));
         }
         c.idle(now);
     }

@@ -390,3 +390,33 @@ fn a_missing_store_directory_is_an_error_without_create() {
     let (_, _, printed) = p.terminate(Duration::from_secs(5));
     assert!(printed.contains("lost when the server exits"), "{printed}");
 }
+
+/// A ustack client whose --ip is on another subnet than --server is refused at once, saying
+/// so (it used to wait 10 s and report that it could not connect).
+#[test]
+fn a_server_off_the_clients_subnet_is_refused_at_once() {
+    let out = Command::new(example_binary("chunkctl"))
+        .args([
+            "--backend",
+            "memif",
+            "--memif-socket",
+            "/nonexistent/ustack.sock",
+        ])
+        .args([
+            "--ip",
+            "10.215.0.2/24",
+            "--server",
+            "10.214.0.1:7000",
+            "ping",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not on --ip") && err.contains("subnet"),
+        "{err}"
+    );
+}

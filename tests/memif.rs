@@ -1219,6 +1219,9 @@ fn either_side_can_start_first() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(!client.link_up());
+    // Why, in words, without debug logging.
+    let why = client.link_problem().expect("a reason");
+    assert!(why.contains("no such socket"), "{why}");
     let attempts = client.memif_stats().connect_attempts;
     assert!(
         (3..=40).contains(&attempts),

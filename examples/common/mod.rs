@@ -240,6 +240,10 @@ pub fn stack_config(ip: Cidr, gateway: Option<Ipv4Addr>, sockets: usize) -> Stac
 pub trait ClientSet {
     /// What the connections run on, for the report.
     fn describe(&self) -> String;
+    /// Why the link under the connections is down, if the device knows.
+    fn link_problem(&self) -> Option<String> {
+        None
+    }
     /// Connections.
     fn len(&self) -> usize;
     /// Moves bytes; true if anything happened.
@@ -394,6 +398,14 @@ impl<D: PacketDevice> StackClients<D> {
 impl<D: PacketDevice> ClientSet for StackClients<D> {
     fn describe(&self) -> String {
         self.what.clone()
+    }
+    fn link_problem(&self) -> Option<String> {
+        let dev = self.stack.device();
+        if dev.link_up() {
+            None
+        } else {
+            dev.link_problem()
+        }
     }
     fn len(&self) -> usize {
         self.clients.len()

@@ -539,6 +539,10 @@ impl PacketDevice for AnyDevice {
         with_dev!(&self.inner, d => d.link_up())
     }
 
+    fn link_problem(&self) -> Option<String> {
+        with_dev!(&self.inner, d => d.link_problem())
+    }
+
     fn wait(&mut self, timeout: Duration) {
         with_dev!(&mut self.inner, d => d.wait(timeout))
     }

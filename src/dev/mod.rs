@@ -164,6 +164,12 @@ pub trait PacketDevice {
         true
     }
 
+    /// Why the link is down or last went down, in words for an operator, if the device knows
+    /// (a memif socket that does not exist, a handshake the peer refused). `None` by default.
+    fn link_problem(&self) -> Option<String> {
+        None
+    }
+
     /// Blocks until a frame may be ready to receive or `timeout` passes, for idle poll loops.
     /// The default returns at once (pure polling).
     fn wait(&mut self, timeout: Duration) {

@@ -344,6 +344,10 @@ impl<D: PacketDevice, W: Write> PacketDevice for PcapDevice<D, W> {
         self.inner.link_up()
     }
 
+    fn link_problem(&self) -> Option<String> {
+        self.inner.link_problem()
+    }
+
     fn wait(&mut self, timeout: Duration) {
         self.inner.wait(timeout)
     }

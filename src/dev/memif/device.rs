@@ -566,6 +566,24 @@ impl<F> MemifDevice<F> {
                 });
             }
             Err(e) => {
+                let hint = match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        "no such socket: is the server running, and is the path right?"
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        "permission denied: the socket's owner or mode does not let this user \
+                         connect (run as the server's user, or change the socket's mode)"
+                    }
+                    std::io::ErrorKind::ConnectionRefused => {
+                        "nothing listens on it: the server stopped (a stale socket file?)"
+                    }
+                    _ => "",
+                };
+                self.last_error = Some(format!(
+                    "connecting to memif socket {}: {e}{}{hint}",
+                    self.addr,
+                    if hint.is_empty() { "" } else { "; " }
+                ));
                 if self.stats.connect_attempts == 1
                     || !matches!(
                         e.kind(),
@@ -1232,6 +1250,10 @@ macro_rules! packet_device {
 
             fn link_up(&self) -> bool {
                 self.link.is_some()
+            }
+
+            fn link_problem(&self) -> Option<String> {
+                self.last_error.clone()
             }
 
             fn wait(&mut self, timeout: Duration) {
