@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,9 +47,10 @@ struct Args {
     /// Network backend.
     #[arg(long, value_enum, default_value_t = Backend::Kernel)]
     backend: Backend,
-    /// The chunk server, IPv4:PORT (every backend; ustack backends reach it from --ip).
+    /// The chunk server, HOST:PORT. The kernel backend takes a host name or an IPv6 address
+    /// too (`[::1]:7000`); ustack backends take IPv4:PORT on --ip's subnet.
     #[arg(long, default_value = "127.0.0.1:7000")]
-    server: SocketAddrV4,
+    server: String,
     /// Connections.
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -262,9 +263,9 @@ impl ClientSet for KernelClients {
     fn is_broken(&self, i: usize) -> bool {
         self.clients[i].is_broken()
     }
-    fn open_idle(&mut self, n: usize, server: SocketAddrV4) -> Result<(), String> {
+    fn open_idle(&mut self, n: usize, server: SocketAddr) -> Result<(), String> {
         for k in 0..n {
-            let s = std::net::TcpStream::connect_timeout(&server.into(), Duration::from_secs(5))
+            let s = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(5))
                 .map_err(|e| format!("idle connection {k}: {e}"))?;
             self.idle.push(s);
         }
@@ -333,8 +334,49 @@ fn spawn_sim_server(port: SimPort, connections: usize, limits: Limits) -> SimSer
     }
 }
 
+/// The server's addresses: every address of a host name (or an IPv6 address) for the kernel
+/// backend, tried in order; one IPv4 address for ustack backends, which have no resolver and
+/// speak IPv4.
+fn server_addrs(args: &Args) -> Result<Vec<SocketAddr>, String> {
+    let s = args.server.as_str();
+    match args.backend {
+        Backend::Kernel => {
+            use std::net::ToSocketAddrs;
+            let addrs: Vec<SocketAddr> = s
+                .to_socket_addrs()
+                .map_err(|e| {
+                    format!(
+                        "--server {s}: {e} (expected HOST:PORT, e.g. 127.0.0.1:7000, \
+                         localhost:7000 or [::1]:7000)"
+                    )
+                })?
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("--server {s}: the name has no address"));
+            }
+            Ok(addrs)
+        }
+        Backend::Sim => Ok(vec![SocketAddr::V4(SocketAddrV4::new(SIM_SERVER, 7000))]),
+        _ => s
+            .parse::<SocketAddrV4>()
+            .map(|a| vec![SocketAddr::V4(a)])
+            .map_err(|_| {
+                format!(
+                    "--server {s}: ustack backends take an IPv4 address and port (e.g. \
+                     10.214.0.1:7000); host names and IPv6 work with --backend kernel"
+                )
+            }),
+    }
+}
+
 fn run(args: &Args) -> Result<(), String> {
     let cfg = client_config(args)?;
+    let addrs = server_addrs(args)?;
+    let mut server = addrs[0];
+    let server_v4 = match server {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), // kernel backend only
+    };
     // Sockets for the working connections, the idle ones of a scaling run, and one spare.
     let idle = match args.cmd {
         Cmd::Bench { idle, .. } => idle,
@@ -346,15 +388,26 @@ fn run(args: &Args) -> Result<(), String> {
         Backend::Kernel => {
             let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize)
                 .map_err(|e| e.to_string())?;
-            let clients = (0..args.connections)
-                .map(|_| {
-                    KernelClient::connect_with_staging(args.server.into(), &cfg, staging.clone())
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
+            // The first address that takes a connection serves them all.
+            let mut first = Err(String::new());
+            for &a in &addrs {
+                first = KernelClient::connect_with_staging(a, &cfg, staging.clone())
+                    .map_err(|e| e.to_string());
+                if first.is_ok() {
+                    server = a;
+                    break;
+                }
+            }
+            let mut clients = vec![first?];
+            for _ in 1..args.connections {
+                clients.push(
+                    KernelClient::connect_with_staging(server, &cfg, staging.clone())
+                        .map_err(|e| e.to_string())?,
+                );
+            }
             Box::new(KernelClients::new(
                 clients,
-                format!("kernel TCP to {} (no bypass)", args.server),
+                format!("kernel TCP to {server} (no bypass)"),
             ))
         }
         Backend::Sim => {
@@ -386,11 +439,11 @@ fn run(args: &Args) -> Result<(), String> {
         }
         backend => {
             let mask = u32::MAX << (32 - u32::from(args.ip.prefix));
-            if u32::from(*args.server.ip()) & mask != u32::from(args.ip.addr) & mask {
+            if u32::from(*server_v4.ip()) & mask != u32::from(args.ip.addr) & mask {
                 return Err(format!(
                     "--server {} is not on --ip {}'s subnet, and a ustack client reaches only \
                      its own subnet: give an --ip in the server's subnet",
-                    args.server.ip(),
+                    server_v4.ip(),
                     args.ip
                 ));
             }
@@ -400,12 +453,12 @@ fn run(args: &Args) -> Result<(), String> {
                 "ustack client on {}: {}, to {}",
                 dev.kind(),
                 dev.reason(),
-                args.server
+                server_v4
             );
             let stack = stack_on(dev, &args.dev, args.ip, None, sockets, |_| {})?;
             Box::new(StackClients::connect(
                 stack,
-                args.server,
+                server_v4,
                 args.connections,
                 &cfg,
                 what,
@@ -443,23 +496,17 @@ fn run(args: &Args) -> Result<(), String> {
             duration_s,
             chunks,
             idle,
-        } => {
-            let server = match args.backend {
-                Backend::Sim => SocketAddrV4::new(SIM_SERVER, 7000),
-                _ => args.server,
-            };
-            clients.open_idle(*idle, server).and_then(|()| {
-                bench(
-                    clients.as_mut(),
-                    *op,
-                    size.0,
-                    *depth,
-                    *duration_s,
-                    *chunks,
-                    *idle,
-                )
-            })
-        }
+        } => clients.open_idle(*idle, server).and_then(|()| {
+            bench(
+                clients.as_mut(),
+                *op,
+                size.0,
+                *depth,
+                *duration_s,
+                *chunks,
+                *idle,
+            )
+        }),
         Cmd::Put { file, chunk_size } => {
             put(clients.as_mut(), file, chunk_size.0, args.payload_max.0)
         }

@@ -19,7 +19,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,9 +58,9 @@ struct Args {
     /// Network backend.
     #[arg(long, value_enum, default_value_t = Backend::Kernel)]
     backend: Backend,
-    /// Kernel backend: address to listen on.
+    /// Kernel backend: address to listen on (IPv4 or IPv6, e.g. `[::1]:7000`).
     #[arg(long, default_value = "127.0.0.1:7000")]
-    listen: SocketAddrV4,
+    listen: std::net::SocketAddr,
     /// ustack backends: our address and prefix.
     #[arg(long, default_value = "10.213.0.2/24")]
     ip: Cidr,
@@ -390,8 +390,7 @@ fn serve_stack(
 fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> Result<(), String> {
     let grace = cfg.shutdown_grace;
     let connections_max = cfg.connections_max;
-    let mut server =
-        KernelServer::bind(args.listen.into(), store, cfg).map_err(|e| e.to_string())?;
+    let mut server = KernelServer::bind(args.listen, store, cfg).map_err(|e| e.to_string())?;
     println!("fileserver: listening on {}", server.local_addr());
     let mut deadline = None;
     let started = Instant::now();

@@ -420,3 +420,52 @@ fn a_server_off_the_clients_subnet_is_refused_at_once() {
         "{err}"
     );
 }
+
+/// The kernel backend takes host names and IPv6 addresses: `localhost:PORT` against a server
+/// on 127.0.0.1, and a server listening on `[::1]` reached as `[::1]:PORT`.
+#[test]
+fn host_names_and_ipv6_with_the_kernel_backend() {
+    let s = Server::start("mem");
+    let port = s.addr.rsplit_once(':').unwrap().1.to_string();
+    let out = run({
+        let mut c = Command::new(example_binary("chunkctl"));
+        c.args(["--server", &format!("localhost:{port}"), "ping"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    });
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("answered PING"));
+
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        println!("no IPv6 loopback here: the IPv6 half is not run");
+        return;
+    }
+    let mut v6 = Watched::spawn(
+        Command::new(example_binary("fileserver"))
+            .args([
+                "--backend",
+                "kernel",
+                "--listen",
+                "[::1]:0",
+                "--store",
+                "mem",
+            ])
+            .env("RUST_LOG", "warn"),
+        "fileserver on [::1]",
+    );
+    let line = v6
+        .wait_for_line("fileserver: listening on ", Duration::from_secs(30))
+        .unwrap();
+    let addr = line["fileserver: listening on ".len()..].trim().to_string();
+    assert!(addr.starts_with("[::1]:"), "{addr}");
+    let out = run({
+        let mut c = Command::new(example_binary("chunkctl"));
+        c.args(["--server", &addr, "ping"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    });
+    v6.terminate(Duration::from_secs(5));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

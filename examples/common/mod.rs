@@ -273,7 +273,7 @@ pub trait ClientSet {
     /// Whether connection `i` failed.
     fn is_broken(&self, i: usize) -> bool;
     /// Opens `n` more connections to `server` that stay idle (for connection-scaling runs).
-    fn open_idle(&mut self, n: usize, server: SocketAddrV4) -> Result<(), String>;
+    fn open_idle(&mut self, n: usize, server: std::net::SocketAddr) -> Result<(), String>;
 }
 
 /// Idle turns a client spins through before it sleeps (in the device, or in poll(2) for kernel
@@ -469,7 +469,10 @@ impl<D: PacketDevice> ClientSet for StackClients<D> {
     fn is_broken(&self, i: usize) -> bool {
         self.clients[i].is_broken()
     }
-    fn open_idle(&mut self, n: usize, server: SocketAddrV4) -> Result<(), String> {
+    fn open_idle(&mut self, n: usize, server: std::net::SocketAddr) -> Result<(), String> {
+        let std::net::SocketAddr::V4(server) = server else {
+            return Err(format!("{server}: ustack speaks IPv4 only"));
+        };
         for _ in 0..n {
             let c = self.stack.connect(server).map_err(|e| e.to_string())?;
             self.idle_conns.push(c);
