@@ -713,7 +713,14 @@ impl<'a> Driver<'a> {
                     check(&req, &comp, &mut checker, now)?;
                 }
                 if self.c.is_broken(i) {
-                    return Err(format!("connection {i} failed"));
+                    return Err(match self.c.link_problem() {
+                        Some(p) => format!("connection {i} failed: the link is down: {p}"),
+                        None => format!(
+                            "connection {i} failed: the server closed or reset it, or stopped \
+                             answering (a server at its --connections-max resets new \
+                             connections: the file server counts them as refused)"
+                        ),
+                    });
                 }
                 if !queued[i] && self.in_flight[i] < self.depth {
                     queued[i] = true;
@@ -993,8 +1000,12 @@ fn bench(
         op: 0,
         start: Instant::ZERO,
     };
-    const BASE: u128 = 0xbe7c_0000_0000_0000_0000;
-    let chunk_id = |k: u64| BASE | u128::from(k);
+    // Random high 64 bits: benches run at once against one server use chunks of their own.
+    let base = ustack::sys::random::chunk_id()
+        .map_err(|e| format!("no random chunk id from the kernel: {e}"))?
+        .get()
+        & !u128::from(u64::MAX);
+    let chunk_id = |k: u64| base | u128::from(k);
     // The chunks' contents, computed once (up to 1 GiB): the client then spends its time on I/O,
     // not on generating and checking patterns.
     if chunks.saturating_mul(size) <= 1 << 30 {
@@ -1002,11 +1013,7 @@ fn bench(
         for (k, c) in data.chunks_mut(size.max(1) as usize).enumerate() {
             fill_pattern(chunk_id(k as u64), 0, c);
         }
-        d.preset = Some(Preset {
-            base: BASE,
-            size,
-            data,
-        });
+        d.preset = Some(Preset { base, size, data });
     }
     // Fill the chunks the requests will read.
     let mut k = 0;
@@ -1038,6 +1045,7 @@ fn bench(
     let (mut ops, mut verified, mut errors) = (0u64, 0u64, 0u64);
     // Every payload byte this process moved (prefill and warm-up included), for CPU per GB.
     let mut moved = chunks * size;
+    let mut outcome = Ok(());
     for (secs, measure) in [(1, false), (duration_s.max(1), true)] {
         let start = Instant::now();
         d.run(
@@ -1106,11 +1114,30 @@ fn bench(
                 ustack::sys::proc::cpu_time().as_secs_f64()
             );
             if errors > 0 {
-                return Err(format!("{errors} requests failed"));
+                outcome = Err(format!("{errors} requests failed"));
             }
         }
     }
-    Ok(())
+    // Leave nothing behind: DELETE every chunk the run wrote.
+    let mut k = 0;
+    d.run(
+        None,
+        || {
+            (k < chunks).then(|| {
+                k += 1;
+                Req {
+                    chunk: chunk_id(k - 1),
+                    op: b'd',
+                    ..blank
+                }
+            })
+        },
+        |req, comp, _, _| match &comp.result {
+            Ok(_) | Err(ClientError::Status(Status::NotFound)) => Ok(()),
+            Err(e) => Err(format!("deleting bench chunk {:032x}: {e}", req.chunk)),
+        },
+    )?;
+    outcome
 }
 
 /// First word of a manifest's header line.

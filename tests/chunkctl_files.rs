@@ -469,3 +469,20 @@ fn host_names_and_ipv6_with_the_kernel_backend() {
     v6.terminate(Duration::from_secs(5));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// `bench` deletes the chunks it wrote when it ends, reads and writes alike.
+#[test]
+fn bench_leaves_no_chunk_behind() {
+    let dir = TempDir::new("bench");
+    let store = dir.0.join("store");
+    let s = Server::start(&format!("dir:{}", store.display()));
+    for op in ["read", "write"] {
+        let mut c = s.chunkctl();
+        c.args(["--connections", "2", "bench", "--op", op, "--size", "16KiB"])
+            .args(["--duration-s", "1", "--chunks", "8"]);
+        let out = run(c);
+        assert!(out.status.success(), "bench {op}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("RESULT"));
+        assert_eq!(stored_chunks(&store), 0, "bench {op} left chunks");
+    }
+}
