@@ -1205,6 +1205,33 @@ fn pump_until_up(a: &mut MemifDevice, b: &mut MemifDevice) {
     }
 }
 
+/// A second client while one is connected is turned away, and says why in words (it used to
+/// wait silently).
+#[test]
+fn a_second_client_learns_the_server_is_taken() {
+    let dir = TestDir::new("second");
+    let socket = dir.socket();
+    let mut server = MemifDevice::open(&memif_cfg(&socket, MemifRole::Server)).unwrap();
+    let mut first = MemifDevice::open(&memif_cfg(&socket, MemifRole::Client)).unwrap();
+    pump_until_up(&mut first, &mut server);
+    let mut second = MemifDevice::open(&memif_cfg(&socket, MemifRole::Client)).unwrap();
+    let mut batch = Batch::with_capacity(64);
+    let start = WallInstant::now();
+    let why = loop {
+        assert!(start.elapsed() < Duration::from_secs(10), "no reason given");
+        for d in [&mut server, &mut first, &mut second] {
+            d.rx_burst(Instant::now(), &mut batch);
+            batch.clear();
+        }
+        if let Some(w) = second.link_problem() {
+            break w;
+        }
+    };
+    assert!(why.contains("serving another client"), "{why}");
+    assert!(!second.link_up() && first.link_up());
+    assert!(server.memif_stats().connections_refused >= 1);
+}
+
 #[test]
 fn either_side_can_start_first() {
     let dir = TestDir::new("order");

@@ -765,11 +765,17 @@ impl<F> MemifDevice<F> {
         if self.link.is_none() {
             self.stats.handshake_failures += 1;
         }
-        self.teardown(
-            now,
-            send.then_some(reason.as_str()),
-            format!("{reason} ({detail})"),
-        );
+        let why = match &e {
+            // The peer's own words say it all; "Already connected" is what a server (ours,
+            // DPDK's) answers a second client.
+            ControlError::PeerDisconnect { reason: r } if r == "Already connected" => format!(
+                "{reason}: the server is serving another client on this socket and interface \
+                 id (memif has one client per interface); wait for it, or start another server"
+            ),
+            ControlError::PeerDisconnect { .. } => reason.clone(),
+            _ => format!("{reason} ({detail})"),
+        };
+        self.teardown(now, send.then_some(reason.as_str()), why);
     }
 
     /// The peer went away without a word.
