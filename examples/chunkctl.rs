@@ -981,6 +981,26 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A plan that issues `op` once for each of chunks `0..chunks`, in order.
+fn sweep(
+    chunks: u64,
+    op: u8,
+    blank: Req,
+    chunk_id: impl Fn(u64) -> u128,
+) -> impl FnMut() -> Option<Req> {
+    let mut k = 0;
+    move || {
+        (k < chunks).then(|| {
+            k += 1;
+            Req {
+                chunk: chunk_id(k - 1),
+                op,
+                ..blank
+            }
+        })
+    }
+}
+
 fn bench(
     c: &mut dyn ClientSet,
     op: BenchOp,
@@ -1016,19 +1036,9 @@ fn bench(
         d.preset = Some(Preset { base, size, data });
     }
     // Fill the chunks the requests will read.
-    let mut k = 0;
     d.run(
         None,
-        || {
-            (k < chunks).then(|| {
-                k += 1;
-                Req {
-                    chunk: chunk_id(k - 1),
-                    op: b'w',
-                    ..blank
-                }
-            })
-        },
+        sweep(chunks, b'w', blank, chunk_id),
         |req, comp, _, _| {
             comp.result
                 .map(|_| ())
@@ -1119,19 +1129,9 @@ fn bench(
         }
     }
     // Leave nothing behind: DELETE every chunk the run wrote.
-    let mut k = 0;
     d.run(
         None,
-        || {
-            (k < chunks).then(|| {
-                k += 1;
-                Req {
-                    chunk: chunk_id(k - 1),
-                    op: b'd',
-                    ..blank
-                }
-            })
-        },
+        sweep(chunks, b'd', blank, chunk_id),
         |req, comp, _, _| match &comp.result {
             Ok(_) | Err(ClientError::Status(Status::NotFound)) => Ok(()),
             Err(e) => Err(format!("deleting bench chunk {:032x}: {e}", req.chunk)),

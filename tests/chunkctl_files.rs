@@ -79,6 +79,13 @@ fn run(mut cmd: Command) -> Output {
     cmd.output().expect("run chunkctl")
 }
 
+/// Runs the example `name` with `args` to its end (no input, warnings only in its log).
+fn run_example(name: &str, args: &[&str]) -> Output {
+    let mut c = Command::new(example_binary(name));
+    c.args(args).env("RUST_LOG", "warn").stdin(Stdio::null());
+    run(c)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -370,13 +377,18 @@ fn an_interrupted_put_leaves_no_chunk_behind() {
 fn a_missing_store_directory_is_an_error_without_create() {
     let dir = TempDir::new("nostore");
     let missing = dir.0.join("chunsk");
-    let out = Command::new(example_binary("fileserver"))
-        .args(["--backend", "kernel", "--listen", "127.0.0.1:0", "--store"])
-        .arg(format!("dir:{}", missing.display()))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let store = format!("dir:{}", missing.display());
+    let out = run_example(
+        "fileserver",
+        &[
+            "--backend",
+            "kernel",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &store,
+        ],
+    );
     let err = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -395,24 +407,20 @@ fn a_missing_store_directory_is_an_error_without_create() {
 /// so (it used to wait 10 s and report that it could not connect).
 #[test]
 fn a_server_off_the_clients_subnet_is_refused_at_once() {
-    let out = Command::new(example_binary("chunkctl"))
-        .args([
+    let out = run_example(
+        "chunkctl",
+        &[
             "--backend",
             "memif",
             "--memif-socket",
             "/nonexistent/ustack.sock",
-        ])
-        .args([
             "--ip",
             "10.215.0.2/24",
             "--server",
             "10.214.0.1:7000",
             "ping",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        ],
+    );
     let err = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -427,13 +435,10 @@ fn a_server_off_the_clients_subnet_is_refused_at_once() {
 fn host_names_and_ipv6_with_the_kernel_backend() {
     let s = Server::start("mem");
     let port = s.addr.rsplit_once(':').unwrap().1.to_string();
-    let out = run({
-        let mut c = Command::new(example_binary("chunkctl"));
-        c.args(["--server", &format!("localhost:{port}"), "ping"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
-        c
-    });
+    let out = run_example(
+        "chunkctl",
+        &["--server", &format!("localhost:{port}"), "ping"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("answered PING"));
 
@@ -459,13 +464,7 @@ fn host_names_and_ipv6_with_the_kernel_backend() {
         .unwrap();
     let addr = line["fileserver: listening on ".len()..].trim().to_string();
     assert!(addr.starts_with("[::1]:"), "{addr}");
-    let out = run({
-        let mut c = Command::new(example_binary("chunkctl"));
-        c.args(["--server", &addr, "ping"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
-        c
-    });
+    let out = run_example("chunkctl", &["--server", &addr, "ping"]);
     v6.terminate(Duration::from_secs(5));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }

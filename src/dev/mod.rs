@@ -267,6 +267,50 @@ impl<F> Batch<F> {
     }
 }
 
+/// An IPv4 packet (10.0.0.2:1 -> 10.0.0.1:2) with a TCP SYN carrying `payload`, checksums
+/// complete as smoltcp computes them: a fixture for the tests of frame handling.
+#[cfg(test)]
+pub(crate) fn test_ipv4_tcp(payload: &[u8]) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
+        TcpSeqNumber,
+    };
+    let (src, dst) = (Ipv4Address::new(10, 0, 0, 2), Ipv4Address::new(10, 0, 0, 1));
+    let tcp = TcpRepr {
+        src_port: 1,
+        dst_port: 2,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1),
+        ack_number: None,
+        window_len: 100,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let caps = ChecksumCapabilities::default();
+    let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+    let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
+    ip.emit(&mut pkt, &caps);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(pkt.payload_mut()),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        &caps,
+    );
+    buf
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,44 +330,9 @@ mod tests {
     /// An Ethernet frame with an IPv4 TCP segment carrying `payload`, with complete checksums
     /// as smoltcp computes them.
     fn tcp_frame(payload: &[u8]) -> Vec<u8> {
-        use smoltcp::phy::ChecksumCapabilities;
-        use smoltcp::wire::{
-            IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
-            TcpRepr, TcpSeqNumber,
-        };
-        let (src, dst) = (Ipv4Address::new(10, 0, 0, 2), Ipv4Address::new(10, 0, 0, 1));
-        let tcp = TcpRepr {
-            src_port: 4000,
-            dst_port: 7000,
-            control: TcpControl::Psh,
-            seq_number: TcpSeqNumber(12345),
-            ack_number: Some(TcpSeqNumber(999)),
-            window_len: 1000,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload,
-        };
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let csum = ChecksumCapabilities::default();
-        let mut f = vec![0u8; ETH_HEADER_LEN + ip.buffer_len() + tcp.buffer_len()];
+        let mut f = vec![0u8; ETH_HEADER_LEN];
         f[12..14].copy_from_slice(&[0x08, 0x00]);
-        let mut pkt = Ipv4Packet::new_unchecked(&mut f[ETH_HEADER_LEN..]);
-        ip.emit(&mut pkt, &csum);
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(pkt.payload_mut()),
-            &IpAddress::Ipv4(src),
-            &IpAddress::Ipv4(dst),
-            &csum,
-        );
+        f.extend_from_slice(&test_ipv4_tcp(payload));
         f
     }
 

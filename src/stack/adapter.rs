@@ -374,41 +374,7 @@ mod tests {
     }
 
     fn ipv4_tcp() -> Vec<u8> {
-        use smoltcp::wire::{Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
-        let src = Ipv4Address::new(10, 0, 0, 2);
-        let dst = Ipv4Address::new(10, 0, 0, 1);
-        let tcp = TcpRepr {
-            src_port: 1,
-            dst_port: 2,
-            control: TcpControl::Syn,
-            seq_number: TcpSeqNumber(1),
-            ack_number: None,
-            window_len: 100,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload: b"hi",
-        };
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0; ip.buffer_len() + tcp.buffer_len()];
-        let caps = ChecksumCapabilities::default();
-        let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
-        ip.emit(&mut pkt, &caps);
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(pkt.payload_mut()),
-            &IpAddress::Ipv4(src),
-            &IpAddress::Ipv4(dst),
-            &caps,
-        );
-        buf
+        crate::dev::test_ipv4_tcp(b"hi")
     }
 
     fn check(f: &[u8]) -> Result<(), RxDrop> {
