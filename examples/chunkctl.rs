@@ -373,10 +373,6 @@ fn run(args: &Args) -> Result<(), String> {
     let cfg = client_config(args)?;
     let addrs = server_addrs(args)?;
     let mut server = addrs[0];
-    let server_v4 = match server {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), // kernel backend only
-    };
     // Sockets for the working connections, the idle ones of a scaling run, and one spare.
     let idle = match args.cmd {
         Cmd::Bench { idle, .. } => idle,
@@ -438,6 +434,12 @@ fn run(args: &Args) -> Result<(), String> {
             )?)
         }
         backend => {
+            // server_addrs gives ustack backends one IPv4 address.
+            let SocketAddr::V4(server_v4) = server else {
+                return Err(format!(
+                    "--server {server}: ustack backends speak IPv4 only"
+                ));
+            };
             let mask = u32::MAX << (32 - u32::from(args.ip.prefix));
             if u32::from(*server_v4.ip()) & mask != u32::from(args.ip.addr) & mask {
                 return Err(format!(
