@@ -1047,9 +1047,10 @@ fn half_open_to_an_address_without_arp_is_dropped_when_unreachable() {
     assert_eq!(rig.stack.state(c.id), Ok(ConnState::Established));
 }
 
-/// Backlog one, two sockets: two SYNs nobody completes take both. A third SYN evicts the older
-/// half-open connection at once (its SYN|ACK goes out without waiting); the younger survives and
-/// completes; the evicted one's late ACK gets a RST.
+/// Backlog one, two sockets: two SYNs nobody completes take both. Once both are past the
+/// eviction grace (10 ms before any handshake was timed), a third SYN evicts the older
+/// half-open connection at once (its SYN|ACK goes out without waiting); the younger survives
+/// and completes; the evicted one's late ACK gets a RST.
 #[test]
 fn a_syn_finding_the_backlog_full_evicts_the_oldest_half_open() {
     let (mut rig, l) = one_socket_listener(2);
@@ -1059,7 +1060,10 @@ fn a_syn_finding_the_backlog_full_evicts_the_oldest_half_open() {
     let synack1 = syn_and_synack(&mut rig, &ends[0], true);
     rig.quiet_until(rig.after(Duration::from_millis(1)), "the first half-open");
     let synack2 = syn_and_synack(&mut rig, &ends[1], true);
-    rig.quiet_until(rig.after(Duration::from_millis(1)), "the second half-open");
+    rig.quiet_until(
+        rig.after(Duration::from_millis(11)),
+        "both half-open past the grace",
+    );
     assert_eq!(rig.stack.sockets_free(), 0);
     assert_eq!(rig.stack.stats().half_open_evicted, 0);
     // The third SYN is answered at once: the first half-open connection made room.
@@ -1098,6 +1102,100 @@ fn a_syn_finding_the_backlog_full_evicts_the_oldest_half_open() {
     assert_rst(&rst, &ends[0], synack1.t.seq.wrapping_add(1));
     rig.quiet_until(rig.after(Duration::from_millis(10)), "after the RST");
     assert_eq!(rig.stack.stats().half_open_evicted, 1);
+}
+
+/// A burst of real clients: two half-open connections fill the listener (backlog one), and a
+/// third SYN arrives while they are young. It evicts neither (their ACKs are on the way) but
+/// waits, and takes the socket the first completed (and accepted) handshake frees; all three
+/// connect and nobody gets a RST.
+#[test]
+fn a_burst_of_real_clients_does_not_evict_itself() {
+    let (mut rig, l) = one_socket_listener(3);
+    let ends: Vec<Ends> = (41001..=41003)
+        .map(|p| peer_ends(&rig, IP_B, PEER_MAC, p))
+        .collect();
+    let synack1 = syn_and_synack(&mut rig, &ends[0], true);
+    let synack2 = syn_and_synack(&mut rig, &ends[1], true);
+    rig.send(&fr::build_tcp(
+        &ends[2],
+        PEER_ISN,
+        0,
+        SYN,
+        PEER_SYN_WINDOW,
+        &peer_syn_options(true),
+        &[],
+    ));
+    rig.quiet_until(rig.after(Duration::from_millis(2)), "the third SYN waits");
+    assert_eq!(rig.stack.stats().half_open_evicted, 0);
+    let mut accepted = Vec::new();
+    rig.send(&handshake_ack(&ends[0], &synack1));
+    let until = rig.after(Duration::from_millis(1));
+    rig.until(until, |st| {
+        accepted.extend(st.accept(l).expect("accept"));
+        !accepted.is_empty()
+    })
+    .expect("the first handshake completes");
+    let synack3 = rig.expect(
+        rig.after(Duration::from_millis(5)),
+        "the SYN|ACK to the third client",
+    );
+    assert_synack(&synack3, &ends[2]);
+    rig.send(&handshake_ack(&ends[1], &synack2));
+    rig.send(&handshake_ack(&ends[2], &synack3));
+    let until = rig.after(Duration::from_millis(5));
+    rig.until(until, |st| {
+        while let Some(c) = st.accept(l).expect("accept") {
+            accepted.push(c);
+        }
+        accepted.len() == 3
+    })
+    .unwrap_or_else(|| panic!("{} of 3 connected", accepted.len()));
+    rig.quiet_until(rig.after(Duration::from_millis(10)), "no RST");
+    let st = rig.stack.stats();
+    assert_eq!(
+        (st.half_open_evicted, st.rx_syn_backlog_full),
+        (0, 0),
+        "{st:?}"
+    );
+}
+
+/// Half-open connections from an address that completed a handshake lately are evicted last:
+/// with the backlog full of one from the known client (older) and one from an address never
+/// seen (younger), both past the short grace, a new SYN evicts the stranger's. The known
+/// client's handshake still completes.
+#[test]
+fn a_known_clients_half_open_connection_is_evicted_last() {
+    let (mut rig, l) = one_socket_listener(3);
+    let first = peer_connects(&mut rig, l, 41001, true);
+    let stranger = Ipv4Addr::new(10, 0, 0, 88);
+    rig.owns.push(stranger);
+    let known = peer_ends(&rig, IP_B, PEER_MAC, 41002);
+    let unknown = peer_ends(&rig, stranger, [0x02, 0, 0, 0, 0, 0x88], 41003);
+    let synack_known = syn_and_synack(&mut rig, &known, true);
+    rig.quiet_until(rig.after(Duration::from_millis(1)), "the known half-open");
+    let synack_unknown = syn_and_synack(&mut rig, &unknown, true);
+    rig.quiet_until(
+        rig.after(Duration::from_millis(20)),
+        "both past the short grace",
+    );
+    let third = peer_ends(&rig, IP_B, PEER_MAC, 41004);
+    let synack3 = syn_and_synack(&mut rig, &third, true);
+    assert_eq!(rig.stack.stats().half_open_evicted, 1);
+    rig.send(&handshake_ack(&unknown, &synack_unknown));
+    let rst = rig.expect(rig.after(Duration::from_millis(1)), "the stranger's RST");
+    assert_rst(&rst, &unknown, synack_unknown.t.seq.wrapping_add(1));
+    let mut accepted = 0;
+    rig.send(&handshake_ack(&known, &synack_known));
+    rig.send(&handshake_ack(&third, &synack3));
+    let until = rig.after(Duration::from_millis(5));
+    rig.until(until, |st| {
+        while st.accept(l).expect("accept").is_some() {
+            accepted += 1;
+        }
+        accepted == 2
+    })
+    .unwrap_or_else(|| panic!("{accepted} of 2 connected"));
+    assert_eq!(rig.stack.state(first.id), Ok(ConnState::Established));
 }
 
 /// An established connection (the stack is the server) after the peer sent 100 bytes.
@@ -1267,8 +1365,8 @@ fn a_socket_freed_from_a_ghost_answers_the_next_syn_at_once() {
     );
     rig.send(&syn);
     rig.quiet_until(
-        rig.after(Duration::from_millis(10)),
-        "waiting for the ghost",
+        rig.after(Duration::from_millis(20)),
+        "waiting for the ghost (past the eviction grace)",
     );
     assert_eq!(rig.arp_requests.len(), 1, "{:?}", rig.arp_requests);
     // A real client: its SYN evicts the ghost's half-open connection and takes the socket.

@@ -39,7 +39,7 @@ use crate::time::Instant;
 use std::collections::HashMap;
 
 use adapter::{FlowKey, Io, Route, RxDrop};
-use sockets::SocketTable;
+use sockets::{KnownPeers, SocketTable};
 
 /// Counters of the stack (frames the adapter accepted or dropped, and TCP bookkeeping).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -81,8 +81,10 @@ pub struct StackStats {
     pub sockets_exhausted: u64,
     /// Sockets reset because they lingered past `close_timeout` after being released.
     pub close_timeouts: u64,
-    /// Half-open connections evicted because a new SYN found the backlog full (the oldest go
-    /// first).
+    /// Half-open connections evicted because a new SYN found the backlog full: the oldest go
+    /// first, and only once older than four smoothed handshake times (1 ms to 1 s; 10 ms
+    /// before any was timed), or 1 s for an address that completed a handshake in the last
+    /// 10 s, so a burst of a real client's connections does not evict itself.
     pub half_open_evicted: u64,
     /// Half-open connections dropped because their peer's address never answered ARP.
     pub half_open_unreachable: u64,
@@ -306,6 +308,9 @@ pub struct Stack<D: PacketDevice> {
     ready_shards: usize,
     /// Connection requests waiting for a listening socket to re-arm (bounded).
     syn_wait: Batch<(FlowKey, Instant, D::Frame)>,
+    /// Addresses that completed a handshake lately (bounded): their half-open connections
+    /// are evicted last.
+    peers: KnownPeers,
     /// Which shard owns each TCP flow (bounded: swept of dead flows when full).
     flows: HashMap<FlowKey, u16, FlowHash>,
     flows_max: usize,
@@ -437,6 +442,7 @@ impl<D: PacketDevice> Stack<D> {
             ready: vec![false; shard_count],
             ready_shards: 0,
             syn_wait: Batch::with_capacity(ring),
+            peers: KnownPeers::new(),
             flows: HashMap::with_capacity_and_hasher(
                 flows_max,
                 FlowHash((cfg.random_seed ^ 0x9E37_79B9_7F4A_7C15) | 1),
@@ -586,7 +592,9 @@ impl<D: PacketDevice> Stack<D> {
 
     /// Offers the waiting SYNs to the shards again; drops those that waited too long. A SYN
     /// that finds every socket of its listener taken evicts the oldest half-open connection
-    /// (RFC 4987's "drop oldest"), whose socket listens again after the shard's next poll.
+    /// (RFC 4987's "drop oldest") that is past its grace (`SocketTable::oldest_half_open`);
+    /// the freed socket listens again after the shard's next poll. Otherwise the SYN waits
+    /// for a socket.
     /// Returns whether any SYN was placed or any socket freed for one.
     fn route_waiting_syns(&mut self, now: Instant) -> bool {
         let mut placed = false;
@@ -615,7 +623,7 @@ impl<D: PacketDevice> Stack<D> {
                     }
                 }
                 None => {
-                    if let Some(s) = self.evict_oldest_half_open(flow.local_port) {
+                    if let Some(s) = self.evict_oldest_half_open(flow.local_port, now) {
                         self.due.mark(s);
                         placed = true;
                     }
@@ -629,12 +637,17 @@ impl<D: PacketDevice> Stack<D> {
 
     /// Frees the socket of the oldest half-open connection of the listener on `port`, if any
     /// (it listens again at once); returns its shard.
-    fn evict_oldest_half_open(&mut self, port: u16) -> Option<usize> {
+    fn evict_oldest_half_open(&mut self, port: u16, now: Instant) -> Option<usize> {
+        let peers = &self.peers;
         let (_, shard, slot) = self
             .shards
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.table.oldest_half_open(port).map(|(t, slot)| (t, i, slot)))
+            .filter_map(|(i, s)| {
+                s.table
+                    .oldest_half_open(port, now, peers)
+                    .map(|(t, slot)| (t, i, slot))
+            })
             .min()?;
         self.shards[shard].table.evict_half_open(slot);
         self.io.stats.half_open_evicted += 1;
@@ -651,6 +664,7 @@ impl<D: PacketDevice> Stack<D> {
             io,
             shards,
             cfg,
+            peers,
             ..
         } = self;
         let shard = &mut shards[i];
@@ -678,9 +692,11 @@ impl<D: PacketDevice> Stack<D> {
                 PollResult::SocketStateChanged => changed = true,
             }
         }
-        shard.table.maintain(now, cfg, &mut io.stats, &|addr| {
-            iface.neighbor_unreachable(addr)
-        });
+        shard
+            .table
+            .maintain(now, cfg, &mut io.stats, peers, &|addr| {
+                iface.neighbor_unreachable(addr)
+            });
         shard.table.listen_budget(&mut shard.budget);
         let at = shard.table.with_set(|set| iface.poll_at(smol, set));
         let at = at.map_or(u64::MAX, |t| t.total_micros().max(0) as u64);
@@ -790,10 +806,13 @@ impl<D: PacketDevice> Stack<D> {
         for s in &mut self.shards {
             s.table.add_listener(idx as u32, port, per_shard);
             let iface = &self.iface;
-            s.table
-                .maintain(self.now, &self.cfg, &mut self.io.stats, &|addr| {
-                    iface.neighbor_unreachable(addr)
-                });
+            s.table.maintain(
+                self.now,
+                &self.cfg,
+                &mut self.io.stats,
+                &mut self.peers,
+                &|addr| iface.neighbor_unreachable(addr),
+            );
             s.table.listen_budget(&mut s.budget);
         }
         Ok(ListenerId {

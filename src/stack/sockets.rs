@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
+use std::time::Duration;
 
 use self_cell::self_cell;
 use smoltcp::iface::{Interface, SocketHandle, SocketSet, SocketStorage};
@@ -108,8 +109,10 @@ struct Slot {
     role: Role,
     handle: Option<SocketHandle>,
     since: Instant,
-    /// When a listening socket was first seen in SYN-RECEIVED (the oldest is evicted first).
+    /// When a listening socket was first seen in SYN-RECEIVED (the oldest is evicted first),
+    /// and its peer's address.
     half_open_since: Option<Instant>,
+    half_open_peer: Option<IpAddress>,
     /// When the application last moved data on the connection (or it was accepted or opened),
     /// for the idle timeout.
     active_at: Instant,
@@ -125,6 +128,79 @@ struct Listener {
     /// Members in the LISTEN state after the last maintenance.
     listening: u32,
     starved: bool,
+    /// Smoothed time from a SYN|ACK going out to the handshake completing (gain 1/8, as SRTT),
+    /// in microseconds; `None` before the first handshake completes.
+    handshake_us: Option<u64>,
+}
+
+/// How old a half-open connection must be before a SYN that finds the backlog full may evict
+/// it, before any handshake on the listener has completed...
+const EVICT_GRACE_UNKNOWN: Duration = Duration::from_millis(10);
+/// ...the bounds once handshakes are timed (four smoothed handshake times)...
+const EVICT_GRACE_MIN: Duration = Duration::from_millis(1);
+const EVICT_GRACE_MAX: Duration = Duration::from_secs(1);
+/// ...and the grace of a half-open connection from an address that completed a handshake in
+/// the last `KNOWN_PEER_FOR` (about the SYN|ACK's first retransmission timeout).
+const EVICT_GRACE_KNOWN: Duration = Duration::from_secs(1);
+const KNOWN_PEER_FOR: Duration = Duration::from_secs(10);
+const KNOWN_PEERS: usize = 64;
+
+impl Listener {
+    /// A half-open connection younger than this is left alone by a SYN that finds the backlog
+    /// full: a real client's ACK is on its way, while a made-up one never completes and ages
+    /// past it. A client that completed a handshake lately gets the longest grace: under a
+    /// burst of its own connections it answers SYN|ACKs late (tens of milliseconds), and the
+    /// connections it opens must not evict each other.
+    fn evict_grace(&self, known_peer: bool) -> Duration {
+        let timed = match self.handshake_us {
+            None => EVICT_GRACE_UNKNOWN,
+            Some(us) => Duration::from_micros(4 * us).clamp(EVICT_GRACE_MIN, EVICT_GRACE_MAX),
+        };
+        if known_peer {
+            timed.max(EVICT_GRACE_KNOWN)
+        } else {
+            timed
+        }
+    }
+
+    fn handshake_done(&mut self, took: Duration) {
+        let sample = took.as_micros().min(u128::from(u32::MAX)) as u64;
+        self.handshake_us = Some(match self.handshake_us {
+            None => sample,
+            Some(h) => (7 * h + sample) / 8,
+        });
+    }
+}
+
+/// Addresses that completed a TCP handshake with a listener lately (at most `KNOWN_PEERS`; the
+/// least recent is replaced). A spoofed SYN never completes one, so a half-open connection
+/// from a known address is most likely a real client's and is evicted last.
+pub(crate) struct KnownPeers {
+    peers: Vec<(IpAddress, Instant)>,
+}
+
+impl KnownPeers {
+    pub(crate) fn new() -> Self {
+        Self {
+            peers: Vec::with_capacity(KNOWN_PEERS),
+        }
+    }
+
+    fn completed(&mut self, addr: IpAddress, now: Instant) {
+        if let Some(p) = self.peers.iter_mut().find(|p| p.0 == addr) {
+            p.1 = now;
+        } else if self.peers.len() < KNOWN_PEERS {
+            self.peers.push((addr, now));
+        } else if let Some(p) = self.peers.iter_mut().min_by_key(|p| p.1) {
+            *p = (addr, now);
+        }
+    }
+
+    fn knows(&self, addr: IpAddress, now: Instant) -> bool {
+        self.peers
+            .iter()
+            .any(|p| p.0 == addr && now.saturating_duration_since(p.1) < KNOWN_PEER_FOR)
+    }
 }
 
 pub(crate) struct SocketTable {
@@ -230,6 +306,7 @@ impl SocketTable {
                     handle: None,
                     since: Instant::ZERO,
                     half_open_since: None,
+                    half_open_peer: None,
                     active_at: Instant::ZERO,
                 })
                 .collect(),
@@ -322,6 +399,7 @@ impl SocketTable {
         s.handle = Some(handle);
         s.since = now;
         s.half_open_since = None;
+        s.half_open_peer = None;
         s.active_at = now;
         Some(Ok(slot))
     }
@@ -357,16 +435,24 @@ impl SocketTable {
     }
 
     /// The oldest half-open connection (SYN received, handshake not complete) of the listener
-    /// on `port`: when it was first seen, and its slot.
-    pub(crate) fn oldest_half_open(&self, port: u16) -> Option<(Instant, u32)> {
+    /// on `port` that is past its grace at `now` (`Listener::evict_grace`): when it was first
+    /// seen, and its slot.
+    pub(crate) fn oldest_half_open(
+        &self,
+        port: u16,
+        now: Instant,
+        peers: &KnownPeers,
+    ) -> Option<(Instant, u32)> {
         self.listeners
             .iter()
             .flatten()
             .filter(|l| l.port == port)
-            .flat_map(|l| l.members.iter())
-            .filter_map(|&slot| {
+            .flat_map(|l| l.members.iter().map(move |&slot| (l, slot)))
+            .filter_map(|(l, slot)| {
                 let s = &self.slots[slot as usize];
-                s.half_open_since.map(|t| (t, slot))
+                let t = s.half_open_since?;
+                let known = s.half_open_peer.is_some_and(|a| peers.knows(a, now));
+                (now.saturating_duration_since(t) >= l.evict_grace(known)).then_some((t, slot))
             })
             .min()
     }
@@ -394,6 +480,7 @@ impl SocketTable {
             ready: VecDeque::with_capacity(backlog),
             listening: 0,
             starved: false,
+            handshake_us: None,
         });
     }
 
@@ -584,11 +671,12 @@ impl SocketTable {
         now: Instant,
         cfg: &StackConfig,
         stats: &mut StackStats,
+        peers: &mut KnownPeers,
         unreachable: &dyn Fn(IpAddress) -> bool,
     ) {
         for idx in 0..self.listeners.len() {
             if self.listeners[idx].is_some() {
-                self.maintain_listener(idx as u32, now, cfg, stats, unreachable);
+                self.maintain_listener(idx as u32, now, cfg, stats, peers, unreachable);
             }
         }
     }
@@ -649,6 +737,7 @@ impl SocketTable {
         now: Instant,
         cfg: &StackConfig,
         stats: &mut StackStats,
+        peers: &mut KnownPeers,
         unreachable: &dyn Fn(IpAddress) -> bool,
     ) {
         self.reap_idle(now, cfg, stats);
@@ -675,7 +764,7 @@ impl SocketTable {
                 i += 1;
             }
         }
-        self.maintain_listeners(now, cfg, stats, unreachable);
+        self.maintain_listeners(now, cfg, stats, peers, unreachable);
     }
 
     fn maintain_listener(
@@ -684,6 +773,7 @@ impl SocketTable {
         now: Instant,
         cfg: &StackConfig,
         stats: &mut StackStats,
+        peers: &mut KnownPeers,
         unreachable: &dyn Fn(IpAddress) -> bool,
     ) {
         let Some(mut l) = self.listeners[idx as usize].take() else {
@@ -696,7 +786,9 @@ impl SocketTable {
             match self.state_of(slot) {
                 tcp::State::Listen => {
                     // (Back to LISTEN after a handshake that was given up, or never left.)
-                    self.slots[slot as usize].half_open_since = None;
+                    let s = &mut self.slots[slot as usize];
+                    s.half_open_since = None;
+                    s.half_open_peer = None;
                     listening += 1;
                     i += 1;
                 }
@@ -714,6 +806,7 @@ impl SocketTable {
                     } else {
                         let s = &mut self.slots[slot as usize];
                         s.half_open_since.get_or_insert(now);
+                        s.half_open_peer = peer;
                         i += 1;
                     }
                 }
@@ -722,15 +815,25 @@ impl SocketTable {
                     l.members.swap_remove(i);
                     self.free_slot(slot);
                 }
-                _ if l.ready.len() < l.backlog => {
-                    l.members.swap_remove(i);
+                _ => {
+                    // Connected: no longer half-open (and never evicted as one).
                     let s = &mut self.slots[slot as usize];
-                    s.role = Role::Ready(idx);
-                    s.half_open_since = None;
-                    s.active_at = now;
-                    l.ready.push_back(slot);
+                    if let Some(t) = s.half_open_since.take() {
+                        l.handshake_done(now.saturating_duration_since(t));
+                        if let Some(a) = s.half_open_peer.take() {
+                            peers.completed(a, now);
+                        }
+                    }
+                    if l.ready.len() < l.backlog {
+                        l.members.swap_remove(i);
+                        let s = &mut self.slots[slot as usize];
+                        s.role = Role::Ready(idx);
+                        s.active_at = now;
+                        l.ready.push_back(slot);
+                    } else {
+                        i += 1;
+                    }
                 }
-                _ => i += 1,
             }
         }
         while listening < l.backlog && l.members.len() < 2 * l.backlog && l.ready.len() < l.backlog
