@@ -95,6 +95,8 @@ pub struct ServerStats {
     pub storage_timeouts: u64,
     /// Store results that came after their request timed out or its connection went (dropped).
     pub storage_late: u64,
+    /// Requests answered [`Status::Corrupt`]: the store found the chunk damaged.
+    pub corrupt: u64,
 }
 
 /// What a connection's requests run against, shared by a server's connections; built by the
@@ -554,6 +556,7 @@ impl ServerConn {
 
     fn queue_error(&mut self, id: u64, op: Op, status: Status, stats: &mut ServerStats) {
         stats.errors += 1;
+        stats.corrupt += u64::from(status == Status::Corrupt);
         self.push(id, ResponseHeader::error(id, op.code(), status, false));
     }
 
@@ -748,6 +751,7 @@ fn answer(
         }
         Err(status) => {
             stats.errors += 1;
+            stats.corrupt += u64::from(status == Status::Corrupt);
             (ResponseHeader::error(id, op.code(), status, false), None)
         }
     }

@@ -87,6 +87,15 @@ pub enum StoreError {
     /// The store is out of space (disk full, memory budget reached).
     #[error("no space left for chunk {0}")]
     NoSpace(ChunkId),
+    /// The chunk's stored bytes failed the checksum stored with them (damaged on disk, or
+    /// cut short): the store serves none of them.
+    #[error("chunk {id} is damaged in the store: {detail}")]
+    Corrupt {
+        /// The chunk.
+        id: ChunkId,
+        /// What failed, and where (for the log and the operator).
+        detail: String,
+    },
     /// An I/O error from the backing storage.
     #[error("{op} on chunk {id}: {source}")]
     Io {
@@ -108,6 +117,7 @@ impl StoreError {
             StoreError::OutOfRange { .. } => Status::OutOfRange,
             StoreError::ChunkTooLarge { .. } => Status::ChunkTooLarge,
             StoreError::NoSpace(_) => Status::NoSpace,
+            StoreError::Corrupt { .. } => Status::Corrupt,
             StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 Status::NoSpace
             }

@@ -54,11 +54,19 @@ pub enum Status {
     /// still take effect later: a WRITE's outcome is unknown (READ or STAT the chunk, or write
     /// it again).
     Timeout = 17,
+    /// The chunk's bytes in the store failed their stored checksum (damaged on disk): nothing
+    /// was served. The store logged and counted it; the chunk stays damaged until rewritten or
+    /// deleted.
+    Corrupt = 18,
+    /// The server already has its maximum number of connections open and refuses this one:
+    /// the only frame on it (request id 0), and the connection closes. Retry later or on
+    /// another connection already open.
+    TooManyConnections = 19,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 18] = [
+    pub const ALL: [Status; 20] = [
         Status::Ok,
         Status::NotFound,
         Status::BadChecksum,
@@ -77,6 +85,8 @@ impl Status {
         Status::Busy,
         Status::Internal,
         Status::Timeout,
+        Status::Corrupt,
+        Status::TooManyConnections,
     ];
 
     /// The wire code.
@@ -112,6 +122,7 @@ impl Status {
                 | Status::ShuttingDown
                 | Status::Busy
                 | Status::Timeout
+                | Status::TooManyConnections
         )
     }
 }
@@ -138,6 +149,8 @@ impl fmt::Display for Status {
             Status::Busy => "the server is overloaded, retry later",
             Status::Internal => "a bug in the server",
             Status::Timeout => "the chunk store did not answer in time (outcome unknown)",
+            Status::Corrupt => "the chunk is damaged in the store (failed its stored checksum)",
+            Status::TooManyConnections => "the server has its maximum of connections open",
         };
         write!(f, "{self:?}: {what}")
     }
