@@ -263,6 +263,9 @@ impl ClientSet for KernelClients {
     fn is_broken(&self, i: usize) -> bool {
         self.clients[i].is_broken()
     }
+    fn refusal(&self, i: usize) -> Option<ustack::proto::Status> {
+        self.clients[i].refusal()
+    }
     fn open_idle(&mut self, n: usize, server: SocketAddr) -> Result<(), String> {
         for k in 0..n {
             let s = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(5))
@@ -715,14 +718,10 @@ impl<'a> Driver<'a> {
                     check(&req, &comp, &mut checker, now)?;
                 }
                 if self.c.is_broken(i) {
-                    return Err(match self.c.link_problem() {
-                        Some(p) => format!("connection {i} failed: the link is down: {p}"),
-                        None => format!(
-                            "connection {i} failed: the server closed or reset it, or stopped \
-                             answering (a server at its --connections-max resets new \
-                             connections: the file server counts them as refused)"
-                        ),
-                    });
+                    return Err(format!(
+                        "connection {i} failed: {}",
+                        broken_why(&*self.c, i)
+                    ));
                 }
                 if !queued[i] && self.in_flight[i] < self.depth {
                     queued[i] = true;
@@ -1481,6 +1480,23 @@ fn get(
     Ok(())
 }
 
+/// Why connection `i` of `c` broke, in words.
+fn broken_why(c: &dyn ClientSet, i: usize) -> String {
+    if let Some(status) = c.refusal(i) {
+        return match status {
+            ustack::proto::Status::TooManyConnections => format!(
+                "the server refused it: {status} (its --connections-max is reached; retry \
+                 later, or use fewer connections)"
+            ),
+            _ => format!("the server refused it: {status}"),
+        };
+    }
+    match c.link_problem() {
+        Some(p) => format!("the link is down: {p}"),
+        None => "the server closed or reset it, or stopped answering".to_string(),
+    }
+}
+
 /// One request on connection 0, waited for.
 fn call(c: &mut dyn ClientSet, op: ChunkOp<'_>) -> Result<Completion, String> {
     let rid = c.submit(0, op, Instant::now()).map_err(|e| e.to_string())?;
@@ -1493,7 +1509,7 @@ fn call(c: &mut dyn ClientSet, op: ChunkOp<'_>) -> Result<Completion, String> {
             }
         }
         if c.is_broken(0) {
-            return Err("connection failed".into());
+            return Err(format!("connection failed: {}", broken_why(c, 0)));
         }
         if !busy {
             c.idle(now);

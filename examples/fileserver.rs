@@ -90,7 +90,7 @@ struct Args {
     connections_max: usize,
     /// Connections the listener keeps ready to be accepted. On ustack backends this many
     /// sockets listen (spread over the socket shards, at least one each), each with room for
-    /// one more half-open connection (a SYN that finds them all taken evicts the oldest); the
+    /// one more half-open connection (a SYN that finds them all taken evicts the oldest past its grace); the
     /// stack has `--connections-max` + this many sockets.
     #[arg(long, default_value_t = 16)]
     backlog: usize,

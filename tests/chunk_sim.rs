@@ -391,3 +391,56 @@ fn sixty_four_in_flight_complete_out_of_order() {
     }
     println!("completion order: {order:?} ({overtaken} overtakes)");
 }
+
+/// A server at its `connections_max` (4) says why it does not serve a fifth connection: one
+/// answer with request id 0 and status TooManyConnections, then a close, so the client fails
+/// its requests with that status instead of a bare reset. The four are still served.
+#[test]
+fn a_connection_over_the_limit_is_told_why() {
+    let Rig {
+        mut net,
+        mut server,
+        client,
+    } = rig_on(7, Faults::none(), StorageMode::Auto);
+    let cfg = ClientConfig::default();
+    let addr = SocketAddrV4::new(IP_B, PORT);
+    let mut clients = vec![client];
+    for _ in 0..4 {
+        clients.push(ChunkClient::connect(&mut net.a, addr, &cfg, net.now).unwrap());
+    }
+    let mut results: Vec<Option<Result<Reply, ClientError>>> = vec![None; clients.len()];
+    net.drive(Duration::from_secs(30), |a, b, now| {
+        let mut busy = server.poll(b);
+        for (c, r) in clients.iter_mut().zip(results.iter_mut()) {
+            busy |= c.poll(a, now);
+            if c.is_connected() && c.in_flight() == 0 && r.is_none() {
+                c.submit(ChunkOp::Ping, now).expect("submit");
+            }
+            if let Some(done) = c.next_completion() {
+                *r = Some(done.result);
+            }
+        }
+        Ok(if results.iter().all(Option::is_some) {
+            Step::Done(())
+        } else if busy {
+            Step::Busy
+        } else {
+            Step::Idle
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}: {results:?}"));
+    let ok = results.iter().filter(|r| matches!(r, Some(Ok(_)))).count();
+    assert_eq!(ok, 4, "{results:?}");
+    let (refused, r) = clients
+        .iter()
+        .zip(&results)
+        .find(|(_, r)| !matches!(r, Some(Ok(_))))
+        .unwrap();
+    assert_eq!(
+        r,
+        &Some(Err(ClientError::Status(Status::TooManyConnections)))
+    );
+    assert_eq!(refused.refusal(), Some(Status::TooManyConnections));
+    assert!(refused.is_broken());
+    assert_eq!(server.stats().connections_refused, 1);
+}

@@ -426,24 +426,19 @@ fn connection_limit_refuses_the_fifth_and_keeps_serving_four() {
         ping_ok(c);
     }
     // The kernel completes the handshake for the fifth (it is in the backlog), then the server
-    // accepts it, finds no free slot and resets it.
-    // The reset may even beat the client's look at its connect.
-    match KernelClient::connect(server.local_addr(), &cfg) {
-        Ok(mut fifth) => {
-            let c = call(&mut fifth, ChunkOp::Ping);
-            assert_eq!(c.result, Err(ClientError::ConnectionLost));
-            assert!(fifth.is_broken());
-            assert_eq!(
-                fifth.submit(ChunkOp::Ping, Instant::now()),
-                Err(SubmitError::Closed)
-            );
-        }
-        Err(NetError::Connect { source, hint, .. }) => {
-            assert_eq!(source.kind(), std::io::ErrorKind::ConnectionReset);
-            assert!(hint.contains("connections_max"), "{hint}");
-        }
-        Err(e) => panic!("fifth connection: {e}"),
-    }
+    // accepts it, finds no free slot, says so (request id 0, TooManyConnections) and closes.
+    let mut fifth = KernelClient::connect(server.local_addr(), &cfg).expect("the fifth connects");
+    let c = call(&mut fifth, ChunkOp::Ping);
+    assert_eq!(
+        c.result,
+        Err(ClientError::Status(Status::TooManyConnections))
+    );
+    assert!(fifth.is_broken());
+    assert_eq!(fifth.refusal(), Some(Status::TooManyConnections));
+    assert_eq!(
+        fifth.submit(ChunkOp::Ping, Instant::now()),
+        Err(SubmitError::Closed)
+    );
     // The first four are still served.
     for (i, c) in clients.iter_mut().enumerate() {
         let data = [i as u8; 100];

@@ -272,6 +272,8 @@ pub trait ClientSet {
     fn is_connected(&self, i: usize) -> bool;
     /// Whether connection `i` failed.
     fn is_broken(&self, i: usize) -> bool;
+    /// Why the server refused or closed connection `i`, if it said.
+    fn refusal(&self, i: usize) -> Option<ustack::proto::Status>;
     /// Opens `n` more connections to `server` that stay idle (for connection-scaling runs).
     fn open_idle(&mut self, n: usize, server: std::net::SocketAddr) -> Result<(), String>;
 }
@@ -469,6 +471,9 @@ impl<D: PacketDevice> ClientSet for StackClients<D> {
     fn is_broken(&self, i: usize) -> bool {
         self.clients[i].is_broken()
     }
+    fn refusal(&self, i: usize) -> Option<ustack::proto::Status> {
+        self.clients[i].refusal()
+    }
     fn open_idle(&mut self, n: usize, server: std::net::SocketAddr) -> Result<(), String> {
         let std::net::SocketAddr::V4(server) = server else {
             return Err(format!("{server}: ustack speaks IPv4 only"));
@@ -491,7 +496,8 @@ impl<D: PacketDevice> ClientSet for StackClients<D> {
             }
             if now - start > Duration::from_secs(30) {
                 return Err(format!(
-                    "only {up} of {n} idle connections came up (server connections_max?)"
+                    "only {up} of {n} idle connections came up (is the server's \
+                     --connections-max below them?)"
                 ));
             }
             self.idle(now);

@@ -216,6 +216,8 @@ pub struct ClientConn {
     done: VecDeque<Completion>,
     staging: Staging,
     broken: bool,
+    /// Why the server closed the connection, if it said (an answer with request id 0).
+    refusal: Option<Status>,
     stats: ClientStats,
 }
 
@@ -244,6 +246,7 @@ impl ClientConn {
             done: VecDeque::with_capacity(max),
             staging,
             broken: false,
+            refusal: None,
             stats: ClientStats::default(),
         }
     }
@@ -432,7 +435,17 @@ impl ClientConn {
     }
 
     fn on_end(&mut self, a: Answer, verdict: Result<(), ParseError>) {
-        let Some(i) = a.slot else { return };
+        let Some(i) = a.slot else {
+            // Request id 0 is never a request's: the server speaks for the connection (it
+            // refused it, or is shutting down) and closes it.
+            if let (0, Reply::Error { status, .. }) = (a.header.request_id, a.header.reply) {
+                if verdict.is_ok() {
+                    self.refusal = Some(status);
+                    self.fail_all(ClientError::Status(status));
+                }
+            }
+            return;
+        };
         let f = &self.in_flight[i];
         let result = match (verdict, a.header.reply) {
             (Err(_), _) => {
@@ -552,6 +565,13 @@ impl ClientConn {
     /// Whether the connection failed (every request then fails).
     pub fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// The status the server gave for the whole connection when it refused or closed it
+    /// (an answer with request id 0, e.g. [`Status::TooManyConnections`]); every request
+    /// then failed with it.
+    pub fn refusal(&self) -> Option<Status> {
+        self.refusal
     }
 
     /// Counters.

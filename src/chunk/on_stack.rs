@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 
 use crate::dev::PacketDevice;
 use crate::mem::MemError;
-use crate::proto::LimitsError;
+use crate::proto::{LimitsError, ResponseHeader, Status};
 use crate::stack::{ConnError, ConnId, ConnState, ListenerId, Stack, StackError};
 use crate::time::Instant;
 
@@ -149,7 +149,19 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
                         if let Some(i) = other {
                             self.free.push(i);
                         }
-                        let _ = stack.abort(c);
+                        // Say why, then close (a FIN after the answer; the stack recycles the
+                        // socket when the close is done, or resets it after its close timeout).
+                        let status = if self.shutting_down {
+                            Status::ShuttingDown
+                        } else {
+                            Status::TooManyConnections
+                        };
+                        let refusal = ResponseHeader::error(0, 0, status, true).to_bytes();
+                        if stack.send(c, &refusal) != Ok(refusal.len()) {
+                            let _ = stack.abort(c);
+                        } else {
+                            let _ = stack.release(c);
+                        }
                         self.stats.connections_refused += 1;
                     }
                 }
@@ -488,6 +500,12 @@ impl ChunkClient {
     /// Whether the connection failed: every request fails, a new client must connect.
     pub fn is_broken(&self) -> bool {
         self.core.is_broken()
+    }
+
+    /// The status the server gave for the whole connection when it refused or closed it
+    /// (e.g. [`Status::TooManyConnections`]), if it gave one.
+    pub fn refusal(&self) -> Option<Status> {
+        self.core.refusal()
     }
 
     /// Requests outstanding.

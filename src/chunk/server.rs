@@ -30,7 +30,8 @@ use super::workers::{Done, Job, Outcome, Storage, StorageConfig, Submitted, Work
 pub struct ServerConfig {
     /// Protocol limits (payload, chunk size, requests in flight per connection).
     pub limits: Limits,
-    /// Connections served at once; more are refused (reset) and counted.
+    /// Connections served at once; more are refused (an answer with request id 0 and status
+    /// `TooManyConnections`, then a close) and counted.
     pub connections_max: usize,
     /// Connections the listener keeps ready to be accepted.
     pub backlog: usize,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::chunk::{
     ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, Staging, SubmitError,
 };
+use crate::proto::Status;
 use crate::sys::socket::{self, PollFd, POLLIN, POLLOUT};
 use crate::time::Instant;
 
@@ -266,6 +267,12 @@ impl KernelClient {
     /// Whether the connection failed: every request fails, a new client must connect.
     pub fn is_broken(&self) -> bool {
         self.core.is_broken()
+    }
+
+    /// The status the server gave for the whole connection when it refused or closed it
+    /// (e.g. [`Status::TooManyConnections`]), if it gave one.
+    pub fn refusal(&self) -> Option<Status> {
+        self.core.refusal()
     }
 
     /// Whether request bytes are queued that the kernel has not taken yet. An application

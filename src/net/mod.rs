@@ -31,7 +31,8 @@
 //!   anything the server passes over its connections again (without a syscall) until nothing
 //!   changes, since one connection's progress may free the staging buffer another waits for.
 //!   One 4 KiB request at a time costs the same as blocking `std::net` sockets.
-//! * Connections over `connections_max` are accepted and reset (`SO_LINGER` 0) at once.
+//! * Connections over `connections_max` are accepted, told why (an answer with request id 0,
+//!   status `TooManyConnections`) and closed; reset at once when 16 such are still closing.
 //! * When the server closes a connection itself (a closing protocol error, shutdown) it sends its
 //!   last answer, shuts its sending side, and reads and discards what the peer still sends
 //!   for up to 2 s: closing with unread input would reset the connection and could destroy

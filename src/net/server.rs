@@ -1,6 +1,6 @@
 //! [`KernelServer`]: the chunk server over kernel TCP, one thread serving every connection.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +12,7 @@ use crate::chunk::{
     conn_tag, take_results, ChunkStore, ServeCtx, ServerConfig, ServerConn, ServerStats, Staging,
     Storage,
 };
+use crate::proto::{ResponseHeader, Status};
 use crate::sys::socket::{
     self, Epoll, EpollEvent, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
 };
@@ -55,6 +56,11 @@ const EVENTS_MAX: usize = 256;
 /// How long the loop sleeps at most while store calls run (their timeouts are checked then).
 const STORAGE_WAIT_MAX: Duration = Duration::from_millis(100);
 
+/// Refused connections kept at once while the peer reads why (beyond this, refusals reset).
+const REFUSED_MAX: usize = 16;
+/// How long a refused connection is kept for its peer to read the refusal and close.
+const REFUSED_LINGER: Duration = Duration::from_secs(1);
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum SlotState {
     Free,
@@ -92,8 +98,12 @@ struct Slot {
 /// serves their pipelined requests from the store, all on the thread that calls
 /// [`KernelServer::poll`].
 ///
-/// Connections beyond `connections_max` (or arriving during shutdown) are accepted and reset at
-/// once, and counted in [`ServerStats::connections_refused`].
+/// Connections beyond `connections_max` (or arriving during shutdown) are accepted, told why
+/// (an answer with request id 0 and status [`Status::TooManyConnections`] or
+/// [`Status::ShuttingDown`]) and closed, and counted in
+/// [`ServerStats::connections_refused`]. Up to 16 of them wait (reading and discarding, at
+/// most 1 s) for their peer to close first, so the refusal is not lost to a reset; beyond
+/// that, refusals are resets.
 pub struct KernelServer<S: ChunkStore + 'static> {
     storage: Storage<S>,
     staging: Staging,
@@ -115,6 +125,9 @@ pub struct KernelServer<S: ChunkStore + 'static> {
     /// The listener reported connections not all accepted yet (edge-triggered: no second
     /// report comes for them).
     accept_pending: bool,
+    /// Refused connections, told why and shut for writing, kept until their peer closes or
+    /// the deadline (at most `REFUSED_MAX`; not in epoll: looked at on every turn).
+    refused: Vec<(TcpStream, WallInstant)>,
 }
 
 impl<S: ChunkStore + 'static> KernelServer<S> {
@@ -208,6 +221,7 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
             epoll,
             events: vec![EpollEvent::EMPTY; EVENTS_MAX],
             accept_pending: true,
+            refused: Vec::with_capacity(REFUSED_MAX),
         })
     }
 
@@ -268,6 +282,9 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
             }
         }
         let mut busy = self.take_store_results();
+        if !self.refused.is_empty() {
+            self.drain_refused(now);
+        }
         if self.accept_pending && self.accept_paused_until.is_none() && self.listener.is_some() {
             busy |= self.accept_ready(now);
         }
@@ -396,7 +413,14 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
         });
         let storage =
             (self.storage.outstanding() > 0).then(|| WallInstant::now() + STORAGE_WAIT_MAX);
+        // A refused connection is looked at again within 20 ms, or at its deadline.
+        let refused = self
+            .refused
+            .iter()
+            .map(|r| r.1.min(WallInstant::now() + IDLE_WAIT))
+            .min();
         lingering
+            .chain(refused)
             .chain(self.grace_deadline)
             .chain(self.accept_paused_until)
             .chain(storage)
@@ -447,11 +471,7 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
             self.free.pop()
         };
         let Some(i) = slot_index else {
-            // Reset rather than close: the peer learns at once that it was not served.
-            let _ = socket::set_linger_zero(stream.as_fd());
-            drop(stream);
-            self.stats.connections_refused += 1;
-            tracing::debug!(%peer, "connection refused: connections_max reached or shutting down");
+            self.refuse(stream, peer);
             return;
         };
         if let Err(e) = stream
@@ -617,6 +637,52 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
             return true;
         }
         busy
+    }
+
+    /// Tells the peer why it is not served (one answer with request id 0) and closes: shut
+    /// for writing and kept until the peer closes, so the answer is not lost to the reset a
+    /// close with unread input would send; a reset at once when `REFUSED_MAX` wait already.
+    fn refuse(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        self.stats.connections_refused += 1;
+        let status = if self.shutting_down {
+            Status::ShuttingDown
+        } else {
+            Status::TooManyConnections
+        };
+        tracing::debug!(%peer, %status, "connection refused");
+        let answer = ResponseHeader::error(0, 0, status, true).to_bytes();
+        // A fresh socket's send buffer takes 40 bytes at once.
+        let told = self.refused.len() < REFUSED_MAX
+            && stream.set_nonblocking(true).is_ok()
+            && stream.write(&answer).is_ok_and(|n| n == answer.len())
+            && stream.shutdown(Shutdown::Write).is_ok();
+        if told {
+            self.refused
+                .push((stream, WallInstant::now() + REFUSED_LINGER));
+        } else {
+            let _ = socket::set_linger_zero(stream.as_fd());
+        }
+    }
+
+    /// Reads and discards what refused connections sent; drops those whose peer closed or
+    /// whose time is up.
+    fn drain_refused(&mut self, now: WallInstant) {
+        let mut scratch = [0u8; 512];
+        self.refused.retain_mut(|(stream, deadline)| {
+            if now >= *deadline {
+                return false;
+            }
+            for _ in 0..16 {
+                match stream.read(&mut scratch) {
+                    Ok(0) => return false,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            }
+            true
+        });
     }
 
     /// Closes slot `i` (with a reset if `reset`) and makes it free.
