@@ -536,6 +536,36 @@ pub enum CongestionControl {
     Cubic,
 }
 
+/// Where in-order payload may go straight from a received segment, instead of through the
+/// receive buffer (patch 14): an application that knows where the next bytes of the stream
+/// belong (the rest of a message whose header it has read) lends a sink, and the socket puts
+/// them there as segments arrive, saving the copy into the ring and out again.
+///
+/// The socket puts bytes only while its receive buffer is empty and nothing is held out of
+/// order, so everything the sink got comes before anything in the buffer; it gives a sink at
+/// most `room()` bytes, in stream order, and acknowledges them like received bytes the
+/// application has already read (the receive window does not shrink). Take the sink back
+/// with [`Socket::take_rx_sink`] before reading the buffer. A socket that is reset drops its
+/// sink.
+#[cfg(feature = "alloc")]
+pub trait RxSink: core::any::Any + Send {
+    /// Bytes the sink still takes.
+    fn room(&self) -> usize;
+    /// Takes the next `data.len()` bytes of the stream (at most `room()`).
+    fn put(&mut self, data: &[u8]);
+}
+
+/// A lent [`RxSink`], printable in the socket's `Debug` output.
+#[cfg(feature = "alloc")]
+struct RxSinkBox(alloc::boxed::Box<dyn RxSink>);
+
+#[cfg(feature = "alloc")]
+impl fmt::Debug for RxSinkBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RxSink {{ room: {} }}", self.0.room())
+    }
+}
+
 /// A Transmission Control Protocol socket.
 ///
 /// A TCP socket may passively listen for connections or actively connect to another endpoint.
@@ -612,6 +642,9 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// Data segments in flight: the scoreboard of loss recovery (patch 3).
     tx_log: TxLog,
+    /// Where in-order payload goes while the receive buffer is empty (patch 14).
+    #[cfg(feature = "alloc")]
+    rx_sink: Option<RxSinkBox>,
     /// RACK's state: the most recently sent segment delivered (RFC 8985).
     rack: Rack,
     /// When RACK's reordering window of a segment in flight ends (RFC 8985 6.3).
@@ -733,6 +766,8 @@ impl<'a> Socket<'a> {
             sack_dupack_rcv_nxt: None,
             local_rx_dup_acks: 0,
             tx_log: TxLog::new(),
+            #[cfg(feature = "alloc")]
+            rx_sink: None,
             rack: Rack::new(),
             rack_timer: None,
             recovery_point: None,
@@ -1104,6 +1139,10 @@ impl<'a> Socket<'a> {
         self.assembler = Assembler::new();
         self.tx_buffer.clear();
         self.rx_buffer.clear();
+        #[cfg(feature = "alloc")]
+        {
+            self.rx_sink = None;
+        }
         self.rx_fin_received = false;
         self.listen_endpoint = IpListenEndpoint::default();
         self.tuple = None;
@@ -1555,6 +1594,23 @@ impl<'a> Socket<'a> {
             );
         }
         Ok(result)
+    }
+
+    /// Lends `sink` the next in-order payload (see [`RxSink`]); returns the sink lent before,
+    /// if any. Only while the receive buffer is empty do bytes go to it, so lend it after
+    /// reading the buffer dry.
+    #[cfg(feature = "alloc")]
+    pub fn set_rx_sink(
+        &mut self,
+        sink: alloc::boxed::Box<dyn RxSink>,
+    ) -> Option<alloc::boxed::Box<dyn RxSink>> {
+        self.rx_sink.replace(RxSinkBox(sink)).map(|b| b.0)
+    }
+
+    /// Takes back the lent sink, with what it got.
+    #[cfg(feature = "alloc")]
+    pub fn take_rx_sink(&mut self) -> Option<alloc::boxed::Box<dyn RxSink>> {
+        self.rx_sink.take().map(|b| b.0)
     }
 
     /// Call `f` with the largest contiguous slice of octets in the receive buffer,
@@ -2588,6 +2644,25 @@ impl<'a> Socket<'a> {
         }
 
         let assembler_was_empty = self.assembler.is_empty();
+        // Patch 14: in-order payload goes straight to the application's sink while nothing
+        // is buffered or held out of order (so the sink's bytes precede the buffer's). They
+        // count as received and already read: the window stays open.
+        #[cfg(feature = "alloc")]
+        let (payload, payload_len) = match self.rx_sink.as_mut() {
+            Some(sink)
+                if payload_offset == 0
+                    && assembler_was_empty
+                    && self.rx_buffer.is_empty()
+                    && self.state == State::Established
+                    && control == TcpControl::None =>
+            {
+                let n = sink.0.room().min(payload_len);
+                sink.0.put(&payload[..n]);
+                self.remote_seq_no += n;
+                (&payload[n..], payload_len - n)
+            }
+            _ => (payload, payload_len),
+        };
         let blocks_before = self.assembler.iter_data().count();
         // Where the data held out of order ends: a segment below it fills (part of) a gap.
         let held_end = self
@@ -5514,6 +5589,158 @@ mod test {
             }]
         );
         assert_eq!(s.rx_buffer.dequeue_many(6), &b"abcdef"[..]);
+    }
+
+    /// A test sink: takes up to `cap` bytes (patch 14).
+    #[cfg(feature = "alloc")]
+    struct VecSink {
+        got: std::vec::Vec<u8>,
+        cap: usize,
+    }
+
+    #[cfg(feature = "alloc")]
+    impl RxSink for VecSink {
+        fn room(&self) -> usize {
+            self.cap - self.got.len()
+        }
+        fn put(&mut self, data: &[u8]) {
+            assert!(data.len() <= self.room());
+            self.got.extend_from_slice(data);
+        }
+    }
+
+    #[cfg(feature = "alloc")]
+    fn sink(cap: usize) -> std::boxed::Box<dyn RxSink> {
+        std::boxed::Box::new(VecSink {
+            got: std::vec::Vec::new(),
+            cap,
+        })
+    }
+
+    #[cfg(feature = "alloc")]
+    fn sink_got(s: &mut Socket) -> std::vec::Vec<u8> {
+        let b: std::boxed::Box<dyn core::any::Any> = s.take_rx_sink().expect("a sink");
+        b.downcast::<VecSink>().expect("our sink").got
+    }
+
+    #[test]
+    #[cfg(feature = "alloc")]
+    fn test_rx_sink_takes_in_order_payload() {
+        // Patch 14: the sink gets the payload, the buffer stays empty, the ACK covers it with
+        // the window still whole; what does not fit goes to the buffer, in order after it.
+        let mut s = socket_established();
+        assert!(s.set_rx_sink(sink(8)).is_none());
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 64,
+                ..RECV_TEMPL
+            }]
+        );
+        assert!(s.rx_buffer.is_empty());
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ghijkl"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 12),
+                window_len: 60,
+                ..RECV_TEMPL
+            }]
+        );
+        assert_eq!(sink_got(&mut s), b"abcdefgh");
+        assert_eq!(s.rx_buffer.dequeue_many(4), &b"ijkl"[..]);
+    }
+
+    #[test]
+    #[cfg(feature = "alloc")]
+    fn test_rx_sink_waits_for_the_buffer_and_the_holes() {
+        // Patch 14: bytes already buffered, or a segment out of order (and the data that then
+        // fills the hole), go to the buffer, never to the sink: the sink's bytes always come
+        // first in the stream.
+        let mut s = socket_established();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abc"[..],
+                ..SEND_TEMPL
+            }
+        );
+        s.set_rx_sink(sink(100));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 3,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"def"[..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.rx_buffer.dequeue_many(6), &b"abcdef"[..]);
+        s.remote_seq_no += 6;
+        // Out of order, then the hole filled.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 9,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"jkl"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 64,
+                ..RECV_TEMPL
+            })
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ghi"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 12),
+                window_len: 58,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.rx_buffer.dequeue_many(6), &b"ghijkl"[..]);
+        assert!(sink_got(&mut s).is_empty());
+    }
+
+    #[test]
+    #[cfg(feature = "alloc")]
+    fn test_rx_sink_dropped_on_reset() {
+        let mut s = socket_established();
+        s.set_rx_sink(sink(10));
+        s.reset();
+        assert!(s.take_rx_sink().is_none());
     }
 
     #[test]
