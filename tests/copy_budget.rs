@@ -163,13 +163,16 @@ fn read_copies_each_byte_within_budget() {
             (Pass::Read, 0.0),
         ],
     );
-    // Client: frame -> socket ring, ring -> caller's buffer (CRC fused).
+    // Client: frame -> the answer's buffer (CRC fused), through the sink the client lends the
+    // socket once it has the answer's header (smoltcp patch 14). Only what came in the ring
+    // before the sink was lent (the rest of the header's segment, what a poll took in before
+    // the client read) goes frame -> ring -> buffer: a few percent.
     check(
         "READ client",
         &s.client,
         &[
             (Pass::Store, 0.0),
-            (Pass::Socket, 1.0),
+            (Pass::Socket, 0.1),
             (Pass::Frame, 1.05),
             (Pass::Read, 0.0),
         ],
@@ -197,13 +200,15 @@ fn write_copies_each_byte_within_budget() {
             (Pass::Read, 0.0),
         ],
     );
-    // Server: frame -> ring, ring -> staging (CRC fused), staging -> store.
+    // Server: frame -> staging (CRC fused) through the sink it lends the socket once it has
+    // the WRITE's header (smoltcp patch 14; a few percent still come through the ring, as
+    // for the client's READ), staging -> store.
     check(
         "WRITE server",
         &s.server,
         &[
             (Pass::Store, 1.0),
-            (Pass::Socket, 1.0),
+            (Pass::Socket, 0.1),
             (Pass::Frame, 1.05),
             (Pass::Read, 0.0),
         ],

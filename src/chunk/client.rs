@@ -19,7 +19,7 @@ use crate::proto::{
 };
 use crate::time::Instant;
 
-use super::staging::{Staging, StagingConfig};
+use super::staging::{LentPayload, Staging, StagingConfig};
 
 /// Client configuration.
 #[derive(Clone, Debug)]
@@ -349,6 +349,47 @@ impl ClientConn {
         self.timeouts_from = Some(self.timeouts_from.map_or(deadline, |t| t.min(deadline)));
         self.stats.submitted += 1;
         Ok(id)
+    }
+
+    /// Payload bytes the frame being received still has to come (0 between frames).
+    pub fn payload_remaining(&self) -> usize {
+        self.decoder.payload_remaining() as usize
+    }
+
+    /// Lends the buffer the READ answer being received fills, for payload the caller takes
+    /// in outside [`ClientConn::handle_input`] (a receive path that puts stream bytes straight
+    /// there, e.g. smoltcp's `RxSink`): `None` unless an answer's payload with a destination
+    /// is under way. Until [`ClientConn::payload_placed`] gives it back, `handle_input` must
+    /// not be called.
+    pub fn lend_payload(&mut self) -> Option<LentPayload> {
+        let len = self.decoder.payload_remaining() as usize;
+        let a = self.answer.as_mut()?;
+        if len == 0 {
+            return None;
+        }
+        let buf = a.buf.take()?;
+        Some(LentPayload {
+            buf,
+            at: a.filled,
+            len,
+        })
+    }
+
+    /// Gives back a lent buffer with the `placed` bytes put at its `at` and their CRC32C:
+    /// they count as payload received (the answer completes if they were the last).
+    pub fn payload_placed(&mut self, lent: LentPayload, placed: usize, crc: u32) {
+        if self.broken {
+            return;
+        }
+        let Some(a) = self.answer.as_mut() else {
+            return;
+        };
+        debug_assert!(a.buf.is_none() && a.filled == lent.at && placed <= lent.len);
+        a.buf = Some(lent.buf);
+        a.filled += placed;
+        self.decoder.payload_placed(placed as u32, crc);
+        // The End event, if that was the payload's last byte.
+        self.handle_input(&[]);
     }
 
     /// Feeds received bytes; returns how many were taken (fewer: waiting for a staging buffer,

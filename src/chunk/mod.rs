@@ -27,6 +27,6 @@ pub use mem_store::MemStore;
 pub use on_stack::{ChunkClient, ChunkServer, ChunkSetupError};
 pub(crate) use server::{conn_tag, take_results};
 pub use server::{ServeCtx, ServerConfig, ServerConn, ServerStats};
-pub use staging::{Staging, StagingConfig};
+pub use staging::{LentPayload, Staging, StagingConfig};
 pub use store::{ChunkStat, ChunkStore, ReadInfo, SharedRead, StoreError};
 pub use workers::{worker_of, Storage, StorageConfig, StorageMode, StoreWorkers, WorkerConfig};

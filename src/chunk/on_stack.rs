@@ -5,15 +5,15 @@ use std::net::SocketAddrV4;
 
 use crate::dev::PacketDevice;
 use crate::mem::MemError;
-use crate::proto::{LimitsError, ResponseHeader, Status};
-use crate::stack::{ConnError, ConnId, ConnState, ListenerId, Stack, StackError};
+use crate::proto::{crc32c_append, LimitsError, ResponseHeader, Status};
+use crate::stack::{ConnError, ConnId, ConnState, ListenerId, RxSink, Stack, StackError};
 use crate::time::Instant;
 
 use super::client::{
     ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, SubmitError,
 };
 use super::server::{conn_tag, take_results, ServeCtx, ServerConfig, ServerConn, ServerStats};
-use super::staging::Staging;
+use super::staging::{LentPayload, Staging};
 use super::store::ChunkStore;
 use super::workers::Storage;
 
@@ -44,6 +44,8 @@ struct Slot {
     /// Bumped at each accept: store results for an earlier connection in this slot are
     /// recognised and dropped.
     generation: u32,
+    /// The sink lent to the socket for a WRITE's payload, or kept for the next one.
+    sink: SinkHolder,
 }
 
 /// A chunk server on a [`Stack`]: accepts connections on one port (up to
@@ -106,6 +108,7 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
                     core: ServerConn::new(cfg.limits),
                     eof: false,
                     generation: 0,
+                    sink: SinkHolder::default(),
                 })
                 .collect(),
             free: (0..cfg.connections_max).rev().collect(),
@@ -232,6 +235,12 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
             stats: &mut self.stats,
             now: stack.now(),
         };
+        // What the socket put straight into a WRITE's buffer comes first (it precedes anything
+        // in the receive buffer).
+        if let Some((lent, placed, crc)) = slot.sink.take(stack, c) {
+            slot.core.payload_placed(lent, placed, crc, &mut ctx);
+            busy |= placed > 0;
+        }
         // A request waiting for a staging buffer or storage queue room retries (also after the
         // peer's end of stream).
         if slot.core.is_waiting() {
@@ -242,9 +251,19 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
             let core = &mut slot.core;
             match stack.recv_with(c, |data| {
                 let n = core.handle_input(data, &mut ctx);
-                (n, n)
+                (n, (n, data.len()))
             }) {
-                Ok(0) => break,
+                Ok((0, 0)) => {
+                    // Read dry in the middle of a large WRITE: the rest of its payload goes
+                    // straight into its buffer.
+                    if slot.core.payload_remaining() >= SINK_MIN {
+                        if let Some(lent) = slot.core.lend_payload() {
+                            slot.sink.lend(stack, c, lent);
+                        }
+                    }
+                    break;
+                }
+                Ok((0, _)) => break,
                 Ok(_) => busy = true,
                 Err(ConnError::Eof) => {
                     slot.eof = true;
@@ -382,6 +401,79 @@ pub struct ChunkClient {
     /// The shard epoch when the socket was last read empty: until the stack polls that shard
     /// again, nothing new can have arrived.
     read_epoch: u64,
+    /// The sink lent to the socket for a READ answer's payload, or kept for the next one.
+    sink: SinkHolder,
+}
+
+/// A payload (a READ answer's at the client, a WRITE's at the server) takes this long at
+/// least before it goes through a sink: shorter ones fit in a segment or two, where lending
+/// costs more than the copy it saves.
+const SINK_MIN: usize = 16 << 10;
+
+/// Where smoltcp puts a payload straight from received segments (patch 14): frame -> the
+/// payload's staging buffer with the CRC32C in the same pass, instead of frame -> socket ring
+/// -> buffer.
+struct PayloadSink {
+    lent: Option<LentPayload>,
+    placed: usize,
+    crc: u32,
+}
+
+/// A connection's payload sink: lent to its socket, or kept for the next payload (one
+/// allocation per connection, not per payload).
+#[derive(Default)]
+struct SinkHolder {
+    spare: Option<Box<PayloadSink>>,
+    lent: bool,
+}
+
+impl SinkHolder {
+    /// Lends `lent` to the socket of `conn`.
+    fn lend<D: PacketDevice>(&mut self, stack: &mut Stack<D>, conn: ConnId, lent: LentPayload) {
+        let mut sink = self.spare.take().unwrap_or_else(|| {
+            Box::new(PayloadSink {
+                lent: None,
+                placed: 0,
+                crc: 0,
+            })
+        });
+        sink.lent = Some(lent);
+        sink.placed = 0;
+        sink.crc = 0;
+        // An error means the connection is gone (the sink goes with it); the next read says so.
+        self.lent = stack.set_rx_sink(conn, sink).is_ok();
+    }
+
+    /// Takes the sink back from the socket of `conn`: the buffer, the bytes placed and their
+    /// CRC32C. `None` if none was lent, or the connection dropped it (reset).
+    fn take<D: PacketDevice>(
+        &mut self,
+        stack: &mut Stack<D>,
+        conn: ConnId,
+    ) -> Option<(LentPayload, usize, u32)> {
+        if !std::mem::take(&mut self.lent) {
+            return None;
+        }
+        let sink: Box<dyn std::any::Any> = stack.take_rx_sink(conn).ok()??;
+        let mut sink = sink.downcast::<PayloadSink>().ok()?;
+        let got = sink.lent.take().map(|l| (l, sink.placed, sink.crc));
+        self.spare = Some(sink);
+        got
+    }
+}
+
+impl RxSink for PayloadSink {
+    fn room(&self) -> usize {
+        self.lent.as_ref().map_or(0, |l| l.len - self.placed)
+    }
+
+    fn put(&mut self, data: &[u8]) {
+        let Some(l) = self.lent.as_mut() else { return };
+        let at = l.at + self.placed;
+        l.buf.as_mut_slice()[at..at + data.len()].copy_from_slice(data);
+        self.crc = crc32c_append(self.crc, data);
+        self.placed += data.len();
+    }
 }
 
 impl ChunkClient {
@@ -417,6 +509,7 @@ impl ChunkClient {
             connect_deadline: now + cfg.connect_timeout,
             closed: false,
             read_epoch: u64::MAX,
+            sink: SinkHolder::default(),
         })
     }
 
@@ -448,6 +541,10 @@ impl ChunkClient {
         }
         let epoch = stack.shard_epoch(self.conn.shard());
         if epoch != self.read_epoch {
+            if let Some((lent, placed, crc)) = self.sink.take(stack, self.conn) {
+                self.core.payload_placed(lent, placed, crc);
+                busy |= placed > 0;
+            }
             loop {
                 let core = &mut self.core;
                 match stack.recv_with(self.conn, |data| {
@@ -458,6 +555,7 @@ impl ChunkClient {
                     // for a staging buffer) are retried on every poll.
                     Ok((0, 0)) => {
                         self.read_epoch = epoch;
+                        self.lend_sink(stack);
                         break;
                     }
                     Ok((0, _)) => break,
@@ -490,6 +588,16 @@ impl ChunkClient {
     /// The next finished request.
     pub fn next_completion(&mut self) -> Option<Completion> {
         self.core.next_completion()
+    }
+
+    /// With the socket read dry in the middle of a large READ answer, lends its buffer to the
+    /// socket, so the rest of the payload skips the socket's ring.
+    fn lend_sink<D: PacketDevice>(&mut self, stack: &mut Stack<D>) {
+        if self.core.payload_remaining() >= SINK_MIN {
+            if let Some(lent) = self.core.lend_payload() {
+                self.sink.lend(stack, self.conn, lent);
+            }
+        }
     }
 
     /// Whether the connection is established (and not broken).

@@ -21,7 +21,7 @@ use crate::proto::{
 };
 use crate::time::Instant;
 
-use super::staging::{Staging, StagingConfig};
+use super::staging::{LentPayload, Staging, StagingConfig};
 use super::store::{ChunkStore, SharedRead};
 use super::workers::{Done, Job, Outcome, Storage, StorageConfig, Submitted, Work};
 
@@ -114,11 +114,13 @@ pub struct ServeCtx<'a, S: ChunkStore + 'static> {
 }
 
 enum Pending {
-    /// A WRITE whose payload is arriving; `buf` is `None` until a staging buffer is free.
+    /// A WRITE whose payload is arriving; `buf` is `None` until a staging buffer is free, or
+    /// while it is `lent` (`ServerConn::lend_payload`).
     Write {
         header: RequestHeader,
         buf: Option<PoolBuf>,
         filled: usize,
+        lent: bool,
     },
     /// A READ waiting for a staging buffer.
     Read { header: RequestHeader },
@@ -229,6 +231,62 @@ impl ServerConn {
         self.tag
     }
 
+    /// Payload bytes the request being received still has to come (0 between requests).
+    pub fn payload_remaining(&self) -> usize {
+        self.decoder.payload_remaining() as usize
+    }
+
+    /// Lends the staging buffer a WRITE's payload fills, for bytes the caller takes in outside
+    /// [`ServerConn::handle_input`] (a receive path that puts stream bytes straight there,
+    /// e.g. smoltcp's `RxSink`): `None` unless a WRITE with its buffer is under way. Until
+    /// [`ServerConn::payload_placed`] gives it back, `handle_input` must not be called.
+    pub fn lend_payload(&mut self) -> Option<LentPayload> {
+        let len = self.payload_remaining();
+        match &mut self.pending {
+            Some(Pending::Write {
+                buf: buf @ Some(_),
+                filled,
+                lent,
+                ..
+            }) if len > 0 => {
+                *lent = true;
+                Some(LentPayload {
+                    buf: buf.take()?,
+                    at: *filled,
+                    len,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Gives back a lent buffer with the `placed` bytes put at its `at` and their CRC32C:
+    /// they count as payload received (the WRITE runs if they were the last).
+    pub fn payload_placed<S: ChunkStore + 'static>(
+        &mut self,
+        back: LentPayload,
+        placed: usize,
+        crc: u32,
+        ctx: &mut ServeCtx<'_, S>,
+    ) {
+        let Some(Pending::Write {
+            buf: buf @ None,
+            filled,
+            lent: lent @ true,
+            ..
+        }) = &mut self.pending
+        else {
+            return;
+        };
+        debug_assert!(*filled == back.at && placed <= back.len);
+        *buf = Some(back.buf);
+        *lent = false;
+        *filled += placed;
+        self.decoder.payload_placed(placed as u32, crc);
+        // The End event (the WRITE runs), if that was the payload's last byte.
+        self.handle_input(&[], ctx);
+    }
+
     /// Feeds received bytes, runs every complete request (inline, or by submitting it to the
     /// storage workers), queues responses. Returns how many bytes were taken: fewer than given
     /// means back-pressure (call again with the rest once output has drained, buffers are free
@@ -310,6 +368,7 @@ impl ServerConn {
             Some(Pending::Write {
                 header,
                 buf: buf @ None,
+                lent: false,
                 ..
             }) if header_payload_len(header) > 0 => {
                 match ctx.staging.alloc_shared(header_payload_len(header), held) {
@@ -375,6 +434,7 @@ impl ServerConn {
                     header: h,
                     buf,
                     filled: 0,
+                    lent: false,
                 });
             }
             Request::Read {
@@ -624,7 +684,10 @@ impl ServerConn {
         match &self.pending {
             Some(Pending::Read { .. } | Pending::Submit { .. }) => true,
             Some(Pending::Write {
-                header, buf: None, ..
+                header,
+                buf: None,
+                lent: false,
+                ..
             }) => header_payload_len(header) > 0,
             _ => false,
         }

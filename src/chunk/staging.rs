@@ -114,3 +114,16 @@ impl Staging {
         )
     }
 }
+
+/// The staging buffer of a payload under way (a READ answer's at a client, a WRITE's at a
+/// server), lent by `lend_payload` ([`ClientConn`](super::ClientConn),
+/// [`ServerConn`](super::ServerConn)) to a receive path that puts stream bytes straight into
+/// it: the next `len` bytes of the payload go at `buf[at..at + len]`.
+pub struct LentPayload {
+    /// The payload's buffer.
+    pub buf: PoolBuf,
+    /// Where the next payload byte goes.
+    pub at: usize,
+    /// Payload bytes still to come.
+    pub len: usize,
+}

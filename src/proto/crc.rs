@@ -90,6 +90,21 @@ impl PayloadCheck {
         take
     }
 
+    /// Adds the next `len` bytes of the payload by their CRC32C `crc` (bytes the caller took
+    /// in some other way and checksummed itself): no pass over them here. `len` is at most
+    /// [`PayloadCheck::remaining`]; more is a caller bug (debug builds panic, release builds
+    /// count only what remains).
+    pub fn absorb(&mut self, len: u32, crc: u32) {
+        debug_assert!(
+            len <= self.remaining,
+            "{len} > {} remaining",
+            self.remaining
+        );
+        let len = len.min(self.remaining);
+        self.crc = crc32c_combine(self.crc, crc, len as usize);
+        self.remaining -= len;
+    }
+
     /// Payload bytes still expected.
     pub const fn remaining(&self) -> u32 {
         self.remaining

@@ -276,6 +276,29 @@ impl<H: WireHeader> FrameDecoder<H> {
         self.state == State::Header && self.fill == 0
     }
 
+    /// Counts `len` bytes of the current frame's payload that the caller received outside
+    /// [`FrameDecoder::feed`] (a receive path that placed them straight into its buffer),
+    /// with their CRC32C: the payload check goes on as if they had been fed. The `End` event
+    /// comes from the next `feed` (with any input, even none) once the payload is complete.
+    /// Only between a `Header` event and its payload's end; `len` at most
+    /// [`FrameDecoder::payload_remaining`] (anything else is a caller bug: debug builds panic,
+    /// release builds ignore the call).
+    pub fn payload_placed(&mut self, len: u32, crc: u32) {
+        let State::Payload(mut check) = self.state else {
+            debug_assert!(len == 0, "payload placed outside a payload");
+            return;
+        };
+        if len == 0 {
+            return;
+        }
+        check.absorb(len, crc);
+        self.state = if check.is_complete() {
+            State::End(check.finish())
+        } else {
+            State::Payload(check)
+        };
+    }
+
     /// Payload bytes still expected for the current frame (0 between frames).
     pub fn payload_remaining(&self) -> u32 {
         match self.state {

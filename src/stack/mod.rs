@@ -24,6 +24,7 @@ mod config;
 mod sockets;
 
 pub use config::{Congestion, MacAddr, StackConfig, TcpConfig};
+pub use smoltcp::socket::tcp::RxSink;
 pub use sockets::{ConnError, ConnId, ConnState, ListenerId};
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -997,6 +998,32 @@ impl<D: PacketDevice> Stack<D> {
         })?;
         self.moved(c, n);
         Ok(r)
+    }
+
+    /// Lends `sink` the connection's next in-order payload (smoltcp patch 14, [`RxSink`]):
+    /// bytes that arrive while nothing is buffered go straight to it, not through the
+    /// receive buffer, saving a copy in and a copy out. Lend it when `recv_with` has read the
+    /// buffer dry, and take it back with [`Stack::take_rx_sink`] before reading again.
+    /// Returns the sink lent before, if any.
+    pub fn set_rx_sink(
+        &mut self,
+        c: ConnId,
+        sink: Box<dyn RxSink>,
+    ) -> Result<Option<Box<dyn RxSink>>, ConnError> {
+        self.table_of(c)?.with_conn(c, |s| s.set_rx_sink(sink))
+    }
+
+    /// Takes back the sink lent to the connection, with what it got (`None` if none is lent,
+    /// or the connection was reset, which drops it).
+    pub fn take_rx_sink(&mut self, c: ConnId) -> Result<Option<Box<dyn RxSink>>, ConnError> {
+        let now = self.now;
+        let table = self.table_of(c)?;
+        let sink = table.with_conn(c, |s| s.take_rx_sink())?;
+        if sink.is_some() {
+            // Bytes may have moved through it: the connection is not idle.
+            table.touch(c, now);
+        }
+        Ok(sink)
     }
 
     /// Bytes received and not yet read.
