@@ -555,6 +555,63 @@ pub trait RxSink: core::any::Any + Send {
     fn put(&mut self, data: &[u8]);
 }
 
+/// Bytes the application lends for sending (patch 15): segments are built from them directly,
+/// not from a copy in the send buffer. They must not change while lent; the socket holds
+/// the source (an `Arc`) until every byte it lent is acknowledged, or the socket is reset.
+#[cfg(feature = "alloc")]
+pub trait TxSource: Send + Sync {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+/// At most this many lent ranges wait in a socket's send buffer at once.
+#[cfg(feature = "alloc")]
+pub const TX_LENT_MAX: usize = 8;
+
+/// A range of the send buffer whose bytes are lent (patch 15): stream bytes
+/// `start..start + len` (counted from the first byte ever queued) are `src.bytes()[from..]`.
+#[cfg(feature = "alloc")]
+struct TxLent {
+    start: u64,
+    len: usize,
+    from: usize,
+    src: alloc::sync::Arc<dyn TxSource>,
+}
+
+#[cfg(feature = "alloc")]
+impl fmt::Debug for TxLent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TxLent {{ start: {}, len: {} }}", self.start, self.len)
+    }
+}
+
+/// The payload of a segment at `offset..offset + size` of the send buffer: from the buffer,
+/// or from the lent range it starts in, cut where the source changes (patch 15).
+fn tx_payload<'b>(
+    tx_buffer: &'b SocketBuffer<'_>,
+    #[cfg(feature = "alloc")] lent: &'b alloc::collections::VecDeque<TxLent>,
+    #[cfg(feature = "alloc")] tx_base: u64,
+    offset: usize,
+    size: usize,
+) -> &'b [u8] {
+    #[cfg(feature = "alloc")]
+    {
+        let at = tx_base + offset as u64;
+        for l in lent {
+            if at < l.start {
+                let n = size.min((l.start - at) as usize);
+                return tx_buffer.get_allocated(offset, n);
+            }
+            if at < l.start + l.len as u64 {
+                let k = (at - l.start) as usize;
+                let n = size.min(l.len - k);
+                return &l.src.bytes()[l.from + k..l.from + k + n];
+            }
+        }
+    }
+    tx_buffer.get_allocated(offset, size)
+}
+
 /// A lent [`RxSink`], printable in the socket's `Debug` output.
 #[cfg(feature = "alloc")]
 struct RxSinkBox(alloc::boxed::Box<dyn RxSink>);
@@ -645,6 +702,12 @@ pub struct Socket<'a> {
     /// Where in-order payload goes while the receive buffer is empty (patch 14).
     #[cfg(feature = "alloc")]
     rx_sink: Option<RxSinkBox>,
+    /// Ranges of the send buffer whose bytes are lent (patch 15), in stream order, and the
+    /// stream offset of the send buffer's first byte.
+    #[cfg(feature = "alloc")]
+    tx_lent: alloc::collections::VecDeque<TxLent>,
+    #[cfg(feature = "alloc")]
+    tx_base: u64,
     /// RACK's state: the most recently sent segment delivered (RFC 8985).
     rack: Rack,
     /// When RACK's reordering window of a segment in flight ends (RFC 8985 6.3).
@@ -768,6 +831,10 @@ impl<'a> Socket<'a> {
             tx_log: TxLog::new(),
             #[cfg(feature = "alloc")]
             rx_sink: None,
+            #[cfg(feature = "alloc")]
+            tx_lent: alloc::collections::VecDeque::new(),
+            #[cfg(feature = "alloc")]
+            tx_base: 0,
             rack: Rack::new(),
             rack_timer: None,
             recovery_point: None,
@@ -1142,6 +1209,8 @@ impl<'a> Socket<'a> {
         #[cfg(feature = "alloc")]
         {
             self.rx_sink = None;
+            self.tx_lent.clear();
+            self.tx_base = 0;
         }
         self.rx_fin_received = false;
         self.listen_endpoint = IpListenEndpoint::default();
@@ -1594,6 +1663,42 @@ impl<'a> Socket<'a> {
             );
         }
         Ok(result)
+    }
+
+    /// Queues up to `len` bytes of `src` from `from` for sending without copying them (patch
+    /// 15): they take room in the send buffer like sent bytes, but segments are built from
+    /// `src` itself, now and for any retransmission, and the socket holds `src` until they
+    /// are acknowledged. Returns how many were queued: as many as the send buffer has room
+    /// for, and 0 when [`TX_LENT_MAX`] lent ranges are already waiting.
+    #[cfg(feature = "alloc")]
+    pub fn send_lent(
+        &mut self,
+        src: &alloc::sync::Arc<dyn TxSource>,
+        from: usize,
+        len: usize,
+    ) -> Result<usize, SendError> {
+        debug_assert!(from + len <= src.bytes().len());
+        if self.tx_lent.len() >= TX_LENT_MAX {
+            if !self.may_send() {
+                return Err(SendError::InvalidState);
+            }
+            return Ok(0);
+        }
+        let start = self.tx_base + self.tx_buffer.len() as u64;
+        let n = self.send_impl(|tx| {
+            let n = len.min(tx.window());
+            tx.enqueue_unallocated(n);
+            (n, n)
+        })?;
+        if n > 0 {
+            self.tx_lent.push_back(TxLent {
+                start,
+                len: n,
+                from,
+                src: alloc::sync::Arc::clone(src),
+            });
+        }
+        Ok(n)
     }
 
     /// Lends `sink` the next in-order payload (see [`RxSink`]); returns the sink lent before,
@@ -2511,6 +2616,17 @@ impl<'a> Socket<'a> {
                 self.tx_buffer.len() - ack_len
             );
             self.tx_buffer.dequeue_allocated(ack_len);
+            #[cfg(feature = "alloc")]
+            {
+                self.tx_base += ack_len as u64;
+                while self
+                    .tx_lent
+                    .front()
+                    .is_some_and(|l| l.start + l.len as u64 <= self.tx_base)
+                {
+                    self.tx_lent.pop_front();
+                }
+            }
 
             // There's new room available in tx_buffer, wake the waiting task if any.
             #[cfg(feature = "async")]
@@ -3591,7 +3707,15 @@ impl<'a> Socket<'a> {
                     debug_assert!(seg.len() <= effective_mss);
                     let offset = seg.seq() - self.local_seq_no;
                     repr.seq_number = seg.seq();
-                    repr.payload = self.tx_buffer.get_allocated(offset, seg.len());
+                    repr.payload = tx_payload(
+                        &self.tx_buffer,
+                        #[cfg(feature = "alloc")]
+                        &self.tx_lent,
+                        #[cfg(feature = "alloc")]
+                        self.tx_base,
+                        offset,
+                        seg.len(),
+                    );
                     debug_assert_eq!(repr.payload.len(), seg.len());
                     resend = Some(i);
                     offset
@@ -3666,7 +3790,15 @@ impl<'a> Socket<'a> {
                     };
 
                     let offset = self.flight_size();
-                    repr.payload = self.tx_buffer.get_allocated(offset, size);
+                    repr.payload = tx_payload(
+                        &self.tx_buffer,
+                        #[cfg(feature = "alloc")]
+                        &self.tx_lent,
+                        #[cfg(feature = "alloc")]
+                        self.tx_base,
+                        offset,
+                        size,
+                    );
 
                     #[cfg(feature = "segmentation-offload")]
                     if repr.payload.len() > effective_mss {
@@ -8232,6 +8364,101 @@ mod test {
             ..RECV_TEMPL
         }), exact);
         recv_nothing!(s, time 1550);
+    }
+
+    #[cfg(feature = "alloc")]
+    struct Lent(std::vec::Vec<u8>);
+
+    #[cfg(feature = "alloc")]
+    impl TxSource for Lent {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "alloc")]
+    fn test_send_lent_builds_segments_from_the_source() {
+        // Patch 15: copied bytes, then lent ones, then copied ones: a segment never mixes two
+        // sources; a retransmission takes the lent bytes from the source again; the ACK of
+        // the lent range lets the source go.
+        let mut s = socket_established();
+        s.remote_mss = 6;
+        s.set_nagle_enabled(false);
+        let src: alloc::sync::Arc<dyn TxSource> =
+            alloc::sync::Arc::new(Lent(b"xxLENT0123yy".to_vec()));
+        s.send_slice(b"abc").unwrap();
+        assert_eq!(s.send_lent(&src, 2, 8), Ok(8));
+        s.send_slice(b"de").unwrap();
+        assert_eq!(alloc::sync::Arc::strong_count(&src), 2);
+        assert_eq!(s.tx_buffer.len(), 13);
+        let seg = |seq: usize, payload: &'static [u8], control| TcpRepr {
+            control,
+            seq_number: LOCAL_SEQ + 1 + seq,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload,
+            ..RECV_TEMPL
+        };
+        recv!(s, time 0, Ok(seg(0, b"abc", TcpControl::None)), exact);
+        recv!(s, time 0, Ok(seg(3, b"LENT01", TcpControl::None)), exact);
+        recv!(s, time 0, Ok(seg(9, b"23", TcpControl::None)), exact);
+        recv!(s, time 0, Ok(seg(11, b"de", TcpControl::Psh)), exact);
+        recv_nothing!(s, time 0);
+        // The first two acknowledged; the rest comes again after the timeout.
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 9),
+            ..SEND_TEMPL
+        });
+        // Whatever comes again (a tail loss probe, the timeout's retransmission) is built
+        // from the same sources.
+        let mut resent = std::vec::Vec::new();
+        for t in (20..3000).step_by(10) {
+            s.cx.set_now(Instant::from_millis(t));
+            let _ = s.socket.dispatch(&mut s.cx, |_, _, (_, repr)| {
+                resent.push((repr.seq_number, repr.payload.to_vec()));
+                Ok::<(), ()>(())
+            });
+        }
+        assert!(
+            resent.contains(&(LOCAL_SEQ + 1 + 9, b"23".to_vec())),
+            "{resent:?}"
+        );
+        for (seq, payload) in &resent {
+            match *seq - (LOCAL_SEQ + 1) {
+                9 => assert_eq!(payload, b"23"),
+                11 => assert_eq!(payload, b"de"),
+                other => panic!("resent from {other}: {payload:?}"),
+            }
+        }
+        send!(s, time 3000, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 11),
+            ..SEND_TEMPL
+        });
+        assert_eq!(alloc::sync::Arc::strong_count(&src), 1, "the source goes");
+        assert!(s.tx_lent.is_empty());
+    }
+
+    #[test]
+    #[cfg(feature = "alloc")]
+    fn test_send_lent_is_bounded_and_reset_drops_it() {
+        let mut s = socket_established_with_buffer_sizes(16, 64);
+        let src: alloc::sync::Arc<dyn TxSource> = alloc::sync::Arc::new(Lent(vec![7; 100]));
+        // As much as the send buffer has room for.
+        assert_eq!(s.send_lent(&src, 0, 100), Ok(16));
+        assert_eq!(s.send_lent(&src, 16, 84), Ok(0));
+        drop(s);
+        let mut s = socket_established();
+        for i in 0..TX_LENT_MAX {
+            assert_eq!(s.send_lent(&src, i, 1), Ok(1));
+        }
+        assert_eq!(s.send_lent(&src, 8, 1), Ok(0), "at most TX_LENT_MAX ranges");
+        assert_eq!(alloc::sync::Arc::strong_count(&src), 1 + TX_LENT_MAX);
+        s.reset();
+        assert_eq!(alloc::sync::Arc::strong_count(&src), 1);
+        let mut s = socket_listen();
+        assert_eq!(s.send_lent(&src, 0, 1), Err(SendError::InvalidState));
     }
 
     #[test]
