@@ -2,11 +2,12 @@
 //! connections and the sans-IO state machines, straight from and into the sockets' buffers.
 
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 
 use crate::dev::PacketDevice;
 use crate::mem::MemError;
 use crate::proto::{crc32c_append, LimitsError, ResponseHeader, Status};
-use crate::stack::{ConnError, ConnId, ConnState, ListenerId, RxSink, Stack, StackError};
+use crate::stack::{ConnError, ConnId, ConnState, ListenerId, RxSink, Stack, StackError, TxSource};
 use crate::time::Instant;
 
 use super::client::{
@@ -14,7 +15,7 @@ use super::client::{
 };
 use super::server::{conn_tag, take_results, ServeCtx, ServerConfig, ServerConn, ServerStats};
 use super::staging::{LentPayload, Staging};
-use super::store::ChunkStore;
+use super::store::{ChunkStore, SharedRead};
 use super::workers::Storage;
 
 /// Errors setting up a server or client.
@@ -46,6 +47,21 @@ struct Slot {
     generation: u32,
     /// The sink lent to the socket for a WRITE's payload, or kept for the next one.
     sink: SinkHolder,
+    /// The store's bytes of the READ answer being sent, lent to the socket.
+    lent_src: Option<Arc<dyn TxSource>>,
+}
+
+/// A READ answer's payload takes this long at least before it is sent from the store's bytes
+/// rather than copied into the socket: shorter ones cost less to copy than to lend.
+const LEND_MIN: usize = 16 << 10;
+
+/// A READ answer's payload as lent by the store, sent as it is (smoltcp patch 15).
+struct LentRead(SharedRead);
+
+impl TxSource for LentRead {
+    fn bytes(&self) -> &[u8] {
+        self.0.as_slice()
+    }
 }
 
 /// A chunk server on a [`Stack`]: accepts connections on one port (up to
@@ -109,6 +125,7 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
                     eof: false,
                     generation: 0,
                     sink: SinkHolder::default(),
+                    lent_src: None,
                 })
                 .collect(),
             free: (0..cfg.connections_max).rev().collect(),
@@ -276,8 +293,33 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
                 }
             }
         }
-        // Responses out, straight into the socket's send buffer.
+        // Responses out, straight into the socket's send buffer; a large payload the store
+        // lent goes out from the store's own bytes, not copied into the buffer.
         while !gone {
+            if let Some((sr, done)) = slot.core.lent_payload() {
+                if sr.len >= LEND_MIN {
+                    if done == 0 || slot.lent_src.is_none() {
+                        slot.lent_src = Some(Arc::new(LentRead(sr.clone())));
+                    }
+                    let left = sr.len - done;
+                    let src = slot.lent_src.as_ref().expect("just set");
+                    match stack.send_lent(c, src, done, left) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if n == left {
+                                slot.lent_src = None;
+                            }
+                            slot.core.advance_output_lent(n);
+                            busy = true;
+                            continue;
+                        }
+                        Err(_) => {
+                            gone = true;
+                            break;
+                        }
+                    }
+                }
+            }
             let Some(piece) = slot.core.next_output() else {
                 break;
             };
@@ -298,6 +340,7 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
             return busy;
         }
         slot.conn = None;
+        slot.lent_src = None;
         let list = &mut self.by_shard[c.shard()];
         if let Some(pos) = list.iter().position(|&x| x as usize == i) {
             list.swap_remove(pos);

@@ -722,6 +722,30 @@ impl ServerConn {
         })
     }
 
+    /// The answer being sent, when its header is out and its payload is bytes the store
+    /// lent: the snapshot, and how much of it is sent. A transport that can send from the
+    /// snapshot without copying it (smoltcp patch 15) does so, and reports with
+    /// [`ServerConn::advance_output_lent`].
+    pub fn lent_payload(&self) -> Option<(&SharedRead, usize)> {
+        let o = self.out.front()?;
+        let done = o.sent.checked_sub(ResponseHeader::HEADER_LEN)?;
+        match &o.payload {
+            Some(Payload::Shared(sr)) if o.waiting.is_none() && done < sr.len => Some((sr, done)),
+            _ => None,
+        }
+    }
+
+    /// Records that `n` bytes of the payload of [`ServerConn::lent_payload`] were sent
+    /// without a copy.
+    pub fn advance_output_lent(&mut self, n: usize) {
+        if let Some(o) = self.out.front_mut() {
+            o.sent += n;
+            if o.sent >= o.len() {
+                self.out.pop_front();
+            }
+        }
+    }
+
     /// Records that `n` bytes of [`ServerConn::next_output`] were sent.
     pub fn advance_output(&mut self, n: usize) {
         if let Some(o) = self.out.front_mut() {

@@ -24,7 +24,7 @@ mod config;
 mod sockets;
 
 pub use config::{Congestion, MacAddr, StackConfig, TcpConfig};
-pub use smoltcp::socket::tcp::RxSink;
+pub use smoltcp::socket::tcp::{RxSink, TxSource, TX_LENT_MAX};
 pub use sockets::{ConnError, ConnId, ConnState, ListenerId};
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -998,6 +998,22 @@ impl<D: PacketDevice> Stack<D> {
         })?;
         self.moved(c, n);
         Ok(r)
+    }
+
+    /// Queues `len` bytes of `src` from `from` for sending without copying them (smoltcp
+    /// patch 15, [`TxSource`]): segments are built from `src`, which the connection holds
+    /// until they are acknowledged. Returns how many were queued (as many as the send
+    /// buffer has room for; 0 when [`TX_LENT_MAX`] ranges already wait).
+    pub fn send_lent(
+        &mut self,
+        c: ConnId,
+        src: &std::sync::Arc<dyn TxSource>,
+        from: usize,
+        len: usize,
+    ) -> Result<usize, ConnError> {
+        let n = self.table_of(c)?.send_lent(c, src, from, len)?;
+        self.moved(c, n);
+        Ok(n)
     }
 
     /// Lends `sink` the connection's next in-order payload (smoltcp patch 14, [`RxSink`]):

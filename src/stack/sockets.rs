@@ -599,6 +599,25 @@ impl SocketTable {
         })?
     }
 
+    pub(crate) fn send_lent(
+        &mut self,
+        c: ConnId,
+        src: &std::sync::Arc<dyn tcp::TxSource>,
+        from: usize,
+        len: usize,
+    ) -> Result<usize, ConnError> {
+        self.with_conn(c, |s| {
+            if matches!(s.state(), tcp::State::SynSent | tcp::State::SynReceived) {
+                return Ok(0);
+            }
+            if !s.may_send() {
+                return Err(send_error(s.state()));
+            }
+            s.send_lent(src, from, len)
+                .map_err(|_| send_error(s.state()))
+        })?
+    }
+
     pub(crate) fn recv(&mut self, c: ConnId, buf: &mut [u8]) -> Result<usize, ConnError> {
         self.recv_with(c, |data| {
             let n = buf.len().min(data.len());
