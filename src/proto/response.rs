@@ -278,7 +278,7 @@ impl ResponseHeader {
                 },
                 Op::List => {
                     zero("chunk_size", chunk_size)?;
-                    if env.payload_len as usize % LIST_ENTRY_LEN != 0 {
+                    if !(env.payload_len as usize).is_multiple_of(LIST_ENTRY_LEN) {
                         return Err(ParseError::ListLength {
                             len: env.payload_len,
                         });
@@ -311,7 +311,7 @@ impl ResponseHeader {
             "Reply::Error with Status::Ok"
         );
         debug_assert!(
-            !matches!(self.reply, Reply::List { len, .. } if len as usize % LIST_ENTRY_LEN != 0),
+            !matches!(self.reply, Reply::List { len, .. } if !(len as usize).is_multiple_of(LIST_ENTRY_LEN)),
             "Reply::List with a partial entry"
         );
         let mut b = [0u8; Self::HEADER_LEN];
