@@ -6,12 +6,14 @@
 //! chunkctl --backend kernel --server 127.0.0.1:7000 bench --op read --size 4KiB --depth 1
 //! chunkctl --backend kernel --server 127.0.0.1:7000 put FILE > manifest
 //! chunkctl --backend kernel --server 127.0.0.1:7000 get manifest --out FILE
+//! chunkctl --backend kernel --server 127.0.0.1:7000 ls                       # every chunk
+//! chunkctl --backend kernel --server 127.0.0.1:7000 gc --keep *.manifest     # delete orphans
 //! ```
 
 #[path = "common/mod.rs"]
 mod common;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
@@ -32,7 +34,7 @@ use ustack::chunk::{
 };
 use ustack::dev::sim::{SimConfig, SimLink, SimPort};
 use ustack::net::KernelClient;
-use ustack::proto::{crc32c, ChunkId, Limits, Reply, Status};
+use ustack::proto::{crc32c, ChunkId, Limits, ListEntry, Reply, Status, LIST_PAGE_MAX};
 use ustack::stack::Stack;
 use ustack::sys::signal;
 use ustack::Instant;
@@ -41,7 +43,7 @@ use ustack::Instant;
 #[command(
     name = "chunkctl",
     version,
-    about = "ustack chunk client: put/get/verify/bench"
+    about = "ustack chunk client: put/get/ls/gc/verify/bench"
 )]
 struct Args {
     /// Network backend.
@@ -117,6 +119,24 @@ enum Cmd {
         manifest: std::path::PathBuf,
         #[arg(long)]
         out: std::path::PathBuf,
+    },
+    /// List every chunk on the server (LIST, page by page): `ID SIZE` per line (32 hex digits,
+    /// bytes), in the server's listing order; a count on standard error.
+    Ls {
+        /// Only the chunks none of these manifests names (what `gc --keep` would delete).
+        #[arg(long, num_args = 1.., value_name = "MANIFEST")]
+        orphans: Vec<std::path::PathBuf>,
+    },
+    /// Delete every chunk on the server that none of the given manifests names: the chunks an
+    /// interrupted put left behind. Reads every manifest first and deletes nothing if any fails
+    /// to parse. Do not run it while a put is in progress: its chunks are in no manifest yet.
+    Gc {
+        /// The manifests of the files to keep.
+        #[arg(long, num_args = 1.., required = true, value_name = "MANIFEST")]
+        keep: Vec<std::path::PathBuf>,
+        /// Print what would be deleted, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// STAT a chunk (hex id).
     Stat { id: String },
@@ -516,6 +536,8 @@ fn run(args: &Args) -> Result<(), String> {
             put(clients.as_mut(), file, chunk_size.0, args.payload_max.0)
         }
         Cmd::Get { manifest, out } => get(clients.as_mut(), manifest, out),
+        Cmd::Ls { orphans } => ls(clients.as_mut(), orphans),
+        Cmd::Gc { keep, dry_run } => gc(clients.as_mut(), keep, *dry_run),
         Cmd::Stat { id } => single(clients.as_mut(), ChunkOp::Stat { id: parse_id(id)? }),
         Cmd::Delete { id } => single(clients.as_mut(), ChunkOp::Delete { id: parse_id(id)? }),
         Cmd::Ping => single(clients.as_mut(), ChunkOp::Ping),
@@ -1495,6 +1517,173 @@ fn broken_why(c: &dyn ClientSet, i: usize) -> String {
         Some(p) => format!("the link is down: {p}"),
         None => "the server closed or reset it, or stopped answering".to_string(),
     }
+}
+
+/// The chunk ids the manifests name, or every manifest that does not parse (each error names
+/// its file, and the line where it is about one).
+fn manifest_ids(manifests: &[std::path::PathBuf]) -> Result<HashSet<ChunkId>, String> {
+    let mut ids = HashSet::new();
+    let mut errors = Vec::new();
+    for m in manifests {
+        match read_manifest(m) {
+            Ok((_, pieces)) => ids.extend(pieces.iter().map(|p| p.id)),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(ids)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Every chunk on the server, page by page (LIST from the start, each page after the last id
+/// of the one before), handed to `page` as it comes.
+fn list_pages(
+    c: &mut dyn ClientSet,
+    mut page: impl FnMut(&[ListEntry]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut after = None;
+    let mut entries: Vec<ListEntry> = Vec::with_capacity(LIST_PAGE_MAX as usize);
+    loop {
+        let at = after.map_or_else(|| "from the start".to_string(), |a| format!("after {a}"));
+        let comp = call(
+            c,
+            ChunkOp::List {
+                after,
+                max: LIST_PAGE_MAX,
+            },
+        )
+        .map_err(|e| format!("LIST {at}: {e}"))?;
+        let more = match comp.result {
+            Ok(Reply::List { more, .. }) => more,
+            Err(ClientError::Status(Status::Unsupported)) => {
+                return Err("this server's store cannot list its chunks (LIST: Unsupported)".into())
+            }
+            Err(ClientError::Status(Status::UnknownOp)) => {
+                return Err(
+                    "this server does not know LIST (an older server): it cannot list chunks"
+                        .into(),
+                )
+            }
+            Err(e) => return Err(format!("LIST {at}: {e}")),
+            Ok(other) => return Err(format!("LIST {at}: unexpected answer {other:?}")),
+        };
+        entries.clear();
+        entries.extend(comp.list_entries());
+        page(&entries)?;
+        if !more {
+            return Ok(());
+        }
+        match entries.last() {
+            Some(last) => after = Some(last.id),
+            None => {
+                return Err(format!(
+                    "LIST {at}: the server says more chunks follow but sent none"
+                ))
+            }
+        }
+    }
+}
+
+/// `ls`: every chunk (or, given manifests, every chunk none of them names) as `ID SIZE` lines.
+fn ls(c: &mut dyn ClientSet, orphans_of: &[std::path::PathBuf]) -> Result<(), String> {
+    let keep = if orphans_of.is_empty() {
+        None
+    } else {
+        Some(manifest_ids(orphans_of)?)
+    };
+    let (mut total, mut shown, mut bytes) = (0u64, 0u64, 0u64);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    list_pages(c, |page| {
+        for e in page {
+            total += 1;
+            if keep.as_ref().is_some_and(|k| k.contains(&e.id)) {
+                continue;
+            }
+            shown += 1;
+            bytes += e.size;
+            writeln!(out, "{} {}", e.id, e.size).map_err(|e| format!("standard output: {e}"))?;
+        }
+        Ok(())
+    })?;
+    out.flush().map_err(|e| format!("standard output: {e}"))?;
+    if keep.is_some() {
+        eprintln!("chunkctl: {shown} orphan chunks ({bytes} bytes) of {total} on the server");
+    } else {
+        eprintln!("chunkctl: {total} chunks, {bytes} bytes");
+    }
+    Ok(())
+}
+
+/// `gc`: deletes every chunk no manifest in `keep` names; with `dry_run`, only says which.
+fn gc(c: &mut dyn ClientSet, keep: &[std::path::PathBuf], dry_run: bool) -> Result<(), String> {
+    let kept_ids = manifest_ids(keep).map_err(|e| format!("{e}; gc deleted nothing"))?;
+    let mut orphans = Vec::new();
+    let mut kept = 0u64;
+    list_pages(c, |page| {
+        for e in page {
+            if kept_ids.contains(&e.id) {
+                kept += 1;
+            } else {
+                orphans.push(*e);
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| format!("{e}; gc deleted nothing"))?;
+    let missing = kept_ids.len() as u64 - kept;
+    if missing > 0 {
+        eprintln!(
+            "chunkctl: warning: {missing} chunks the manifests name are not on this server              (`get` of those files will fail)"
+        );
+    }
+    if dry_run {
+        let bytes: u64 = orphans.iter().map(|e| e.size).sum();
+        for e in &orphans {
+            println!("would delete {} {}", e.id, e.size);
+        }
+        println!(
+            "gc (dry run): kept {kept} chunks, would delete {} chunks, {bytes} bytes",
+            orphans.len()
+        );
+        return Ok(());
+    }
+    let (mut deleted, mut freed, mut gone, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    for e in &orphans {
+        let result = call(c, ChunkOp::Delete { id: e.id }).map(|comp| comp.result);
+        match result {
+            Ok(Ok(_)) => {
+                deleted += 1;
+                freed += e.size;
+                println!("deleted {} {}", e.id, e.size);
+            }
+            // Deleted by someone else since it was listed.
+            Ok(Err(ClientError::Status(Status::NotFound))) => gone += 1,
+            Ok(Err(err)) => {
+                failed += 1;
+                eprintln!("chunkctl: deleting chunk {}: {err}", e.id);
+            }
+            Err(err) => {
+                return Err(format!(
+                    "deleting chunk {}: {err}; {deleted} of {} orphan chunks were deleted \
+                     before that",
+                    e.id,
+                    orphans.len()
+                ))
+            }
+        }
+    }
+    let mut summary =
+        format!("gc: kept {kept} chunks, deleted {deleted} chunks, {freed} bytes freed");
+    if gone > 0 {
+        summary += &format!(", {gone} already gone");
+    }
+    println!("{summary}");
+    if failed > 0 {
+        return Err(format!("{failed} chunks could not be deleted (see above)"));
+    }
+    Ok(())
 }
 
 /// One request on connection 0, waited for.

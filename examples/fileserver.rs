@@ -235,7 +235,7 @@ fn print_memory(stack: &ustack::stack::Stack<AnyDevice>, cfg: &ServerConfig) {
 fn print_stats(label: &str, s: &ServerStats) {
     println!(
         "fileserver: {label}: connections {} accepted / {} refused / {} closed ({} for protocol errors); \
-         requests write {} read {} stat {} delete {} ping {}; errors {}; MiB in {:.1} out {:.1}",
+         requests write {} read {} stat {} delete {} list {} ping {}; errors {}; MiB in {:.1} out {:.1}",
         s.connections_accepted,
         s.connections_refused,
         s.connections_closed,
@@ -244,6 +244,7 @@ fn print_stats(label: &str, s: &ServerStats) {
         s.reads,
         s.stats,
         s.deletes,
+        s.lists,
         s.pings,
         s.errors,
         s.bytes_written as f64 / 1048576.0,

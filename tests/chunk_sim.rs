@@ -229,6 +229,30 @@ fn round_trips_on(seed: u64, faults: Faults, mode: StorageMode) {
             })
         );
     }
+    // LIST, 3 entries a page, names every chunk once with its size.
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let c = rig.one(ChunkOp::List { after, max: 3 });
+        let Ok(Reply::List { more, .. }) = c.result else {
+            panic!("LIST: {:?}", c.result);
+        };
+        let page: Vec<_> = c.list_entries().collect();
+        assert!(page.len() <= 3);
+        listed.extend(page.iter().map(|e| (e.id.0, e.size)));
+        if !more {
+            break;
+        }
+        after = Some(page.last().expect("MORE with entries").id);
+    }
+    listed.sort_unstable();
+    let mut want: Vec<(u128, u64)> = model
+        .chunks
+        .iter()
+        .map(|(id, c)| (*id, c.len() as u64))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(listed, want);
     let (gone, _, _) = ids[0];
     assert_eq!(
         rig.one(ChunkOp::Delete { id: ChunkId(gone) }).result,

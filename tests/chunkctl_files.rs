@@ -1,7 +1,8 @@
 //! `chunkctl put` and `get` with real files against the example file server (kernel TCP on
 //! loopback; the file commands do not depend on the backend): ids that do not collide across PID
 //! namespaces, manifests that must cover the file, a failed get that leaves nothing under the
-//! output name, an interrupted put that leaves no chunk behind.
+//! output name, an interrupted put that leaves no chunk behind, and `ls` and `gc` finding and
+//! removing the chunks a killed put left.
 
 mod common;
 
@@ -483,5 +484,184 @@ fn bench_leaves_no_chunk_behind() {
         assert!(out.status.success(), "bench {op}: {}", text(&out.stderr));
         assert!(text(&out.stdout).contains("RESULT"));
         assert_eq!(stored_chunks(&store), 0, "bench {op} left chunks");
+    }
+}
+
+/// `chunkctl ls`: the `ID SIZE` lines, as (id, size).
+fn ls(s: &Server) -> Vec<(String, u64)> {
+    let mut c = s.chunkctl();
+    c.arg("ls");
+    let out = run(c);
+    assert!(out.status.success(), "ls failed: {}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (id, size) = l.split_once(' ').expect("ID SIZE");
+            assert_eq!(id.len(), 32, "{l}");
+            (id.to_string(), size.parse().expect("a size"))
+        })
+        .collect()
+}
+
+/// The (id, length) of each chunk a manifest names.
+fn manifest_chunks(manifest: &str) -> Vec<(String, u64)> {
+    manifest
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+fn sorted(mut v: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    v.sort();
+    v
+}
+
+/// A put SIGKILLed part way leaves chunks no manifest names: `ls` lists them with the chunks of
+/// a completed put; `gc` with a malformed manifest deletes nothing; `gc --dry-run` names exactly
+/// the orphans and deletes nothing; `gc --keep` deletes exactly the orphans, and the kept file
+/// still comes back byte for byte. Against the directory store and the memory store.
+#[test]
+fn gc_removes_exactly_the_chunks_a_killed_put_left() {
+    for store in ["dir", "mem"] {
+        let dir = TempDir::new(&format!("gc-{store}"));
+        let spec = match store {
+            "dir" => format!("dir:{}", dir.0.join("store").display()),
+            _ => "mem".to_string(),
+        };
+        let s = Server::start(&spec);
+        let kept_file = dir.0.join("kept");
+        random_file(&kept_file, 200_000, 13);
+        let manifest = put(&s, &kept_file, "16KiB");
+        let mpath = dir.0.join("kept.manifest");
+        std::fs::write(&mpath, &manifest).unwrap();
+        let kept = sorted(manifest_chunks(&manifest));
+        assert_eq!(kept.len(), 13);
+        assert_eq!(sorted(ls(&s)), kept, "{store}: ls lists the completed put");
+
+        // A put of many small chunks (the file is sparse: its bytes do not matter), killed
+        // with SIGKILL once it has written a few: it cannot clean up.
+        let big = dir.0.join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        let mut child = s
+            .chunkctl()
+            .args(["put", "--chunk-size", "4KiB"])
+            .arg(&big)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while ls(&s).len() < kept.len() + 4 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{store}: the put wrote nothing"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{store}: the put ended before it was killed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty(), "a killed put printed a manifest");
+        // The WRITE the server was running when the client died lands, or not, now.
+        std::thread::sleep(Duration::from_millis(300));
+
+        let all = sorted(ls(&s));
+        let orphans: Vec<(String, u64)> =
+            all.iter().filter(|c| !kept.contains(c)).cloned().collect();
+        assert!(orphans.len() >= 4, "{store}: {} orphans", orphans.len());
+        assert!(kept.iter().all(|c| all.contains(c)));
+        assert!(orphans.iter().all(|(_, size)| *size == 4096));
+        if store == "dir" {
+            assert_eq!(stored_chunks(&dir.0.join("store")), all.len());
+        }
+        let mut c = s.chunkctl();
+        c.args(["ls", "--orphans"]).arg(&mpath);
+        let o = run(c);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert_eq!(
+            text(&o.stdout).lines().count(),
+            orphans.len(),
+            "{store}: ls --orphans"
+        );
+
+        // A manifest that does not parse: gc refuses, naming the file and line, and deletes
+        // nothing.
+        let bad = dir.0.join("bad.manifest");
+        let mut broken: Vec<&str> = manifest.lines().collect();
+        broken[3] = "not a chunk line";
+        std::fs::write(&bad, broken.join("\n") + "\n").unwrap();
+        let mut c = s.chunkctl();
+        c.args(["gc", "--keep"]).arg(&mpath).arg(&bad);
+        let o = run(c);
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{store}: gc accepted a bad manifest");
+        assert!(
+            err.contains("bad.manifest") && err.contains("line 4") && err.contains("nothing"),
+            "{err}"
+        );
+        assert_eq!(
+            sorted(ls(&s)),
+            all,
+            "{store}: gc deleted with a bad manifest"
+        );
+
+        // A dry run names exactly the orphans and deletes nothing.
+        let mut c = s.chunkctl();
+        c.args(["gc", "--dry-run", "--keep"]).arg(&mpath);
+        let o = run(c);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let said = text(&o.stdout);
+        let would: Vec<(String, u64)> = said
+            .lines()
+            .filter_map(|l| l.strip_prefix("would delete "))
+            .map(|l| {
+                let (id, size) = l.split_once(' ').unwrap();
+                (id.to_string(), size.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(sorted(would), orphans, "{store}: {said}");
+        assert!(
+            said.contains(&format!("kept {} chunks", kept.len())),
+            "{said}"
+        );
+        assert_eq!(sorted(ls(&s)), all, "{store}: a dry run deleted");
+
+        // The real thing.
+        let mut c = s.chunkctl();
+        c.args(["gc", "--keep"]).arg(&mpath);
+        let o = run(c);
+        let said = text(&o.stdout);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let freed: u64 = orphans.iter().map(|(_, size)| size).sum();
+        assert!(
+            said.contains(&format!(
+                "kept {} chunks, deleted {} chunks, {freed} bytes freed",
+                kept.len(),
+                orphans.len()
+            )),
+            "{said}"
+        );
+        assert_eq!(sorted(ls(&s)), kept, "{store}: after gc");
+        if store == "dir" {
+            assert_eq!(stored_chunks(&dir.0.join("store")), kept.len());
+        }
+        let back = dir.0.join("kept.back");
+        let (ok, err) = get(&s, &mpath, &back);
+        assert!(ok, "{err}");
+        assert!(
+            std::fs::read(&kept_file).unwrap() == std::fs::read(&back).unwrap(),
+            "{store}: the kept file came back different"
+        );
     }
 }

@@ -13,7 +13,8 @@ use ustack::chunk::{
 };
 use ustack::net::{KernelClient, KernelServer, NetError};
 use ustack::proto::{
-    crc32c, ChunkId, Limits, Reply, Request, RequestHeader, ResponseHeader, Status,
+    crc32c, ChunkId, Limits, ListEntry, Reply, Request, RequestHeader, ResponseHeader, Status,
+    LIST_ENTRY_LEN, LIST_PAGE_MAX,
 };
 use ustack::{Instant, PageSize};
 
@@ -1150,4 +1151,118 @@ fn peer_of(fd: std::os::fd::RawFd) -> SocketAddr {
     assert!(dup >= 0);
     let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(dup) };
     s.peer_addr().unwrap()
+}
+
+/// LIST over kernel TCP, with the store called inline and on storage workers: a raw request for
+/// u32::MAX entries gets one bounded page (2048 entries, MORE); the client pages through 5000
+/// chunks, each listed once with its size, the last page without MORE; an empty store lists
+/// nothing; every LIST is counted.
+#[test]
+fn list_pages_through_the_store_and_a_huge_page_is_capped() {
+    for storage in [StorageConfig::default(), through_staging()] {
+        let store = Arc::new(MemStore::new(1 << 30));
+        let empty = KernelServer::spawn(
+            any_port(),
+            Arc::new(MemStore::new(1 << 20)),
+            ServerConfig {
+                storage: storage.clone(),
+                ..server_config(2)
+            },
+        )
+        .unwrap();
+        let mut client = KernelClient::connect(empty.local_addr(), &client_config()).unwrap();
+        let c = call(
+            &mut client,
+            ChunkOp::List {
+                after: None,
+                max: 100,
+            },
+        );
+        assert_eq!(
+            ok(&c),
+            Reply::List {
+                len: 0,
+                crc: 0,
+                more: false
+            }
+        );
+        drop(client);
+        assert_eq!(empty.stop().lists, 1);
+
+        let mut rng = Rng(0x5151_7777);
+        let mut model: HashMap<ChunkId, u64> = HashMap::new();
+        for _ in 0..5000 {
+            let id = ChunkId(u128::from(rng.next()) << 64 | u128::from(rng.next()));
+            let size = rng.below(64);
+            store.write(id, 0, &vec![3u8; size as usize]).unwrap();
+            model.insert(id, size);
+        }
+        let server = KernelServer::spawn(
+            any_port(),
+            Arc::clone(&store),
+            ServerConfig {
+                storage,
+                ..server_config(2)
+            },
+        )
+        .unwrap();
+
+        // A raw request for u32::MAX entries: the server caps the page.
+        let mut raw = raw_connect(server.local_addr());
+        let req = RequestHeader::new(
+            77,
+            Request::List {
+                after: None,
+                max: u32::MAX,
+            },
+        );
+        raw.write_all(&req.to_bytes()).unwrap();
+        let (h, payload) = read_response(&mut raw).expect("a LIST answer");
+        assert_eq!(h.request_id, 77);
+        let Reply::List { len, crc, more } = h.reply else {
+            panic!("{h:?}");
+        };
+        assert_eq!(len as usize, LIST_PAGE_MAX as usize * LIST_ENTRY_LEN);
+        assert!(more);
+        assert_eq!(crc32c(&payload), crc);
+        drop(raw);
+
+        // The client pages through everything, asking for as much as it likes.
+        let mut client = KernelClient::connect(server.local_addr(), &client_config()).unwrap();
+        let mut after = None;
+        let mut listed: Vec<ListEntry> = Vec::new();
+        let mut pages = 0;
+        loop {
+            let c = call(
+                &mut client,
+                ChunkOp::List {
+                    after,
+                    max: u32::MAX,
+                },
+            );
+            let Reply::List { len, more, .. } = ok(&c) else {
+                panic!("{:?}", c.result);
+            };
+            pages += 1;
+            let page: Vec<ListEntry> = c.list_entries().collect();
+            assert_eq!(page.len() * LIST_ENTRY_LEN, len as usize);
+            assert!(page.len() <= LIST_PAGE_MAX as usize);
+            listed.extend(&page);
+            if !more {
+                break;
+            }
+            after = Some(page.last().expect("MORE with entries").id);
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(listed.len(), model.len());
+        let ids: HashSet<ChunkId> = listed.iter().map(|e| e.id).collect();
+        assert_eq!(ids.len(), listed.len(), "a chunk listed twice");
+        for e in &listed {
+            assert_eq!(model.get(&e.id), Some(&e.size));
+        }
+        drop(client);
+        let stats = server.stop();
+        assert_eq!(stats.lists, 1 + pages);
+        assert_eq!(stats.errors, 0);
+    }
 }

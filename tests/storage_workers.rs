@@ -2,7 +2,7 @@
 //! storage path the ustack server runs): a call that hangs is answered `Timeout` while other
 //! chunks and connections are served; a call that panics is answered `Internal`; a full
 //! storage queue pushes back without losing a request; a READ pipelined after a WRITE of the
-//! same chunk sees it.
+//! same chunk sees it; LIST runs on a worker, and a store that cannot list answers Unsupported.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +14,7 @@ use ustack::chunk::{
     ReadInfo, ServerConfig, StagingConfig, StorageConfig, StorageMode, StoreError, WorkerConfig,
 };
 use ustack::net::{KernelClient, KernelServer};
-use ustack::proto::{ChunkId, Reply, Status};
+use ustack::proto::{ChunkId, ListEntry, Reply, Status};
 use ustack::{Instant, PageSize};
 
 const WALL_LIMIT: Duration = Duration::from_secs(60);
@@ -333,4 +333,120 @@ fn a_read_pipelined_after_a_write_of_the_same_chunk_sees_it() {
         );
     }
     server.stop();
+}
+
+/// A store that may block, whose LIST records the thread it runs on and waits until released.
+struct SlowList {
+    inner: MemStore,
+    thread: Mutex<Option<String>>,
+    released: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl ChunkStore for SlowList {
+    fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
+        self.inner.write(id, offset, data)
+    }
+    fn read(&self, id: ChunkId, offset: u64, buf: &mut [u8]) -> Result<ReadInfo, StoreError> {
+        self.inner.read(id, offset, buf)
+    }
+    fn delete(&self, id: ChunkId) -> Result<(), StoreError> {
+        self.inner.delete(id)
+    }
+    fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError> {
+        self.inner.stat(id)
+    }
+    fn list(&self, after: Option<ChunkId>, max: usize) -> Result<Vec<ListEntry>, StoreError> {
+        *self.thread.lock().unwrap() = std::thread::current().name().map(String::from);
+        let mut released = self.released.lock().unwrap();
+        while !*released {
+            released = self.cv.wait(released).unwrap();
+        }
+        self.inner.list(after, max)
+    }
+}
+
+/// LIST of a store that may block runs on a storage worker: while it waits, the serving loop
+/// answers a PING and a STAT on the same connection; released, it answers the listing.
+#[test]
+fn a_list_runs_on_a_storage_worker_not_on_the_serving_loop() {
+    let store = Arc::new(SlowList {
+        inner: MemStore::new(1 << 20),
+        thread: Mutex::new(None),
+        released: Mutex::new(false),
+        cv: Condvar::new(),
+    });
+    store.inner.write(ChunkId(9), 0, b"nine").unwrap();
+    let cfg = ServerConfig {
+        storage: StorageConfig {
+            mode: StorageMode::Auto,
+            ..StorageConfig::default()
+        },
+        ..server_config(2, 8, Duration::from_secs(10))
+    };
+    let server =
+        KernelServer::spawn("127.0.0.1:0".parse().unwrap(), Arc::clone(&store), cfg).unwrap();
+    let mut c = KernelClient::connect(server.local_addr(), &client()).unwrap();
+    let list = c
+        .submit(
+            ChunkOp::List {
+                after: None,
+                max: 10,
+            },
+            Instant::now(),
+        )
+        .unwrap();
+    assert_eq!(c.call(ChunkOp::Ping).unwrap().result, Ok(Reply::Ping));
+    // The STAT's chunk maps to the other worker than the LIST's (cursor 0).
+    let other = chunk_on(1 - worker_of(ChunkId(0), 2), 2, 1);
+    store.inner.write(other, 0, b"x").unwrap();
+    assert!(c.call(ChunkOp::Stat { id: other }).unwrap().result.is_ok());
+    *store.released.lock().unwrap() = true;
+    store.cv.notify_all();
+    let got = collect(&mut c, 1);
+    let done = &got[&list];
+    assert!(
+        matches!(done.result, Ok(Reply::List { more: false, .. })),
+        "{:?}",
+        done.result
+    );
+    // Both chunks, in the store's order.
+    let want = store.inner.list(None, 10).unwrap();
+    let mut ids: Vec<ChunkId> = want.iter().map(|e| e.id).collect();
+    let mut expect = vec![ChunkId(9), other];
+    ids.sort();
+    expect.sort();
+    assert_eq!(ids, expect);
+    assert_eq!(done.list_entries().collect::<Vec<_>>(), want);
+    let thread = store.thread.lock().unwrap().clone().unwrap_or_default();
+    assert!(
+        thread.starts_with("ustack-store-"),
+        "LIST ran on {thread:?}"
+    );
+    assert_eq!(server.stop().lists, 1);
+}
+
+/// A store without LIST (the trait's default) is answered Unsupported; the connection goes on.
+#[test]
+fn a_store_that_cannot_list_answers_unsupported() {
+    let store = Arc::new(Faulty::new());
+    let server = KernelServer::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::clone(&store),
+        server_config(1, 8, Duration::from_secs(10)),
+    )
+    .unwrap();
+    let mut c = KernelClient::connect(server.local_addr(), &client()).unwrap();
+    let r = c
+        .call(ChunkOp::List {
+            after: Some(ChunkId(1)),
+            max: 5,
+        })
+        .unwrap();
+    assert_eq!(status(&r), Some(Status::Unsupported));
+    assert_eq!(r.list_entries().count(), 0);
+    assert_eq!(c.call(ChunkOp::Ping).unwrap().result, Ok(Reply::Ping));
+    let st = server.stop();
+    assert_eq!(st.errors, 1);
+    assert_eq!(st.lists, 0);
 }

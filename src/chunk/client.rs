@@ -14,8 +14,8 @@ use std::time::Duration;
 use crate::copies::{self, Pass};
 use crate::mem::{MemError, PoolBuf};
 use crate::proto::{
-    copy_crc, ChunkId, Event, Limits, Op, ParseError, Reply, Request, RequestHeader,
-    ResponseDecoder, ResponseHeader, Status,
+    copy_crc, list_entries, ChunkId, Event, Limits, ListEntry, Op, ParseError, Reply, Request,
+    RequestHeader, ResponseDecoder, ResponseHeader, Status, LIST_ENTRY_LEN,
 };
 use crate::time::Instant;
 
@@ -83,6 +83,17 @@ pub enum ChunkOp<'a> {
         /// The chunk.
         id: ChunkId,
     },
+    /// LIST up to `max` chunks after the cursor `after` (`None`: from the first chunk). The
+    /// page is capped at [`Limits::list_entries_max`] entries (2048 with the default limits);
+    /// the answer ([`Reply::List`]) says whether more remain, and
+    /// [`Completion::list_entries`] gives the entries. The next page starts after the last id
+    /// of this one.
+    List {
+        /// The cursor: the last id of the previous page, or `None` for the first page.
+        after: Option<ChunkId>,
+        /// Entries wanted (capped).
+        max: u32,
+    },
 }
 
 /// Why a request failed.
@@ -117,7 +128,8 @@ pub enum SubmitError {
         /// The limit.
         max: usize,
     },
-    /// The WRITE or READ length exceeds the payload limit.
+    /// The WRITE or READ length exceeds the payload limit (or, for LIST, the payload limit is
+    /// below one 24-byte entry).
     #[error("{len} bytes exceed the {max}-byte payload limit")]
     TooLarge {
         /// Requested length.
@@ -147,9 +159,20 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// READ data (verified against its CRC32C); empty for other ops.
+    /// READ data, or a LIST answer's packed entries (verified against their CRC32C); empty
+    /// for other ops.
     pub fn data(&self) -> &[u8] {
         self.data.as_ref().map_or(&[], PoolBuf::as_slice)
+    }
+
+    /// A LIST answer's entries (chunk id and size), in the server store's listing order;
+    /// none for other ops or a failed LIST.
+    pub fn list_entries(&self) -> impl Iterator<Item = ListEntry> + '_ {
+        list_entries(if self.op == Op::List {
+            self.data()
+        } else {
+            &[]
+        })
     }
 }
 
@@ -173,8 +196,9 @@ pub struct ClientStats {
 struct InFlight {
     request_id: u64,
     op: Op,
+    /// READ, LIST: the most payload bytes the answer may carry.
     read_len: u32,
-    /// READ: the buffer reserved at submission for the answer's data.
+    /// READ, LIST: the buffer reserved at submission for the answer's data.
     read_buf: Option<PoolBuf>,
     deadline: Instant,
 }
@@ -330,6 +354,22 @@ impl ClientConn {
             }
             ChunkOp::Delete { id: chunk_id } => (Request::Delete { chunk_id }, None, 0),
             ChunkOp::Stat { id: chunk_id } => (Request::Stat { chunk_id }, None, 0),
+            ChunkOp::List { after, max } => {
+                // The answer's buffer is reserved now, for the page the server may send: what
+                // was asked, capped as the server caps it.
+                let page = max.min(self.limits.list_entries_max());
+                if max > 0 && page == 0 {
+                    return Err(SubmitError::TooLarge {
+                        len: LIST_ENTRY_LEN,
+                        max: payload_max,
+                    });
+                }
+                let bytes = page as usize * LIST_ENTRY_LEN;
+                if bytes > 0 {
+                    read_buf = Some(self.staging.alloc(bytes).ok_or(SubmitError::NoBuffer)?);
+                }
+                (Request::List { after, max: page }, None, bytes as u32)
+            }
         };
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let header = RequestHeader::new(id, request);
@@ -497,7 +537,9 @@ impl ClientConn {
                 Err(ClientError::Status(status))
             }
             (Ok(()), reply) if reply_op(&reply) == Some(f.op) => match reply {
-                Reply::Read { len, .. } if len > f.read_len => Err(ClientError::UnexpectedReply),
+                Reply::Read { len, .. } | Reply::List { len, .. } if len > f.read_len => {
+                    Err(ClientError::UnexpectedReply)
+                }
                 reply => Ok(reply),
             },
             (Ok(()), _) => Err(ClientError::UnexpectedReply),
@@ -628,6 +670,7 @@ fn reply_op(r: &Reply) -> Option<Op> {
         Reply::Read { .. } => Some(Op::Read),
         Reply::Delete => Some(Op::Delete),
         Reply::Stat { .. } => Some(Op::Stat),
+        Reply::List { .. } => Some(Op::List),
         Reply::Error { .. } => None,
     }
 }

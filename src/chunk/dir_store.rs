@@ -976,6 +976,59 @@ impl ChunkStore for DirStore {
         self.cache_update(stripe, id, Some((size, crc)));
         Ok(ChunkStat { size, crc })
     }
+
+    /// Lists by (subdirectory, id): the subdirectories in order (`00` to `ff`, the XOR of an
+    /// id's bytes), and the ids in each ascending. A page reads only the subdirectories it
+    /// needs, from the cursor's on. Only regular files named exactly 32 lowercase hex digits in
+    /// their own subdirectory are chunks; `.tmp`, `.log` and foreign entries are not listed. No
+    /// chunk lock is taken: a chunk is created by a rename and removed by an unlink, so it is
+    /// listed whole or not at all (a chunk removed while the page is read is left out).
+    fn list(
+        &self,
+        after: Option<ChunkId>,
+        max: usize,
+    ) -> Result<Vec<crate::proto::ListEntry>, StoreError> {
+        let mut out = Vec::with_capacity(max.min(1024));
+        let first = after.map_or(0, fanout);
+        for index in first..FANOUT {
+            if out.len() >= max {
+                break;
+            }
+            let sub = self.dir.join(subdir_name(index));
+            let failed = |source| StoreError::List {
+                what: sub.display().to_string(),
+                source,
+            };
+            let mut found = Vec::new();
+            for entry in fs::read_dir(&sub).map_err(failed)? {
+                let entry = entry.map_err(failed)?;
+                let Some((id, EntryKind::Chunk)) = entry.file_name().to_str().and_then(parse_name)
+                else {
+                    continue;
+                };
+                if fanout(id) == index && (index != first || after.is_none_or(|a| id > a)) {
+                    found.push((id, entry));
+                }
+            }
+            found.sort_unstable_by_key(|(id, _)| *id);
+            for (id, entry) in found {
+                if out.len() >= max {
+                    break;
+                }
+                // The entry itself, never a symlink's target.
+                match entry.metadata() {
+                    Ok(meta) if meta.is_file() => out.push(crate::proto::ListEntry {
+                        id,
+                        size: listed_size(&meta),
+                    }),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(failed(e)),
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Opens an existing file of the store for reading and writing, never through a symlink.
@@ -1078,6 +1131,12 @@ fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The size LIST reports for a chunk file with metadata `meta`: the chunk's content bytes,
+/// which is the file's size (the one place to change if chunk files carry more than content).
+fn listed_size(meta: &fs::Metadata) -> u64 {
+    meta.len()
 }
 
 #[cfg(test)]

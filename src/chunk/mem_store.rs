@@ -12,6 +12,11 @@
 //! changes nothing; so does one for which the allocator has no memory. The heap may hold up to
 //! about twice the content bytes, because a growing `Vec` doubles its capacity.
 //!
+//! LIST: chunks are listed by shard, then by id within a shard (the listing order of
+//! [`ChunkStore::list`]; a shard is a fixed hash of the id). A page reads only the shards it
+//! needs, from the cursor's on, and sorts the ids after the cursor in each: O(chunks in those
+//! shards), under each shard's read lock in turn, never under two locks at once.
+//!
 //! STAT: the CRC32C of a chunk is computed on the first STAT, O(size) (a few milliseconds for a
 //! 64 MiB chunk with the CPU's CRC instruction), and cached with the chunk. A write that appends
 //! exactly at the end keeps a cached CRC up to date (one CRC pass over the written bytes); any
@@ -23,7 +28,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::store::{ChunkStat, ChunkStore, ReadInfo, SharedRead, StoreError};
 use crate::copies::{self, Pass};
-use crate::proto::{copy_crc, crc32c, crc32c_combine, ChunkId, Limits};
+use crate::proto::{copy_crc, crc32c, crc32c_combine, ChunkId, Limits, ListEntry};
 
 /// Number of shards of the chunk map.
 const SHARDS: usize = 64;
@@ -117,10 +122,7 @@ impl MemStore {
     }
 
     fn shard(&self, id: ChunkId) -> &RwLock<Shard> {
-        let v = id.0;
-        let folded = (v as u64) ^ ((v >> 64) as u64);
-        let h = folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-        &self.shards[h as usize % SHARDS]
+        &self.shards[shard_index(id)]
     }
 
     fn lookup(&self, id: ChunkId) -> Option<Arc<RwLock<MemChunk>>> {
@@ -286,6 +288,52 @@ impl ChunkStore for MemStore {
         Ok(())
     }
 
+    /// Lists by (shard, id): see the [module docs](self).
+    fn list(&self, after: Option<ChunkId>, max: usize) -> Result<Vec<ListEntry>, StoreError> {
+        let mut out = Vec::with_capacity(max.min(1024));
+        let first = after.map_or(0, shard_index);
+        for index in first..SHARDS {
+            // Within the shard, after the cursor (in the cursor's shard) or from its start.
+            let mut from = if index == first { after } else { None };
+            while out.len() < max {
+                let want = max - out.len();
+                // The ids of this shard after `from`, the `want` smallest of them in order, with
+                // their chunks (sizes are read after the shard lock is let go).
+                let mut found: Vec<(ChunkId, Arc<RwLock<MemChunk>>)> =
+                    read_lock(&self.shards[index])
+                        .iter()
+                        .filter(|(id, _)| from.is_none_or(|f| **id > f))
+                        .map(|(id, c)| (*id, Arc::clone(c)))
+                        .collect();
+                let exhausted = found.len() <= want;
+                if !exhausted {
+                    found.select_nth_unstable_by_key(want, |(id, _)| *id);
+                    found.truncate(want);
+                }
+                found.sort_unstable_by_key(|(id, _)| *id);
+                from = found.last().map(|(id, _)| *id);
+                for (id, chunk) in found {
+                    let chunk = read_lock(&chunk);
+                    // Deleted since the shard was read: not listed (and the shard is read again
+                    // after the last id, so no chunk behind it is skipped).
+                    if !chunk.deleted {
+                        out.push(ListEntry {
+                            id,
+                            size: chunk.data.len() as u64,
+                        });
+                    }
+                }
+                if exhausted {
+                    break;
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError> {
         let chunk = self.lookup(id).ok_or(StoreError::NotFound(id))?;
         let chunk = read_lock(&chunk);
@@ -431,6 +479,15 @@ pub(super) fn write_end(
 // A panic while a lock is held cannot leave a chunk half-updated in a way later operations
 // would trip over (the updates under a lock are copies and a length change), so poisoned locks
 // are used as they are.
+/// The shard of the chunk map that holds `id`: a fixed hash of the id (also the first key of
+/// the listing order).
+fn shard_index(id: ChunkId) -> usize {
+    let v = id.0;
+    let folded = (v as u64) ^ ((v >> 64) as u64);
+    let h = folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    h as usize % SHARDS
+}
+
 fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(PoisonError::into_inner)
 }

@@ -10,6 +10,8 @@
 
 mod client;
 pub mod dir_store;
+#[cfg(test)]
+mod list_tests;
 pub mod mem_store;
 mod on_stack;
 mod server;

@@ -18,6 +18,7 @@ use crate::copies::{self, Pass};
 use crate::mem::PoolBuf;
 use crate::proto::{
     Event, Limits, Op, Request, RequestDecoder, RequestHeader, ResponseHeader, Status,
+    LIST_ENTRY_LEN,
 };
 use crate::time::Instant;
 
@@ -78,6 +79,8 @@ pub struct ServerStats {
     pub deletes: u64,
     /// STAT requests answered.
     pub stats: u64,
+    /// LIST requests answered.
+    pub lists: u64,
     /// Error responses sent (any status but OK).
     pub errors: u64,
     /// Frames rejected by the parser (a subset of `errors`).
@@ -122,8 +125,8 @@ enum Pending {
         filled: usize,
         lent: bool,
     },
-    /// A READ waiting for a staging buffer.
-    Read { header: RequestHeader },
+    /// A READ or LIST waiting for a staging buffer for its answer.
+    Buffer { header: RequestHeader },
     /// A store call waiting for room in its worker's queue.
     Submit {
         job: Job,
@@ -338,7 +341,7 @@ impl ServerConn {
                         }
                     },
                     Some(other) => {
-                        // Not reached: a waiting READ or submission stops the loop before its
+                        // Not reached: a waiting READ or LIST, or a submission, stops the loop before its
                         // End is fed.
                         self.pending = Some(other);
                     }
@@ -379,7 +382,7 @@ impl ServerConn {
                     None => false,
                 }
             }
-            Some(Pending::Read { header }) => {
+            Some(Pending::Buffer { header }) => {
                 let header = *header;
                 self.pending = None;
                 self.on_header(header, ctx);
@@ -465,7 +468,7 @@ impl ServerConn {
                         Some(b) => buf = Some(b),
                         None => {
                             ctx.stats.staging_waits += 1;
-                            self.pending = Some(Pending::Read { header: h });
+                            self.pending = Some(Pending::Buffer { header: h });
                             return;
                         }
                     }
@@ -483,6 +486,37 @@ impl ServerConn {
             }
             Request::Stat { chunk_id } => {
                 self.start(Work::Stat { chunk: chunk_id }, id, op, false, ctx)
+            }
+            Request::List { after, max } => {
+                // The page is capped whatever was asked: the answer is bounded by the payload
+                // limit and LIST_PAGE_MAX.
+                let cap = self.decoder.limits().list_entries_max();
+                if max > 0 && cap == 0 {
+                    self.queue_error(id, op, Status::TooLarge, ctx.stats);
+                    return;
+                }
+                let page = max.min(cap) as usize;
+                let mut buf = None;
+                if page > 0 {
+                    match ctx
+                        .staging
+                        .alloc_shared(page * LIST_ENTRY_LEN, self.held_large(ctx.staging))
+                    {
+                        Some(b) => buf = Some(b),
+                        None => {
+                            ctx.stats.staging_waits += 1;
+                            self.pending = Some(Pending::Buffer { header: h });
+                            return;
+                        }
+                    }
+                }
+                let large = buf.as_ref().is_some_and(|b| ctx.staging.is_large(b));
+                let work = Work::List {
+                    after,
+                    max: page,
+                    buf,
+                };
+                self.start(work, id, op, large, ctx);
             }
         }
     }
@@ -661,8 +695,8 @@ impl ServerConn {
     pub fn handle_eof(&mut self, stats: &mut ServerStats) {
         if !self.eof && !self.closing {
             let cut = match &self.pending {
-                // A complete READ header is not a cut frame, whatever the decoder still holds.
-                Some(Pending::Read { .. } | Pending::Submit { .. }) => false,
+                // A complete READ or LIST header is not a cut frame, whatever the decoder still holds.
+                Some(Pending::Buffer { .. } | Pending::Submit { .. }) => false,
                 _ => self.decoder.finish().is_err(),
             };
             if cut {
@@ -672,7 +706,7 @@ impl ServerConn {
         self.eof = true;
         if !matches!(
             self.pending,
-            Some(Pending::Read { .. } | Pending::Submit { .. })
+            Some(Pending::Buffer { .. } | Pending::Submit { .. })
         ) {
             self.pending = None;
         }
@@ -682,7 +716,7 @@ impl ServerConn {
     /// [`ServerConn::handle_input`] again (input or not) once either may have come.
     pub fn is_waiting(&self) -> bool {
         match &self.pending {
-            Some(Pending::Read { .. } | Pending::Submit { .. }) => true,
+            Some(Pending::Buffer { .. } | Pending::Submit { .. }) => true,
             Some(Pending::Write {
                 header,
                 buf: None,
@@ -836,6 +870,16 @@ fn answer(
         Ok(Outcome::Stat(st)) => {
             stats.stats += 1;
             (ResponseHeader::stat(id, st.size, st.crc), None)
+        }
+        Ok(Outcome::Listed {
+            buf,
+            entries,
+            crc,
+            more,
+        }) => {
+            stats.lists += 1;
+            let header = ResponseHeader::list(id, entries as u32, crc, more);
+            (header, buf.map(Payload::Buf))
         }
         Err(status) => {
             stats.errors += 1;

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::proto::{ChunkId, Status};
+use crate::proto::{ChunkId, ListEntry, Status};
 
 /// A chunk's size and the CRC32C of its whole content.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -96,6 +96,21 @@ pub enum StoreError {
         /// What failed, and where (for the log and the operator).
         detail: String,
     },
+    /// The store does not implement this operation (the default of [`ChunkStore::list`]).
+    #[error("this store cannot {op}")]
+    Unsupported {
+        /// The operation ("list").
+        op: &'static str,
+    },
+    /// Listing the chunks failed (an I/O error on a directory, not on one chunk).
+    #[error("listing chunks: {what}: {source}")]
+    List {
+        /// What was being read (a path, for the log and the operator).
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// An I/O error from the backing storage.
     #[error("{op} on chunk {id}: {source}")]
     Io {
@@ -118,6 +133,8 @@ impl StoreError {
             StoreError::ChunkTooLarge { .. } => Status::ChunkTooLarge,
             StoreError::NoSpace(_) => Status::NoSpace,
             StoreError::Corrupt { .. } => Status::Corrupt,
+            StoreError::Unsupported { .. } => Status::Unsupported,
+            StoreError::List { .. } => Status::Io,
             StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 Status::NoSpace
             }
@@ -140,6 +157,8 @@ impl StoreError {
 ///   policy): the server acknowledges the WRITE after it returns.
 /// - `read` fills up to `buf.len()` bytes from `offset`: fewer only at the end of the chunk,
 ///   zero when `offset == size`, `OutOfRange` when `offset > size`.
+/// - `list` pages through the chunks in an order of the store's choosing (see
+///   [`ChunkStore::list`]).
 pub trait ChunkStore: Send + Sync {
     /// Writes `data` at `offset`; returns the chunk's size afterwards.
     fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<u64, StoreError>;
@@ -198,6 +217,32 @@ pub trait ChunkStore: Send + Sync {
         crate::copies::count(crate::copies::Pass::Read, info.len);
         Ok((info, crate::proto::crc32c(&buf[..info.len])))
     }
+
+    /// Up to `max` chunks (id and size), in the store's *listing order*, that come strictly
+    /// after `after` in that order; from the first chunk when `after` is `None`. Serves the
+    /// protocol's LIST: a client pages through the store by passing the last id of one page as
+    /// `after` of the next, until a page comes back with fewer than `max` entries.
+    ///
+    /// The listing order is the store's choice, with two rules that make the cursor work:
+    /// - it is a **total order over every possible id** (stored or not) that does not depend on
+    ///   what the store holds, so any id is a valid `after`, a deleted one included;
+    /// - it does not change while the store runs (ascending id; or, as [`DirStore`] does, by
+    ///   subdirectory, then id).
+    ///
+    /// So a listing from the start that follows the cursor returns every chunk that exists
+    /// throughout it exactly once, in order; chunks created or deleted meanwhile may or may not
+    /// appear. A size is the chunk's size when it was looked at. `max == 0` returns nothing.
+    /// May block (it reads directories): the server calls it on a storage worker when
+    /// [`ChunkStore::may_block`] says so, like every other call.
+    ///
+    /// The default returns [`StoreError::Unsupported`], which the server answers with
+    /// [`Status::Unsupported`]: a client says "this server's store cannot list".
+    ///
+    /// [`DirStore`]: super::DirStore
+    fn list(&self, after: Option<ChunkId>, max: usize) -> Result<Vec<ListEntry>, StoreError> {
+        let _ = (after, max);
+        Err(StoreError::Unsupported { op: "list" })
+    }
 }
 
 impl<S: ChunkStore + ?Sized> ChunkStore for std::sync::Arc<S> {
@@ -240,5 +285,8 @@ impl<S: ChunkStore + ?Sized> ChunkStore for std::sync::Arc<S> {
         buf: &mut [u8],
     ) -> Result<(ReadInfo, u32), StoreError> {
         (**self).read_crc(id, offset, buf)
+    }
+    fn list(&self, after: Option<ChunkId>, max: usize) -> Result<Vec<ListEntry>, StoreError> {
+        (**self).list(after, max)
     }
 }

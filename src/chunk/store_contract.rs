@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::store::{ChunkStore, StoreError};
-use crate::proto::{crc32c, ChunkId};
+use crate::proto::{crc32c, ChunkId, ListEntry};
 
 /// Largest write the protocol carries (the default payload limit).
 const WRITE_LEN_MAX: usize = 4 << 20;
@@ -27,6 +27,7 @@ macro_rules! contract_tests {
             delete_then_recreate,
             concurrent_writers_on_different_chunks,
             concurrent_writers_and_readers_on_one_chunk,
+            list_pages_through_every_chunk_once,
         );
     };
     (@each $with_store:path, $($name:ident,)*) => {
@@ -388,4 +389,78 @@ pub(crate) fn concurrent_writers_and_readers_on_one_chunk(store: &dyn ChunkStore
         assert!(region.iter().all(|&b| b == value(w, ROUNDS - 1)));
     }
     assert_eq!(store.stat(id).unwrap().crc, crc32c(&all));
+}
+
+/// Every chunk in listing order, `page` entries at a time, following the cursor: each page
+/// holds at most `page` entries, and a short page is the last.
+pub(crate) fn list_all(store: &dyn ChunkStore, page: usize) -> Vec<ListEntry> {
+    let mut all: Vec<ListEntry> = Vec::new();
+    let mut after = None;
+    loop {
+        let got = store.list(after, page).unwrap();
+        assert!(
+            got.len() <= page,
+            "{} entries for a page of {page}",
+            got.len()
+        );
+        let short = got.len() < page;
+        after = got.last().map(|e| e.id);
+        all.extend(got);
+        if short || page == 0 {
+            return all;
+        }
+    }
+}
+
+/// LIST: paging with any page size returns every chunk exactly once with its size, in one
+/// order (the same for every page size); any id is a cursor (a deleted one, one never stored);
+/// an empty store and a page of 0 list nothing.
+pub(crate) fn list_pages_through_every_chunk_once(store: &dyn ChunkStore, _limit: u64) {
+    assert!(store.list(None, 10).unwrap().is_empty());
+    assert!(store.list(Some(ChunkId(5)), 10).unwrap().is_empty());
+    let mut rng = Rng::new(0x11_57);
+    let mut model: HashMap<ChunkId, u64> = HashMap::new();
+    // Random ids, and the extreme ones; sizes from 0 (a zero-length write creates a chunk).
+    let mut ids: Vec<ChunkId> = (0..150)
+        .map(|_| ChunkId(u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())))
+        .collect();
+    ids.extend([ChunkId(0), ChunkId(1), ChunkId(u128::MAX)]);
+    for id in ids {
+        let size = rng.range(0, 300);
+        store.write(id, 0, &vec![7u8; size as usize]).unwrap();
+        model.insert(id, size);
+    }
+    let all = list_all(store, 1000);
+    assert_eq!(all.len(), model.len(), "each chunk once");
+    for e in &all {
+        assert_eq!(model.get(&e.id), Some(&e.size), "{e:?}");
+    }
+    for page in [
+        1,
+        2,
+        7,
+        64,
+        all.len() - 1,
+        all.len(),
+        all.len() + 1,
+        1 << 20,
+    ] {
+        assert_eq!(list_all(store, page), all, "pages of {page}");
+    }
+    assert!(store.list(None, 0).unwrap().is_empty());
+    assert!(store
+        .list(Some(all[all.len() - 1].id), 10)
+        .unwrap()
+        .is_empty());
+    // A cursor is a position: after deleting the chunk it names, the listing goes on after it.
+    store.delete(all[40].id).unwrap();
+    assert_eq!(store.list(Some(all[40].id), 1000).unwrap(), all[41..]);
+    assert_eq!(store.list(Some(all[39].id), 3).unwrap(), all[41..44]);
+    // An id never stored is a cursor too: what follows it is a tail of the listing.
+    let rest: Vec<ListEntry> = all.iter().filter(|e| e.id != all[40].id).copied().collect();
+    for _ in 0..20 {
+        let cursor = ChunkId(u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()));
+        let tail = store.list(Some(cursor), 1000).unwrap();
+        assert_eq!(tail, rest[rest.len() - tail.len()..], "after {cursor}");
+    }
 }

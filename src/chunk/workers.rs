@@ -27,7 +27,7 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 
 use crate::mem::PoolBuf;
-use crate::proto::{ChunkId, Status};
+use crate::proto::{crc32c, ChunkId, Status, LIST_ENTRY_LEN};
 
 use super::store::{ChunkStat, ChunkStore, ReadInfo, SharedRead};
 
@@ -56,15 +56,24 @@ pub(crate) enum Work {
     Delete { chunk: ChunkId },
     /// Size and CRC.
     Stat { chunk: ChunkId },
+    /// Up to `max` chunks after `after`, packed into `buf` (`max` entries long; `None` when
+    /// `max` is 0), and whether more remain.
+    List {
+        after: Option<ChunkId>,
+        max: usize,
+        buf: Option<PoolBuf>,
+    },
 }
 
 impl Work {
+    /// The chunk whose worker runs this job (LIST touches no one chunk: its cursor's).
     fn chunk(&self) -> ChunkId {
         match self {
             Work::Write { chunk, .. }
             | Work::Read { chunk, .. }
             | Work::Delete { chunk }
             | Work::Stat { chunk } => *chunk,
+            Work::List { after, .. } => after.unwrap_or_default(),
         }
     }
 }
@@ -95,6 +104,13 @@ pub(crate) enum Outcome {
     Lent(SharedRead),
     Deleted,
     Stat(ChunkStat),
+    /// `entries` LIST entries packed in `buf`, their CRC32C, and whether more chunks follow.
+    Listed {
+        buf: Option<PoolBuf>,
+        entries: usize,
+        crc: u32,
+        more: bool,
+    },
 }
 
 /// A finished job.
@@ -346,7 +362,41 @@ pub(crate) fn run<S: ChunkStore + ?Sized>(store: &S, work: Work) -> Result<Outco
             .map(|()| Outcome::Deleted)
             .map_err(|e| e.status()),
         Work::Stat { chunk } => store.stat(chunk).map(Outcome::Stat).map_err(|e| e.status()),
+        Work::List { after, max, buf } => list(store, after, max, buf),
     }
+}
+
+/// LIST: asks the store for one entry more than the page holds, to tell whether more remain,
+/// and packs the page into `buf`. A store that gives more than asked is cut to the page.
+fn list<S: ChunkStore + ?Sized>(
+    store: &S,
+    after: Option<ChunkId>,
+    max: usize,
+    mut buf: Option<PoolBuf>,
+) -> Result<Outcome, Status> {
+    let found = store
+        .list(after, max.saturating_add(1))
+        .map_err(|e| e.status())?;
+    // The page is what `buf` holds (it is sized for `max` entries).
+    let room = buf.as_ref().map_or(0, |b| b.len() / LIST_ENTRY_LEN);
+    let entries = found.len().min(max).min(room);
+    let more = found.len() > entries;
+    let mut crc = 0;
+    if let Some(b) = buf.as_mut() {
+        let bytes = entries * LIST_ENTRY_LEN;
+        let _ = b.set_len(bytes);
+        let out = b.as_mut_slice();
+        for (slot, e) in out.chunks_exact_mut(LIST_ENTRY_LEN).zip(&found) {
+            slot.copy_from_slice(&e.to_bytes());
+        }
+        crc = crc32c(&out[..bytes]);
+    }
+    Ok(Outcome::Listed {
+        buf: buf.filter(|b| !b.is_empty()),
+        entries,
+        crc,
+        more,
+    })
 }
 
 /// How a server runs its store's calls.

@@ -62,11 +62,15 @@ pub enum Status {
     /// the only frame on it (request id 0), and the connection closes. Retry later or on
     /// another connection already open.
     TooManyConnections = 19,
+    /// The server's store cannot do this operation: a LIST to a server whose store does not
+    /// implement listing ([`ChunkStore::list`](crate::chunk::ChunkStore::list)'s default).
+    /// (A server that does not know LIST at all answers [`Status::UnknownOp`].)
+    Unsupported = 20,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 20] = [
+    pub const ALL: [Status; 21] = [
         Status::Ok,
         Status::NotFound,
         Status::BadChecksum,
@@ -87,6 +91,7 @@ impl Status {
         Status::Timeout,
         Status::Corrupt,
         Status::TooManyConnections,
+        Status::Unsupported,
     ];
 
     /// The wire code.
@@ -151,6 +156,7 @@ impl fmt::Display for Status {
             Status::Timeout => "the chunk store did not answer in time (outcome unknown)",
             Status::Corrupt => "the chunk is damaged in the store (failed its stored checksum)",
             Status::TooManyConnections => "the server has its maximum of connections open",
+            Status::Unsupported => "the server's store cannot do this operation",
         };
         write!(f, "{self:?}: {what}")
     }
@@ -284,6 +290,12 @@ pub enum ParseError {
         /// The CRC computed over the payload.
         computed: u32,
     },
+    /// A LIST answer's payload is not a whole number of 24-byte entries.
+    #[error("LIST answer of {len} bytes is not a whole number of 24-byte entries")]
+    ListLength {
+        /// The payload length in the header.
+        len: u32,
+    },
     /// The stream ended (or the caller stopped) before the whole payload arrived.
     #[error("payload truncated: {missing} bytes missing")]
     PayloadTruncated {
@@ -303,6 +315,7 @@ impl ParseError {
             | ParseError::NonZeroField { .. }
             | ParseError::LengthMismatch { .. }
             | ParseError::UnknownStatus { .. }
+            | ParseError::ListLength { .. }
             | ParseError::PayloadTruncated { .. } => Status::Malformed,
             ParseError::UnsupportedVersion { .. } => Status::UnsupportedVersion,
             ParseError::BadHeaderChecksum { .. } => Status::BadHeaderChecksum,
@@ -336,6 +349,7 @@ impl ParseError {
             | ParseError::WriteBeyondChunkLimit { .. }
             | ParseError::ReadBeyondChunkLimit { .. }
             | ParseError::UnknownStatus { .. }
+            | ParseError::ListLength { .. }
             | ParseError::BadPayloadChecksum { .. } => false,
         }
     }
@@ -467,6 +481,7 @@ mod tests {
                 max: 1,
             },
             ParseError::UnknownStatus { code: 999 },
+            ParseError::ListLength { len: 25 },
             ParseError::BadPayloadChecksum {
                 expected: 1,
                 computed: 2,

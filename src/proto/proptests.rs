@@ -36,6 +36,8 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         chunk_id().prop_map(|chunk_id| Request::Delete { chunk_id }),
         chunk_id().prop_map(|chunk_id| Request::Stat { chunk_id }),
+        (proptest::option::of(chunk_id()), any::<u32>())
+            .prop_map(|(after, max)| Request::List { after, max }),
     ]
 }
 
@@ -62,6 +64,13 @@ fn reply() -> impl Strategy<Value = Reply> {
         (any::<u64>(), any::<u32>()).prop_map(|(chunk_size, chunk_crc)| Reply::Stat {
             chunk_size,
             chunk_crc
+        }),
+        (0..=L.list_entries_max(), any::<u32>(), any::<bool>()).prop_map(|(entries, crc, more)| {
+            Reply::List {
+                len: entries * LIST_ENTRY_LEN as u32,
+                crc,
+                more,
+            }
         }),
         (any::<u8>(), error_status()).prop_map(|(op, status)| Reply::Error { op, status }),
     ]

@@ -6,14 +6,14 @@
 //! off len field
 //!   0   2 magic        "uQ"
 //!   2   1 version      1
-//!   3   1 op           1 PING, 2 WRITE, 3 READ, 4 DELETE, 5 STAT
+//!   3   1 op           1 PING, 2 WRITE, 3 READ, 4 DELETE, 5 STAT, 6 LIST
 //!   4   4 payload_len  bytes after the header (WRITE data length, else 0)
 //!   8   8 request_id
-//!  16  16 chunk_id     u128
+//!  16  16 chunk_id     u128 (LIST: the cursor, with flag AFTER)
 //!  32   8 offset       WRITE, READ
-//!  40   4 length       WRITE: = payload_len; READ: bytes wanted
+//!  40   4 length       WRITE: = payload_len; READ: bytes wanted; LIST: entries wanted
 //!  44   4 payload_crc  CRC32C of the payload (WRITE)
-//!  48   4 flags        0 in version 1
+//!  48   4 flags        LIST: bit 0 AFTER (chunk_id is a cursor); otherwise 0
 //!  52   4 header_crc   CRC32C of bytes 0..52
 //! ```
 
@@ -28,6 +28,11 @@ const OFF_OFFSET: usize = 32;
 const OFF_LENGTH: usize = 40;
 const OFF_PAYLOAD_CRC: usize = 44;
 const OFF_FLAGS: usize = 48;
+
+/// Request flag bit 0, LIST only: `chunk_id` is a cursor, and the listing starts after it.
+/// Without it a LIST starts from the first chunk, and `chunk_id` must be 0. (A flag rather than
+/// a reserved id, so every id can be a cursor.)
+pub const REQUEST_FLAG_LIST_AFTER: u32 = 0x0000_0001;
 
 /// The identity of a chunk: 128 bits (room for a UUID, or a file id plus a chunk index).
 #[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,11 +84,20 @@ pub enum Op {
     Delete = 4,
     /// A chunk's size and the CRC32C of its whole content.
     Stat = 5,
+    /// A page of the chunks the server holds (ids and sizes), after a cursor.
+    List = 6,
 }
 
 impl Op {
     /// Every op, in code order.
-    pub const ALL: [Op; 5] = [Op::Ping, Op::Write, Op::Read, Op::Delete, Op::Stat];
+    pub const ALL: [Op; 6] = [
+        Op::Ping,
+        Op::Write,
+        Op::Read,
+        Op::Delete,
+        Op::Stat,
+        Op::List,
+    ];
 
     /// The wire code.
     #[inline]
@@ -100,6 +114,7 @@ impl Op {
             3 => Some(Op::Read),
             4 => Some(Op::Delete),
             5 => Some(Op::Stat),
+            6 => Some(Op::List),
             _ => None,
         }
     }
@@ -113,6 +128,7 @@ impl fmt::Display for Op {
             Op::Read => "READ",
             Op::Delete => "DELETE",
             Op::Stat => "STAT",
+            Op::List => "LIST",
         };
         f.write_str(name)
     }
@@ -153,6 +169,16 @@ pub enum Request {
         /// The chunk.
         chunk_id: ChunkId,
     },
+    /// LIST up to `max` chunks (ids and sizes) that come after `after` in the server store's
+    /// order, or from the first chunk when `after` is `None`. The server answers at most
+    /// [`Limits::list_entries_max`] entries whatever `max` says.
+    List {
+        /// The cursor: the last id of the previous page (any id is a valid cursor); `None`
+        /// starts from the first chunk.
+        after: Option<ChunkId>,
+        /// Entries wanted.
+        max: u32,
+    },
 }
 
 impl Request {
@@ -165,14 +191,16 @@ impl Request {
             Request::Read { .. } => Op::Read,
             Request::Delete { .. } => Op::Delete,
             Request::Stat { .. } => Op::Stat,
+            Request::List { .. } => Op::List,
         }
     }
 
-    /// The chunk this request is about (none for PING).
+    /// The chunk this request is about (none for PING; for LIST, the cursor if any).
     #[inline]
     pub const fn chunk_id(&self) -> Option<ChunkId> {
         match self {
             Request::Ping => None,
+            Request::List { after, .. } => *after,
             Request::Write { chunk_id, .. }
             | Request::Read { chunk_id, .. }
             | Request::Delete { chunk_id }
@@ -235,8 +263,15 @@ impl RequestHeader {
         let env = wire::parse_envelope(b, REQUEST_MAGIC, limits)?;
         let op = Op::from_code(env.op).ok_or(ParseError::UnknownOp { op: env.op })?;
         let flags = get_u32(b, OFF_FLAGS);
-        if flags != 0 {
-            return Err(ParseError::UnsupportedFlags { flags });
+        let known = if op == Op::List {
+            REQUEST_FLAG_LIST_AFTER
+        } else {
+            0
+        };
+        if flags & !known != 0 {
+            return Err(ParseError::UnsupportedFlags {
+                flags: flags & !known,
+            });
         }
         let chunk_id = ChunkId(get_u128(b, OFF_CHUNK_ID));
         let offset = get_u64(b, OFF_OFFSET);
@@ -287,6 +322,19 @@ impl RequestHeader {
                     len: length,
                 }
             }
+            Op::List => {
+                no_payload(env.payload_len)?;
+                let after = flags & REQUEST_FLAG_LIST_AFTER != 0;
+                if !after {
+                    zero("chunk_id", chunk_id.0)?;
+                }
+                zero("offset", u128::from(offset))?;
+                zero("payload_crc", u128::from(payload_crc))?;
+                Request::List {
+                    after: after.then_some(chunk_id),
+                    max: length,
+                }
+            }
             Op::Ping | Op::Delete | Op::Stat => {
                 no_payload(env.payload_len)?;
                 if op == Op::Ping {
@@ -321,13 +369,18 @@ impl RequestHeader {
         );
         let (offset, length) = match *r {
             Request::Write { offset, len, .. } | Request::Read { offset, len, .. } => (offset, len),
+            Request::List { max, .. } => (0, max),
             _ => (0, 0),
+        };
+        let flags = match *r {
+            Request::List { after: Some(_), .. } => REQUEST_FLAG_LIST_AFTER,
+            _ => 0,
         };
         put_u128(&mut b, OFF_CHUNK_ID, r.chunk_id().unwrap_or_default().0);
         put_u64(&mut b, OFF_OFFSET, offset);
         put_u32(&mut b, OFF_LENGTH, length);
         put_u32(&mut b, OFF_PAYLOAD_CRC, r.payload_crc());
-        put_u32(&mut b, OFF_FLAGS, 0);
+        put_u32(&mut b, OFF_FLAGS, flags);
         wire::seal(&mut b);
         b
     }
@@ -442,6 +495,28 @@ mod tests {
             ),
             RequestHeader::new(4, Request::Delete { chunk_id: chunk() }),
             RequestHeader::new(u64::MAX, Request::Stat { chunk_id: chunk() }),
+            RequestHeader::new(
+                6,
+                Request::List {
+                    after: None,
+                    max: 100,
+                },
+            ),
+            RequestHeader::new(
+                7,
+                Request::List {
+                    after: Some(chunk()),
+                    max: u32::MAX,
+                },
+            ),
+            // Id 0 is a cursor like any other: the flag, not the id, says "from the start".
+            RequestHeader::new(
+                8,
+                Request::List {
+                    after: Some(ChunkId(0)),
+                    max: 0,
+                },
+            ),
         ]
     }
 
@@ -624,7 +699,7 @@ mod tests {
     #[test]
     fn unknown_op_survives() {
         let h = RequestHeader::new(9, Request::Ping);
-        for op in [0u8, 6, 0x7F, 0xFF] {
+        for op in [0u8, 7, 0x7F, 0xFF] {
             let b = tamper(&h, |b| b[3] = op);
             let e = RequestHeader::parse(&b, &L).unwrap_err();
             assert_eq!(e, ParseError::UnknownOp { op });
@@ -646,6 +721,83 @@ mod tests {
             RequestHeader::parse(&b, &L),
             Err(ParseError::UnsupportedFlags { flags: 0x80 })
         );
+        // LIST's AFTER bit belongs to LIST alone.
+        for h in all_ops().into_iter().filter(|h| h.op() != Op::List) {
+            let b = tamper(&h, |b| b[48] = 0x01);
+            assert_eq!(
+                RequestHeader::parse(&b, &L),
+                Err(ParseError::UnsupportedFlags { flags: 0x01 }),
+                "{h:?}"
+            );
+        }
+        let list = RequestHeader::new(
+            9,
+            Request::List {
+                after: Some(chunk()),
+                max: 1,
+            },
+        );
+        let b = tamper(&list, |b| b[48] = 0x03);
+        assert_eq!(
+            RequestHeader::parse(&b, &L),
+            Err(ParseError::UnsupportedFlags { flags: 0x02 })
+        );
+    }
+
+    #[test]
+    fn list_fields_and_cursor() {
+        let from_start = RequestHeader::new(
+            5,
+            Request::List {
+                after: None,
+                max: 7,
+            },
+        );
+        let b = from_start.to_bytes();
+        assert_eq!(b[3], 6);
+        assert_eq!(b[16..32], [0; 16]);
+        assert_eq!(b[40..44], 7u32.to_le_bytes());
+        assert_eq!(b[48..52], [0; 4]);
+        let after = RequestHeader::new(
+            5,
+            Request::List {
+                after: Some(chunk()),
+                max: 7,
+            },
+        );
+        let b = after.to_bytes();
+        assert_eq!(b[16..32], chunk().0.to_le_bytes());
+        assert_eq!(b[48..52], REQUEST_FLAG_LIST_AFTER.to_le_bytes());
+        assert_eq!(RequestHeader::parse(&b, &L), Ok(after));
+        assert_eq!(after.request.chunk_id(), Some(chunk()));
+        // Any page size parses (the server caps it); a cursor without the flag does not.
+        let huge = RequestHeader::new(
+            5,
+            Request::List {
+                after: None,
+                max: u32::MAX,
+            },
+        );
+        assert_eq!(RequestHeader::parse(&huge.to_bytes(), &L), Ok(huge));
+        let b = tamper(&from_start, |b| b[20] = 1);
+        assert_eq!(
+            RequestHeader::parse(&b, &L),
+            Err(ParseError::NonZeroField { field: "chunk_id" })
+        );
+        for (off, field) in [(32, "offset"), (44, "payload_crc")] {
+            for h in [from_start, after] {
+                let b = tamper(&h, |b| b[off] = 1);
+                let e = RequestHeader::parse(&b, &L).unwrap_err();
+                assert_eq!(e, ParseError::NonZeroField { field });
+                assert!(!e.must_close());
+            }
+        }
+        let b = tamper(&after, |b| b[4] = 24);
+        assert_eq!(
+            RequestHeader::parse(&b, &L),
+            Err(ParseError::UnexpectedPayload { len: 24 })
+        );
+        assert_eq!(Op::List.to_string(), "LIST");
     }
 
     #[test]
@@ -676,7 +828,13 @@ mod tests {
 
     #[test]
     fn payload_on_op_without_payload() {
-        for h in [all_ops()[0], all_ops()[2], all_ops()[3], all_ops()[4]] {
+        for h in [
+            all_ops()[0],
+            all_ops()[2],
+            all_ops()[3],
+            all_ops()[4],
+            all_ops()[5],
+        ] {
             let b = tamper(&h, |b| b[4] = 3);
             let e = RequestHeader::parse(&b, &L).unwrap_err();
             assert_eq!(e, ParseError::UnexpectedPayload { len: 3 }, "{h:?}");

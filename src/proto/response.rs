@@ -7,17 +7,19 @@
 //!   0   2 magic        "uR"
 //!   2   1 version      1
 //!   3   1 op           the request's op byte, echoed (0 if the request header was not believed)
-//!   4   4 payload_len  bytes after the header (READ data, else 0)
+//!   4   4 payload_len  bytes after the header (READ data, LIST entries, else 0)
 //!   8   8 request_id   the request's id, echoed (0 if not believed)
 //!  16   2 status       0 = OK, else the error code
-//!  18   2 flags        bit 0: CLOSING (the server closes the connection after this response)
-//!  20   4 payload_crc  CRC32C of the payload (READ)
+//!  18   2 flags        bit 0: CLOSING (the server closes the connection after this response);
+//!                      bit 1: MORE (LIST OK only: chunks remain after the last entry)
+//!  20   4 payload_crc  CRC32C of the payload (READ, LIST)
 //!  24   8 chunk_size   WRITE, READ, STAT: the chunk's size
 //!  32   4 chunk_crc    STAT: CRC32C of the chunk's whole content
 //!  36   4 header_crc   CRC32C of bytes 0..36
 //! ```
 
 use super::error::{ParseError, Status};
+use super::list::LIST_ENTRY_LEN;
 use super::request::Op;
 use super::wire::{self, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use super::{Limits, RESPONSE_MAGIC};
@@ -30,6 +32,10 @@ const OFF_CHUNK_CRC: usize = 32;
 
 /// Response flag bit 0: the server closes the connection after this response.
 pub const RESPONSE_FLAG_CLOSING: u16 = 0x0001;
+
+/// Response flag bit 1, LIST OK only: more chunks come after the last entry of this answer
+/// (ask again with that entry's id as the cursor). Without it the listing is complete.
+pub const RESPONSE_FLAG_MORE: u16 = 0x0002;
 
 /// What a response says, with exactly the fields its op and status use.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +64,16 @@ pub enum Reply {
         chunk_size: u64,
         /// CRC32C of the chunk's whole content (bytes 0..chunk_size).
         chunk_crc: u32,
+    },
+    /// LIST succeeded; `len` bytes of entries ([`ListEntry`](super::ListEntry), 24 bytes each)
+    /// follow the header.
+    List {
+        /// Bytes of entries that follow: a multiple of [`LIST_ENTRY_LEN`].
+        len: u32,
+        /// CRC32C of the entries.
+        crc: u32,
+        /// More chunks come after the last entry (flag MORE).
+        more: bool,
     },
     /// The request failed.
     Error {
@@ -89,6 +105,7 @@ impl Reply {
             Reply::Read { .. } => Op::Read.code(),
             Reply::Delete => Op::Delete.code(),
             Reply::Stat { .. } => Op::Stat.code(),
+            Reply::List { .. } => Op::List.code(),
             Reply::Error { op, .. } => *op,
         }
     }
@@ -97,7 +114,7 @@ impl Reply {
     #[inline]
     pub const fn payload_len(&self) -> u32 {
         match self {
-            Reply::Read { len, .. } => *len,
+            Reply::Read { len, .. } | Reply::List { len, .. } => *len,
             _ => 0,
         }
     }
@@ -106,7 +123,7 @@ impl Reply {
     #[inline]
     pub const fn payload_crc(&self) -> u32 {
         match self {
-            Reply::Read { crc, .. } => *crc,
+            Reply::Read { crc, .. } | Reply::List { crc, .. } => *crc,
             _ => 0,
         }
     }
@@ -176,6 +193,19 @@ impl ResponseHeader {
         )
     }
 
+    /// LIST OK; `entries` entries (24 bytes each) with CRC32C `crc` follow; `more` if chunks
+    /// remain after the last one.
+    pub const fn list(request_id: u64, entries: u32, crc: u32, more: bool) -> ResponseHeader {
+        Self::new(
+            request_id,
+            Reply::List {
+                len: entries * LIST_ENTRY_LEN as u32,
+                crc,
+                more,
+            },
+        )
+    }
+
     /// A failure of the request `request_id` whose op byte was `op`. `status` must not be
     /// [`Status::Ok`]. Set `closing` if the connection closes after this response.
     pub const fn error(request_id: u64, op: u8, status: Status, closing: bool) -> ResponseHeader {
@@ -190,17 +220,20 @@ impl ResponseHeader {
     ///
     /// Checks, in order: length, magic, version, header CRC, payload length against
     /// `limits.payload_len_max` (these close the connection), then flags, status code, op (for
-    /// an OK status), and that fields the op and status do not use are zero. Never panics and
-    /// never reads past `buf`.
+    /// an OK status), and the op's rules: fields the op and status do not use are zero, flag
+    /// MORE only on a LIST OK, a LIST payload of whole entries. Never panics and never reads
+    /// past `buf`.
     pub fn parse(buf: &[u8], limits: &Limits) -> Result<ResponseHeader, ParseError> {
         let b: &[u8; Self::HEADER_LEN] = wire::header_array(buf)?;
         let env = wire::parse_envelope(b, RESPONSE_MAGIC, limits)?;
         let flags = get_u16(b, OFF_FLAGS);
-        if flags & !RESPONSE_FLAG_CLOSING != 0 {
+        let known = RESPONSE_FLAG_CLOSING | RESPONSE_FLAG_MORE;
+        if flags & !known != 0 {
             return Err(ParseError::UnsupportedFlags {
-                flags: u32::from(flags & !RESPONSE_FLAG_CLOSING),
+                flags: u32::from(flags & !known),
             });
         }
+        let more = flags & RESPONSE_FLAG_MORE != 0;
         let code = get_u16(b, OFF_STATUS);
         let status = Status::from_code(code).ok_or(ParseError::UnknownStatus { code })?;
         let payload_crc = get_u32(b, OFF_PAYLOAD_CRC);
@@ -208,6 +241,7 @@ impl ResponseHeader {
         let chunk_crc = get_u32(b, OFF_CHUNK_CRC);
 
         let reply = if status != Status::Ok {
+            only_list_has_more(more, None)?;
             no_payload(env.payload_len)?;
             zero("payload_crc", u64::from(payload_crc))?;
             zero("chunk_size", chunk_size)?;
@@ -215,7 +249,8 @@ impl ResponseHeader {
             Reply::Error { op: env.op, status }
         } else {
             let op = Op::from_code(env.op).ok_or(ParseError::UnknownOp { op: env.op })?;
-            if op != Op::Read {
+            only_list_has_more(more, Some(op))?;
+            if op != Op::Read && op != Op::List {
                 no_payload(env.payload_len)?;
                 zero("payload_crc", u64::from(payload_crc))?;
             }
@@ -241,6 +276,19 @@ impl ResponseHeader {
                     chunk_size,
                     chunk_crc,
                 },
+                Op::List => {
+                    zero("chunk_size", chunk_size)?;
+                    if !(env.payload_len as usize).is_multiple_of(LIST_ENTRY_LEN) {
+                        return Err(ParseError::ListLength {
+                            len: env.payload_len,
+                        });
+                    }
+                    Reply::List {
+                        len: env.payload_len,
+                        crc: payload_crc,
+                        more,
+                    }
+                }
             }
         };
         Ok(ResponseHeader {
@@ -262,6 +310,10 @@ impl ResponseHeader {
             ),
             "Reply::Error with Status::Ok"
         );
+        debug_assert!(
+            !matches!(self.reply, Reply::List { len, .. } if !(len as usize).is_multiple_of(LIST_ENTRY_LEN)),
+            "Reply::List with a partial entry"
+        );
         let mut b = [0u8; Self::HEADER_LEN];
         let r = &self.reply;
         wire::put_envelope(
@@ -280,15 +332,14 @@ impl ResponseHeader {
             _ => (0, 0),
         };
         put_u16(&mut b, OFF_STATUS, r.status().code());
-        put_u16(
-            &mut b,
-            OFF_FLAGS,
-            if self.closing {
-                RESPONSE_FLAG_CLOSING
-            } else {
-                0
-            },
-        );
+        let mut flags = 0;
+        if self.closing {
+            flags |= RESPONSE_FLAG_CLOSING;
+        }
+        if let Reply::List { more: true, .. } = r {
+            flags |= RESPONSE_FLAG_MORE;
+        }
+        put_u16(&mut b, OFF_FLAGS, flags);
         put_u32(&mut b, OFF_PAYLOAD_CRC, r.payload_crc());
         put_u64(&mut b, OFF_CHUNK_SIZE, chunk_size);
         put_u32(&mut b, OFF_CHUNK_CRC, chunk_crc);
@@ -333,6 +384,18 @@ impl ResponseHeader {
     #[inline]
     pub const fn payload_crc(&self) -> u32 {
         self.reply.payload_crc()
+    }
+}
+
+/// Flag MORE belongs to a LIST OK (`op` is the op of an OK answer, `None` for an error).
+#[inline]
+fn only_list_has_more(more: bool, op: Option<Op>) -> Result<(), ParseError> {
+    if more && op != Some(Op::List) {
+        Err(ParseError::UnsupportedFlags {
+            flags: u32::from(RESPONSE_FLAG_MORE),
+        })
+    } else {
+        Ok(())
     }
 }
 
@@ -384,6 +447,13 @@ mod tests {
                 closing: true,
                 ..ResponseHeader::ping(8)
             },
+            ResponseHeader::list(9, 2, 0x1234_5678, true),
+            ResponseHeader::list(10, 0, 0, false),
+            ResponseHeader {
+                closing: true,
+                ..ResponseHeader::list(11, 3, 1, true)
+            },
+            ResponseHeader::error(12, Op::List.code(), Status::Unsupported, false),
         ]
     }
 
@@ -476,6 +546,68 @@ mod tests {
         assert_eq!(
             ResponseHeader::parse(&b, &L),
             Err(ParseError::UnknownOp { op: 42 })
+        );
+    }
+
+    #[test]
+    fn list_answer_layout_and_rules() {
+        let h = ResponseHeader::list(0x55, 2, 0xAABB_CCDD, true);
+        let b = h.to_bytes();
+        assert_eq!(b[3], 6);
+        assert_eq!(b[4..8], 48u32.to_le_bytes());
+        assert_eq!(b[18..20], RESPONSE_FLAG_MORE.to_le_bytes());
+        assert_eq!(b[20..24], 0xAABB_CCDDu32.to_le_bytes());
+        assert_eq!(b[24..36], [0; 12]);
+        assert_eq!(
+            h.reply,
+            Reply::List {
+                len: 48,
+                crc: 0xAABB_CCDD,
+                more: true
+            }
+        );
+        assert_eq!(h.frame_len(), HL + 48);
+        // Without MORE the listing is complete.
+        let last = ResponseHeader::list(0x55, 1, 7, false);
+        assert_eq!(last.to_bytes()[18..20], [0, 0]);
+        assert_eq!(ResponseHeader::parse(&last.to_bytes(), &L), Ok(last));
+        // A payload of a partial entry.
+        for len in [1u32, 23, 25, 47] {
+            let b = tamper(&h, |b| b[4..8].copy_from_slice(&len.to_le_bytes()));
+            let e = ResponseHeader::parse(&b, &L).unwrap_err();
+            assert_eq!(e, ParseError::ListLength { len });
+            assert!(!e.must_close());
+            assert_eq!(e.status(), Status::Malformed);
+        }
+        // chunk_size and chunk_crc are unused.
+        for (off, field) in [(24, "chunk_size"), (32, "chunk_crc")] {
+            let b = tamper(&h, |b| b[off] = 1);
+            assert_eq!(
+                ResponseHeader::parse(&b, &L),
+                Err(ParseError::NonZeroField { field })
+            );
+        }
+        // MORE belongs to a LIST OK alone.
+        for other in [
+            ResponseHeader::ping(1),
+            ResponseHeader::read(3, 5, 1, 5),
+            ResponseHeader::error(6, Op::List.code(), Status::Io, false),
+        ] {
+            let b = tamper(&other, |b| b[18] |= 0x02);
+            assert_eq!(
+                ResponseHeader::parse(&b, &L),
+                Err(ParseError::UnsupportedFlags { flags: 0x02 }),
+                "{other:?}"
+            );
+        }
+        // A LIST answer over the client's payload limit closes, like any payload.
+        let limits = Limits {
+            payload_len_max: 47,
+            ..L
+        };
+        assert_eq!(
+            ResponseHeader::parse(&b, &limits),
+            Err(ParseError::PayloadTooLarge { len: 48, max: 47 })
         );
     }
 
