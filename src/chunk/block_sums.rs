@@ -195,7 +195,11 @@ mod tests {
             rng.fill(&mut data);
             let sums: Vec<u32> = data.chunks(BLOCK).map(crc32c).collect();
             assert_eq!(sums.len() as u64, blocks(size as u64));
-            assert_eq!(crc_from_sums(size as u64, 0, &sums), crc32c(&data), "{size}");
+            assert_eq!(
+                crc_from_sums(size as u64, 0, &sums),
+                crc32c(&data),
+                "{size}"
+            );
             if sums.len() > 1 {
                 let tail = &data[BLOCK..];
                 assert_eq!(crc_from_sums(size as u64, 1, &sums[1..]), crc32c(tail));

@@ -850,7 +850,10 @@ impl DirStore {
                     let rebuilt = self.fix_trailer(id, chunk, end, (old_size, end), false)?;
                     (Repair::ExtendComplete, rebuilt)
                 } else {
-                    (Repair::ExtendRolledBack, self.roll_back(id, chunk, old_size)?)
+                    (
+                        Repair::ExtendRolledBack,
+                        self.roll_back(id, chunk, old_size)?,
+                    )
                 }
             }
         };
@@ -1203,14 +1206,14 @@ impl DirStore {
                     let old_block = &mut scratch[..(obe - bs) as usize];
                     file.read_exact_at(old_block, bs)
                         .map_err(Fault::io("read chunk"))?;
-                    check_block(old_size, k, old_sums[k as usize], old_block).map_err(|f| {
-                        match f {
+                    check_block(old_size, k, old_sums[k as usize], old_block).map_err(
+                        |f| match f {
                             Fault::Damage(d) => {
                                 Fault::Damage(format!("{d}; a write to part of it is refused"))
                             }
                             f => f,
-                        }
-                    })?;
+                        },
+                    )?;
                 }
                 if ds < de {
                     let part = &data[(ds - offset) as usize..(de - offset) as usize];
@@ -1300,9 +1303,15 @@ impl DirStore {
         let new_size = size.max(end);
         let bs = BLOCK as u64;
         let (k0, k1) = (offset.min(size) / bs, end.div_ceil(bs));
-        let (new, data_crc) =
-            Self::new_sums(Some((chunk, size, &old_sums)), offset, data, new_size, k0, k1)
-                .map_err(|f| self.fault(id, f))?;
+        let (new, data_crc) = Self::new_sums(
+            Some((chunk, size, &old_sums)),
+            offset,
+            data,
+            new_size,
+            k0,
+            k1,
+        )
+        .map_err(|f| self.fault(id, f))?;
         let record = Record {
             kind: if offset >= size {
                 RecordKind::Extend
@@ -2027,7 +2036,11 @@ mod tests {
     // ---- integrity: damage on disk is found, never served ------------------------------------
 
     fn flip_byte(path: &Path, at: u64) {
-        let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
         let mut b = [0u8; 1];
         file.read_exact_at(&mut b, at).unwrap();
         file.write_all_at(&[b[0] ^ 0x20], at).unwrap();
@@ -2059,7 +2072,10 @@ mod tests {
         assert!(detail.contains("block 2 (bytes 8192..12288)"), "{detail}");
         assert!(detail.contains("stored crc 0x"), "{detail}");
         assert_eq!(store.corrupt_found(), 1);
-        is_corrupt(store.read_crc(id, 2 * BLOCK as u64 + 70, &mut buf[..10]), id);
+        is_corrupt(
+            store.read_crc(id, 2 * BLOCK as u64 + 70, &mut buf[..10]),
+            id,
+        );
         is_corrupt(store.read(id, BLOCK as u64 + 5, &mut buf[..BLOCK + 10]), id);
         assert_eq!(store.corrupt_found(), 3);
         // Other blocks still read, whole or in part, with the right CRC.
@@ -2150,11 +2166,7 @@ mod tests {
                 assert_eq!(&buf[..info.len], expect, "round {round}: read {at}+{want}");
                 assert_eq!(crc, crc32c(expect), "round {round}: crc of {at}+{want}");
             }
-            assert_eq!(
-                store.stat(id).unwrap().crc,
-                crc32c(&model),
-                "round {round}"
-            );
+            assert_eq!(store.stat(id).unwrap().crc, crc32c(&model), "round {round}");
         }
         drop(store);
         // What is on disk is exactly the data and its trailer.
@@ -2200,7 +2212,12 @@ mod tests {
         assert!(report.damaged.iter().all(|f| f.quarantined.is_none()));
         assert_eq!(report.chunks, 20);
         assert_eq!(store.corrupt_found(), 3);
-        let flip_detail = &report.damaged.iter().find(|f| f.id == flipped).unwrap().detail;
+        let flip_detail = &report
+            .damaged
+            .iter()
+            .find(|f| f.id == flipped)
+            .unwrap()
+            .detail;
         assert!(flip_detail.contains("block 2 "), "{flip_detail}");
 
         // Still there: a write over part of the damaged block is refused.
@@ -2209,7 +2226,11 @@ mod tests {
         assert_eq!(report.damaged.len(), 3);
         for f in &report.damaged {
             let to = f.quarantined.as_ref().unwrap();
-            assert!(to.starts_with(dir.0.join(QUARANTINE_DIR)), "{}", to.display());
+            assert!(
+                to.starts_with(dir.0.join(QUARANTINE_DIR)),
+                "{}",
+                to.display()
+            );
             assert!(to.is_file());
             assert!(!store.chunk_path(f.id).exists());
             assert!(!store.log_path(f.id).exists());
@@ -2269,7 +2290,11 @@ mod tests {
         drop(old_store);
         // (that open migrated the store again: strip it once more)
         strip_to_legacy(&dir.0, &ids, &data);
-        fs::write(&log_path, extend_log(ids[4], 100_000, &[9u8; 5000], 100_000)).unwrap();
+        fs::write(
+            &log_path,
+            extend_log(ids[4], 100_000, &[9u8; 5000], 100_000),
+        )
+        .unwrap();
         fs::write(&chunk_path, with(&data[4], 100_000, &[9u8; 2000])).unwrap();
 
         let store = DirStore::open(&dir.0, config(SyncPolicy::Always)).unwrap();
