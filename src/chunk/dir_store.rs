@@ -1,13 +1,15 @@
-//! [`DirStore`]: one file per chunk under a directory, crash-safe.
+//! [`DirStore`]: one file per chunk under a directory, crash-safe, every block checksummed.
 //!
 //! # Layout
 //!
 //! ```text
 //! <dir>/LOCK                      held with flock(2) while a DirStore has the directory open
+//! <dir>/FORMAT                    format marker: chunk files carry checksum trailers
 //! <dir>/00 .. <dir>/ff            256 fan-out subdirectories, created by `open`
-//! <dir>/<ff>/<32 hex digits>      a chunk's content, byte for byte (size = file size)
+//! <dir>/<ff>/<32 hex digits>      a chunk: its content, then its checksum trailer (below)
 //! <dir>/<ff>/<32 hex digits>.log  the chunk's redo log (at most one record; see below)
-//! <dir>/<ff>/<32 hex digits>.tmp  a chunk being created
+//! <dir>/<ff>/<32 hex digits>.tmp  a chunk being created (or migrated)
+//! <dir>/quarantine/<id>.<n>.damaged  damaged chunk files moved aside by `scrub(true)`
 //! ```
 //!
 //! The file name is the chunk id as 32 lowercase hex digits ([`ChunkId`]'s `Display`), and the
@@ -15,8 +17,46 @@
 //! of `[0-9a-f.]` inside the directory: no id can name a path outside it. Names are derived from
 //! the id only. Anything else found in the directory (other names, uppercase hex, a chunk in
 //! the wrong subdirectory, a symlink) is foreign: `open` logs and counts it and leaves it
-//! alone. Files are opened with `O_NOFOLLOW`, so a symlink planted under a chunk's name is
+//! alone. `quarantine/` is the store's own but never scanned: nothing in it is taken for a
+//! chunk. Files are opened with `O_NOFOLLOW`, so a symlink planted under a chunk's name is
 //! never followed (operations on that chunk fail with an I/O error instead).
+//!
+//! # Integrity: the checksum trailer
+//!
+//! A chunk file of `size` bytes of data is `size + 4 n + 32` bytes long:
+//!
+//! ```text
+//! data (size bytes) | sum[0] .. sum[n-1] (u32 LE; n = ceil(size / 4096)) | footer (32 bytes)
+//! footer: magic "uCHKSUM1" | version u32 | block size u32 (4096) | size u64 |
+//!         sums_crc u32 (CRC32C of the sums' bytes) | footer_crc u32 (CRC32C of the footer's first 28 bytes)
+//! ```
+//!
+//! `sum[k]` is the CRC32C of data block `k` (4 KiB; the last may be short). Keeping the sums in
+//! the chunk's own file means one `fdatasync` covers data and sums, and every write path below
+//! stays as it was, with the trailer written beside the data. A file whose footer is missing
+//! or damaged, or whose length is not what the footer's `size` implies (cut short, grown), is
+//! damaged as a whole.
+//!
+//! * **READ** reads the footer (checking its CRC and the file length) and the sums of the
+//!   blocks it touches, reads whole blocks straight into the caller's buffer and checks each
+//!   there (that CRC pass is the one a READ needed anyway for its answer's CRC, which is then
+//!   combined from the sums with `crc32c_combine`, no second pass), and reads a block it
+//!   needs only part of whole into a 4 KiB scratch block, checks it, and copies the part. It
+//!   does not check `sums_crc` (that needs every sum); a damaged sum of a block it reads fails
+//!   that block's check anyway.
+//! * **STAT** reads the trailer alone, checks the footer and `sums_crc`, and combines the sums:
+//!   no data is read, and the answer is what is on disk (no cache to go stale).
+//! * **WRITE** computes the sums of the blocks it changes from the new data (the same pass
+//!   that gives the data's CRC32C). A block it changes only in part is read whole, checked
+//!   against its old sum, patched and summed; if the check fails the write answers `Corrupt`
+//!   and changes nothing, so a write never vouches for damaged bytes. A write that replaces
+//!   damaged blocks whole is allowed (that heals them). DELETE works on any chunk.
+//!
+//! A failed check answers [`StoreError::Corrupt`] (protocol status `Corrupt`: nothing of the
+//! chunk is served), is logged (`tracing::error!`, naming the chunk, its file, the block and
+//! the stored and found CRCs in hex) and counted ([`DirStore::corrupt_found`]).
+//! [`DirStore::scrub`] checks every block of every chunk while the store serves, and can move
+//! damaged chunks to `quarantine/` (the file server's `--scrub`).
 //!
 //! # Writes and crash safety
 //!
@@ -27,17 +67,22 @@
 //! cut a large write short between pages, and a power loss can keep any subset of its blocks.
 //! So each write takes one of three paths, decided under the chunk's lock:
 //!
-//! * **Create** (the chunk file does not exist): the data goes to `<id>.tmp` (a gap before
-//!   `offset` is a hole, which reads as zeros), which is `fdatasync`ed, renamed to `<id>`, and
-//!   the subdirectory `fsync`ed. The rename is atomic: the chunk appears whole or not at all.
+//! * **Create** (the chunk file does not exist): the data and its trailer go to `<id>.tmp` (a
+//!   gap before `offset` is a hole, which reads as zeros), which is `fdatasync`ed, renamed to
+//!   `<id>`, and the subdirectory `fsync`ed. The rename is atomic: the chunk appears whole or
+//!   not at all.
 //! * **Extend** (`offset >= size`: an append, possibly after a gap): a 64-byte *extend record*
-//!   `{id, offset, len, old_size, crc32c(data)}` is written to `<id>.log` and synced, then the
-//!   data is written in place and the chunk file synced. Recovery can tell a complete extend
-//!   (the file is `offset + len` bytes and the new bytes match the CRC) from a torn one, and
-//!   truncates a torn one back to `old_size`, which is exactly the old content.
+//!   `{id, offset, len, old_size, crc32c(data)}` is written to `<id>.log` and synced; then the
+//!   old trailer's bytes inside a gap are zeroed (a gap reads as zeros), the data is written
+//!   in place over the old trailer, the new trailer (the old sums of the blocks before
+//!   `old_size`, new ones from there) after the new end, and the chunk file synced.
+//!   Recovery can tell a complete extend (the new bytes are there and match the CRC) from a
+//!   torn one, and truncates a torn one back to `old_size`, which is exactly the old content.
 //! * **Overwrite** (`offset < size`): a *redo record*, the same header followed by the data, is
-//!   written to `<id>.log` and synced, then the data is written in place and the chunk synced.
-//!   Recovery rewrites the range from the record, which finishes a torn write.
+//!   written to `<id>.log` and synced, then the data is written in place, with the sums of the
+//!   blocks it changed and the footer (or, if it grew the chunk, a whole new trailer after the
+//!   new end), and the chunk synced. Recovery rewrites the range from the record, which
+//!   finishes a torn write.
 //!
 //! After the in-place write the record is invalidated (its header zeroed, its data cut off)
 //! without a sync. The log file of a chunk is created by its first extend or overwrite (with a
@@ -50,27 +95,46 @@
 //! Records are CRC-checked: a header with its own CRC32C, the data with the CRC in the
 //! header. A record cut short or half-persisted fails the check and is discarded; that is
 //! safe because the record is synced before the chunk is touched, so a bad record means the
-//! chunk still holds its old content.
+//! chunk still holds its old content, trailer included. **Without a valid record the trailer
+//! is trusted**: a chunk's file is only ever changed under a synced record (or created
+//! whole), so a trailer that does not match its data is damage, not a crash.
+//!
+//! **With a valid record, recovery applies it and then makes the trailer right**: if the
+//! trailer is whole and its sums of the blocks the write touched match the data (the write
+//! had completed), nothing; else the touched blocks' sums are recomputed from the data (which
+//! the record proves correct) and the footer rewritten. An overwrite inside the chunk leaves
+//! the trailer in place, so the other blocks keep their sums. But a write that grew the chunk
+//! (an extend, or an overwrite past the end) wrote over the old trailer, and when its new
+//! trailer is not complete the sums of *every* block are rebuilt from the data as it is then
+//! read (counted in [`RecoveryReport::sums_rebuilt`], logged): a block of that chunk that had
+//! rotted unnoticed before the crash is vouched for from then on. The same holds for a torn
+//! extend rolled back, unless its old trailer is still whole after `old_size` (then kept).
+//! Blocks a write changed in part were checked against their old sums when it ran.
 //!
 //! **Recovery runs in [`DirStore::open`]**, which scans every subdirectory. It removes leftover
 //! `.tmp` files and logs whose chunk does not exist, applies every valid record (syncing the
 //! chunk under `Always`) and then invalidates it, and discards invalid ones; logs with nothing
-//! in them are kept for the next write. The states a crash can leave, and what `open` makes
-//! of each (the tests in this file build each one):
+//! in them are kept for the next write. It does not check the chunks' data (that is
+//! [`DirStore::scrub`]'s job). The states a crash can leave, and what `open` makes of each
+//! (the tests in this file build each one, and check the trailer after):
 //!
-//! | crash during / after                        | on disk                                   | `open` does                         | result  |
-//! |---------------------------------------------|-------------------------------------------|-------------------------------------|---------|
-//! | create: writing or syncing `.tmp`           | `.tmp` (any content), no chunk            | removes `.tmp`                      | absent  |
-//! | create: after the rename                    | chunk complete, maybe no dir sync yet     | nothing                             | new     |
-//! | extend/overwrite: creating the log          | empty `.log`, chunk untouched             | nothing                             | old     |
-//! | extend/overwrite: writing the record        | record torn (CRC fails), chunk untouched  | invalidates the record              | old     |
-//! | extend: writing the data                    | valid extend record, chunk tail torn       | truncates to `old_size`             | old     |
-//! | extend: after the data                      | valid extend record, chunk complete        | keeps the chunk                     | new     |
-//! | overwrite: writing the data                 | valid redo record, range torn              | rewrites the range from the record  | new     |
-//! | overwrite: after the data                   | valid redo record, chunk complete          | rewrites it again (no change)       | new     |
-//! | any: after invalidating the record          | zeroed record                              | nothing                             | new     |
-//! | delete: between removing `.log` and chunk   | chunk without `.log`                       | nothing                             | intact  |
-//! | (a record of a chunk that does not exist)   | orphan `.log`                              | removes it                          | absent  |
+//! | crash during / after                        | on disk                                   | `open` does                                  | result  |
+//! |---------------------------------------------|-------------------------------------------|----------------------------------------------|---------|
+//! | create: writing or syncing `.tmp`           | `.tmp` (any content), no chunk            | removes `.tmp`                               | absent  |
+//! | create: after the rename                    | chunk complete, maybe no dir sync yet     | nothing                                      | new     |
+//! | extend/overwrite: creating the log          | empty `.log`, chunk untouched             | nothing                                      | old     |
+//! | extend/overwrite: writing the record        | record torn (CRC fails), chunk untouched  | invalidates the record                       | old     |
+//! | extend: before the data                     | valid extend record, old trailer whole    | truncates to `old_size` + old trailer        | old     |
+//! | extend: writing the data                    | valid extend record, chunk tail torn       | truncates to `old_size`, rebuilds the sums   | old     |
+//! | extend: data written, not (all) the trailer | valid extend record, data complete         | zeroes the gap, rebuilds the sums            | new     |
+//! | extend: after the trailer                   | valid extend record, chunk complete        | keeps the chunk                              | new     |
+//! | overwrite: writing the data                 | valid redo record, range torn              | rewrites the range, recomputes its sums      | new     |
+//! | overwrite: data written, sums not (all)     | valid redo record, old sums / footer       | recomputes the range's sums and the footer   | new     |
+//! | overwrite past the end: torn                | valid redo record, old trailer overwritten | rewrites the range, rebuilds the sums        | new     |
+//! | overwrite: after the trailer                | valid redo record, chunk complete          | rewrites it again (no change)                | new     |
+//! | any: after invalidating the record          | zeroed record                              | nothing                                      | new     |
+//! | delete: between removing `.log` and chunk   | chunk without `.log`                       | nothing                                      | intact  |
+//! | (a record of a chunk that does not exist)   | orphan `.log`                              | removes it                                   | absent  |
 //!
 //! A write is acknowledged (returns `Ok`) only after the in-place data is synced (under
 //! `Always`), so an acknowledged write is complete on disk whatever happens next. If the
@@ -79,11 +143,28 @@
 //! still cannot be applied stays valid, and the next write to the chunk or the next `open`
 //! repairs it first.
 //!
+//! # Existing stores (no checksums)
+//!
+//! The version before checksums wrote chunk files with no trailer and no `FORMAT` marker.
+//! `open` on a directory without the marker (a new one, or an old store) first recovers it by
+//! that version's rules (its log records have the same format; an extend was complete when
+//! the file was exactly `offset + len` bytes), syncing each invalidated record, then migrates
+//! every chunk file: the data and its trailer are copied to `<id>.tmp`, synced and renamed
+//! over `<id>` (so each chunk is old or new, never half-done; it costs one copy of the data),
+//! then the subdirectory is synced, and last the marker is written (`FORMAT.tmp`, synced,
+//! renamed). A crash mid-migration leaves no marker, and the next `open` runs it again: the
+//! `.tmp` is removed, and chunks that already carry a valid trailer whose sums match every
+//! block are skipped (only a file crafted to end with such a trailer for its own prefix could
+//! be mistaken for migrated). It is logged, and counted in
+//! [`RecoveryReport::chunks_migrated`]. A marker naming another format is an error
+//! ([`DirStoreError::UnknownFormat`]).
+//!
 //! # Durability: [`SyncPolicy`]
 //!
 //! * `Always` (the default): `fdatasync` of the record and of the chunk for extends and
 //!   overwrites; `fdatasync` of the new file and `fsync` of its subdirectory for creates;
-//!   `fsync` of the subdirectory after a delete. Two syncs per write, whatever the path.
+//!   `fsync` of the subdirectory after a delete. Two syncs per write, whatever the path (the
+//!   trailer shares the chunk's sync).
 //! * `Never`: no sync at all; the data sits in the OS page cache. A process crash loses nothing
 //!   (the page cache survives it, and recovery still repairs torn writes), but a power loss or
 //!   kernel crash can lose acknowledged writes and can leave chunks torn, since nothing orders
@@ -91,22 +172,31 @@
 //!
 //! # Costs
 //!
-//! Every operation opens the chunk's file (there is no descriptor cache): READ is one `open`,
-//! one `fstat` and one `pread`. An overwrite writes its data twice (record and chunk); an
-//! extend writes 64 extra bytes. STAT reads the whole chunk to compute its CRC32C (O(size): for a
-//! 64 MiB chunk, 64 MiB of reads, tens of milliseconds from the page cache and more from disk),
-//! unless the CRC is cached: an in-memory, bounded cache ([`DirStoreConfig::crc_cache_entries`])
-//! holds the CRC of chunks that were created from offset 0 or STATed, and extends it on appends
-//! at the end (`crc32c_combine`, no re-read). It is never persisted, so a crash cannot make it
-//! stale; it starts empty at `open`.
+//! Every operation opens the chunk's file (there is no descriptor cache). The trailer takes
+//! 4 bytes per 4 KiB (0.1%) plus 32 bytes per chunk.
+//!
+//! * READ: one `open` and `fstat`, a `pread` of the footer, one of the sums it needs, one of
+//!   the whole blocks, and one per partly read edge block (at most two, 4 KiB each); one CRC
+//!   pass over the bytes read (the check), plus up to 8 KiB for the edges.
+//! * STAT: reads the whole trailer (for a 64 MiB chunk, 64 KiB) and combines the sums: O(size
+//!   / 4 KiB) table lookups, no data read.
+//! * WRITE: one CRC pass over the data (as before), plus reads of the whole trailer (to check
+//!   it and compute the footer's `sums_crc`) and of up to two partly written blocks. An
+//!   overwrite writes its data twice (record and chunk) plus the changed sums and the footer;
+//!   an extend writes 64 extra bytes of record and the whole new trailer (which moves to the
+//!   new end).
+//! * Recovery: per valid record as before, plus a pass over the touched range; a pass over
+//!   the whole chunk when its sums must be rebuilt (a crash tore a write that grew it).
+//!   Migration: one copy of every chunk, once.
 //!
 //! # Concurrency
 //!
 //! Chunks hash to [`DirStoreConfig::lock_stripes`] reader-writer locks. READ and STAT share
 //! their stripe; WRITE and DELETE hold it exclusively for the whole operation (syncs
 //! included), so a reader never sees half a write, and two chunks wait for each other only when
-//! they share a stripe (1 in 256 by default). A `LOCK` file held with `flock` keeps a second
-//! `DirStore` (in this process or another) out of the directory.
+//! they share a stripe (1 in 256 by default). A scrub holds each chunk's stripe while it checks
+//! that chunk: shared, or exclusive when it quarantines. A `LOCK` file held with `flock` keeps
+//! a second `DirStore` (in this process or another) out of the directory.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
@@ -1175,7 +1265,6 @@ impl DirStore {
     /// zeros), and the CRC32C of `data`, in one pass over `data`. A block the write covers only
     /// in part is read from the file whole and checked against its old sum first: a write
     /// never vouches for damaged bytes.
-    #[allow(clippy::too_many_arguments)]
     fn new_sums(
         old: Option<(&File, u64, &[u32])>,
         offset: u64,
