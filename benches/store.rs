@@ -79,8 +79,6 @@ fn stores(c: &mut Criterion) {
         );
         let config = DirStoreConfig {
             sync,
-            // STAT reads the file: no CRC cache, to measure that.
-            crc_cache_entries: 0,
             ..DirStoreConfig::default()
         };
         let store = DirStore::open(&dir.0, config).unwrap();

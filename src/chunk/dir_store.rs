@@ -1,13 +1,15 @@
-//! [`DirStore`]: one file per chunk under a directory, crash-safe.
+//! [`DirStore`]: one file per chunk under a directory, crash-safe, every block checksummed.
 //!
 //! # Layout
 //!
 //! ```text
 //! <dir>/LOCK                      held with flock(2) while a DirStore has the directory open
+//! <dir>/FORMAT                    format marker: chunk files carry checksum trailers
 //! <dir>/00 .. <dir>/ff            256 fan-out subdirectories, created by `open`
-//! <dir>/<ff>/<32 hex digits>      a chunk's content, byte for byte (size = file size)
+//! <dir>/<ff>/<32 hex digits>      a chunk: its content, then its checksum trailer (below)
 //! <dir>/<ff>/<32 hex digits>.log  the chunk's redo log (at most one record; see below)
-//! <dir>/<ff>/<32 hex digits>.tmp  a chunk being created
+//! <dir>/<ff>/<32 hex digits>.tmp  a chunk being created (or migrated)
+//! <dir>/quarantine/<id>.<n>.damaged  damaged chunk files moved aside by `scrub(true)`
 //! ```
 //!
 //! The file name is the chunk id as 32 lowercase hex digits ([`ChunkId`]'s `Display`), and the
@@ -15,8 +17,46 @@
 //! of `[0-9a-f.]` inside the directory: no id can name a path outside it. Names are derived from
 //! the id only. Anything else found in the directory (other names, uppercase hex, a chunk in
 //! the wrong subdirectory, a symlink) is foreign: `open` logs and counts it and leaves it
-//! alone. Files are opened with `O_NOFOLLOW`, so a symlink planted under a chunk's name is
+//! alone. `quarantine/` is the store's own but never scanned: nothing in it is taken for a
+//! chunk. Files are opened with `O_NOFOLLOW`, so a symlink planted under a chunk's name is
 //! never followed (operations on that chunk fail with an I/O error instead).
+//!
+//! # Integrity: the checksum trailer
+//!
+//! A chunk file of `size` bytes of data is `size + 4 n + 32` bytes long:
+//!
+//! ```text
+//! data (size bytes) | sum[0] .. sum[n-1] (u32 LE; n = ceil(size / 4096)) | footer (32 bytes)
+//! footer: magic "uCHKSUM1" | version u32 | block size u32 (4096) | size u64 |
+//!         sums_crc u32 (CRC32C of the sums' bytes) | footer_crc u32 (CRC32C of the footer's first 28 bytes)
+//! ```
+//!
+//! `sum[k]` is the CRC32C of data block `k` (4 KiB; the last may be short). Keeping the sums in
+//! the chunk's own file means one `fdatasync` covers data and sums, and every write path below
+//! stays as it was, with the trailer written beside the data. A file whose footer is missing
+//! or damaged, or whose length is not what the footer's `size` implies (cut short, grown), is
+//! damaged as a whole.
+//!
+//! * **READ** reads the footer (checking its CRC and the file length) and the sums of the
+//!   blocks it touches, reads whole blocks straight into the caller's buffer and checks each
+//!   there (that CRC pass is the one a READ needed anyway for its answer's CRC, which is then
+//!   combined from the sums with `crc32c_combine`, no second pass), and reads a block it
+//!   needs only part of whole into a 4 KiB scratch block, checks it, and copies the part. It
+//!   does not check `sums_crc` (that needs every sum); a damaged sum of a block it reads fails
+//!   that block's check anyway.
+//! * **STAT** reads the trailer alone, checks the footer and `sums_crc`, and combines the sums:
+//!   no data is read, and the answer is what is on disk (no cache to go stale).
+//! * **WRITE** computes the sums of the blocks it changes from the new data (the same pass
+//!   that gives the data's CRC32C). A block it changes only in part is read whole, checked
+//!   against its old sum, patched and summed; if the check fails the write answers `Corrupt`
+//!   and changes nothing, so a write never vouches for damaged bytes. A write that replaces
+//!   damaged blocks whole is allowed (that heals them). DELETE works on any chunk.
+//!
+//! A failed check answers [`StoreError::Corrupt`] (protocol status `Corrupt`: nothing of the
+//! chunk is served), is logged (`tracing::error!`, naming the chunk, its file, the block and
+//! the stored and found CRCs in hex) and counted ([`DirStore::corrupt_found`]).
+//! [`DirStore::scrub`] checks every block of every chunk while the store serves, and can move
+//! damaged chunks to `quarantine/` (the file server's `--scrub`).
 //!
 //! # Writes and crash safety
 //!
@@ -27,17 +67,22 @@
 //! cut a large write short between pages, and a power loss can keep any subset of its blocks.
 //! So each write takes one of three paths, decided under the chunk's lock:
 //!
-//! * **Create** (the chunk file does not exist): the data goes to `<id>.tmp` (a gap before
-//!   `offset` is a hole, which reads as zeros), which is `fdatasync`ed, renamed to `<id>`, and
-//!   the subdirectory `fsync`ed. The rename is atomic: the chunk appears whole or not at all.
+//! * **Create** (the chunk file does not exist): the data and its trailer go to `<id>.tmp` (a
+//!   gap before `offset` is a hole, which reads as zeros), which is `fdatasync`ed, renamed to
+//!   `<id>`, and the subdirectory `fsync`ed. The rename is atomic: the chunk appears whole or
+//!   not at all.
 //! * **Extend** (`offset >= size`: an append, possibly after a gap): a 64-byte *extend record*
-//!   `{id, offset, len, old_size, crc32c(data)}` is written to `<id>.log` and synced, then the
-//!   data is written in place and the chunk file synced. Recovery can tell a complete extend
-//!   (the file is `offset + len` bytes and the new bytes match the CRC) from a torn one, and
-//!   truncates a torn one back to `old_size`, which is exactly the old content.
+//!   `{id, offset, len, old_size, crc32c(data)}` is written to `<id>.log` and synced; then the
+//!   old trailer's bytes inside a gap are zeroed (a gap reads as zeros), the data is written
+//!   in place over the old trailer, the new trailer (the old sums of the blocks before
+//!   `old_size`, new ones from there) after the new end, and the chunk file synced.
+//!   Recovery can tell a complete extend (the new bytes are there and match the CRC) from a
+//!   torn one, and truncates a torn one back to `old_size`, which is exactly the old content.
 //! * **Overwrite** (`offset < size`): a *redo record*, the same header followed by the data, is
-//!   written to `<id>.log` and synced, then the data is written in place and the chunk synced.
-//!   Recovery rewrites the range from the record, which finishes a torn write.
+//!   written to `<id>.log` and synced, then the data is written in place, with the sums of the
+//!   blocks it changed and the footer (or, if it grew the chunk, a whole new trailer after the
+//!   new end), and the chunk synced. Recovery rewrites the range from the record, which
+//!   finishes a torn write.
 //!
 //! After the in-place write the record is invalidated (its header zeroed, its data cut off)
 //! without a sync. The log file of a chunk is created by its first extend or overwrite (with a
@@ -50,27 +95,46 @@
 //! Records are CRC-checked: a header with its own CRC32C, the data with the CRC in the
 //! header. A record cut short or half-persisted fails the check and is discarded; that is
 //! safe because the record is synced before the chunk is touched, so a bad record means the
-//! chunk still holds its old content.
+//! chunk still holds its old content, trailer included. **Without a valid record the trailer
+//! is trusted**: a chunk's file is only ever changed under a synced record (or created
+//! whole), so a trailer that does not match its data is damage, not a crash.
+//!
+//! **With a valid record, recovery applies it and then makes the trailer right**: if the
+//! trailer is whole and its sums of the blocks the write touched match the data (the write
+//! had completed), nothing; else the touched blocks' sums are recomputed from the data (which
+//! the record proves correct) and the footer rewritten. An overwrite inside the chunk leaves
+//! the trailer in place, so the other blocks keep their sums. But a write that grew the chunk
+//! (an extend, or an overwrite past the end) wrote over the old trailer, and when its new
+//! trailer is not complete the sums of *every* block are rebuilt from the data as it is then
+//! read (counted in [`RecoveryReport::sums_rebuilt`], logged): a block of that chunk that had
+//! rotted unnoticed before the crash is vouched for from then on. The same holds for a torn
+//! extend rolled back, unless its old trailer is still whole after `old_size` (then kept).
+//! Blocks a write changed in part were checked against their old sums when it ran.
 //!
 //! **Recovery runs in [`DirStore::open`]**, which scans every subdirectory. It removes leftover
 //! `.tmp` files and logs whose chunk does not exist, applies every valid record (syncing the
 //! chunk under `Always`) and then invalidates it, and discards invalid ones; logs with nothing
-//! in them are kept for the next write. The states a crash can leave, and what `open` makes
-//! of each (the tests in this file build each one):
+//! in them are kept for the next write. It does not check the chunks' data (that is
+//! [`DirStore::scrub`]'s job). The states a crash can leave, and what `open` makes of each
+//! (the tests in this file build each one, and check the trailer after):
 //!
-//! | crash during / after                        | on disk                                   | `open` does                         | result  |
-//! |---------------------------------------------|-------------------------------------------|-------------------------------------|---------|
-//! | create: writing or syncing `.tmp`           | `.tmp` (any content), no chunk            | removes `.tmp`                      | absent  |
-//! | create: after the rename                    | chunk complete, maybe no dir sync yet     | nothing                             | new     |
-//! | extend/overwrite: creating the log          | empty `.log`, chunk untouched             | nothing                             | old     |
-//! | extend/overwrite: writing the record        | record torn (CRC fails), chunk untouched  | invalidates the record              | old     |
-//! | extend: writing the data                    | valid extend record, chunk tail torn       | truncates to `old_size`             | old     |
-//! | extend: after the data                      | valid extend record, chunk complete        | keeps the chunk                     | new     |
-//! | overwrite: writing the data                 | valid redo record, range torn              | rewrites the range from the record  | new     |
-//! | overwrite: after the data                   | valid redo record, chunk complete          | rewrites it again (no change)       | new     |
-//! | any: after invalidating the record          | zeroed record                              | nothing                             | new     |
-//! | delete: between removing `.log` and chunk   | chunk without `.log`                       | nothing                             | intact  |
-//! | (a record of a chunk that does not exist)   | orphan `.log`                              | removes it                          | absent  |
+//! | crash during / after                        | on disk                                   | `open` does                                  | result  |
+//! |---------------------------------------------|-------------------------------------------|----------------------------------------------|---------|
+//! | create: writing or syncing `.tmp`           | `.tmp` (any content), no chunk            | removes `.tmp`                               | absent  |
+//! | create: after the rename                    | chunk complete, maybe no dir sync yet     | nothing                                      | new     |
+//! | extend/overwrite: creating the log          | empty `.log`, chunk untouched             | nothing                                      | old     |
+//! | extend/overwrite: writing the record        | record torn (CRC fails), chunk untouched  | invalidates the record                       | old     |
+//! | extend: before the data                     | valid extend record, old trailer whole    | truncates to `old_size` + old trailer        | old     |
+//! | extend: writing the data                    | valid extend record, chunk tail torn       | truncates to `old_size`, rebuilds the sums   | old     |
+//! | extend: data written, not (all) the trailer | valid extend record, data complete         | zeroes the gap, rebuilds the sums            | new     |
+//! | extend: after the trailer                   | valid extend record, chunk complete        | keeps the chunk                              | new     |
+//! | overwrite: writing the data                 | valid redo record, range torn              | rewrites the range, recomputes its sums      | new     |
+//! | overwrite: data written, sums not (all)     | valid redo record, old sums / footer       | recomputes the range's sums and the footer   | new     |
+//! | overwrite past the end: torn                | valid redo record, old trailer overwritten | rewrites the range, rebuilds the sums        | new     |
+//! | overwrite: after the trailer                | valid redo record, chunk complete          | rewrites it again (no change)                | new     |
+//! | any: after invalidating the record          | zeroed record                              | nothing                                      | new     |
+//! | delete: between removing `.log` and chunk   | chunk without `.log`                       | nothing                                      | intact  |
+//! | (a record of a chunk that does not exist)   | orphan `.log`                              | removes it                                   | absent  |
 //!
 //! A write is acknowledged (returns `Ok`) only after the in-place data is synced (under
 //! `Always`), so an acknowledged write is complete on disk whatever happens next. If the
@@ -79,11 +143,28 @@
 //! still cannot be applied stays valid, and the next write to the chunk or the next `open`
 //! repairs it first.
 //!
+//! # Existing stores (no checksums)
+//!
+//! The version before checksums wrote chunk files with no trailer and no `FORMAT` marker.
+//! `open` on a directory without the marker (a new one, or an old store) first recovers it by
+//! that version's rules (its log records have the same format; an extend was complete when
+//! the file was exactly `offset + len` bytes), syncing each invalidated record, then migrates
+//! every chunk file: the data and its trailer are copied to `<id>.tmp`, synced and renamed
+//! over `<id>` (so each chunk is old or new, never half-done; it costs one copy of the data),
+//! then the subdirectory is synced, and last the marker is written (`FORMAT.tmp`, synced,
+//! renamed). A crash mid-migration leaves no marker, and the next `open` runs it again: the
+//! `.tmp` is removed, and chunks that already carry a valid trailer whose sums match every
+//! block are skipped (only a file crafted to end with such a trailer for its own prefix could
+//! be mistaken for migrated). It is logged, and counted in
+//! [`RecoveryReport::chunks_migrated`]. A marker naming another format is an error
+//! ([`DirStoreError::UnknownFormat`]).
+//!
 //! # Durability: [`SyncPolicy`]
 //!
 //! * `Always` (the default): `fdatasync` of the record and of the chunk for extends and
 //!   overwrites; `fdatasync` of the new file and `fsync` of its subdirectory for creates;
-//!   `fsync` of the subdirectory after a delete. Two syncs per write, whatever the path.
+//!   `fsync` of the subdirectory after a delete. Two syncs per write, whatever the path (the
+//!   trailer shares the chunk's sync).
 //! * `Never`: no sync at all; the data sits in the OS page cache. A process crash loses nothing
 //!   (the page cache survives it, and recovery still repairs torn writes), but a power loss or
 //!   kernel crash can lose acknowledged writes and can leave chunks torn, since nothing orders
@@ -91,34 +172,45 @@
 //!
 //! # Costs
 //!
-//! Every operation opens the chunk's file (there is no descriptor cache): READ is one `open`,
-//! one `fstat` and one `pread`. An overwrite writes its data twice (record and chunk); an
-//! extend writes 64 extra bytes. STAT reads the whole chunk to compute its CRC32C (O(size): for a
-//! 64 MiB chunk, 64 MiB of reads, tens of milliseconds from the page cache and more from disk),
-//! unless the CRC is cached: an in-memory, bounded cache ([`DirStoreConfig::crc_cache_entries`])
-//! holds the CRC of chunks that were created from offset 0 or STATed, and extends it on appends
-//! at the end (`crc32c_combine`, no re-read). It is never persisted, so a crash cannot make it
-//! stale; it starts empty at `open`.
+//! Every operation opens the chunk's file (there is no descriptor cache). The trailer takes
+//! 4 bytes per 4 KiB (0.1%) plus 32 bytes per chunk.
+//!
+//! * READ: one `open` and `fstat`, a `pread` of the footer, one of the sums it needs, one of
+//!   the whole blocks, and one per partly read edge block (at most two, 4 KiB each); one CRC
+//!   pass over the bytes read (the check), plus up to 8 KiB for the edges.
+//! * STAT: reads the whole trailer (for a 64 MiB chunk, 64 KiB) and combines the sums: O(size
+//!   / 4 KiB) table lookups, no data read.
+//! * WRITE: one CRC pass over the data (as before), plus reads of the whole trailer (to check
+//!   it and compute the footer's `sums_crc`) and of up to two partly written blocks. An
+//!   overwrite writes its data twice (record and chunk) plus the changed sums and the footer;
+//!   an extend writes 64 extra bytes of record and the whole new trailer (which moves to the
+//!   new end).
+//! * Recovery: per valid record as before, plus a pass over the touched range; a pass over
+//!   the whole chunk when its sums must be rebuilt (a crash tore a write that grew it).
+//!   Migration: one copy of every chunk, once.
 //!
 //! # Concurrency
 //!
 //! Chunks hash to [`DirStoreConfig::lock_stripes`] reader-writer locks. READ and STAT share
 //! their stripe; WRITE and DELETE hold it exclusively for the whole operation (syncs
 //! included), so a reader never sees half a write, and two chunks wait for each other only when
-//! they share a stripe (1 in 256 by default). A `LOCK` file held with `flock` keeps a second
-//! `DirStore` (in this process or another) out of the directory.
+//! they share a stripe (1 in 256 by default). A scrub holds each chunk's stripe while it checks
+//! that chunk: shared, or exclusive when it quarantines. A `LOCK` file held with `flock` keeps
+//! a second `DirStore` (in this process or another) out of the directory.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use super::block_sums::{self as sums, Footer, BLOCK, FOOTER_LEN};
 use super::mem_store::write_end;
 use super::store::{ChunkStat, ChunkStore, ReadInfo, StoreError};
-use crate::proto::{crc32c, crc32c_append, crc32c_combine, ChunkId, Limits};
+use crate::copies::{self, Pass};
+use crate::proto::{crc32c, crc32c_append, ChunkId, Limits};
 
 /// When a write is durable before [`DirStore`] acknowledges it.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -143,19 +235,14 @@ pub struct DirStoreConfig {
     /// Number of chunk locks; chunks that hash to the same one serialise their writes.
     /// Default 256. At least 1.
     pub lock_stripes: usize,
-    /// Chunks whose size and CRC32C are cached in memory for STAT (spread over the stripes;
-    /// an arbitrary entry of a full stripe is evicted). 0 disables the cache. Default 65536
-    /// (about 3 MiB).
-    pub crc_cache_entries: usize,
 }
 
 impl DirStoreConfig {
-    /// The defaults: sync always, 64 MiB chunks, 256 lock stripes, 65536 cached CRCs.
+    /// The defaults: sync always, 64 MiB chunks, 256 lock stripes.
     pub const DEFAULT: DirStoreConfig = DirStoreConfig {
         sync: SyncPolicy::Always,
         chunk_len_max: Limits::DEFAULT_CHUNK_LEN_MAX,
         lock_stripes: 256,
-        crc_cache_entries: 65536,
     };
 }
 
@@ -202,6 +289,15 @@ pub enum DirStoreError {
         #[source]
         source: io::Error,
     },
+    /// The directory's `FORMAT` marker names a format this version does not know (a newer
+    /// version's store?).
+    #[error("store directory format marker {path} says {found:?}, a format this version does not know; open it with the version that wrote it")]
+    UnknownFormat {
+        /// The marker file.
+        path: PathBuf,
+        /// Its first line.
+        found: String,
+    },
     /// Recovery failed on a file: reading it, repairing the chunk, syncing or removing it.
     #[error("recovering {path} failed while {action}: {source}; the file is left as it was, and open can be retried once the cause is fixed")]
     Recovery {
@@ -234,6 +330,36 @@ pub struct RecoveryReport {
     pub orphan_logs_removed: u64,
     /// Entries that are not the store's, left alone.
     pub foreign_entries: u64,
+    /// Chunk files of a store written by an earlier version (no checksums), given their
+    /// checksum trailer by this `open` (see the module docs, "Existing stores").
+    pub chunks_migrated: u64,
+    /// Chunks whose checksums recovery rebuilt from their data after a crash in the middle
+    /// of an append (see the module docs: their older bytes are vouched for as read then).
+    pub sums_rebuilt: u64,
+}
+
+/// A damaged chunk found by [`DirStore::scrub`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScrubFinding {
+    /// The chunk.
+    pub id: ChunkId,
+    /// What failed, and where.
+    pub detail: String,
+    /// Where the chunk file was moved, when the scrub quarantined it.
+    pub quarantined: Option<PathBuf>,
+}
+
+/// What [`DirStore::scrub`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Chunks checked (every block and the trailer of each).
+    pub chunks: u64,
+    /// Data bytes checked.
+    pub bytes: u64,
+    /// Chunks found damaged, in the order checked.
+    pub damaged: Vec<ScrubFinding>,
+    /// Chunks that were deleted (or rewritten) between the listing and their check.
+    pub vanished: u64,
 }
 
 /// A chunk store with one file per chunk under a directory; see the [module docs](self) for
@@ -257,8 +383,9 @@ pub struct DirStore {
     dir: PathBuf,
     config: DirStoreConfig,
     stripes: Box<[Stripe]>,
-    crc_cache_per_stripe: usize,
     recovery: RecoveryReport,
+    /// Damaged chunks detected by reads, STATs, writes and scrubs since `open`.
+    corrupt_found: AtomicU64,
     /// Holds the flock on `LOCK` for the store's lifetime.
     _lock: File,
 }
@@ -266,16 +393,18 @@ pub struct DirStore {
 #[derive(Debug, Default)]
 struct Stripe {
     lock: RwLock<()>,
-    /// Chunk -> (size, CRC32C of bytes 0..size). Changed only by holders of `lock`: writers
-    /// (exclusive) update or drop entries; STAT (shared) inserts what it computed, which no
-    /// writer can have changed meanwhile.
-    crc_cache: Mutex<HashMap<ChunkId, (u64, u32)>>,
 }
 
 /// How long `open` waits for a directory lock that is about to be released.
 const LOCK_WAIT_MAX: Duration = Duration::from_millis(500);
 const LOCK_RETRY: Duration = Duration::from_millis(10);
 const LOCK_FILE: &str = "LOCK";
+/// The format marker: its presence says every chunk file carries a checksum trailer.
+const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_TMP: &str = "FORMAT.tmp";
+const FORMAT_TEXT: &str = "ustack DirStore format 2: chunk files carry block CRC32C trailers\n";
+/// Where [`DirStore::scrub`] moves damaged chunk files.
+const QUARANTINE_DIR: &str = "quarantine";
 const FANOUT: usize = 256;
 const LOG_SUFFIX: &str = ".log";
 const TMP_SUFFIX: &str = ".tmp";
@@ -478,11 +607,11 @@ impl DirStore {
             .map(|_| Stripe::default())
             .collect();
         let mut store = DirStore {
-            crc_cache_per_stripe: config.crc_cache_entries.div_ceil(config.lock_stripes),
             dir,
             config,
             stripes,
             recovery: RecoveryReport::default(),
+            corrupt_found: AtomicU64::new(0),
             _lock: lock,
         };
 
@@ -509,9 +638,33 @@ impl DirStore {
         if created {
             store.sync_dir(&store.dir).map_err(dir_err(&store.dir))?;
         }
-        store.recover()?;
+        // Without the format marker the chunk files (if any) are an earlier version's, without
+        // checksums: recover them with that version's rules, then migrate.
+        let legacy = !store.read_format()?;
+        store.recover(legacy)?;
+        if legacy {
+            store.migrate()?;
+        }
         tracing::info!(dir = %store.dir.display(), recovery = ?store.recovery, "DirStore open");
         Ok(store)
+    }
+
+    /// Whether the format marker is there (and names this format).
+    fn read_format(&self) -> Result<bool, DirStoreError> {
+        let path = self.dir.join(FORMAT_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) if text == FORMAT_TEXT => Ok(true),
+            Ok(text) => Err(DirStoreError::UnknownFormat {
+                path,
+                found: text.chars().take(80).collect(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(DirStoreError::Recovery {
+                path,
+                action: "reading the format marker",
+                source,
+            }),
+        }
     }
 
     /// The store's directory.
@@ -573,7 +726,7 @@ impl DirStore {
 
     // ---- recovery -----------------------------------------------------------------------------
 
-    fn recover(&mut self) -> Result<(), DirStoreError> {
+    fn recover(&mut self, legacy: bool) -> Result<(), DirStoreError> {
         let mut report = RecoveryReport::default();
         let top = fs::read_dir(&self.dir).map_err(|source| DirStoreError::Recovery {
             path: self.dir.clone(),
@@ -587,9 +740,10 @@ impl DirStore {
                 source,
             })?;
             let name = entry.file_name();
-            let ours = name
-                .to_str()
-                .is_some_and(|n| n == LOCK_FILE || (n.len() == 2 && is_lower_hex(n)));
+            let ours = name.to_str().is_some_and(|n| {
+                [LOCK_FILE, FORMAT_FILE, FORMAT_TMP, QUARANTINE_DIR].contains(&n)
+                    || (n.len() == 2 && is_lower_hex(n))
+            });
             if !ours {
                 report.foreign_entries += 1;
                 tracing::warn!(path = %entry.path().display(), "DirStore: ignoring a foreign entry");
@@ -597,7 +751,7 @@ impl DirStore {
         }
         for index in 0..FANOUT {
             let sub = self.dir.join(subdir_name(index));
-            self.recover_subdir(index, &sub, &mut report)?;
+            self.recover_subdir(index, &sub, legacy, &mut report)?;
         }
         if report != RecoveryReport::default() {
             tracing::info!(dir = %self.dir.display(), ?report, "DirStore recovery");
@@ -610,6 +764,7 @@ impl DirStore {
         &self,
         index: usize,
         sub: &Path,
+        legacy: bool,
         report: &mut RecoveryReport,
     ) -> Result<(), DirStoreError> {
         let listing_err = |source| DirStoreError::Recovery {
@@ -667,10 +822,15 @@ impl DirStore {
             }
             let chunk = open_rw(&self.chunk_path(id)).map_err(rec_err("opening the chunk"))?;
             let log = open_rw(&log_path).map_err(rec_err("opening the log"))?;
-            match self
-                .repair(id, &chunk, &log)
-                .map_err(rec_err("applying the log record"))?
-            {
+            let repair = if legacy {
+                self.repair_legacy(id, &chunk, &log)
+            } else {
+                self.repair(id, &chunk, &log).map(|(repair, rebuilt)| {
+                    report.sums_rebuilt += u64::from(rebuilt);
+                    repair
+                })
+            };
+            match repair.map_err(rec_err("applying the log record"))? {
                 // The normal state after a clean shutdown: the log is kept for the next write.
                 Repair::Idle => continue,
                 Repair::Discarded => report.logs_discarded += 1,
@@ -680,6 +840,12 @@ impl DirStore {
             }
             // The chunk is repaired and synced: the record is no longer needed.
             invalidate(&log, true).map_err(rec_err("invalidating the log record"))?;
+            if legacy {
+                // The migration that follows changes the chunk file: an old-format record
+                // must not come back after a power loss and be applied to it.
+                self.sync_data(&log)
+                    .map_err(rec_err("syncing the invalidated log"))?;
+            }
         }
         if changed {
             self.sync_dir(sub)
@@ -693,9 +859,9 @@ impl DirStore {
         Ok(())
     }
 
-    /// Applies the record in `log`, if there is a valid one, to `chunk`, and syncs the chunk
-    /// (per the policy). Does not invalidate the record: the caller does, once this returns.
-    fn repair(&self, id: ChunkId, chunk: &File, log: &File) -> io::Result<Repair> {
+    /// The previous (checksum-less) version's repair, for a store `open` is about to migrate:
+    /// applies the record in `log`, if valid, to `chunk` (data only; no trailer) and syncs it.
+    fn repair_legacy(&self, id: ChunkId, chunk: &File, log: &File) -> io::Result<Repair> {
         let record = match read_log(log)? {
             LogState::Idle => return Ok(Repair::Idle),
             LogState::Invalid => return Ok(Repair::Discarded),
@@ -705,20 +871,13 @@ impl DirStore {
             return Ok(Repair::Discarded);
         }
         let repair = match record.kind {
-            RecordKind::Redo => {
-                let log_len = log.metadata()?.len();
-                // The log's length bounds the allocation below.
-                if log_len < RECORD_HEADER_LEN as u64 + record.len {
-                    return Ok(Repair::Discarded);
+            RecordKind::Redo => match read_redo_data(log, &record)? {
+                None => return Ok(Repair::Discarded),
+                Some(data) => {
+                    chunk.write_all_at(&data, record.offset)?;
+                    Repair::Replayed
                 }
-                let mut data = vec![0u8; record.len as usize];
-                log.read_exact_at(&mut data, RECORD_HEADER_LEN as u64)?;
-                if crc32c(&data) != record.data_crc {
-                    return Ok(Repair::Discarded);
-                }
-                chunk.write_all_at(&data, record.offset)?;
-                Repair::Replayed
-            }
+            },
             RecordKind::Extend => {
                 let size = chunk.metadata()?.len();
                 let end = record.offset + record.len;
@@ -732,13 +891,437 @@ impl DirStore {
             }
         };
         self.sync_data(chunk)?;
-        tracing::debug!(chunk = %id, ?record, ?repair, "DirStore: applied a log record");
+        tracing::debug!(chunk = %id, ?record, ?repair, "DirStore: applied an old-format log record");
         Ok(repair)
+    }
+
+    /// Applies the record in `log`, if there is a valid one, to `chunk`, brings the chunk's
+    /// checksum trailer in line with its data, and syncs the chunk (per the policy). Does not
+    /// invalidate the record: the caller does, once this returns. Also returns whether the
+    /// block sums had to be rebuilt from the whole chunk's data (see the module docs).
+    fn repair(&self, id: ChunkId, chunk: &File, log: &File) -> io::Result<(Repair, bool)> {
+        let record = match read_log(log)? {
+            LogState::Idle => return Ok((Repair::Idle, false)),
+            LogState::Invalid => return Ok((Repair::Discarded, false)),
+            LogState::Record(record) => record,
+        };
+        if record.id != id {
+            return Ok((Repair::Discarded, false));
+        }
+        let end = record.offset + record.len;
+        let old_size = record.old_size;
+        let (repair, rebuilt) = match record.kind {
+            RecordKind::Redo => {
+                let Some(data) = read_redo_data(log, &record)? else {
+                    return Ok((Repair::Discarded, false));
+                };
+                chunk.write_all_at(&data, record.offset)?;
+                // An overwrite inside the chunk leaves the trailer where it was: the sums of
+                // the blocks it did not touch are still right. One that grew the chunk wrote
+                // over the old trailer.
+                let rebuilt = self.fix_trailer(
+                    id,
+                    chunk,
+                    old_size.max(end),
+                    (record.offset, end),
+                    end <= old_size,
+                )?;
+                (Repair::Replayed, rebuilt)
+            }
+            RecordKind::Extend => {
+                let file_len = chunk.metadata()?.len();
+                if file_len >= end
+                    && crc_of_range(chunk, record.offset, record.len)? == record.data_crc
+                {
+                    // The gap before the new data reads as zeros: the old trailer's bytes in
+                    // it may not have been zeroed yet.
+                    let old_file_len = old_size + sums::trailer_len(old_size);
+                    zero_range(chunk, old_size, record.offset.min(old_file_len))?;
+                    let rebuilt = self.fix_trailer(id, chunk, end, (old_size, end), false)?;
+                    (Repair::ExtendComplete, rebuilt)
+                } else {
+                    (
+                        Repair::ExtendRolledBack,
+                        self.roll_back(id, chunk, old_size)?,
+                    )
+                }
+            }
+        };
+        self.sync_data(chunk)?;
+        tracing::debug!(chunk = %id, ?record, ?repair, rebuilt, "DirStore: applied a log record");
+        Ok((repair, rebuilt))
+    }
+
+    /// Cuts a chunk whose extend was torn back to `old_size` bytes of data, with the old
+    /// trailer if it is still whole after them, else with sums rebuilt from the data (returns
+    /// true then).
+    fn roll_back(&self, id: ChunkId, chunk: &File, old_size: u64) -> io::Result<bool> {
+        let old_file_len = old_size + sums::trailer_len(old_size);
+        if chunk.metadata()?.len() >= old_file_len {
+            match read_trailer(chunk, old_file_len) {
+                Ok(_) => {
+                    chunk.set_len(old_file_len)?;
+                    return Ok(false);
+                }
+                Err(Fault::Io(_, e)) => return Err(e),
+                Err(Fault::Damage(_)) => {}
+            }
+        }
+        chunk.set_len(old_size)?;
+        let all = file_block_sums(chunk, old_size, 0, sums::blocks(old_size))?;
+        chunk.write_all_at(&sums::emit_trailer(old_size, &all), old_size)?;
+        tracing::warn!(chunk = %id, size = old_size, "DirStore: a torn append had overwritten the chunk's checksums: rebuilt from its data");
+        Ok(true)
+    }
+
+    /// Makes the trailer of a chunk of `size` bytes of data right after a write to
+    /// `touched` (data bytes) was replayed or found complete: nothing if the trailer is whole
+    /// and matches the touched blocks; else the touched blocks' sums recomputed from the data,
+    /// keeping the others if `keep_untouched` (the trailer did not move); else every sum
+    /// recomputed (returns true then).
+    fn fix_trailer(
+        &self,
+        id: ChunkId,
+        chunk: &File,
+        size: u64,
+        touched: (u64, u64),
+        keep_untouched: bool,
+    ) -> io::Result<bool> {
+        let n = sums::blocks(size);
+        let k0 = (touched.0 / BLOCK as u64).min(n);
+        let k1 = touched.1.div_ceil(BLOCK as u64).min(n);
+        let file_len = chunk.metadata()?.len();
+        let fresh = file_block_sums(chunk, size, k0, k1)?;
+        if file_len == size + sums::trailer_len(size) {
+            match read_trailer(chunk, file_len) {
+                Ok((_, stored)) if stored[k0 as usize..k1 as usize] == fresh[..] => {
+                    return Ok(false);
+                }
+                Ok(_) | Err(Fault::Damage(_)) => {}
+                Err(Fault::Io(_, e)) => return Err(e),
+            }
+        }
+        let rebuilt = !(keep_untouched && file_len >= size + 4 * n);
+        let all = if rebuilt {
+            tracing::warn!(chunk = %id, size, "DirStore: a write torn by a crash had overwritten the chunk's checksums: rebuilt from its data");
+            file_block_sums(chunk, size, 0, n)?
+        } else {
+            let mut raw = vec![0u8; 4 * n as usize];
+            chunk.read_exact_at(&mut raw, size)?;
+            let mut all = sums::parse_sums(&raw);
+            all[k0 as usize..k1 as usize].copy_from_slice(&fresh);
+            all
+        };
+        chunk.write_all_at(&sums::emit_trailer(size, &all), size)?;
+        chunk.set_len(size + sums::trailer_len(size))?;
+        Ok(rebuilt)
+    }
+
+    // ---- damage ------------------------------------------------------------------------------
+
+    /// Damaged chunks detected since `open`: by READ, STAT and WRITE (each detection counts,
+    /// so a chunk read three times counts three) and by [`DirStore::scrub`].
+    pub fn corrupt_found(&self) -> u64 {
+        self.corrupt_found.load(Ordering::Relaxed)
+    }
+
+    /// Counts and logs a damaged chunk; the error to answer.
+    fn corrupt(&self, id: ChunkId, detail: String) -> StoreError {
+        self.corrupt_found.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(chunk = %id, path = %self.chunk_path(id).display(), "DirStore: chunk damaged on disk, not served: {detail}");
+        StoreError::Corrupt { id, detail }
+    }
+
+    fn fault(&self, id: ChunkId, fault: Fault) -> StoreError {
+        match fault {
+            Fault::Io(op, e) => io_error(op, id, e),
+            Fault::Damage(detail) => self.corrupt(id, detail),
+        }
+    }
+
+    /// Checks every block of a chunk and its trailer; returns its data size.
+    fn check_chunk(chunk: &File, file_len: u64) -> Result<u64, Fault> {
+        let (footer, stored) = read_trailer(chunk, file_len)?;
+        let size = footer.size;
+        let mut buf = vec![0u8; size.min(CRC_PIECE as u64) as usize];
+        let mut at = 0u64;
+        while at < size {
+            let n = (size - at).min(buf.len() as u64) as usize;
+            chunk
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(Fault::io("read chunk"))?;
+            for (i, block) in buf[..n].chunks(BLOCK).enumerate() {
+                let k = at / BLOCK as u64 + i as u64;
+                check_block(size, k, stored[k as usize], block)?;
+            }
+            at += n as u64;
+        }
+        Ok(size)
+    }
+
+    /// Checks every chunk: every block against its sum, and each trailer; see
+    /// [`ScrubReport`]. Runs while the store serves: each chunk is checked under its lock,
+    /// shared (writers to it wait), or exclusive with `quarantine`, which moves each damaged
+    /// chunk file to `<dir>/quarantine/<id>.<n>.damaged` (its log is removed), so the chunk
+    /// reads as absent and can be written again. Each damaged chunk is logged and counted in
+    /// [`DirStore::corrupt_found`]. Errors only for I/O errors (the report so far is lost).
+    pub fn scrub(&self, quarantine: bool) -> io::Result<ScrubReport> {
+        let mut report = ScrubReport::default();
+        for index in 0..FANOUT {
+            let sub = self.dir.join(subdir_name(index));
+            let mut ids = Vec::new();
+            for entry in fs::read_dir(&sub)? {
+                let entry = entry?;
+                let parsed = entry.file_name().to_str().and_then(parse_name);
+                if let Some((id, EntryKind::Chunk)) = parsed {
+                    if fanout(id) == index && entry.file_type()?.is_file() {
+                        ids.push(id);
+                    }
+                }
+            }
+            ids.sort_unstable();
+            for id in ids {
+                let lock = &self.stripe(id).lock;
+                if quarantine {
+                    let _guard = write_lock(lock);
+                    self.scrub_one(id, true, &mut report)?;
+                } else {
+                    let _guard = read_lock(lock);
+                    self.scrub_one(id, false, &mut report)?;
+                }
+            }
+        }
+        tracing::info!(dir = %self.dir.display(), chunks = report.chunks, bytes = report.bytes, damaged = report.damaged.len(), "DirStore scrub done");
+        Ok(report)
+    }
+
+    fn scrub_one(&self, id: ChunkId, quarantine: bool, report: &mut ScrubReport) -> io::Result<()> {
+        let (chunk, file_len) = match open_existing(&self.chunk_path(id), id) {
+            Ok(opened) => opened,
+            Err(StoreError::NotFound(_)) => {
+                report.vanished += 1;
+                return Ok(());
+            }
+            Err(StoreError::Io { source, .. }) => return Err(source),
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        };
+        report.chunks += 1;
+        match Self::check_chunk(&chunk, file_len) {
+            Ok(size) => report.bytes += size,
+            Err(Fault::Io(_, e)) => return Err(e),
+            Err(Fault::Damage(detail)) => {
+                drop(chunk);
+                let _ = self.corrupt(id, detail.clone());
+                let quarantined = if quarantine {
+                    let to = self.quarantine(id)?;
+                    tracing::warn!(chunk = %id, to = %to.display(), "DirStore: damaged chunk quarantined");
+                    Some(to)
+                } else {
+                    None
+                };
+                report.damaged.push(ScrubFinding {
+                    id,
+                    detail,
+                    quarantined,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a chunk's file into the quarantine directory (caller holds the chunk's lock
+    /// exclusively); returns where it went.
+    fn quarantine(&self, id: ChunkId) -> io::Result<PathBuf> {
+        let qdir = self.dir.join(QUARANTINE_DIR);
+        match fs::create_dir(&qdir) {
+            Ok(()) => self.sync_dir(&self.dir)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let mut n = 0u32;
+        let to = loop {
+            let to = qdir.join(format!("{id}.{n}.damaged"));
+            if fs::symlink_metadata(&to).is_err() {
+                break to;
+            }
+            n += 1;
+        };
+        // As in a delete: the log first (a log without its chunk is removed by `open`).
+        match fs::remove_file(self.log_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        fs::rename(self.chunk_path(id), &to)?;
+        self.sync_dir(&self.subdir(id))?;
+        self.sync_dir(&qdir)?;
+        Ok(to)
+    }
+
+    // ---- migration from the checksum-less format -----------------------------------------------
+
+    /// Gives every chunk file without a valid trailer one (each through `<id>.tmp` and a
+    /// rename, so a crash leaves it old or new, never half-done), then writes the format
+    /// marker. Chunks that already carry a valid trailer whose sums match every block are left
+    /// as they are: an earlier, interrupted run migrated them.
+    fn migrate(&mut self) -> Result<(), DirStoreError> {
+        let rec_err = |path: &Path, action: &'static str| {
+            let path = path.to_path_buf();
+            move |source| DirStoreError::Recovery {
+                path,
+                action,
+                source,
+            }
+        };
+        if self.recovery.chunks > 0 {
+            tracing::warn!(dir = %self.dir.display(), chunks = self.recovery.chunks, "DirStore: no {FORMAT_FILE} marker: chunk files are an earlier version's, without checksums; migrating them (each file is copied once)");
+        }
+        let mut migrated = 0u64;
+        for index in 0..FANOUT {
+            let sub = self.dir.join(subdir_name(index));
+            let mut ids = Vec::new();
+            for entry in fs::read_dir(&sub).map_err(rec_err(&sub, "listing the directory"))? {
+                let entry = entry.map_err(rec_err(&sub, "listing the directory"))?;
+                let parsed = entry.file_name().to_str().and_then(parse_name);
+                let is_file = entry
+                    .file_type()
+                    .map_err(rec_err(&sub, "listing the directory"))?
+                    .is_file();
+                if let Some((id, EntryKind::Chunk)) = parsed {
+                    if fanout(id) == index && is_file {
+                        ids.push(id);
+                    }
+                }
+            }
+            ids.sort_unstable();
+            let mut changed = false;
+            for id in ids {
+                let path = self.chunk_path(id);
+                let chunk = open_rw(&path).map_err(rec_err(&path, "opening a chunk to migrate"))?;
+                let file_len = chunk
+                    .metadata()
+                    .map_err(rec_err(&path, "opening a chunk to migrate"))?
+                    .len();
+                match Self::check_chunk(&chunk, file_len) {
+                    Ok(_) => continue,
+                    Err(Fault::Io(_, e)) => return Err(rec_err(&path, "checking a chunk")(e)),
+                    Err(Fault::Damage(_)) => {}
+                }
+                let tmp = self.tmp_path(id);
+                self.write_migrated(&chunk, file_len, &tmp)
+                    .and_then(|()| fs::rename(&tmp, &path))
+                    .map_err(rec_err(&path, "migrating the chunk (adding its checksums)"))?;
+                migrated += 1;
+                changed = true;
+            }
+            if changed {
+                self.sync_dir(&sub)
+                    .map_err(rec_err(&sub, "syncing the directory"))?;
+            }
+        }
+        let marker = self.dir.join(FORMAT_FILE);
+        let tmp = self.dir.join(FORMAT_TMP);
+        (|| {
+            let file = File::create(&tmp)?;
+            file.write_all_at(FORMAT_TEXT.as_bytes(), 0)?;
+            self.sync_data(&file)?;
+            fs::rename(&tmp, &marker)?;
+            self.sync_dir(&self.dir)
+        })()
+        .map_err(rec_err(&marker, "writing the format marker"))?;
+        if migrated > 0 {
+            tracing::warn!(dir = %self.dir.display(), migrated, "DirStore: chunk files migrated to the checksummed format");
+        }
+        self.recovery.chunks_migrated = migrated;
+        Ok(())
+    }
+
+    /// Writes `tmp` as `chunk`'s `len` bytes of data followed by their trailer, synced.
+    fn write_migrated(&self, chunk: &File, len: u64, tmp: &Path) -> io::Result<()> {
+        let out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp)?;
+        let mut buf = vec![0u8; len.min(CRC_PIECE as u64) as usize];
+        let mut all = Vec::with_capacity(sums::blocks(len) as usize);
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(buf.len() as u64) as usize;
+            chunk.read_exact_at(&mut buf[..n], at)?;
+            all.extend(buf[..n].chunks(BLOCK).map(crc32c));
+            out.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        out.write_all_at(&sums::emit_trailer(len, &all), len)?;
+        self.sync_data(&out)
     }
 
     // ---- writes -------------------------------------------------------------------------------
 
+    /// The sums of blocks `k0..k1` of a chunk of `new_size` bytes after `data` is written at
+    /// `offset` over `old` (the file, its data size and its sums; `None` for a new chunk: all
+    /// zeros), and the CRC32C of `data`, in one pass over `data`. A block the write covers only
+    /// in part is read from the file whole and checked against its old sum first: a write
+    /// never vouches for damaged bytes.
+    fn new_sums(
+        old: Option<(&File, u64, &[u32])>,
+        offset: u64,
+        data: &[u8],
+        new_size: u64,
+        k0: u64,
+        k1: u64,
+    ) -> Result<(Vec<u32>, u32), Fault> {
+        let end = offset + data.len() as u64;
+        let old_size = old.map_or(0, |o| o.1);
+        let mut out = Vec::with_capacity((k1 - k0) as usize);
+        let mut data_crc = 0u32;
+        let mut scratch = [0u8; BLOCK];
+        for k in k0..k1 {
+            let (bs, be) = sums::block_range(new_size, k);
+            let blen = (be - bs) as usize;
+            let (ds, de) = (bs.max(offset), be.min(end));
+            let crc = if bs >= offset && be <= end {
+                let c = crc32c(&data[(bs - offset) as usize..(be - offset) as usize]);
+                data_crc = sums::combine(data_crc, c, be - bs);
+                c
+            } else if bs >= old_size && ds >= de {
+                sums::zeros_crc(blen)
+            } else {
+                scratch[..blen].fill(0);
+                if let Some((file, old_size, old_sums)) = old.filter(|_| bs < old_size) {
+                    let (_, obe) = sums::block_range(old_size, k);
+                    let old_block = &mut scratch[..(obe - bs) as usize];
+                    file.read_exact_at(old_block, bs)
+                        .map_err(Fault::io("read chunk"))?;
+                    check_block(old_size, k, old_sums[k as usize], old_block).map_err(
+                        |f| match f {
+                            Fault::Damage(d) => {
+                                Fault::Damage(format!("{d}; a write to part of it is refused"))
+                            }
+                            f => f,
+                        },
+                    )?;
+                }
+                if ds < de {
+                    let part = &data[(ds - offset) as usize..(de - offset) as usize];
+                    scratch[(ds - bs) as usize..(de - bs) as usize].copy_from_slice(part);
+                    data_crc = sums::combine(data_crc, crc32c(part), de - ds);
+                }
+                crc32c(&scratch[..blen])
+            };
+            out.push(crc);
+        }
+        Ok((out, data_crc))
+    }
+
     fn create(&self, id: ChunkId, offset: u64, data: &[u8], end: u64) -> io::Result<()> {
+        let (all, _) = match Self::new_sums(None, offset, data, end, 0, sums::blocks(end)) {
+            Ok(computed) => computed,
+            Err(Fault::Io(_, e)) => return Err(e),
+            Err(Fault::Damage(d)) => unreachable!("a new chunk has no old blocks: {d}"),
+        };
         let tmp = self.tmp_path(id);
         let result = (|| {
             let file = OpenOptions::new()
@@ -747,11 +1330,9 @@ impl DirStore {
                 .truncate(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
-            if data.is_empty() {
-                file.set_len(end)?;
-            } else {
-                file.write_all_at(data, offset)?;
-            }
+            // A gap before `offset` is a hole: it reads as zeros.
+            file.write_all_at(data, offset)?;
+            file.write_all_at(&sums::emit_trailer(end, &all), end)?;
             self.sync_data(&file)?;
             fs::rename(&tmp, self.chunk_path(id))
         })();
@@ -790,13 +1371,8 @@ impl DirStore {
         offset: u64,
         data: &[u8],
         end: u64,
-        data_crc: u32,
     ) -> Result<u64, StoreError> {
         let io_err = |op: &'static str| move |source| io_error(op, id, source);
-        let mut size = chunk.metadata().map_err(io_err("stat chunk"))?.len();
-        if data.is_empty() && offset <= size {
-            return Ok(size);
-        }
         let log = self.open_log(id).map_err(io_err("open log"))?;
         // A valid record here means an earlier write failed half-way and could not be repaired
         // then: repair it before writing a new record over it.
@@ -806,8 +1382,25 @@ impl DirStore {
                 .map_err(io_err("repair chunk"))?;
             tracing::warn!(chunk = %id, ?repair, "DirStore: repaired a chunk left by a failed write");
             invalidate(&log, true).map_err(io_err("invalidate log"))?;
-            size = chunk.metadata().map_err(io_err("stat chunk"))?.len();
         }
+        let file_len = chunk.metadata().map_err(io_err("stat chunk"))?.len();
+        let (footer, old_sums) = read_trailer(chunk, file_len).map_err(|f| self.fault(id, f))?;
+        let size = footer.size;
+        if data.is_empty() && offset <= size {
+            return Ok(size);
+        }
+        let new_size = size.max(end);
+        let bs = BLOCK as u64;
+        let (k0, k1) = (offset.min(size) / bs, end.div_ceil(bs));
+        let (new, data_crc) = Self::new_sums(
+            Some((chunk, size, &old_sums)),
+            offset,
+            data,
+            new_size,
+            k0,
+            k1,
+        )
+        .map_err(|f| self.fault(id, f))?;
         let record = Record {
             kind: if offset >= size {
                 RecordKind::Extend
@@ -828,12 +1421,32 @@ impl DirStore {
         }
         self.sync_data(&log).map_err(io_err("sync log"))?;
 
-        let applied = if data.is_empty() {
-            chunk.set_len(end)
-        } else {
-            chunk.write_all_at(data, offset)
-        }
-        .and_then(|()| self.sync_data(chunk));
+        let applied = (|| {
+            if offset > size {
+                // The old trailer's bytes inside the gap must read as zeros (past the old end
+                // of the file the gap is a hole).
+                zero_range(chunk, size, offset.min(file_len))?;
+            }
+            chunk.write_all_at(data, offset)?;
+            let mut all = old_sums;
+            if new_size == size {
+                // In place: the sums of the blocks written, and the footer (the sums' CRC).
+                all[k0 as usize..k1 as usize].copy_from_slice(&new);
+                let touched = sums::sums_bytes(&new);
+                chunk.write_all_at(&touched, size + 4 * k0)?;
+                let footer = Footer {
+                    size,
+                    sums_crc: crc32c(&sums::sums_bytes(&all)),
+                };
+                chunk.write_all_at(&footer.emit(), size + 4 * all.len() as u64)?;
+            } else {
+                // The chunk grew over its old trailer: a whole new one after the new end.
+                all.truncate(k0 as usize);
+                all.extend_from_slice(&new);
+                chunk.write_all_at(&sums::emit_trailer(new_size, &all), new_size)?;
+            }
+            self.sync_data(chunk)
+        })();
         if let Err(e) = applied {
             // Put the chunk back in a whole state now if we can (a failed extend is truncated
             // back; a failed overwrite is retried). If that fails too, the record stays valid
@@ -854,72 +1467,107 @@ impl DirStore {
         if let Err(e) = invalidate(&log, record.kind == RecordKind::Redo) {
             tracing::warn!(chunk = %id, error = %e, "DirStore: could not invalidate a log record (harmless: replaying it changes nothing)");
         }
-        Ok(size.max(end))
+        Ok(new_size)
     }
 
-    fn cache_update(&self, stripe: &Stripe, id: ChunkId, entry: Option<(u64, u32)>) {
-        if self.crc_cache_per_stripe == 0 {
-            return;
-        }
-        let mut cache = stripe
-            .crc_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match entry {
-            None => {
-                cache.remove(&id);
-            }
-            Some(entry) => {
-                if cache.len() >= self.crc_cache_per_stripe && !cache.contains_key(&id) {
-                    if let Some(&victim) = cache.keys().next() {
-                        cache.remove(&victim);
-                    }
-                }
-                cache.insert(id, entry);
-            }
-        }
-    }
+    // ---- reads --------------------------------------------------------------------------------
 
-    fn cache_get(&self, stripe: &Stripe, id: ChunkId) -> Option<(u64, u32)> {
-        if self.crc_cache_per_stripe == 0 {
-            return None;
+    /// Reads `buf.len()` bytes (fewer at the end) from `offset`, checking every block touched
+    /// against its sum; returns the CRC32C of what was read, combined from the sums. Whole
+    /// blocks are read straight into `buf` and checked there (the one pass over the bytes);
+    /// a block read only in part is read whole into a scratch block, checked, and its part
+    /// copied.
+    fn read_checked(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(ReadInfo, u32), StoreError> {
+        let _guard = read_lock(&self.stripe(id).lock);
+        let (chunk, file_len) = open_existing(&self.chunk_path(id), id)?;
+        let footer = read_footer(&chunk, file_len).map_err(|f| self.fault(id, f))?;
+        let size = footer.size;
+        if offset > size {
+            return Err(StoreError::OutOfRange { id, offset, size });
         }
-        let cache = stripe
-            .crc_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        cache.get(&id).copied()
+        let len = buf
+            .len()
+            .min((size - offset).min(usize::MAX as u64) as usize);
+        let info = ReadInfo {
+            len,
+            chunk_size: size,
+        };
+        if len == 0 {
+            return Ok((info, 0));
+        }
+        copies::count(Pass::Read, len);
+        let end = offset + len as u64;
+        let bs = BLOCK as u64;
+        let (k0, k1) = (offset / bs, end.div_ceil(bs));
+        let mut raw = vec![0u8; 4 * (k1 - k0) as usize];
+        chunk
+            .read_exact_at(&mut raw, size + 4 * k0)
+            .map_err(|e| io_error("read chunk sums", id, e))?;
+        let stored = |k: u64| {
+            let at = 4 * (k - k0) as usize;
+            u32::from_le_bytes(raw[at..at + 4].try_into().unwrap())
+        };
+        let whole = |k: u64| {
+            let (s, e) = sums::block_range(size, k);
+            s >= offset && e <= end
+        };
+        // Blocks w0..w1 lie wholly inside the read; k0 (if not) and k1 - 1 (if not, and not
+        // k0) are edges.
+        let w0 = if whole(k0) { k0 } else { k0 + 1 };
+        let w1 = if whole(k1 - 1) { k1 } else { k1 - 1 }.max(w0);
+        let mut crc = 0u32;
+        let mut scratch = [0u8; BLOCK];
+        let mut edge = |k: u64, buf: &mut [u8]| -> Result<(u32, u64), Fault> {
+            let (s, e) = sums::block_range(size, k);
+            let block = &mut scratch[..(e - s) as usize];
+            chunk
+                .read_exact_at(block, s)
+                .map_err(Fault::io("read chunk"))?;
+            check_block(size, k, stored(k), block)?;
+            let (ps, pe) = (s.max(offset), e.min(end));
+            let part = &block[(ps - s) as usize..(pe - s) as usize];
+            buf[(ps - offset) as usize..(pe - offset) as usize].copy_from_slice(part);
+            Ok((crc32c(part), pe - ps))
+        };
+        if w0 > k0 {
+            let (c, n) = edge(k0, buf).map_err(|f| self.fault(id, f))?;
+            crc = sums::combine(crc, c, n);
+        }
+        if w0 < w1 {
+            let (ws, _) = sums::block_range(size, w0);
+            let (_, we) = sums::block_range(size, w1 - 1);
+            let middle = &mut buf[(ws - offset) as usize..(we - offset) as usize];
+            chunk
+                .read_exact_at(middle, ws)
+                .map_err(|e| io_error("read chunk", id, e))?;
+            for (i, block) in middle.chunks(BLOCK).enumerate() {
+                let k = w0 + i as u64;
+                check_block(size, k, stored(k), block).map_err(|f| self.fault(id, f))?;
+                crc = sums::combine(crc, stored(k), block.len() as u64);
+            }
+        }
+        if w1 < k1 {
+            let (c, n) = edge(k1 - 1, buf).map_err(|f| self.fault(id, f))?;
+            crc = sums::combine(crc, c, n);
+        }
+        Ok((info, crc))
     }
 }
 
 impl ChunkStore for DirStore {
     fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
         let end = write_end(id, offset, data.len(), self.config.chunk_len_max)?;
-        let stripe = self.stripe(id);
-        let _guard = write_lock(&stripe.lock);
-        let data_crc = crc32c(data);
+        let _guard = write_lock(&self.stripe(id).lock);
         match open_rw(&self.chunk_path(id)) {
-            Ok(chunk) => {
-                let old = self.cache_get(stripe, id);
-                self.cache_update(stripe, id, None);
-                let size = self.update(id, &chunk, offset, data, end, data_crc)?;
-                // Keep a cached CRC across an append exactly at the old end.
-                if let Some((old_size, old_crc)) = old {
-                    if old_size == offset {
-                        let crc = crc32c_combine(old_crc, data_crc, data.len());
-                        self.cache_update(stripe, id, Some((size, crc)));
-                    } else if data.is_empty() && offset <= old_size {
-                        self.cache_update(stripe, id, old);
-                    }
-                }
-                Ok(size)
-            }
+            Ok(chunk) => self.update(id, &chunk, offset, data, end),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.create(id, offset, data, end)
                     .map_err(|e| io_error("create chunk", id, e))?;
-                if offset == 0 {
-                    self.cache_update(stripe, id, Some((end, data_crc)));
-                }
                 Ok(end)
             }
             Err(e) => Err(io_error("open chunk", id, e)),
@@ -927,27 +1575,20 @@ impl ChunkStore for DirStore {
     }
 
     fn read(&self, id: ChunkId, offset: u64, buf: &mut [u8]) -> Result<ReadInfo, StoreError> {
-        let _guard = read_lock(&self.stripe(id).lock);
-        let (chunk, size) = open_existing(&self.chunk_path(id), id)?;
-        if offset > size {
-            return Err(StoreError::OutOfRange { id, offset, size });
-        }
-        let len = buf
-            .len()
-            .min((size - offset).min(usize::MAX as u64) as usize);
-        chunk
-            .read_exact_at(&mut buf[..len], offset)
-            .map_err(|e| io_error("read chunk", id, e))?;
-        Ok(ReadInfo {
-            len,
-            chunk_size: size,
-        })
+        self.read_checked(id, offset, buf).map(|(info, _)| info)
+    }
+
+    fn read_crc(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(ReadInfo, u32), StoreError> {
+        self.read_checked(id, offset, buf)
     }
 
     fn delete(&self, id: ChunkId) -> Result<(), StoreError> {
-        let stripe = self.stripe(id);
-        let _guard = write_lock(&stripe.lock);
-        self.cache_update(stripe, id, None);
+        let _guard = write_lock(&self.stripe(id).lock);
         // The log goes first: a chunk without a log is whole, a log without a chunk is removed
         // by `open`.
         match fs::remove_file(self.log_path(id)) {
@@ -964,17 +1605,16 @@ impl ChunkStore for DirStore {
             .map_err(|e| io_error("sync directory", id, e))
     }
 
+    /// Size and CRC from the trailer alone (the sums combined; no data read), after checking
+    /// the trailer whole: a chunk cut short or with a damaged trailer is `Corrupt`.
     fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError> {
-        let stripe = self.stripe(id);
-        let _guard = read_lock(&stripe.lock);
-        if let Some((size, crc)) = self.cache_get(stripe, id) {
-            // The cache is dropped with the chunk, so a hit means the chunk exists.
-            return Ok(ChunkStat { size, crc });
-        }
-        let (chunk, size) = open_existing(&self.chunk_path(id), id)?;
-        let crc = crc_of_range(&chunk, 0, size).map_err(|e| io_error("read chunk", id, e))?;
-        self.cache_update(stripe, id, Some((size, crc)));
-        Ok(ChunkStat { size, crc })
+        let _guard = read_lock(&self.stripe(id).lock);
+        let (chunk, file_len) = open_existing(&self.chunk_path(id), id)?;
+        let (footer, stored) = read_trailer(&chunk, file_len).map_err(|f| self.fault(id, f))?;
+        Ok(ChunkStat {
+            size: footer.size,
+            crc: sums::crc_from_sums(footer.size, 0, &stored),
+        })
     }
 
     /// Lists by (subdirectory, id): the subdirectories in order (`00` to `ff`, the XOR of an
@@ -1114,6 +1754,108 @@ fn crc_of_range(file: &File, offset: u64, len: u64) -> io::Result<u32> {
     Ok(crc)
 }
 
+/// Why a chunk's bytes could not be checked: an I/O error, or damage (described).
+#[derive(Debug)]
+enum Fault {
+    Io(&'static str, io::Error),
+    Damage(String),
+}
+
+impl Fault {
+    fn io(op: &'static str) -> impl FnOnce(io::Error) -> Fault {
+        move |e| Fault::Io(op, e)
+    }
+}
+
+/// The footer of a chunk file of `file_len` bytes, checked (magic, its CRC, and the data
+/// length against the file's).
+fn read_footer(chunk: &File, file_len: u64) -> Result<Footer, Fault> {
+    if file_len < FOOTER_LEN as u64 {
+        return Err(Fault::Damage(format!(
+            "the file is {file_len} bytes, shorter than its {FOOTER_LEN}-byte checksum footer: cut short"
+        )));
+    }
+    let mut f = [0u8; FOOTER_LEN];
+    chunk
+        .read_exact_at(&mut f, file_len - FOOTER_LEN as u64)
+        .map_err(Fault::io("read chunk footer"))?;
+    Footer::parse(&f, file_len).map_err(Fault::Damage)
+}
+
+/// The footer and every block sum of a chunk file of `file_len` bytes, checked whole (the
+/// sums against the footer's CRC of them).
+fn read_trailer(chunk: &File, file_len: u64) -> Result<(Footer, Vec<u32>), Fault> {
+    let footer = read_footer(chunk, file_len)?;
+    let mut raw = vec![0u8; 4 * sums::blocks(footer.size) as usize];
+    chunk
+        .read_exact_at(&mut raw, footer.size)
+        .map_err(Fault::io("read chunk sums"))?;
+    let found = crc32c(&raw);
+    if found != footer.sums_crc {
+        return Err(Fault::Damage(format!(
+            "block checksums damaged: stored crc of the sums {:#010x}, found {found:#010x}",
+            footer.sums_crc
+        )));
+    }
+    Ok((footer, sums::parse_sums(&raw)))
+}
+
+/// Checks `block`, block `k` of a chunk of `size` bytes, against its stored sum.
+fn check_block(size: u64, k: u64, stored: u32, block: &[u8]) -> Result<(), Fault> {
+    let found = crc32c(block);
+    if found == stored {
+        return Ok(());
+    }
+    let (s, e) = sums::block_range(size, k);
+    Err(Fault::Damage(format!(
+        "block {k} (bytes {s}..{e}): stored crc {stored:#010x}, found {found:#010x}"
+    )))
+}
+
+/// The sums of blocks `k0..k1` of the first `size` bytes of `file`, computed from its bytes.
+fn file_block_sums(file: &File, size: u64, k0: u64, k1: u64) -> io::Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(k1.saturating_sub(k0) as usize);
+    let (start, _) = sums::block_range(size, k0);
+    let end = if k1 > k0 {
+        sums::block_range(size, k1 - 1).1
+    } else {
+        start
+    };
+    let mut buf = vec![0u8; (end - start).min(CRC_PIECE as u64) as usize];
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        out.extend(buf[..n].chunks(BLOCK).map(crc32c));
+        at += n as u64;
+    }
+    Ok(out)
+}
+
+/// Writes zeros over `file[start..end]` (nothing if `end <= start`).
+fn zero_range(file: &File, start: u64, end: u64) -> io::Result<()> {
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(BLOCK as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// A redo record's data, if it is all there and matches its CRC.
+fn read_redo_data(log: &File, record: &Record) -> io::Result<Option<Vec<u8>>> {
+    let log_len = log.metadata()?.len();
+    // The log's length bounds the allocation below.
+    if log_len < RECORD_HEADER_LEN as u64 + record.len {
+        return Ok(None);
+    }
+    let mut data = vec![0u8; record.len as usize];
+    log.read_exact_at(&mut data, RECORD_HEADER_LEN as u64)?;
+    Ok((crc32c(&data) == record.data_crc).then_some(data))
+}
+
 /// Maps an OS error to a store error; a full disk (or quota) is [`StoreError::NoSpace`].
 fn io_error(op: &'static str, id: ChunkId, source: io::Error) -> StoreError {
     match source.raw_os_error() {
@@ -1133,10 +1875,11 @@ fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The size LIST reports for a chunk file with metadata `meta`: the chunk's content bytes,
-/// which is the file's size (the one place to change if chunk files carry more than content).
+/// The size LIST reports for a chunk file with metadata `meta`: the chunk's data bytes (the
+/// file less its checksum trailer), or the file's size for a file no chunk can have (damaged:
+/// READ and STAT answer Corrupt).
 fn listed_size(meta: &fs::Metadata) -> u64 {
-    meta.len()
+    sums::data_len(meta.len()).unwrap_or(meta.len())
 }
 
 #[cfg(test)]
@@ -1278,6 +2021,7 @@ mod tests {
         top.sort();
         let mut expect: Vec<String> = (0..FANOUT).map(subdir_name).collect();
         expect.push(LOCK_FILE.into());
+        expect.push(FORMAT_FILE.into());
         expect.sort();
         assert_eq!(top, expect);
     }
@@ -1438,6 +2182,313 @@ mod tests {
         assert!(as_dir.is_dir());
     }
 
+    // ---- integrity: damage on disk is found, never served ------------------------------------
+
+    fn flip_byte(path: &Path, at: u64) {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, at).unwrap();
+        file.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+    }
+
+    fn is_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>, id: ChunkId) -> String {
+        match r {
+            Err(StoreError::Corrupt { id: got, detail }) if got == id => detail,
+            r => panic!("expected Corrupt for {id}, got {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_is_corrupt_for_reads_of_its_block_only() {
+        let dir = TempDir::new("flip");
+        let store = DirStore::open(&dir.0, config(SyncPolicy::Never)).unwrap();
+        let id = ChunkId(0xf11b);
+        let mut rng = Rng::new(0x5EED_8000);
+        let mut data = vec![0u8; 5 * BLOCK + 123];
+        rng.fill(&mut data);
+        store.write(id, 0, &data).unwrap();
+        let before = store.stat(id).unwrap();
+        flip_byte(&store.chunk_path(id), 2 * BLOCK as u64 + 77);
+        assert_eq!(store.corrupt_found(), 0);
+
+        // Any read that touches block 2, whole or in part, is Corrupt and names the block.
+        let mut buf = vec![0u8; data.len()];
+        let detail = is_corrupt(store.read(id, 0, &mut buf), id);
+        assert!(detail.contains("block 2 (bytes 8192..12288)"), "{detail}");
+        assert!(detail.contains("stored crc 0x"), "{detail}");
+        assert_eq!(store.corrupt_found(), 1);
+        is_corrupt(
+            store.read_crc(id, 2 * BLOCK as u64 + 70, &mut buf[..10]),
+            id,
+        );
+        is_corrupt(store.read(id, BLOCK as u64 + 5, &mut buf[..BLOCK + 10]), id);
+        assert_eq!(store.corrupt_found(), 3);
+        // Other blocks still read, whole or in part, with the right CRC.
+        for (offset, len) in [(0, 2 * BLOCK), (3 * BLOCK + 1, 2 * BLOCK + 100), (7, 100)] {
+            let (info, crc) = store.read_crc(id, offset as u64, &mut buf[..len]).unwrap();
+            assert_eq!(info.len, len);
+            assert_eq!(&buf[..len], &data[offset..offset + len]);
+            assert_eq!(crc, crc32c(&data[offset..offset + len]));
+        }
+        // STAT reads only the trailer: it still gives the CRC the chunk should have.
+        assert_eq!(store.stat(id).unwrap(), before);
+        // A write over part of the damaged block is refused; one that replaces the block
+        // whole is allowed and heals it.
+        is_corrupt(store.write(id, 2 * BLOCK as u64 + 10, b"patch"), id);
+        assert_eq!(store.corrupt_found(), 4);
+        store
+            .write(id, 2 * BLOCK as u64, &data[2 * BLOCK..3 * BLOCK])
+            .unwrap();
+        assert_eq!(read_all(&store, id).unwrap(), data);
+        // Damage in the stored sums is damage too.
+        let sums_at = data.len() as u64 + 4;
+        flip_byte(&store.chunk_path(id), sums_at);
+        is_corrupt(store.read(id, BLOCK as u64, &mut buf[..10]), id);
+        is_corrupt(store.stat(id), id);
+        is_corrupt(store.write(id, 0, b"x"), id);
+        // Delete always works.
+        store.delete(id).unwrap();
+        assert!(matches!(store.stat(id), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_truncated_or_grown_chunk_is_corrupt() {
+        let dir = TempDir::new("trunc");
+        let store = DirStore::open(&dir.0, config(SyncPolicy::Never)).unwrap();
+        let mut data = vec![0u8; 3 * BLOCK + 5];
+        Rng::new(0x5EED_8100).fill(&mut data);
+        let ids = [ChunkId(1), ChunkId(2), ChunkId(3), ChunkId(4)];
+        for id in ids {
+            store.write(id, 0, &data).unwrap();
+            assert_eq!(store.stat(id).unwrap().size, data.len() as u64);
+        }
+        let file_len = fs::metadata(store.chunk_path(ids[0])).unwrap().len();
+        let cut = |id: ChunkId, len: u64| {
+            OpenOptions::new()
+                .write(true)
+                .open(store.chunk_path(id))
+                .unwrap()
+                .set_len(len)
+                .unwrap()
+        };
+        cut(ids[0], file_len - 1); // the footer's last byte
+        cut(ids[1], data.len() as u64); // the whole trailer
+        cut(ids[2], 10); // most of the data
+        cut(ids[3], file_len + 4096); // grown
+        let mut buf = vec![0u8; 16];
+        for id in ids {
+            let detail = is_corrupt(store.stat(id), id);
+            assert!(
+                detail.contains("cut short") || detail.contains("no checksum footer"),
+                "{detail}"
+            );
+            is_corrupt(store.read(id, 0, &mut buf), id);
+        }
+        assert_eq!(store.corrupt_found(), 8);
+    }
+
+    #[test]
+    fn partial_block_reads_and_writes_at_odd_offsets_round_trip() {
+        let dir = TempDir::new("odd");
+        let store = DirStore::open(&dir.0, config(SyncPolicy::Never)).unwrap();
+        let mut rng = Rng::new(0x5EED_8200);
+        let id = ChunkId(0x0dd);
+        let mut model: Vec<u8> = Vec::new();
+        for round in 0..300 {
+            let len = rng.len(3 * BLOCK);
+            let offset = rng.range(0, model.len() as u64 + 2 * BLOCK as u64) as usize;
+            let mut data = vec![0u8; len];
+            rng.fill(&mut data);
+            let size = store.write(id, offset as u64, &data).unwrap();
+            model = with(&model, offset, &data);
+            assert_eq!(size, model.len() as u64, "round {round}");
+            for _ in 0..4 {
+                let at = rng.range(0, model.len() as u64) as usize;
+                let want = rng.len(3 * BLOCK);
+                let mut buf = vec![0u8; want];
+                let (info, crc) = store.read_crc(id, at as u64, &mut buf).unwrap();
+                let expect = &model[at..(at + want).min(model.len())];
+                assert_eq!(&buf[..info.len], expect, "round {round}: read {at}+{want}");
+                assert_eq!(crc, crc32c(expect), "round {round}: crc of {at}+{want}");
+            }
+            assert_eq!(store.stat(id).unwrap().crc, crc32c(&model), "round {round}");
+        }
+        drop(store);
+        // What is on disk is exactly the data and its trailer.
+        let store = DirStore::open(&dir.0, config(SyncPolicy::Never)).unwrap();
+        assert_eq!(fs::read(store.chunk_path(id)).unwrap(), chunk_file(&model));
+        assert_eq!(store.corrupt_found(), 0);
+    }
+
+    #[test]
+    fn scrub_finds_exactly_the_damaged_chunks_and_quarantines_them() {
+        let dir = TempDir::new("scrub");
+        let store = DirStore::open(&dir.0, config(SyncPolicy::Always)).unwrap();
+        let mut rng = Rng::new(0x5EED_8300);
+        let ids: Vec<ChunkId> = (0..20).map(|i| ChunkId(0x5c0b_0000 + i)).collect();
+        let mut sizes = 0;
+        for (i, &id) in ids.iter().enumerate() {
+            let mut data = vec![0u8; 1 + i * 3000];
+            rng.fill(&mut data);
+            store.write(id, 0, &data).unwrap();
+            sizes += data.len() as u64;
+        }
+        let clean = store.scrub(false).unwrap();
+        assert_eq!((clean.chunks, clean.bytes), (20, sizes));
+        assert!(clean.damaged.is_empty());
+
+        let (flipped, truncated, footer) = (ids[7], ids[12], ids[19]);
+        flip_byte(&store.chunk_path(flipped), 7 * 3000 / 2);
+        let path = store.chunk_path(truncated);
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let len = fs::metadata(store.chunk_path(footer)).unwrap().len();
+        flip_byte(&store.chunk_path(footer), len - 10);
+
+        let report = store.scrub(false).unwrap();
+        let mut found: Vec<ChunkId> = report.damaged.iter().map(|f| f.id).collect();
+        found.sort();
+        assert_eq!(found, vec![flipped, truncated, footer], "{report:?}");
+        assert!(report.damaged.iter().all(|f| f.quarantined.is_none()));
+        assert_eq!(report.chunks, 20);
+        assert_eq!(store.corrupt_found(), 3);
+        let flip_detail = &report
+            .damaged
+            .iter()
+            .find(|f| f.id == flipped)
+            .unwrap()
+            .detail;
+        assert!(flip_detail.contains("block 2 "), "{flip_detail}");
+
+        // Still there: a write over part of the damaged block is refused.
+        is_corrupt(store.write(flipped, 7 * 3000 / 2, b"x"), flipped);
+        let report = store.scrub(true).unwrap();
+        assert_eq!(report.damaged.len(), 3);
+        for f in &report.damaged {
+            let to = f.quarantined.as_ref().unwrap();
+            assert!(
+                to.starts_with(dir.0.join(QUARANTINE_DIR)),
+                "{}",
+                to.display()
+            );
+            assert!(to.is_file());
+            assert!(!store.chunk_path(f.id).exists());
+            assert!(!store.log_path(f.id).exists());
+            assert!(matches!(store.stat(f.id), Err(StoreError::NotFound(_))));
+        }
+        // The damaged chunks can be written again; the store scrubs clean.
+        store.write(flipped, 0, b"again").unwrap();
+        let report = store.scrub(false).unwrap();
+        assert!(report.damaged.is_empty());
+        assert_eq!(report.chunks, 18);
+        // A second quarantine of the same chunk does not overwrite the first.
+        flip_byte(&store.chunk_path(flipped), 1);
+        let report = store.scrub(true).unwrap();
+        assert_eq!(report.damaged.len(), 1);
+        assert_eq!(fs::read_dir(dir.0.join(QUARANTINE_DIR)).unwrap().count(), 4);
+        // The quarantine is the store's own: not foreign, never taken for chunks.
+        drop(store);
+        let store = DirStore::open(&dir.0, config(SyncPolicy::Always)).unwrap();
+        let r = store.recovery();
+        assert_eq!((r.foreign_entries, r.chunks), (0, 17), "{r:?}");
+    }
+
+    /// Turns a store's files back into the checksum-less format of the previous version.
+    fn strip_to_legacy(store_dir: &Path, ids: &[ChunkId], data: &[Vec<u8>]) {
+        let store = DirStore::open(store_dir, config(SyncPolicy::Never)).unwrap();
+        for (id, d) in ids.iter().zip(data) {
+            fs::write(store.chunk_path(*id), d).unwrap();
+        }
+        drop(store);
+        fs::remove_file(store_dir.join(FORMAT_FILE)).unwrap();
+    }
+
+    #[test]
+    fn a_store_without_checksums_is_migrated_by_open() {
+        let dir = TempDir::new("migrate");
+        let mut rng = Rng::new(0x5EED_8400);
+        let ids: Vec<ChunkId> = (0..6).map(|i| ChunkId(0x01d0_0000 + i)).collect();
+        let mut data: Vec<Vec<u8>> = (0..6)
+            .map(|i| {
+                let mut d = vec![0u8; [0, 1, 4096, 4097, 100_000, 3][i]];
+                rng.fill(&mut d);
+                d
+            })
+            .collect();
+        {
+            let store = DirStore::open(&dir.0, config(SyncPolicy::Always)).unwrap();
+            for (id, d) in ids.iter().zip(&data) {
+                store.write(*id, 0, d).unwrap();
+            }
+        }
+        strip_to_legacy(&dir.0, &ids, &data);
+        // And the old version crashed in the middle of an append to chunk 4: its extend record
+        // (old format: no trailer) must be rolled back before the migration.
+        let old_store = DirStore::open(&dir.0, config(SyncPolicy::Never)).unwrap();
+        let (log_path, chunk_path) = (old_store.log_path(ids[4]), old_store.chunk_path(ids[4]));
+        let (tmp_path, chunk5) = (old_store.tmp_path(ids[5]), old_store.chunk_path(ids[5]));
+        drop(old_store);
+        // (that open migrated the store again: strip it once more)
+        strip_to_legacy(&dir.0, &ids, &data);
+        fs::write(
+            &log_path,
+            extend_log(ids[4], 100_000, &[9u8; 5000], 100_000),
+        )
+        .unwrap();
+        fs::write(&chunk_path, with(&data[4], 100_000, &[9u8; 2000])).unwrap();
+
+        let store = DirStore::open(&dir.0, config(SyncPolicy::Always)).unwrap();
+        let r = *store.recovery();
+        assert_eq!(
+            (r.chunks, r.chunks_migrated, r.extends_rolled_back),
+            (6, 6, 1),
+            "{r:?}"
+        );
+        assert!(dir.0.join(FORMAT_FILE).is_file());
+        for (id, d) in ids.iter().zip(&data) {
+            assert_eq!(&read_all(&store, *id).unwrap(), d);
+            assert_eq!(fs::read(store.chunk_path(*id)).unwrap(), chunk_file(d));
+        }
+        // New writes and a reopen: nothing more to migrate.
+        store.write(ids[1], 1, b"more").unwrap();
+        data[1] = with(&data[1], 1, b"more");
+        drop(store);
+        let store = DirStore::open(&dir.0, config(SyncPolicy::Always)).unwrap();
+        assert_eq!(store.recovery().chunks_migrated, 0);
+        assert_eq!(read_all(&store, ids[1]).unwrap(), data[1]);
+        drop(store);
+
+        // A crash in the middle of a migration: some chunks migrated, one half-copied into its
+        // .tmp, no marker yet. Open finishes the job.
+        strip_to_legacy(&dir.0, &ids, &data);
+        for (id, d) in ids.iter().zip(&data).take(3) {
+            let path = dir.0.join(subdir_name(fanout(*id))).join(id.to_string());
+            fs::write(path, chunk_file(d)).unwrap();
+        }
+        fs::write(&tmp_path, &chunk_file(&data[5])[..2]).unwrap();
+        assert_eq!(fs::read(&chunk5).unwrap(), data[5]);
+        let store = DirStore::open(&dir.0, config(SyncPolicy::Always)).unwrap();
+        let r = *store.recovery();
+        assert_eq!(
+            (r.chunks, r.chunks_migrated, r.temp_files_removed),
+            (6, 3, 1),
+            "{r:?}"
+        );
+        for (id, d) in ids.iter().zip(&data) {
+            assert_eq!(&read_all(&store, *id).unwrap(), d);
+        }
+        assert!(store.scrub(false).unwrap().damaged.is_empty());
+    }
+
     // ---- recovery from the states a crash leaves ----------------------------------------------
 
     /// Writes the files of one crash state, opens the store, and checks the chunk.
@@ -1491,6 +2542,14 @@ mod tests {
         v
     }
 
+    /// A chunk file as the store writes it: the data, then its checksum trailer.
+    fn chunk_file(data: &[u8]) -> Vec<u8> {
+        let all: Vec<u32> = data.chunks(BLOCK).map(crc32c).collect();
+        let mut file = data.to_vec();
+        file.extend_from_slice(&sums::emit_trailer(data.len() as u64, &all));
+        file
+    }
+
     #[test]
     fn open_repairs_every_crash_state() {
         let id = ChunkId(0x00c0_ffee_0000_0000_0000_0000_0000_0001);
@@ -1507,10 +2566,16 @@ mod tests {
         let appended = with(&old, old.len(), &new);
         let gap = 5_000usize;
         let gapped = with(&old, old.len() + gap, &new);
+        let at_end = old.len() - 1_000; // an overwrite that grows the chunk
+        let grown = with(&old, at_end, &new);
         let redo = redo_log(id, at as u64, &new, old.len() as u64);
+        let redo_grow = redo_log(id, at_end as u64, &new, old.len() as u64);
         let extend = extend_log(id, old.len() as u64, &new, old.len() as u64);
         let extend_gap = extend_log(id, (old.len() + gap) as u64, &new, old.len() as u64);
         let report = RecoveryReport::default();
+        let old_file = chunk_file(&old);
+        let old_trailer_len = sums::trailer_len(old.len() as u64) as usize;
+        assert!(gap > old_trailer_len);
 
         let mut torn_redo_data = redo.clone();
         torn_redo_data.truncate(RECORD_HEADER_LEN + new.len() / 2);
@@ -1519,10 +2584,26 @@ mod tests {
         let mut torn_header = extend.clone();
         torn_header[40] ^= 1; // the length field
         let other_id = extend_log(ChunkId(id.0 + 1), old.len() as u64, &new, old.len() as u64);
-        let half_overwrite = with(&old, at, &new[..new.len() / 2 + 3]);
-        let half_append = with(&old, old.len(), &new[..4096 * 3 + 17]);
+        // Torn in-place writes: the data half written, the trailer still the old one.
+        let half_overwrite = with(&old_file, at, &new[..new.len() / 2 + 3]);
+        let half_grow = with(&old_file, at_end, &new[..new.len() / 2 + 3]);
+        // The data written, not yet its sums (or only some of them).
+        let overwrite_no_sums = with(&old_file, at, &new);
+        let mut overwrite_some_sums = overwrite_no_sums.clone();
+        let k = at / BLOCK + 3;
+        overwrite_some_sums[old.len() + 4 * k..old.len() + 4 * k + 4]
+            .copy_from_slice(&crc32c(&overwritten[k * BLOCK..(k + 1) * BLOCK]).to_le_bytes());
+        // An append writes over the old trailer.
+        let half_append = with(&old_file, old.len(), &new[..4096 * 3 + 17]);
         // Power loss: the size reached the disk, the data blocks did not (they read as zeros).
-        let append_without_data = with(&old, old.len(), &vec![0u8; new.len()]);
+        let append_without_data = with(&old_file, old.len(), &vec![0u8; new.len()]);
+        let append_no_trailer = with(&old_file, old.len(), &new);
+        let mut append_half_trailer = chunk_file(&appended);
+        append_half_trailer.truncate(appended.len() + 100);
+        // A gap: the old trailer zeroed, nothing else yet.
+        let gap_zeroed = with(&old_file, old.len(), &vec![0u8; old_trailer_len]);
+        // Power loss: the data persisted, the zeroing of the old trailer in the gap did not.
+        let gap_not_zeroed = with(&old_file, old.len() + gap, &new);
 
         let cases = vec![
             CrashCase {
@@ -1549,7 +2630,7 @@ mod tests {
             },
             CrashCase {
                 name: "create: renamed, nothing else to do",
-                chunk: Some(new.clone()),
+                chunk: Some(chunk_file(&new)),
                 log: None,
                 tmp: None,
                 expect: Some(new.clone()),
@@ -1557,7 +2638,7 @@ mod tests {
             },
             CrashCase {
                 name: "overwrite: log created, record not written",
-                chunk: Some(old.clone()),
+                chunk: Some(old_file.clone()),
                 log: Some(Vec::new()),
                 tmp: None,
                 expect: Some(old.clone()),
@@ -1565,7 +2646,7 @@ mod tests {
             },
             CrashCase {
                 name: "overwrite: record data cut short",
-                chunk: Some(old.clone()),
+                chunk: Some(old_file.clone()),
                 log: Some(torn_redo_data),
                 tmp: None,
                 expect: Some(old.clone()),
@@ -1576,7 +2657,7 @@ mod tests {
             },
             CrashCase {
                 name: "overwrite: record data half-persisted (CRC fails)",
-                chunk: Some(old.clone()),
+                chunk: Some(old_file.clone()),
                 log: Some(torn_redo_flipped),
                 tmp: None,
                 expect: Some(old.clone()),
@@ -1587,7 +2668,7 @@ mod tests {
             },
             CrashCase {
                 name: "overwrite: record header cut short",
-                chunk: Some(old.clone()),
+                chunk: Some(old_file.clone()),
                 log: Some(redo[..40].to_vec()),
                 tmp: None,
                 expect: Some(old.clone()),
@@ -1598,7 +2679,7 @@ mod tests {
             },
             CrashCase {
                 name: "overwrite: valid record, chunk not yet touched",
-                chunk: Some(old.clone()),
+                chunk: Some(old_file.clone()),
                 log: Some(redo.clone()),
                 tmp: None,
                 expect: Some(overwritten.clone()),
@@ -1619,8 +2700,8 @@ mod tests {
                 },
             },
             CrashCase {
-                name: "overwrite: valid record, chunk complete",
-                chunk: Some(overwritten.clone()),
+                name: "overwrite: valid record, data written, sums not",
+                chunk: Some(overwrite_no_sums),
                 log: Some(redo.clone()),
                 tmp: None,
                 expect: Some(overwritten.clone()),
@@ -1630,8 +2711,53 @@ mod tests {
                 },
             },
             CrashCase {
+                name: "overwrite: valid record, data and some sums written, footer not",
+                chunk: Some(overwrite_some_sums),
+                log: Some(redo.clone()),
+                tmp: None,
+                expect: Some(overwritten.clone()),
+                report: RecoveryReport {
+                    overwrites_replayed: 1,
+                    ..report
+                },
+            },
+            CrashCase {
+                name: "overwrite: valid record, chunk complete",
+                chunk: Some(chunk_file(&overwritten)),
+                log: Some(redo.clone()),
+                tmp: None,
+                expect: Some(overwritten.clone()),
+                report: RecoveryReport {
+                    overwrites_replayed: 1,
+                    ..report
+                },
+            },
+            CrashCase {
+                name: "overwrite growing the chunk: valid record, chunk torn",
+                chunk: Some(half_grow),
+                log: Some(redo_grow.clone()),
+                tmp: None,
+                expect: Some(grown.clone()),
+                report: RecoveryReport {
+                    overwrites_replayed: 1,
+                    sums_rebuilt: 1,
+                    ..report
+                },
+            },
+            CrashCase {
+                name: "overwrite growing the chunk: valid record, chunk complete",
+                chunk: Some(chunk_file(&grown)),
+                log: Some(redo_grow),
+                tmp: None,
+                expect: Some(grown.clone()),
+                report: RecoveryReport {
+                    overwrites_replayed: 1,
+                    ..report
+                },
+            },
+            CrashCase {
                 name: "extend: record header corrupt",
-                chunk: Some(old.clone()),
+                chunk: Some(old_file.clone()),
                 log: Some(torn_header),
                 tmp: None,
                 expect: Some(old.clone()),
@@ -1642,7 +2768,7 @@ mod tests {
             },
             CrashCase {
                 name: "extend: valid record, chunk not yet touched",
-                chunk: Some(old.clone()),
+                chunk: Some(old_file.clone()),
                 log: Some(extend.clone()),
                 tmp: None,
                 expect: Some(old.clone()),
@@ -1652,13 +2778,14 @@ mod tests {
                 },
             },
             CrashCase {
-                name: "extend: valid record, append cut short",
+                name: "extend: valid record, append cut short (over the old trailer)",
                 chunk: Some(half_append),
                 log: Some(extend.clone()),
                 tmp: None,
                 expect: Some(old.clone()),
                 report: RecoveryReport {
                     extends_rolled_back: 1,
+                    sums_rebuilt: 1,
                     ..report
                 },
             },
@@ -1670,12 +2797,37 @@ mod tests {
                 expect: Some(old.clone()),
                 report: RecoveryReport {
                     extends_rolled_back: 1,
+                    sums_rebuilt: 1,
+                    ..report
+                },
+            },
+            CrashCase {
+                name: "extend: valid record, data written, trailer not",
+                chunk: Some(append_no_trailer),
+                log: Some(extend.clone()),
+                tmp: None,
+                expect: Some(appended.clone()),
+                report: RecoveryReport {
+                    extends_complete: 1,
+                    sums_rebuilt: 1,
+                    ..report
+                },
+            },
+            CrashCase {
+                name: "extend: valid record, data written, trailer cut short",
+                chunk: Some(append_half_trailer),
+                log: Some(extend.clone()),
+                tmp: None,
+                expect: Some(appended.clone()),
+                report: RecoveryReport {
+                    extends_complete: 1,
+                    sums_rebuilt: 1,
                     ..report
                 },
             },
             CrashCase {
                 name: "extend: valid record, append complete",
-                chunk: Some(appended.clone()),
+                chunk: Some(chunk_file(&appended)),
                 log: Some(extend.clone()),
                 tmp: None,
                 expect: Some(appended.clone()),
@@ -1686,7 +2838,7 @@ mod tests {
             },
             CrashCase {
                 name: "extend after a gap: hole written, data not",
-                chunk: Some(with(&old, old.len() + gap - 1, &[0])),
+                chunk: Some(with(&old_file, old.len() + gap - 1, &[0])),
                 log: Some(extend_gap.clone()),
                 tmp: None,
                 expect: Some(old.clone()),
@@ -1696,8 +2848,32 @@ mod tests {
                 },
             },
             CrashCase {
+                name: "extend after a gap: old trailer zeroed, data not written",
+                chunk: Some(gap_zeroed),
+                log: Some(extend_gap.clone()),
+                tmp: None,
+                expect: Some(old.clone()),
+                report: RecoveryReport {
+                    extends_rolled_back: 1,
+                    sums_rebuilt: 1,
+                    ..report
+                },
+            },
+            CrashCase {
+                name: "extend after a gap: data persisted, old trailer not zeroed",
+                chunk: Some(gap_not_zeroed),
+                log: Some(extend_gap.clone()),
+                tmp: None,
+                expect: Some(gapped.clone()),
+                report: RecoveryReport {
+                    extends_complete: 1,
+                    sums_rebuilt: 1,
+                    ..report
+                },
+            },
+            CrashCase {
                 name: "extend after a gap: complete",
-                chunk: Some(gapped.clone()),
+                chunk: Some(chunk_file(&gapped)),
                 log: Some(extend_gap),
                 tmp: None,
                 expect: Some(gapped),
@@ -1708,7 +2884,7 @@ mod tests {
             },
             CrashCase {
                 name: "any: record invalidated (zeroed)",
-                chunk: Some(appended.clone()),
+                chunk: Some(chunk_file(&appended)),
                 log: Some(vec![0u8; RECORD_HEADER_LEN]),
                 tmp: None,
                 expect: Some(appended.clone()),
@@ -1716,7 +2892,7 @@ mod tests {
             },
             CrashCase {
                 name: "a record naming another chunk",
-                chunk: Some(old.clone()),
+                chunk: Some(old_file.clone()),
                 log: Some(other_id),
                 tmp: None,
                 expect: Some(old.clone()),
@@ -1727,7 +2903,7 @@ mod tests {
             },
             CrashCase {
                 name: "delete: log removed, chunk not yet",
-                chunk: Some(old.clone()),
+                chunk: Some(old_file.clone()),
                 log: None,
                 tmp: None,
                 expect: Some(old.clone()),
@@ -1771,6 +2947,14 @@ mod tests {
                     "{}: wrong content after recovery",
                     case.name
                 );
+                // The trailer is exactly what a clean write would have left.
+                if let Some(expect) = &case.expect {
+                    assert!(
+                        fs::read(&paths.0).unwrap() == chunk_file(expect),
+                        "{}: wrong chunk file (trailer) after recovery",
+                        case.name
+                    );
+                }
                 assert!(!paths.2.exists(), "{}: temp file left", case.name);
                 if let Ok(log) = File::open(&paths.1) {
                     assert!(case.expect.is_some(), "{}: orphan log left", case.name);

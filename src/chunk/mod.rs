@@ -8,6 +8,7 @@
 //! Two stores come with the crate: [`MemStore`] (in memory, with a byte budget) and
 //! [`DirStore`] (one file per chunk under a directory, crash-safe, with a [`SyncPolicy`]).
 
+mod block_sums;
 mod client;
 pub mod dir_store;
 #[cfg(test)]
@@ -24,7 +25,9 @@ mod workers;
 pub use client::{
     ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, SubmitError,
 };
-pub use dir_store::{DirStore, DirStoreConfig, DirStoreError, RecoveryReport, SyncPolicy};
+pub use dir_store::{
+    DirStore, DirStoreConfig, DirStoreError, RecoveryReport, ScrubFinding, ScrubReport, SyncPolicy,
+};
 pub use mem_store::MemStore;
 pub use on_stack::{ChunkClient, ChunkServer, ChunkSetupError};
 pub(crate) use server::{conn_tag, take_results};
