@@ -180,7 +180,7 @@ fn transfer(path: &LossyPath, subnet: u8, client: End, server: End, faults: &Fau
         .find(|l| l.starts_with("fileserver: final:"))
         .unwrap_or_else(|| panic!("{what}: no final counters:\n{out}"));
     assert!(
-        final_line.contains("(0 for protocol errors)") && final_line.contains("errors 0;"),
+        final_line.contains("(0 for protocol errors)") && final_line.contains("; errors 0 "),
         "{what}: {final_line}"
     );
 

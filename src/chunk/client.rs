@@ -412,10 +412,12 @@ impl ClientConn {
             buf,
             at: a.filled,
             len,
+            crc: self.decoder.payload_crc_so_far(),
         })
     }
 
-    /// Gives back a lent buffer with the `placed` bytes put at its `at` and their CRC32C:
+    /// Gives back a lent buffer with the `placed` bytes put at its `at`, and `crc`: the
+    /// lent `crc` continued over them (`crc32c_append`):
     /// they count as payload received (the answer completes if they were the last).
     pub fn payload_placed(&mut self, lent: LentPayload, placed: usize, crc: u32) {
         if self.broken {

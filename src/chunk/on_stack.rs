@@ -480,9 +480,9 @@ impl SinkHolder {
                 crc: 0,
             })
         });
-        sink.lent = Some(lent);
         sink.placed = 0;
-        sink.crc = 0;
+        sink.crc = lent.crc;
+        sink.lent = Some(lent);
         // An error means the connection is gone (the sink goes with it); the next read says so.
         self.lent = stack.set_rx_sink(conn, sink).is_ok();
     }

@@ -245,6 +245,7 @@ impl ServerConn {
     /// [`ServerConn::payload_placed`] gives it back, `handle_input` must not be called.
     pub fn lend_payload(&mut self) -> Option<LentPayload> {
         let len = self.payload_remaining();
+        let crc = self.decoder.payload_crc_so_far();
         match &mut self.pending {
             Some(Pending::Write {
                 buf: buf @ Some(_),
@@ -257,13 +258,15 @@ impl ServerConn {
                     buf: buf.take()?,
                     at: *filled,
                     len,
+                    crc,
                 })
             }
             _ => None,
         }
     }
 
-    /// Gives back a lent buffer with the `placed` bytes put at its `at` and their CRC32C:
+    /// Gives back a lent buffer with the `placed` bytes put at its `at`, and `crc`: the
+    /// lent `crc` continued over them (`crc32c_append`):
     /// they count as payload received (the WRITE runs if they were the last).
     pub fn payload_placed<S: ChunkStore + 'static>(
         &mut self,

@@ -126,4 +126,7 @@ pub struct LentPayload {
     pub at: usize,
     /// Payload bytes still to come.
     pub len: usize,
+    /// The CRC32C of the payload's bytes before `at`: continue it over the bytes placed
+    /// (`crc32c_append`) and give the result back with them.
+    pub crc: u32,
 }

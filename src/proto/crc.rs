@@ -90,19 +90,25 @@ impl PayloadCheck {
         take
     }
 
-    /// Adds the next `len` bytes of the payload by their CRC32C `crc` (bytes the caller took
-    /// in some other way and checksummed itself): no pass over them here. `len` is at most
-    /// [`PayloadCheck::remaining`]; more is a caller bug (debug builds panic, release builds
-    /// count only what remains).
+    /// The CRC32C of the payload bytes seen so far: a caller that takes the next bytes in
+    /// some other way continues it (`crc32c_append`) and hands the result to
+    /// [`PayloadCheck::absorb`].
+    pub const fn crc_so_far(&self) -> u32 {
+        self.crc
+    }
+
+    /// Counts the next `len` bytes of the payload, taken in some other way: `crc` is
+    /// [`PayloadCheck::crc_so_far`] continued over them, so no pass over them (and no CRC
+    /// combination) is needed here. `len` is at most [`PayloadCheck::remaining`]; more is a
+    /// caller bug (debug builds panic, release builds count only what remains).
     pub fn absorb(&mut self, len: u32, crc: u32) {
         debug_assert!(
             len <= self.remaining,
             "{len} > {} remaining",
             self.remaining
         );
-        let len = len.min(self.remaining);
-        self.crc = crc32c_combine(self.crc, crc, len as usize);
-        self.remaining -= len;
+        self.crc = crc;
+        self.remaining -= len.min(self.remaining);
     }
 
     /// Payload bytes still expected.

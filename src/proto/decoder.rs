@@ -276,11 +276,21 @@ impl<H: WireHeader> FrameDecoder<H> {
         self.state == State::Header && self.fill == 0
     }
 
+    /// The CRC32C of the current frame's payload bytes seen so far (0 outside a payload),
+    /// for a caller that takes the next ones outside [`FrameDecoder::feed`].
+    pub fn payload_crc_so_far(&self) -> u32 {
+        match self.state {
+            State::Payload(check) => check.crc_so_far(),
+            _ => 0,
+        }
+    }
+
     /// Counts `len` bytes of the current frame's payload that the caller received outside
-    /// [`FrameDecoder::feed`] (a receive path that placed them straight into its buffer),
-    /// with their CRC32C: the payload check goes on as if they had been fed. The `End` event
-    /// comes from the next `feed` (with any input, even none) once the payload is complete.
-    /// Only between a `Header` event and its payload's end; `len` at most
+    /// [`FrameDecoder::feed`] (a receive path that placed them straight into its buffer):
+    /// `crc` is [`FrameDecoder::payload_crc_so_far`] continued over them (`crc32c_append`),
+    /// and the payload check goes on as if they had been fed. The `End` event comes from the
+    /// next `feed` (with any input, even none) once the payload is complete. Only between a
+    /// `Header` event and its payload's end; `len` at most
     /// [`FrameDecoder::payload_remaining`] (anything else is a caller bug: debug builds panic,
     /// release builds ignore the call).
     pub fn payload_placed(&mut self, len: u32, crc: u32) {
