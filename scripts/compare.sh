@@ -118,8 +118,12 @@ ALL_WORKLOADS=(
 )
 QUICK_WORKLOADS=(read-4k-c1-d1 read-4k-c32-d4 read-1m-c1-d4 write-1m-c1-d4 dir-write-1m-c1-d4 scale-idle0 scale-idle1024)
 GLIBC_TUNABLES_VALUE="glibc.cpu.x86_rep_movsb_threshold=1000000000:glibc.cpu.x86_rep_movsb_stop_threshold=1000000000"
-# 1,024 idle + 32 active connections + a few spare.
-CONNECTIONS_MAX=1100
+# The server's --connections-max: the file server's default (64), or a workload's active and
+# idle connections and a few spare (1,100 for 1,024 idle + 32 active). It sizes the server's
+# sockets, and so their TCP buffers (examples' --tcp-buf default: 1 MiB each up to 128
+# sockets, less beyond): a server sized for 1,100 connections has 64 KiB windows.
+CONNECTIONS_MIN=64
+CONNECTIONS_SPARE=44
 # IP MTU of the memif link: shared memory has no wire limit (the kernel's loopback baseline
 # runs with MTU 65536). 9000, the examples' default (docs/DATAPATH.md, "MTU", says why not
 # 65000). dpdk-memif stays at 1500: DPDK 22.11's net_memif takes frames of at most 1518 bytes.
@@ -413,7 +417,7 @@ meta_set paths "${paths[*]}"
 meta_set workloads "${workload_names[*]}"
 meta_set server_cpu "$server_cpu"
 meta_set client_cpu "$client_cpu"
-meta_set connections_max "$CONNECTIONS_MAX"
+meta_set connections_max "per workload: max($CONNECTIONS_MIN, connections + idle + $CONNECTIONS_SPARE)"
 meta_set shm_mtu "$SHM_MTU"
 meta_set store "mem (in memory; 64 distinct chunks per run, prefilled); dir-* workloads: DirStore (fdatasync before each WRITE is acknowledged, the file server's default) in a fresh directory on $(df -PT "$out" | awk 'NR==2 {print $2 " (" $1 ")"}')"
 if has_path lossy; then
@@ -462,7 +466,7 @@ veth_offloads() {
 # Sets server_cmd and client_cmd (without the bench arguments) for path $1.
 setup_path() {
     local path=$1
-    local common=(--store mem --connections-max "$CONNECTIONS_MAX" --grace-s 2)
+    local common=(--store mem --connections-max "$CONNECTIONS_MIN" --grace-s 2)
     case "$path" in
         memif)
             server_cmd=("${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver" --backend memif
@@ -527,10 +531,11 @@ wait_started() {
 
 # Starts the server (server_cmd) and waits for its "listening on" line; log in $1.
 start_server() {
-    local log=$1 store=${2:-mem} a prev="" cmd=()
-    # The path's command with this run's store.
+    local log=$1 store=${2:-mem} cmax=${3:-$CONNECTIONS_MIN} a prev="" cmd=()
+    # The path's command with this run's store and connection limit.
     for a in "${server_cmd[@]}"; do
         [ "$prev" = --store ] && a=$store
+        [ "$prev" = --connections-max ] && a=$cmax
         cmd+=("$a")
         prev=$a
     done
@@ -805,7 +810,9 @@ for rep in $(seq 1 "$reps"); do
                 mkdir -p "$store_dir"
                 store_arg="dir:$store_dir"
             fi
-            if start_server "$slog" "$store_arg"; then
+            cmax=$((conns + idle + CONNECTIONS_SPARE))
+            [ "$cmax" -ge "$CONNECTIONS_MIN" ] || cmax=$CONNECTIONS_MIN
+            if start_server "$slog" "$store_arg" "$cmax"; then
                 run_one "$rep" "$path" "$spec" || true
                 if ! kill -0 "$server_pid" 2>/dev/null; then
                     echo "    the server died during the run (log: $slog)" >&2
