@@ -205,13 +205,15 @@ struct InFlight {
 
 struct OutReq {
     header: [u8; RequestHeader::HEADER_LEN],
+    /// The WRITE data; `None` once lent to the transport (`ClientConn::lend_output`).
     payload: Option<PoolBuf>,
+    payload_len: usize,
     sent: usize,
 }
 
 impl OutReq {
     fn len(&self) -> usize {
-        RequestHeader::HEADER_LEN + self.payload.as_ref().map_or(0, PoolBuf::len)
+        RequestHeader::HEADER_LEN + self.payload_len
     }
 }
 
@@ -375,6 +377,7 @@ impl ClientConn {
         let header = RequestHeader::new(id, request);
         self.send_q.push_back(OutReq {
             header: header.to_bytes(),
+            payload_len: payload.as_ref().map_or(0, PoolBuf::len),
             payload,
             sent: 0,
         });
@@ -618,6 +621,29 @@ impl ClientConn {
             let p = o.payload.as_ref().map_or(&[][..], PoolBuf::as_slice);
             &p[o.sent - RequestHeader::HEADER_LEN..]
         })
+    }
+
+    /// The request being sent, when its header is out and its payload (at least `min`
+    /// bytes) is not all sent: the payload's buffer the first time (the transport sends from
+    /// it without copying and keeps it until the bytes are acknowledged; `None` once lent),
+    /// how much of the payload is sent, and its length. Report with
+    /// [`ClientConn::advance_output_lent`]; [`ClientConn::next_output`] must not be used for
+    /// this request's payload afterwards.
+    pub fn lend_output(&mut self, min: usize) -> Option<(Option<PoolBuf>, usize, usize)> {
+        let o = self.send_q.front_mut()?;
+        let done = o.sent.checked_sub(RequestHeader::HEADER_LEN)?;
+        (o.payload_len >= min.max(1) && done < o.payload_len)
+            .then(|| (o.payload.take(), done, o.payload_len))
+    }
+
+    /// Records that `n` bytes of a payload lent by [`ClientConn::lend_output`] were sent.
+    pub fn advance_output_lent(&mut self, n: usize) {
+        if let Some(o) = self.send_q.front_mut() {
+            o.sent += n;
+            if o.sent >= o.len() {
+                self.send_q.pop_front();
+            }
+        }
     }
 
     /// Records that `n` bytes of [`ClientConn::next_output`] were sent.

@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use crate::dev::PacketDevice;
-use crate::mem::MemError;
+use crate::mem::{MemError, PoolBuf};
 use crate::proto::{crc32c_append, LimitsError, ResponseHeader, Status};
 use crate::stack::{ConnError, ConnId, ConnState, ListenerId, RxSink, Stack, StackError, TxSource};
 use crate::time::Instant;
@@ -446,6 +446,18 @@ pub struct ChunkClient {
     read_epoch: u64,
     /// The sink lent to the socket for a READ answer's payload, or kept for the next one.
     sink: SinkHolder,
+    /// The WRITE payload being sent, lent to the socket.
+    lent_src: Option<Arc<dyn TxSource>>,
+}
+
+/// A WRITE's payload in its staging buffer, sent as it is (smoltcp patch 15); the buffer goes
+/// back to its pool when the socket has no more use for it.
+struct LentBuf(PoolBuf);
+
+impl TxSource for LentBuf {
+    fn bytes(&self) -> &[u8] {
+        self.0.as_slice()
+    }
 }
 
 /// A payload (a READ answer's at the client, a WRITE's at the server) takes this long at
@@ -553,6 +565,7 @@ impl ChunkClient {
             closed: false,
             read_epoch: u64::MAX,
             sink: SinkHolder::default(),
+            lent_src: None,
         })
     }
 
@@ -610,7 +623,37 @@ impl ChunkClient {
                 }
             }
         }
-        while let Some(piece) = self.core.next_output() {
+        loop {
+            // A large WRITE's payload goes out from its staging buffer, not copied into the
+            // socket.
+            if let Some((buf, done, len)) = self.core.lend_output(LEND_MIN) {
+                if let Some(buf) = buf {
+                    self.lent_src = Some(Arc::new(LentBuf(buf)));
+                }
+                let Some(src) = self.lent_src.as_ref() else {
+                    // Not reached: the buffer was lent when its first byte was.
+                    self.core.fail_all(ClientError::ConnectionLost);
+                    return true;
+                };
+                match stack.send_lent(self.conn, src, done, len - done) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if done + n == len {
+                            self.lent_src = None;
+                        }
+                        self.core.advance_output_lent(n);
+                        busy = true;
+                        continue;
+                    }
+                    Err(_) => {
+                        self.core.fail_all(ClientError::ConnectionLost);
+                        return true;
+                    }
+                }
+            }
+            let Some(piece) = self.core.next_output() else {
+                break;
+            };
             match stack.send(self.conn, piece) {
                 Ok(0) => break,
                 Ok(n) => {
