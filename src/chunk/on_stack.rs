@@ -88,7 +88,18 @@ pub struct ChunkServer<S: ChunkStore + 'static> {
     polls: u64,
     /// [`Stack::epoch`] at the last poll: unchanged, no shard needs looking at.
     seen_epoch: u64,
+    /// Refused connections, told why and closed for sending, kept until their peer closes
+    /// or their deadline (at most `refused_max`: each holds a socket the listener could use).
+    refused: Vec<(ConnId, Instant)>,
+    refused_max: usize,
 }
+
+/// Refused connections kept at once, at most (and at most half the backlog); beyond that a
+/// refusal is a reset.
+const REFUSED_MAX: usize = 16;
+
+/// How long a refused connection is kept for its peer to read why and close.
+const REFUSED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<S: ChunkStore + 'static> ChunkServer<S> {
     /// Listens on `port` of `stack`. The stack needs `connections_max + backlog` sockets.
@@ -140,13 +151,65 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
             served_at: vec![0; cfg.connections_max],
             polls: 0,
             seen_epoch: u64::MAX,
+            refused: Vec::with_capacity(REFUSED_MAX),
+            refused_max: (cfg.backlog / 2).min(REFUSED_MAX),
         })
+    }
+
+    /// Tells connection `c` why it is not served (an answer with request id 0) and closes it
+    /// for sending; it is kept until its peer closes (so the answer is not lost to a reset) or
+    /// for `REFUSED_LINGER`. A reset at once when `refused_max` wait already: under a flood of
+    /// connections, refusals must not hold the sockets the listener needs.
+    fn refuse<D: PacketDevice>(&mut self, stack: &mut Stack<D>, c: ConnId) {
+        self.stats.connections_refused += 1;
+        let status = if self.shutting_down {
+            Status::ShuttingDown
+        } else {
+            Status::TooManyConnections
+        };
+        let refusal = ResponseHeader::error(0, 0, status, true).to_bytes();
+        if self.refused.len() < self.refused_max
+            && stack.send(c, &refusal) == Ok(refusal.len())
+            && stack.close(c).is_ok()
+        {
+            self.refused.push((c, stack.now() + REFUSED_LINGER));
+        } else {
+            let _ = stack.abort(c);
+            let _ = stack.release(c);
+        }
+    }
+
+    /// Reads and drops what refused connections send; lets go of those whose peer closed,
+    /// and resets those past their deadline.
+    fn drain_refused<D: PacketDevice>(&mut self, stack: &mut Stack<D>) {
+        let now = stack.now();
+        self.refused.retain(|&(c, deadline)| {
+            // Until the peer's end of stream (or a reset): then it has read the answer.
+            let done = loop {
+                match stack.recv_with(c, |d| (d.len(), d.len())) {
+                    Ok(0) => break false,
+                    Ok(_) => {}
+                    Err(_) => break true,
+                }
+            };
+            if done || now >= deadline {
+                if !done {
+                    let _ = stack.abort(c);
+                }
+                let _ = stack.release(c);
+                return false;
+            }
+            true
+        });
     }
 
     /// Accepts connections and serves them; returns whether anything happened. Call after
     /// `stack.poll(now)` in the same loop.
     pub fn poll<D: PacketDevice>(&mut self, stack: &mut Stack<D>) -> bool {
         let mut busy = false;
+        if !self.refused.is_empty() {
+            self.drain_refused(stack);
+        }
         if let Some(l) = self.listener {
             while let Ok(Some(c)) = stack.accept(l) {
                 busy = true;
@@ -169,20 +232,7 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
                         if let Some(i) = other {
                             self.free.push(i);
                         }
-                        // Say why, then close (a FIN after the answer; the stack recycles the
-                        // socket when the close is done, or resets it after its close timeout).
-                        let status = if self.shutting_down {
-                            Status::ShuttingDown
-                        } else {
-                            Status::TooManyConnections
-                        };
-                        let refusal = ResponseHeader::error(0, 0, status, true).to_bytes();
-                        if stack.send(c, &refusal) != Ok(refusal.len()) {
-                            let _ = stack.abort(c);
-                        } else {
-                            let _ = stack.release(c);
-                        }
-                        self.stats.connections_refused += 1;
+                        self.refuse(stack, c);
                     }
                 }
             }
