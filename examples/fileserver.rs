@@ -191,7 +191,7 @@ fn scrub(args: &Args) -> Result<bool, String> {
     };
     let store = DirStore::open(path, cfg).map_err(|e| e.to_string())?;
     println!(
-        "fileserver: scrub dir:{} (recovery: {:?})",
+        "fileserver: scrub dir:{} (recovery at open: {})",
         path.display(),
         store.recovery()
     );
@@ -214,7 +214,7 @@ fn scrub(args: &Args) -> Result<bool, String> {
         .filter(|f| f.quarantined.is_some())
         .count();
     println!(
-        "fileserver: scrub: {} chunks checked ({:.1} MiB of data), {} damaged, {} quarantined{}",
+        "fileserver: scrub: {} chunks checked ({:.1} MiB in the intact ones), {} damaged, {} quarantined{}",
         report.chunks,
         report.bytes as f64 / 1048576.0,
         report.damaged.len(),

@@ -146,9 +146,12 @@ pub fn open_store(
             };
             let store = DirStore::open(path, cfg).map_err(|e| e.to_string())?;
             let line = format!(
-                "dir:{} (sync {:?}; recovery: {:?})",
+                "dir:{} (sync {}; recovery: {})",
                 path.display(),
-                sync,
+                match sync {
+                    SyncPolicy::Always => "always: each write is synced before it is acknowledged",
+                    SyncPolicy::Never => "never: writes stay in the page cache",
+                },
                 store.recovery()
             );
             Ok((Arc::new(store), line))

@@ -338,6 +338,44 @@ pub struct RecoveryReport {
     pub sums_rebuilt: u64,
 }
 
+impl std::fmt::Display for RecoveryReport {
+    /// In words, naming only what happened: `2 chunks, nothing to repair`, or `5 chunks; 1
+    /// overwrite replayed, 2 leftover temporary files removed`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} chunks", self.chunks)?;
+        let done = [
+            (self.temp_files_removed, "leftover temporary files removed"),
+            (self.overwrites_replayed, "overwrites replayed"),
+            (self.extends_complete, "appends found complete"),
+            (self.extends_rolled_back, "torn appends rolled back"),
+            (self.logs_discarded, "spent logs removed"),
+            (self.orphan_logs_removed, "logs without a chunk removed"),
+            (
+                self.chunks_migrated,
+                "chunks given checksums (older format)",
+            ),
+            (self.sums_rebuilt, "checksums rebuilt after a torn append"),
+            (
+                self.foreign_entries,
+                "entries that are not the store's left alone",
+            ),
+        ];
+        let mut sep = "; ";
+        let mut any = false;
+        for (n, what) in done {
+            if n > 0 {
+                write!(f, "{sep}{n} {what}")?;
+                sep = ", ";
+                any = true;
+            }
+        }
+        if !any {
+            write!(f, ", nothing to repair")?;
+        }
+        Ok(())
+    }
+}
+
 /// A damaged chunk found by [`DirStore::scrub`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScrubFinding {
@@ -354,7 +392,7 @@ pub struct ScrubFinding {
 pub struct ScrubReport {
     /// Chunks checked (every block and the trailer of each).
     pub chunks: u64,
-    /// Data bytes checked.
+    /// Data bytes of the chunks found intact.
     pub bytes: u64,
     /// Chunks found damaged, in the order checked.
     pub damaged: Vec<ScrubFinding>,
@@ -645,7 +683,7 @@ impl DirStore {
         if legacy {
             store.migrate()?;
         }
-        tracing::info!(dir = %store.dir.display(), recovery = ?store.recovery, "DirStore open");
+        tracing::info!(dir = %store.dir.display(), recovery = %store.recovery, "DirStore open");
         Ok(store)
     }
 
@@ -754,7 +792,7 @@ impl DirStore {
             self.recover_subdir(index, &sub, legacy, &mut report)?;
         }
         if report != RecoveryReport::default() {
-            tracing::info!(dir = %self.dir.display(), ?report, "DirStore recovery");
+            tracing::info!(dir = %self.dir.display(), %report, "DirStore recovery");
         }
         self.recovery = report;
         Ok(())
