@@ -462,20 +462,9 @@ impl ServerConn {
                         return;
                     }
                 }
-                let mut buf = None;
-                if len > 0 {
-                    match ctx
-                        .staging
-                        .alloc_shared(len as usize, self.held_large(ctx.staging))
-                    {
-                        Some(b) => buf = Some(b),
-                        None => {
-                            ctx.stats.staging_waits += 1;
-                            self.pending = Some(Pending::Buffer { header: h });
-                            return;
-                        }
-                    }
-                }
+                let Ok(buf) = self.answer_buffer(len as usize, h, ctx) else {
+                    return;
+                };
                 let large = buf.as_ref().is_some_and(|b| ctx.staging.is_large(b));
                 let work = Work::Read {
                     chunk: chunk_id,
@@ -499,20 +488,9 @@ impl ServerConn {
                     return;
                 }
                 let page = max.min(cap) as usize;
-                let mut buf = None;
-                if page > 0 {
-                    match ctx
-                        .staging
-                        .alloc_shared(page * LIST_ENTRY_LEN, self.held_large(ctx.staging))
-                    {
-                        Some(b) => buf = Some(b),
-                        None => {
-                            ctx.stats.staging_waits += 1;
-                            self.pending = Some(Pending::Buffer { header: h });
-                            return;
-                        }
-                    }
-                }
+                let Ok(buf) = self.answer_buffer(page * LIST_ENTRY_LEN, h, ctx) else {
+                    return;
+                };
                 let large = buf.as_ref().is_some_and(|b| ctx.staging.is_large(b));
                 let work = Work::List {
                     after,
@@ -650,6 +628,27 @@ impl ServerConn {
     /// Responses waiting for a store call.
     pub fn storage_waiting(&self) -> usize {
         self.waiting
+    }
+
+    /// A staging buffer of `len` bytes for the answer to `h` (`None` for 0 bytes), or
+    /// `Err(())` when none is free: `h` then waits in `pending` until one is (counted).
+    fn answer_buffer<S: ChunkStore + 'static>(
+        &mut self,
+        len: usize,
+        h: RequestHeader,
+        ctx: &mut ServeCtx<'_, S>,
+    ) -> Result<Option<PoolBuf>, ()> {
+        if len == 0 {
+            return Ok(None);
+        }
+        match ctx.staging.alloc_shared(len, self.held_large(ctx.staging)) {
+            Some(b) => Ok(Some(b)),
+            None => {
+                ctx.stats.staging_waits += 1;
+                self.pending = Some(Pending::Buffer { header: h });
+                Err(())
+            }
+        }
     }
 
     fn queue_error(&mut self, id: u64, op: Op, status: Status, stats: &mut ServerStats) {
