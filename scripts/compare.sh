@@ -41,6 +41,9 @@
 #   --glibc-tunables      run both sides with GLIBC_TUNABLES set to the value PLATFORM.md
 #                         documents (glibc's rep-movsb memcpy is slow on this machine's AMD CPU);
 #                         by default GLIBC_TUNABLES is removed from both sides' environment
+#   --veth-mtu N          MTU of the veth pair of af-xdp-veth and kernel-veth, both ends
+#                         (default 1500; storage networks often run 9000: AF_XDP then takes
+#                         frames over a 4 KiB UMEM frame as multi-buffer)
 #   --server-cpu N        core for the server (default 0)
 #   --client-cpu N        core for the client (default 1)
 #   --out DIR             raw results and logs (default target/compare)
@@ -128,6 +131,7 @@ CONNECTIONS_SPARE=44
 # runs with MTU 65536). 9000, the examples' default (docs/DATAPATH.md, "MTU", says why not
 # 65000). dpdk-memif stays at 1500: DPDK 22.11's net_memif takes frames of at most 1518 bytes.
 SHM_MTU=9000
+veth_mtu=1500
 # Hugepages (2 MiB) the DPDK and memif processes need at most, together.
 HUGEPAGES_NEEDED=800
 
@@ -161,6 +165,7 @@ while [ $# -gt 0 ]; do
         --paths) paths_arg=${2:?--paths needs a list}; shift ;;
         --workloads) workloads_arg=${2:?--workloads needs a list}; shift ;;
         --glibc-tunables) glibc=1 ;;
+        --veth-mtu) veth_mtu=${2:?--veth-mtu needs a number}; shift ;;
         --server-cpu) server_cpu=${2:?--server-cpu needs a core number}; shift ;;
         --client-cpu) client_cpu=${2:?--client-cpu needs a core number}; shift ;;
         --out) out=${2:?--out needs a directory}; shift ;;
@@ -370,6 +375,9 @@ if [ $needs_veth -eq 1 ]; then
     scripts/netns.sh up "$netns" >/dev/null
     ns_a="$netns-a"
     ns_b="$netns-b"
+    ip -n "$ns_a" link set "$ns_a" mtu "$veth_mtu" && ip -n "$ns_b" link set "$ns_b" mtu "$veth_mtu" ||
+        die "cannot set the veth MTU to $veth_mtu"
+    meta_set veth_mtu "$veth_mtu"
 fi
 
 # The lossy path: A - M - B, the relay runs in M per transfer.
