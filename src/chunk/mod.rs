@@ -30,7 +30,7 @@ pub use dir_store::{
 };
 pub use mem_store::MemStore;
 pub use on_stack::{ChunkClient, ChunkServer, ChunkSetupError};
-pub(crate) use server::{conn_tag, take_results};
+pub(crate) use server::{conn_tag, refusal, take_results, REFUSED_LINGER, REFUSED_MAX};
 pub use server::{ServeCtx, ServerConfig, ServerConn, ServerStats};
 pub use staging::{LentPayload, Staging, StagingConfig};
 pub use store::{ChunkStat, ChunkStore, ReadInfo, SharedRead, StoreError};

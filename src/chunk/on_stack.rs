@@ -6,14 +6,17 @@ use std::sync::Arc;
 
 use crate::dev::PacketDevice;
 use crate::mem::{MemError, PoolBuf};
-use crate::proto::{crc32c_append, LimitsError, ResponseHeader, Status};
+use crate::proto::{crc32c_append, LimitsError, Status};
 use crate::stack::{ConnError, ConnId, ConnState, ListenerId, RxSink, Stack, StackError, TxSource};
 use crate::time::Instant;
 
 use super::client::{
     ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, SubmitError,
 };
-use super::server::{conn_tag, take_results, ServeCtx, ServerConfig, ServerConn, ServerStats};
+use super::server::{
+    conn_tag, refusal, take_results, ServeCtx, ServerConfig, ServerConn, ServerStats,
+    REFUSED_LINGER, REFUSED_MAX,
+};
 use super::staging::{LentPayload, Staging};
 use super::store::{ChunkStore, SharedRead};
 use super::workers::Storage;
@@ -94,13 +97,6 @@ pub struct ChunkServer<S: ChunkStore + 'static> {
     refused_max: usize,
 }
 
-/// Refused connections kept at once, at most (and at most half the backlog); beyond that a
-/// refusal is a reset.
-const REFUSED_MAX: usize = 16;
-
-/// How long a refused connection is kept for its peer to read why and close.
-const REFUSED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-
 impl<S: ChunkStore + 'static> ChunkServer<S> {
     /// Listens on `port` of `stack`. The stack needs `connections_max + backlog` sockets.
     pub fn bind<D: PacketDevice>(
@@ -162,12 +158,7 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
     /// connections, refusals must not hold the sockets the listener needs.
     fn refuse<D: PacketDevice>(&mut self, stack: &mut Stack<D>, c: ConnId) {
         self.stats.connections_refused += 1;
-        let status = if self.shutting_down {
-            Status::ShuttingDown
-        } else {
-            Status::TooManyConnections
-        };
-        let refusal = ResponseHeader::error(0, 0, status, true).to_bytes();
+        let (_, refusal) = refusal(self.shutting_down);
         if self.refused.len() < self.refused_max
             && stack.send(c, &refusal) == Ok(refusal.len())
             && stack.close(c).is_ok()

@@ -810,6 +810,24 @@ impl ServerConn {
     }
 }
 
+/// Refused connections a server keeps at once while their peers read why (beyond this, a
+/// refusal is a reset: under a flood of connections, refusals must not hold resources).
+pub(crate) const REFUSED_MAX: usize = 16;
+
+/// How long a refused connection is kept for its peer to read why and close.
+pub(crate) const REFUSED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The answer that refuses a whole connection (request id 0, op 0, `CLOSING`):
+/// [`Status::ShuttingDown`] during shutdown, else [`Status::TooManyConnections`].
+pub(crate) fn refusal(shutting_down: bool) -> (Status, [u8; ResponseHeader::HEADER_LEN]) {
+    let status = if shutting_down {
+        Status::ShuttingDown
+    } else {
+        Status::TooManyConnections
+    };
+    (status, ResponseHeader::error(0, 0, status, true).to_bytes())
+}
+
 /// The tag of a connection in slot `slot` of a server, accepted as its `generation`-th (the
 /// slot's count of accepts): a store result for an earlier connection in that slot carries
 /// another tag and is dropped. [`take_results`] reads the slot back from the low 32 bits.

@@ -9,10 +9,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
 use crate::chunk::{
-    conn_tag, take_results, ChunkStore, ServeCtx, ServerConfig, ServerConn, ServerStats, Staging,
-    Storage,
+    conn_tag, refusal, take_results, ChunkStore, ServeCtx, ServerConfig, ServerConn, ServerStats,
+    Staging, Storage, REFUSED_LINGER, REFUSED_MAX,
 };
-use crate::proto::{ResponseHeader, Status};
 use crate::sys::socket::{
     self, Epoll, EpollEvent, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
 };
@@ -56,11 +55,6 @@ const EVENTS_MAX: usize = 256;
 /// How long the loop sleeps at most while store calls run (their timeouts are checked then).
 const STORAGE_WAIT_MAX: Duration = Duration::from_millis(100);
 
-/// Refused connections kept at once while the peer reads why (beyond this, refusals reset).
-const REFUSED_MAX: usize = 16;
-/// How long a refused connection is kept for its peer to read the refusal and close.
-const REFUSED_LINGER: Duration = Duration::from_secs(1);
-
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum SlotState {
     Free,
@@ -99,8 +93,8 @@ struct Slot {
 /// [`KernelServer::poll`].
 ///
 /// Connections beyond `connections_max` (or arriving during shutdown) are accepted, told why
-/// (an answer with request id 0 and status [`Status::TooManyConnections`] or
-/// [`Status::ShuttingDown`]) and closed, and counted in
+/// (an answer with request id 0 and status [`Status::TooManyConnections`](crate::proto::Status::TooManyConnections) or
+/// [`Status::ShuttingDown`](crate::proto::Status::ShuttingDown)) and closed, and counted in
 /// [`ServerStats::connections_refused`]. Up to 16 of them wait (reading and discarding, at
 /// most 1 s) for their peer to close first, so the refusal is not lost to a reset; beyond
 /// that, refusals are resets.
@@ -644,13 +638,8 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
     /// close with unread input would send; a reset at once when `REFUSED_MAX` wait already.
     fn refuse(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         self.stats.connections_refused += 1;
-        let status = if self.shutting_down {
-            Status::ShuttingDown
-        } else {
-            Status::TooManyConnections
-        };
+        let (status, answer) = refusal(self.shutting_down);
         tracing::debug!(%peer, %status, "connection refused");
-        let answer = ResponseHeader::error(0, 0, status, true).to_bytes();
         // A fresh socket's send buffer takes 40 bytes at once.
         let told = self.refused.len() < REFUSED_MAX
             && stream.set_nonblocking(true).is_ok()
