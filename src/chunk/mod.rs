@@ -14,6 +14,7 @@ pub mod dir_store;
 #[cfg(test)]
 mod list_tests;
 pub mod mem_store;
+pub mod meter;
 mod on_stack;
 mod server;
 mod staging;
@@ -31,7 +32,7 @@ pub use dir_store::{
 pub use mem_store::MemStore;
 pub use on_stack::{ChunkClient, ChunkServer, ChunkSetupError};
 pub(crate) use server::{conn_tag, refusal, take_results, REFUSED_LINGER, REFUSED_MAX};
-pub use server::{ServeCtx, ServerConfig, ServerConn, ServerStats};
+pub use server::{ServeCtx, ServerConfig, ServerConn, ServerSnapshot, ServerStats};
 pub use staging::{LentPayload, Staging, StagingConfig};
 pub use store::{ChunkStat, ChunkStore, ReadInfo, SharedRead, StoreError};
 pub use workers::{worker_of, Storage, StorageConfig, StorageMode, StoreWorkers, WorkerConfig};

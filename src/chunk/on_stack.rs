@@ -14,8 +14,8 @@ use super::client::{
     ChunkOp, ClientConfig, ClientConn, ClientError, ClientStats, Completion, SubmitError,
 };
 use super::server::{
-    conn_tag, refusal, take_results, ServeCtx, ServerConfig, ServerConn, ServerStats,
-    REFUSED_LINGER, REFUSED_MAX,
+    conn_tag, refusal, take_results, ServeCtx, ServerConfig, ServerConn, ServerSnapshot,
+    ServerStats, REFUSED_LINGER, REFUSED_MAX,
 };
 use super::staging::{LentPayload, Staging};
 use super::store::{ChunkStore, SharedRead};
@@ -423,6 +423,20 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
         self.stats
     }
 
+    /// Counters and what the server holds now, for operators (O(connections)).
+    pub fn snapshot(&self) -> ServerSnapshot {
+        ServerSnapshot::of(
+            self.stats,
+            self.slots
+                .iter()
+                .filter(|s| s.conn.is_some())
+                .map(|s| &s.core),
+            self.slots.len(),
+            self.storage.outstanding(),
+            &self.staging,
+        )
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         self.storage.store()
@@ -446,7 +460,7 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
             &mut self.stats,
             |i, done, stats| match slots.get_mut(i) {
                 Some(slot) if slot.conn.is_some() && slot.core.tag() == done.tag => {
-                    slot.core.complete(done, stats);
+                    slot.core.complete(done, now, stats);
                     if !in_busy[i] {
                         in_busy[i] = true;
                         busy.push(i as u32);

@@ -22,6 +22,7 @@ use crate::proto::{
 };
 use crate::time::Instant;
 
+use super::meter::{op_slot, RequestMeter, OP_OTHER};
 use super::staging::{LentPayload, Staging, StagingConfig};
 use super::store::{ChunkStore, SharedRead};
 use super::workers::{Done, Job, Outcome, Storage, StorageConfig, Submitted, Work};
@@ -101,6 +102,59 @@ pub struct ServerStats {
     pub storage_late: u64,
     /// Requests answered [`Status::Corrupt`]: the store found the chunk damaged.
     pub corrupt: u64,
+    /// Answers by op and status, service times and store call times by op.
+    pub requests: RequestMeter,
+}
+
+/// A server's state for operators, taken by the serving loop: its counters and what it holds
+/// now (the same for the ustack and kernel-TCP servers).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerSnapshot {
+    /// The counters.
+    pub stats: ServerStats,
+    /// Connections open (closing ones included).
+    pub connections: usize,
+    /// The most connections served at once.
+    pub connections_max: usize,
+    /// Requests taken and not yet fully answered, over all connections (queued answers, store
+    /// calls running, a request waiting for a buffer).
+    pub in_flight: usize,
+    /// Store calls on the storage workers.
+    pub storage_outstanding: usize,
+    /// The small staging pool (`None` if the server has none) and the large one.
+    pub staging_small: Option<crate::mem::PoolStats>,
+    /// The large staging pool.
+    pub staging_large: crate::mem::PoolStats,
+    /// Bytes the staging pools reserve.
+    pub staging_bytes: usize,
+}
+
+impl ServerSnapshot {
+    /// The snapshot of a server with these parts (`cores`: its open connections).
+    pub(crate) fn of<'a>(
+        stats: ServerStats,
+        cores: impl Iterator<Item = &'a ServerConn>,
+        connections_max: usize,
+        storage_outstanding: usize,
+        staging: &Staging,
+    ) -> ServerSnapshot {
+        let (mut connections, mut in_flight) = (0, 0);
+        for c in cores {
+            connections += 1;
+            in_flight += c.in_flight();
+        }
+        let (staging_small, staging_large) = staging.pool_stats();
+        ServerSnapshot {
+            stats,
+            connections,
+            connections_max,
+            in_flight,
+            storage_outstanding,
+            staging_small,
+            staging_large,
+            staging_bytes: staging.reserved_bytes(),
+        }
+    }
 }
 
 /// What a connection's requests run against, shared by a server's connections; built by the
@@ -143,6 +197,8 @@ enum Pending {
 struct Waiting {
     seq: u64,
     since: Instant,
+    /// When the request's header came.
+    started: Instant,
     op: Op,
     /// Its job holds a large staging buffer.
     large: bool,
@@ -196,6 +252,8 @@ pub struct ServerConn {
     next_seq: u64,
     /// Responses waiting for a store call.
     waiting: usize,
+    /// When the header of the request being decoded (or waiting in `pending`) came.
+    started: Instant,
 }
 
 impl ServerConn {
@@ -213,6 +271,7 @@ impl ServerConn {
             tag: 0,
             next_seq: 0,
             waiting: 0,
+            started: Instant::ZERO,
         }
     }
 
@@ -320,7 +379,10 @@ impl ServerConn {
             input = &input[n..];
             match event {
                 None => break,
-                Some(Event::Header(h)) => self.on_header(h, ctx),
+                Some(Event::Header(h)) => {
+                    self.started = ctx.now;
+                    self.on_header(h, ctx)
+                }
                 Some(Event::Payload(piece)) => {
                     if let Some(Pending::Write {
                         buf: Some(buf),
@@ -340,7 +402,7 @@ impl ServerConn {
                         Ok(()) => self.run_write(header, buf, ctx),
                         Err(e) => {
                             ctx.stats.bad_checksums += 1;
-                            self.queue_error(header.request_id, Op::Write, e.status(), ctx.stats);
+                            self.queue_error(header.request_id, Op::Write, e.status(), ctx);
                         }
                     },
                     Some(other) => {
@@ -353,6 +415,8 @@ impl ServerConn {
                 Some(Event::Rejected(r)) => {
                     ctx.stats.rejected_frames += 1;
                     ctx.stats.errors += 1;
+                    let op = Op::from_code(r.op).map_or(OP_OTHER, op_slot);
+                    ctx.stats.requests.answered(op, r.error.status(), None);
                     self.push(r.request_id.unwrap_or(0), r.error_response());
                     if r.must_close() {
                         self.closing = true;
@@ -412,7 +476,7 @@ impl ServerConn {
     fn on_header<S: ChunkStore + 'static>(&mut self, h: RequestHeader, ctx: &mut ServeCtx<'_, S>) {
         let op = h.request.op();
         if self.out.iter().any(|o| o.request_id == h.request_id) {
-            self.queue_error(h.request_id, op, Status::DuplicateRequestId, ctx.stats);
+            self.queue_error(h.request_id, op, Status::DuplicateRequestId, ctx);
             if header_payload_len(&h) > 0 {
                 self.pending = Some(Pending::Discard);
             }
@@ -422,6 +486,10 @@ impl ServerConn {
         match h.request {
             Request::Ping => {
                 ctx.stats.pings += 1;
+                let took = ctx.now.saturating_duration_since(self.started);
+                ctx.stats
+                    .requests
+                    .answered(op_slot(Op::Ping), Status::Ok, Some(took));
                 self.push(id, ResponseHeader::ping(id));
             }
             Request::Write { len, .. } => {
@@ -457,7 +525,8 @@ impl ServerConn {
                         .read_shared(chunk_id, offset, len as usize)
                     {
                         let result = r.map(Outcome::Lent).map_err(|e| e.status());
-                        let (header, payload) = answer(id, op, result, ctx.stats);
+                        let took = ctx.now.saturating_duration_since(self.started);
+                        let (header, payload) = answer(id, op, result, took, ctx.stats);
                         self.push_payload(id, header, payload);
                         return;
                     }
@@ -484,7 +553,7 @@ impl ServerConn {
                 // limit and LIST_PAGE_MAX.
                 let cap = self.decoder.limits().list_entries_max();
                 if max > 0 && cap == 0 {
-                    self.queue_error(id, op, Status::TooLarge, ctx.stats);
+                    self.queue_error(id, op, Status::TooLarge, ctx);
                     return;
                 }
                 let page = max.min(cap) as usize;
@@ -557,7 +626,9 @@ impl ServerConn {
         let seq = job.seq;
         match ctx.storage.submit(job) {
             Submitted::Done(done) => {
-                let (header, payload) = answer(request_id, op, done.result, ctx.stats);
+                ctx.stats.requests.stored(op_slot(op), done.took);
+                let took = ctx.now.saturating_duration_since(self.started);
+                let (header, payload) = answer(request_id, op, done.result, took, ctx.stats);
                 self.push_payload(request_id, header, payload);
             }
             Submitted::Queued => {
@@ -570,6 +641,7 @@ impl ServerConn {
                     waiting: Some(Waiting {
                         seq,
                         since: ctx.now,
+                        started: self.started,
                         op,
                         large,
                     }),
@@ -589,8 +661,8 @@ impl ServerConn {
 
     /// Takes the result of one of this connection's store jobs (one whose tag is
     /// [`ServerConn::tag`]): its answer becomes ready to send. A result that comes after its
-    /// request timed out is dropped (and counted).
-    pub(crate) fn complete(&mut self, done: Done, stats: &mut ServerStats) {
+    /// request timed out is dropped (and counted). `now` times the request.
+    pub(crate) fn complete(&mut self, done: Done, now: Instant, stats: &mut ServerStats) {
         let Some(o) = self
             .out
             .iter_mut()
@@ -601,7 +673,9 @@ impl ServerConn {
         };
         let Some(w) = o.waiting.take() else { return };
         self.waiting -= 1;
-        let (header, payload) = answer(o.request_id, w.op, done.result, stats);
+        stats.requests.stored(op_slot(w.op), done.took);
+        let took = now.saturating_duration_since(w.started);
+        let (header, payload) = answer(o.request_id, w.op, done.result, took, stats);
         o.header = header.to_bytes();
         o.payload = payload;
     }
@@ -620,6 +694,10 @@ impl ServerConn {
             self.waiting -= 1;
             stats.storage_timeouts += 1;
             stats.errors += 1;
+            let took = now.saturating_duration_since(w.started);
+            stats
+                .requests
+                .answered(op_slot(w.op), Status::Timeout, Some(took));
             o.header =
                 ResponseHeader::error(o.request_id, w.op.code(), Status::Timeout, false).to_bytes();
         }
@@ -651,9 +729,18 @@ impl ServerConn {
         }
     }
 
-    fn queue_error(&mut self, id: u64, op: Op, status: Status, stats: &mut ServerStats) {
+    fn queue_error<S: ChunkStore + 'static>(
+        &mut self,
+        id: u64,
+        op: Op,
+        status: Status,
+        ctx: &mut ServeCtx<'_, S>,
+    ) {
+        let stats = &mut *ctx.stats;
         stats.errors += 1;
         stats.corrupt += u64::from(status == Status::Corrupt);
+        let took = ctx.now.saturating_duration_since(self.started);
+        stats.requests.answered(op_slot(op), status, Some(took));
         self.push(id, ResponseHeader::error(id, op.code(), status, false));
     }
 
@@ -803,6 +890,16 @@ impl ServerConn {
         self.out.len()
     }
 
+    /// Requests taken and not fully answered: queued answers and a request waiting in
+    /// `pending` (a WRITE whose payload is arriving, one waiting for a buffer or queue room).
+    pub fn in_flight(&self) -> usize {
+        let pending = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| !matches!(p, Pending::Discard));
+        self.out.len() + usize::from(pending)
+    }
+
     /// Whether the transport should close: a protocol error (or end of input, or shutdown) and
     /// every queued response sent.
     pub fn should_close(&self) -> bool {
@@ -856,13 +953,19 @@ pub(crate) fn take_results<S: ChunkStore + 'static>(
     any
 }
 
-/// The answer to a finished store call, counted.
+/// The answer to a finished store call, counted, for a request whose header came `took` ago.
 fn answer(
     id: u64,
     op: Op,
     result: Result<Outcome, Status>,
+    took: std::time::Duration,
     stats: &mut ServerStats,
 ) -> (ResponseHeader, Option<Payload>) {
+    let status = match &result {
+        Ok(_) => Status::Ok,
+        Err(s) => *s,
+    };
+    stats.requests.answered(op_slot(op), status, Some(took));
     match result {
         Ok(Outcome::Written { size, len }) => {
             stats.writes += 1;

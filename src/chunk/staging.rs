@@ -106,6 +106,17 @@ impl Staging {
         self.small.is_none() || buf.capacity() > self.small_len
     }
 
+    /// The counters of the small pool (`None` without one) and of the large pool.
+    pub fn pool_stats(&self) -> (Option<crate::mem::PoolStats>, crate::mem::PoolStats) {
+        (self.small.as_ref().map(BufPool::stats), self.large.stats())
+    }
+
+    /// Bytes the pools reserve (every buffer's stride).
+    pub fn reserved_bytes(&self) -> usize {
+        let pool = |p: &BufPool| p.capacity() * p.stride();
+        self.small.as_ref().map_or(0, pool) + pool(&self.large)
+    }
+
     /// Buffers free in (small, large).
     pub fn available(&self) -> (usize, usize) {
         (

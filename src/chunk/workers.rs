@@ -118,6 +118,8 @@ pub(crate) struct Done {
     pub tag: u64,
     pub seq: u64,
     pub result: Result<Outcome, Status>,
+    /// How long the store call took (not counting its time in the queue).
+    pub took: Duration,
 }
 
 /// Storage worker settings.
@@ -291,6 +293,7 @@ fn worker<S: ChunkStore>(sh: &Shared<S>, i: usize) {
             continue;
         };
         sh.running.fetch_add(1, Ordering::Relaxed);
+        let began = std::time::Instant::now();
         let result = match catch_unwind(AssertUnwindSafe(|| run(&sh.store, job.work))) {
             Ok(r) => r,
             Err(_) => {
@@ -303,6 +306,7 @@ fn worker<S: ChunkStore>(sh: &Shared<S>, i: usize) {
             tag: job.tag,
             seq: job.seq,
             result,
+            took: began.elapsed(),
         };
         // `done` has room for every outstanding job (see `start`).
         if sh.done.push(done).is_err() {
@@ -518,11 +522,16 @@ impl<S: ChunkStore + 'static> Storage<S> {
 
     pub(crate) fn submit(&mut self, job: Job) -> Submitted {
         match &mut self.runner {
-            Runner::Inline(store) => Submitted::Done(Done {
-                tag: job.tag,
-                seq: job.seq,
-                result: run(store, job.work),
-            }),
+            Runner::Inline(store) => {
+                let began = std::time::Instant::now();
+                let result = run(store, job.work);
+                Submitted::Done(Done {
+                    tag: job.tag,
+                    seq: job.seq,
+                    result,
+                    took: began.elapsed(),
+                })
+            }
             Runner::Workers(w) => match w.submit(job) {
                 Ok(()) => Submitted::Queued,
                 Err(job) => Submitted::Full(job),

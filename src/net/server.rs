@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
 use crate::chunk::{
-    conn_tag, refusal, take_results, ChunkStore, ServeCtx, ServerConfig, ServerConn, ServerStats,
-    Staging, Storage, REFUSED_LINGER, REFUSED_MAX,
+    conn_tag, refusal, take_results, ChunkStore, ServeCtx, ServerConfig, ServerConn,
+    ServerSnapshot, ServerStats, Staging, Storage, REFUSED_LINGER, REFUSED_MAX,
 };
 use crate::sys::socket::{
     self, Epoll, EpollEvent, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
@@ -365,6 +365,20 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
         self.stats
     }
 
+    /// Counters and what the server holds now, for operators (O(connections)).
+    pub fn snapshot(&self) -> ServerSnapshot {
+        ServerSnapshot::of(
+            self.stats,
+            self.slots
+                .iter()
+                .filter(|s| s.state != SlotState::Free)
+                .map(|s| &s.core),
+            self.slots.len(),
+            self.storage.outstanding(),
+            &self.staging,
+        )
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         self.storage.store()
@@ -376,19 +390,19 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
         if !self.storage.uses_workers() {
             return false;
         }
+        let (now, timeout) = (crate::time::Instant::now(), self.storage.timeout());
         let slots = &mut self.slots;
         let mut any = take_results(
             &mut self.storage,
             &mut self.stats,
             |i, done, stats| match slots.get_mut(i) {
                 Some(slot) if slot.state == SlotState::Open && slot.core.tag() == done.tag => {
-                    slot.core.complete(done, stats);
+                    slot.core.complete(done, now, stats);
                     true
                 }
                 _ => false,
             },
         );
-        let (now, timeout) = (crate::time::Instant::now(), self.storage.timeout());
         for slot in &mut self.slots {
             if slot.core.storage_waiting() > 0 {
                 let before = self.stats.storage_timeouts;
