@@ -21,9 +21,11 @@
 
 mod adapter;
 mod config;
+mod conn_info;
 mod sockets;
 
 pub use config::{Congestion, MacAddr, StackConfig, TcpConfig};
+pub use conn_info::{ConnInfo, ConnStateCounts, TcpState};
 pub use smoltcp::socket::tcp::{RxSink, TxSource, TX_LENT_MAX};
 pub use sockets::{ConnError, ConnId, ConnState, ListenerId};
 
@@ -125,6 +127,10 @@ pub struct TcpStats {
     /// Handshakes given up after `TcpConfig::synack_retries` SYN|ACKs (half-open connections
     /// nobody completed), and connects whose SYN went unanswered.
     pub handshake_timeouts: u64,
+    /// Bytes of our data the peers acknowledged.
+    pub bytes_acked: u64,
+    /// In-order payload bytes received from the peers.
+    pub bytes_received: u64,
 }
 
 impl TcpStats {
@@ -147,6 +153,8 @@ impl TcpStats {
         self.challenge_acks += c.challenge_acks;
         self.duplicates_received += c.duplicates_received;
         self.handshake_timeouts += c.handshake_timeouts;
+        self.bytes_acked += c.bytes_acked;
+        self.bytes_received += c.bytes_received;
     }
 }
 

@@ -354,6 +354,18 @@ impl SocketTable {
         total
     }
 
+    /// Calls `f` for every slot of the shard in slot order, with its socket (`None` for a free
+    /// slot) and when the application last moved data on it (the idle timeout's clock).
+    pub(crate) fn for_each_slot(&self, mut f: impl FnMut(Option<&tcp::Socket<'_>>, Instant)) {
+        let slots = &self.slots;
+        self.store.with_dependent(|_, s| {
+            for slot in slots {
+                let sock = slot.handle.map(|h| s.set.get::<tcp::Socket<'_>>(h));
+                f(sock, slot.active_at);
+            }
+        });
+    }
+
     pub(crate) fn with_set<R>(&mut self, f: impl FnOnce(&mut SocketSet<'_>) -> R) -> R {
         self.store.with_dependent_mut(|_, s| f(&mut s.set))
     }

@@ -1099,6 +1099,13 @@ impl<'a> Socket<'a> {
             .then(|| Duration::from_micros(self.rtte.srtt as _))
     }
 
+    /// Return the RTT variance (RFC 6298's RTTVAR), or `None` before the first measurement.
+    pub fn rtt_variance(&self) -> Option<Duration> {
+        self.rtte
+            .have_measurement
+            .then(|| Duration::from_micros(self.rtte.rttvar as _))
+    }
+
     /// Enable or disable Nagle's Algorithm.
     ///
     /// Also known as "tinygram prevention". By default, it is enabled.
@@ -1819,6 +1826,27 @@ impl<'a> Socket<'a> {
             .inner()
             .window()
             .saturating_sub(self.in_flight())
+    }
+
+    /// The congestion window, in bytes: what the congestion controller lets be in flight
+    /// (compared with [`bytes_in_flight`](Self::bytes_in_flight)). With
+    /// `CongestionControl::None` it is effectively unbounded (`usize::MAX`).
+    pub fn congestion_window(&self) -> usize {
+        self.congestion_controller.inner().window()
+    }
+
+    /// Bytes deemed in the network, as the congestion window counts them (RFC 6675's pipe):
+    /// sent and not acknowledged, less what the peer selectively acknowledged and what is
+    /// deemed lost and not yet resent. Linux's `tcp_packets_in_flight`, in bytes; smaller
+    /// than what awaits a cumulative ACK while the peer holds data beyond a hole.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.in_flight()
+    }
+
+    /// The peer's maximum segment size, from the MSS option of its SYN (smoltcp's default of
+    /// 536 before one is seen). Segments are at most this and our own MSS, less options.
+    pub fn remote_mss(&self) -> usize {
+        self.remote_mss
     }
 
     /// The counters of this connection: retransmissions by cause, tail loss probes, spurious
@@ -2608,6 +2636,8 @@ impl<'a> Socket<'a> {
         }
 
         if ack_len > 0 {
+            // (`ack_len` counts neither the SYN nor the FIN.)
+            self.counters.bytes_acked += ack_len as u64;
             // Dequeue acknowledged octets.
             debug_assert!(self.tx_buffer.len() >= ack_len);
             tcp_trace!(
@@ -2775,6 +2805,7 @@ impl<'a> Socket<'a> {
                 let n = sink.0.room().min(payload_len);
                 sink.0.put(&payload[..n]);
                 self.remote_seq_no += n;
+                self.counters.bytes_received += n as u64;
                 (&payload[n..], payload_len - n)
             }
             _ => (payload, payload_len),
@@ -2829,6 +2860,7 @@ impl<'a> Socket<'a> {
                 self.rx_buffer.len() + contig_len
             );
             self.rx_buffer.enqueue_unallocated(contig_len);
+            self.counters.bytes_received += contig_len as u64;
 
             // There's new data in rx_buffer, notify waiting task if any.
             #[cfg(feature = "async")]
@@ -9318,6 +9350,192 @@ mod test {
         assert_eq!(s.counters().sack_blocks_ignored, 4);
         assert_eq!(s.tx_log.sacked_bytes(), 0);
         recv_nothing!(s, time 0);
+    }
+
+    #[test]
+    fn test_counters_bytes_acked() {
+        // Patch 16: the bytes of our data the peer acknowledged, counted where SND.UNA
+        // advances; neither the SYN nor the FIN counts.
+        let mut s = socket_syn_received();
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: Some(REMOTE_SEQ + 1),
+                max_seg_size: Some(BASE_MSS),
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.counters().bytes_acked, 0, "the SYN");
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        assert_eq!(s.counters().bytes_acked, 0);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 4),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.counters().bytes_acked, 4);
+        // The same ACK again acknowledges nothing new.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 4),
+                window_len: 200,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.counters().bytes_acked, 4);
+        s.close();
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: LOCAL_SEQ + 1 + 6,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 6 + 1),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::FinWait2);
+        assert_eq!(s.counters().bytes_acked, 6, "the data, not the FIN");
+        // A new connection on the socket starts from zero.
+        s.abort();
+        s.listen(LOCAL_PORT).unwrap();
+        assert_eq!(*s.counters(), Counters::default());
+    }
+
+    #[test]
+    fn test_counters_bytes_received() {
+        // Patch 16: in-order payload taken, each byte once: out-of-order data counts when
+        // its hole fills, duplicates and the FIN never, the sink's bytes too.
+        let mut s = socket_established();
+        let segment = |from: usize, payload: &'static [u8]| TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + from,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload,
+            ..SEND_TEMPL
+        };
+        let _ = send(&mut s, Instant::from_millis(0), &segment(0, b"abc"));
+        assert_eq!(s.counters().bytes_received, 3);
+        let _ = send(&mut s, Instant::from_millis(0), &segment(6, b"ghi"));
+        assert_eq!(s.counters().bytes_received, 3, "held out of order");
+        let _ = send(&mut s, Instant::from_millis(0), &segment(3, b"def"));
+        assert_eq!(s.counters().bytes_received, 9, "the hole filled");
+        let _ = send(&mut s, Instant::from_millis(0), &segment(0, b"abc"));
+        let _ = send(&mut s, Instant::from_millis(0), &segment(6, b"ghi"));
+        assert_eq!(s.counters().bytes_received, 9, "duplicates");
+        let mut read = [0; 9];
+        assert_eq!(s.recv_slice(&mut read), Ok(9));
+        assert_eq!(&read, b"abcdefghi");
+        let mut next = 9;
+        #[cfg(feature = "alloc")]
+        {
+            s.set_rx_sink(sink(4));
+            let _ = send(&mut s, Instant::from_millis(0), &segment(9, b"jklmno"));
+            assert_eq!(
+                s.counters().bytes_received,
+                15,
+                "4 to the sink, 2 to the buffer"
+            );
+            assert_eq!(sink_got(&mut s), b"jklm");
+            let mut read = [0; 2];
+            assert_eq!(s.recv_slice(&mut read), Ok(2));
+            assert_eq!(&read, b"no");
+            next = 15;
+        }
+        let _ = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                ..segment(next, b"pq")
+            },
+        );
+        assert_eq!(s.state, State::CloseWait);
+        assert_eq!(s.counters().bytes_received, next as u64 + 2, "not the FIN");
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-reno")]
+    fn test_congestion_window_in_flight_and_rtt_variance() {
+        // Patch 16: what `ss -ti` shows of the sender.
+        let mut s = socket_established();
+        s.set_congestion_control(CongestionControl::Reno);
+        s.remote_has_sack = true;
+        s.remote_mss = 4;
+        s.congestion_controller.inner_mut().set_mss(4);
+        assert_eq!(s.remote_mss(), 4);
+        assert_eq!(s.congestion_window(), 40, "ten segments (patch 4)");
+        assert_eq!(s.bytes_in_flight(), 0);
+        assert_eq!(s.smoothed_rtt(), None);
+        assert_eq!(s.rtt_variance(), None);
+        let data = b"0000111122223333";
+        s.send_slice(data).unwrap();
+        for (i, chunk) in data.chunks(4).enumerate() {
+            recv!(s, time 0, Ok(TcpRepr {
+                seq_number: byte(4 * i),
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: chunk,
+                ..RECV_TEMPL
+            }));
+        }
+        recv_nothing!(s, time 0);
+        assert_eq!(s.bytes_in_flight(), 16);
+        // Segment 0 acknowledged after 2 ms, segments 2 and 3 selectively: segment 1 is the
+        // only one still in the network.
+        send!(s, time 2, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(4)),
+            sack_ranges: [sack_block(8, 16), None, None],
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.bytes_in_flight(), 4);
+        assert_eq!(s.counters().bytes_acked, 4);
+        assert_eq!(s.smoothed_rtt(), Some(Duration::from_millis(2)));
+        assert_eq!(s.rtt_variance(), Some(Duration::from_millis(1)));
+        assert_eq!(
+            s.congestion_window(),
+            44,
+            "slow start: grown by the bytes acknowledged"
+        );
+        // Everything acknowledged: nothing in flight, the SACKed bytes counted once.
+        send!(s, time 3, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(byte(16)),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.bytes_in_flight(), 0);
+        assert_eq!(s.counters().bytes_acked, 16);
     }
 
     #[test]

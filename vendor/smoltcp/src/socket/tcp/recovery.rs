@@ -638,6 +638,13 @@ pub struct Counters {
     pub duplicates_received: u64,
     /// Handshakes given up after `set_syn_retries` retransmissions of the SYN or SYN|ACK.
     pub handshake_timeouts: u64,
+    /// Bytes of our data the peer acknowledged (cumulatively: `SND.UNA`'s advance, the SYN and
+    /// FIN excluded; SACKed bytes count once the cumulative ACK covers them).
+    pub bytes_acked: u64,
+    /// In-order payload bytes taken: queued in the receive buffer or given to the receive
+    /// sink, each once (out-of-order data counts when the hole before it fills; duplicates
+    /// and the FIN never).
+    pub bytes_received: u64,
 }
 
 impl Counters {
@@ -661,6 +668,8 @@ impl Counters {
         self.challenge_acks += other.challenge_acks;
         self.duplicates_received += other.duplicates_received;
         self.handshake_timeouts += other.handshake_timeouts;
+        self.bytes_acked += other.bytes_acked;
+        self.bytes_received += other.bytes_received;
     }
 }
 
