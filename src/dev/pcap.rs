@@ -9,6 +9,13 @@
 //! Capturing is a debugging aid and never breaks the data path: the first I/O error is logged
 //! once (`tracing::warn`) and capturing stops; frames keep flowing.
 //!
+//! [`PcapDevice`] is chosen when the device is built and writes from the polling thread, so it
+//! suits tests and tools. To capture from a server that is already running, switched on and
+//! off on demand (bounded, written by a thread of its own, timestamped with the wall clock), use
+//! [`Stack::start_capture`](crate::stack::Stack::start_capture) and
+//! [`Stack::stop_capture`](crate::stack::Stack::stop_capture) (see [`crate::stack::CaptureSpec`]);
+//! both write this same file format.
+//!
 //! ```no_run
 //! use ustack::dev::pcap::PcapDevice;
 //! use ustack::dev::sim::{SimConfig, SimLink};

@@ -20,9 +20,14 @@
 //! in real time and in the simulator's virtual time.
 
 mod adapter;
+mod capture;
 mod config;
 mod sockets;
 
+pub use capture::{
+    CaptureEnd, CaptureError, CaptureSpec, CaptureStatus, CAPTURE_BYTES_CEILING,
+    CAPTURE_PACKETS_CEILING, CAPTURE_RING_SLOTS, CAPTURE_STOP_WAIT,
+};
 pub use config::{Congestion, MacAddr, StackConfig, TcpConfig};
 pub use smoltcp::socket::tcp::{RxSink, TxSource, TX_LENT_MAX};
 pub use sockets::{ConnError, ConnId, ConnState, ListenerId};
