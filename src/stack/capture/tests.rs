@@ -656,3 +656,54 @@ fn a_dropped_stack_closes_its_capture_file() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A writer that blocks on its first write until the test opens the gate.
+struct Gate {
+    open: std::sync::mpsc::Receiver<()>,
+    opened: bool,
+}
+
+impl Write for Gate {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.opened {
+            let _ = self.open.recv();
+            self.opened = true;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stuck_writer_drops_frames_and_never_stalls_the_stack() {
+    let mut net = Net::new(Faults::none());
+    let (open, gate) = std::sync::mpsc::channel();
+    net.a
+        .start_capture_into(
+            spec(PathBuf::from("/gate.pcap"), Some(100_000), None),
+            Gate {
+                open: gate,
+                opened: false,
+            },
+        )
+        .unwrap();
+    // Far more frames than the ring holds, while the writer is stuck on its first record.
+    let (c, s) = net.connect();
+    net.transfer(true, c, s, 4 << 20);
+    net.settle();
+    let frames = net.a.stats().tx_frames + net.a.link_stats().rx_packets;
+    assert!(frames > 2 * CAPTURE_RING_SLOTS as u64, "{frames} frames");
+    let st = net.a.capture_status().unwrap();
+    assert!(st.running && st.packets == 0, "{st}");
+    // The ring held its slots' worth (one may be in the stuck writer's hands); every later
+    // frame was dropped.
+    assert_eq!(st.dropped, frames - CAPTURE_RING_SLOTS as u64, "{st}");
+    open.send(()).unwrap();
+    let st = net.a.stop_capture().unwrap();
+    assert_eq!(st.ended, Some(CaptureEnd::Stopped));
+    assert_eq!(st.packets, CAPTURE_RING_SLOTS as u64, "{st}");
+    assert_eq!(st.packets + st.dropped, frames);
+    assert!(st.to_string().contains("dropped"), "{st}");
+}
