@@ -9,6 +9,13 @@
 //! Capturing is a debugging aid and never breaks the data path: the first I/O error is logged
 //! once (`tracing::warn`) and capturing stops; frames keep flowing.
 //!
+//! [`PcapDevice`] is chosen when the device is built and writes from the polling thread, so it
+//! suits tests and tools. To capture from a server that is already running, switched on and
+//! off on demand (bounded, written by a thread of its own, timestamped with the wall clock), use
+//! [`Stack::start_capture`](crate::stack::Stack::start_capture) and
+//! [`Stack::stop_capture`](crate::stack::Stack::stop_capture) (see [`crate::stack::CaptureSpec`]);
+//! both write this same file format.
+//!
 //! ```no_run
 //! use ustack::dev::pcap::PcapDevice;
 //! use ustack::dev::sim::{SimConfig, SimLink};
@@ -42,12 +49,17 @@ pub const RECORD_HEADER_LEN: usize = 16;
 
 /// The global header of a file: magic, version 2.4, zone 0, sigfigs 0, snaplen, link type.
 pub fn emit_global_header() -> [u8; GLOBAL_HEADER_LEN] {
+    emit_global_header_snaplen(SNAPLEN as u32)
+}
+
+/// The global header of a file whose records are cut to `snaplen` bytes.
+pub fn emit_global_header_snaplen(snaplen: u32) -> [u8; GLOBAL_HEADER_LEN] {
     let mut h = [0u8; GLOBAL_HEADER_LEN];
     h[0..4].copy_from_slice(&PCAP_MAGIC_MICROS.to_le_bytes());
     h[4..6].copy_from_slice(&2u16.to_le_bytes());
     h[6..8].copy_from_slice(&4u16.to_le_bytes());
     // 8..12 thiszone = 0, 12..16 sigfigs = 0.
-    h[16..20].copy_from_slice(&(SNAPLEN as u32).to_le_bytes());
+    h[16..20].copy_from_slice(&snaplen.to_le_bytes());
     h[20..24].copy_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
     h
 }
@@ -55,12 +67,22 @@ pub fn emit_global_header() -> [u8; GLOBAL_HEADER_LEN] {
 /// The header of one record for a frame of `frame_len` bytes captured at `ts`: seconds,
 /// microseconds, captured length (at most [`SNAPLEN`]), original length.
 pub fn emit_record_header(ts: Instant, frame_len: usize) -> [u8; RECORD_HEADER_LEN] {
+    emit_record_header_snaplen(ts, frame_len, SNAPLEN)
+}
+
+/// The header of one record for a frame of `frame_len` bytes captured at `ts`, of which the
+/// first `frame_len.min(snaplen)` are written.
+pub fn emit_record_header_snaplen(
+    ts: Instant,
+    frame_len: usize,
+    snaplen: usize,
+) -> [u8; RECORD_HEADER_LEN] {
     let micros = ts.as_micros();
     // Seconds wrap after 136 years of uptime; the format has 32 bits.
     let secs = (micros / 1_000_000) as u32;
     let usecs = (micros % 1_000_000) as u32;
     let orig = u32::try_from(frame_len).unwrap_or(u32::MAX);
-    let incl = frame_len.min(SNAPLEN) as u32;
+    let incl = u32::try_from(frame_len.min(snaplen)).unwrap_or(u32::MAX);
     let mut h = [0u8; RECORD_HEADER_LEN];
     h[0..4].copy_from_slice(&secs.to_le_bytes());
     h[4..8].copy_from_slice(&usecs.to_le_bytes());

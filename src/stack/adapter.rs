@@ -5,6 +5,8 @@
 //! to verify those checksums again. Each good frame is classified ([`Route`]) so the stack can
 //! steer a TCP flow to the socket shard that owns it. Transmitted frames are written by smoltcp
 //! straight into a device buffer (no copy) and queued in a bounded batch flushed in bursts.
+//! A packet capture, while one runs (`Stack::start_capture`), sees each frame here: received
+//! ones before the checks, sent ones as the device takes them (`capture::tx_burst`).
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
@@ -12,6 +14,7 @@ use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
 use crate::dev::{Batch, Frame, PacketDevice, ETH_HEADER_LEN};
 use crate::time::Instant;
 
+use super::capture::{self, Tap};
 use super::StackStats;
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -68,6 +71,8 @@ pub(crate) struct Io<D: PacketDevice> {
     /// is then dropped and counted (a TX token cannot fail).
     scratch: Box<[u8]>,
     pub(crate) stats: StackStats,
+    /// The running packet capture, if any (`Stack::start_capture`).
+    pub(crate) capture: Option<Box<Tap>>,
 }
 
 impl<D: PacketDevice> Io<D> {
@@ -105,6 +110,7 @@ impl<D: PacketDevice> Io<D> {
             smol_caps,
             scratch: vec![0; mtu + ETH_HEADER_LEN].into_boxed_slice(),
             stats: StackStats::default(),
+            capture: None,
             dev,
         }
     }
@@ -127,7 +133,7 @@ impl<D: PacketDevice> Io<D> {
     pub(crate) fn flush(&mut self) -> usize {
         let mut sent = 0;
         while !self.tx.is_empty() {
-            let n = self.dev.tx_burst(self.now, &mut self.tx);
+            let n = capture::tx_burst(&mut self.dev, &mut self.tx, self.now, &mut self.capture);
             sent += n;
             if n == 0 {
                 break;
@@ -152,6 +158,10 @@ impl<D: PacketDevice> Io<D> {
             }
             let Some(frame) = self.rx.pop() else { break };
             taken += 1;
+            if let Some(tap) = &mut self.capture {
+                // Before the checks: malformed frames are captured too.
+                tap.received(self.now, frame.data());
+            }
             let route = check_frame(
                 frame.data(),
                 self.mtu,
@@ -273,6 +283,7 @@ pub(crate) struct TxToken<'a, D: PacketDevice> {
     tx: &'a mut Batch<D::Frame>,
     scratch: &'a mut [u8],
     stats: &'a mut StackStats,
+    capture: &'a mut Option<Box<Tap>>,
     now: Instant,
 }
 
@@ -296,7 +307,7 @@ impl<D: PacketDevice> phy::TxToken for TxToken<'_, D> {
         let r = f(frame.data_mut());
         if let Err(frame) = self.tx.push(frame) {
             // Full: hand a burst to the device, then queue.
-            let sent = self.dev.tx_burst(self.now, self.tx);
+            let sent = capture::tx_burst(self.dev, self.tx, self.now, self.capture);
             self.stats.tx_frames += sent as u64;
             if self.tx.push(frame).is_err() {
                 self.stats.tx_queue_full += 1;
@@ -319,6 +330,7 @@ impl<D: PacketDevice> ShardView<'_, D> {
             tx: &mut self.io.tx,
             scratch: &mut self.io.scratch,
             stats: &mut self.io.stats,
+            capture: &mut self.io.capture,
             now: self.io.now,
         }
     }

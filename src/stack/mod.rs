@@ -20,10 +20,15 @@
 //! in real time and in the simulator's virtual time.
 
 mod adapter;
+mod capture;
 mod config;
 mod conn_info;
 mod sockets;
 
+pub use capture::{
+    CaptureEnd, CaptureError, CaptureSpec, CaptureStatus, CAPTURE_BYTES_CEILING,
+    CAPTURE_PACKETS_CEILING, CAPTURE_RING_SLOTS, CAPTURE_STOP_WAIT,
+};
 pub use config::{Congestion, MacAddr, StackConfig, TcpConfig};
 pub use conn_info::{ConnInfo, ConnStateCounts, TcpState};
 pub use smoltcp::socket::tcp::{RxSink, TxSource, TX_LENT_MAX};
