@@ -21,6 +21,7 @@ pub mod chunk;
 pub mod copies;
 pub mod dev;
 pub mod mem;
+pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod stack;

@@ -2,6 +2,12 @@
 //! took (service time: header in to answer ready; storage time: the store call alone), in
 //! fixed-bucket histograms.
 //!
+//! Service time is read on the serving loop's clock (`ServeCtx::now`: on a ustack server the
+//! stack's time, read once per poll), so a request answered within the poll that received its
+//! header counts as 0 (the first bucket): what the histogram shows is time spent waiting for
+//! payload, buffers, queue room and store calls, not the microsecond of processing. Store-call
+//! time is read around each call on the thread that makes it.
+//!
 //! Everything here is plain counters owned by the serving loop (no atomics, no allocation):
 //! recording a request is an increment and a bucket search over [`BUCKETS_US`]. The metrics
 //! endpoint reads them from snapshots the loop takes when asked (`crate::metrics`).

@@ -402,6 +402,15 @@ impl AnyDevice {
             _ => None,
         }
     }
+
+    /// The DPDK device, if that is the backend.
+    #[cfg(feature = "dpdk")]
+    pub fn as_dpdk(&self) -> Option<&crate::dev::dpdk::DpdkDevice> {
+        match &self.inner {
+            Inner::Dpdk(d) => Some(d.as_ref()),
+            _ => None,
+        }
+    }
 }
 
 /// Runs `$body` with `$d` bound to the inner device, whatever its type.
