@@ -144,6 +144,22 @@ enum Cmd {
     Delete { id: String },
     /// PING the server.
     Ping,
+    /// Ask a running file server through its admin socket (`fileserver --admin-socket PATH`):
+    /// `stats` (every counter in words), `metrics` (the Prometheus exposition),
+    /// `connections` (like `ss -ti`), `capture start FILE --packets N | --bytes N`,
+    /// `capture stop`, `capture status`, `help`. Connects to no chunk server.
+    Admin {
+        /// The server's admin socket.
+        #[arg(long, value_name = "PATH")]
+        socket: std::path::PathBuf,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 10)]
+        wait_s: u64,
+        /// The command and its arguments (a relative capture file is taken from the current
+        /// directory).
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -393,6 +409,14 @@ fn server_addrs(args: &Args) -> Result<Vec<SocketAddr>, String> {
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    if let Cmd::Admin {
+        socket,
+        wait_s,
+        command,
+    } = &args.cmd
+    {
+        return admin(socket, *wait_s, command);
+    }
     let cfg = client_config(args)?;
     let addrs = server_addrs(args)?;
     let mut server = addrs[0];
@@ -494,11 +518,7 @@ fn run(args: &Args) -> Result<(), String> {
         clients.set_spin_polls(n);
     }
     // On stderr: stdout carries the manifest (put) and the results.
-    eprintln!(
-        "chunkctl: backend {:?}: {}",
-        args.backend,
-        clients.describe()
-    );
+    eprintln!("chunkctl: {}", clients.describe());
     wait_connected(clients.as_mut())?;
     let result = match &args.cmd {
         Cmd::Verify {
@@ -541,6 +561,8 @@ fn run(args: &Args) -> Result<(), String> {
         Cmd::Stat { id } => single(clients.as_mut(), ChunkOp::Stat { id: parse_id(id)? }),
         Cmd::Delete { id } => single(clients.as_mut(), ChunkOp::Delete { id: parse_id(id)? }),
         Cmd::Ping => single(clients.as_mut(), ChunkOp::Ping),
+        // Answered at the start of `run`, without a chunk connection.
+        Cmd::Admin { .. } => unreachable!("admin is handled before connecting"),
     };
     // FINs, so the server frees its connections now rather than when they time out.
     clients.close(Duration::from_millis(500));
@@ -1727,5 +1749,26 @@ fn single(c: &mut dyn ClientSet, op: ChunkOp<'_>) -> Result<(), String> {
         Ok(other) => return Err(format!("{what} of {subject}: unexpected answer {other:?}")),
         Err(e) => return Err(format!("{what} of {subject}: {e}")),
     }
+    Ok(())
+}
+
+/// `chunkctl admin`: one command to the admin socket; the answer goes to standard output.
+fn admin(socket: &std::path::Path, wait_s: u64, command: &[String]) -> Result<(), String> {
+    let mut words = command.to_vec();
+    // The server resolves nothing against our directory: send the capture file absolute.
+    if words.len() >= 3 && words[0] == "capture" && words[1] == "start" {
+        let p = std::path::Path::new(&words[2]);
+        if p.is_relative() {
+            let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+            words[2] = cwd.join(p).display().to_string();
+        }
+    }
+    let line = words.join(" ");
+    if line.contains('\n') {
+        return Err("the command must be one line".into());
+    }
+    let body = ustack::metrics::admin_request(socket, &line, Duration::from_secs(wait_s.max(1)))
+        .map_err(|e| e.to_string())?;
+    print!("{body}");
     Ok(())
 }

@@ -19,6 +19,13 @@
 //! connections reaped, SYNs dropped, retransmissions, challenge ACKs). `corrupt=` counts requests
 //! answered `Corrupt` (the store found the chunk's bytes damaged on disk).
 //!
+//! For operators (docs/MONITORING.md): `--metrics ADDR` serves Prometheus metrics (`GET
+//! /metrics`) on an admin address over kernel TCP, and `--admin-socket PATH` creates an
+//! owner-only unix socket on which `chunkctl admin --socket PATH ...` prints every counter in
+//! words, lists the connections like `ss -ti`, and starts and stops packet captures to pcap
+//! files while the server runs. The periodic (`--stats-every-s`) and final reports print every
+//! counter in words too, layer by layer, with the errors broken down by cause.
+//!
 //! `--scrub` (a directory store only) opens the store (recovering it as for serving), checks
 //! every block of every chunk against its stored CRC32C, prints one `fileserver: scrub:
 //! DAMAGED ...` line per damaged chunk, a summary line, and a `FILESERVER scrub key=value` line,
@@ -46,6 +53,9 @@ use ustack::chunk::{
     StorageMode, SyncPolicy, WorkerConfig,
 };
 use ustack::dev::auto::AnyDevice;
+use ustack::metrics::{
+    human_lines, AdminServer, Hub, KernelServerView, MetricsEndpoint, Observed, StackServerView,
+};
 use ustack::net::KernelServer;
 use ustack::proto::Limits;
 use ustack::stack::Stack;
@@ -146,6 +156,15 @@ struct Args {
     /// Like `--scrub`, and move each damaged chunk file to `<dir>/quarantine/`.
     #[arg(long)]
     scrub_quarantine: bool,
+    /// Serve Prometheus metrics (`GET /metrics`, OpenMetrics text) on this address over kernel
+    /// TCP, e.g. `127.0.0.1:9464` (port 0: any free port, printed at start). The serving loop
+    /// only answers when a scrape asks: one atomic load per turn otherwise.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Create an admin socket (owner-only unix socket) at this path: `chunkctl admin --socket
+    /// PATH stats|connections|capture start FILE --packets N|capture stop|...`.
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<std::path::PathBuf>,
 }
 
 /// Idle turns the serving loop spins through before it sleeps (in the device, or in epoll for
@@ -326,25 +345,50 @@ fn print_memory(stack: &ustack::stack::Stack<AnyDevice>, cfg: &ServerConfig) {
     );
 }
 
-fn print_stats(label: &str, s: &ServerStats) {
-    println!(
-        "fileserver: {label}: connections {} accepted / {} refused / {} closed ({} for protocol errors); \
-         requests write {} read {} stat {} delete {} list {} ping {}; errors {} ({} for damaged chunks); MiB in {:.1} out {:.1}",
-        s.connections_accepted,
-        s.connections_refused,
-        s.connections_closed,
-        s.connections_closed_for_errors,
-        s.writes,
-        s.reads,
-        s.stats,
-        s.deletes,
-        s.lists,
-        s.pings,
-        s.errors,
-        s.corrupt,
-        s.bytes_written as f64 / 1048576.0,
-        s.bytes_read as f64 / 1048576.0
-    );
+/// The operator-facing threads (metrics endpoint, admin socket) the flags ask for; they stop
+/// when this is dropped.
+struct Operators {
+    hub: Hub,
+    _metrics: Option<MetricsEndpoint>,
+    _admin: Option<AdminServer>,
+}
+
+fn operators(args: &Args) -> Result<Operators, String> {
+    let hub = Hub::new();
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let m = MetricsEndpoint::start(addr, hub.clone()).map_err(|e| e.to_string())?;
+            println!("fileserver: metrics at http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        None => None,
+    };
+    let admin = match &args.admin_socket {
+        Some(path) => {
+            let a = AdminServer::start(path, hub.clone()).map_err(|e| e.to_string())?;
+            println!(
+                "fileserver: admin socket {} (chunkctl admin --socket {} help)",
+                a.path().display(),
+                a.path().display()
+            );
+            Some(a)
+        }
+        None => None,
+    };
+    Ok(Operators {
+        hub,
+        _metrics: metrics,
+        _admin: admin,
+    })
+}
+
+/// Prints every counter in words, each line prefixed with `fileserver: LABEL:`.
+fn print_stats(label: &str, hub: &Hub, obs: &mut dyn Observed) {
+    let mut snap = (*hub.publish(Instant::now(), obs)).clone();
+    snap.process = ustack::metrics::ProcessView::read();
+    for line in human_lines(&snap) {
+        println!("fileserver: {label}: {line}");
+    }
 }
 
 /// The machine-readable counters: `FILESERVER <label> key=value ...` (see the module docs).
@@ -433,6 +477,7 @@ fn serve_stack(
     let mut server =
         ChunkServer::bind(&mut stack, args.port, store, cfg).map_err(|e| e.to_string())?;
     println!("fileserver: listening on {}:{}", stack.ipv4(), args.port);
+    let ops = operators(args)?;
     let mut spin = server_spin(args);
     let mut deadline = None;
     let started = Instant::now();
@@ -440,6 +485,15 @@ fn serve_stack(
     loop {
         let now = Instant::now();
         let busy = stack.poll(now) | server.poll(&mut stack);
+        // Answers scrapes and admin commands; a relaxed load while none are asked.
+        let busy = busy
+            | ops.hub.serve(
+                now,
+                &mut StackServerView {
+                    stack: &mut stack,
+                    server: &server,
+                },
+            );
         if signal::stop_requested() && deadline.is_none() {
             println!(
                 "fileserver: signal {}: shutting down",
@@ -455,7 +509,11 @@ fn serve_stack(
         }
         if args.stats_every_s > 0 && now - last_stats >= Duration::from_secs(args.stats_every_s) {
             let s = server.stats();
-            print_stats("stats", &s);
+            let mut view = StackServerView {
+                stack: &mut stack,
+                server: &server,
+            };
+            print_stats("stats", &ops.hub, &mut view);
             let line = report_line("stats", started, &s, connections_max, Some(&mut stack));
             println!("{line}");
             last_stats = now;
@@ -476,9 +534,11 @@ fn serve_stack(
         stack.poll(Instant::now());
     }
     let s = server.stats();
-    print_stats("final", &s);
-    println!("fileserver: stack {:?}", stack.stats());
-    println!("fileserver: tcp {:?}", stack.tcp_stats());
+    let mut view = StackServerView {
+        stack: &mut stack,
+        server: &server,
+    };
+    print_stats("final", &ops.hub, &mut view);
     let line = report_line("final", started, &s, connections_max, Some(&mut stack));
     println!("{line}");
     Ok(())
@@ -489,6 +549,7 @@ fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> R
     let connections_max = cfg.connections_max;
     let mut server = KernelServer::bind(args.listen, store, cfg).map_err(|e| e.to_string())?;
     println!("fileserver: listening on {}", server.local_addr());
+    let ops = operators(args)?;
     let mut deadline = None;
     let started = Instant::now();
     let mut last_stats = started;
@@ -502,7 +563,12 @@ fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> R
         } else {
             Duration::ZERO
         };
-        spin.turn(server.poll(wait));
+        let busy = server.poll(wait);
+        let busy = busy
+            | ops
+                .hub
+                .serve(now, &mut KernelServerView { server: &server });
+        spin.turn(busy);
         if signal::stop_requested() && deadline.is_none() {
             println!(
                 "fileserver: signal {}: shutting down",
@@ -518,7 +584,7 @@ fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> R
         }
         if args.stats_every_s > 0 && now - last_stats >= Duration::from_secs(args.stats_every_s) {
             let s = server.stats();
-            print_stats("stats", &s);
+            print_stats("stats", &ops.hub, &mut KernelServerView { server: &server });
             println!(
                 "{}",
                 report_line("stats", started, &s, connections_max, None)
@@ -527,7 +593,7 @@ fn serve_kernel(args: &Args, store: Arc<dyn ChunkStore>, cfg: ServerConfig) -> R
         }
     }
     let s = server.stats();
-    print_stats("final", &s);
+    print_stats("final", &ops.hub, &mut KernelServerView { server: &server });
     println!(
         "{}",
         report_line("final", started, &s, connections_max, None)

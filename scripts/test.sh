@@ -24,8 +24,10 @@ step() { printf '\n==> %s (at %dm%02ds)\n' "$*" $(((SECONDS - started) / 60)) $(
 # --- packages and toolchain -----------------------------------------------------------------
 if [ $quick -eq 0 ] && [ "${USTACK_SKIP_INSTALL:-0}" != 1 ]; then
     step "system packages"
-    # g++: libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+    # g++: libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets. prometheus (with
+    # promtool) and tcpdump: the real peers of the operability tests (tests/operability.rs).
     ensure_packages iproute2 ethtool ca-certificates curl gcc g++ libc6-dev pkg-config procps libdpdk-dev \
+        prometheus tcpdump \
         || echo "continuing: tests that need the missing packages will fail or say SKIPPED"
 fi
 ensure_rust

@@ -175,14 +175,18 @@ fn transfer(path: &LossyPath, subnet: u8, client: End, server: End, faults: &Fau
         !killed && status.success(),
         "{what}: the server did not stop cleanly ({status}):\n{out}"
     );
-    let final_line = out
-        .lines()
-        .find(|l| l.starts_with("fileserver: final:"))
-        .unwrap_or_else(|| panic!("{what}: no final counters:\n{out}"));
+    let final_line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{what}: no {prefix:?} line:\n{out}"))
+    };
+    let server = final_line("fileserver: final: server");
     assert!(
-        final_line.contains("(0 for protocol errors)") && final_line.contains("; errors 0 "),
-        "{what}: {final_line}"
+        server.contains(", 0 for protocol errors)"),
+        "{what}: {server}"
     );
+    let errors = final_line("fileserver: final: errors:");
+    assert!(errors.contains("errors: 0;"), "{what}: {errors}");
 
     let text = relay.stop().expect("stop the relay");
     let report = WireReport::parse(&text).expect("relay report");

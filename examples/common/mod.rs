@@ -460,7 +460,7 @@ impl<D: PacketDevice> ClientSet for StackClients<D> {
         }
     }
     fn tcp_report(&mut self) -> Option<String> {
-        Some(format!("{:?}", self.stack.tcp_stats()))
+        Some(self.stack.tcp_stats().to_string())
     }
     fn submit(&mut self, i: usize, op: ChunkOp<'_>, now: Instant) -> Result<u64, SubmitError> {
         self.clients[i].submit(op, now)
