@@ -41,6 +41,9 @@
 #   --glibc-tunables      run both sides with GLIBC_TUNABLES set to the value PLATFORM.md
 #                         documents (glibc's rep-movsb memcpy is slow on this machine's AMD CPU);
 #                         by default GLIBC_TUNABLES is removed from both sides' environment
+#   --server-metrics      start every file server with --metrics (its Prometheus endpoint) and
+#                         scrape it once a second with curl during the run, to measure what
+#                         metrics cost the data path (compare against a run without)
 #   --veth-mtu N          MTU of the veth pair of af-xdp-veth and kernel-veth, both ends
 #                         (default 1500; storage networks often run 9000: AF_XDP then takes
 #                         frames over a 4 KiB UMEM frame as multi-buffer)
@@ -141,6 +144,8 @@ quick=0
 paths_arg=""
 workloads_arg=""
 glibc=0
+server_metrics=0
+scraper_pid=""
 server_cpu=0
 client_cpu=1
 out=target/compare
@@ -165,6 +170,7 @@ while [ $# -gt 0 ]; do
         --paths) paths_arg=${2:?--paths needs a list}; shift ;;
         --workloads) workloads_arg=${2:?--workloads needs a list}; shift ;;
         --glibc-tunables) glibc=1 ;;
+        --server-metrics) server_metrics=1 ;;
         --veth-mtu) veth_mtu=${2:?--veth-mtu needs a number}; shift ;;
         --server-cpu) server_cpu=${2:?--server-cpu needs a core number}; shift ;;
         --client-cpu) client_cpu=${2:?--client-cpu needs a core number}; shift ;;
@@ -254,6 +260,7 @@ hugepages_restore=""
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    [ -z "$scraper_pid" ] || kill "$scraper_pid" 2>/dev/null || true
     if [ -n "$client_pid" ] && kill -0 "$client_pid" 2>/dev/null; then
         kill -TERM "$client_pid" 2>/dev/null || true
         wait "$client_pid" 2>/dev/null || true
@@ -408,6 +415,7 @@ if [ ${#features[@]} -gt 0 ]; then
     meta_set dpdk "$(pkg-config --modversion libdpdk)"
 fi
 meta_set build "cargo build --release --examples ${features[*]}"
+meta_set server_metrics "$server_metrics"
 if [ -n "${GLIBC_TUNABLES:-}" ]; then
     meta_set glibc_tunables.caller "$GLIBC_TUNABLES"
 fi
@@ -547,11 +555,25 @@ start_server() {
         cmd+=("$a")
         prev=$a
     done
+    [ "$server_metrics" -eq 1 ] && cmd+=(--metrics 127.0.0.1:0)
     "${cmd[@]}" >"$log" 2>&1 &
     server_pid=$!
     if ! wait_started server_pid "the file server" "$log" "listening on" 30; then
         stop_server
         return 1
+    fi
+    if [ "$server_metrics" -eq 1 ]; then
+        local url ns=()
+        url=$(sed -n 's/^fileserver: metrics at //p' "$log" | head -1)
+        # The endpoint listens where the server runs: in its network namespace, if any.
+        [ "${cmd[0]}" = ip ] && ns=("${cmd[@]:0:4}")
+        (
+            while kill -0 "$server_pid" 2>/dev/null; do
+                "${ns[@]}" curl -s -o /dev/null --max-time 2 "$url" || true
+                sleep 1
+            done
+        ) &
+        scraper_pid=$!
     fi
     # ip netns exec, env and taskset exec the server: $! is the server itself.
     if [ "$(cat "/proc/$server_pid/comm" 2>/dev/null)" != fileserver ]; then
@@ -576,6 +598,11 @@ stop_process() {
 
 # SIGTERM to the server we started; SIGKILL if it has not exited 15 s later.
 stop_server() {
+    if [ -n "$scraper_pid" ]; then
+        kill "$scraper_pid" 2>/dev/null || true
+        wait "$scraper_pid" 2>/dev/null || true
+        scraper_pid=""
+    fi
     [ -n "$server_pid" ] || return 0
     local pid=$server_pid
     server_pid=""
