@@ -581,6 +581,9 @@ fn workload_text(d: &Data, w: &str) -> String {
             if r.workload.starts_with("scale-") {
                 let _ = write!(s, ", +{} idle", thousands(f64::from(r.idle)));
             }
+            if r.workload.starts_with("dir-") {
+                s.push_str(", DirStore");
+            }
             s
         }
         None => w.to_string(),
@@ -591,7 +594,10 @@ fn workload_text(d: &Data, w: &str) -> String {
 fn workload_label(d: &Data, w: &str) -> (String, String) {
     match d.any(w) {
         Some(r) => {
-            let first = format!("{} {}", r.op.to_uppercase(), size_text(r.size_bytes));
+            let mut first = format!("{} {}", r.op.to_uppercase(), size_text(r.size_bytes));
+            if r.workload.starts_with("dir-") {
+                first.push_str(" dir");
+            }
             let second = if r.workload.starts_with("scale-") {
                 format!("{}x{} +{} idle", r.connections, r.depth, r.idle)
             } else {
