@@ -3,6 +3,8 @@
 //! the CPU cost of client + server + both stacks) next to the same server code and store over
 //! kernel TCP on loopback (server thread + client thread).
 //!
+//! Also what metrics cost the serving loop (group `metrics`).
+//!
 //! Run: `cargo bench --bench chunk -- --warm-up-time 1 --measurement-time 5`.
 //! Note whether `GLIBC_TUNABLES` was set (PLATFORM.md: it changes copy speed on this machine).
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -172,5 +174,50 @@ fn ops(c: &mut Criterion) {
     handle.stop();
 }
 
-criterion_group!(benches, ops);
+/// What metrics cost the serving loop: `Hub::serve` when nobody asks (every turn), a snapshot
+/// (once per scrape or admin `stats`), and encoding it (on the scrape thread, not the loop).
+fn metrics(c: &mut Criterion) {
+    use ustack::metrics::{encode_openmetrics, Hub, StackServerView};
+    let mut sim = SimRig::new();
+    let data = vec![0xa5u8; 4096];
+    for i in 0..100u128 {
+        sim.call(ChunkOp::Write {
+            id: ChunkId(i),
+            offset: 0,
+            data: &data,
+        });
+    }
+    let hub = Hub::new();
+    let mut g = c.benchmark_group("metrics");
+    let now = sim.now;
+    g.bench_function("hub_serve_nothing_asked", |b| {
+        b.iter(|| {
+            hub.serve(
+                now,
+                &mut StackServerView {
+                    stack: &mut sim.b,
+                    server: &sim.server,
+                },
+            )
+        })
+    });
+    g.bench_function("snapshot_on_the_loop", |b| {
+        b.iter(|| {
+            hub.publish(
+                now,
+                &mut StackServerView {
+                    stack: &mut sim.b,
+                    server: &sim.server,
+                },
+            )
+        })
+    });
+    let snap = hub.latest().unwrap();
+    g.bench_function("encode_on_the_scrape_thread", |b| {
+        b.iter(|| encode_openmetrics(&snap, Duration::ZERO).len())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ops, metrics);
 criterion_main!(benches);
