@@ -171,7 +171,21 @@ fn prometheus_endpoint_counts_what_the_client_did() {
         .expect("metrics endpoint");
     let addr = ep.local_addr();
     let get = std::thread::spawn(move || {
+        // A scraper that connects, sends half a request and is never heard from again: the
+        // other serving thread answers meanwhile, and the loop is not involved.
+        let mut stuck = TcpStream::connect(addr).unwrap();
+        stuck.write_all(b"GET /metr").unwrap();
         let metrics = http_get(addr, "/metrics", OPENMETRICS);
+        // Oversized heads are refused.
+        let mut big = TcpStream::connect(addr).unwrap();
+        big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = big.write_all(
+            format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000)).as_bytes(),
+        );
+        let mut answer = String::new();
+        let _ = big.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        drop(stuck);
         let classic = http_get(addr, "/metrics", "*/*");
         let missing = http_get(addr, "/nope", "*/*");
         (metrics, classic, missing)

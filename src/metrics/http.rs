@@ -189,7 +189,14 @@ fn serve(mut stream: TcpStream, hub: &Hub) -> io::Result<()> {
     let route = match read_request(&mut stream) {
         Ok(r) => r,
         Err("") => return Ok(()),
-        Err(status) => return respond(&mut stream, status, "text/plain", status.as_bytes(), false),
+        Err(status) => {
+            respond(&mut stream, status, "text/plain", status.as_bytes(), false)?;
+            // Read (a little of) what the client still sends before closing, so the close
+            // is not a reset that could destroy the answer before the client reads it.
+            stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let _ = io::copy(&mut (&stream).take(64 * 1024), &mut io::sink());
+            return Ok(());
+        }
     };
     match route {
         Route::Metrics { head, openmetrics } => {
