@@ -618,7 +618,11 @@ fn mtu_3700_native_with_a_fragments_program() {
     let x = &served.xdp;
     println!("{:?}\n  {x:?}", served.mode);
     assert_eq!(r.chunks, 30);
-    assert!(x.link.rx_bytes / x.link.rx_packets > 3000, "{x:?}");
+    // Frames above a 1500-byte MTU's 1514 came in one descriptor each. The average also
+    // counts the kernel client's pure ACKs (how many varies with its delayed-ACK timing: seen
+    // from 2,830 to over 3,000 bytes on the same code), so the bound is well above 1514 and
+    // well below what full frames give.
+    assert!(x.link.rx_bytes / x.link.rx_packets > 2000, "{x:?}");
     assert_eq!(
         x.rx_multi_buffer_frames + x.rx_bad_chains + x.tx_copied_frames,
         0,
