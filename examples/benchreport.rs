@@ -906,7 +906,7 @@ fn markdown(
     );
 
     // Targets.
-    let _ = writeln!(md, "## Issue-7 targets\n");
+    let _ = writeln!(md, "## Targets (issues 7 and 12)\n");
     let _ = writeln!(
         md,
         "A target is met when the median of the per-repetition ratios meets it; the verdict also \
