@@ -33,7 +33,7 @@ struct SimRig {
 fn stack_cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
     let mut c = StackConfig::new(ip, 24);
     c.random_seed = seed;
-    c.mac = MacAddr::local_from_seed(seed);
+    c.mac = Some(MacAddr::local_from_seed(seed));
     c.sockets_max = 8;
     c.tcp.rx_buf_len = 1 << 20;
     c.tcp.tx_buf_len = 1 << 20;

@@ -33,7 +33,7 @@ struct Pair {
 fn cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
     let mut c = StackConfig::new(ip, 24);
     c.random_seed = seed;
-    c.mac = MacAddr::local_from_seed(seed);
+    c.mac = Some(MacAddr::local_from_seed(seed));
     c.sockets_max = 4;
     c
 }

@@ -114,10 +114,10 @@ fn xdp_config(iface: &str, ip: Ipv4Addr, mode: XdpMode) -> XdpConfig {
     }
 }
 
-/// The stack uses the interface's own MAC address, as a ustack on a real NIC must.
-fn stack_config(ip: Ipv4Addr, mac: [u8; 6]) -> StackConfig {
+/// No MAC given: the stack takes the interface's own from the device, as a ustack on a real NIC
+/// must (checked where the stacks are made).
+fn stack_config(ip: Ipv4Addr) -> StackConfig {
     let mut c = StackConfig::new(ip, 24);
-    c.mac = MacAddr(mac);
     c.sockets_max = 8;
     c.page_size = PageSize::Huge2M;
     c
@@ -286,10 +286,16 @@ impl XdpServer {
                 };
                 let mode = dev.mode();
                 let mac = dev.mac();
-                let mut stack = match Stack::new(dev, stack_config(ip, mac)) {
+                let mut stack = match Stack::new(dev, stack_config(ip)) {
                     Ok(s) => s,
                     Err(e) => return fail(format!("Stack::new: {e}")),
                 };
+                if stack.mac() != MacAddr(mac) {
+                    return fail(format!(
+                        "the stack took {} rather than the NIC's MAC",
+                        stack.mac()
+                    ));
+                }
                 let store = Arc::new(MemStore::new(1 << 30));
                 let mut server = match ChunkServer::bind(&mut stack, PORT, store, server_config()) {
                     Ok(s) => s,
@@ -791,7 +797,8 @@ fn xdp_client_round_trip(
     let dev = XdpDevice::open(&config).map_err(|e| format!("client XdpDevice::open: {e}"))?;
     let mode = dev.mode();
     let mac = dev.mac();
-    let mut stack = Stack::new(dev, stack_config(client_ip, mac)).map_err(|e| e.to_string())?;
+    let mut stack = Stack::new(dev, stack_config(client_ip)).map_err(|e| e.to_string())?;
+    assert_eq!(stack.mac(), MacAddr(mac), "the stack takes the NIC's MAC");
     let mut client = ChunkClient::connect(
         &mut stack,
         SocketAddrV4::new(server_ip, PORT),
@@ -1107,7 +1114,8 @@ fn partial_checksums_from_an_offloading_peer_are_dropped(subnet: u8, mode: XdpMo
         .spawn(move || {
             let dev = XdpDevice::open(&config).expect("open");
             let mac = dev.mac();
-            let mut stack = Stack::new(dev, stack_config(ip, mac)).expect("stack");
+            let mut stack = Stack::new(dev, stack_config(ip)).expect("stack");
+            assert_eq!(stack.mac(), MacAddr(mac), "the stack takes the NIC's MAC");
             let listener = stack.listen(PORT, 1).expect("listen");
             ready_tx.send(()).unwrap();
             while !stop_flag.load(Ordering::Relaxed) {
@@ -1360,7 +1368,8 @@ fn child_process_entry() {
             };
             let m = dev.mode();
             let mac = dev.mac();
-            let mut stack = Stack::new(dev, stack_config(ip, mac)).expect("stack");
+            let mut stack = Stack::new(dev, stack_config(ip)).expect("stack");
+            assert_eq!(stack.mac(), MacAddr(mac), "the stack takes the NIC's MAC");
             let mut server = ChunkServer::bind(
                 &mut stack,
                 PORT,

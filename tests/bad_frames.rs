@@ -217,7 +217,10 @@ fn counter(kind: Bad, s: &StackStats) -> (&'static str, u64) {
 #[test]
 fn malformed_frames_are_dropped_counted_and_harmless() {
     let seed = 5;
-    let b_mac = sim_stack_config(IP_B, seed + 1).mac.0;
+    let b_mac = sim_stack_config(IP_B, seed + 1)
+        .mac
+        .expect("set by sim_stack_config")
+        .0;
     let wrap = |port: SimPort, is_a: bool| Injecting {
         inner: port,
         mac: b_mac,

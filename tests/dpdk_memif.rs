@@ -60,7 +60,7 @@ mod dpdk {
 
     fn stack_on(dev: DpdkDevice, ip: Ipv4Addr, sockets: usize) -> Stack<DpdkDevice> {
         let mut cfg = StackConfig::new(ip, 24);
-        cfg.mac = MacAddr(dev.mac());
+        cfg.mac = Some(MacAddr(dev.mac()));
         cfg.sockets_max = sockets;
         cfg.ring_frames = 512;
         Stack::new(dev, cfg).expect("stack on the memif port")

@@ -259,7 +259,7 @@ mod dpdk {
             (offload, offload)
         );
         let mut cfg = StackConfig::new(ip, 24);
-        cfg.mac = MacAddr(dev.mac());
+        cfg.mac = Some(MacAddr(dev.mac()));
         cfg.sockets_max = 8;
         let mut stack = Stack::new(dev, cfg).expect("stack");
         let mut server = ChunkServer::bind(

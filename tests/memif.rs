@@ -102,7 +102,7 @@ fn memif_cfg(socket: &Path, role: MemifRole) -> MemifConfig {
 
 fn stack_cfg(ip: Ipv4Addr, mac: MacAddr) -> StackConfig {
     let mut c = StackConfig::new(ip, 24);
-    c.mac = mac;
+    c.mac = Some(mac);
     c.sockets_max = 16;
     c
 }

@@ -70,7 +70,7 @@ mod interop {
     fn stack<D: PacketDevice>(dev: D, ip: Ipv4Addr, mac: Option<[u8; 6]>) -> Stack<D> {
         let mut cfg = StackConfig::new(ip, 24);
         if let Some(m) = mac {
-            cfg.mac = ustack::stack::MacAddr(m);
+            cfg.mac = Some(ustack::stack::MacAddr(m));
         }
         cfg.sockets_max = 16;
         Stack::new(dev, cfg).expect("stack")

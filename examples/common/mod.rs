@@ -839,11 +839,6 @@ pub fn stack_on(
     };
     cfg.tcp.rx_buf_len = buf;
     cfg.tcp.tx_buf_len = buf;
-    if let Some(mac) = dev.mac() {
-        // The interface drops frames for any other address, and peers keep it in their ARP
-        // caches across our restarts.
-        cfg.mac = ustack::stack::MacAddr(mac);
-    }
     tune(&mut cfg);
     Stack::new(dev, cfg).map_err(|e| e.to_string())
 }

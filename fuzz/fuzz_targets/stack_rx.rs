@@ -622,7 +622,7 @@ fn link_counters(s: &LinkStats) -> [u64; 8] {
 fn stack_config(ip: Ipv4Addr, seed: u64, sockets: usize) -> StackConfig {
     let mut c = StackConfig::new(ip, 24);
     c.random_seed = seed;
-    c.mac = MacAddr::local_from_seed(seed);
+    c.mac = Some(MacAddr::local_from_seed(seed));
     c.sockets_max = sockets;
     c.shard_sockets = 4;
     c.listeners_max = 4;
@@ -717,7 +717,10 @@ impl Rig {
         let (link, pa, pb) = SimLink::new(sim).expect("sim link");
         let c_cfg = stack_config(IP_C, 0xC, 8);
         let s_cfg = stack_config(IP_S, 0x5, 16);
-        let (c_mac, s_mac) = (c_cfg.mac.0, s_cfg.mac.0);
+        let (c_mac, s_mac) = (
+            c_cfg.mac.expect("set above").0,
+            s_cfg.mac.expect("set above").0,
+        );
         let mut c = Stack::new(pa, c_cfg).expect("stack C");
         let mut s = Stack::new(Tap::new(pb), s_cfg).expect("stack S");
         let l7000 = s.listen(PORT_E1, 2).expect("listen 7000");

@@ -457,6 +457,10 @@ fn drain_into<F, G>(carry: &mut Batch<F>, batch: &mut Batch<G>, wrap: impl Fn(F)
 impl PacketDevice for AnyDevice {
     type Frame = AnyFrame;
 
+    fn mac_addr(&self) -> Option<[u8; 6]> {
+        self.mac()
+    }
+
     fn caps(&self) -> DeviceCaps {
         with_dev!(&self.inner, d => d.caps())
     }

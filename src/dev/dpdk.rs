@@ -793,6 +793,10 @@ fn pseudo_header_sum(ip: &[u8], l4_len: u16) -> u16 {
 impl PacketDevice for DpdkDevice {
     type Frame = Mbuf;
 
+    fn mac_addr(&self) -> Option<[u8; 6]> {
+        Some(self.mac())
+    }
+
     fn caps(&self) -> DeviceCaps {
         self.caps
     }

@@ -159,6 +159,14 @@ pub trait PacketDevice {
     /// Counters.
     fn stats(&self) -> LinkStats;
 
+    /// The device's own MAC address, if it has one the stack must use: a NIC or veth behind
+    /// AF_XDP or DPDK drops frames for other addresses, and peers remember it across restarts.
+    /// `None` (the default) for links without one (memif, TAP's far side, the simulated link):
+    /// the stack then makes one up ([`StackConfig::mac`](crate::stack::StackConfig::mac)).
+    fn mac_addr(&self) -> Option<[u8; 6]> {
+        None
+    }
+
     /// Whether the link is up (a down link drops what is sent).
     fn link_up(&self) -> bool {
         true

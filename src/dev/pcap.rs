@@ -297,6 +297,10 @@ impl<D: PacketDevice, W: Write> PcapDevice<D, W> {
 impl<D: PacketDevice, W: Write> PacketDevice for PcapDevice<D, W> {
     type Frame = D::Frame;
 
+    fn mac_addr(&self) -> Option<[u8; 6]> {
+        self.inner.mac_addr()
+    }
+
     fn caps(&self) -> DeviceCaps {
         self.inner.caps()
     }

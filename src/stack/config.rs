@@ -147,9 +147,12 @@ impl Default for TcpConfig {
 /// Configuration of a [`Stack`](super::Stack).
 #[derive(Clone, Debug)]
 pub struct StackConfig {
-    /// Our MAC address (unicast). Default: derived from `ipv4` ([`MacAddr::local_from_ipv4`]);
-    /// on a NIC (AF_XDP, DPDK) use the NIC's own.
-    pub mac: MacAddr,
+    /// Our MAC address (unicast). `None` (default): the device's own
+    /// ([`PacketDevice::mac_addr`](crate::dev::PacketDevice::mac_addr): a NIC or veth behind
+    /// AF_XDP or DPDK), or, for devices without one, a locally administered address derived
+    /// from `ipv4` ([`MacAddr::local_from_ipv4`]). [`Stack::mac`](crate::stack::Stack::mac)
+    /// says which was taken.
+    pub mac: Option<MacAddr>,
     /// Our IPv4 address.
     pub ipv4: Ipv4Addr,
     /// Prefix length of the local subnet.
@@ -191,7 +194,7 @@ impl StackConfig {
     pub fn new(ipv4: Ipv4Addr, prefix_len: u8) -> StackConfig {
         let seed = default_seed(ipv4);
         StackConfig {
-            mac: MacAddr::local_from_ipv4(ipv4),
+            mac: None,
             ipv4,
             prefix_len,
             gateway: None,

@@ -367,7 +367,7 @@ mod tests {
     fn cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
         let mut c = StackConfig::new(ip, 24);
         c.random_seed = seed;
-        c.mac = MacAddr::local_from_seed(seed);
+        c.mac = Some(MacAddr::local_from_seed(seed));
         c.sockets_max = SOCKETS;
         c.tcp.rx_buf_len = 64 << 10;
         c.tcp.tx_buf_len = 64 << 10;

@@ -370,7 +370,7 @@ pub struct Stack<D: PacketDevice> {
 impl<D: PacketDevice> Stack<D> {
     /// Builds a stack on `dev`: reserves socket memory (hugepages preferred) for
     /// `cfg.sockets_max` connections and configures the interface.
-    pub fn new(dev: D, cfg: StackConfig) -> Result<Stack<D>, StackError> {
+    pub fn new(dev: D, mut cfg: StackConfig) -> Result<Stack<D>, StackError> {
         let caps = dev.caps();
         let mtu = match cfg.mtu {
             None => caps.mtu,
@@ -388,12 +388,17 @@ impl<D: PacketDevice> Stack<D> {
                 reason: format!("{mtu} is below the IPv4 minimum of 576"),
             });
         }
-        if !cfg.mac.is_unicast() {
+        let mac = cfg
+            .mac
+            .or_else(|| dev.mac_addr().map(MacAddr))
+            .unwrap_or_else(|| MacAddr::local_from_ipv4(cfg.ipv4));
+        if !mac.is_unicast() {
             return Err(StackError::Config {
                 field: "mac",
-                reason: format!("{} is not a unicast address", cfg.mac),
+                reason: format!("{mac} is not a unicast address"),
             });
         }
+        cfg.mac = Some(mac);
         if cfg.prefix_len == 0 || cfg.prefix_len > 32 {
             return Err(StackError::Config {
                 field: "prefix_len",
@@ -441,7 +446,7 @@ impl<D: PacketDevice> Stack<D> {
             });
         }
 
-        let mut io = Io::new(dev, mtu, cfg.mac.0, cfg.ring_frames);
+        let mut io = Io::new(dev, mtu, mac.0, cfg.ring_frames);
         let iface = build_iface(&cfg, &mut io, cfg.random_seed)?;
         let shard_count = cfg.sockets_max.div_ceil(cfg.shard_sockets);
         if shard_count > usize::from(u16::MAX) {
@@ -468,7 +473,7 @@ impl<D: PacketDevice> Stack<D> {
             });
         }
         tracing::debug!(
-            ip = %cfg.ipv4, mac = %cfg.mac, mtu, sockets = cfg.sockets_max, shards = shard_count,
+            ip = %cfg.ipv4, mac = %mac, mtu, sockets = cfg.sockets_max, shards = shard_count,
             page = %shards[0].table.page_size(), "stack ready"
         );
         let port_span = u64::from(u16::MAX - EPHEMERAL_FIRST) + 1;
@@ -1175,9 +1180,10 @@ impl<D: PacketDevice> Stack<D> {
         self.cfg.ipv4
     }
 
-    /// Our MAC address.
+    /// Our MAC address: the configured one, the device's own, or one made from our IPv4
+    /// address (see [`StackConfig::mac`]).
     pub fn mac(&self) -> MacAddr {
-        self.cfg.mac
+        self.cfg.mac.expect("resolved in Stack::new")
     }
 
     /// The configuration the stack was built with.
@@ -1257,7 +1263,8 @@ fn build_iface<D: PacketDevice>(
     io: &mut Io<D>,
     seed: u64,
 ) -> Result<Interface, StackError> {
-    let mut icfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac.0)));
+    let mac = cfg.mac.expect("resolved in Stack::new");
+    let mut icfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
     icfg.random_seed = seed;
     let mut no_frames = Batch::with_capacity(0);
     let mut iface = Interface::new(icfg, &mut io.view(&mut no_frames), smol_now(Instant::ZERO));

@@ -74,7 +74,7 @@ const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 fn cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
     let mut c = StackConfig::new(ip, 24);
     c.random_seed = seed;
-    c.mac = MacAddr::local_from_seed(seed);
+    c.mac = Some(MacAddr::local_from_seed(seed));
     c.sockets_max = 8;
     c.tcp.rx_buf_len = 64 << 10;
     c.tcp.tx_buf_len = 64 << 10;
@@ -290,7 +290,7 @@ fn bad_config_is_rejected_with_reasons() {
     assert!(e.contains("rx_budget"), "{e}");
     let (w, _) = wire_pair();
     let mut c = cfg(A, 1);
-    c.mac = MacAddr([1, 2, 3, 4, 5, 6]);
+    c.mac = Some(MacAddr([1, 2, 3, 4, 5, 6]));
     assert!(Stack::new(w, c)
         .err()
         .unwrap()

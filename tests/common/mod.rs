@@ -31,7 +31,7 @@ pub fn skip(reason: &str) {
 pub fn sim_stack_config(ip: Ipv4Addr, seed: u64) -> StackConfig {
     let mut c = StackConfig::new(ip, 24);
     c.random_seed = seed;
-    c.mac = MacAddr::local_from_seed(seed ^ u64::from(u32::from(ip)));
+    c.mac = Some(MacAddr::local_from_seed(seed ^ u64::from(u32::from(ip))));
     c.sockets_max = 8;
     c.page_size = PageSize::Huge2M;
     c

@@ -969,6 +969,10 @@ impl AsRawFd for XdpDevice {
 impl PacketDevice for XdpDevice {
     type Frame = PoolBuf;
 
+    fn mac_addr(&self) -> Option<[u8; 6]> {
+        Some(self.mac())
+    }
+
     fn caps(&self) -> DeviceCaps {
         self.caps
     }

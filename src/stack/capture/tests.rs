@@ -46,7 +46,7 @@ impl Drop for TempDir {
 fn stack_config(ip: Ipv4Addr, seed: u64) -> StackConfig {
     let mut c = StackConfig::new(ip, 24);
     c.random_seed = seed;
-    c.mac = MacAddr::local_from_seed(seed);
+    c.mac = Some(MacAddr::local_from_seed(seed));
     c.sockets_max = 4;
     c.tcp.rx_buf_len = 64 << 10;
     c.tcp.tx_buf_len = 64 << 10;
