@@ -29,5 +29,26 @@ pub mod sys;
 pub mod time;
 
 pub use dev::{Batch, ChecksumCaps, DeviceCaps, Frame, LinkStats, PacketDevice};
+
+/// What an embedding file server needs, in one `use ustack::prelude::*;`: the stack and its
+/// configuration, the devices (any backend, and each backend's configuration), the chunk server
+/// and client, the store trait with its two stores and their errors, and the metrics hub.
+/// `examples/embed.rs` serves a store of its own with nothing else.
+pub mod prelude {
+    pub use crate::chunk::{
+        ChunkClient, ChunkServer, ChunkStat, ChunkStore, ClientConfig, DirStore, DirStoreConfig,
+        MemStore, ReadInfo, ServerConfig, StoreError, SyncPolicy,
+    };
+    pub use crate::dev::af_xdp::XdpConfig;
+    pub use crate::dev::auto::{AnyDevice, BackendConfig};
+    #[cfg(feature = "dpdk")]
+    pub use crate::dev::dpdk::DpdkConfig;
+    pub use crate::dev::memif::{MemifConfig, MemifRole};
+    pub use crate::dev::PacketDevice;
+    pub use crate::metrics::{AdminServer, Hub, MetricsEndpoint, StackServerView};
+    pub use crate::proto::ChunkId;
+    pub use crate::stack::{Stack, StackConfig};
+    pub use crate::time::Instant;
+}
 pub use mem::{BufPool, HugeRegion, PageSize, PoolBuf, PoolStats};
 pub use time::Instant;
