@@ -1149,6 +1149,7 @@ fn peer_of(fd: std::os::fd::RawFd) -> SocketAddr {
     // duplicate is owned by the TcpStream that closes it.
     let dup = unsafe { libc::dup(fd) };
     assert!(dup >= 0);
+    // SAFETY: `dup` is the new descriptor just made, owned by nothing else.
     let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(dup) };
     s.peer_addr().unwrap()
 }

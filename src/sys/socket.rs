@@ -329,9 +329,8 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `rc` is a descriptor we just opened and own.
-        Ok(Epoll {
-            fd: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(rc) },
-        })
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(rc) };
+        Ok(Epoll { fd })
     }
 
     /// Registers `fd` for `events`, reported with `token`. Closing `fd` removes it.
