@@ -10,7 +10,7 @@
 //! chunkctl --backend kernel --server 127.0.0.1:7000 gc --keep *.manifest     # delete orphans
 //! ```
 
-#[path = "common/mod.rs"]
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::collections::{HashMap, HashSet, VecDeque};
