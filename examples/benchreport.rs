@@ -1235,7 +1235,7 @@ fn markdown(
     }
     let _ = writeln!(
         md,
-        "\nThe server is `examples/fileserver.rs`, the client `examples/chunkctl.rs bench`, the \
+        "\nThe server is `examples/fileserver.rs`, the client `examples/chunkctl bench`, the \
          same two programs for every path (kernel paths: `--backend kernel`, std::net sockets \
          with TCP_NODELAY, 256 KiB buffers, one thread polling every socket; ustack paths: smoltcp \
          TCP/IP with Nagle and delayed ACKs off). Both run the same chunk protocol against the \
