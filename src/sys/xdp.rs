@@ -297,7 +297,13 @@ pub struct Xsk {
 }
 
 /// `setsockopt(fd, SOL_XDP, opt, &value)` for a plain value.
-fn set_xdp_option<T>(fd: BorrowedFd<'_>, opt: libc::c_int, value: &T) -> io::Result<()> {
+///
+/// # Safety
+///
+/// `T` must be the type the kernel reads for `opt`. For `XDP_UMEM_REG` the memory it names must
+/// stay mapped, and be written by no one but through frames lent to the kernel, for as long as
+/// the socket or its rings live: the kernel writes into it.
+unsafe fn set_xdp_option<T>(fd: BorrowedFd<'_>, opt: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` is a live, readable T of the size given; the fd is open for the borrow.
     let rc = unsafe {
         libc::setsockopt(
@@ -316,7 +322,15 @@ fn set_xdp_option<T>(fd: BorrowedFd<'_>, opt: libc::c_int, value: &T) -> io::Res
 
 /// `getsockopt(fd, SOL_XDP, opt, &mut value)`; returns the length the kernel wrote, which is
 /// less than `size_of::<T>()` where an older kernel has a shorter struct.
-fn get_xdp_option<T>(fd: BorrowedFd<'_>, opt: libc::c_int, value: &mut T) -> io::Result<usize> {
+///
+/// # Safety
+///
+/// `T` must be plain data valid for any bit pattern (the kernel's struct for `opt`).
+unsafe fn get_xdp_option<T>(
+    fd: BorrowedFd<'_>,
+    opt: libc::c_int,
+    value: &mut T,
+) -> io::Result<usize> {
     let mut len = size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is a live, writable T and `len` its size, both exclusively borrowed for
     // the call; the kernel writes at most `len` bytes. The fd is open for the borrow.
@@ -348,7 +362,8 @@ struct MmapOffsets {
 fn mmap_offsets(fd: BorrowedFd<'_>) -> io::Result<MmapOffsets> {
     // SAFETY: xdp_mmap_offsets is a plain struct of u64s; all-zero is a valid value.
     let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-    let len = get_xdp_option(fd, libc::XDP_MMAP_OFFSETS, &mut off)?;
+    // SAFETY: xdp_mmap_offsets is plain u64s, the kernel's struct for this option.
+    let len = unsafe { get_xdp_option(fd, libc::XDP_MMAP_OFFSETS, &mut off) }?;
     if len == size_of::<libc::xdp_mmap_offsets>() {
         let ring = |r: &libc::xdp_ring_offset| RingOffsets {
             producer: r.producer,
@@ -488,21 +503,24 @@ impl Xsk {
         reg.len = len as u64;
         reg.chunk_size = stride as u32;
         reg.headroom = umem_headroom;
-        // Registering memory with the kernel is a safe call, but what the kernel then does with
-        // it is what soundness rests on: the area is the pool's whole mapping, page aligned (a
-        // HugeRegion starts on a page boundary), `len` bytes long, readable and writable, and
-        // kept mapped for as long as the socket can use it by the pool handle stored in the
-        // returned Xsk, which is dropped after the rings and the socket (field order). The
-        // kernel writes only into frames the caller lends it through the fill ring (see the
-        // module docs), so it never writes memory a PoolBuf owns.
-        set_xdp_option(b, libc::XDP_UMEM_REG, &reg).map_err(fail(XskStep::UmemRegister))?;
+        // SAFETY: `reg` is the kernel's struct xdp_umem_reg. It names the pool's whole mapping:
+        // page aligned (a HugeRegion starts on a page boundary), `len` bytes long, readable and
+        // writable, and kept mapped for as long as the socket can use it by the pool handle
+        // stored in the returned Xsk, which is dropped after the rings and the socket (field
+        // order). The kernel writes only into frames the caller lends it through the fill ring
+        // (see the module docs), so it never writes memory a PoolBuf owns.
+        unsafe { set_xdp_option(b, libc::XDP_UMEM_REG, &reg) }
+            .map_err(fail(XskStep::UmemRegister))?;
 
-        set_xdp_option(b, libc::XDP_UMEM_FILL_RING, &fill_len)
-            .map_err(fail(XskStep::FillCompletionRings))?;
-        set_xdp_option(b, libc::XDP_UMEM_COMPLETION_RING, &completion_len)
-            .map_err(fail(XskStep::FillCompletionRings))?;
-        set_xdp_option(b, libc::XDP_RX_RING, &rx_len).map_err(fail(XskStep::RxTxRings))?;
-        set_xdp_option(b, libc::XDP_TX_RING, &tx_len).map_err(fail(XskStep::RxTxRings))?;
+        // SAFETY: each of the four ring-size options takes a u32 entry count.
+        unsafe {
+            set_xdp_option(b, libc::XDP_UMEM_FILL_RING, &fill_len)
+                .map_err(fail(XskStep::FillCompletionRings))?;
+            set_xdp_option(b, libc::XDP_UMEM_COMPLETION_RING, &completion_len)
+                .map_err(fail(XskStep::FillCompletionRings))?;
+            set_xdp_option(b, libc::XDP_RX_RING, &rx_len).map_err(fail(XskStep::RxTxRings))?;
+            set_xdp_option(b, libc::XDP_TX_RING, &tx_len).map_err(fail(XskStep::RxTxRings))?;
+        }
 
         let off = mmap_offsets(b).map_err(fail(XskStep::FillCompletionRings))?;
         let fill_area = map_ring::<u64>(b, &off.fill, fill_len, libc::XDP_UMEM_PGOFF_FILL_RING)
@@ -577,7 +595,8 @@ impl Xsk {
     /// Whether the bound socket runs in zero-copy mode (`XDP_OPTIONS`).
     pub fn zero_copy(&self) -> io::Result<bool> {
         let mut opts = libc::xdp_options { flags: 0 };
-        get_xdp_option(self.as_fd(), libc::XDP_OPTIONS, &mut opts)?;
+        // SAFETY: xdp_options is one u32, the kernel's struct for this option.
+        unsafe { get_xdp_option(self.as_fd(), libc::XDP_OPTIONS, &mut opts) }?;
         Ok(opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0)
     }
 
@@ -841,7 +860,8 @@ impl Xsk {
     pub fn statistics(&self) -> io::Result<XskStatistics> {
         // SAFETY: xdp_statistics is a plain struct of u64s; all-zero is a valid value.
         let mut s: libc::xdp_statistics = unsafe { std::mem::zeroed() };
-        get_xdp_option(self.as_fd(), libc::XDP_STATISTICS, &mut s)?;
+        // SAFETY: xdp_statistics is plain u64s, the kernel's struct for this option.
+        unsafe { get_xdp_option(self.as_fd(), libc::XDP_STATISTICS, &mut s) }?;
         Ok(XskStatistics {
             rx_dropped: s.rx_dropped,
             rx_invalid_descs: s.rx_invalid_descs,

@@ -632,6 +632,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // a million entries: too slow interpreted
     fn threads_move_a_million_entries() {
         let (mut p, mut c, _a) = pair::<u64>(64, u32::MAX - 1000);
         let n = 1_000_000u64;
@@ -686,6 +687,11 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { 256 },
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
         /// Random operations on both sides against a VecDeque model of the ring's contents.
         #[test]
         fn matches_a_queue_model(
