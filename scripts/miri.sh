@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the crate's Miri-able tests under Miri (undefined-behaviour checker) on the nightly toolchain.
 #
-#   scripts/miri.sh            the memory layer (`--lib mem::`) and the clock (`--lib time::`)
+#   scripts/miri.sh            the memory layer (`--lib mem::`), the clock (`--lib time::`) and the
+#                              AF_XDP rings on heap memory (`--lib sys::xsk_ring::`)
 #   scripts/miri.sh FILTER..   `cargo +nightly miri test --lib FILTER` for each FILTER instead
 #
 # Not Miri-able: tests/ binaries that map hugepages or touch /proc and /sys (Miri has no mmap of
@@ -51,7 +52,7 @@ echo "miri.sh: $(cargo +nightly miri --version 2>/dev/null), MIRIFLAGS=$MIRIFLAG
 
 filters=("$@")
 if [ ${#filters[@]} -eq 0 ]; then
-    filters=(mem:: time::)
+    filters=(mem:: time:: sys::xsk_ring::)
 fi
 
 status=0

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test command: installs what a fresh Debian 12 machine lacks, reserves hugepages, then runs
-# every check and test (formatting, lints, docs, unit and integration tests, the ones that need
-# root, network namespaces and hugepages included, a bounded run of every fuzz target, and Miri
-# on the unsafe memory layer).
+# every check and test (formatting, lints, docs, the licences of the dependency tree, unit and
+# integration tests, the ones that need root, network namespaces and hugepages included, a
+# bounded run of every fuzz target, and Miri on the unsafe memory layer).
 #
 #   sudo scripts/test.sh            # everything (as root: nothing is skipped)
 #   scripts/test.sh --quick         # lints + tests only: no package install, no fuzzing, no Miri
+#                                   # (the licence check runs if cargo-deny is installed)
 #
 # Environment: USTACK_HUGEPAGES (default 1024 x 2 MiB), USTACK_FUZZ_SECONDS (per fuzz target,
 # default 25), USTACK_SKIP_FUZZ=1, USTACK_SKIP_MIRI=1, USTACK_SKIP_INSTALL=1.
@@ -33,6 +34,13 @@ fi
 ensure_rust
 cargo --version
 
+# cargo-deny, pinned, for the licence check (deny.toml): installed in the full run when missing.
+CARGO_DENY_VERSION=0.20.2
+if [ $quick -eq 0 ] && [ "${USTACK_SKIP_INSTALL:-0}" != 1 ] && ! cargo deny --version >/dev/null 2>&1; then
+    step "cargo install cargo-deny $CARGO_DENY_VERSION"
+    cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked
+fi
+
 # --- hugepages ------------------------------------------------------------------------------
 if is_root; then
     step "hugepages"
@@ -50,6 +58,14 @@ step "cargo clippy"
 cargo clippy --all-targets --all-features -- -D warnings
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+# Every crate of the tree under a licence deny.toml allows (permissive only): a copyleft
+# dependency fails the run. Licences only: no advisory database is fetched.
+if cargo deny --version >/dev/null 2>&1; then
+    step "licences (cargo deny check licenses)"
+    cargo deny check licenses
+else
+    echo "SKIPPED licence check: cargo-deny is not installed (the full run installs it)"
+fi
 
 # --- tests ----------------------------------------------------------------------------------
 step "cargo test"

@@ -14,3 +14,4 @@ pub mod signal;
 pub mod socket;
 pub mod tap;
 pub mod xdp;
+pub mod xsk_ring;

@@ -1,6 +1,6 @@
-//! AF_XDP sockets: a safe wrapper ([`Xsk`]) around `xdpilone`'s rings, plus the few raw socket
-//! calls xdpilone does not make (bind with chosen flags, `XDP_OPTIONS`, wake-ups whose errors we
-//! want to see, busy-poll options, interface index, `RLIMIT_MEMLOCK`).
+//! AF_XDP sockets: a safe wrapper ([`Xsk`]) around the socket, its UMEM and its four rings
+//! (the rings themselves are [`super::xsk_ring`]), plus wake-ups whose errors we want to see,
+//! `XDP_OPTIONS`, busy-poll options, interface index and `RLIMIT_MEMLOCK`.
 //!
 //! # Memory
 //!
@@ -23,45 +23,43 @@
 //! [`Xsk::complete_pop`], [`Xsk::tx_push`]. Producer operations reserve slots first and ask the
 //! closure for at most that many entries, so an entry the closure hands out is never dropped
 //! for want of a slot.
+//!
+//! # Setting up
+//!
+//! [`Xsk::new`] follows the kernel's order (Documentation/networking/af_xdp.rst): `socket`,
+//! `setsockopt(XDP_UMEM_REG)`, the fill and completion ring sizes (`XDP_UMEM_FILL_RING`,
+//! `XDP_UMEM_COMPLETION_RING`), the RX and TX ring sizes (`XDP_RX_RING`, `XDP_TX_RING`), then
+//! `getsockopt(XDP_MMAP_OFFSETS)` and one `mmap` of the socket per ring at the ring's fixed page
+//! offset. [`Xsk::bind`] comes after, so binding can be retried with other flags.
 
 use std::io;
-use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::Duration;
 
-use xdpilone::xdp::{SockAddrXdp, XdpDesc};
-use xdpilone::{
-    DeviceQueue, Errno, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig,
-};
-
+use super::xsk_ring::{ConsumerRing, ProducerRing, RingArea, RingEntry, RingOffsets, XdpDesc};
 use crate::mem::BufPool;
 
-/// `SOL_XDP`.
-const SOL_XDP: libc::c_int = 283;
-/// `XDP_OPTIONS` (getsockopt): `struct xdp_options { __u32 flags; }`.
-const XDP_OPTIONS: libc::c_int = 8;
-/// `XDP_OPTIONS_ZEROCOPY`.
-const XDP_OPTIONS_ZEROCOPY: u32 = 1;
-
 /// Bind flag `XDP_COPY`: force copy mode.
-pub const XDP_COPY: u16 = 1 << 1;
+pub const XDP_COPY: u16 = libc::XDP_COPY;
 /// Bind flag `XDP_ZEROCOPY`: force zero-copy mode (fails with `EOPNOTSUPP` where the driver
 /// cannot).
-pub const XDP_ZEROCOPY: u16 = 1 << 2;
+pub const XDP_ZEROCOPY: u16 = libc::XDP_ZEROCOPY;
 /// Bind flag `XDP_USE_NEED_WAKEUP`: the kernel says, through a ring flag, when it needs a system
 /// call to make progress; otherwise the rings run without any.
-pub const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+pub const XDP_USE_NEED_WAKEUP: u16 = libc::XDP_USE_NEED_WAKEUP;
 
 /// Bind flag `XDP_USE_SG`: multi-buffer packets. A packet larger than one UMEM frame comes on
 /// the RX ring as several descriptors, every one but the last with [`XDP_PKT_CONTD`], and may
 /// be sent the same way. Without it the kernel drops such packets (counted in the socket's
 /// `rx_dropped`). Copy mode has it from Linux 6.6 (older kernels: `EINVAL`); zero-copy only
 /// where the driver does (`EOPNOTSUPP` otherwise).
-pub const XDP_USE_SG: u16 = 1 << 4;
+pub const XDP_USE_SG: u16 = libc::XDP_USE_SG;
 
 /// Descriptor option `XDP_PKT_CONTD`: the packet continues in the next descriptor.
-pub const XDP_PKT_CONTD: u32 = 1;
+pub const XDP_PKT_CONTD: u32 = libc::XDP_PKT_CONTD;
 
 /// Most descriptors one packet may take on the TX ring: copy mode accepts
 /// `CONFIG_MAX_SKB_FRAGS + 1` and that option is at least 17, so 18 works on every kernel.
@@ -191,10 +189,6 @@ pub struct XskStatistics {
     pub tx_ring_empty_descs: u64,
 }
 
-fn errno(e: Errno) -> io::Error {
-    io::Error::from_raw_os_error(e.get_raw().abs())
-}
-
 /// Index of interface `name` in the calling thread's network namespace.
 ///
 /// `NotFound` (`ENODEV`) when there is no such interface; `InvalidInput` for a name with a NUL.
@@ -288,17 +282,162 @@ pub fn probe_socket() -> io::Result<()> {
 /// queue a few tens of milliseconds later: a new bind to the same queue may see `EBUSY` until
 /// then), and only then releases its handle to the pool.
 pub struct Xsk {
-    // Field order is drop order: rings and socket first, the memory they refer to last.
-    fq: DeviceQueue,
-    rx: RingRx,
-    tx: RingTx,
-    fd: RawFd,
+    // Field order is drop order: rings (unmapped) and socket first, the memory they refer to
+    // last.
+    fill: ProducerRing<u64>,
+    completion: ConsumerRing<u64>,
+    rx: ConsumerRing<XdpDesc>,
+    tx: ProducerRing<XdpDesc>,
+    fd: OwnedFd,
     ifindex: u32,
     queue_id: u32,
     stride: u64,
-    tx_len: u32,
     /// Keeps the UMEM mapped while the kernel may use it; never read.
     _pool: BufPool,
+}
+
+/// `setsockopt(fd, SOL_XDP, opt, &value)` for a plain value.
+///
+/// # Safety
+///
+/// `T` must be the type the kernel reads for `opt`. For `XDP_UMEM_REG` the memory it names must
+/// stay mapped, and be written by no one but through frames lent to the kernel, for as long as
+/// the socket or its rings live: the kernel writes into it.
+unsafe fn set_xdp_option<T>(fd: BorrowedFd<'_>, opt: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a live, readable T of the size given; the fd is open for the borrow.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            opt,
+            (value as *const T).cast::<libc::c_void>(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `getsockopt(fd, SOL_XDP, opt, &mut value)`; returns the length the kernel wrote, which is
+/// less than `size_of::<T>()` where an older kernel has a shorter struct.
+///
+/// # Safety
+///
+/// `T` must be plain data valid for any bit pattern (the kernel's struct for `opt`).
+unsafe fn get_xdp_option<T>(
+    fd: BorrowedFd<'_>,
+    opt: libc::c_int,
+    value: &mut T,
+) -> io::Result<usize> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is a live, writable T and `len` its size, both exclusively borrowed for
+    // the call; the kernel writes at most `len` bytes. The fd is open for the borrow.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            opt,
+            (value as *mut T).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(len as usize)
+}
+
+/// Where the four rings lie in their mappings (`XDP_MMAP_OFFSETS`). Kernels before 5.4 answer
+/// with the shorter `struct xdp_mmap_offsets_v1` (no flags word; `libc::xdp_mmap_offsets_v1`),
+/// as the kernel's AF_XDP documentation says to expect: their rings get no flags.
+struct MmapOffsets {
+    rx: RingOffsets,
+    tx: RingOffsets,
+    fill: RingOffsets,
+    completion: RingOffsets,
+}
+
+fn mmap_offsets(fd: BorrowedFd<'_>) -> io::Result<MmapOffsets> {
+    // SAFETY: xdp_mmap_offsets is a plain struct of u64s; all-zero is a valid value.
+    let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
+    // SAFETY: xdp_mmap_offsets is plain u64s, the kernel's struct for this option.
+    let len = unsafe { get_xdp_option(fd, libc::XDP_MMAP_OFFSETS, &mut off) }?;
+    if len == size_of::<libc::xdp_mmap_offsets>() {
+        let ring = |r: &libc::xdp_ring_offset| RingOffsets {
+            producer: r.producer,
+            consumer: r.consumer,
+            desc: r.desc,
+            flags: Some(r.flags),
+        };
+        return Ok(MmapOffsets {
+            rx: ring(&off.rx),
+            tx: ring(&off.tx),
+            fill: ring(&off.fr),
+            completion: ring(&off.cr),
+        });
+    }
+    if len != size_of::<libc::xdp_mmap_offsets_v1>() {
+        return Err(io::Error::other(format!(
+            "XDP_MMAP_OFFSETS answered {len} bytes, neither the old nor the new struct"
+        )));
+    }
+    // SAFETY: xdp_mmap_offsets_v1 is a plain struct of u64s; all-zero is a valid value.
+    let mut v1: libc::xdp_mmap_offsets_v1 = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel wrote exactly a v1 struct (len says so) at the start of `off`; copy
+    // those bytes into a v1 struct of that size. Both are plain data.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&off as *const libc::xdp_mmap_offsets).cast::<u8>(),
+            (&mut v1 as *mut libc::xdp_mmap_offsets_v1).cast::<u8>(),
+            size_of::<libc::xdp_mmap_offsets_v1>(),
+        )
+    };
+    let ring = |r: &libc::xdp_ring_offset_v1| RingOffsets {
+        producer: r.producer,
+        consumer: r.consumer,
+        desc: r.desc,
+        flags: None,
+    };
+    Ok(MmapOffsets {
+        rx: ring(&v1.rx),
+        tx: ring(&v1.tx),
+        fill: ring(&v1.fr),
+        completion: ring(&v1.cr),
+    })
+}
+
+/// Maps one ring of `size` entries of `T` at page offset `pgoff` of the socket.
+fn map_ring<T: RingEntry>(
+    fd: BorrowedFd<'_>,
+    off: &RingOffsets,
+    size: u32,
+    pgoff: u64,
+) -> io::Result<Arc<RingArea>> {
+    let len = usize::try_from(off.desc)
+        .ok()
+        .and_then(|d| d.checked_add(size as usize * size_of::<T>()))
+        .ok_or_else(|| io::Error::other("ring mapping length overflows"))?;
+    // SAFETY: a new shared mapping chosen by the kernel (null hint) of the socket's ring; no
+    // existing memory is touched. The fd is open for the borrow.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            pgoff as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let p = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("ring mapped at 0"))?;
+    // SAFETY: `p..p + len` is the mapping just made, readable and writable, and nothing else
+    // knows of it.
+    Ok(Arc::new(unsafe { RingArea::from_mmap(p, len) }))
 }
 
 impl Xsk {
@@ -324,90 +463,100 @@ impl Xsk {
             });
         }
         let ring = |n: u32| {
-            NonZeroU32::new(n)
-                .filter(|n| n.is_power_of_two())
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "ring sizes must be powers of two",
-                    )
-                })
+            if n.is_power_of_two() {
+                Ok(n)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "ring sizes must be powers of two",
+                ))
+            }
         };
         let (rx_len, tx_len) = (
             ring(rings.rx_len).map_err(fail(XskStep::RxTxRings))?,
             ring(rings.tx_len).map_err(fail(XskStep::RxTxRings))?,
         );
-        ring(rings.fill_len).map_err(fail(XskStep::FillCompletionRings))?;
-        ring(rings.completion_len).map_err(fail(XskStep::FillCompletionRings))?;
+        let (fill_len, completion_len) = (
+            ring(rings.fill_len).map_err(fail(XskStep::FillCompletionRings))?,
+            ring(rings.completion_len).map_err(fail(XskStep::FillCompletionRings))?,
+        );
 
-        // Tell a refused socket() (capabilities, kernel support) apart from a refused UMEM
-        // registration (locked memory), which Umem::new would report alike.
-        probe_socket().map_err(fail(XskStep::Socket))?;
+        // SAFETY: socket takes no pointers.
+        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(fail(XskStep::Socket)(io::Error::last_os_error()));
+        }
+        // SAFETY: socket just returned this descriptor and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let b = std::os::fd::AsFd::as_fd(&fd);
 
         let (ptr, len) = pool.memory();
-        let area = NonNull::new(ptr)
-            .map(|p| NonNull::slice_from_raw_parts(p, len))
-            .ok_or_else(|| io::Error::other("pool memory is null"))
-            .map_err(fail(XskStep::UmemRegister))?;
-        let config = UmemConfig {
-            fill_size: rings.fill_len,
-            complete_size: rings.completion_len,
-            frame_size: stride as u32,
-            headroom: umem_headroom,
-            flags: 0,
-        };
-        // SAFETY: `area` is the pool's whole mapping: page aligned (a HugeRegion starts on a page
-        // boundary), `len` bytes long, readable and writable, and kept mapped for as long as the
-        // socket can use it, by the pool handle stored in the returned Xsk, which is dropped
-        // after the rings and the socket (field order). The kernel writes only into frames the
-        // caller lends it through the fill ring (see the module docs), so it never writes memory
-        // a PoolBuf owns. Umem itself is dropped at the end of this function; it only holds a
-        // reference to the socket, which the rings keep open.
-        let umem = unsafe { Umem::new(config, area) }
-            .map_err(errno)
+        if ptr.is_null() {
+            return Err(fail(XskStep::UmemRegister)(io::Error::other(
+                "pool memory is null",
+            )));
+        }
+        // SAFETY: xdp_umem_reg is a plain struct of integers; all-zero is a valid value (and
+        // the fields this kernel may not know, flags and tx_metadata_len, must be 0).
+        let mut reg: libc::xdp_umem_reg = unsafe { std::mem::zeroed() };
+        reg.addr = ptr as u64;
+        reg.len = len as u64;
+        reg.chunk_size = stride as u32;
+        reg.headroom = umem_headroom;
+        // SAFETY: `reg` is the kernel's struct xdp_umem_reg. It names the pool's whole mapping:
+        // page aligned (a HugeRegion starts on a page boundary), `len` bytes long, readable and
+        // writable, and kept mapped for as long as the socket can use it by the pool handle
+        // stored in the returned Xsk, which is dropped after the rings and the socket (field
+        // order). The kernel writes only into frames the caller lends it through the fill ring
+        // (see the module docs), so it never writes memory a PoolBuf owns.
+        unsafe { set_xdp_option(b, libc::XDP_UMEM_REG, &reg) }
             .map_err(fail(XskStep::UmemRegister))?;
 
-        let mut info = IfInfo::invalid();
-        info.from_ifindex(ifindex)
-            .map_err(errno)
-            .map_err(fail(XskStep::Socket))?;
-        info.set_queue(queue_id);
-        let sock = Socket::with_shared(&info, &umem)
-            .map_err(errno)
-            .map_err(fail(XskStep::Socket))?;
-        let fq = umem
-            .fq_cq(&sock)
-            .map_err(errno)
+        // SAFETY: each of the four ring-size options takes a u32 entry count.
+        unsafe {
+            set_xdp_option(b, libc::XDP_UMEM_FILL_RING, &fill_len)
+                .map_err(fail(XskStep::FillCompletionRings))?;
+            set_xdp_option(b, libc::XDP_UMEM_COMPLETION_RING, &completion_len)
+                .map_err(fail(XskStep::FillCompletionRings))?;
+            set_xdp_option(b, libc::XDP_RX_RING, &rx_len).map_err(fail(XskStep::RxTxRings))?;
+            set_xdp_option(b, libc::XDP_TX_RING, &tx_len).map_err(fail(XskStep::RxTxRings))?;
+        }
+
+        let off = mmap_offsets(b).map_err(fail(XskStep::FillCompletionRings))?;
+        let fill_area = map_ring::<u64>(b, &off.fill, fill_len, libc::XDP_UMEM_PGOFF_FILL_RING)
             .map_err(fail(XskStep::FillCompletionRings))?;
-        let user = umem
-            .rx_tx(
-                &sock,
-                &SocketConfig {
-                    rx_size: Some(rx_len),
-                    tx_size: Some(tx_len),
-                    bind_flags: 0,
-                },
+        let completion_area = map_ring::<u64>(
+            b,
+            &off.completion,
+            completion_len,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+        )
+        .map_err(fail(XskStep::FillCompletionRings))?;
+        let rx_area = map_ring::<XdpDesc>(b, &off.rx, rx_len, libc::XDP_PGOFF_RX_RING as u64)
+            .map_err(fail(XskStep::MapRings))?;
+        let tx_area = map_ring::<XdpDesc>(b, &off.tx, tx_len, libc::XDP_PGOFF_TX_RING as u64)
+            .map_err(fail(XskStep::MapRings))?;
+        // SAFETY: each area is the kernel's mapping of that ring, laid out as XDP_MMAP_OFFSETS
+        // said, with as many entries as we asked for; the kernel is the other side of each
+        // ring and accesses the indices atomically, and each view below is the only one of
+        // its side (they live in this Xsk alone).
+        let (fill, completion, rx, tx) = unsafe {
+            (
+                ProducerRing::new(fill_area, &off.fill, fill_len),
+                ConsumerRing::new(completion_area, &off.completion, completion_len),
+                ConsumerRing::new(rx_area, &off.rx, rx_len),
+                ProducerRing::new(tx_area, &off.tx, tx_len),
             )
-            .map_err(errno)
-            .map_err(fail(XskStep::RxTxRings))?;
-        let rx = user
-            .map_rx()
-            .map_err(errno)
-            .map_err(fail(XskStep::MapRings))?;
-        let tx = user
-            .map_tx()
-            .map_err(errno)
-            .map_err(fail(XskStep::MapRings))?;
-        let fd = fq.as_raw_fd();
+        };
         Ok(Xsk {
-            fq,
+            fill,
+            completion,
             rx,
             tx,
             fd,
             ifindex,
             queue_id,
             stride: stride as u64,
-            tx_len: rings.tx_len,
             _pool: pool.clone(),
         })
     }
@@ -420,19 +569,21 @@ impl Xsk {
     /// socket holds the queue (also for ~50 ms after one closed), `EINVAL` for a queue the
     /// interface does not have.
     pub fn bind(&self, flags: u16) -> io::Result<()> {
-        let addr = SockAddrXdp {
-            flags,
-            ifindex: self.ifindex,
-            queue_id: self.queue_id,
-            ..SockAddrXdp::default()
+        let addr = libc::sockaddr_xdp {
+            sxdp_family: libc::AF_XDP as u16,
+            sxdp_flags: flags,
+            sxdp_ifindex: self.ifindex,
+            sxdp_queue_id: self.queue_id,
+            // Each Xsk has its own UMEM: no XDP_SHARED_UMEM, no other socket's fd.
+            sxdp_shared_umem_fd: 0,
         };
-        // SAFETY: addr is a valid sockaddr_xdp (SockAddrXdp is its repr(C) layout), live and
-        // readable for its size during the call; the fd is owned by self.
+        // SAFETY: addr is a valid sockaddr_xdp, live and readable for its size during the call;
+        // the fd is owned by self.
         let rc = unsafe {
             libc::bind(
-                self.fd,
-                &addr as *const SockAddrXdp as *const libc::sockaddr,
-                std::mem::size_of::<SockAddrXdp>() as libc::socklen_t,
+                self.fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_xdp).cast::<libc::sockaddr>(),
+                size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
             )
         };
         if rc != 0 {
@@ -443,23 +594,10 @@ impl Xsk {
 
     /// Whether the bound socket runs in zero-copy mode (`XDP_OPTIONS`).
     pub fn zero_copy(&self) -> io::Result<bool> {
-        let mut flags: u32 = 0;
-        let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
-        // SAFETY: `flags` is a writable u32 (struct xdp_options) and `len` its size, both live
-        // for the call; the fd is owned by self.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd,
-                SOL_XDP,
-                XDP_OPTIONS,
-                &mut flags as *mut u32 as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(flags & XDP_OPTIONS_ZEROCOPY != 0)
+        let mut opts = libc::xdp_options { flags: 0 };
+        // SAFETY: xdp_options is one u32, the kernel's struct for this option.
+        unsafe { get_xdp_option(self.as_fd(), libc::XDP_OPTIONS, &mut opts) }?;
+        Ok(opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0)
     }
 
     /// Asks the kernel for preferred busy polling of the device queue from this socket's system
@@ -494,7 +632,7 @@ impl Xsk {
         // SAFETY: `v` is a readable c_int for the call; the fd is owned by self.
         let rc = unsafe {
             libc::setsockopt(
-                self.fd,
+                self.fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 opt,
                 &v as *const libc::c_int as *const libc::c_void,
@@ -518,7 +656,7 @@ impl Xsk {
         // owned by self.
         let rc = unsafe {
             libc::getsockopt(
-                self.fd,
+                self.fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_INCOMING_NAPI_ID,
                 &mut v as *mut libc::c_int as *mut libc::c_void,
@@ -533,9 +671,7 @@ impl Xsk {
 
     /// The socket's file descriptor (for `poll`, and as the XSKMAP value).
     pub fn as_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the descriptor is owned by the rings' shared socket handle inside self, so it
-        // stays open for the borrow's lifetime (tied to &self).
-        unsafe { BorrowedFd::borrow_raw(self.fd) }
+        std::os::fd::AsFd::as_fd(&self.fd)
     }
 
     /// UMEM frame size (the pool's stride): `addr / frame_len` is a frame's pool index.
@@ -547,18 +683,12 @@ impl Xsk {
     /// for each, and releases their slots. Returns how many.
     #[inline]
     pub fn rx_pop(&mut self, max: u32, mut f: impl FnMut(u64, u32, u32)) -> u32 {
-        if max == 0 {
-            return 0;
+        let n = self.rx.peek(max);
+        for i in 0..n {
+            let d = self.rx.read(i);
+            f(d.addr, d.len, d.options);
         }
-        let mut read = self.rx.receive(max);
-        let n = read.capacity();
-        for _ in 0..n {
-            match read.read() {
-                Some(d) => f(d.addr, d.len, d.options),
-                None => break,
-            }
-        }
-        read.release();
+        self.rx.release(n);
         n
     }
 
@@ -573,115 +703,91 @@ impl Xsk {
     /// were put.
     #[inline]
     pub fn fill_push(&mut self, max: u32, mut next: impl FnMut() -> Option<u64>) -> u32 {
-        if max == 0 {
-            return 0;
-        }
-        let mut write = self.fq.fill(max);
-        let cap = write.capacity();
+        let cap = self.fill.reserve(max);
         let mut n = 0;
         while n < cap {
             let Some(addr) = next() else { break };
-            // Cannot fail: fewer than `cap` slots were used.
-            let ok = write.insert_once(addr);
-            debug_assert!(ok, "fill ring slot reserved but refused");
+            self.fill.write(n, addr);
             n += 1;
         }
-        write.commit();
+        self.fill.submit(n);
+        self.fill.cancel();
         n
     }
 
     /// Frames on the fill ring the kernel has not taken yet.
     #[inline]
     pub fn fill_pending(&self) -> u32 {
-        self.fq.pending()
+        self.fill.pending()
     }
 
     /// Whether the kernel asks for a system call to go on receiving (need_wakeup mode only).
     #[inline]
     pub fn fill_needs_wakeup(&self) -> bool {
-        self.fq.needs_wakeup()
+        self.fill.needs_wakeup()
     }
 
     /// Takes up to `max` addresses of transmitted frames off the completion ring, calling `f`
     /// for each, and releases their slots. Returns how many.
     #[inline]
     pub fn complete_pop(&mut self, max: u32, mut f: impl FnMut(u64)) -> u32 {
-        if max == 0 {
-            return 0;
+        let n = self.completion.peek(max);
+        for i in 0..n {
+            f(self.completion.read(i));
         }
-        let mut read = self.fq.complete(max);
-        let n = read.capacity();
-        for _ in 0..n {
-            match read.read() {
-                Some(addr) => f(addr),
-                None => break,
-            }
-        }
-        read.release();
+        self.completion.release(n);
         n
     }
 
     /// Completions waiting (an advisory, relaxed read).
     #[inline]
     pub fn complete_available(&self) -> u32 {
-        self.fq.available()
+        self.completion.available()
     }
 
     /// Puts packets on the TX ring, using at most `max` descriptors: `next(free, packet)` is
     /// called with the slots still free and an empty `packet`, fills in that packet's
     /// descriptors (at most `free` of them) and returns `true`, or returns `false` to stop.
     /// Every descriptor but a packet's last goes with [`XDP_PKT_CONTD`] (which needs a socket
-    /// bound with [`XDP_USE_SG`]). Returns how many descriptors were put. They go out after a
-    /// kick ([`Xsk::kick_tx`]) when the kernel wants one.
+    /// bound with [`XDP_USE_SG`]). Returns how many descriptors were put, all published at once
+    /// at the end. They go out after a kick ([`Xsk::kick_tx`]) when the kernel wants one.
     ///
-    /// `free` is counted from the kernel's consumer index, read once at the start, so a
-    /// packet of `free` descriptors always fits. (xdpilone's own reservation reads that index
-    /// only when its cached view shows no slot at all, so it may offer fewer; then the part
-    /// written is committed and the rest reserved again, which makes it read the index.)
+    /// `free` is counted from the kernel's consumer index (read again when the cached one shows
+    /// fewer than `max` slots), so a packet of `free` descriptors always fits.
     ///
     /// Panics if `next` returns `true` with an empty packet or more descriptors than `free`
     /// (a packet cut in two would be sent broken).
     #[inline]
     pub fn tx_push(&mut self, max: u32, mut next: impl FnMut(u32, &mut TxPacket) -> bool) -> u32 {
-        let max = max.min(self.tx_len.saturating_sub(self.tx.pending()));
-        if max == 0 {
-            return 0;
-        }
-        let mut write = self.tx.transmit(max);
-        let mut room = write.capacity();
+        let room = self.tx.reserve(max);
         let mut n = 0;
         let mut packet = TxPacket::default();
-        while n < max {
+        while n < room {
             packet.clear();
-            if !next(max - n, &mut packet) {
+            if !next(room - n, &mut packet) {
                 break;
             }
             assert!(
-                !packet.is_empty() && packet.len() as u32 <= max - n,
+                !packet.is_empty() && packet.len() as u32 <= room - n,
                 "TX packet of {} descriptors for {} free slots",
                 packet.len(),
-                max - n
+                room - n
             );
             let last = packet.len() - 1;
             for (i, &(addr, len)) in packet.descs().iter().enumerate() {
-                if room == 0 {
-                    write.commit();
-                    drop(write);
-                    write = self.tx.transmit(max - n);
-                    room = write.capacity();
-                    assert!(room > 0, "TX ring slots counted free but not reservable");
-                }
-                let ok = write.insert_once(XdpDesc {
-                    addr,
-                    len,
-                    options: if i < last { XDP_PKT_CONTD } else { 0 },
-                });
-                debug_assert!(ok, "TX ring slot reserved but refused");
-                room -= 1;
+                self.tx.write(
+                    n,
+                    XdpDesc {
+                        addr,
+                        len,
+                        options: if i < last { XDP_PKT_CONTD } else { 0 },
+                    },
+                );
                 n += 1;
             }
         }
-        write.commit();
+        self.tx.submit(n);
+        self.tx.cancel();
         n
     }
 
@@ -707,7 +813,7 @@ impl Xsk {
         // owned by self.
         let rc = unsafe {
             libc::sendto(
-                self.fd,
+                self.fd.as_raw_fd(),
                 std::ptr::null(),
                 0,
                 libc::MSG_DONTWAIT,
@@ -728,7 +834,7 @@ impl Xsk {
         // is owned by self.
         let rc = unsafe {
             libc::recvfrom(
-                self.fd,
+                self.fd.as_raw_fd(),
                 std::ptr::null_mut(),
                 0,
                 libc::MSG_DONTWAIT,
@@ -748,8 +854,14 @@ impl Xsk {
     }
 
     /// The kernel's counters for this socket.
+    ///
+    /// A kernel older than 5.9 knows only the first three counters (`struct
+    /// xdp_statistics_v1`); the others are then 0.
     pub fn statistics(&self) -> io::Result<XskStatistics> {
-        let s = self.fq.statistics_v2().map_err(errno)?;
+        // SAFETY: xdp_statistics is a plain struct of u64s; all-zero is a valid value.
+        let mut s: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+        // SAFETY: xdp_statistics is plain u64s, the kernel's struct for this option.
+        unsafe { get_xdp_option(self.as_fd(), libc::XDP_STATISTICS, &mut s) }?;
         Ok(XskStatistics {
             rx_dropped: s.rx_dropped,
             rx_invalid_descs: s.rx_invalid_descs,
@@ -763,14 +875,14 @@ impl Xsk {
 
 impl AsRawFd for Xsk {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd
+        self.fd.as_raw_fd()
     }
 }
 
 impl std::fmt::Debug for Xsk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Xsk")
-            .field("fd", &self.fd)
+            .field("fd", &self.fd.as_raw_fd())
             .field("ifindex", &self.ifindex)
             .field("queue_id", &self.queue_id)
             .field("frame_len", &self.stride)
