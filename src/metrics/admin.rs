@@ -26,11 +26,9 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::acceptors::Acceptors;
 use super::http::scrape;
 use super::snapshot::ProcessView;
 use super::text::human_lines;
@@ -89,8 +87,7 @@ pub enum AdminError {
 /// A running admin socket. Dropping it stops its threads and removes the socket file.
 pub struct AdminServer {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Acceptors,
 }
 
 impl std::fmt::Debug for AdminServer {
@@ -147,22 +144,16 @@ impl AdminServer {
             let _ = std::fs::remove_file(&tmp);
             return Err(bind_err(e));
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::with_capacity(ADMIN_THREADS);
-        for i in 0..ADMIN_THREADS {
-            let l = listener.try_clone().map_err(AdminError::Thread)?;
-            let (hub, stop) = (hub.clone(), stop.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("ustack-admin-{i}"))
-                .spawn(move || accept_loop(&l, &hub, &stop))
-                .map_err(AdminError::Thread)?;
-            threads.push(t);
-        }
-        Ok(AdminServer {
-            path,
-            stop,
-            threads,
-        })
+        let threads = Acceptors::start(
+            &listener,
+            ADMIN_THREADS,
+            "ustack-admin",
+            "admin connection",
+            &hub,
+            serve,
+        )
+        .map_err(AdminError::Thread)?;
+        Ok(AdminServer { path, threads })
     }
 
     /// The socket's path.
@@ -173,34 +164,11 @@ impl AdminServer {
 
 impl Drop for AdminServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for _ in &self.threads {
-            let _ = UnixStream::connect(&self.path);
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        let path = self.path.clone();
+        self.threads.stop(|| {
+            let _ = UnixStream::connect(&path);
+        });
         let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn accept_loop(listener: &UnixListener, hub: &Hub, stop: &AtomicBool) {
-    loop {
-        let conn = listener.accept();
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        match conn {
-            Ok((stream, _)) => {
-                if let Err(e) = serve(stream, hub) {
-                    tracing::debug!("admin connection: {e}");
-                }
-            }
-            Err(e) => {
-                tracing::warn!("admin socket: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
     }
 }
 

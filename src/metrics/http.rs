@@ -9,11 +9,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::acceptors::Acceptors;
 use super::snapshot::ProcessView;
 use super::{encode_openmetrics, openmetrics_to_text, Hub, SNAPSHOT_WAIT};
 
@@ -46,8 +44,7 @@ pub enum MetricsError {
 /// A running Prometheus endpoint. Dropping it stops its threads.
 pub struct MetricsEndpoint {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Acceptors,
 }
 
 impl std::fmt::Debug for MetricsEndpoint {
@@ -67,20 +64,17 @@ impl MetricsEndpoint {
         let local = listener
             .local_addr()
             .map_err(|source| MetricsError::Bind { addr, source })?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::with_capacity(SERVING_THREADS);
-        for i in 0..SERVING_THREADS {
-            let l = listener.try_clone().map_err(MetricsError::Thread)?;
-            let (hub, stop) = (hub.clone(), stop.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("ustack-metrics-{i}"))
-                .spawn(move || accept_loop(&l, &hub, &stop))
-                .map_err(MetricsError::Thread)?;
-            threads.push(t);
-        }
+        let threads = Acceptors::start(
+            &listener,
+            SERVING_THREADS,
+            "ustack-metrics",
+            "metrics scrape",
+            &hub,
+            serve,
+        )
+        .map_err(MetricsError::Thread)?;
         Ok(MetricsEndpoint {
             addr: local,
-            stop,
             threads,
         })
     }
@@ -93,34 +87,10 @@ impl MetricsEndpoint {
 
 impl Drop for MetricsEndpoint {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake each thread out of accept.
-        for _ in &self.threads {
-            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn accept_loop(listener: &TcpListener, hub: &Hub, stop: &AtomicBool) {
-    loop {
-        let conn = listener.accept();
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        match conn {
-            Ok((stream, _)) => {
-                if let Err(e) = serve(stream, hub) {
-                    tracing::debug!("metrics scrape: {e}");
-                }
-            }
-            Err(e) => {
-                tracing::warn!("metrics endpoint: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        let addr = self.addr;
+        self.threads.stop(|| {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        });
     }
 }
 

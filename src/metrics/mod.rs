@@ -25,6 +25,7 @@
 //! `docs/MONITORING.md`; `docs/monitoring/` has a Grafana dashboard and a Prometheus scrape
 //! configuration.
 
+mod acceptors;
 mod admin;
 mod http;
 mod prom;
