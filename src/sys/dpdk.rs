@@ -1699,8 +1699,9 @@ impl fmt::Debug for PortQueue {
 }
 
 /// DPDK's pseudo-header sum for the IPv4 header at the start of `ip_hdr` (at least 20 bytes),
-/// computed by DPDK's own `rte_ipv4_phdr_cksum`, for checking ustack's.
-pub fn ipv4_phdr_cksum_reference(ip_hdr: &[u8]) -> Option<u16> {
+/// computed by DPDK's own `rte_ipv4_phdr_cksum`, for checking ustack's (tests only).
+#[cfg(test)]
+pub(crate) fn ipv4_phdr_cksum_reference(ip_hdr: &[u8]) -> Option<u16> {
     if ip_hdr.len() < 20 {
         return None;
     }
