@@ -354,9 +354,9 @@ impl<D: PacketDevice> Stack<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dev::sim::{Faults, SimConfig, SimLink, SimPort};
-    use crate::mem::PageSize;
-    use crate::stack::{ConnError, ConnId, MacAddr, StackConfig};
+    use crate::dev::sim::{Faults, SimConfig};
+    use crate::stack::sim_pair::{self, SimPair};
+    use crate::stack::{ConnError, ConnId};
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
     const B: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
@@ -364,82 +364,16 @@ mod tests {
     const BACKLOG: usize = 2;
     const SOCKETS: usize = 8;
 
-    fn cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
-        let mut c = StackConfig::new(ip, 24);
-        c.random_seed = seed;
-        c.mac = Some(MacAddr::local_from_seed(seed));
-        c.sockets_max = SOCKETS;
-        c.tcp.rx_buf_len = 64 << 10;
-        c.tcp.tx_buf_len = 64 << 10;
-        c.page_size = PageSize::Base4K;
-        c
-    }
+    /// Two stacks on the simulated link (`sim_pair`), with what these tests add.
+    type Net = SimPair;
 
-    /// Two stacks over the simulated link, driven in virtual time.
-    struct Net {
-        link: SimLink,
-        a: Stack<SimPort>,
-        b: Stack<SimPort>,
-        now: Instant,
-    }
-
-    impl Net {
-        fn new(seed: u64) -> Net {
-            let (link, pa, pb) = SimLink::new(SimConfig {
-                pool_frames: 1024,
-                page_size: PageSize::Base4K,
-                ..SimConfig::default().with_seed(seed)
-            })
-            .unwrap();
-            Net {
-                link,
-                a: Stack::new(pa, cfg(A, seed)).unwrap(),
-                b: Stack::new(pb, cfg(B, seed + 1)).unwrap(),
-                now: Instant::ZERO,
-            }
-        }
-
-        /// Polls both stacks until `done`, jumping the clock to the next timer or delivery
-        /// when both are idle; panics past `limit` of virtual time.
-        fn run_until(
-            &mut self,
-            limit: Duration,
-            mut done: impl FnMut(&mut Stack<SimPort>, &mut Stack<SimPort>) -> bool,
-        ) {
-            let end = self.now + limit;
-            while self.now < end {
-                let busy = self.a.poll(self.now) | self.b.poll(self.now);
-                if done(&mut self.a, &mut self.b) {
-                    return;
-                }
-                if !busy {
-                    let next = [
-                        self.a.poll_at(self.now),
-                        self.b.poll_at(self.now),
-                        self.link.next_delivery(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(self.now + Duration::from_millis(1));
-                    self.now = next.max(self.now + Duration::from_micros(1));
-                }
-            }
-            panic!("not done within {limit:?} of virtual time");
-        }
-
-        /// A listener on B, a connection from A: (listener's connection on B, A's).
-        fn connect(&mut self) -> (ConnId, ConnId) {
-            let l = self.b.listen(PORT, BACKLOG).unwrap();
-            let c = self.a.connect(SocketAddrV4::new(B, PORT)).unwrap();
-            let mut s = None;
-            self.run_until(Duration::from_secs(10), |a, b| {
-                if s.is_none() {
-                    s = b.accept(l).unwrap();
-                }
-                s.is_some() && a.state(c).unwrap() == crate::stack::ConnState::Established
-            });
-            (s.unwrap(), c)
+    impl SimPair {
+        fn seeded(seed: u64) -> Net {
+            SimPair::new(
+                SimConfig::default().with_seed(seed),
+                sim_pair::config(A, seed, SOCKETS),
+                sim_pair::config(B, seed + 1, SOCKETS),
+            )
         }
 
         /// Sends `to_b` bytes from A to B and `to_a` from B to A, reads them all, and runs
@@ -482,8 +416,8 @@ mod tests {
     fn connections_show_both_ends_as_ss_does() {
         const TO_B: usize = 300_000;
         const TO_A: usize = 70_001;
-        let mut net = Net::new(11);
-        let (s, c) = net.connect();
+        let mut net = Net::seeded(11);
+        let (c, s) = net.connect(PORT, BACKLOG);
         net.exchange(s, c, TO_B, TO_A);
         let mut list = Vec::new();
 
@@ -577,8 +511,8 @@ mod tests {
     #[test]
     fn loss_shows_retransmits_on_the_sender() {
         const TO_B: usize = 400_000;
-        let mut net = Net::new(23);
-        let (s, c) = net.connect();
+        let mut net = Net::seeded(23);
+        let (c, s) = net.connect(PORT, BACKLOG);
         net.link.set_faults(Faults::none().with_loss(0.05)).unwrap();
         net.exchange(s, c, TO_B, 0);
         let mut list = Vec::new();

@@ -23,6 +23,8 @@ mod adapter;
 mod capture;
 mod config;
 mod conn_info;
+#[cfg(test)]
+mod sim_pair;
 mod sockets;
 
 pub use capture::{

@@ -72,14 +72,7 @@ const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
 fn cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
-    let mut c = StackConfig::new(ip, 24);
-    c.random_seed = seed;
-    c.mac = Some(MacAddr::local_from_seed(seed));
-    c.sockets_max = 8;
-    c.tcp.rx_buf_len = 64 << 10;
-    c.tcp.tx_buf_len = 64 << 10;
-    c.page_size = PageSize::Base4K;
-    c
+    super::sim_pair::config(ip, seed, 8)
 }
 
 struct Pair {

@@ -1,15 +1,15 @@
 //! Captures of real TCP traffic between two stacks on the simulated link, read back with a
 //! small pcap reader (and with tcpdump when it is installed).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use crate::dev::sim::{Faults, SimConfig, SimLink, SimPort};
-use crate::mem::PageSize;
-use crate::stack::{ConnId, ConnState, MacAddr, StackConfig};
+use crate::dev::sim::{Faults, SimConfig, SimPort};
+use crate::stack::sim_pair::{self, SimPair};
+use crate::stack::ConnId;
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -43,66 +43,23 @@ impl Drop for TempDir {
     }
 }
 
-fn stack_config(ip: Ipv4Addr, seed: u64) -> StackConfig {
-    let mut c = StackConfig::new(ip, 24);
-    c.random_seed = seed;
-    c.mac = Some(MacAddr::local_from_seed(seed));
-    c.sockets_max = 4;
-    c.tcp.rx_buf_len = 64 << 10;
-    c.tcp.tx_buf_len = 64 << 10;
-    c.page_size = PageSize::Base4K;
-    c
-}
+/// Two stacks on the simulated link (`sim_pair`), with what these tests add.
+type Net = SimPair;
 
-/// Two stacks on a simulated link, driven in virtual time.
-struct Net {
-    link: SimLink,
-    a: Stack<SimPort>,
-    b: Stack<SimPort>,
-    now: Instant,
-}
-
-impl Net {
-    fn new(faults: Faults) -> Net {
+impl SimPair {
+    fn open(faults: Faults) -> Net {
         let sim = SimConfig {
-            pool_frames: 1024,
             queue_frames: 1024,
-            page_size: PageSize::Base4K,
             ..SimConfig::default()
         }
         .with_seed(7)
         .with_faults(faults);
-        let (link, pa, pb) = SimLink::new(sim).unwrap();
-        Net {
-            link,
-            a: Stack::new(pa, stack_config(A, 1)).unwrap(),
-            b: Stack::new(pb, stack_config(B, 2)).unwrap(),
-            now: Instant::ZERO,
-        }
+        SimPair::new(sim, sim_pair::config(A, 1, 4), sim_pair::config(B, 2, 4))
     }
 
     /// Polls both stacks until `done` says so, jumping the clock over idle time.
-    fn drive(&mut self, mut done: impl FnMut(&mut Stack<SimPort>, &mut Stack<SimPort>) -> bool) {
-        let end = self.now + Duration::from_secs(120);
-        loop {
-            let busy = self.a.poll(self.now) | self.b.poll(self.now);
-            if done(&mut self.a, &mut self.b) {
-                return;
-            }
-            assert!(self.now < end, "not done within 120 s of virtual time");
-            if !busy {
-                let next = [
-                    self.a.poll_at(self.now),
-                    self.b.poll_at(self.now),
-                    self.link.next_delivery(),
-                ]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(self.now + Duration::from_millis(1));
-                self.now = next.max(self.now + Duration::from_micros(1)).min(end);
-            }
-        }
+    fn drive(&mut self, done: impl FnMut(&mut Stack<SimPort>, &mut Stack<SimPort>) -> bool) {
+        self.run_until(Duration::from_secs(120), done)
     }
 
     /// Polls until nothing is in flight or due (for up to a virtual second).
@@ -115,20 +72,6 @@ impl Net {
             }
             self.now += Duration::from_micros(100);
         }
-    }
-
-    /// Connects A to a listener on B: (A's connection, B's).
-    fn connect(&mut self) -> (ConnId, ConnId) {
-        let l = self.b.listen(PORT, 1).unwrap();
-        let c = self.a.connect(SocketAddrV4::new(B, PORT)).unwrap();
-        let mut s = None;
-        self.drive(|a, b| {
-            if s.is_none() {
-                s = b.accept(l).unwrap();
-            }
-            s.is_some() && a.state(c).unwrap() == ConnState::Established
-        });
-        (c, s.unwrap())
     }
 
     /// Sends `len` bytes from `from` to `to` and reads them all there.
@@ -267,7 +210,7 @@ fn wait_ended(stack: &Stack<SimPort>) -> CaptureStatus {
 fn captures_a_tcp_connection_both_ways_with_wall_clock_times() {
     let dir = TempDir::new("flow");
     let path = dir.file("flow.pcap");
-    let mut net = Net::new(Faults::none());
+    let mut net = Net::open(Faults::none());
     assert!(net.a.capture_status().is_none());
     let t0 = wall_secs();
     net.a
@@ -277,7 +220,7 @@ fn captures_a_tcp_connection_both_ways_with_wall_clock_times() {
     assert!(running.running && running.ended.is_none(), "{running:?}");
     assert_eq!(running.path, path);
 
-    let (c, s) = net.connect();
+    let (c, s) = net.connect(PORT, 1);
     net.transfer(true, c, s, 200_000);
     net.transfer(false, c, s, 20_000);
     net.settle();
@@ -352,14 +295,14 @@ fn captures_a_tcp_connection_both_ways_with_wall_clock_times() {
 fn malformed_frames_are_captured_before_the_checks() {
     let dir = TempDir::new("bad");
     let path = dir.file("bad.pcap");
-    let mut net = Net::new(Faults {
+    let mut net = Net::open(Faults {
         corrupt: 0.1,
         ..Faults::none()
     });
     net.a
         .start_capture(spec(path.clone(), Some(100_000), None))
         .unwrap();
-    let (c, s) = net.connect();
+    let (c, s) = net.connect(PORT, 1);
     net.transfer(false, c, s, 100_000);
     net.settle();
     let st = net.a.stop_capture().unwrap();
@@ -381,11 +324,11 @@ fn malformed_frames_are_captured_before_the_checks() {
 fn packet_limit_ends_the_capture_while_traffic_goes_on() {
     let dir = TempDir::new("plimit");
     let path = dir.file("ten.pcap");
-    let mut net = Net::new(Faults::none());
+    let mut net = Net::open(Faults::none());
     net.a
         .start_capture(spec(path.clone(), Some(10), None))
         .unwrap();
-    let (c, s) = net.connect();
+    let (c, s) = net.connect(PORT, 1);
     net.transfer(true, c, s, 100_000);
     let st = wait_ended(&net.a);
     assert_eq!(st.ended, Some(CaptureEnd::PacketLimit));
@@ -425,11 +368,11 @@ fn packet_limit_ends_the_capture_while_traffic_goes_on() {
 fn byte_limit_and_snaplen_bound_the_frame_bytes_written() {
     let dir = TempDir::new("blimit");
     let path = dir.file("bytes.pcap");
-    let mut net = Net::new(Faults::none());
+    let mut net = Net::open(Faults::none());
     let mut sp = spec(path.clone(), None, Some(20_000));
     sp.snaplen = 1000;
     net.a.start_capture(sp).unwrap();
-    let (c, s) = net.connect();
+    let (c, s) = net.connect(PORT, 1);
     net.transfer(true, c, s, 100_000);
     let st = wait_ended(&net.a);
     assert_eq!(st.ended, Some(CaptureEnd::ByteLimit));
@@ -456,7 +399,7 @@ fn byte_limit_and_snaplen_bound_the_frame_bytes_written() {
 #[test]
 fn bad_requests_are_refused_with_what_to_do() {
     let dir = TempDir::new("errors");
-    let mut net = Net::new(Faults::none());
+    let mut net = Net::open(Faults::none());
 
     let err = net
         .a
@@ -514,7 +457,7 @@ fn bad_requests_are_refused_with_what_to_do() {
     assert!(net.a.capture_status().is_none());
 
     // The stack works on.
-    let (c, s) = net.connect();
+    let (c, s) = net.connect(PORT, 1);
     net.transfer(true, c, s, 10_000);
 
     // Twice.
@@ -557,7 +500,7 @@ impl Write for Failing {
 
 #[test]
 fn a_write_error_ends_the_capture_and_serving_goes_on() {
-    let mut net = Net::new(Faults::none());
+    let mut net = Net::open(Faults::none());
     let path = PathBuf::from("/failing.pcap");
     net.a
         .start_capture_into(
@@ -565,7 +508,7 @@ fn a_write_error_ends_the_capture_and_serving_goes_on() {
             Failing { ok_bytes: 2000 },
         )
         .unwrap();
-    let (c, s) = net.connect();
+    let (c, s) = net.connect(PORT, 1);
     net.transfer(true, c, s, 50_000);
     let st = wait_ended(&net.a);
     match &st.ended {
@@ -588,11 +531,11 @@ fn a_write_error_ends_the_capture_and_serving_goes_on() {
 fn tcpdump_reads_the_capture() {
     let dir = TempDir::new("tcpdump");
     let path = dir.file("flow.pcap");
-    let mut net = Net::new(Faults::none());
+    let mut net = Net::open(Faults::none());
     net.a
         .start_capture(spec(path.clone(), Some(1000), None))
         .unwrap();
-    let (c, s) = net.connect();
+    let (c, s) = net.connect(PORT, 1);
     net.transfer(true, c, s, 10_000);
     net.settle();
     let st = net.a.stop_capture().unwrap();
@@ -637,11 +580,11 @@ fn tcpdump_reads_the_capture() {
 fn a_dropped_stack_closes_its_capture_file() {
     let dir = TempDir::new("drop");
     let path = dir.file("drop.pcap");
-    let mut net = Net::new(Faults::none());
+    let mut net = Net::open(Faults::none());
     net.a
         .start_capture(spec(path.clone(), Some(1000), None))
         .unwrap();
-    let (c, s) = net.connect();
+    let (c, s) = net.connect(PORT, 1);
     net.transfer(true, c, s, 10_000);
     net.settle();
     let frames = net.a.stats().tx_frames + net.a.link_stats().rx_packets;
@@ -678,7 +621,7 @@ impl Write for Gate {
 
 #[test]
 fn a_stuck_writer_drops_frames_and_never_stalls_the_stack() {
-    let mut net = Net::new(Faults::none());
+    let mut net = Net::open(Faults::none());
     let (open, gate) = std::sync::mpsc::channel();
     net.a
         .start_capture_into(
@@ -690,7 +633,7 @@ fn a_stuck_writer_drops_frames_and_never_stalls_the_stack() {
         )
         .unwrap();
     // Far more frames than the ring holds, while the writer is stuck on its first record.
-    let (c, s) = net.connect();
+    let (c, s) = net.connect(PORT, 1);
     net.transfer(true, c, s, 4 << 20);
     net.settle();
     let frames = net.a.stats().tx_frames + net.a.link_stats().rx_packets;
