@@ -10,29 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{example_binary, Rng, Watched};
-
-/// A directory of its own under the system's temporary directory, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "ustack-chunkctl-{tag}-{}-{:x}",
-            std::process::id(),
-            Rng::new(u64::from(std::process::id())).next_u64()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{example_binary, Rng, TempDir, Watched};
 
 /// The example file server on 127.0.0.1 (a free port), `store` as given.
 struct Server {
@@ -155,7 +133,7 @@ fn puts_in_fifty_pid_namespaces_do_not_collide() {
         common::skip("PID namespaces (unshare --pid) need root");
         return;
     }
-    let dir = TempDir::new("pidns");
+    let dir = TempDir::fresh("ustack-chunkctl-pidns");
     let s = Server::start("mem");
     const N: usize = 50;
     let files: Vec<PathBuf> = (0..N)
@@ -215,7 +193,7 @@ fn puts_in_fifty_pid_namespaces_do_not_collide() {
 /// is written under the output name (nor left beside it).
 #[test]
 fn get_refuses_a_manifest_that_does_not_cover_the_file() {
-    let dir = TempDir::new("manifest");
+    let dir = TempDir::fresh("ustack-chunkctl-manifest");
     let s = Server::start("mem");
     let file = dir.0.join("data");
     random_file(&file, 100_000, 7);
@@ -288,7 +266,7 @@ fn get_refuses_a_manifest_that_does_not_cover_the_file() {
 /// file under the output name. Bad chunk sizes are refused before anything is written.
 #[test]
 fn a_failed_get_leaves_no_file_and_says_why() {
-    let dir = TempDir::new("failed-get");
+    let dir = TempDir::fresh("ustack-chunkctl-failed-get");
     let s = Server::start("mem");
     let file = dir.0.join("data");
     random_file(&file, 50_000, 9);
@@ -338,7 +316,7 @@ fn a_failed_get_leaves_no_file_and_says_why() {
 /// store holds no chunk afterwards.
 #[test]
 fn an_interrupted_put_leaves_no_chunk_behind() {
-    let dir = TempDir::new("interrupt");
+    let dir = TempDir::fresh("ustack-chunkctl-interrupt");
     let store = dir.0.join("store");
     let s = Server::start(&format!("dir:{}", store.display()));
     let file = dir.0.join("data");
@@ -377,7 +355,7 @@ fn an_interrupted_put_leaves_no_chunk_behind() {
 /// keeps nothing.
 #[test]
 fn a_missing_store_directory_is_an_error_without_create() {
-    let dir = TempDir::new("nostore");
+    let dir = TempDir::fresh("ustack-chunkctl-nostore");
     let missing = dir.0.join("chunsk");
     let store = format!("dir:{}", missing.display());
     let out = run_example(
@@ -474,7 +452,7 @@ fn host_names_and_ipv6_with_the_kernel_backend() {
 /// `bench` deletes the chunks it wrote when it ends, reads and writes alike.
 #[test]
 fn bench_leaves_no_chunk_behind() {
-    let dir = TempDir::new("bench");
+    let dir = TempDir::fresh("ustack-chunkctl-bench");
     let store = dir.0.join("store");
     let s = Server::start(&format!("dir:{}", store.display()));
     for op in ["read", "write"] {
@@ -528,7 +506,7 @@ fn sorted(mut v: Vec<(String, u64)>) -> Vec<(String, u64)> {
 #[test]
 fn gc_removes_exactly_the_chunks_a_killed_put_left() {
     for store in ["dir", "mem"] {
-        let dir = TempDir::new(&format!("gc-{store}"));
+        let dir = TempDir::fresh(&format!("ustack-chunkctl-gc-{store}"));
         let spec = match store {
             "dir" => format!("dir:{}", dir.0.join("store").display()),
             _ => "mem".to_string(),

@@ -10,23 +10,15 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::Rng;
+use common::{Rng, TempDir};
 use ustack::chunk::{ChunkOp, ClientConfig, ClientError, SubmitError};
 use ustack::net::KernelClient;
 use ustack::proto::{ChunkId, Reply, Status};
 use ustack::Instant;
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running server process and the address it listens on.
 struct Server {

@@ -15,31 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{example_binary, skip, Rng, Watched};
+use common::{example_binary, skip, Rng, TempDir, Watched};
 
 const SERVER_IP: &str = "10.215.0.1";
 const CLIENT_IP: &str = "10.215.0.2";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "ustack-ops-{tag}-{}-{:x}",
-            std::process::id(),
-            Rng::new(u64::from(std::process::id()) ^ 0x0b5).next_u64()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The file server on memif with an admin socket, and a metrics endpoint if asked.
 struct Server {
@@ -225,7 +204,7 @@ fn prometheus_scrapes_the_server_and_its_counters_match_the_client() {
             "prometheus/promtool not installed (scripts/test.sh installs Debian's prometheus)",
         );
     }
-    let dir = TempDir::new("prom");
+    let dir = TempDir::fresh("ustack-ops-prom");
     let server = Server::start(&dir.0, true);
     let metrics = server.metrics.unwrap();
 
@@ -394,7 +373,7 @@ fn admin_cli_lists_connections_and_captures_on_demand() {
     if !have("tcpdump") {
         return skip("tcpdump not installed (scripts/test.sh installs it)");
     }
-    let dir = TempDir::new("admin");
+    let dir = TempDir::fresh("ustack-ops-admin");
     let server = Server::start(&dir.0, false);
 
     // A client that stays connected for a while: its connection, seen from the server.

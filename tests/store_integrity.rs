@@ -11,18 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::Watched;
+use common::{TempDir, Watched};
 use ustack::chunk::{ChunkOp, ClientConfig, ClientError};
 use ustack::net::KernelClient;
 use ustack::proto::{crc32c, ChunkId, Reply, Status};
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn start_server(bin: &Path, dir: &Path) -> (Watched, SocketAddr) {
     let mut cmd = Command::new(bin);

@@ -357,3 +357,26 @@ impl Watched {
         self.log.lock().unwrap().join("\n")
     }
 }
+
+/// A directory of the test's own, removed (with everything in it) when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh, empty directory `<temp>/<prefix>-<pid>-<random>`.
+    pub fn fresh(prefix: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{:x}",
+            std::process::id(),
+            Rng::new(u64::from(std::process::id()) ^ prefix.len() as u64).next_u64()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
