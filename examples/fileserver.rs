@@ -384,8 +384,7 @@ fn operators(args: &Args) -> Result<Operators, String> {
 
 /// Prints every counter in words, each line prefixed with `fileserver: LABEL:`.
 fn print_stats(label: &str, hub: &Hub, obs: &mut dyn Observed) {
-    let mut snap = (*hub.publish(Instant::now(), obs)).clone();
-    snap.process = ustack::metrics::ProcessView::read();
+    let snap = hub.publish(Instant::now(), obs).with_process();
     for line in human_lines(&snap) {
         println!("fileserver: {label}: {line}");
     }

@@ -30,7 +30,6 @@ use std::time::Duration;
 
 use super::acceptors::Acceptors;
 use super::http::scrape;
-use super::snapshot::ProcessView;
 use super::text::human_lines;
 use super::{Answer, Ask, Hub, SNAPSHOT_WAIT};
 use crate::stack::{CaptureSpec, CaptureStatus, ConnInfo};
@@ -232,11 +231,7 @@ fn run(line: &str, hub: &Hub) -> Result<String, String> {
         [] => Err("empty request; try `help`".into()),
         ["help"] => Ok(HELP.to_string()),
         ["stats"] => match hub.snapshot(SNAPSHOT_WAIT) {
-            Some(s) => {
-                let mut s = (*s).clone();
-                s.process = ProcessView::read();
-                Ok(human_lines(&s).join("\n") + "\n")
-            }
+            Some(s) => Ok(human_lines(&s.with_process()).join("\n") + "\n"),
             None => Err("the serving loop has not answered yet; try again".into()),
         },
         ["metrics"] => Ok(scrape(hub)),

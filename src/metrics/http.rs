@@ -12,7 +12,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use super::acceptors::Acceptors;
-use super::snapshot::ProcessView;
 use super::{encode_openmetrics, openmetrics_to_text, Hub, SNAPSHOT_WAIT};
 
 /// The largest request head taken (request line and headers); larger ones get 431.
@@ -228,11 +227,7 @@ pub(crate) fn scrape(hub: &Hub) -> String {
         },
     };
     match snap {
-        Some(s) => {
-            let mut s = (*s).clone();
-            s.process = ProcessView::read();
-            encode_openmetrics(&s, age)
-        }
+        Some(s) => encode_openmetrics(&s.with_process(), age),
         None => "# the serving loop has not answered yet\n# EOF\n".to_string(),
     }
 }

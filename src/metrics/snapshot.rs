@@ -34,6 +34,17 @@ pub struct Snapshot {
     pub process: ProcessView,
 }
 
+impl Snapshot {
+    /// This snapshot with the process's figures read now (`/proc/self`): called by the
+    /// operator threads that show it, so the serving loop never reads `/proc`.
+    pub fn with_process(&self) -> Snapshot {
+        Snapshot {
+            process: ProcessView::read(),
+            ..self.clone()
+        }
+    }
+}
+
 /// The stack's part of a [`Snapshot`].
 #[derive(Clone, Debug, Default)]
 pub struct StackView {
