@@ -2,8 +2,8 @@
 # Side-by-side performance (issue 7): the same chunk workloads over every ustack backend and over
 # kernel TCP, server and client as two processes pinned to fixed cores, several repetitions;
 # raw results to target/compare/results.tsv, then docs/BENCHMARKS.md and docs/benchmarks.svg
-# (examples/benchreport.rs) with medians, min-max and the ratios against the kernel baseline of
-# the same path, computed pair by pair per repetition.
+# (scripts/benchreport, the workspace's report tool) with medians, min-max and the ratios against
+# the kernel baseline of the same path, computed pair by pair per repetition.
 #
 #   sudo scripts/compare.sh                  full run: every path, every workload, 3 repetitions
 #   sudo scripts/compare.sh --quick          smoke run: 1 repetition, 1 s measurements, fewer
@@ -348,6 +348,12 @@ fi
 echo "==> building the examples (release${features[*]:+, ${features[*]}})"
 cargo build --release --examples -q "${features[@]}"
 bin=$PWD/target/release/examples
+# The report tool is a crate of its own (scripts/benchreport), built before measuring so a build
+# failure shows at once.
+if [ $report -eq 1 ]; then
+    cargo build --release -q -p benchreport
+fi
+benchreport=$PWD/target/release/benchreport
 
 ncpu=$(nproc)
 if [ "$server_cpu" -ge "$ncpu" ] || [ "$client_cpu" -ge "$ncpu" ]; then
@@ -877,6 +883,6 @@ if [ $report -eq 1 ]; then
     lossy_arg=()
     [ -f "$lossy_results" ] && lossy_arg=(--lossy "$lossy_results")
     # With only the lossy path run, benchreport updates only its section of BENCHMARKS.md.
-    "$bin/benchreport" --results "$results" --meta "$meta" \
+    "$benchreport" --results "$results" --meta "$meta" \
         --markdown "$report_dir/BENCHMARKS.md" --svg "$report_dir/benchmarks.svg" "${notes[@]}" "${lossy_arg[@]}"
 fi

@@ -52,12 +52,14 @@ else
 fi
 
 # --- checks ---------------------------------------------------------------------------------
+# `--workspace`: the library and scripts/benchreport (the report tool); without it cargo covers
+# the root package only.
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
-cargo clippy --all-targets --all-features -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo doc"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 # Every crate of the tree under a licence deny.toml allows (permissive only): a copyleft
 # dependency fails the run. Licences only: no advisory database is fetched.
 if cargo deny --version >/dev/null 2>&1; then
@@ -71,7 +73,7 @@ fi
 step "cargo test"
 # Test binaries run one after another; tests inside one binary run in parallel on the 2 cores.
 mkdir -p target
-cargo test --all-features --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.log | grep -E '^(test |test result|running|SKIPPED|---- )|^ +Running|panicked' || true
+cargo test --workspace --all-features --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.log | grep -E '^(test |test result|running|SKIPPED|---- )|^ +Running|panicked' || true
 if grep -qE '^test result: FAILED|error: test failed|could not compile' target/test-output.log; then
     echo "TESTS FAILED: see target/test-output.log" >&2
     exit 1
