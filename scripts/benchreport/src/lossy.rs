@@ -12,7 +12,11 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{judge, meta_get, ratio_fmt, spread_text, verdict_text, Meta, Spread};
+use crate::format::{ratio_fmt, spread_text, thousands};
+use crate::input::Meta;
+use crate::report::meta_get;
+use crate::stats::Spread;
+use crate::targets::{judge, verdict_text};
 
 /// Where the section starts and ends in BENCHMARKS.md, so a run of only the lossy path can
 /// replace it in place.
@@ -227,7 +231,7 @@ fn secs(v: f64) -> String {
 }
 
 fn count(v: f64) -> String {
-    super::thousands(v)
+    thousands(v)
 }
 
 /// The section, between [`BEGIN`] and [`END`].
