@@ -157,37 +157,11 @@ where
     let slot = 0.84 / k;
     for (si, name) in series.iter().enumerate() {
         let color = path_color(name);
-        let mut rects = Vec::new();
-        let mut whiskers = Vec::new();
-        let mut labels = Vec::new();
-        for (gi, g) in groups.iter().enumerate() {
-            let Some((_, Some(s))) = g.bars.iter().find(|(n, _)| n == name) else {
-                continue;
-            };
-            let x0 = gi as f64 + 0.08 + si as f64 * slot;
-            let x1 = x0 + slot * 0.86;
-            let xc = (x0 + x1) / 2.0;
-            rects.push(Rectangle::new(
-                [(x0, floor), (x1, s.median)],
-                color.filled(),
-            ));
-            if s.max > s.min {
-                let w = (x1 - x0) * 0.25;
-                whiskers.push(PathElement::new(
-                    vec![(xc, s.min), (xc, s.max)],
-                    BLACK.stroke_width(1),
-                ));
-                whiskers.push(PathElement::new(
-                    vec![(xc - w, s.min), (xc + w, s.min)],
-                    BLACK.stroke_width(1),
-                ));
-                whiskers.push(PathElement::new(
-                    vec![(xc - w, s.max), (xc + w, s.max)],
-                    BLACK.stroke_width(1),
-                ));
-            }
-            labels.push((xc, s.max.max(s.median), fmt(s.median)));
-        }
+        let SeriesBars {
+            rects,
+            whiskers,
+            labels,
+        } = series_bars(groups, name, si, slot, floor, fmt);
         chart
             .draw_series(rects)
             .map_err(plot_err)?
@@ -206,19 +180,7 @@ where
             .map_err(plot_err)?;
     }
     // Targets: a black dash across the bar they apply to.
-    let mut dashes = Vec::new();
-    for (gi, g) in groups.iter().enumerate() {
-        for (name, t) in &g.targets {
-            if let Some(si) = series.iter().position(|s| s == name) {
-                let x0 = gi as f64 + 0.08 + si as f64 * slot - slot * 0.08;
-                let x1 = x0 + slot;
-                dashes.push(PathElement::new(
-                    vec![(x0, *t), (x1, *t)],
-                    BLACK.stroke_width(3),
-                ));
-            }
-        }
-    }
+    let dashes = target_dashes(groups, series, slot);
     if !dashes.is_empty() {
         chart
             .draw_series(dashes)
@@ -267,6 +229,80 @@ where
         .map_err(plot_err)?;
     }
     Ok(())
+}
+
+/// The bars of one series (`name`, the `si`-th) in every group: a bar from `floor` to the median,
+/// whiskers over min–max, and the median's label above.
+struct SeriesBars {
+    rects: Vec<Rectangle<(f64, f64)>>,
+    whiskers: Vec<PathElement<(f64, f64)>>,
+    labels: Vec<(f64, f64, String)>,
+}
+
+/// [`SeriesBars`] of `name` in `groups`; each group has `slot` of its width per series.
+fn series_bars(
+    groups: &[Group],
+    name: &str,
+    si: usize,
+    slot: f64,
+    floor: f64,
+    fmt: fn(f64) -> String,
+) -> SeriesBars {
+    let color = path_color(name);
+    let mut rects = Vec::new();
+    let mut whiskers = Vec::new();
+    let mut labels = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let Some((_, Some(s))) = g.bars.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let x0 = gi as f64 + 0.08 + si as f64 * slot;
+        let x1 = x0 + slot * 0.86;
+        let xc = (x0 + x1) / 2.0;
+        rects.push(Rectangle::new(
+            [(x0, floor), (x1, s.median)],
+            color.filled(),
+        ));
+        if s.max > s.min {
+            let w = (x1 - x0) * 0.25;
+            whiskers.push(PathElement::new(
+                vec![(xc, s.min), (xc, s.max)],
+                BLACK.stroke_width(1),
+            ));
+            whiskers.push(PathElement::new(
+                vec![(xc - w, s.min), (xc + w, s.min)],
+                BLACK.stroke_width(1),
+            ));
+            whiskers.push(PathElement::new(
+                vec![(xc - w, s.max), (xc + w, s.max)],
+                BLACK.stroke_width(1),
+            ));
+        }
+        labels.push((xc, s.max.max(s.median), fmt(s.median)));
+    }
+    SeriesBars {
+        rects,
+        whiskers,
+        labels,
+    }
+}
+
+/// The targets of `groups`: a black dash across the bar of the series they apply to.
+fn target_dashes(groups: &[Group], series: &[String], slot: f64) -> Vec<PathElement<(f64, f64)>> {
+    let mut dashes = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        for (name, t) in &g.targets {
+            if let Some(si) = series.iter().position(|s| s == name) {
+                let x0 = gi as f64 + 0.08 + si as f64 * slot - slot * 0.08;
+                let x1 = x0 + slot;
+                dashes.push(PathElement::new(
+                    vec![(x0, *t), (x1, *t)],
+                    BLACK.stroke_width(3),
+                ));
+            }
+        }
+    }
+    dashes
 }
 
 pub fn draw_svg(path: &Path, d: &Data) -> Result<(), String> {

@@ -11,12 +11,15 @@ use crate::stats::{
 };
 use crate::targets::{targets, verdict_text};
 
+/// The run's record of `key`, or "(not recorded)".
 pub fn meta_get<'a>(meta: &'a Meta, key: &str) -> &'a str {
     meta.get(key)
         .map(String::as_str)
         .unwrap_or("(not recorded)")
 }
 
+/// The whole report, section by section; the lossy-path section when there are lossy results,
+/// and `notes` (the hand-written analysis) at the end.
 pub fn markdown(
     d: &Data,
     meta: &Meta,
@@ -24,11 +27,36 @@ pub fn markdown(
     notes: Option<&str>,
     lossy: Option<&lossy::LossyData>,
 ) -> String {
+    let mut md = header(meta);
+    md.push_str(&summary(d, svg_name));
+    md.push_str(&targets_table(d));
+    md.push_str(&results_table(d));
+    md.push_str(&spread_note(d));
+    md.push_str(&latency_tables(d));
+    if d.has(SCALE_BASE) {
+        md.push_str(&scaling(d));
+        md.push_str(&memory(d, meta));
+    }
+    if let Some(l) = lossy {
+        let _ = writeln!(md, "{}", lossy::section(l, meta));
+    }
+    md.push_str(&machine(meta));
+    md.push_str(&method(d, meta));
+    md.push_str(&failed_runs(d));
+    md.push_str(&per_repetition(d));
+    md.push_str(&reproduce());
+    if let Some(n) = notes {
+        let _ = writeln!(md, "## Notes\n");
+        let _ = writeln!(md, "{}", n.trim_end());
+    }
+    md
+}
+
+/// The title, where the report comes from, and the smoke-run warning.
+fn header(meta: &Meta) -> String {
     let mut md = String::new();
     let m = |k: &str| meta_get(meta, k);
-    let reps = d.reps.len();
     let quick = m("quick") == "1";
-
     let _ = writeln!(
         md,
         "# Benchmarks: ustack against kernel TCP, backend by backend\n"
@@ -47,8 +75,15 @@ pub fn markdown(
              The numbers only show that every path works.\n"
         );
     }
+    md
+}
 
-    // Headline.
+/// "Summary": ops/s of every ustack path against its kernel baseline, workload by workload,
+/// and the plot.
+fn summary(d: &Data, svg_name: &str) -> String {
+    let mut md = String::new();
+    let reps = d.reps.len();
+
     let _ = writeln!(md, "## Summary\n");
     let _ = writeln!(
         md,
@@ -56,11 +91,7 @@ pub fn markdown(
          kernel TCP on loopback, AF_XDP against kernel TCP on the same veth pair); median of the \
          per-repetition ratios, range in brackets; {reps} repetition(s).\n"
     );
-    let ustack_paths: Vec<&String> = d
-        .paths
-        .iter()
-        .filter(|p| baseline_of(p).is_some())
-        .collect();
+    let ustack_paths = ustack_paths(d);
     let _ = write!(md, "| workload |");
     for p in &ustack_paths {
         let _ = write!(md, " {p} / {} |", baseline_of(p).unwrap_or("?"));
@@ -82,8 +113,12 @@ pub fn markdown(
         md,
         "\n![ops/s relative to the kernel baseline; connection scaling]({svg_name})\n"
     );
+    md
+}
 
-    // Targets.
+/// "Targets": each target of issues 7 and 12 with its measured ratio and verdict.
+fn targets_table(d: &Data) -> String {
+    let mut md = String::new();
     let _ = writeln!(md, "## Targets (issues 7 and 12)\n");
     let _ = writeln!(
         md,
@@ -103,14 +138,20 @@ pub fn markdown(
             verdict_text(&t.verdict)
         );
     }
-    // Memory.
+    // The memory target: stated, in the Memory section.
     let _ = writeln!(
         md,
         "| Memory bounded and stated: bytes per connection, total at 1,024 connections | see \
          [Memory](#memory) | stated (measured: the server's peak resident set) |\n"
     );
+    md
+}
 
-    // Full table.
+/// "Results": every workload on every path, medians and ranges.
+fn results_table(d: &Data) -> String {
+    let mut md = String::new();
+    let reps = d.reps.len();
+
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
@@ -152,8 +193,12 @@ pub fn markdown(
         }
     }
     let _ = writeln!(md);
+    md
+}
 
-    // Spread.
+/// The runs whose ops/s varied by 1.5x or more between repetitions, if any.
+fn spread_note(d: &Data) -> String {
+    let mut md = String::new();
     let mut wide = Vec::new();
     for w in &d.workloads {
         for p in &d.paths {
@@ -192,8 +237,14 @@ pub fn markdown(
             wide.join("; ")
         );
     }
+    md
+}
 
-    // Latency ratios at depth 1.
+/// Latency against the kernel at depth 1 (4 KiB READ and WRITE, when they ran).
+fn latency_tables(d: &Data) -> String {
+    let mut md = String::new();
+    let ustack_paths = ustack_paths(d);
+
     for w in ["read-4k-c1-d1", "write-4k-c1-d1"] {
         if !d.has(w) {
             continue;
@@ -218,107 +269,116 @@ pub fn markdown(
         }
         let _ = writeln!(md);
     }
+    md
+}
 
-    // Scaling.
-    let scale_ws: Vec<&String> = d
-        .workloads
-        .iter()
-        .filter(|w| w.starts_with("scale-") && w.as_str() != SCALE_BASE)
-        .collect();
-    if d.has(SCALE_BASE) {
-        let _ = writeln!(md, "## Connection scaling\n");
-        let _ = writeln!(
-            md,
-            "32 active connections (4 KiB READ, depth 1) while more connections are open and idle. \
-             Ratio: ops/s with the idle connections over ops/s with none, pair by pair per \
-             repetition.\n"
-        );
-        let _ = write!(md, "| path | ops/s, 0 idle |");
-        for w in &scale_ws {
-            let idle = d.any(w).map_or(0, |r| r.idle);
-            let _ = write!(md, " ops/s, {} idle | ratio |", thousands(f64::from(idle)));
-        }
-        let _ = writeln!(md);
-        let _ = writeln!(md, "|---|---:|{}", "---:|---:|".repeat(scale_ws.len()));
-        for p in &d.paths {
-            let _ = write!(
-                md,
-                "| {p} | {} |",
-                spread_text(&d.spread(p, SCALE_BASE, m_ops), thousands)
-            );
-            for w in &scale_ws {
-                let _ = write!(
-                    md,
-                    " {} | {} |",
-                    spread_text(&d.spread(p, w, m_ops), thousands),
-                    spread_text(&d.scaling(p, w), pct_fmt)
-                );
-            }
-            let _ = writeln!(md);
-        }
-        let _ = writeln!(md);
+/// "Connection scaling": ops/s with idle connections open against ops/s with none.
+fn scaling(d: &Data) -> String {
+    let mut md = String::new();
+    let scale_ws = scale_workloads(d);
 
-        let _ = writeln!(md, "## Memory\n");
-        let conns_max: f64 = m("connections_max").parse().unwrap_or(f64::NAN);
-        let _ = writeln!(
+    let _ = writeln!(md, "## Connection scaling\n");
+    let _ = writeln!(
+        md,
+        "32 active connections (4 KiB READ, depth 1) while more connections are open and idle. \
+         Ratio: ops/s with the idle connections over ops/s with none, pair by pair per \
+         repetition.\n"
+    );
+    let _ = write!(md, "| path | ops/s, 0 idle |");
+    for w in &scale_ws {
+        let idle = d.any(w).map_or(0, |r| r.idle);
+        let _ = write!(md, " ops/s, {} idle | ratio |", thousands(f64::from(idle)));
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(md, "|---|---:|{}", "---:|---:|".repeat(scale_ws.len()));
+    for p in &d.paths {
+        let _ = write!(
             md,
-            "The server's peak memory during the run: resident set (VmRSS) plus mapped \
-             hugepages (HugetlbPages, not part of VmRSS), sampled every 0.2 s. It includes the \
-             chunk store (64 chunks of the run's size), the packet buffers and, for ustack, the \
-             socket memory the stack reserves at start for every socket it may have \
-             (`--connections-max` {cm} plus the accept backlog): that reservation is the bound, \
-             so idle connections add next to nothing. Kernel paths: the kernel's own socket \
-             buffers are not in the process's memory and not counted here; the server's \
-             user-space buffers per connection are. Per idle connection: the growth over the \
-             run without idle connections, divided by the idle connections. Per connection \
-             slot: the peak with 1,024 idle connections divided by `--connections-max`.\n",
-            cm = m("connections_max")
+            "| {p} | {} |",
+            spread_text(&d.spread(p, SCALE_BASE, m_ops), thousands)
         );
-        let _ = write!(md, "| path | MiB, 0 idle | of which hugepages |");
         for w in &scale_ws {
-            let idle = d.any(w).map_or(0, |r| r.idle);
             let _ = write!(
                 md,
-                " MiB, {} idle | bytes per idle connection |",
-                thousands(f64::from(idle))
+                " {} | {} |",
+                spread_text(&d.spread(p, w, m_ops), thousands),
+                spread_text(&d.scaling(p, w), pct_fmt)
             );
-        }
-        let _ = writeln!(md, " KiB per connection slot |");
-        let _ = writeln!(
-            md,
-            "|---|---:|---:|{}---:|",
-            "---:|---:|".repeat(scale_ws.len())
-        );
-        let last = scale_ws.last().map(|w| w.as_str()).unwrap_or(SCALE_BASE);
-        for p in &d.paths {
-            let _ = write!(
-                md,
-                "| {p} | {} | {} |",
-                spread_text(&d.spread(p, SCALE_BASE, m_mem_mib), num),
-                spread_text(&d.spread(p, SCALE_BASE, m_huge_mib), num)
-            );
-            for w in &scale_ws {
-                let _ = write!(
-                    md,
-                    " {} | {} |",
-                    spread_text(&d.spread(p, w, m_mem_mib), num),
-                    spread_text(&d.bytes_per_conn(p, w), thousands)
-                );
-            }
-            let per_slot = d
-                .spread(p, last, m_mem_mib)
-                .map(|s| s.median * 1024.0 / conns_max)
-                .filter(|v| v.is_finite());
-            let _ = writeln!(md, " {} |", per_slot.map_or("–".into(), num));
         }
         let _ = writeln!(md);
     }
+    let _ = writeln!(md);
+    md
+}
 
-    if let Some(l) = lossy {
-        let _ = writeln!(md, "{}", lossy::section(l, meta));
+/// "Memory": the server's peak memory, per idle connection and per connection slot.
+fn memory(d: &Data, meta: &Meta) -> String {
+    let mut md = String::new();
+    let m = |k: &str| meta_get(meta, k);
+    let scale_ws = scale_workloads(d);
+
+    let _ = writeln!(md, "## Memory\n");
+    let conns_max: f64 = m("connections_max").parse().unwrap_or(f64::NAN);
+    let _ = writeln!(
+        md,
+        "The server's peak memory during the run: resident set (VmRSS) plus mapped \
+         hugepages (HugetlbPages, not part of VmRSS), sampled every 0.2 s. It includes the \
+         chunk store (64 chunks of the run's size), the packet buffers and, for ustack, the \
+         socket memory the stack reserves at start for every socket it may have \
+         (`--connections-max` {cm} plus the accept backlog): that reservation is the bound, \
+         so idle connections add next to nothing. Kernel paths: the kernel's own socket \
+         buffers are not in the process's memory and not counted here; the server's \
+         user-space buffers per connection are. Per idle connection: the growth over the \
+         run without idle connections, divided by the idle connections. Per connection \
+         slot: the peak with 1,024 idle connections divided by `--connections-max`.\n",
+        cm = m("connections_max")
+    );
+    let _ = write!(md, "| path | MiB, 0 idle | of which hugepages |");
+    for w in &scale_ws {
+        let idle = d.any(w).map_or(0, |r| r.idle);
+        let _ = write!(
+            md,
+            " MiB, {} idle | bytes per idle connection |",
+            thousands(f64::from(idle))
+        );
     }
+    let _ = writeln!(md, " KiB per connection slot |");
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|{}---:|",
+        "---:|---:|".repeat(scale_ws.len())
+    );
+    let last = scale_ws.last().map(|w| w.as_str()).unwrap_or(SCALE_BASE);
+    for p in &d.paths {
+        let _ = write!(
+            md,
+            "| {p} | {} | {} |",
+            spread_text(&d.spread(p, SCALE_BASE, m_mem_mib), num),
+            spread_text(&d.spread(p, SCALE_BASE, m_huge_mib), num)
+        );
+        for w in &scale_ws {
+            let _ = write!(
+                md,
+                " {} | {} |",
+                spread_text(&d.spread(p, w, m_mem_mib), num),
+                spread_text(&d.bytes_per_conn(p, w), thousands)
+            );
+        }
+        let per_slot = d
+            .spread(p, last, m_mem_mib)
+            .map(|s| s.median * 1024.0 / conns_max)
+            .filter(|v| v.is_finite());
+        let _ = writeln!(md, " {} |", per_slot.map_or("–".into(), num));
+    }
+    let _ = writeln!(md);
+    md
+}
 
-    // Machine and settings.
+/// "Machine and settings": what the run recorded in meta.tsv.
+fn machine(meta: &Meta) -> String {
+    let mut md = String::new();
+    let m = |k: &str| meta_get(meta, k);
+
     let _ = writeln!(md, "## Machine and settings\n");
     let _ = writeln!(md, "| | |");
     let _ = writeln!(md, "|---|---|");
@@ -389,8 +449,12 @@ pub fn markdown(
     }
     let _ = writeln!(md, "| command | `{}` |", m("command").trim());
     let _ = writeln!(md);
+    md
+}
 
-    // Paths.
+/// "Method": the paths (run, skipped or not run) and how each run is made.
+fn method(d: &Data, meta: &Meta) -> String {
+    let mut md = String::new();
     let _ = writeln!(md, "## Method\n");
     let _ = writeln!(md, "Paths:\n");
     for (name, what, base) in PATHS {
@@ -430,8 +494,12 @@ pub fn markdown(
          repetition and its median reported. The machine is a VM with 2 vCPUs shared with other \
          work (see the load average): run-to-run spread is large, and the min–max ranges show it.\n"
     );
+    md
+}
 
-    // Failures.
+/// "Failed runs", if any.
+fn failed_runs(d: &Data) -> String {
+    let mut md = String::new();
     let failed = d.failed();
     if !failed.is_empty() {
         let _ = writeln!(md, "## Failed runs\n");
@@ -446,8 +514,12 @@ pub fn markdown(
         }
         let _ = writeln!(md);
     }
+    md
+}
 
-    // Raw values.
+/// "Per-repetition values": ops/s, p99 and other CPU of every run.
+fn per_repetition(d: &Data) -> String {
+    let mut md = String::new();
     let _ = writeln!(md, "## Per-repetition values\n");
     let _ = writeln!(
         md,
@@ -497,8 +569,12 @@ pub fn markdown(
         }
     }
     let _ = writeln!(md, "\n</details>\n");
+    md
+}
 
-    // Reproduce.
+/// "How to reproduce": the commands.
+fn reproduce() -> String {
+    let mut md = String::new();
     let _ = writeln!(md, "## How to reproduce\n");
     let _ = writeln!(
         md,
@@ -517,10 +593,21 @@ pub fn markdown(
          hugepages if fewer than 800 are free (and gives them back), creates the veth namespaces \
          with `scripts/netns.sh` and removes them on every exit. `--help` lists every option.\n"
     );
-
-    if let Some(n) = notes {
-        let _ = writeln!(md, "## Notes\n");
-        let _ = writeln!(md, "{}", n.trim_end());
-    }
     md
+}
+
+/// The paths that have a kernel baseline (the ustack ones), in report order.
+fn ustack_paths(d: &Data) -> Vec<&String> {
+    d.paths
+        .iter()
+        .filter(|p| baseline_of(p).is_some())
+        .collect()
+}
+
+/// The scaling workloads with idle connections (all but [`SCALE_BASE`]).
+fn scale_workloads(d: &Data) -> Vec<&String> {
+    d.workloads
+        .iter()
+        .filter(|w| w.starts_with("scale-") && w.as_str() != SCALE_BASE)
+        .collect()
 }
