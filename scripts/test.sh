@@ -60,11 +60,12 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
-# Every crate of the tree under a licence deny.toml allows (permissive only): a copyleft
-# dependency fails the run. Licences only: no advisory database is fetched.
+# Every crate of the tree (the library's and the report tool's: --workspace) under a licence
+# deny.toml allows (permissive only): a copyleft dependency fails the run. Licences only: no
+# advisory database is fetched.
 if cargo deny --version >/dev/null 2>&1; then
-    step "licences (cargo deny check licenses)"
-    cargo deny check licenses
+    step "licences (cargo deny --workspace check licenses)"
+    cargo deny --workspace check licenses
 else
     echo "SKIPPED licence check: cargo-deny is not installed (the full run installs it)"
 fi
