@@ -6,7 +6,6 @@
 //!     --server 10.216.0.1:7000 verify --total 64MiB
 //! ```
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
 use ustack::prelude::*;
 
@@ -51,14 +50,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         chunks: MemStore::new(1 << 30),
         calls: AtomicU64::new(0),
     };
-    let mut server = ChunkServer::bind(&mut stack, 7000, store, ServerConfig::default())?;
-    ustack::sys::signal::install_stop_handlers()?;
-    while !ustack::sys::signal::stop_requested() {
-        let now = Instant::now();
-        if !(stack.poll(now) | server.poll(&mut stack)) {
-            stack.wait(now, Duration::from_millis(1));
-        }
-    }
-    println!("embed: {} store calls", server.store().calls.load(Relaxed));
+    let server = ChunkServer::bind(&mut stack, 7000, store, ServerConfig::default())?;
+    let mut service = StackService::new(stack, server);
+    let serve = ServeLoop::new().stop_on_signals()?; // SIGINT/SIGTERM: graceful shutdown
+    serve.run(&mut service, |_, _| {});
+    let calls = service.server.store().calls.load(Relaxed);
+    println!("embed: {calls} store calls");
     Ok(())
 }

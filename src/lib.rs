@@ -24,6 +24,7 @@ pub mod mem;
 pub mod metrics;
 pub mod net;
 pub mod proto;
+pub mod serve;
 pub mod stack;
 pub mod sys;
 pub mod time;
@@ -46,7 +47,9 @@ pub mod prelude {
     pub use crate::dev::memif::{MemifConfig, MemifRole};
     pub use crate::dev::PacketDevice;
     pub use crate::metrics::{AdminServer, Hub, MetricsEndpoint, StackServerView};
+    pub use crate::net::KernelServer;
     pub use crate::proto::ChunkId;
+    pub use crate::serve::{Event, ServeLoop, Service, StackService, StopHandle};
     pub use crate::stack::{Stack, StackConfig};
     pub use crate::time::Instant;
 }

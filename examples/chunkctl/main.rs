@@ -237,7 +237,6 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let cfg = client_config(args)?;
     let addrs = server_addrs(args)?;
-    let mut server = addrs[0];
     // Sockets for the working connections, the idle ones of a scaling run, and one spare.
     let idle = match args.cmd {
         Cmd::Bench { idle, .. } => idle,
@@ -245,92 +244,17 @@ fn run(args: &Args) -> Result<(), String> {
     };
     let sockets = args.connections + idle + 1;
     let mut sim_server = None;
-    let mut clients: Box<dyn ClientSet> = match args.backend {
-        Backend::Kernel => {
-            let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize)
-                .map_err(|e| e.to_string())?;
-            // The first address that takes a connection serves them all.
-            let mut first = Err(String::new());
-            for &a in &addrs {
-                first = KernelClient::connect_with_staging(a, &cfg, staging.clone())
-                    .map_err(|e| e.to_string());
-                if first.is_ok() {
-                    server = a;
-                    break;
-                }
-            }
-            let mut clients = vec![first?];
-            for _ in 1..args.connections {
-                clients.push(
-                    KernelClient::connect_with_staging(server, &cfg, staging.clone())
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-            Box::new(KernelClients::new(
-                clients,
-                format!("kernel TCP to {server} (no bypass)"),
-            ))
-        }
+    let (mut clients, server): (Box<dyn ClientSet>, SocketAddr) = match args.backend {
+        Backend::Kernel => kernel_clients(args, &cfg, &addrs)?,
         Backend::Sim => {
-            let (_link, a, b) = SimLink::new(SimConfig {
-                latency: Duration::ZERO,
-                ..SimConfig::default()
-            })
-            .map_err(|e| e.to_string())?;
-            sim_server = Some(spawn_sim_server(b, args.connections + idle, cfg.limits));
-            let stack = Stack::new(
-                a,
-                stack_config(
-                    Cidr {
-                        addr: SIM_CLIENT,
-                        prefix: 24,
-                    },
-                    None,
-                    sockets,
-                ),
-            )
-            .map_err(|e| e.to_string())?;
-            Box::new(StackClients::connect(
-                stack,
-                SocketAddrV4::new(SIM_SERVER, 7000),
-                args.connections,
-                &cfg,
-                "ustack <-> ustack over the in-process simulated link (server thread + client thread, memory store)".into(),
-            )?)
+            let (clients, server) = sim_clients(args, &cfg, idle, sockets)?;
+            sim_server = Some(server);
+            (clients, addrs[0])
         }
-        backend => {
-            // server_addrs gives ustack backends one IPv4 address.
-            let SocketAddr::V4(server_v4) = server else {
-                return Err(format!(
-                    "--server {server}: ustack backends speak IPv4 only"
-                ));
-            };
-            let mask = u32::MAX << (32 - u32::from(args.ip.prefix));
-            if u32::from(*server_v4.ip()) & mask != u32::from(args.ip.addr) & mask {
-                return Err(format!(
-                    "--server {} is not on --ip {}'s subnet, and a ustack client reaches only \
-                     its own subnet: give an --ip in the server's subnet",
-                    server_v4.ip(),
-                    args.ip
-                ));
-            }
-            let (dev, _netns) =
-                open_device(backend, &args.dev, args.ip.addr, MemifRoleArg::Client)?;
-            let what = format!(
-                "ustack client on {}: {}, to {}",
-                dev.kind(),
-                dev.reason(),
-                server_v4
-            );
-            let stack = stack_on(dev, &args.dev, args.ip, None, sockets, |_| {})?;
-            Box::new(StackClients::connect(
-                stack,
-                server_v4,
-                args.connections,
-                &cfg,
-                what,
-            )?)
-        }
+        backend => (
+            stack_clients(args, backend, &cfg, addrs[0], sockets)?,
+            addrs[0],
+        ),
     };
     if let Some(n) = args.dev.spin_polls {
         clients.set_spin_polls(n);
@@ -338,50 +262,7 @@ fn run(args: &Args) -> Result<(), String> {
     // On stderr: stdout carries the manifest (put) and the results.
     eprintln!("chunkctl: {}", clients.describe());
     wait_connected(clients.as_mut())?;
-    let result = match &args.cmd {
-        Cmd::Verify {
-            total,
-            depth,
-            seed,
-            keep,
-        } => verify(
-            clients.as_mut(),
-            total.0,
-            *depth,
-            *seed,
-            *keep,
-            args.payload_max.0,
-        ),
-        Cmd::Bench {
-            op,
-            size,
-            depth,
-            duration_s,
-            chunks,
-            idle,
-        } => clients.open_idle(*idle, server).and_then(|()| {
-            bench(
-                clients.as_mut(),
-                *op,
-                size.0,
-                *depth,
-                *duration_s,
-                *chunks,
-                *idle,
-            )
-        }),
-        Cmd::Put { file, chunk_size } => {
-            put(clients.as_mut(), file, chunk_size.0, args.payload_max.0)
-        }
-        Cmd::Get { manifest, out } => get(clients.as_mut(), manifest, out),
-        Cmd::Ls { orphans } => ls(clients.as_mut(), orphans),
-        Cmd::Gc { keep, dry_run } => gc(clients.as_mut(), keep, *dry_run),
-        Cmd::Stat { id } => single(clients.as_mut(), ChunkOp::Stat { id: parse_id(id)? }),
-        Cmd::Delete { id } => single(clients.as_mut(), ChunkOp::Delete { id: parse_id(id)? }),
-        Cmd::Ping => single(clients.as_mut(), ChunkOp::Ping),
-        // Answered at the start of `run`, without a chunk connection.
-        Cmd::Admin { .. } => unreachable!("admin is handled before connecting"),
-    };
+    let result = command(args, clients.as_mut(), server);
     // FINs, so the server frees its connections now rather than when they time out.
     clients.close(Duration::from_millis(500));
     if let Some(tcp) = clients.tcp_report() {
@@ -401,6 +282,137 @@ fn run(args: &Args) -> Result<(), String> {
         );
     }
     result
+}
+
+/// Kernel TCP connections to the first of `addrs` that takes one.
+fn kernel_clients(
+    args: &Args,
+    cfg: &ClientConfig,
+    addrs: &[SocketAddr],
+) -> Result<(Box<dyn ClientSet>, SocketAddr), String> {
+    let staging = Staging::new(&cfg.staging, cfg.limits.payload_len_max as usize)
+        .map_err(|e| e.to_string())?;
+    // The first address that takes a connection serves them all.
+    let mut server = addrs[0];
+    let mut first = Err(String::new());
+    for &a in addrs {
+        first =
+            KernelClient::connect_with_staging(a, cfg, staging.clone()).map_err(|e| e.to_string());
+        if first.is_ok() {
+            server = a;
+            break;
+        }
+    }
+    let mut clients = vec![first?];
+    for _ in 1..args.connections {
+        clients.push(
+            KernelClient::connect_with_staging(server, cfg, staging.clone())
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let what = format!("kernel TCP to {server} (no bypass)");
+    Ok((Box::new(KernelClients::new(clients, what)), server))
+}
+
+/// A ustack client on the in-process simulated link, and the server thread at its other end.
+fn sim_clients(
+    args: &Args,
+    cfg: &ClientConfig,
+    idle: usize,
+    sockets: usize,
+) -> Result<(Box<dyn ClientSet>, clients::SimServer), String> {
+    let (_link, a, b) = SimLink::new(SimConfig {
+        latency: Duration::ZERO,
+        ..SimConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let server = spawn_sim_server(b, args.connections + idle, cfg.limits);
+    let stack = Stack::new(
+        a,
+        stack_config(
+            Cidr {
+                addr: SIM_CLIENT,
+                prefix: 24,
+            },
+            None,
+            sockets,
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let clients = StackClients::connect(
+        stack,
+        SocketAddrV4::new(SIM_SERVER, 7000),
+        args.connections,
+        cfg,
+        "ustack <-> ustack over the in-process simulated link (server thread + client thread, memory store)".into(),
+    )?;
+    Ok((Box::new(clients), server))
+}
+
+/// A ustack client on `backend` to `server`, which must be on `--ip`'s subnet.
+fn stack_clients(
+    args: &Args,
+    backend: Backend,
+    cfg: &ClientConfig,
+    server: SocketAddr,
+    sockets: usize,
+) -> Result<Box<dyn ClientSet>, String> {
+    // server_addrs gives ustack backends one IPv4 address.
+    let SocketAddr::V4(server_v4) = server else {
+        return Err(format!(
+            "--server {server}: ustack backends speak IPv4 only"
+        ));
+    };
+    let mask = u32::MAX << (32 - u32::from(args.ip.prefix));
+    if u32::from(*server_v4.ip()) & mask != u32::from(args.ip.addr) & mask {
+        return Err(format!(
+            "--server {} is not on --ip {}'s subnet, and a ustack client reaches only \
+             its own subnet: give an --ip in the server's subnet",
+            server_v4.ip(),
+            args.ip
+        ));
+    }
+    let (dev, _netns) = open_device(backend, &args.dev, args.ip.addr, MemifRoleArg::Client)?;
+    let what = format!(
+        "ustack client on {}: {}, to {}",
+        dev.kind(),
+        dev.reason(),
+        server_v4
+    );
+    let stack = stack_on(dev, &args.dev, args.ip, None, sockets, |_| {})?;
+    let clients = StackClients::connect(stack, server_v4, args.connections, cfg, what)?;
+    Ok(Box::new(clients))
+}
+
+/// Runs the subcommand on connected `clients`.
+fn command(args: &Args, clients: &mut dyn ClientSet, server: SocketAddr) -> Result<(), String> {
+    match &args.cmd {
+        Cmd::Verify {
+            total,
+            depth,
+            seed,
+            keep,
+        } => verify(clients, total.0, *depth, *seed, *keep, args.payload_max.0),
+        Cmd::Bench {
+            op,
+            size,
+            depth,
+            duration_s,
+            chunks,
+            idle,
+        } => clients
+            .open_idle(*idle, server)
+            .and_then(|()| bench(clients, *op, size.0, *depth, *duration_s, *chunks, *idle)),
+        Cmd::Put { file, chunk_size } => put(clients, file, chunk_size.0, args.payload_max.0),
+        Cmd::Get { manifest, out } => get(clients, manifest, out),
+        Cmd::Ls { orphans } => ls(clients, orphans),
+        Cmd::Gc { keep, dry_run } => gc(clients, keep, *dry_run),
+        Cmd::Stat { id } => single(clients, ChunkOp::Stat { id: parse_id(id)? }),
+        Cmd::Delete { id } => single(clients, ChunkOp::Delete { id: parse_id(id)? }),
+        Cmd::Ping => single(clients, ChunkOp::Ping),
+        // Answered at the start of `run`, without a chunk connection.
+        Cmd::Admin { .. } => unreachable!("admin is handled before connecting"),
+    }
 }
 
 fn parse_id(s: &str) -> Result<ChunkId, String> {

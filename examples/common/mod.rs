@@ -2,6 +2,8 @@
 //! workloads run on.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::dev::PacketDevice;
 use crate::mem::{MemError, PoolBuf};
@@ -95,6 +96,7 @@ pub struct ChunkServer<S: ChunkStore + 'static> {
     /// or their deadline (at most `refused_max`: each holds a socket the listener could use).
     refused: Vec<(ConnId, Instant)>,
     refused_max: usize,
+    shutdown_grace: Duration,
 }
 
 impl<S: ChunkStore + 'static> ChunkServer<S> {
@@ -149,6 +151,7 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
             seen_epoch: u64::MAX,
             refused: Vec::with_capacity(REFUSED_MAX),
             refused_max: (cfg.backlog / 2).min(REFUSED_MAX),
+            shutdown_grace: cfg.shutdown_grace,
         })
     }
 
@@ -411,6 +414,13 @@ impl<S: ChunkStore + 'static> ChunkServer<S> {
     /// No connection is open.
     pub fn is_idle(&self) -> bool {
         self.free.len() == self.slots.len()
+    }
+
+    /// How long a shutdown may take to send the answers already due
+    /// ([`ServerConfig::shutdown_grace`]); the loop that polls the server keeps the time (the
+    /// server has no clock of its own): [`crate::serve::ServeLoop`] does.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
     }
 
     /// Connections open.

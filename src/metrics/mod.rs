@@ -137,6 +137,14 @@ impl Hub {
         }
     }
 
+    /// Whether an operator thread asked something the loop has not answered yet: one relaxed
+    /// load. [`Hub::serve`] looks at it first; a loop that must build its [`Observed`] view
+    /// can look first and build it only then.
+    #[inline]
+    pub fn is_asked(&self) -> bool {
+        self.shared.asked.load(Ordering::Relaxed)
+    }
+
     /// The serving loop's side: answers what operator threads asked, from `obs`. Call it
     /// every turn of the loop; while nothing is asked it is one relaxed load. Returns whether
     /// it answered anything.

@@ -19,7 +19,8 @@ use crate::mem::PoolStats;
 use crate::proto::Status;
 
 use super::snapshot::{DeviceDetail, Snapshot};
-use crate::dev::af_xdp::{AttachMode, BindMode};
+use crate::dev::af_xdp::{AttachMode, BindMode, XdpModeInfo, XdpStats};
+use crate::dev::memif::{MemifState, MemifStats};
 
 /// Encodes `snap` (and `process`, read now) as an OpenMetrics exposition, `# EOF` included.
 pub fn encode_openmetrics(snap: &Snapshot, age: Duration) -> String {
@@ -378,124 +379,8 @@ fn encode_device(o: &mut Out<'_, '_>, s: &Snapshot) -> Result<(), std::fmt::Erro
         )?;
         match &d.detail {
             DeviceDetail::None => {}
-            DeviceDetail::Memif { stats, state } => {
-                o.gauge(
-                    "memif_state",
-                    "The memif connection's state (1 for the current one).",
-                    None,
-                    &[(vec![("state", memif_state_label(*state))], 1.0)],
-                )?;
-                o.counter(
-                        "memif_connection_events",
-                        "memif connections made, made again after one ended, ended, handshakes failed, attempts, peers refused.",
-                        None,
-                        &[
-                            (vec![("event", "connect")], u(stats.connects)),
-                            (vec![("event", "reconnect")], u(stats.reconnects)),
-                            (vec![("event", "disconnect")], u(stats.disconnects)),
-                            (vec![("event", "handshake_failure")], u(stats.handshake_failures)),
-                            (vec![("event", "connect_attempt")], u(stats.connect_attempts)),
-                            (vec![("event", "refused")], u(stats.connections_refused)),
-                        ],
-                    )?;
-                o.counter(
-                        "memif_peer_faults",
-                        "Protocol violations by the memif peer: descriptors outside its regions or of impossible length (rejected), ring indexes moved beyond the protocol (connection ended).",
-                        None,
-                        &[
-                            (vec![("fault", "bad_descriptor")], u(stats.rejected_desc)),
-                            (vec![("fault", "bad_ring_index")], u(stats.bad_ring_index)),
-                        ],
-                    )?;
-                o.counter(
-                    "memif_tx_in_place_frames",
-                    "Frames built in place in buffers the client posted (no copy).",
-                    None,
-                    &one(u(stats.tx_in_place)),
-                )?;
-                o.counter(
-                    "memif_tx_copied",
-                    "Bytes copied into buffers the client posted.",
-                    Some(Unit::Bytes),
-                    &one(u(stats.tx_copied_bytes)),
-                )?;
-                o.counter(
-                    "memif_chained_frames",
-                    "Frames carried over several descriptors.",
-                    None,
-                    &[
-                        (vec![("direction", "rx")], u(stats.rx_chains)),
-                        (vec![("direction", "tx")], u(stats.tx_chains)),
-                    ],
-                )?;
-            }
-            DeviceDetail::AfXdp { stats, mode } => {
-                let attach = match mode.attach {
-                    AttachMode::Native => "native",
-                    AttachMode::Generic => "generic",
-                };
-                let bind = match mode.bind {
-                    BindMode::ZeroCopy => "zerocopy",
-                    BindMode::Copy => "copy",
-                };
-                let busy = if mode.busy_poll.is_on() { "on" } else { "off" };
-                o.gauge(
-                        "xdp_mode_info",
-                        "How the AF_XDP socket runs: attach mode, bind mode, busy polling, multi-buffer (always 1).",
-                        None,
-                        &[(
-                            vec![
-                                ("attach", attach),
-                                ("bind", bind),
-                                ("busy_poll", busy),
-                                ("multi_buffer", if mode.multi_buffer { "on" } else { "off" }),
-                            ],
-                            1.0,
-                        )],
-                    )?;
-                o.counter(
-                        "xdp_ring_full",
-                        "Times a ring was full: tx (frames left for the next burst), fill (refills that left the fill ring under a quarter full: the kernel then drops).",
-                        None,
-                        &[
-                            (vec![("ring", "tx")], u(stats.tx_ring_full)),
-                            (vec![("ring", "fill")], u(stats.fill_starved)),
-                        ],
-                    )?;
-                o.counter(
-                        "xdp_kicks",
-                        "Wakeups of the kernel (sendto for TX, recvfrom for RX), and TX kicks that failed.",
-                        None,
-                        &[
-                            (vec![("direction", "tx")], u(stats.tx_kicks)),
-                            (vec![("direction", "rx")], u(stats.rx_kicks)),
-                            (vec![("direction", "tx_failed")], u(stats.tx_kick_errors)),
-                        ],
-                    )?;
-                o.counter(
-                    "xdp_empty_polls",
-                    "Receive polls that found the RX ring empty.",
-                    None,
-                    &one(u(stats.rx_empty_polls)),
-                )?;
-                o.counter(
-                    "xdp_bad_descriptors",
-                    "Ring entries that were not a frame lent to the kernel (refused).",
-                    None,
-                    &one(u(stats.bad_descriptors)),
-                )?;
-                o.counter(
-                        "xdp_multi_buffer_frames",
-                        "Frames carried in several UMEM frames, and chains dropped as broken or for want of a staging buffer.",
-                        None,
-                        &[
-                            (vec![("kind", "rx")], u(stats.rx_multi_buffer_frames)),
-                            (vec![("kind", "tx")], u(stats.tx_multi_buffer_frames)),
-                            (vec![("kind", "rx_bad_chain")], u(stats.rx_bad_chains)),
-                            (vec![("kind", "rx_no_staging")], u(stats.rx_no_staging)),
-                        ],
-                    )?;
-            }
+            DeviceDetail::Memif { stats, state } => encode_memif(o, stats, *state)?,
+            DeviceDetail::AfXdp { stats, mode } => encode_af_xdp(o, stats, mode)?,
             DeviceDetail::Dpdk {
                 missed,
                 rx_errors,
@@ -533,6 +418,138 @@ fn encode_device(o: &mut Out<'_, '_>, s: &Snapshot) -> Result<(), std::fmt::Erro
         }
     }
 
+    Ok(())
+}
+
+/// A memif device's connection state and peer counters.
+fn encode_memif(
+    o: &mut Out<'_, '_>,
+    stats: &MemifStats,
+    state: MemifState,
+) -> Result<(), std::fmt::Error> {
+    o.gauge(
+        "memif_state",
+        "The memif connection's state (1 for the current one).",
+        None,
+        &[(vec![("state", memif_state_label(state))], 1.0)],
+    )?;
+    o.counter(
+            "memif_connection_events",
+            "memif connections made, made again after one ended, ended, handshakes failed, attempts, peers refused.",
+            None,
+            &[
+                (vec![("event", "connect")], u(stats.connects)),
+                (vec![("event", "reconnect")], u(stats.reconnects)),
+                (vec![("event", "disconnect")], u(stats.disconnects)),
+                (vec![("event", "handshake_failure")], u(stats.handshake_failures)),
+                (vec![("event", "connect_attempt")], u(stats.connect_attempts)),
+                (vec![("event", "refused")], u(stats.connections_refused)),
+            ],
+        )?;
+    o.counter(
+            "memif_peer_faults",
+            "Protocol violations by the memif peer: descriptors outside its regions or of impossible length (rejected), ring indexes moved beyond the protocol (connection ended).",
+            None,
+            &[
+                (vec![("fault", "bad_descriptor")], u(stats.rejected_desc)),
+                (vec![("fault", "bad_ring_index")], u(stats.bad_ring_index)),
+            ],
+        )?;
+    o.counter(
+        "memif_tx_in_place_frames",
+        "Frames built in place in buffers the client posted (no copy).",
+        None,
+        &one(u(stats.tx_in_place)),
+    )?;
+    o.counter(
+        "memif_tx_copied",
+        "Bytes copied into buffers the client posted.",
+        Some(Unit::Bytes),
+        &one(u(stats.tx_copied_bytes)),
+    )?;
+    o.counter(
+        "memif_chained_frames",
+        "Frames carried over several descriptors.",
+        None,
+        &[
+            (vec![("direction", "rx")], u(stats.rx_chains)),
+            (vec![("direction", "tx")], u(stats.tx_chains)),
+        ],
+    )?;
+    Ok(())
+}
+
+/// An AF_XDP device's mode and ring counters.
+fn encode_af_xdp(
+    o: &mut Out<'_, '_>,
+    stats: &XdpStats,
+    mode: &XdpModeInfo,
+) -> Result<(), std::fmt::Error> {
+    let attach = match mode.attach {
+        AttachMode::Native => "native",
+        AttachMode::Generic => "generic",
+    };
+    let bind = match mode.bind {
+        BindMode::ZeroCopy => "zerocopy",
+        BindMode::Copy => "copy",
+    };
+    let busy = if mode.busy_poll.is_on() { "on" } else { "off" };
+    o.gauge(
+            "xdp_mode_info",
+            "How the AF_XDP socket runs: attach mode, bind mode, busy polling, multi-buffer (always 1).",
+            None,
+            &[(
+                vec![
+                    ("attach", attach),
+                    ("bind", bind),
+                    ("busy_poll", busy),
+                    ("multi_buffer", if mode.multi_buffer { "on" } else { "off" }),
+                ],
+                1.0,
+            )],
+        )?;
+    o.counter(
+            "xdp_ring_full",
+            "Times a ring was full: tx (frames left for the next burst), fill (refills that left the fill ring under a quarter full: the kernel then drops).",
+            None,
+            &[
+                (vec![("ring", "tx")], u(stats.tx_ring_full)),
+                (vec![("ring", "fill")], u(stats.fill_starved)),
+            ],
+        )?;
+    o.counter(
+        "xdp_kicks",
+        "Wakeups of the kernel (sendto for TX, recvfrom for RX), and TX kicks that failed.",
+        None,
+        &[
+            (vec![("direction", "tx")], u(stats.tx_kicks)),
+            (vec![("direction", "rx")], u(stats.rx_kicks)),
+            (vec![("direction", "tx_failed")], u(stats.tx_kick_errors)),
+        ],
+    )?;
+    o.counter(
+        "xdp_empty_polls",
+        "Receive polls that found the RX ring empty.",
+        None,
+        &one(u(stats.rx_empty_polls)),
+    )?;
+    o.counter(
+        "xdp_bad_descriptors",
+        "Ring entries that were not a frame lent to the kernel (refused).",
+        None,
+        &one(u(stats.bad_descriptors)),
+    )?;
+    o.counter(
+            "xdp_multi_buffer_frames",
+            "Frames carried in several UMEM frames, and chains dropped as broken or for want of a staging buffer.",
+            None,
+            &[
+                (vec![("kind", "rx")], u(stats.rx_multi_buffer_frames)),
+                (vec![("kind", "tx")], u(stats.tx_multi_buffer_frames)),
+                (vec![("kind", "rx_bad_chain")], u(stats.rx_bad_chains)),
+                (vec![("kind", "rx_no_staging")], u(stats.rx_no_staging)),
+            ],
+        )?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use crate::chunk::ServerStats;
 use crate::mem::PoolStats;
 
 use super::prom::status_label;
-use super::snapshot::{DeviceDetail, Snapshot};
+use super::snapshot::{DeviceDetail, DeviceView, Snapshot, StackView};
 
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / 1048576.0)
@@ -53,6 +53,22 @@ fn pool_words(name: &str, p: &PoolStats) -> String {
 /// TCP, device, memory).
 pub fn human_lines(s: &Snapshot) -> Vec<String> {
     let mut lines = Vec::new();
+    server_lines(s, &mut lines);
+    if let Some(lat) = latency_line(&s.server.stats) {
+        lines.push(lat);
+    }
+    if let Some(k) = &s.stack {
+        stack_lines(k, &mut lines);
+    }
+    if let Some(d) = &s.device {
+        device_lines(d, &mut lines);
+    }
+    lines.push(memory_line(s));
+    lines
+}
+
+/// Connections, requests answered, errors and waits.
+fn server_lines(s: &Snapshot, lines: &mut Vec<String>) {
     let sv = &s.server;
     let st = &sv.stats;
     lines.push(format!(
@@ -85,6 +101,10 @@ pub fn human_lines(s: &Snapshot) -> Vec<String> {
         st.storage_timeouts,
         st.storage_late
     ));
+}
+
+/// Service time quantiles per op (`None` before the first answer).
+fn latency_line(st: &ServerStats) -> Option<String> {
     let mut lat = String::new();
     for op in 0..OP_SLOTS {
         let h = st.requests.service(op);
@@ -108,132 +128,139 @@ pub fn human_lines(s: &Snapshot) -> Vec<String> {
             }
         );
     }
-    if !lat.is_empty() {
-        lines.push(format!("service time: {lat}"));
-    }
-    if let Some(k) = &s.stack {
-        let ss = &k.stats;
-        let drops = [
-            ("runt", ss.rx_runt),
-            ("oversize", ss.rx_oversize),
-            ("not ours", ss.rx_not_ours),
-            ("unsupported", ss.rx_unsupported),
-            ("bad IPv4", ss.rx_bad_ipv4),
-            ("fragment", ss.rx_fragment),
-            ("bad checksum", ss.rx_bad_checksum),
-            ("SYN backlog full", ss.rx_syn_backlog_full),
-            ("receive queue full", ss.rx_queue_full),
-            ("no transmit buffer", ss.tx_nobuf),
-        ];
-        let total: u64 = drops.iter().map(|d| d.1).sum();
-        let why: Vec<String> = drops
-            .iter()
-            .filter(|d| d.1 > 0)
-            .map(|(n, c)| format!("{n} {c}"))
-            .collect();
-        let states: Vec<String> = k
-            .states
-            .iter()
-            .filter(|&(_, n)| n > 0)
-            .map(|(state, n)| format!("{} {n}", state.name()))
-            .collect();
-        lines.push(format!(
-            "stack: sockets {} of {} in use ({}); frames in {} out {}; dropped {}{}",
-            k.sockets_in_use,
-            k.sockets_max,
-            if states.is_empty() {
-                "none open".to_string()
-            } else {
-                states.join(" ")
-            },
-            ss.rx_frames,
-            ss.tx_frames,
-            total,
-            if why.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", why.join(", "))
-            }
-        ));
-        lines.push(format!(
-            "connections: {} accepted, {} connected; half-open evicted {} unreachable {}; idle reaped {}; close timeouts {}; no socket to re-arm {}",
-            ss.accepted,
-            ss.connected,
-            ss.half_open_evicted,
-            ss.half_open_unreachable,
-            ss.idle_reaped,
-            ss.close_timeouts,
-            ss.sockets_exhausted
-        ));
-        lines.push(format!(
-            "tcp: {}{}",
-            k.tcp,
-            match k.srtt {
-                Some((lo, mean, hi)) => format!(
-                    "; smoothed RTT min {} mean {} max {}",
-                    dur(lo),
-                    dur(mean),
-                    dur(hi)
-                ),
-                None => String::new(),
-            }
-        ));
-    }
-    if let Some(d) = &s.device {
-        let l = &d.link;
-        let mut line = format!(
-            "device {}: link {}; in {} frames ({}), out {} frames ({}); dropped in {} out {}; errors in {} out {}",
-            d.kind,
-            if d.link_up { "up" } else { "down" },
-            l.rx_packets,
-            mib(l.rx_bytes),
-            l.tx_packets,
-            mib(l.tx_bytes),
-            l.rx_dropped,
-            l.tx_dropped,
-            l.rx_errors,
-            l.tx_errors
-        );
-        if let Some(p) = &d.pool {
-            let _ = write!(line, "; {}", pool_words("frames", p));
+    (!lat.is_empty()).then(|| format!("service time: {lat}"))
+}
+
+/// Sockets, frames and drops; connection events; TCP.
+fn stack_lines(k: &StackView, lines: &mut Vec<String>) {
+    let ss = &k.stats;
+    let drops = [
+        ("runt", ss.rx_runt),
+        ("oversize", ss.rx_oversize),
+        ("not ours", ss.rx_not_ours),
+        ("unsupported", ss.rx_unsupported),
+        ("bad IPv4", ss.rx_bad_ipv4),
+        ("fragment", ss.rx_fragment),
+        ("bad checksum", ss.rx_bad_checksum),
+        ("SYN backlog full", ss.rx_syn_backlog_full),
+        ("receive queue full", ss.rx_queue_full),
+        ("no transmit buffer", ss.tx_nobuf),
+    ];
+    let total: u64 = drops.iter().map(|d| d.1).sum();
+    let why: Vec<String> = drops
+        .iter()
+        .filter(|d| d.1 > 0)
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect();
+    let states: Vec<String> = k
+        .states
+        .iter()
+        .filter(|&(_, n)| n > 0)
+        .map(|(state, n)| format!("{} {n}", state.name()))
+        .collect();
+    lines.push(format!(
+        "stack: sockets {} of {} in use ({}); frames in {} out {}; dropped {}{}",
+        k.sockets_in_use,
+        k.sockets_max,
+        if states.is_empty() {
+            "none open".to_string()
+        } else {
+            states.join(" ")
+        },
+        ss.rx_frames,
+        ss.tx_frames,
+        total,
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", why.join(", "))
         }
-        lines.push(line);
-        match &d.detail {
-            DeviceDetail::None => {}
-            DeviceDetail::Memif { stats, state } => lines.push(format!(
-                "memif: {state:?}; {} connects ({} again), {} disconnects, {} failed handshakes; peer faults: {} bad descriptors, {} bad ring indexes; {} frames built in place, {} copied",
-                stats.connects,
-                stats.reconnects,
-                stats.disconnects,
-                stats.handshake_failures,
-                stats.rejected_desc,
-                stats.bad_ring_index,
-                stats.tx_in_place,
-                mib(stats.tx_copied_bytes)
-            )),
-            DeviceDetail::AfXdp { stats, mode } => lines.push(format!(
-                "af-xdp: {} attach, {} bind, busy polling {}; TX ring full {}, fill ring starved {}; kicks TX {} RX {}; bad descriptors {}",
-                mode.attach,
-                mode.bind,
-                mode.busy_poll,
-                stats.tx_ring_full,
-                stats.fill_starved,
-                stats.tx_kicks,
-                stats.rx_kicks,
-                stats.bad_descriptors
-            )),
-            DeviceDetail::Dpdk {
-                missed,
-                rx_errors,
-                rx_nombuf,
-                pool_free,
-                pool_in_use,
-                tx_alloc_failures,
-            } => lines.push(format!(
-                "dpdk: port missed {missed}, errors {rx_errors}, no mbuf {rx_nombuf}; mbufs {pool_in_use} in use, {pool_free} free; {tx_alloc_failures} failed TX allocations"
-            )),
+    ));
+    lines.push(format!(
+        "connections: {} accepted, {} connected; half-open evicted {} unreachable {}; idle reaped {}; close timeouts {}; no socket to re-arm {}",
+        ss.accepted,
+        ss.connected,
+        ss.half_open_evicted,
+        ss.half_open_unreachable,
+        ss.idle_reaped,
+        ss.close_timeouts,
+        ss.sockets_exhausted
+    ));
+    lines.push(format!(
+        "tcp: {}{}",
+        k.tcp,
+        match k.srtt {
+            Some((lo, mean, hi)) => format!(
+                "; smoothed RTT min {} mean {} max {}",
+                dur(lo),
+                dur(mean),
+                dur(hi)
+            ),
+            None => String::new(),
         }
+    ));
+}
+
+/// The link's counters and the backend's own.
+fn device_lines(d: &DeviceView, lines: &mut Vec<String>) {
+    let l = &d.link;
+    let mut line = format!(
+        "device {}: link {}; in {} frames ({}), out {} frames ({}); dropped in {} out {}; errors in {} out {}",
+        d.kind,
+        if d.link_up { "up" } else { "down" },
+        l.rx_packets,
+        mib(l.rx_bytes),
+        l.tx_packets,
+        mib(l.tx_bytes),
+        l.rx_dropped,
+        l.tx_dropped,
+        l.rx_errors,
+        l.tx_errors
+    );
+    if let Some(p) = &d.pool {
+        let _ = write!(line, "; {}", pool_words("frames", p));
     }
+    lines.push(line);
+    match &d.detail {
+        DeviceDetail::None => {}
+        DeviceDetail::Memif { stats, state } => lines.push(format!(
+            "memif: {state:?}; {} connects ({} again), {} disconnects, {} failed handshakes; peer faults: {} bad descriptors, {} bad ring indexes; {} frames built in place, {} copied",
+            stats.connects,
+            stats.reconnects,
+            stats.disconnects,
+            stats.handshake_failures,
+            stats.rejected_desc,
+            stats.bad_ring_index,
+            stats.tx_in_place,
+            mib(stats.tx_copied_bytes)
+        )),
+        DeviceDetail::AfXdp { stats, mode } => lines.push(format!(
+            "af-xdp: {} attach, {} bind, busy polling {}; TX ring full {}, fill ring starved {}; kicks TX {} RX {}; bad descriptors {}",
+            mode.attach,
+            mode.bind,
+            mode.busy_poll,
+            stats.tx_ring_full,
+            stats.fill_starved,
+            stats.tx_kicks,
+            stats.rx_kicks,
+            stats.bad_descriptors
+        )),
+        DeviceDetail::Dpdk {
+            missed,
+            rx_errors,
+            rx_nombuf,
+            pool_free,
+            pool_in_use,
+            tx_alloc_failures,
+        } => lines.push(format!(
+            "dpdk: port missed {missed}, errors {rx_errors}, no mbuf {rx_nombuf}; mbufs {pool_in_use} in use, {pool_free} free; {tx_alloc_failures} failed TX allocations"
+        )),
+    }
+}
+
+/// Staging, socket buffers, device frames, hugepages, resident memory.
+fn memory_line(s: &Snapshot) -> String {
+    let sv = &s.server;
     let mut pools = vec![pool_words("large", &sv.staging_large)];
     if let Some(p) = &sv.staging_small {
         pools.insert(0, pool_words("small", p));
@@ -261,6 +288,5 @@ pub fn human_lines(s: &Snapshot) -> Vec<String> {
     if let Some(r) = s.process.resident_bytes {
         let _ = write!(mem, "; resident {}", mib(r));
     }
-    lines.push(mem);
-    lines
+    mem
 }

@@ -350,6 +350,12 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
         tracing::info!(addr = %self.local_addr, "chunk server shutting down");
     }
 
+    /// How long a shutdown may take to send the answers already due
+    /// ([`ServerConfig::shutdown_grace`]); past it, connections left are reset.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
+    }
+
     /// No connection is open.
     pub fn is_idle(&self) -> bool {
         self.free.len() == self.slots.len()

@@ -35,6 +35,16 @@ pub struct ScrubReport {
     pub vanished: u64,
 }
 
+impl ScrubReport {
+    /// Damaged chunks moved to the quarantine directory.
+    pub fn quarantined(&self) -> usize {
+        self.damaged
+            .iter()
+            .filter(|f| f.quarantined.is_some())
+            .count()
+    }
+}
+
 impl DirStore {
     /// Checks every chunk: every block against its sum, and each trailer; see
     /// [`ScrubReport`]. Runs while the store serves: each chunk is checked under its lock,

@@ -153,8 +153,8 @@ use crate::sys::bpf;
 use crate::sys::xdp::{self as sys, TxPacket, Xsk, XskRings, XskStatistics};
 use crate::time::Instant;
 use setup::{
-    attach, bind, check_capabilities, load_program, lookup, map_error, socket_error, MacText,
-    MAP_NAME,
+    attach, bind_sg, check_capabilities, load_program, load_program_frags, lookup, map_error,
+    socket_error, MacText, MAP_NAME,
 };
 
 /// Longest frame veth (and drivers like it) hands an XDP program that is not flagged for
@@ -387,26 +387,8 @@ impl XdpDevice {
         // multi-buffer, and it lets veth attach natively above MTU 3506 even when a frame still
         // fits one UMEM frame (the kernel then copies the fragments into one descriptor).
         let frags = plan.multi_buffer || frame_len_max > ONE_PAGE_FRAME;
-        let (prog, frags) = match load_program(&ifname, &insns, frags) {
-            // An unknown flag is EINVAL with an empty verifier log (kernels before 5.18).
-            Err(XdpError::ProgramRejected { source, log })
-                if frags && log.is_empty() && source.raw_os_error() == Some(libc::EINVAL) =>
-            {
-                if plan.multi_buffer {
-                    return Err(mb_refused(
-                        "loading the XDP program with BPF_F_XDP_HAS_FRAGS",
-                        source,
-                    ));
-                }
-                tracing::info!(
-                    iface = %ifname,
-                    "the kernel does not take BPF_F_XDP_HAS_FRAGS ({source}); native XDP may be \
-                     refused at this MTU ({mtu})"
-                );
-                (load_program(&ifname, &insns, false)?, false)
-            }
-            r => (r?, frags),
-        };
+        let (prog, frags) =
+            load_program_frags(&ifname, &insns, frags, plan.multi_buffer, &mb_refused)?;
         let (link, attach, attach_retries) = attach(&ifname, ifindex, prog.as_fd(), config.mode)?;
 
         let rings = XskRings {
@@ -431,30 +413,7 @@ impl XdpDevice {
             }
             (z, _) => z,
         };
-        let (bind, bind_retries) = match bind(&xsk, config, zc, plan.multi_buffer) {
-            // Copy mode refuses XDP_USE_SG before Linux 6.6 (EINVAL). (A zero-copy driver
-            // without multi-buffer says EOPNOTSUPP, and the copy-mode attempt follows; when
-            // only zero-copy was allowed, the bind error and its hint stand.)
-            Err(XdpError::Bind { attempts, .. })
-                if plan.multi_buffer
-                    && attempts.0.iter().any(|(m, e)| {
-                        *m == BindMode::Copy
-                            && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
-                    }) =>
-            {
-                let source = attempts
-                    .0
-                    .into_iter()
-                    .rfind(|(m, _)| *m == BindMode::Copy)
-                    .map(|(_, e)| e)
-                    .unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL));
-                return Err(mb_refused(
-                    "binding the socket with XDP_USE_SG (or the queue does not exist)",
-                    source,
-                ));
-            }
-            r => r?,
-        };
+        let (bind, bind_retries) = bind_sg(&xsk, config, zc, plan.multi_buffer, &mb_refused)?;
         let zero_copy = xsk.zero_copy().unwrap_or(bind == BindMode::ZeroCopy);
         let bind = if zero_copy {
             BindMode::ZeroCopy

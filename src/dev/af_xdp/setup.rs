@@ -295,3 +295,75 @@ pub(super) fn socket_error(config: &XdpConfig, umem_len: usize, e: XskSetupError
         },
     }
 }
+
+/// A refusal of multi-buffer at `step`, with the error that said so.
+pub(super) type MbRefused<'a> = &'a dyn Fn(&'static str, io::Error) -> XdpError;
+
+/// [`load_program`], flagged for fragments when `frags`; a kernel that does not know the flag
+/// gets the program without it unless `multi_buffer` needs it (then `mb_refused`). Returns
+/// the program and whether it carries the flag.
+pub(super) fn load_program_frags(
+    ifname: &str,
+    insns: &[bpf::Insn],
+    frags: bool,
+    multi_buffer: bool,
+    mb_refused: MbRefused<'_>,
+) -> Result<(OwnedFd, bool), XdpError> {
+    let loaded = match load_program(ifname, insns, frags) {
+        // An unknown flag is EINVAL with an empty verifier log (kernels before 5.18).
+        Err(XdpError::ProgramRejected { source, log })
+            if frags && log.is_empty() && source.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            if multi_buffer {
+                return Err(mb_refused(
+                    "loading the XDP program with BPF_F_XDP_HAS_FRAGS",
+                    source,
+                ));
+            }
+            tracing::info!(
+                iface = %ifname,
+                "the kernel does not take BPF_F_XDP_HAS_FRAGS ({source}); native XDP may be \
+                 refused at this interface's MTU"
+            );
+            (load_program(ifname, insns, false)?, false)
+        }
+        r => (r?, frags),
+    };
+    Ok(loaded)
+}
+
+/// [`bind`], turning a copy-mode refusal of `XDP_USE_SG` into `mb_refused` when
+/// `multi_buffer`.
+pub(super) fn bind_sg(
+    xsk: &Xsk,
+    config: &XdpConfig,
+    zc: ZeroCopy,
+    multi_buffer: bool,
+    mb_refused: MbRefused<'_>,
+) -> Result<(BindMode, u32), XdpError> {
+    let bound = match bind(xsk, config, zc, multi_buffer) {
+        // Copy mode refuses XDP_USE_SG before Linux 6.6 (EINVAL). (A zero-copy driver
+        // without multi-buffer says EOPNOTSUPP, and the copy-mode attempt follows; when
+        // only zero-copy was allowed, the bind error and its hint stand.)
+        Err(XdpError::Bind { attempts, .. })
+            if multi_buffer
+                && attempts.0.iter().any(|(m, e)| {
+                    *m == BindMode::Copy
+                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
+                }) =>
+        {
+            let source = attempts
+                .0
+                .into_iter()
+                .rfind(|(m, _)| *m == BindMode::Copy)
+                .map(|(_, e)| e)
+                .unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL));
+            return Err(mb_refused(
+                "binding the socket with XDP_USE_SG (or the queue does not exist)",
+                source,
+            ));
+        }
+        r => r?,
+    };
+    Ok(bound)
+}

@@ -64,6 +64,10 @@ pub(super) fn chunk_file(data: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one table of crash states, each a few lines, read best side by side"
+)]
 fn open_repairs_every_crash_state() {
     let id = ChunkId(0x00c0_ffee_0000_0000_0000_0000_0000_0001);
     let mut rng = Rng::new(0x5EED_3000);
