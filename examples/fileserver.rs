@@ -42,11 +42,11 @@ use std::net::Ipv4Addr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use common::server::{print_memory, report_line, ServeArgs};
+use common::server::{print_memory, ServeArgs};
 use common::{open_device, stack_on, Backend, Cidr, DevArgs, MemifRoleArg, StoreSpec};
 use ustack::chunk::{ChunkServer, DirStore, DirStoreConfig};
 use ustack::net::KernelServer;
-use ustack::serve::{Event, ServeLoop, Service, StackService};
+use ustack::serve::{ServeLoop, StackService};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -153,40 +153,19 @@ fn scrub(args: &Args) -> Result<bool, String> {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let (store, cfg) = args.serve.open(NAME)?;
     let spin = args.dev.spin_polls.unwrap_or(ServeLoop::SPIN_POLLS);
-    let (serve, ops) = args.serve.serve_loop(NAME, spin)?;
-    let connections_max = cfg.connections_max;
-    let started = ustack::Instant::now();
+    let serve = args.serve.serve_loop(spin)?;
+    let (store, cfg) = args.serve.open(NAME)?;
     match args.backend {
         Backend::Kernel => {
             println!("fileserver: backend kernel (kernel TCP, no bypass) because --backend kernel");
             let mut server =
                 KernelServer::bind(args.listen, store, cfg).map_err(|e| e.to_string())?;
             println!("fileserver: listening on {}", server.local_addr());
-            let report = |label: &str, server: &mut KernelServer<_>| {
-                ops.print_stats(NAME, label, server);
-                let s = server.stats();
-                let line = report_line(
-                    NAME,
-                    label,
-                    ustack::Instant::now() - started,
-                    &s,
-                    connections_max,
-                    None,
-                );
-                println!("{line}");
-            };
-            serve.run(&mut server, |e, server| match e {
-                Event::Report => report("stats", server),
-                Event::Stopping(cause) => println!("fileserver: {cause}: shutting down"),
-            });
-            report("final", &mut server);
+            args.serve.run(NAME, serve, &mut server, |_| None)
         }
         Backend::Sim => {
-            return Err(
-                "--backend sim runs both ends in one process: use `chunkctl --backend sim`".into(),
-            )
+            Err("--backend sim runs both ends in one process: use `chunkctl --backend sim`".into())
         }
         backend => {
             let (dev, _netns) =
@@ -199,8 +178,10 @@ fn run(args: &Args) -> Result<(), String> {
             print_memory(NAME, &stack, &cfg);
             let idle = stack.config().tcp.idle_timeout;
             println!(
-                "fileserver: {sockets} sockets: {connections_max} connections and a backlog of {}; \
-                 idle connections reset after {}",
+                "fileserver: {} sockets: {} connections and a backlog of {}; idle \
+                 connections reset after {}",
+                stack.config().sockets_max,
+                cfg.connections_max,
                 cfg.backlog,
                 idle.map_or("never".into(), |t| format!("{} s", t.as_secs()))
             );
@@ -208,19 +189,8 @@ fn run(args: &Args) -> Result<(), String> {
                 ChunkServer::bind(&mut stack, args.port, store, cfg).map_err(|e| e.to_string())?;
             println!("fileserver: listening on {}:{}", stack.ipv4(), args.port);
             let mut service = StackService::new(stack, server);
-            let report = |label: &str, svc: &mut StackService<_, _>| {
-                ops.print_stats(NAME, label, svc);
-                let s = svc.stats();
-                let t = ustack::Instant::now() - started;
-                let line = report_line(NAME, label, t, &s, connections_max, Some(&mut svc.stack));
-                println!("{line}");
-            };
-            serve.run(&mut service, |e, svc| match e {
-                Event::Report => report("stats", svc),
-                Event::Stopping(cause) => println!("fileserver: {cause}: shutting down"),
-            });
-            report("final", &mut service);
+            args.serve
+                .run(NAME, serve, &mut service, |s| Some(&mut s.stack))
         }
     }
-    Ok(())
 }

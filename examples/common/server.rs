@@ -12,7 +12,7 @@ use ustack::chunk::{
 use ustack::dev::auto::AnyDevice;
 use ustack::metrics::{human_lines, AdminServer, Hub, MetricsEndpoint};
 use ustack::proto::Limits;
-use ustack::serve::{ServeLoop, Service};
+use ustack::serve::{Event, ServeLoop, Service};
 use ustack::stack::Stack;
 use ustack::Instant;
 
@@ -163,21 +163,48 @@ impl ServeArgs {
         (self.idle_timeout_s > 0).then(|| Duration::from_secs(self.idle_timeout_s))
     }
 
-    /// The serving loop these flags ask for (signals stop it), and the operator threads
-    /// (metrics endpoint, admin socket), which stop when dropped.
-    pub fn serve_loop(
-        &self,
-        program: &str,
-        spin_polls: u32,
-    ) -> Result<(ServeLoop, Operators), String> {
-        let ops = Operators::start(self, program)?;
-        let serve = ServeLoop::new()
+    /// The serving loop these flags ask for. Its signal handlers are installed now, before
+    /// the server starts: a SIGTERM from then on is a graceful shutdown.
+    pub fn serve_loop(&self, spin_polls: u32) -> Result<ServeLoop, String> {
+        ServeLoop::new()
             .spin_polls(spin_polls)
             .report_every(Some(Duration::from_secs(self.stats_every_s)))
-            .hub(ops.hub.clone())
             .stop_on_signals()
-            .map_err(|e| format!("installing signal handlers: {e}"))?;
-        Ok((serve, ops))
+            .map_err(|e| format!("installing signal handlers: {e}"))
+    }
+
+    /// Runs `service` on `serve` until a signal, with the operator threads these flags ask
+    /// for (started now, when the loop is about to answer them), printing the reports;
+    /// `stack` gives a ustack service's stack for the report line.
+    pub fn run<S: Service>(
+        &self,
+        program: &str,
+        serve: ServeLoop,
+        service: &mut S,
+        stack: impl Fn(&mut S) -> Option<&mut Stack<AnyDevice>>,
+    ) -> Result<(), String> {
+        let ops = Operators::start(self, program)?;
+        let serve = serve.hub(ops.hub.clone());
+        let started = Instant::now();
+        let report = |label: &str, service: &mut S| {
+            ops.print_stats(program, label, service);
+            let (s, served) = (service.stats(), Instant::now() - started);
+            let line = report_line(
+                program,
+                label,
+                served,
+                &s,
+                self.connections_max,
+                stack(service),
+            );
+            println!("{line}");
+        };
+        serve.run(service, |e, service| match e {
+            Event::Report => report("stats", service),
+            Event::Stopping(cause) => println!("{program}: {cause}: shutting down"),
+        });
+        report("final", service);
+        Ok(())
     }
 }
 
@@ -190,7 +217,7 @@ pub struct Operators {
 }
 
 impl Operators {
-    fn start(args: &ServeArgs, program: &str) -> Result<Operators, String> {
+    pub fn start(args: &ServeArgs, program: &str) -> Result<Operators, String> {
         let hub = Hub::new();
         let metrics = match args.metrics {
             Some(addr) => {
