@@ -545,16 +545,13 @@ pub fn check_pattern(id: u128, offset: u64, data: &[u8], scratch: &mut [u8]) -> 
     true
 }
 
-/// A small seeded generator (SplitMix64).
+/// A small seeded generator: ustack's SplitMix64 on the state in `.0` (the seed).
 pub struct Rng(pub u64);
 
 impl Rng {
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0 = self.0.wrapping_add(ustack::dev::sim::SplitMix64::GAMMA);
+        ustack::dev::sim::SplitMix64::mix(self.0)
     }
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)

@@ -107,7 +107,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use ustack::dev::sim::{SimConfig, SimLink, SimPort};
+use ustack::dev::sim::{SimConfig, SimLink, SimPort, SplitMix64};
 use ustack::mem::PageSize;
 use ustack::stack::{
     ConnError, ConnId, ConnState, ListenerId, MacAddr, Stack, StackConfig, StackStats,
@@ -164,10 +164,7 @@ struct Pattern(u64);
 
 impl Pattern {
     fn word(self, w: u64) -> [u8; 8] {
-        let mut z = self.0 ^ w.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)).to_le_bytes()
+        SplitMix64::mix(self.0 ^ w.wrapping_mul(SplitMix64::GAMMA)).to_le_bytes()
     }
 
     fn fill(self, at: u64, buf: &mut [u8]) {

@@ -56,18 +56,27 @@ pub struct SplitMix64 {
 }
 
 impl SplitMix64 {
-    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+    /// The step between successive states (the golden ratio in 64-bit fixed point).
+    pub const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
     /// A generator starting from `seed` (any value is fine, zero included).
     pub const fn new(seed: u64) -> SplitMix64 {
         SplitMix64 { state: seed }
     }
 
-    /// The next 64 random bits.
+    /// The next 64 random bits: the state advances by [`GAMMA`](Self::GAMMA) and is
+    /// [`mix`](Self::mix)ed.
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(Self::GAMMA);
-        let mut z = self.state;
+        Self::mix(self.state)
+    }
+
+    /// The output function: 64 well-spread bits from any 64. A counter-based stream, whose
+    /// word `i` is computed on its own (a test pattern checked at any offset), is
+    /// `mix(seed ^ i * GAMMA)`.
+    #[inline]
+    pub const fn mix(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)

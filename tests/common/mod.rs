@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use ustack::dev::sim::{SimConfig, SimLink, SimPort};
+use ustack::dev::sim::{SimConfig, SimLink, SimPort, SplitMix64};
 use ustack::stack::{ConnId, ConnState, MacAddr, Stack, StackConfig};
 use ustack::{Instant, PacketDevice, PageSize};
 
@@ -150,10 +150,7 @@ impl Pattern {
     }
 
     fn word(&self, w: u64) -> u64 {
-        let mut z = self.seed ^ w.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        SplitMix64::mix(self.seed ^ w.wrapping_mul(SplitMix64::GAMMA))
     }
 
     /// Fills `buf` with stream bytes starting at `offset`.
@@ -203,20 +200,18 @@ impl Fnv {
     }
 }
 
-/// A small seeded generator for test decisions.
-pub struct Rng(u64);
+/// A small seeded generator for test decisions: ustack's [`SplitMix64`], with the seed mixed
+/// with a constant of the tests' own.
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+        Rng(SplitMix64::new(seed ^ 0x5DEE_CE66_D1CE_4E5B))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
+    /// `next_u64() % n`: what the tests' seeds were chosen with.
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
