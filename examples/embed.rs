@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use ustack::prelude::*;
 
 /// Your storage goes here; this one keeps chunks in memory and counts what it is asked.
-struct CountingStore {
-    chunks: MemStore,
-    calls: AtomicU64,
+pub struct CountingStore {
+    pub chunks: MemStore,
+    pub calls: AtomicU64,
 }
 
 impl ChunkStore for CountingStore {

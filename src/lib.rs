@@ -27,6 +27,8 @@ pub mod proto;
 pub mod serve;
 pub mod stack;
 pub mod sys;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 
 pub use dev::{Batch, ChecksumCaps, DeviceCaps, Frame, LinkStats, PacketDevice};

@@ -1,8 +1,35 @@
 //! `examples/embed.rs`, the README's embedding example, serves for real: chunkctl (a second
 //! process, over memif) writes, reads back, verifies and deletes chunks through it, and its
-//! store of its own saw the calls.
+//! store of its own saw the calls. With `--features testing`, its store (`CountingStore`) also
+//! passes the `ChunkStore` contract suite, as a third-party store runs it.
 
 mod common;
+
+/// The example itself, for its store.
+#[cfg(feature = "testing")]
+#[allow(dead_code)]
+#[path = "../examples/embed.rs"]
+mod embed;
+
+#[cfg(feature = "testing")]
+mod counting_store_contract {
+    use std::sync::atomic::AtomicU64;
+
+    use super::embed::CountingStore;
+    use ustack::chunk::{ChunkStore, MemStore};
+
+    fn with_store(test: &mut dyn FnMut(&dyn ChunkStore, u64)) {
+        let chunks = MemStore::new(1 << 30);
+        let limit = chunks.chunk_len_max();
+        let store = CountingStore {
+            chunks,
+            calls: AtomicU64::new(0),
+        };
+        test(&store, limit);
+    }
+
+    ustack::testing::store_contract::contract_tests!(with_store);
+}
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

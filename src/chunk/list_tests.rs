@@ -1,13 +1,13 @@
-//! LIST on the crate's stores beyond the contract ([`store_contract`](super::store_contract)):
+//! LIST on the crate's stores beyond the contract ([`store_contract`](crate::testing::store_contract)):
 //! the documented orders, pages of one and larger than the store, pages that cross `DirStore`
 //! subdirectories, and the entries `DirStore` must not list.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::store_contract::{list_all, Rng};
 use super::{ChunkStore, DirStore, DirStoreConfig, MemStore, SyncPolicy};
 use crate::proto::{ChunkId, ListEntry};
+use crate::testing::store_contract::{list_all, Rng};
 
 /// A directory of its own under the system's temporary directory, removed at the end.
 struct TempDir(PathBuf);

@@ -19,8 +19,6 @@ mod on_stack;
 mod server;
 mod staging;
 mod store;
-#[cfg(test)]
-mod store_contract;
 mod workers;
 
 pub use client::{

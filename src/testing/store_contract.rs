@@ -1,22 +1,62 @@
-//! The `ChunkStore` contract as test functions, run against every store in this crate by
-//! [`contract_tests!`]: each store's test module passes a function that builds a fresh store
-//! (with its chunk size limit) and hands it to the test.
+//! The [`ChunkStore`] contract as test functions: what every store must do for the chunk server
+//! to be right on top of it (docs/PROTOCOL.md section 4, and the trait's documentation).
+//!
+//! ustack runs it against `MemStore` and `DirStore`; a store of your own runs it with one
+//! [`contract_tests!`] in its tests. Give the macro a function that builds a fresh, empty store
+//! and hands it to the closure with its chunk size limit (at least 8 MiB; writes up to 4 MiB
+//! reach up to 16 MiB into a chunk when the limit allows). It generates one `#[test]` per
+//! contract function:
+//!
+//! ```
+//! # mod doc {
+//! use ustack::chunk::{ChunkStore, MemStore};
+//!
+//! /// The store under test: here a `MemStore` wrapped in a type of your own.
+//! struct MyStore(MemStore);
+//! # impl ChunkStore for MyStore {
+//! #     fn write(&self, id: ustack::proto::ChunkId, offset: u64, data: &[u8])
+//! #         -> Result<u64, ustack::chunk::StoreError> { self.0.write(id, offset, data) }
+//! #     fn read(&self, id: ustack::proto::ChunkId, offset: u64, buf: &mut [u8])
+//! #         -> Result<ustack::chunk::ReadInfo, ustack::chunk::StoreError> { self.0.read(id, offset, buf) }
+//! #     fn delete(&self, id: ustack::proto::ChunkId) -> Result<(), ustack::chunk::StoreError> { self.0.delete(id) }
+//! #     fn stat(&self, id: ustack::proto::ChunkId)
+//! #         -> Result<ustack::chunk::ChunkStat, ustack::chunk::StoreError> { self.0.stat(id) }
+//! # }
+//!
+//! fn with_store(test: &mut dyn FnMut(&dyn ChunkStore, u64)) {
+//!     let store = MyStore(MemStore::new(1 << 30));
+//!     test(&store, MemStore::new(0).chunk_len_max());
+//!     // Checks of your own after each contract test can go here (files left over, ...).
+//! }
+//!
+//! ustack::testing::store_contract::contract_tests!(with_store);
+//! # }
+//! ```
+//!
+//! Each function takes the store and its limit and panics on the first broken rule, so a
+//! single one can also be called by hand (e.g. again with another configuration of the store).
+//! LIST is optional in the trait: a store whose [`ChunkStore::list`] answers
+//! [`StoreError::Unsupported`] passes [`list_pages_through_every_chunk_once`] if it says so
+//! every time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::store::{ChunkStore, StoreError};
-use crate::proto::{crc32c, ChunkId, ListEntry};
+use crate::chunk::{ChunkStat, ChunkStore, StoreError};
+use crate::dev::sim::SplitMix64;
+use crate::proto::{crc32c, ChunkId, ListEntry, Status};
 
 /// Largest write the protocol carries (the default payload limit).
 const WRITE_LEN_MAX: usize = 4 << 20;
 
-/// Generates one `#[test]` per contract function for a store. `$with_store` is a
-/// `fn(&mut dyn FnMut(&dyn ChunkStore, u64))` that builds a fresh store and calls the closure
-/// with it and its chunk size limit (at least 8 MiB).
-macro_rules! contract_tests {
+/// Generates one `#[test]` per contract function for a store: see the [module docs](self).
+/// `$with_store` is a `fn(&mut dyn FnMut(&dyn ChunkStore, u64))` that builds a fresh store and
+/// calls the closure with it and its chunk size limit (at least 8 MiB).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __ustack_store_contract_tests {
     ($with_store:path) => {
-        $crate::chunk::store_contract::contract_tests!(@each $with_store,
+        $crate::__ustack_store_contract_tests!(@each $with_store,
             round_trips_at_random_offsets_and_sizes,
             gaps_read_as_zeros,
             reads_at_and_past_the_end,
@@ -35,28 +75,26 @@ macro_rules! contract_tests {
             #[test]
             fn $name() {
                 $with_store(&mut |store, limit| {
-                    $crate::chunk::store_contract::$name(store, limit)
+                    $crate::testing::store_contract::$name(store, limit)
                 });
             }
         )*
     };
 }
-pub(crate) use contract_tests;
+#[doc(inline)]
+pub use __ustack_store_contract_tests as contract_tests;
 
-/// A small seeded generator (splitmix64) so failures reproduce.
-pub(crate) struct Rng(u64);
+/// A small seeded generator ([`SplitMix64`]) with the draws the contract makes, so failures
+/// reproduce.
+pub(crate) struct Rng(SplitMix64);
 
 impl Rng {
     pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(SplitMix64::new(seed))
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `lo..=hi`.
@@ -102,7 +140,9 @@ fn read_all(store: &dyn ChunkStore, id: ChunkId, piece: usize) -> Vec<u8> {
     }
 }
 
-pub(crate) fn round_trips_at_random_offsets_and_sizes(store: &dyn ChunkStore, limit: u64) {
+/// Random writes (1 B to 4 MiB, log-uniform; overwrites, appends, gaps) on four chunks, each
+/// followed by a random read, checked against a model; then every chunk read whole and STATed.
+pub fn round_trips_at_random_offsets_and_sizes(store: &dyn ChunkStore, limit: u64) {
     let seed = 0x5EED_0001;
     let mut rng = Rng::new(seed);
     let mut models: HashMap<ChunkId, Vec<u8>> = HashMap::new();
@@ -148,7 +188,9 @@ pub(crate) fn round_trips_at_random_offsets_and_sizes(store: &dyn ChunkStore, li
     }
 }
 
-pub(crate) fn gaps_read_as_zeros(store: &dyn ChunkStore, _limit: u64) {
+/// A chunk created past offset 0 and grown past its end twice: the bytes in between read as
+/// zeros.
+pub fn gaps_read_as_zeros(store: &dyn ChunkStore, _limit: u64) {
     let id = ChunkId(0x6A95);
     // A chunk created past offset 0, then grown past its end twice.
     assert_eq!(store.write(id, 1000, b"abc").unwrap(), 1003);
@@ -164,7 +206,9 @@ pub(crate) fn gaps_read_as_zeros(store: &dyn ChunkStore, _limit: u64) {
     assert!(all[1003..5000].iter().all(|&b| b == 0));
 }
 
-pub(crate) fn reads_at_and_past_the_end(store: &dyn ChunkStore, _limit: u64) {
+/// Reads: short at the end, empty exactly at the end, `OutOfRange` past it (with the id,
+/// offset and size); an empty chunk.
+pub fn reads_at_and_past_the_end(store: &dyn ChunkStore, _limit: u64) {
     let id = ChunkId(77);
     store.write(id, 0, &[9u8; 100]).unwrap();
     let mut buf = [0u8; 64];
@@ -197,27 +241,23 @@ pub(crate) fn reads_at_and_past_the_end(store: &dyn ChunkStore, _limit: u64) {
     ));
 }
 
-pub(crate) fn missing_chunks_are_not_found(store: &dyn ChunkStore, _limit: u64) {
+/// READ, STAT and DELETE of chunks that were never written: `NotFound` with the id.
+pub fn missing_chunks_are_not_found(store: &dyn ChunkStore, _limit: u64) {
     for id in [ChunkId(0), ChunkId(5), ChunkId(u128::MAX)] {
         let mut buf = [0u8; 8];
         assert!(matches!(store.read(id, 0, &mut buf), Err(StoreError::NotFound(i)) if i == id));
         assert!(matches!(store.stat(id), Err(StoreError::NotFound(i)) if i == id));
         assert!(matches!(store.delete(id), Err(StoreError::NotFound(i)) if i == id));
-        assert_eq!(
-            store.stat(id).unwrap_err().status(),
-            crate::proto::Status::NotFound
-        );
+        assert_eq!(store.stat(id).unwrap_err().status(), Status::NotFound);
     }
 }
 
-pub(crate) fn stat_crc_is_crc32c_of_the_content(store: &dyn ChunkStore, _limit: u64) {
+/// STAT: the size and the CRC32C of the whole content after each of a series of writes.
+pub fn stat_crc_is_crc32c_of_the_content(store: &dyn ChunkStore, _limit: u64) {
     let mut rng = Rng::new(0x5EED_0002);
     let id = ChunkId(0xC0C);
     store.write(id, 0, &[]).unwrap();
-    assert_eq!(
-        store.stat(id).unwrap(),
-        super::ChunkStat { size: 0, crc: 0 }
-    );
+    assert_eq!(store.stat(id).unwrap(), ChunkStat { size: 0, crc: 0 });
     let mut model = Vec::new();
     for _ in 0..12 {
         let len = rng.len(1 << 20);
@@ -234,7 +274,9 @@ pub(crate) fn stat_crc_is_crc32c_of_the_content(store: &dyn ChunkStore, _limit: 
     assert_eq!(store.stat(ChunkId(0xC0D)).unwrap().crc, 0xE306_9283);
 }
 
-pub(crate) fn chunk_size_limit(store: &dyn ChunkStore, limit: u64) {
+/// A write may end exactly at the limit; one past it fails with `ChunkTooLarge` (offsets near
+/// `u64::MAX` included), changes nothing and creates no chunk.
+pub fn chunk_size_limit(store: &dyn ChunkStore, limit: u64) {
     let id = ChunkId(0x1171);
     // Ending exactly at the limit is fine.
     assert_eq!(store.write(id, limit - 1, b"z").unwrap(), limit);
@@ -250,7 +292,7 @@ pub(crate) fn chunk_size_limit(store: &dyn ChunkStore, limit: u64) {
                 },
             ) => {
                 assert_eq!((got, o, l, lim), (id, offset, len as u64, limit));
-                assert_eq!(e.status(), crate::proto::Status::ChunkTooLarge);
+                assert_eq!(e.status(), Status::ChunkTooLarge);
             }
             other => panic!("write of {len} at {offset}: {other:?}"),
         }
@@ -265,7 +307,9 @@ pub(crate) fn chunk_size_limit(store: &dyn ChunkStore, limit: u64) {
     assert!(matches!(store.stat(fresh), Err(StoreError::NotFound(_))));
 }
 
-pub(crate) fn overwrites_and_zero_length_writes(store: &dyn ChunkStore, _limit: u64) {
+/// Overwrites inside, across and at the end of a chunk; zero-length writes create a chunk, and
+/// past the end grow it with zeros.
+pub fn overwrites_and_zero_length_writes(store: &dyn ChunkStore, _limit: u64) {
     let id = ChunkId(0x0E);
     let mut model = Vec::new();
     let steps: [(u64, &[u8]); 7] = [
@@ -291,7 +335,9 @@ pub(crate) fn overwrites_and_zero_length_writes(store: &dyn ChunkStore, _limit: 
     assert!(read_all(store, ChunkId(0x10), 8) == [0u8; 33]);
 }
 
-pub(crate) fn delete_then_recreate(store: &dyn ChunkStore, _limit: u64) {
+/// DELETE removes the chunk (a second one is `NotFound`); a chunk written again under its id
+/// holds nothing of the old content.
+pub fn delete_then_recreate(store: &dyn ChunkStore, _limit: u64) {
     let id = ChunkId(0xDE1);
     store.write(id, 0, &[1u8; 5000]).unwrap();
     store.write(id, 100, &[2u8; 10]).unwrap();
@@ -306,7 +352,8 @@ pub(crate) fn delete_then_recreate(store: &dyn ChunkStore, _limit: u64) {
     assert_eq!(store.stat(id).unwrap().crc, crc32c(&expect));
 }
 
-pub(crate) fn concurrent_writers_on_different_chunks(store: &dyn ChunkStore, _limit: u64) {
+/// Four threads each writing, reading and deleting a chunk of their own.
+pub fn concurrent_writers_on_different_chunks(store: &dyn ChunkStore, _limit: u64) {
     let threads = 4u64;
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -334,7 +381,9 @@ pub(crate) fn concurrent_writers_on_different_chunks(store: &dyn ChunkStore, _li
     });
 }
 
-pub(crate) fn concurrent_writers_and_readers_on_one_chunk(store: &dyn ChunkStore, _limit: u64) {
+/// Writers on disjoint regions of one chunk and readers of the whole: a read never sees half
+/// of a write, and the end holds each writer's last write.
+pub fn concurrent_writers_and_readers_on_one_chunk(store: &dyn ChunkStore, _limit: u64) {
     // Each writer owns one region of the same chunk and fills it with one byte value per
     // write; readers check that every region they see holds one value (a read never sees half
     // of a write) and the final content holds each writer's last value.
@@ -393,7 +442,7 @@ pub(crate) fn concurrent_writers_and_readers_on_one_chunk(store: &dyn ChunkStore
 
 /// Every chunk in listing order, `page` entries at a time, following the cursor: each page
 /// holds at most `page` entries, and a short page is the last.
-pub(crate) fn list_all(store: &dyn ChunkStore, page: usize) -> Vec<ListEntry> {
+pub fn list_all(store: &dyn ChunkStore, page: usize) -> Vec<ListEntry> {
     let mut all: Vec<ListEntry> = Vec::new();
     let mut after = None;
     loop {
@@ -415,7 +464,20 @@ pub(crate) fn list_all(store: &dyn ChunkStore, page: usize) -> Vec<ListEntry> {
 /// LIST: paging with any page size returns every chunk exactly once with its size, in one
 /// order (the same for every page size); any id is a cursor (a deleted one, one never stored);
 /// an empty store and a page of 0 list nothing.
-pub(crate) fn list_pages_through_every_chunk_once(store: &dyn ChunkStore, _limit: u64) {
+///
+/// A store that does not list ([`ChunkStore::list`]'s default) passes if it answers every LIST
+/// with [`StoreError::Unsupported`], before and after chunks are written.
+pub fn list_pages_through_every_chunk_once(store: &dyn ChunkStore, _limit: u64) {
+    if let Err(StoreError::Unsupported { .. }) = store.list(None, 10) {
+        store.write(ChunkId(1), 0, b"listed?").unwrap();
+        for (after, max) in [(None, 10), (Some(ChunkId(0)), 1), (None, 0)] {
+            assert!(
+                matches!(store.list(after, max), Err(StoreError::Unsupported { .. })),
+                "a store that cannot list says so every time (after {after:?}, max {max})"
+            );
+        }
+        return;
+    }
     assert!(store.list(None, 10).unwrap().is_empty());
     assert!(store.list(Some(ChunkId(5)), 10).unwrap().is_empty());
     let mut rng = Rng::new(0x11_57);

@@ -1,0 +1,15 @@
+//! Test support for ustack's own tests and for embedders' (the `testing` Cargo feature).
+//!
+//! - [`store_contract`]: the [`ChunkStore`](crate::chunk::ChunkStore) contract as test
+//!   functions. ustack runs it against `MemStore` and `DirStore`; a file server runs it against
+//!   its own store with one macro call (example in the module docs).
+//!
+//! Only built with `--features testing` (and in the crate's own unit tests): nothing here is in
+//! a default build. As a dev-dependency:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! ustack = { version = "0.1", features = ["testing"] }
+//! ```
+
+pub mod store_contract;
