@@ -1,6 +1,8 @@
-//! Shared checks of the fuzz targets.
+//! The input format shared by the protocol targets (`parse_request`, `parse_response`). What
+//! they check of each input is the decoder's oracle, `ustack::testing::decoder`, which the
+//! crate's proptests check too.
 
-use ustack::proto::{crc32c, Event, FrameDecoder, Limits, ParseError, Rejection, WireHeader};
+use ustack::proto::{crc32c, Limits, WireHeader};
 
 /// Small limits so the over-limit paths are reachable with short inputs.
 const TINY: Limits = Limits {
@@ -41,79 +43,4 @@ fn reseal<H: WireHeader>(stream: &mut [u8]) {
         let payload_len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         pos = pos.saturating_add(n).saturating_add(payload_len as usize);
     }
-}
-
-/// Every error maps to a status and a close decision, and yields an error response.
-pub fn check_error(stream: &[u8], e: ParseError) {
-    let status = e.status();
-    assert!(!status.is_ok());
-    // Survivable errors are only found after the header CRC was verified.
-    assert!(e.must_close() || e.header_verified());
-    let rejection = Rejection::new(stream, e);
-    let response = rejection.error_response();
-    assert_eq!(response.closing, e.must_close());
-    let _ = e.to_string();
-}
-
-/// An event with payload pieces merged.
-#[derive(Debug, PartialEq)]
-enum Owned<H> {
-    Header(H),
-    Payload(Vec<u8>),
-    End(Result<(), ParseError>),
-    Rejected(Rejection),
-}
-
-fn run<H: WireHeader + std::fmt::Debug + PartialEq>(
-    limits: Limits,
-    stream: &[u8],
-    piece_len: usize,
-) -> Vec<Owned<H>> {
-    let mut dec = FrameDecoder::<H>::new(limits);
-    let mut out = Vec::new();
-    for piece in stream.chunks(piece_len) {
-        let mut input = piece;
-        loop {
-            let (n, ev) = dec.feed(input);
-            assert!(n <= input.len());
-            input = &input[n..];
-            let Some(ev) = ev else {
-                assert!(input.is_empty() || dec.is_closed());
-                break;
-            };
-            match ev {
-                Event::Header(h) => out.push(Owned::Header(h)),
-                Event::Payload(p) => {
-                    assert!(!p.is_empty());
-                    assert!(p.len() <= limits.payload_len_max as usize);
-                    if let Some(Owned::Payload(prev)) = out.last_mut() {
-                        prev.extend_from_slice(p);
-                    } else {
-                        out.push(Owned::Payload(p.to_vec()));
-                    }
-                }
-                Event::End(v) => out.push(Owned::End(v)),
-                Event::Rejected(r) => {
-                    check_error(&[], r.error);
-                    out.push(Owned::Rejected(r));
-                }
-            }
-        }
-    }
-    if let (_, Some(Event::End(v))) = dec.feed(&[]) {
-        out.push(Owned::End(v));
-    }
-    let _ = dec.finish();
-    out
-}
-
-/// Feeding the stream whole and in pieces of `piece_len` gives the same events.
-pub fn check_decoder<H: WireHeader + std::fmt::Debug + PartialEq>(
-    limits: Limits,
-    stream: &[u8],
-    piece_len: usize,
-) {
-    let whole = run::<H>(limits, stream, stream.len().max(1));
-    let pieces = run::<H>(limits, stream, piece_len);
-    assert_eq!(whole, pieces);
 }

@@ -1,9 +1,11 @@
-//! Property tests: emit/parse round trips, panic freedom on arbitrary bytes, and split
-//! invariance of [`FrameDecoder`].
+//! Property tests: emit/parse round trips, and the decoder's oracle
+//! ([`crate::testing::decoder`], which the fuzz targets check too) on arbitrary bytes and on
+//! generated streams cut at generated points.
 
 use proptest::prelude::*;
 
 use super::*;
+use crate::testing::decoder::{check_parse, check_split_invariance, decode, Owned};
 
 const L: Limits = Limits::DEFAULT;
 
@@ -121,51 +123,6 @@ fn request_frame() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// An event with payload pieces merged, so streams fed in different pieces compare equal.
-#[derive(Debug, PartialEq, Eq)]
-enum Owned<H> {
-    Header(H),
-    Payload(Vec<u8>),
-    End(Result<(), ParseError>),
-    Rejected(Rejection),
-}
-
-fn run<H: WireHeader>(limits: Limits, pieces: &[&[u8]]) -> (Vec<Owned<H>>, bool) {
-    let mut dec = FrameDecoder::<H>::new(limits);
-    let mut out: Vec<Owned<H>> = Vec::new();
-    for piece in pieces {
-        let mut input = *piece;
-        loop {
-            let (n, ev) = dec.feed(input);
-            assert!(n <= input.len());
-            input = &input[n..];
-            let Some(ev) = ev else {
-                assert!(input.is_empty() || dec.is_closed());
-                break;
-            };
-            match ev {
-                Event::Header(h) => out.push(Owned::Header(h)),
-                Event::Payload(p) => {
-                    assert!(!p.is_empty() && p.len() as u64 <= u64::from(limits.payload_len_max));
-                    if let Some(Owned::Payload(prev)) = out.last_mut() {
-                        prev.extend_from_slice(p);
-                    } else {
-                        out.push(Owned::Payload(p.to_vec()));
-                    }
-                }
-                Event::End(v) => out.push(Owned::End(v)),
-                Event::Rejected(r) => out.push(Owned::Rejected(r)),
-            }
-        }
-    }
-    // Flush an End whose last byte came in the last piece.
-    let (_, ev) = dec.feed(&[]);
-    if let Some(Event::End(v)) = ev {
-        out.push(Owned::End(v));
-    }
-    (out, dec.is_closed())
-}
-
 fn split<'a>(data: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
     let mut points: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
     points.sort_unstable();
@@ -213,14 +170,10 @@ proptest! {
     fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
         let tiny = Limits { payload_len_max: 64, chunk_len_max: 1024, in_flight_max: 1 };
         for limits in [L, tiny] {
-            if let Err(e) = RequestHeader::parse(&data, &limits) {
-                let _ = (e.status(), e.must_close(), Rejection::new(&data, e).error_response());
-            }
-            if let Err(e) = ResponseHeader::parse(&data, &limits) {
-                let _ = (e.status(), e.must_close(), Rejection::new(&data, e).error_response());
-            }
-            run::<RequestHeader>(limits, &[&data]);
-            run::<ResponseHeader>(limits, &[&data]);
+            check_parse::<RequestHeader>(&data, &limits);
+            check_parse::<ResponseHeader>(&data, &limits);
+            decode::<RequestHeader>(limits, &[&data]);
+            decode::<ResponseHeader>(limits, &[&data]);
         }
     }
 
@@ -233,9 +186,7 @@ proptest! {
         // Garbage after a valid header reaches the payload and next-header paths.
         let mut data = h.to_bytes().to_vec();
         data.extend_from_slice(&tail);
-        let whole = run::<RequestHeader>(L, &[&data]);
-        let pieces = run::<RequestHeader>(L, &split(&data, &cuts));
-        prop_assert_eq!(whole, pieces);
+        check_split_invariance::<RequestHeader>(L, &data, &split(&data, &cuts));
     }
 
     #[test]
@@ -244,12 +195,9 @@ proptest! {
         cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
     ) {
         let stream: Vec<u8> = frames.concat();
-        let whole = run::<RequestHeader>(L, &[&stream]);
-        let pieces = run::<RequestHeader>(L, &split(&stream, &cuts));
+        check_split_invariance::<RequestHeader>(L, &stream, &split(&stream, &cuts));
         let bytewise: Vec<&[u8]> = stream.chunks(1).collect();
-        let single = run::<RequestHeader>(L, &bytewise);
-        prop_assert_eq!(&whole, &pieces);
-        prop_assert_eq!(&whole, &single);
+        check_split_invariance::<RequestHeader>(L, &stream, &bytewise);
     }
 
     #[test]
@@ -270,7 +218,7 @@ proptest! {
             }
             expected.push(Owned::End(Ok(())));
         }
-        let (events, closed) = run::<ResponseHeader>(L, &split(&stream, &cuts));
+        let (events, closed) = decode::<ResponseHeader>(L, &split(&stream, &cuts));
         prop_assert!(!closed);
         prop_assert_eq!(events, expected);
     }
