@@ -80,16 +80,10 @@ impl SimRig {
             | self.server.poll(&mut self.b)
             | self.client.poll(&mut self.a, now);
         if !busy && !app_busy {
-            let next = [
-                self.a.poll_at(now),
-                self.b.poll_at(now),
-                self.link.next_delivery(),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now);
-            self.now = next.max(now + Duration::from_micros(1));
+            let next = self
+                .link
+                .next_event(now, [self.a.poll_at(now), self.b.poll_at(now)]);
+            self.now = next.unwrap_or(now + Duration::from_micros(1));
         }
     }
 

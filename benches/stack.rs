@@ -109,16 +109,9 @@ impl Pair {
     fn step(&mut self, app_busy: bool) {
         let busy = self.a.poll(self.now) | self.b.poll(self.now);
         if !busy && !app_busy {
-            let next = [
-                self.a.poll_at(self.now),
-                self.b.poll_at(self.now),
-                self.link.next_delivery(),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.now);
-            self.now = next.max(self.now + Duration::from_micros(1));
+            let timers = [self.a.poll_at(self.now), self.b.poll_at(self.now)];
+            let next = self.link.next_event(self.now, timers);
+            self.now = next.unwrap_or(self.now + Duration::from_micros(1));
         }
     }
 

@@ -94,16 +94,10 @@ fn measure(read: bool) -> Sides {
                     break c;
                 }
                 if !busy {
-                    let next = [
-                        net.a.poll_at(now),
-                        net.b.poll_at(now),
-                        net.link.next_delivery(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(now + Duration::from_millis(1));
-                    net.now = next.max(now + Duration::from_micros(1));
+                    let next = net
+                        .link
+                        .next_event(now, [net.a.poll_at(now), net.b.poll_at(now)]);
+                    net.now = next.unwrap_or(now + Duration::from_millis(1));
                 }
                 assert!(net.now.as_micros() < 600_000_000, "no answer");
             };

@@ -1096,16 +1096,9 @@ impl Rig {
                 self.now = end;
                 continue;
             }
-            let next = [
-                self.s.poll_at(self.now),
-                self.c.poll_at(self.now),
-                self.link.next_delivery(),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(end);
-            self.now = next.max(self.now + Duration::from_micros(1)).min(end);
+            let timers = [self.s.poll_at(self.now), self.c.poll_at(self.now)];
+            let next = self.link.next_event(self.now, timers);
+            self.now = next.unwrap_or(end).min(end);
         }
     }
 

@@ -23,7 +23,8 @@
 //! with [`Instant::now`] from two threads it behaves like a wire with a fixed latency (ports are
 //! `Send`). Driven with virtual time from one thread, a driver polls both sides and, when
 //! neither has work, jumps its clock straight to the earliest of its own timers and
-//! [`SimLink::next_delivery`]; a run of minutes of simulated TCP then takes milliseconds.
+//! [`SimLink::next_delivery`] ([`SimLink::next_event`]); a run of minutes of simulated TCP then
+//! takes milliseconds.
 //!
 //! # Faults
 //!
@@ -543,6 +544,35 @@ impl SimLink {
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, y) => x.or(y),
         }
+    }
+
+    /// Where a virtual-time driver moves its clock when neither side has work: the earliest of
+    /// `timers` (each stack's `poll_at(now)`) and [`SimLink::next_delivery`], at least 1 us
+    /// after `now` so that time always moves. `None` when nothing is due: the driver then
+    /// chooses how far to go (a small step, or its deadline).
+    ///
+    /// ```
+    /// # use ustack::dev::sim::{SimConfig, SimLink};
+    /// # use ustack::Instant;
+    /// # let (link, _a, _b) = SimLink::new(SimConfig::default())?;
+    /// let now = Instant::from_micros(10);
+    /// let timers = [Some(Instant::from_micros(500)), None];
+    /// assert_eq!(link.next_event(now, timers), Some(Instant::from_micros(500)));
+    /// assert_eq!(link.next_event(now, [Some(now)]), Some(Instant::from_micros(11)));
+    /// assert_eq!(link.next_event(now, [None]), None); // nothing in flight either
+    /// # Ok::<(), ustack::dev::sim::SimError>(())
+    /// ```
+    pub fn next_event(
+        &self,
+        now: Instant,
+        timers: impl IntoIterator<Item = Option<Instant>>,
+    ) -> Option<Instant> {
+        timers
+            .into_iter()
+            .flatten()
+            .chain(self.next_delivery())
+            .min()
+            .map(|t| t.max(now + Duration::from_micros(1)))
     }
 }
 

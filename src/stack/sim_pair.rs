@@ -61,16 +61,9 @@ impl SimPair {
             }
             assert!(self.now < end, "not done within {limit:?} of virtual time");
             if !busy {
-                let next = [
-                    self.a.poll_at(self.now),
-                    self.b.poll_at(self.now),
-                    self.link.next_delivery(),
-                ]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(self.now + Duration::from_millis(1));
-                self.now = next.max(self.now + Duration::from_micros(1)).min(end);
+                let timers = [self.a.poll_at(self.now), self.b.poll_at(self.now)];
+                let next = self.link.next_event(self.now, timers);
+                self.now = next.unwrap_or(self.now + Duration::from_millis(1)).min(end);
             }
         }
     }

@@ -98,16 +98,9 @@ impl<D: PacketDevice> SimNet<D> {
                 return Err(format!("not done after {limit:?} of virtual time"));
             }
             if !busy && !app_busy {
-                let next = [
-                    self.a.poll_at(self.now),
-                    self.b.poll_at(self.now),
-                    self.link.next_delivery(),
-                ]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(end);
-                self.now = next.max(self.now + Duration::from_micros(1)).min(end);
+                let timers = [self.a.poll_at(self.now), self.b.poll_at(self.now)];
+                let next = self.link.next_event(self.now, timers);
+                self.now = next.unwrap_or(end).min(end);
             }
         }
     }
