@@ -141,7 +141,7 @@ fn check(label: &str, c: &Counts, budget: &[(Pass, f64)]) {
 #[test]
 fn read_copies_each_byte_within_budget() {
     if !copies::ENABLED {
-        eprintln!("SKIPPED: build without the copy-count feature");
+        common::skip("built without the copy-count feature (cargo test --features copy-count)");
         return;
     }
     let s = measure(true);
@@ -180,7 +180,7 @@ fn read_copies_each_byte_within_budget() {
 #[test]
 fn write_copies_each_byte_within_budget() {
     if !copies::ENABLED {
-        eprintln!("SKIPPED: build without the copy-count feature");
+        common::skip("built without the copy-count feature (cargo test --features copy-count)");
         return;
     }
     let s = measure(false);

@@ -157,15 +157,14 @@ pub fn can_create_netns() -> Result<(), NetNsError> {
     Ok(())
 }
 
-/// For the unit tests that need namespaces: whether they can run here; when not, says why.
-/// (They cannot reach `tests/common`'s rule; the integration tests, which enforce it, catch a
-/// machine that should run them and cannot.)
+/// For the unit tests that need namespaces: whether they can run here; when not, says why
+/// (a failure under `scripts/test.sh` as root: `crate::testing::privileged`).
 #[cfg(test)]
 pub(crate) fn netns_or_skip() -> bool {
     match can_create_netns() {
         Ok(()) => true,
         Err(e) => {
-            println!("SKIPPED: {e}");
+            crate::testing::privileged::skip(&e.to_string());
             false
         }
     }

@@ -14,6 +14,11 @@
 //! [dev-dependencies]
 //! ustack = { version = "0.1", features = ["testing"] }
 //! ```
+//!
+//! The crate's unit tests also find here the rule for tests that need privileges (root,
+//! namespaces, hugepages); the integration tests in `tests/` share the same file.
 
 pub mod decoder;
+#[cfg(test)]
+pub(crate) mod privileged;
 pub mod store_contract;

@@ -3,6 +3,14 @@
 #![allow(dead_code)]
 
 pub mod frames;
+/// The rule for tests that need privileges, and the is-root check: the file the crate's unit
+/// tests use as `ustack::testing::privileged`.
+#[path = "../../src/testing/privileged.rs"]
+mod privileged;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use privileged::{effective_uid, is_root, root_or_skip, skip};
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -17,15 +25,6 @@ use ustack::{Instant, PacketDevice, PageSize};
 
 pub const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-
-/// Tests that need root, namespaces or hugepages call this when they cannot run. Under
-/// `scripts/test.sh` as root (`USTACK_REQUIRE_PRIVILEGED_TESTS=1`) a skip is a failure.
-pub fn skip(reason: &str) {
-    if std::env::var_os("USTACK_REQUIRE_PRIVILEGED_TESTS").is_some() {
-        panic!("this test must run here but cannot: {reason}");
-    }
-    println!("SKIPPED: {reason}");
-}
 
 /// A stack configuration for simulated runs: fixed seed and MAC, modest socket memory.
 pub fn sim_stack_config(ip: Ipv4Addr, seed: u64) -> StackConfig {

@@ -7,17 +7,6 @@ use super::*;
 const NOSPACE_CHILD_ENV: &str = "USTACK_DIRSTORE_NOSPACE_DIR";
 const NOSPACE_MARK: &str = "NOSPACE-CHECKS-PASSED";
 
-fn effective_uid_is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// A full disk: runs itself again in a private mount namespace (`unshare -m`, so the
 /// mount disappears with the child whatever happens) on a 4 MiB tmpfs.
 #[test]
@@ -26,8 +15,7 @@ fn a_full_disk_is_no_space_and_leaves_chunks_whole() {
         no_space_child(Path::new(&dir));
         return;
     }
-    if !effective_uid_is_root() {
-        eprintln!("SKIPPED: mounting a small tmpfs (to fill a disk) needs root");
+    if !crate::testing::privileged::root_or_skip("mount a small tmpfs (to fill a disk)") {
         return;
     }
     let dir = TempDir::new("nospace");
