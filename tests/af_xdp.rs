@@ -29,21 +29,22 @@
 //! kernel server over the same pair.
 //!
 //! Needs root; under `scripts/test.sh` as root a skip is a failure. Child processes are this
-//! test binary itself, started with `USTACK_AFXDP_CHILD` set and `--exact child_process_entry`.
+//! test binary itself, running the ignored `child_process_entry` in a role
+//! (`tests/common/child.rs`).
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
-use common::{skip, Pattern, Rng};
+use common::child::{self, ChildCommand};
+use common::{skip, Pattern, Rng, Watched};
 use ustack::chunk::{
     ChunkClient, ChunkOp, ChunkServer, ClientConfig, Completion, MemStore, ServerConfig,
     ServerStats, StagingConfig,
@@ -65,7 +66,8 @@ const KERNEL_PORT: u16 = 7201;
 const CHUNK_LEN_MAX: usize = 4 << 20;
 const CHUNKS: usize = 500;
 const WALL_LIMIT: Duration = Duration::from_secs(300);
-const CHILD_ENV: &str = "USTACK_AFXDP_CHILD";
+/// What a child's reports start with.
+const REPORT: &str = "USTACK_CHILD ";
 /// A child server exits by itself after this long, whatever happens to the test.
 const CHILD_LIFETIME: Duration = Duration::from_secs(120);
 
@@ -877,96 +879,30 @@ fn xdp_client_against_xdp_server() {
 
 // --- 3. crash: SIGKILL leaves the interface to the kernel; a restart re-binds ----------------
 
-/// A child process (this test binary) that kills itself on drop if still running.
-struct ChildGuard {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+/// Starts this test binary as a child in `mode` (see [`child_process_entry`]) from a thread
+/// inside `ns` (the child inherits the thread's network namespace), as user `uid` if given,
+/// through `wrapper` (a program and its arguments, which then run this binary, e.g. `setpriv`
+/// to drop a capability). The child never has to run, so it is not held to the skip rule.
+fn spawn_child(ns: &netns::NetNs, mode: String, uid: Option<u32>, wrapper: &[&str]) -> Watched {
+    let mut cmd = ChildCommand::wrapped(wrapper, "child_process_entry", &mode)
+        .env_remove("USTACK_REQUIRE_PRIVILEGED_TESTS");
+    if let Some(id) = uid {
+        cmd = cmd.as_user(id);
+    }
+    cmd.spawn_in(ns)
 }
 
-impl ChildGuard {
-    /// Starts this test binary in child `mode` from a thread inside `ns` (the child inherits
-    /// the thread's network namespace). `uid` drops privileges.
-    fn spawn(ns: &ustack::sys::netns::NetNs, mode: String, uid: Option<u32>) -> ChildGuard {
-        ChildGuard::spawn_wrapped(ns, mode, uid, &[])
-    }
-
-    /// Like [`ChildGuard::spawn`], run through `wrapper` (a program and its arguments, which
-    /// then run this binary), e.g. `setpriv` to drop a capability.
-    fn spawn_wrapped(
-        ns: &ustack::sys::netns::NetNs,
-        mode: String,
-        uid: Option<u32>,
-        wrapper: &[&str],
-    ) -> ChildGuard {
-        let exe = std::env::current_exe().expect("current_exe");
-        let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
-        let mut child = ns
-            .run(move || {
-                let mut cmd = match wrapper.split_first() {
-                    None => Command::new(&exe),
-                    Some((program, args)) => {
-                        let mut c = Command::new(program);
-                        c.args(args).arg(&exe);
-                        c
-                    }
-                };
-                cmd.args(["--exact", "child_process_entry", "--nocapture"])
-                    .env(CHILD_ENV, mode)
-                    .env_remove("USTACK_REQUIRE_PRIVILEGED_TESTS")
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit());
-                if let Some(id) = uid {
-                    cmd.uid(id).gid(id);
-                }
-                cmd.spawn()
-            })
-            .expect("enter namespace")
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !line.starts_with("USTACK_CHILD ") {
-                    eprintln!("  child: {line}");
-                }
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        ChildGuard { child, lines }
-    }
-
-    /// The child's next line that starts with `USTACK_CHILD `, without the prefix.
-    fn next_report(&self, timeout: Duration) -> Result<String, String> {
-        let end = WallInstant::now() + timeout;
-        loop {
-            let left = end.saturating_duration_since(WallInstant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("USTACK_CHILD ") {
-                        return Ok(rest.to_string());
-                    }
-                }
-                Err(e) => return Err(format!("no report from the child: {e}")),
-            }
-        }
-    }
-
-    fn kill_and_wait(&mut self) -> std::process::ExitStatus {
-        // Child::kill sends SIGKILL to this child's pid.
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("wait")
-    }
+/// The child's next report (a line `USTACK_CHILD ...`), without the prefix.
+fn next_report(child: &mut Watched, timeout: Duration) -> Result<String, String> {
+    let line = child.wait_for_line(REPORT, timeout)?;
+    Ok(line[REPORT.len()..].to_string())
 }
 
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Waits for a child that reports and exits by itself.
+fn exit_status(child: &mut Watched) -> std::process::ExitStatus {
+    child
+        .stop(Duration::from_secs(30))
+        .expect("the child did not exit")
 }
 
 /// A kernel TCP server in A (on A's own address) and a kernel client in B exchange a message.
@@ -1040,8 +976,8 @@ fn sigkill_leaves_the_interface_to_the_kernel_and_a_restart_rebinds() {
     let mode = format!("serve {} {ip} nofilter", pair.iface_a());
     let addr = SocketAddr::from(SocketAddrV4::new(ip, PORT));
 
-    let mut first = ChildGuard::spawn(pair.a(), mode.clone(), None);
-    parse_ready(&first.next_report(Duration::from_secs(30)).unwrap()).unwrap();
+    let mut first = spawn_child(pair.a(), mode.clone(), None, &[]);
+    parse_ready(&next_report(&mut first, Duration::from_secs(30)).unwrap()).unwrap();
     assert!(xdp_attached(pair.a(), pair.iface_a()));
     let r = pair
         .b()
@@ -1056,7 +992,7 @@ fn sigkill_leaves_the_interface_to_the_kernel_and_a_restart_rebinds() {
         "kernel TCP worked while ustack held the whole interface"
     );
 
-    let status = first.kill_and_wait();
+    let status = first.kill();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert!(
@@ -1068,8 +1004,8 @@ fn sigkill_leaves_the_interface_to_the_kernel_and_a_restart_rebinds() {
     // Restart at once, twice: the second start races the first's socket teardown (EBUSY).
     let mut retries = Vec::new();
     for round in 0..2 {
-        let mut child = ChildGuard::spawn(pair.a(), mode.clone(), None);
-        let report = child.next_report(Duration::from_secs(30)).unwrap();
+        let mut child = spawn_child(pair.a(), mode.clone(), None, &[]);
+        let report = next_report(&mut child, Duration::from_secs(30)).unwrap();
         retries.push(parse_ready(&report).unwrap());
         let r = pair
             .b()
@@ -1077,7 +1013,7 @@ fn sigkill_leaves_the_interface_to_the_kernel_and_a_restart_rebinds() {
             .unwrap()
             .expect("round trip after restart");
         assert_eq!(r.chunks, 20);
-        child.kill_and_wait();
+        child.kill();
     }
     println!("EBUSY retries of the restarts: {retries:?}");
     assert!(!xdp_attached(pair.a(), pair.iface_a()));
@@ -1159,14 +1095,15 @@ fn unprivileged_error_names_the_missing_capabilities() {
     let Some(pair) = topology(5) else {
         return;
     };
-    let mut child = ChildGuard::spawn(
+    let mut child = spawn_child(
         pair.a(),
         format!("unprivileged {}", pair.iface_a()),
         Some(65534),
+        &[],
     );
-    let probe = child.next_report(Duration::from_secs(30)).unwrap();
-    let open = child.next_report(Duration::from_secs(30)).unwrap();
-    let status = child.child.wait().expect("wait");
+    let probe = next_report(&mut child, Duration::from_secs(30)).unwrap();
+    let open = next_report(&mut child, Duration::from_secs(30)).unwrap();
+    let status = exit_status(&mut child);
     println!("{probe}\n{open}");
     assert!(status.success(), "{status:?}");
     for report in [&probe, &open] {
@@ -1210,9 +1147,14 @@ fn auto_without_privileges_lists_what_was_tried() {
     let Some(pair) = topology(13) else {
         return;
     };
-    let mut child = ChildGuard::spawn(pair.a(), format!("auto {}", pair.iface_a()), Some(65534));
-    let report = child.next_report(Duration::from_secs(30)).unwrap();
-    let status = child.child.wait().expect("wait");
+    let mut child = spawn_child(
+        pair.a(),
+        format!("auto {}", pair.iface_a()),
+        Some(65534),
+        &[],
+    );
+    let report = next_report(&mut child, Duration::from_secs(30)).unwrap();
+    let status = exit_status(&mut child);
     println!("{report}");
     assert!(status.success(), "{status:?}");
     assert!(report.starts_with("ERROR"), "{report}");
@@ -1238,16 +1180,16 @@ fn without_cap_ipc_lock_the_umem_must_fit_the_memlock_limit() {
         return;
     }
     // Root without CAP_IPC_LOCK: the bounding set is what root's capabilities come from at exec.
-    let mut child = ChildGuard::spawn_wrapped(
+    let mut child = spawn_child(
         pair.a(),
         format!("nolock {}", pair.iface_a()),
         None,
         &["setpriv", "--bounding-set", "-ipc_lock", "--"],
     );
     let reports: Vec<String> = (0..3)
-        .map(|_| child.next_report(Duration::from_secs(30)).unwrap())
+        .map(|_| next_report(&mut child, Duration::from_secs(30)).unwrap())
         .collect();
-    let status = child.child.wait().expect("wait");
+    let status = exit_status(&mut child);
     println!("{}", reports.join("\n"));
     assert!(status.success(), "{status:?}");
     let limit_kib = std::fs::read_to_string("/proc/self/limits")
@@ -1336,22 +1278,20 @@ fn a_second_device_on_the_same_interface_is_refused_and_the_first_keeps_working(
 
 // --- the child process ------------------------------------------------------------------------
 
-/// Runs only as a child (with `USTACK_AFXDP_CHILD` set); as a plain test it does nothing.
+/// Child entry point (`tests/common/child.rs`); its role is the mode:
 ///
 /// - `serve IFACE IP nofilter|filter`: a ustack chunk server on AF_XDP; prints
-///   `USTACK_CHILD READY ...` and serves until killed (or `CHILD_LIFETIME` passes).
+///   `USTACK_CHILD READY ...` and serves until killed, its parent gone, or `CHILD_LIFETIME`.
 /// - `unprivileged IFACE`: prints the errors of `probe` and `open`.
 #[test]
+#[ignore = "child process of the AF_XDP tests, run by them"]
 fn child_process_entry() {
-    let Ok(mode) = std::env::var(CHILD_ENV) else {
+    let Some(mode) = child::role() else {
         return;
     };
     init_log();
     let words: Vec<&str> = mode.split_whitespace().collect();
-    let report = |s: String| {
-        println!("USTACK_CHILD {s}");
-        let _ = std::io::stdout().flush();
-    };
+    let report = |s: String| child::report(format!("{REPORT}{s}"));
     match words.as_slice() {
         ["serve", iface, ip, filter] => {
             let ip: Ipv4Addr = ip.parse().expect("ip");
@@ -1381,8 +1321,9 @@ fn child_process_entry() {
                 "READY attach={} bind={} retries={}",
                 m.attach, m.bind, m.busy_retries
             ));
+            let parent_gone = child::stdin_closed();
             let end = WallInstant::now() + CHILD_LIFETIME;
-            while WallInstant::now() < end {
+            while WallInstant::now() < end && !parent_gone.load(Ordering::Acquire) {
                 let now = Instant::now();
                 if !(stack.poll(now) | server.poll(&mut stack)) {
                     stack.wait(now, Duration::from_millis(1));

@@ -1,8 +1,8 @@
 //! Two processes, each with its own DPDK EAL and a ustack stack on a `net_memif` port, joined
 //! by DPDK's memif PMD (shared memory): a `ChunkServer` in this (the test's) process, a
-//! `ChunkClient` in a child process — the test binary itself, started with
-//! `USTACK_DPDK_TEST_ROLE=client` to run only the client side of the same test. The memif
-//! server role starts first; the client connects to it.
+//! `ChunkClient` in a child process — the test binary itself, running the ignored client entry
+//! point of the test (`..._client`, `tests/common/child.rs`). The memif server role starts
+//! first; the client connects to it.
 //!
 //! - `memif_chunks_round_trip_between_two_processes`: 500 chunks, sizes log-uniform from 1 B to
 //!   4 MiB, written and read back, every byte compared.
@@ -30,10 +30,9 @@ mod dpdk {
     use std::sync::Arc;
     use std::time::{Duration, Instant as WallInstant};
 
-    use super::common::{skip, Pattern, Rng};
-    use super::dpdk_support::{
-        chunk_content, first_difference, is_root, role, ChildProc, ChunkPlan, CHUNKS, CHUNK_LEN_MAX,
-    };
+    use super::common::child::{self, ChildCommand};
+    use super::common::{is_root, skip, Pattern, Rng, Watched};
+    use super::dpdk_support::{chunk_content, first_difference, ChunkPlan, CHUNKS, CHUNK_LEN_MAX};
     use ustack::chunk::{
         ChunkClient, ChunkOp, ChunkServer, ClientConfig, Completion, MemStore, ServerConfig,
         Staging, StagingConfig, SubmitError,
@@ -70,7 +69,7 @@ mod dpdk {
     fn serve(
         stack: &mut Stack<DpdkDevice>,
         server: &mut ChunkServer<Arc<MemStore>>,
-        child: &mut ChildProc,
+        child: &mut Watched,
         limit: Duration,
         busy_poll: bool,
     ) -> ExitStatus {
@@ -123,8 +122,13 @@ mod dpdk {
         }
     }
 
-    /// The server side of a two-process memif test: returns the child's output lines.
-    fn memif_server(test: &str, connections: usize, busy_poll: bool) -> Option<Vec<String>> {
+    /// The server side of a two-process memif test, whose client side is the child entry point
+    /// `client_entry`: returns the child's output lines.
+    fn memif_server(
+        client_entry: &str,
+        connections: usize,
+        busy_poll: bool,
+    ) -> Option<Vec<String>> {
         if !is_root() {
             skip("DPDK needs root (hugepages)");
             return None;
@@ -152,7 +156,9 @@ mod dpdk {
             server_config(connections, 8),
         )
         .expect("chunk server");
-        let mut child = ChildProc::spawn(&[], test, "client", &[(SOCKET_ENV, &socket)]);
+        let mut child = ChildCommand::new(client_entry, "client")
+            .env(SOCKET_ENV, &socket)
+            .spawn();
         let status = serve(
             &mut stack,
             &mut server,
@@ -212,12 +218,7 @@ mod dpdk {
 
     #[test]
     fn memif_chunks_round_trip_between_two_processes() {
-        const TEST: &str = "dpdk::memif_chunks_round_trip_between_two_processes";
-        if role().as_deref() == Some("client") {
-            round_trip_client();
-            return;
-        }
-        let Some(lines) = memif_server(TEST, 2, false) else {
+        let Some(lines) = memif_server("dpdk::memif_chunks_round_trip_client", 2, false) else {
             return;
         };
         assert!(
@@ -228,7 +229,13 @@ mod dpdk {
         );
     }
 
-    fn round_trip_client() {
+    /// Child entry point: the client side of `memif_chunks_round_trip_between_two_processes`.
+    #[test]
+    #[ignore = "child process of memif_chunks_round_trip_between_two_processes, run by it"]
+    fn memif_chunks_round_trip_client() {
+        if child::role().is_none() {
+            return;
+        }
         let mut stack = memif_client_stack(4);
         let cfg = ClientConfig {
             staging: StagingConfig {
@@ -571,11 +578,11 @@ mod dpdk {
             .unwrap_or(3.0)
     }
 
+    /// Child entry point: the client side of `memif_bench_next_to_kernel_loopback`.
     #[test]
-    #[ignore = "benchmark: cargo test --release --features dpdk --test dpdk_memif -- --ignored --nocapture"]
-    fn memif_bench_next_to_kernel_loopback() {
-        const TEST: &str = "dpdk::memif_bench_next_to_kernel_loopback";
-        if role().as_deref() == Some("client") {
+    #[ignore = "child process of memif_bench_next_to_kernel_loopback, run by it"]
+    fn memif_bench_client() {
+        if child::role().is_some() {
             let mut stack = memif_client_stack(40);
             let staging = Staging::new(&bench_staging(), 1 << 20).expect("staging");
             let cfg = bench_client_config();
@@ -600,12 +607,16 @@ mod dpdk {
             }
             bench_all(&mut c, "ustack+dpdk-memif", bench_secs());
             println!("client stack {:?}", c.stack.stats());
-            return;
         }
+    }
+
+    #[test]
+    #[ignore = "benchmark: cargo test --release --features dpdk --test dpdk_memif -- --ignored --nocapture"]
+    fn memif_bench_next_to_kernel_loopback() {
         let glibc = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
         let busy = !idle_sleeps();
         println!("GLIBC_TUNABLES={glibc:?} (both processes); ustack busy-polls: {busy}");
-        let Some(memif_lines) = memif_server(TEST, 36, busy) else {
+        let Some(memif_lines) = memif_server("dpdk::memif_bench_client", 36, busy) else {
             return;
         };
         // Kernel TCP on loopback, same binary, same run.

@@ -5,8 +5,8 @@
 //!   PMD bound to one end of a veth pair (`sys::netns::VethPair`), the kernel client on the other
 //!   end: 500 chunks, sizes log-uniform from 1 B to 4 MiB, written and read back, every byte
 //!   compared. The DPDK side is a process of its own inside namespace A (`ip netns exec A <this
-//!   test binary>` with `USTACK_DPDK_TEST_ROLE=server`): its EAL, its AF_PACKET socket and its
-//!   threads all live there. The kernel in namespace A has its address removed from the veth
+//!   test binary>` running the ignored `dpdk::server_child`, `tests/common/child.rs`): its EAL,
+//!   its AF_PACKET socket and its threads all live there. The kernel in namespace A has its address removed from the veth
 //!   end, so only ustack answers for it.
 //! - `tap_pmd_with_tx_checksum_offload_serves_a_kernel_tcp_client`: the same server on DPDK's
 //!   `net_tap` PMD, which offers IPv4/TCP transmit checksum offload: smoltcp leaves both
@@ -35,11 +35,9 @@ mod dpdk {
     use std::sync::Arc;
     use std::time::{Duration, Instant as WallInstant};
 
-    use super::common::skip;
-    use super::dpdk_support::{
-        chunk_content, first_difference, is_root, role, stdin_closed_flag, ChildProc, ChunkPlan,
-        CHUNKS, CHUNK_LEN_MAX,
-    };
+    use super::common::child::{self, ChildCommand};
+    use super::common::{is_root, skip, Watched};
+    use super::dpdk_support::{chunk_content, first_difference, ChunkPlan, CHUNKS, CHUNK_LEN_MAX};
     use ustack::chunk::{
         ChunkOp, ChunkServer, ClientConfig, MemStore, ServerConfig, StagingConfig,
     };
@@ -80,26 +78,33 @@ mod dpdk {
 
     /// Starts the DPDK server process inside `ns` on `vdev` with address `ip`, and waits until
     /// it serves.
-    fn spawn_server(ns: &NetNs, test: &str, vdev: &str, ip: Ipv4Addr, offload: bool) -> ChildProc {
-        let ip = ip.to_string();
-        let mut server = ChildProc::spawn(
+    fn spawn_server(ns: &NetNs, vdev: &str, ip: Ipv4Addr, offload: bool) -> Watched {
+        let mut server = ChildCommand::wrapped(
             &["ip", "netns", "exec", ns.name()],
-            test,
+            "dpdk::server_child",
             "server",
-            &[
-                (VDEV_ENV, vdev),
-                (IP_ENV, &ip),
-                (OFFLOAD_ENV, if offload { "1" } else { "0" }),
-            ],
-        );
+        )
+        .env(VDEV_ENV, vdev)
+        .env(IP_ENV, ip.to_string())
+        .env(OFFLOAD_ENV, if offload { "1" } else { "0" })
+        .spawn();
         server
-            .wait_for_line("READY", Duration::from_secs(60))
+            .wait_for_line(child::READY, Duration::from_secs(60))
             .expect("the DPDK server process did not come up");
         server
     }
 
+    /// Child entry point: the DPDK server of both tests, in its namespace.
+    #[test]
+    #[ignore = "child process of the dpdk_veth tests, run by them"]
+    fn server_child() {
+        if child::role().is_some() {
+            dpdk_server();
+        }
+    }
+
     /// Stops the server process and checks it reported and exited cleanly.
-    fn finish(mut server: ChildProc, result: Result<String, String>) {
+    fn finish(mut server: Watched, result: Result<String, String>) {
         let status = server.stop(Duration::from_secs(30));
         let lines = server.lines();
         let summary = result.expect("kernel client round trip");
@@ -116,11 +121,6 @@ mod dpdk {
 
     #[test]
     fn af_packet_on_veth_serves_a_kernel_tcp_client() {
-        const TEST: &str = "dpdk::af_packet_on_veth_serves_a_kernel_tcp_client";
-        if role().as_deref() == Some("server") {
-            dpdk_server();
-            return;
-        }
         if !can_run() {
             return;
         }
@@ -136,7 +136,7 @@ mod dpdk {
             .ip(["addr", "flush", "dev", pair.iface_a()])
             .expect("remove the kernel's address in A");
         let vdev = format!("net_af_packet0,iface={},framecnt=4096", pair.iface_a());
-        let server = spawn_server(pair.a(), TEST, &vdev, pair.addr_a(), false);
+        let server = spawn_server(pair.a(), &vdev, pair.addr_a(), false);
         let addr = SocketAddr::V4(SocketAddrV4::new(pair.addr_a(), PORT));
         let result = pair
             .b()
@@ -147,11 +147,6 @@ mod dpdk {
 
     #[test]
     fn tap_pmd_with_tx_checksum_offload_serves_a_kernel_tcp_client() {
-        const TEST: &str = "dpdk::tap_pmd_with_tx_checksum_offload_serves_a_kernel_tcp_client";
-        if role().as_deref() == Some("server") {
-            dpdk_server();
-            return;
-        }
         if !can_run() {
             return;
         }
@@ -161,7 +156,7 @@ mod dpdk {
         let iface = format!("dtap{:x}", std::process::id());
         let ustack_ip = Ipv4Addr::new(10, 206, 0, 2);
         let vdev = format!("net_tap0,iface={iface}");
-        let server = spawn_server(&ns, TEST, &vdev, ustack_ip, true);
+        let server = spawn_server(&ns, &vdev, ustack_ip, true);
         ns.ip(["addr", "add", "10.206.0.1/24", "dev", &iface])
             .expect("kernel address on the TAP");
         ns.ip(["link", "set", &iface, "up"]).expect("TAP up");
@@ -238,7 +233,7 @@ mod dpdk {
             .parse()
             .expect("an IPv4 address");
         let offload = std::env::var(OFFLOAD_ENV).as_deref() == Ok("1");
-        let stop = stdin_closed_flag();
+        let stop = child::stdin_closed();
         let dev = DpdkDevice::open(&DpdkConfig::from_vdev(&vdev)).expect("DPDK port");
         println!(
             "port {} ({}) from {vdev}, mac {:02x?}, tx checksum offload {}",
@@ -274,7 +269,7 @@ mod dpdk {
             },
         )
         .expect("chunk server");
-        println!("READY");
+        child::report(child::READY);
         let start = WallInstant::now();
         let mut idle = 0u32;
         while !stop.load(Ordering::Acquire) {

@@ -7,8 +7,9 @@
 //!   DPDK memif client connects once, at start, so the DPDK side goes first here too); this
 //!   process runs the chunk client on a native memif *client*.
 //!
-//! The child is this test binary again, with `USTACK_DPDK_TEST_ROLE` set; each process starts at
-//! most one DPDK EAL. Needs root (DPDK); under `scripts/test.sh` a skip is a failure.
+//! The child is this test binary again, running the test's ignored `..._child` entry point
+//! (`tests/common/child.rs`); each process starts at most one DPDK EAL. Needs root (DPDK); under
+//! `scripts/test.sh` a skip is a failure.
 
 mod common;
 #[cfg(feature = "dpdk")]
@@ -27,11 +28,9 @@ mod interop {
     use std::sync::Arc;
     use std::time::{Duration, Instant as WallInstant};
 
-    use super::common::skip;
-    use super::dpdk_support::{
-        chunk_content, first_difference, is_root, role, stdin_closed_flag, ChildProc, ChunkPlan,
-        CHUNKS, CHUNK_LEN_MAX,
-    };
+    use super::common::child::{self, ChildCommand};
+    use super::common::{is_root, skip};
+    use super::dpdk_support::{chunk_content, first_difference, ChunkPlan, CHUNKS, CHUNK_LEN_MAX};
     use ustack::chunk::{ChunkClient, ChunkOp, ChunkServer, ClientConfig, MemStore, ServerConfig};
     use ustack::dev::dpdk::{DpdkConfig, DpdkDevice};
     use ustack::dev::memif::{MemifConfig, MemifDevice, MemifRole};
@@ -206,18 +205,24 @@ mod interop {
         Ok(())
     }
 
+    /// Child entry point: the DPDK client of `native_server_dpdk_client`.
     #[test]
-    fn native_server_dpdk_client() {
-        if role().as_deref() == Some("dpdk-client") {
-            let socket = PathBuf::from(std::env::var(SOCKET_ENV).expect("socket"));
-            let dev = DpdkDevice::open(&dpdk_memif("client", &socket)).expect("DPDK memif client");
-            let mac = dev.mac();
-            let mut st = stack(dev, CLIENT_IP, Some(mac));
-            wait_link(&mut st).expect("link");
-            let verified = round_trip(&mut st).expect("round trip over DPDK net_memif");
-            println!("VERIFIED {verified}");
+    #[ignore = "child process of native_server_dpdk_client, run by it"]
+    fn native_server_dpdk_client_child() {
+        if child::role().is_none() {
             return;
         }
+        let socket = PathBuf::from(std::env::var(SOCKET_ENV).expect("socket"));
+        let dev = DpdkDevice::open(&dpdk_memif("client", &socket)).expect("DPDK memif client");
+        let mac = dev.mac();
+        let mut st = stack(dev, CLIENT_IP, Some(mac));
+        wait_link(&mut st).expect("link");
+        let verified = round_trip(&mut st).expect("round trip over DPDK net_memif");
+        println!("VERIFIED {verified}");
+    }
+
+    #[test]
+    fn native_server_dpdk_client() {
         if !is_root() {
             skip("DPDK needs root (hugepages)");
             return;
@@ -228,12 +233,10 @@ mod interop {
             .expect("native memif server");
         let mut st = stack(dev, SERVER_IP, None);
         let sock = socket.display().to_string();
-        let mut child = ChildProc::spawn(
-            &[],
-            "interop::native_server_dpdk_client",
-            "dpdk-client",
-            &[(SOCKET_ENV, &sock)],
-        );
+        let mut child =
+            ChildCommand::new("interop::native_server_dpdk_client_child", "dpdk-client")
+                .env(SOCKET_ENV, &sock)
+                .spawn();
         serve(&mut st, || child.try_wait().is_some()).expect("serve");
         let status = child.try_wait().expect("child ended");
         let lines = child.lines();
@@ -249,19 +252,25 @@ mod interop {
         println!("memif: {:?}", st.device().memif_stats());
     }
 
+    /// Child entry point: the DPDK server of `dpdk_server_native_client`.
     #[test]
-    fn dpdk_server_native_client() {
-        if role().as_deref() == Some("dpdk-server") {
-            let socket = PathBuf::from(std::env::var(SOCKET_ENV).expect("socket"));
-            let dev = DpdkDevice::open(&dpdk_memif("server", &socket)).expect("DPDK memif server");
-            let mac = dev.mac();
-            let mut st = stack(dev, SERVER_IP, Some(mac));
-            println!("READY");
-            // Serve until the parent closes our stdin.
-            let stop = stdin_closed_flag();
-            serve(&mut st, || stop.load(std::sync::atomic::Ordering::Acquire)).expect("serve");
+    #[ignore = "child process of dpdk_server_native_client, run by it"]
+    fn dpdk_server_native_client_child() {
+        if child::role().is_none() {
             return;
         }
+        let socket = PathBuf::from(std::env::var(SOCKET_ENV).expect("socket"));
+        let dev = DpdkDevice::open(&dpdk_memif("server", &socket)).expect("DPDK memif server");
+        let mac = dev.mac();
+        let mut st = stack(dev, SERVER_IP, Some(mac));
+        child::report(child::READY);
+        // Serve until the parent closes our stdin.
+        let stop = child::stdin_closed();
+        serve(&mut st, || stop.load(std::sync::atomic::Ordering::Acquire)).expect("serve");
+    }
+
+    #[test]
+    fn dpdk_server_native_client() {
         if !is_root() {
             skip("DPDK needs root (hugepages)");
             return;
@@ -269,14 +278,12 @@ mod interop {
         let dir = temp_dir("dn");
         let socket = dir.0.join("memif.sock");
         let sock = socket.display().to_string();
-        let mut child = ChildProc::spawn(
-            &[],
-            "interop::dpdk_server_native_client",
-            "dpdk-server",
-            &[(SOCKET_ENV, &sock)],
-        );
+        let mut child =
+            ChildCommand::new("interop::dpdk_server_native_client_child", "dpdk-server")
+                .env(SOCKET_ENV, &sock)
+                .spawn();
         child
-            .wait_for_line("READY", Duration::from_secs(60))
+            .wait_for_line(child::READY, Duration::from_secs(60))
             .expect("DPDK server ready");
         let dev = MemifDevice::open(&MemifConfig::new(&socket, MemifRole::Client))
             .expect("native memif client");

@@ -4,12 +4,14 @@
 //! `/dev/net/tun`; without them each test prints why it skips. Every address used lives in a
 //! namespace the test creates (10.201.x.y, 10.202.x.y).
 
+mod common;
+
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::child::{self, ChildCommand};
 use ustack::dev::tap::{TapConfig, TapDevice, TapError};
 use ustack::sys::netns::{self, NetNs, NetNsError, VethConfig, VethPair};
 use ustack::{Batch, Frame, Instant, PacketDevice, PoolBuf};
@@ -39,10 +41,7 @@ fn skip_reason(needs_tun: bool) -> Option<String> {
 macro_rules! skip_unless_able {
     ($needs_tun:expr) => {
         if let Some(reason) = skip_reason($needs_tun) {
-            if std::env::var_os("USTACK_REQUIRE_PRIVILEGED_TESTS").is_some() {
-                panic!("this test must run here but cannot: {reason}");
-            }
-            eprintln!("SKIPPED: {reason}");
+            common::skip(&reason);
             return;
         }
     };
@@ -338,14 +337,14 @@ fn sending_while_the_interface_is_down_drops_and_counts() {
     assert_eq!(dev.pool().stats().in_use, 0);
 }
 
-const CHILD_ENV: &str = "USTACK_TAP_TEST_UNPRIVILEGED_CHILD";
 const CHILD_MARK: &str = "CHILD-RESULT:";
 
-/// Not a test by itself: the body of the unprivileged child that
-/// `unprivileged_open_is_permission_denied` runs (it passes trivially otherwise).
+/// Child entry point (`tests/common/child.rs`): the unprivileged child that
+/// `unprivileged_open_is_permission_denied` runs as uid 65534.
 #[test]
+#[ignore = "child process of unprivileged_open_is_permission_denied, run by it"]
 fn unprivileged_child_entry() {
-    if std::env::var_os(CHILD_ENV).is_none() {
+    if child::role().is_none() {
         return;
     }
     match TapDevice::open(&TapConfig::default()) {
@@ -363,28 +362,15 @@ fn unprivileged_child_entry() {
     }
 }
 
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[test]
 fn unprivileged_open_is_permission_denied() {
     skip_unless_able!(true);
-    if effective_uid() != Some(0) {
-        eprintln!("SKIPPED: dropping privileges to uid 65534 needs root");
+    if !common::root_or_skip("drop privileges to uid 65534") {
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(&exe)
-        .args(["--exact", "unprivileged_child_entry", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env(CHILD_ENV, "1")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap_or_else(|e| panic!("running {} as uid 65534: {e}", exe.display()));
+    let out = ChildCommand::new("unprivileged_child_entry", "unprivileged")
+        .as_user(65534)
+        .output();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -1,7 +1,8 @@
 //! Shared test support: a virtual-time driver for two stacks on the simulated link, test data
-//! patterns, and the rule for tests that need privileges.
+//! patterns, child processes (`child`), and the rule for tests that need privileges.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod frames;
 /// The rule for tests that need privileges, and the is-root check: the file the crate's unit
 /// tests use as `ustack::testing::privileged`.
@@ -10,13 +11,13 @@ mod privileged;
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
+pub use child::Watched;
+#[allow(unused_imports)]
 pub use privileged::{effective_uid, is_root, root_or_skip, skip};
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use ustack::dev::sim::{SimConfig, SimLink, SimPort, SplitMix64};
@@ -255,94 +256,6 @@ pub fn example_binary(name: &str) -> PathBuf {
         assert!(status.success(), "building the {name} example failed");
     }
     bin
-}
-
-/// A child process whose standard output is read line by line on a thread: every line is kept
-/// (for the test's checks and its failure messages) and can be waited for.
-pub struct Watched {
-    pub child: ustack::sys::proc::OwnedChild,
-    lines: mpsc::Receiver<String>,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Watched {
-    /// Starts `cmd` with its standard output piped (standard error goes to the test's).
-    pub fn spawn(cmd: &mut Command, what: &str) -> Watched {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-        let mut child = ustack::sys::proc::OwnedChild::spawn(cmd, what).expect("spawn");
-        let stdout = child.child_mut().stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let keep = Arc::clone(&log);
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        Watched {
-            child,
-            lines,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    /// Waits up to `timeout` for it to exit by itself and returns its status and everything it
-    /// printed; `Err` with its output if it is still running then (it is killed).
-    pub fn wait(mut self, timeout: Duration) -> Result<(std::process::ExitStatus, String), String> {
-        match self.child.wait_timeout(timeout) {
-            Ok(Some(st)) => Ok((st, self.collect())),
-            Ok(None) => Err(format!(
-                "{} still running after {timeout:?}; it printed:\n{}",
-                self.child.what(),
-                self.output()
-            )),
-            Err(e) => Err(format!("waiting for {}: {e}", self.child.what())),
-        }
-    }
-
-    /// Stops it with SIGTERM (SIGKILL after `grace`) and returns its status, whether it had to
-    /// be killed, and everything it printed.
-    pub fn terminate(mut self, grace: Duration) -> (std::process::ExitStatus, bool, String) {
-        let (st, killed) = self.child.terminate(grace).expect("terminate");
-        (st, killed, self.collect())
-    }
-
-    /// Everything it printed, once its output has ended.
-    fn collect(&mut self) -> String {
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        self.output()
-    }
-
-    /// Waits up to `timeout` for a line that starts with `prefix` and returns it; `Err` with
-    /// what the program printed if it does not come (or the program exits first).
-    pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> Result<String, String> {
-        let end = std::time::Instant::now() + timeout;
-        loop {
-            let left = end.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return Ok(line),
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(format!(
-                        "{}: no line starting with {prefix:?} ({e}); it printed:\n{}",
-                        self.child.what(),
-                        self.output()
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Everything it printed on standard output so far.
-    pub fn output(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
 }
 
 /// A directory of the test's own, removed (with everything in it) when dropped.
