@@ -75,7 +75,8 @@ pub fn stdin_closed() -> Arc<AtomicBool> {
 /// How to start this test binary as a child in a role.
 pub struct ChildCommand {
     cmd: Command,
-    entry: String,
+    /// The entry point, for a test binary (`None`: a binary with a `main` of its own).
+    entry: Option<String>,
     role: String,
 }
 
@@ -99,12 +100,31 @@ impl ChildCommand {
             }
             None => Command::new(&exe),
         };
-        cmd.args(["--ignored", "--exact", entry, "--nocapture", "--test-threads=1"])
-            .env(ROLE_ENV, role)
-            .env("RUST_BACKTRACE", "1");
+        cmd.args([
+            "--ignored",
+            "--exact",
+            entry,
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE_ENV, role)
+        .env("RUST_BACKTRACE", "1");
         ChildCommand {
             cmd,
-            entry: entry.to_string(),
+            entry: Some(entry.to_string()),
+            role: role.to_string(),
+        }
+    }
+
+    /// `<this binary>` with [`ROLE_ENV`] = `role` and no arguments: for a binary with a `main`
+    /// of its own (a bench with `harness = false`), which plays the role first thing.
+    pub fn main(role: &str) -> ChildCommand {
+        let exe = std::env::current_exe().expect("this binary's path");
+        let mut cmd = Command::new(exe);
+        cmd.env(ROLE_ENV, role).env("RUST_BACKTRACE", "1");
+        ChildCommand {
+            cmd,
+            entry: None,
             role: role.to_string(),
         }
     }
@@ -131,7 +151,10 @@ impl ChildCommand {
     /// line (each line also echoed here, prefixed with the role), stderr the test's.
     pub fn spawn(mut self) -> Watched {
         self.cmd.stdin(Stdio::piped()).stderr(Stdio::inherit());
-        let libtest = format!("test {} ... ", self.entry);
+        let libtest = match &self.entry {
+            Some(entry) => format!("test {entry} ... "),
+            None => String::new(),
+        };
         Watched::start(&mut self.cmd, &self.role, Some((&self.role, libtest)))
     }
 
