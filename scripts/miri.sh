@@ -8,47 +8,67 @@
 # Not Miri-able: tests/ binaries that map hugepages or touch /proc and /sys (Miri has no mmap of
 # hugepages and isolates the file system), and anything that does real device I/O.
 #
-# When nightly or its miri / rust-src components are missing, it tries
-# `rustup component add --toolchain nightly miri rust-src`; if that fails it prints
-# "SKIPPED: <reason>" and exits 0 (CI decides whether a skip is acceptable).
-# Environment: MIRIFLAGS is passed through (default: -Zmiri-strict-provenance).
+# What it needs, and installs when missing (it says so): the nightly toolchain with the miri and
+# rust-src components (`rustup toolchain install nightly --profile minimal --component
+# miri,rust-src`, or `rustup component add` on an installed nightly), then Miri's own sysroot
+# (`cargo +nightly miri setup`).
+#
+# When that cannot be had (no rustup, offline, no miri for this nightly) it skips, with the same
+# rule as the tests that need privileges: under `scripts/test.sh` as root
+# (USTACK_REQUIRE_PRIVILEGED_TESTS set) a skip is a failure (exit 1); run by hand elsewhere it
+# prints "SKIPPED: <reason>" and exits 0.
+#
+# Environment: USTACK_MIRI_TOOLCHAIN (default nightly) names the toolchain; MIRIFLAGS is passed
+# through (default: -Zmiri-strict-provenance).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
+toolchain="${USTACK_MIRI_TOOLCHAIN:-nightly}"
+
 skip() {
+    if [ -n "${USTACK_REQUIRE_PRIVILEGED_TESTS:-}" ]; then
+        echo "miri.sh: FAILED: Miri must run here but cannot: $*" >&2
+        exit 1
+    fi
     echo "SKIPPED: $*"
     exit 0
 }
 
 command -v cargo >/dev/null 2>&1 || skip "cargo is not installed"
-command -v rustup >/dev/null 2>&1 || skip "rustup is not installed (needed for the nightly toolchain with miri)"
+command -v rustup >/dev/null 2>&1 || skip "rustup is not installed (needed for the $toolchain toolchain with miri)"
 
-if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-    skip "no nightly toolchain; install it with: rustup toolchain install nightly --component miri,rust-src"
-fi
+have_toolchain() {
+    rustup run "$toolchain" rustc --version >/dev/null 2>&1
+}
 
 have_components() {
     local installed
-    installed=$(rustup component list --toolchain nightly --installed 2>/dev/null) || return 1
+    installed=$(rustup component list --toolchain "$toolchain" --installed 2>/dev/null) || return 1
     grep -q '^miri' <<<"$installed" && grep -q '^rust-src' <<<"$installed"
 }
 
+if ! have_toolchain; then
+    echo "miri.sh: no $toolchain toolchain; installing it: rustup toolchain install $toolchain --profile minimal --component miri,rust-src"
+    rustup toolchain install "$toolchain" --profile minimal --component miri,rust-src \
+        || skip "could not install the $toolchain toolchain with miri and rust-src (offline, or no such toolchain)"
+    have_toolchain || skip "the $toolchain toolchain does not run after rustup toolchain install"
+fi
+
 if ! have_components; then
-    echo "miri.sh: nightly lacks miri or rust-src; trying: rustup component add --toolchain nightly miri rust-src"
-    if ! rustup component add --toolchain nightly miri rust-src; then
-        skip "could not add the miri and rust-src components to the nightly toolchain (offline, or not available for this nightly)"
-    fi
-    have_components || skip "miri or rust-src still missing from the nightly toolchain after rustup component add"
+    echo "miri.sh: $toolchain lacks miri or rust-src; installing them: rustup component add --toolchain $toolchain miri rust-src"
+    rustup component add --toolchain "$toolchain" miri rust-src \
+        || skip "could not add the miri and rust-src components to the $toolchain toolchain (offline, or not available for it)"
+    have_components || skip "miri or rust-src still missing from the $toolchain toolchain after rustup component add"
 fi
 
 # Build Miri's own sysroot once (prints nothing useful on success).
-if ! cargo +nightly miri setup >/dev/null 2>&1; then
-    skip "\`cargo +nightly miri setup\` failed (it needs rust-src); run it by hand to see why"
+if ! cargo "+$toolchain" miri setup >/dev/null 2>&1; then
+    skip "\`cargo +$toolchain miri setup\` failed (it needs rust-src); run it by hand to see why"
 fi
 
 export MIRIFLAGS="${MIRIFLAGS:--Zmiri-strict-provenance}"
-echo "miri.sh: $(cargo +nightly miri --version 2>/dev/null), MIRIFLAGS=$MIRIFLAGS"
+echo "miri.sh: $(cargo "+$toolchain" miri --version 2>/dev/null), MIRIFLAGS=$MIRIFLAGS"
 
 filters=("$@")
 if [ ${#filters[@]} -eq 0 ]; then
@@ -57,8 +77,8 @@ fi
 
 status=0
 for f in "${filters[@]}"; do
-    echo "miri.sh: cargo +nightly miri test --lib $f"
-    if ! cargo +nightly miri test --lib "$f"; then
+    echo "miri.sh: cargo +$toolchain miri test --lib $f"
+    if ! cargo "+$toolchain" miri test --lib "$f"; then
         echo "miri.sh: FAILED under Miri: --lib $f"
         status=1
     fi
