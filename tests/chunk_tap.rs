@@ -159,10 +159,138 @@ fn raise_fd_limit(want: u64) -> Result<(), String> {
     }
 }
 
+/// Connections the flood opens.
+const FLOOD: usize = 10_000;
+
+/// Bad input, each on a connection of its own: garbage, a header whose CRC does not match and
+/// a lying length (each answered with an error, then closed); a bad payload CRC (answered, the
+/// connection lives on); a frame cut short by the client.
+fn send_bad_input() -> Result<(), String> {
+    // Garbage: not our magic. Error, then the server closes.
+    let mut s = raw(server_addr())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    expect_error(&mut s, Status::Malformed, true)?;
+    // A header whose CRC does not match.
+    drop(s);
+    let mut s = raw(server_addr())?;
+    let mut h = RequestHeader::new(1, Request::Ping).to_bytes();
+    h[20] ^= 0x40;
+    s.write_all(&h).map_err(|e| e.to_string())?;
+    expect_error(&mut s, Status::BadHeaderChecksum, true)?;
+    // A lying length: a WRITE announcing more than the payload limit (CRC fixed up).
+    drop(s);
+    let mut s = raw(server_addr())?;
+    let mut h = RequestHeader::new(
+        2,
+        Request::Write {
+            chunk_id: ChunkId(1),
+            offset: 0,
+            len: 1 << 20,
+            crc: 0,
+        },
+    )
+    .to_bytes();
+    let huge = (64u32 << 20).to_le_bytes();
+    h[4..8].copy_from_slice(&huge);
+    h[40..44].copy_from_slice(&huge);
+    let crc = crc32c(&h[..52]).to_le_bytes();
+    h[52..56].copy_from_slice(&crc);
+    s.write_all(&h).map_err(|e| e.to_string())?;
+    expect_error(&mut s, Status::TooLarge, true)?;
+    // A bad payload CRC: BadChecksum, nothing written, and the connection lives on.
+    drop(s);
+    let mut s = raw(server_addr())?;
+    let payload = vec![7u8; 1000];
+    let h = RequestHeader::new(
+        3,
+        Request::Write {
+            chunk_id: ChunkId(0xbad),
+            offset: 0,
+            len: 1000,
+            crc: crc32c(&payload) ^ 1,
+        },
+    )
+    .to_bytes();
+    s.write_all(&h).map_err(|e| e.to_string())?;
+    s.write_all(&payload).map_err(|e| e.to_string())?;
+    expect_error(&mut s, Status::BadChecksum, false)?;
+    s.write_all(
+        &RequestHeader::new(
+            4,
+            Request::Stat {
+                chunk_id: ChunkId(0xbad),
+            },
+        )
+        .to_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    expect_error(&mut s, Status::NotFound, false)?;
+    // A frame cut short: half a header, then the client closes.
+    drop(s);
+    let mut s = raw(server_addr())?;
+    s.write_all(&RequestHeader::new(5, Request::Ping).to_bytes()[..30])
+        .map_err(|e| e.to_string())?;
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    drop(s);
+    Ok(())
+}
+
+/// `FLOOD` connections opened and held: returns them, how many still stand after the server
+/// reset those over its limit, and how many were refused at connect.
+fn flood() -> Result<(Vec<TcpStream>, usize, usize), String> {
+    let mut held = Vec::with_capacity(FLOOD);
+    let mut refused = 0;
+    for _ in 0..FLOOD {
+        match TcpStream::connect_timeout(&server_addr(), Duration::from_secs(5)) {
+            Ok(s) => held.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    // Those over the limit are reset by the server: see which still stand.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut alive = 0;
+    for s in &mut held {
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => alive += 1,
+            _ => {}
+        }
+    }
+    Ok((held, alive, refused))
+}
+
+/// The good client's round `round`: 64 KiB written at `round * 64 KiB`, read back, compared.
+fn good_round(good: &mut KernelClient, data: &[u8], round: u32) -> Result<(), String> {
+    let id = ChunkId(0x900d);
+    call(
+        good,
+        ChunkOp::Write {
+            id,
+            offset: u64::from(round) * 65536,
+            data,
+        },
+    )?;
+    let comp = good
+        .call(ChunkOp::Read {
+            id,
+            offset: u64::from(round) * 65536,
+            len: 65536,
+        })
+        .map_err(|e| e.to_string())?;
+    if comp.data() != data {
+        return Err(format!("good client round {round}: data differs"));
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_input_and_a_connection_flood_leave_a_good_client_served() {
     const LIMIT: usize = 1024;
-    const FLOOD: usize = 10_000;
     let cfg = ServerConfig {
         connections_max: LIMIT,
         backlog: 16,
@@ -179,125 +307,14 @@ fn bad_input_and_a_connection_flood_leave_a_good_client_served() {
             let mut good =
                 KernelClient::connect(server_addr(), &client_cfg()).map_err(|e| e.to_string())?;
             let data = vec![0x5au8; 64 << 10];
-            let id = ChunkId(0x900d);
-            let check = |good: &mut KernelClient, round: u32| -> Result<(), String> {
-                call(
-                    good,
-                    ChunkOp::Write {
-                        id,
-                        offset: u64::from(round) * 65536,
-                        data: &data,
-                    },
-                )?;
-                let comp = good
-                    .call(ChunkOp::Read {
-                        id,
-                        offset: u64::from(round) * 65536,
-                        len: 65536,
-                    })
-                    .map_err(|e| e.to_string())?;
-                if comp.data() != &data[..] {
-                    return Err(format!("good client round {round}: data differs"));
-                }
-                Ok(())
-            };
-            check(&mut good, 0)?;
-
-            // Garbage: not our magic. Error, then the server closes.
-            let mut s = raw(server_addr())?;
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                .map_err(|e| e.to_string())?;
-            expect_error(&mut s, Status::Malformed, true)?;
-            // A header whose CRC does not match.
-            drop(s);
-            let mut s = raw(server_addr())?;
-            let mut h = RequestHeader::new(1, Request::Ping).to_bytes();
-            h[20] ^= 0x40;
-            s.write_all(&h).map_err(|e| e.to_string())?;
-            expect_error(&mut s, Status::BadHeaderChecksum, true)?;
-            // A lying length: a WRITE announcing more than the payload limit (CRC fixed up).
-            drop(s);
-            let mut s = raw(server_addr())?;
-            let mut h = RequestHeader::new(
-                2,
-                Request::Write {
-                    chunk_id: ChunkId(1),
-                    offset: 0,
-                    len: 1 << 20,
-                    crc: 0,
-                },
-            )
-            .to_bytes();
-            let huge = (64u32 << 20).to_le_bytes();
-            h[4..8].copy_from_slice(&huge);
-            h[40..44].copy_from_slice(&huge);
-            let crc = crc32c(&h[..52]).to_le_bytes();
-            h[52..56].copy_from_slice(&crc);
-            s.write_all(&h).map_err(|e| e.to_string())?;
-            expect_error(&mut s, Status::TooLarge, true)?;
-            // A bad payload CRC: BadChecksum, nothing written, and the connection lives on.
-            drop(s);
-            let mut s = raw(server_addr())?;
-            let payload = vec![7u8; 1000];
-            let h = RequestHeader::new(
-                3,
-                Request::Write {
-                    chunk_id: ChunkId(0xbad),
-                    offset: 0,
-                    len: 1000,
-                    crc: crc32c(&payload) ^ 1,
-                },
-            )
-            .to_bytes();
-            s.write_all(&h).map_err(|e| e.to_string())?;
-            s.write_all(&payload).map_err(|e| e.to_string())?;
-            expect_error(&mut s, Status::BadChecksum, false)?;
-            s.write_all(
-                &RequestHeader::new(
-                    4,
-                    Request::Stat {
-                        chunk_id: ChunkId(0xbad),
-                    },
-                )
-                .to_bytes(),
-            )
-            .map_err(|e| e.to_string())?;
-            expect_error(&mut s, Status::NotFound, false)?;
-            // A frame cut short: half a header, then the client closes.
-            drop(s);
-            let mut s = raw(server_addr())?;
-            s.write_all(&RequestHeader::new(5, Request::Ping).to_bytes()[..30])
-                .map_err(|e| e.to_string())?;
-            s.shutdown(std::net::Shutdown::Write)
-                .map_err(|e| e.to_string())?;
-            let mut rest = Vec::new();
-            let _ = s.read_to_end(&mut rest);
-            drop(s);
-            check(&mut good, 1)?;
-
+            good_round(&mut good, &data, 0)?;
+            send_bad_input()?;
+            good_round(&mut good, &data, 1)?;
             // The flood: 10,000 connections held open.
-            let mut held = Vec::with_capacity(FLOOD);
-            let mut refused = 0;
-            for _ in 0..FLOOD {
-                match TcpStream::connect_timeout(&server_addr(), Duration::from_secs(5)) {
-                    Ok(s) => held.push(s),
-                    Err(_) => refused += 1,
-                }
-            }
-            // Those over the limit are reset by the server: see which still stand.
-            std::thread::sleep(Duration::from_millis(500));
-            let mut alive = 0;
-            for s in &mut held {
-                s.set_nonblocking(true).map_err(|e| e.to_string())?;
-                let mut b = [0u8; 1];
-                match s.read(&mut b) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => alive += 1,
-                    _ => {}
-                }
-            }
+            let (held, alive, refused) = flood()?;
             // The good client is still served while the flood holds every other slot.
             for round in 2..6 {
-                check(&mut good, round)?;
+                good_round(&mut good, &data, round)?;
             }
             drop(held);
             Ok((alive, refused))
