@@ -887,7 +887,7 @@ fn spawn_child(ns: &netns::NetNs, mode: String, uid: Option<u32>, wrapper: &[&st
     let mut cmd = ChildCommand::wrapped(wrapper, "child_process_entry", &mode)
         .env_remove("USTACK_REQUIRE_PRIVILEGED_TESTS");
     if let Some(id) = uid {
-        cmd = cmd.as_user(id);
+        cmd = cmd.run_as(id);
     }
     cmd.spawn_in(ns)
 }

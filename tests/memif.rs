@@ -48,7 +48,7 @@ fn memif_child() {
 fn spawn_child(role: &str, socket: &Path, as_nobody: bool) -> Watched {
     let mut cmd = ChildCommand::new("memif_child", role);
     if as_nobody {
-        cmd = cmd.as_user(NOBODY);
+        cmd = cmd.run_as(NOBODY);
     }
     spawn_role(cmd, socket)
 }

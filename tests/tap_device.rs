@@ -369,7 +369,7 @@ fn unprivileged_open_is_permission_denied() {
         return;
     }
     let out = ChildCommand::new("unprivileged_child_entry", "unprivileged")
-        .as_user(65534)
+        .run_as(65534)
         .output();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

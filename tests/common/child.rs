@@ -142,7 +142,7 @@ impl ChildCommand {
     }
 
     /// Runs the child as user and group `id` (the test runs as root).
-    pub fn as_user(mut self, id: u32) -> ChildCommand {
+    pub fn run_as(mut self, id: u32) -> ChildCommand {
         self.cmd.uid(id).gid(id);
         self
     }
