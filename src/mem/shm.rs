@@ -89,7 +89,7 @@ fn memfd_mapping(
             return Err(MemError::NoHugePages {
                 page,
                 len,
-                free: super::region::hugepages_free(page),
+                free: super::page::hugepages_free(page),
             });
         }
         Err(source) => return Err(MemError::Map { len, page, source }),
