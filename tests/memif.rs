@@ -42,7 +42,7 @@ use ustack::dev::memif::{MemifConfig, MemifDevice, MemifFrame, MemifRole, MemifS
 use ustack::mem::shm::SharedRegion;
 use ustack::proto::{ChunkId, Reply};
 use ustack::stack::{MacAddr, Stack, StackConfig};
-use ustack::sys::memif::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
+use ustack::sys::unix_ipc::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
 use ustack::{Batch, Frame, Instant, PacketDevice, PageSize, PoolBuf};
 
 const PORT: u16 = 7000;

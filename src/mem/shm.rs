@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{HugeRegion, MemError, PageSize};
-use crate::sys::memif as sys;
+use crate::sys::unix_ipc as sys;
 
 /// Creates a memory file of at least `len` bytes on `page`-sized pages, sized, sealed against
 /// shrinking and growing, and maps it shared. Returns the mapping, the file and the mapped length

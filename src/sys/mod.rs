@@ -5,7 +5,6 @@ pub mod bpf;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod lossy;
-pub mod memif;
 pub mod netns;
 pub mod packet;
 pub mod proc;
@@ -13,5 +12,6 @@ pub mod random;
 pub mod signal;
 pub mod socket;
 pub mod tap;
+pub mod unix_ipc;
 pub mod xdp;
 pub mod xsk_ring;

@@ -13,8 +13,8 @@ use crate::dev::{
 };
 use crate::mem::shm::SharedRegion;
 use crate::mem::{BufPool, HugeRegion, PoolBuf};
-use crate::sys::memif::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
 use crate::sys::socket::{self as poll_sys, PollFd, POLLIN};
+use crate::sys::unix_ipc::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
 use crate::time::Instant;
 
 use super::control::{

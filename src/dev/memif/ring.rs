@@ -43,7 +43,7 @@ use crate::copies::{self, Pass};
 use crate::dev::{Batch, Frame, ETH_HEADER_LEN};
 use crate::mem::shm::{SharedRegion, ShmLease};
 use crate::mem::{BufPool, PoolBuf};
-use crate::sys::memif as sys;
+use crate::sys::unix_ipc as sys;
 
 use super::proto::{COOKIE, LOG2_RING_SIZE_MAX};
 use super::MemifStats;
