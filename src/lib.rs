@@ -20,13 +20,14 @@
 pub mod chunk;
 pub mod copies;
 pub mod dev;
+pub mod host;
 pub mod mem;
 pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod serve;
 pub mod stack;
-pub mod sys;
+pub(crate) mod sys;
 pub mod time;
 
 pub use dev::{Batch, ChecksumCaps, DeviceCaps, Frame, LinkStats, PacketDevice};

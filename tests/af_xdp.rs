@@ -54,10 +54,10 @@ use ustack::dev::af_xdp::{
     XdpModeInfo, XdpStats,
 };
 use ustack::dev::auto::{AnyDevice, BackendConfig, BackendKind};
+use ustack::host::netns::{self, VethConfig, VethPair};
 use ustack::net::{KernelClient, KernelServer};
 use ustack::proto::{ChunkId, Reply};
 use ustack::stack::{MacAddr, Stack, StackConfig};
-use ustack::sys::netns::{self, VethConfig, VethPair};
 use ustack::{Instant, PageSize};
 
 const PORT: u16 = 7200;
@@ -265,7 +265,7 @@ impl XdpServer {
     /// Opens the device on `iface` inside `ns`, serves `PORT` at `ip`, and returns once it is
     /// ready. `spin` polls without ever sleeping (benchmarks).
     fn start(
-        ns: &ustack::sys::netns::NetNs,
+        ns: &ustack::host::netns::NetNs,
         config: XdpConfig,
         ip: Ipv4Addr,
         spin: bool,
@@ -354,7 +354,7 @@ impl Drop for XdpServer {
 }
 
 /// Whether `iface` in `ns` has an XDP program attached (`ip -d link show`).
-fn xdp_attached(ns: &ustack::sys::netns::NetNs, iface: &str) -> bool {
+fn xdp_attached(ns: &ustack::host::netns::NetNs, iface: &str) -> bool {
     let out = ns
         .ip(["-d", "link", "show", "dev", iface])
         .expect("ip link show");
@@ -886,14 +886,14 @@ struct ChildGuard {
 impl ChildGuard {
     /// Starts this test binary in child `mode` from a thread inside `ns` (the child inherits
     /// the thread's network namespace). `uid` drops privileges.
-    fn spawn(ns: &ustack::sys::netns::NetNs, mode: String, uid: Option<u32>) -> ChildGuard {
+    fn spawn(ns: &ustack::host::netns::NetNs, mode: String, uid: Option<u32>) -> ChildGuard {
         ChildGuard::spawn_wrapped(ns, mode, uid, &[])
     }
 
     /// Like [`ChildGuard::spawn`], run through `wrapper` (a program and its arguments, which
     /// then run this binary), e.g. `setpriv` to drop a capability.
     fn spawn_wrapped(
-        ns: &ustack::sys::netns::NetNs,
+        ns: &ustack::host::netns::NetNs,
         mode: String,
         uid: Option<u32>,
         wrapper: &[&str],

@@ -44,10 +44,10 @@ mod dpdk {
         ChunkOp, ChunkServer, ClientConfig, MemStore, ServerConfig, StagingConfig,
     };
     use ustack::dev::dpdk::{DpdkConfig, DpdkDevice};
+    use ustack::host::netns::{self, NetNs, VethConfig, VethPair};
     use ustack::net::KernelClient;
     use ustack::proto::{ChunkId, Reply};
     use ustack::stack::{MacAddr, Stack, StackConfig};
-    use ustack::sys::netns::{self, NetNs, VethConfig, VethPair};
     use ustack::{Instant, PacketDevice, PageSize};
 
     const VDEV_ENV: &str = "USTACK_DPDK_TEST_VDEV";

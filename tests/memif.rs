@@ -39,10 +39,10 @@ use ustack::chunk::{
 use ustack::dev::memif::proto::{self, AddRegion, AddRing, Hello, Init, Msg, Name};
 use ustack::dev::memif::ring::{ring_len, Desc, RingView, DESC_FLAG_NEXT};
 use ustack::dev::memif::{MemifConfig, MemifDevice, MemifFrame, MemifRole, MemifState};
+use ustack::host::unix_ipc::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
 use ustack::mem::shm::SharedRegion;
 use ustack::proto::{ChunkId, Reply};
 use ustack::stack::{MacAddr, Stack, StackConfig};
-use ustack::sys::unix_ipc::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
 use ustack::{Batch, Frame, Instant, PacketDevice, PageSize, PoolBuf};
 
 const PORT: u16 = 7000;

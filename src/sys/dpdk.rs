@@ -59,7 +59,7 @@ mod ffi {
     ));
 }
 
-/// The most mbufs one [`PortQueue::rx_burst`] or [`PortQueue::tx_burst`] moves.
+/// The most mbufs one burst moves (`PortQueue::rx_burst`, `PortQueue::tx_burst`).
 pub const BURST_MAX: usize = 64;
 /// Headroom DPDK leaves in front of the data of every fresh mbuf (`RTE_PKTMBUF_HEADROOM`).
 pub const MBUF_HEADROOM: usize = ffi::USTACK_PKTMBUF_HEADROOM as usize;
@@ -70,8 +70,6 @@ pub const PORTS_MAX: usize = ffi::RTE_MAX_ETHPORTS as usize;
 pub mod tx_offload {
     /// The device computes IPv4 header checksums.
     pub const IPV4_CKSUM: u64 = super::ffi::USTACK_TX_OFFLOAD_IPV4_CKSUM as u64;
-    /// The device computes UDP checksums (given the pseudo-header sum).
-    pub const UDP_CKSUM: u64 = super::ffi::USTACK_TX_OFFLOAD_UDP_CKSUM as u64;
     /// The device computes TCP checksums (given the pseudo-header sum).
     pub const TCP_CKSUM: u64 = super::ffi::USTACK_TX_OFFLOAD_TCP_CKSUM as u64;
     /// Every mbuf sent on a queue comes from one pool and has a reference count of 1.
@@ -736,12 +734,6 @@ fn port_id_by_name(name: &str) -> Option<u16> {
     (rc == 0).then_some(id)
 }
 
-/// Ports available (probed and not owned by another DPDK entity).
-pub fn port_count(_eal: &Eal) -> u16 {
-    // SAFETY: the EAL runs; the call only reads ethdev tables.
-    unsafe { ffi::rte_eth_dev_count_avail() }
-}
-
 /// The ids of the available ports, in order.
 pub fn port_ids(_eal: &Eal) -> Vec<u16> {
     let mut ids = Vec::new();
@@ -807,7 +799,7 @@ pub struct PortInfo {
     /// Largest frame the port receives, Ethernet header and FCS included (`max_rx_pktlen`;
     /// some drivers, such as net_memif in 22.11, report 1518 and a `max_mtu` far above it).
     pub frame_len_max: u32,
-    /// `RTE_ETH_TX_OFFLOAD_*` bits the port offers (see [`tx_offload`]).
+    /// `RTE_ETH_TX_OFFLOAD_*` bits the port offers (see `tx_offload`).
     pub tx_offload_capa: u64,
     /// `RTE_ETH_RX_OFFLOAD_*` bits the port offers.
     pub rx_offload_capa: u64,
@@ -1017,7 +1009,7 @@ impl Mbuf {
         unsafe { ffi::ustack_pktmbuf_trim(self.ptr.as_ptr(), n) == 0 }
     }
 
-    /// Requests transmit offloads for this frame: `flags` from [`mbuf_flags`], the Ethernet
+    /// Requests transmit offloads for this frame: `flags` from `mbuf_flags`, the Ethernet
     /// header length and the IPv4 header length.
     pub fn set_tx_offload(&mut self, flags: u64, l2_len: u8, l3_len: u16) {
         // SAFETY: writes header fields of the owned, valid mbuf.
@@ -1079,11 +1071,6 @@ impl MbufBurst {
     /// Mbufs held.
     pub fn len(&self) -> usize {
         self.end - self.start
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.start == self.end
     }
 
     /// Room left.
@@ -1245,21 +1232,6 @@ impl Mempool {
     pub fn in_use(&self) -> u32 {
         // SAFETY: the pool is valid; a read-only count.
         unsafe { ffi::rte_mempool_in_use_count(self.ptr.as_ptr()) }
-    }
-
-    /// Mbufs the pool was made with.
-    pub fn capacity(&self) -> u32 {
-        self.mbufs
-    }
-
-    /// Buffer bytes per mbuf, headroom included.
-    pub fn data_room(&self) -> u16 {
-        self.data_room
-    }
-
-    /// The pool's name in DPDK.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 
@@ -1482,21 +1454,6 @@ impl Port {
             }
         }
         Ok(())
-    }
-
-    /// Port id.
-    pub fn id(&self) -> u16 {
-        self.id
-    }
-
-    /// Port name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Queue pairs.
-    pub fn queues(&self) -> u16 {
-        self.queues
     }
 
     /// RX and TX ring sizes after the driver's adjustment.

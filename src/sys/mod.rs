@@ -1,4 +1,10 @@
 //! Every FFI call and raw syscall: the only place with `unsafe`, besides `mem`.
+//!
+//! The lowest floor: it imports nothing of the crate's other floors (only the `proto` leaf, for
+//! a chunk id type). Crate-private: what tests, examples and tools need of it (namespaces,
+//! processes, signals, raw sockets, the lossy path) is re-exported by the public facade
+//! [`crate::host`]; the data path's own pieces (AF_XDP, BPF, DPDK, TAP) are reached through
+//! `crate::dev`.
 #![allow(unsafe_code)]
 
 pub mod bpf;

@@ -136,7 +136,7 @@ pub struct XskRings {
     pub tx_len: u32,
 }
 
-/// The step of [`Xsk::new`] that failed.
+/// The step of the AF_XDP socket's setup (`Xsk::new`) that failed.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum XskStep {
     /// `socket(AF_XDP)`.

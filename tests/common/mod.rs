@@ -229,12 +229,12 @@ pub fn tap_in_netns(
     prefix: &str,
     kernel_ip: Ipv4Addr,
     tap: &ustack::dev::tap::TapConfig,
-) -> Option<(ustack::sys::netns::NetNs, ustack::dev::tap::TapDevice)> {
-    if let Err(e) = ustack::sys::netns::can_create_netns() {
+) -> Option<(ustack::host::netns::NetNs, ustack::dev::tap::TapDevice)> {
+    if let Err(e) = ustack::host::netns::can_create_netns() {
         skip(&e.to_string());
         return None;
     }
-    let ns = ustack::sys::netns::NetNs::create(prefix).expect("create netns");
+    let ns = ustack::host::netns::NetNs::create(prefix).expect("create netns");
     let tap = match ustack::dev::tap::TapDevice::open(tap) {
         Ok(t) => t,
         Err(e) => {
@@ -273,7 +273,7 @@ pub fn example_binary(name: &str) -> PathBuf {
 /// A child process whose standard output is read line by line on a thread: every line is kept
 /// (for the test's checks and its failure messages) and can be waited for.
 pub struct Watched {
-    pub child: ustack::sys::proc::OwnedChild,
+    pub child: ustack::host::process::OwnedChild,
     lines: mpsc::Receiver<String>,
     log: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -283,7 +283,7 @@ impl Watched {
     /// Starts `cmd` with its standard output piped (standard error goes to the test's).
     pub fn spawn(cmd: &mut Command, what: &str) -> Watched {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-        let mut child = ustack::sys::proc::OwnedChild::spawn(cmd, what).expect("spawn");
+        let mut child = ustack::host::process::OwnedChild::spawn(cmd, what).expect("spawn");
         let stdout = child.child_mut().stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
