@@ -23,8 +23,7 @@
 //! ```
 //!
 //! And no two files import each other, directly or through others. `tests/layering.rs` checks
-//! both rules from the source (`cargo test --test layering`), names the files that break one,
-//! and lists, to be broken, the few circles older than the check.
+//! both rules from the source (`cargo test --test layering`) and names the files that break one.
 //!
 //! See `docs/ARCHITECTURE.md` in the repository for the full picture.
 #![deny(unsafe_code)]

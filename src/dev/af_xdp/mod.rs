@@ -136,6 +136,7 @@
 mod caps;
 mod config;
 mod error;
+mod mode;
 mod program;
 mod setup;
 
@@ -145,8 +146,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 pub use crate::sys::xdp::{XskStatistics, XskStep};
-pub use config::{AttachMode, BindMode, BusyPoll, XdpConfig, XdpMode, ZeroCopy};
+pub use config::{BusyPoll, XdpConfig};
 pub use error::{Attempts, CapList, MemlockLimit, XdpError};
+pub use mode::{AttachMode, BindMode, XdpMode, ZeroCopy};
 
 use crate::dev::{Batch, ChecksumCaps, DeviceCaps, LinkStats, PacketDevice, ETH_HEADER_LEN};
 use crate::mem::{BufPool, PageSize, PoolBuf};
