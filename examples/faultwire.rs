@@ -22,7 +22,7 @@
 //!
 //! It waits in poll(2) when idle after a short spin (`--spin-polls`), since it shares the
 //! machine with the endpoints. Run it in the namespace that holds both interfaces (see
-//! `scripts/netns.sh lossy-up` and `ustack::sys::lossy`); needs CAP_NET_RAW.
+//! `scripts/netns.sh lossy-up` and `ustack::host::lossy`); needs CAP_NET_RAW.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -35,10 +35,10 @@ use std::time::Duration;
 use clap::Parser;
 use common::Size;
 use ustack::dev::faults::{FaultDice, FaultLane, Faults, LaneConfig, WireReport};
-use ustack::sys::lossy::RELAY_READY;
-use ustack::sys::packet::{FrameBatch, PacketSocket};
-use ustack::sys::signal;
-use ustack::sys::socket::{poll, PollFd, POLLIN, POLLOUT};
+use ustack::host::lossy::RELAY_READY;
+use ustack::host::packet::{FrameBatch, PacketSocket};
+use ustack::host::signal;
+use ustack::host::socket::{poll, PollFd, POLLIN, POLLOUT};
 use ustack::Instant;
 
 /// A probability: `0.01` or `1%`.

@@ -4,14 +4,26 @@
 //! pool memory without the kernel's socket path; [smoltcp](https://docs.rs/smoltcp) runs TCP/IP in
 //! user space on top; a chunk protocol lets file servers serve reads and writes through it.
 //!
-//! Data flows one way through the modules, and nothing points back:
+//! The modules form floors, and each imports only from its own floor and those below it:
 //!
 //! ```text
-//! sys  (FFI and raw syscalls: the only unsafe, with mem)
-//!  -> mem   (hugepage regions, fixed-size buffer pools)
-//!  -> dev   (PacketDevice trait and its backends: sim, tap, ...)
-//!  -> stack (the only module that knows smoltcp: Stack, TCP connections)
+//! sys         FFI and raw syscalls: the only unsafe, with mem (crate-private; see host)
+//!  -> mem     hugepage regions, fixed-size buffer pools, shared memory
+//!  -> dev     the PacketDevice trait and its backends: memif, af_xdp, dpdk, tap, sim; auto
+//!  -> stack   the only module that knows smoltcp: Stack, TCP connections
+//!  -> chunk   ChunkStore and its stores, the chunk server and client on a Stack
+//!  -> net     the same chunk server and client over kernel TCP
+//!  -> metrics operators' access: snapshots, Prometheus endpoint, admin socket
+//!  -> serve   the serving loop: a server polled until SIGINT/SIGTERM, then shut down gracefully
+//!
+//! leaves, used by any floor, importing nothing:  proto (the wire format, sans-IO),
+//!                                                time (Instant), copies (copy counters)
+//! facades for users, imported by no module:      host (namespaces, processes, signals,
+//!                                                raw sockets: not the data path), prelude
 //! ```
+//!
+//! And no two files import each other, directly or through others. `tests/layering.rs` checks
+//! both rules from the source (`cargo test --test layering`) and names the files that break one.
 //!
 //! See `docs/ARCHITECTURE.md` in the repository for the full picture.
 #![deny(unsafe_code)]
@@ -20,13 +32,14 @@
 pub mod chunk;
 pub mod copies;
 pub mod dev;
+pub mod host;
 pub mod mem;
 pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod serve;
 pub mod stack;
-pub mod sys;
+pub(crate) mod sys;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;

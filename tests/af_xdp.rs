@@ -55,10 +55,10 @@ use ustack::dev::af_xdp::{
     XdpModeInfo, XdpStats,
 };
 use ustack::dev::auto::{AnyDevice, BackendConfig, BackendKind};
+use ustack::host::netns::{self, VethConfig, VethPair};
 use ustack::net::{KernelClient, KernelServer};
 use ustack::proto::{ChunkId, Reply};
 use ustack::stack::{MacAddr, Stack, StackConfig};
-use ustack::sys::netns::{self, VethConfig, VethPair};
 use ustack::{Instant, PageSize};
 
 const PORT: u16 = 7200;
@@ -267,7 +267,7 @@ impl XdpServer {
     /// Opens the device on `iface` inside `ns`, serves `PORT` at `ip`, and returns once it is
     /// ready. `spin` polls without ever sleeping (benchmarks).
     fn start(
-        ns: &ustack::sys::netns::NetNs,
+        ns: &ustack::host::netns::NetNs,
         config: XdpConfig,
         ip: Ipv4Addr,
         spin: bool,
@@ -356,7 +356,7 @@ impl Drop for XdpServer {
 }
 
 /// Whether `iface` in `ns` has an XDP program attached (`ip -d link show`).
-fn xdp_attached(ns: &ustack::sys::netns::NetNs, iface: &str) -> bool {
+fn xdp_attached(ns: &ustack::host::netns::NetNs, iface: &str) -> bool {
     let out = ns
         .ip(["-d", "link", "show", "dev", iface])
         .expect("ip link show");

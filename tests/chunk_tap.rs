@@ -14,12 +14,12 @@ use std::time::{Duration, Instant as WallInstant};
 
 use ustack::chunk::{ChunkOp, ChunkServer, ClientConfig, MemStore, ServerConfig, ServerStats};
 use ustack::dev::tap::{TapConfig, TapDevice};
+use ustack::host::netns::NetNs;
 use ustack::net::KernelClient;
 use ustack::proto::{
     crc32c, ChunkId, Limits, Reply, Request, RequestHeader, ResponseHeader, Status,
 };
 use ustack::stack::{Stack, StackConfig};
-use ustack::sys::netns::NetNs;
 use ustack::Instant;
 
 const KERNEL_IP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 1);

@@ -336,7 +336,7 @@ fn an_interrupted_put_leaves_no_chunk_behind() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    ustack::sys::signal::send(child.id(), libc::SIGINT).unwrap();
+    ustack::host::signal::send(child.id(), libc::SIGINT).unwrap();
     let out = child.wait_with_output().unwrap();
     let err = text(&out.stderr);
     assert!(!out.status.success(), "an interrupted put succeeded: {err}");

@@ -2,7 +2,7 @@
 //! namespaces the tests create:
 //!
 //! - `af_packet_on_veth_serves_a_kernel_tcp_client`: a `ChunkServer` on DPDK's `net_af_packet`
-//!   PMD bound to one end of a veth pair (`sys::netns::VethPair`), the kernel client on the other
+//!   PMD bound to one end of a veth pair (`host::netns::VethPair`), the kernel client on the other
 //!   end: 500 chunks, sizes log-uniform from 1 B to 4 MiB, written and read back, every byte
 //!   compared. The DPDK side is a process of its own inside namespace A (`ip netns exec A <this
 //!   test binary>` running the ignored `dpdk::server_child`, `tests/common/child.rs`): its EAL,
@@ -42,10 +42,10 @@ mod dpdk {
         ChunkOp, ChunkServer, ClientConfig, MemStore, ServerConfig, StagingConfig,
     };
     use ustack::dev::dpdk::{DpdkConfig, DpdkDevice};
+    use ustack::host::netns::{self, NetNs, VethConfig, VethPair};
     use ustack::net::KernelClient;
     use ustack::proto::{ChunkId, Reply};
     use ustack::stack::{MacAddr, Stack, StackConfig};
-    use ustack::sys::netns::{self, NetNs, VethConfig, VethPair};
     use ustack::{Instant, PacketDevice, PageSize};
 
     const VDEV_ENV: &str = "USTACK_DPDK_TEST_VDEV";

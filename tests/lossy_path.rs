@@ -1,6 +1,6 @@
 //! TCP through a real lossy path: namespaces A and B joined through M, where the `faultwire`
 //! relay forwards every frame with seeded loss, duplication, reordering and corruption
-//! (`ustack::sys::lossy::LossyPath`, `examples/faultwire.rs`).
+//! (`ustack::host::lossy::LossyPath`, `examples/faultwire.rs`).
 //!
 //! For each fault setting, through the same path and with the same seed (a fresh relay per
 //! transfer, so each sees the same decisions from its first frame), the example programs move
@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use common::{example_binary, skip, Watched};
 use ustack::dev::faults::{FaultDice, Faults, Mac, WireReport};
-use ustack::sys::lossy::{LossyConfig, LossyPath};
-use ustack::sys::netns::can_create_netns;
+use ustack::host::lossy::{LossyConfig, LossyPath};
+use ustack::host::netns::can_create_netns;
 
 /// The transfers run one at a time: each has two busy-polling programs and the relay on the
 /// machine's two cores.
@@ -336,7 +336,7 @@ fn relay_decisions_follow_the_seed() {
             .spawn(move || {
                 let s = UdpSocket::bind((addr_b, UDP_PORT)).expect("bind in B");
                 // Room for every datagram, however long this thread is descheduled.
-                ustack::sys::socket::set_buffer_len(s.as_fd(), true, 8 << 20).expect("SO_RCVBUF");
+                ustack::host::socket::set_buffer_len(s.as_fd(), true, 8 << 20).expect("SO_RCVBUF");
                 let _ = bound_tx.send(());
                 s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
                 let mut got: BTreeMap<u64, u32> = BTreeMap::new();

@@ -19,7 +19,7 @@ use ustack::dev::memif::proto::{self, AddRegion, AddRing, Hello, Init, Msg, Name
 use ustack::dev::memif::ring::{ring_len, Desc, RingView, DESC_FLAG_NEXT};
 use ustack::dev::memif::{MemifDevice, MemifRole, MemifState};
 use ustack::mem::shm::SharedRegion;
-use ustack::sys::memif::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
+use ustack::host::unix_ipc::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
 use ustack::{Batch, Instant, PacketDevice, PageSize, PoolBuf};
 
 // ---------------------------------------------------------------------------------------------

@@ -667,7 +667,7 @@ fn dying_server(
             let mut some = [0u8; 100];
             s.read_exact(&mut some).unwrap();
             use std::os::fd::AsFd;
-            ustack::sys::socket::set_linger_zero(s.as_fd()).unwrap();
+            ustack::host::socket::set_linger_zero(s.as_fd()).unwrap();
         } else {
             let mut rest = vec![0u8; expect_bytes - taken];
             s.read_exact(&mut rest).unwrap();
@@ -965,7 +965,7 @@ fn a_peer_that_resets_while_waiting_for_a_buffer_frees_its_slot() {
     std::thread::sleep(Duration::from_millis(100));
     {
         use std::os::fd::AsFd;
-        ustack::sys::socket::set_linger_zero(b.as_fd()).unwrap();
+        ustack::host::socket::set_linger_zero(b.as_fd()).unwrap();
     }
     drop(b);
     // B's slot must be free again (both slots were taken), though B's request never ran.

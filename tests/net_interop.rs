@@ -14,10 +14,10 @@ use ustack::chunk::{
     ServerConfig, StagingConfig,
 };
 use ustack::dev::tap::{TapConfig, TapDevice};
+use ustack::host::netns::NetNs;
 use ustack::net::{KernelClient, KernelServer};
 use ustack::proto::{crc32c, ChunkId, Reply, Status};
 use ustack::stack::{Stack, StackConfig};
-use ustack::sys::netns::NetNs;
 use ustack::{Instant, PageSize};
 
 // ---------------------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ fn prometheus_scrapes_the_server_and_its_counters_match_the_client() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut prom_proc =
-        ustack::sys::proc::OwnedChild::spawn(&mut prom, "prometheus").expect("prometheus");
+        ustack::host::process::OwnedChild::spawn(&mut prom, "prometheus").expect("prometheus");
     let end = Instant::now() + Duration::from_secs(60);
     while prom_value(prom_addr, "up{job=\"ustack\"}") != Some(1.0) {
         assert!(

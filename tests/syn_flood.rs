@@ -46,12 +46,12 @@ use std::time::{Duration, Instant};
 use common::frames::{self as fr, Ends, ACK, RST, SYN};
 use common::{example_binary, skip, Pattern, Watched};
 use ustack::chunk::{ChunkOp, ClientConfig, Staging, StagingConfig};
+use ustack::host::iface::{set_offload, Offload};
+use ustack::host::netns::{self, NetNs, VethConfig, VethPair};
+use ustack::host::packet::{FrameBatch, PacketSocket, BATCH_MAX};
+use ustack::host::socket::{PollFd, POLLIN};
 use ustack::net::KernelClient;
 use ustack::proto::{ChunkId, Limits, Reply};
-use ustack::sys::netns::{self, NetNs, VethConfig, VethPair};
-use ustack::sys::packet::{FrameBatch, PacketSocket, BATCH_MAX};
-use ustack::sys::socket::{PollFd, POLLIN};
-use ustack::sys::tap::{set_offload, Offload};
 use ustack::PageSize;
 
 /// One test at a time: each has a busy-polling server, a flood and a client on two cores.
@@ -479,7 +479,7 @@ fn attack(plan: &AttackPlan, stop: &AtomicBool, done: &AtomicBool) -> Result<Att
                 if n == 0 {
                     // The socket's buffer is full: wait for room.
                     let mut fds = [PollFd::new(sock.as_fd().as_raw_fd(), libc::POLLOUT)];
-                    let _ = ustack::sys::socket::poll(&mut fds, Duration::from_millis(1));
+                    let _ = ustack::host::socket::poll(&mut fds, Duration::from_millis(1));
                 }
                 from += n;
             }
@@ -538,7 +538,7 @@ fn attack(plan: &AttackPlan, stop: &AtomicBool, done: &AtomicBool) -> Result<Att
         }
         if n == 0 {
             let mut fds = [PollFd::new(sock.as_fd().as_raw_fd(), POLLIN)];
-            let _ = ustack::sys::socket::poll(&mut fds, Duration::from_micros(500));
+            let _ = ustack::host::socket::poll(&mut fds, Duration::from_micros(500));
         }
     }
     Ok(report)
@@ -554,7 +554,7 @@ fn spoofed(subnet: u8, first: u8, count: u8) -> Vec<Ipv4Addr> {
 fn server_mac(pair: &VethPair) -> [u8; 6] {
     let iface = pair.iface_b().to_string();
     pair.b()
-        .run(move || ustack::sys::xdp::hw_addr(&iface))
+        .run(move || ustack::host::iface::hw_addr(&iface))
         .expect("enter B")
         .expect("B's MAC")
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::child::{self, ChildCommand};
 use ustack::dev::tap::{TapConfig, TapDevice, TapError};
-use ustack::sys::netns::{self, NetNs, NetNsError, VethConfig, VethPair};
+use ustack::host::netns::{self, NetNs, NetNsError, VethConfig, VethPair};
 use ustack::{Batch, Frame, Instant, PacketDevice, PoolBuf};
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -554,7 +554,7 @@ fn veth_pair_joins_two_namespaces() {
     // TX checksum offload is off on both ends.
     for (ns, iface) in [(pair.a(), pair.iface_a()), (pair.b(), pair.iface_b())] {
         let on = ns
-            .run(|| ustack::sys::tap::tx_checksum_offload(iface))
+            .run(|| ustack::host::iface::tx_checksum_offload(iface))
             .unwrap()
             .unwrap();
         assert!(!on, "tx checksum offload still on for {iface}");

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant as WallInstant};
 
 use common::Pattern;
 use ustack::dev::tap::{TapConfig, TapDevice};
+use ustack::host::netns::NetNs;
 use ustack::stack::{ConnError, ConnId, Stack, StackConfig};
-use ustack::sys::netns::NetNs;
 use ustack::Instant;
 
 const TOTAL: u64 = 32 << 20;

@@ -58,7 +58,7 @@ pub(super) fn bench(
         start: Instant::ZERO,
     };
     // Random high 64 bits: benches run at once against one server use chunks of their own.
-    let base = ustack::sys::random::chunk_id()
+    let base = ustack::host::random::chunk_id()
         .map_err(|e| format!("no random chunk id from the kernel: {e}"))?
         .get()
         & !u128::from(u64::MAX);
@@ -158,7 +158,7 @@ pub(super) fn bench(
                 us(0.5),
                 us(0.99),
                 us(0.999),
-                ustack::sys::proc::cpu_time().as_secs_f64()
+                ustack::host::process::cpu_time().as_secs_f64()
             );
             if errors > 0 {
                 outcome = Err(format!("{errors} requests failed"));

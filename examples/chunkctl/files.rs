@@ -5,8 +5,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use super::clients::call;
 use crate::common::ClientSet;
 use ustack::chunk::{ChunkOp, ClientError};
+use ustack::host::signal;
 use ustack::proto::{crc32c, ChunkId, Reply, Status};
-use ustack::sys::signal;
 
 /// First word of a manifest's header line.
 const MANIFEST_MAGIC: &str = "ustack-manifest";
@@ -69,7 +69,7 @@ pub(super) fn put(
         {
             break Err(format!("reading {} at {offset}: {e}", file.display()));
         }
-        let id = match ustack::sys::random::chunk_id() {
+        let id = match ustack::host::random::chunk_id() {
             Ok(id) => id,
             Err(e) => break Err(format!("no random chunk id from the kernel: {e}")),
         };

@@ -14,8 +14,8 @@ use ustack::chunk::{
     Staging, SubmitError, SyncPolicy,
 };
 use ustack::dev::tap::{TapConfig, TapDevice};
+use ustack::host::netns::NetNs;
 use ustack::stack::{Stack, StackConfig};
-use ustack::sys::netns::NetNs;
 use ustack::{Instant, PacketDevice};
 
 /// A byte count with an optional unit: `4096`, `4KiB`, `4k`, `1MiB`, `256M`, `2GiB`.

@@ -67,7 +67,7 @@ use libfuzzer_sys::fuzz_target;
 use ustack::dev::memif::ring::ring_len;
 use ustack::dev::memif::{MemifConfig, MemifDevice, MemifRole, MemifState, MemifStats};
 use ustack::mem::PageSize;
-use ustack::sys::memif::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
+use ustack::host::unix_ipc::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
 use ustack::{Batch, Frame, Instant, PacketDevice, PoolBuf};
 
 mod input;

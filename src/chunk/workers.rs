@@ -227,7 +227,7 @@ impl<S: ChunkStore + 'static> StoreWorkers<S> {
     /// loop that sleeps in `poll`/`epoll` waits on it too, and drains it when it wakes.
     pub fn wake_fd(&self) -> std::io::Result<BorrowedFd<'_>> {
         if self.shared.wake.get().is_none() {
-            let fd = crate::sys::memif::eventfd()?;
+            let fd = crate::sys::unix_ipc::eventfd()?;
             let _ = self.shared.wake.set(fd);
         }
         Ok(self.shared.wake.get().expect("set above").as_fd())
@@ -313,7 +313,7 @@ fn worker<S: ChunkStore>(sh: &Shared<S>, i: usize) {
             tracing::error!(worker = i, "storage completion queue full; result dropped");
         }
         if let Some(fd) = sh.wake.get() {
-            let _ = crate::sys::memif::eventfd_signal(fd.as_fd());
+            let _ = crate::sys::unix_ipc::eventfd_signal(fd.as_fd());
         }
     }
 }

@@ -2,7 +2,7 @@
 //! `net_memif`, `net_af_packet`, `net_af_xdp`, `net_tap`, `net_ring`) as a [`PacketDevice`].
 //!
 //! Needs the `dpdk` Cargo feature and DPDK 22.11 (`apt-get install libdpdk-dev`). Every DPDK
-//! call is in [`crate::sys::dpdk`]; this module decides what to open and how.
+//! call is in the crate's private `sys::dpdk`; this module decides what to open and how.
 //!
 //! ```no_run
 //! use ustack::dev::dpdk::{DpdkConfig, DpdkDevice};

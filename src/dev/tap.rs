@@ -5,7 +5,7 @@
 //! stack talk to the host kernel's own TCP/IP stack, which makes it the reference peer for
 //! tests and the way to try ustack on any Linux machine.
 //!
-//! The usual test topology (see [`crate::sys::netns`]):
+//! The usual test topology (see [`crate::host::netns`]):
 //!
 //! 1. open a `TapDevice` (it creates the interface, `ust0`, `ust1`, … by default),
 //! 2. move the interface into a fresh network namespace and give it an address there
@@ -13,7 +13,7 @@
 //!    process holds keeps working after the move,
 //! 3. run ustack on the device with another address of that subnet (10.x.y.2), and the kernel
 //!    peer (`std::net` sockets) on a thread that entered the namespace
-//!    ([`NetNs::run`](crate::sys::netns::NetNs::run)).
+//!    ([`NetNs::run`](crate::host::netns::NetNs::run)).
 //!
 //! The kernel side of a TAP without offloads sends frames with complete checksums and checks
 //! every checksum of what it receives, so the device claims no checksum offload.
@@ -290,7 +290,7 @@ impl TapDevice {
     ///
     /// The interface starts down, in the caller's network namespace, with the configured MTU.
     /// Configure its kernel side with `ip` (in a namespace for tests), or with
-    /// [`crate::sys::tap::set_up`].
+    /// [`crate::host::iface::set_up`].
     pub fn open(config: &TapConfig) -> Result<TapDevice, TapError> {
         check_config(config)?;
         let requested = config.name.as_deref();

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 
 use super::{HugeRegion, MemError, PageSize};
+use crate::sys::xdp::UmemArea;
 
 /// Buffers are laid out on cache-line boundaries.
 const BUF_ALIGN: usize = 64;
@@ -280,6 +281,19 @@ impl fmt::Debug for BufPool {
             .field("page_size", &self.page_size())
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+// SAFETY: a pool's memory is its region's one mapping (page aligned, read-write, `len` bytes),
+// and every clone of the pool holds the `Arc` that owns the region, so the mapping stays valid
+// while any clone lives. Its UMEM frames are the pool's buffer slots (`stride` apart); the
+// AF_XDP device lends the kernel only buffers it took out of the pool (`lend`).
+unsafe impl UmemArea for BufPool {
+    fn memory(&self) -> (*mut u8, usize) {
+        BufPool::memory(self)
+    }
+    fn frame_len(&self) -> usize {
+        self.stride()
     }
 }
 

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{HugeRegion, MemError, PageSize};
-use crate::sys::memif as sys;
+use crate::sys::unix_ipc as sys;
 
 /// Creates a memory file of at least `len` bytes on `page`-sized pages, sized, sealed against
 /// shrinking and growing, and maps it shared. Returns the mapping, the file and the mapped length
@@ -89,7 +89,7 @@ fn memfd_mapping(
             return Err(MemError::NoHugePages {
                 page,
                 len,
-                free: super::region::hugepages_free(page),
+                free: super::page::hugepages_free(page),
             });
         }
         Err(source) => return Err(MemError::Map { len, page, source }),

@@ -14,7 +14,7 @@
 //! Sockets are non-blocking with `TCP_NODELAY`. The server's thread waits on all of them with
 //! `epoll(7)`, each registered once and edge-triggered, so a wait costs the same with one or a
 //! thousand connections and only connections the kernel reports are looked at; the client waits
-//! on its one socket with `ppoll(2)` (see [`crate::sys::socket`]). Store calls of a store that
+//! on its one socket with `ppoll(2)` (`sys::socket`). Store calls of a store that
 //! may block run on storage workers, which wake the server through an eventfd. A core that pushes back (all its answers queued, or no staging
 //! buffer free) keeps its unread bytes in the receive buffer, and the socket is not read until
 //! the core has taken them: the kernel's receive window closes and the peer slows down.

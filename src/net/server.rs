@@ -255,7 +255,7 @@ impl<S: ChunkStore + 'static> KernelServer<S> {
             }
             if token == STORAGE {
                 if let Some(Ok(fd)) = self.storage.wake_fd() {
-                    let _ = crate::sys::memif::eventfd_drain(fd);
+                    let _ = crate::sys::unix_ipc::eventfd_drain(fd);
                 }
                 continue;
             }

@@ -7,11 +7,19 @@
 use std::marker::PhantomData;
 
 use super::crc::{PayloadCheck, FUSED_BLOCK};
-use super::error::{ParseError, Rejection};
+use super::error::ParseError;
 use super::request::RequestHeader;
 use super::response::ResponseHeader;
 use super::wire;
-use super::{Limits, HEADER_LEN_MAX, REQUEST_MAGIC, RESPONSE_MAGIC};
+use super::{Limits, REQUEST_MAGIC, RESPONSE_MAGIC};
+
+/// The longest header of any kind, in bytes: the size of [`FrameDecoder`]'s header array.
+pub const HEADER_LEN_MAX: usize = RequestHeader::HEADER_LEN;
+
+// The decoder's header array must hold either header.
+const _: () = assert!(
+    HEADER_LEN_MAX >= RequestHeader::HEADER_LEN && HEADER_LEN_MAX >= ResponseHeader::HEADER_LEN
+);
 
 mod sealed {
     pub trait Sealed {}
@@ -87,6 +95,55 @@ pub enum Event<'a, H> {
     /// [`Rejection::must_close`], close the connection after that (the decoder takes no more
     /// input).
     Rejected(Rejection),
+}
+
+/// A rejected frame: the error plus what can be believed of its header, enough to address an
+/// error response.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// What was wrong.
+    pub error: ParseError,
+    /// The frame's request id, if its header CRC was verified.
+    pub request_id: Option<u64>,
+    /// The frame's op byte if its header CRC was verified, else 0.
+    pub op: u8,
+}
+
+impl Rejection {
+    /// The rejection for `error`, found while parsing the header in `header` (at least the
+    /// 16-byte envelope for the request id and op to be read; shorter input gives none).
+    pub fn new(header: &[u8], error: ParseError) -> Rejection {
+        let (request_id, op) = if error.header_verified() {
+            match wire::envelope_fields(header) {
+                Some((op, id)) => (Some(id), op),
+                None => (None, 0),
+            }
+        } else {
+            (None, 0)
+        };
+        Rejection {
+            error,
+            request_id,
+            op,
+        }
+    }
+
+    /// Whether the connection must be closed after the error response.
+    pub const fn must_close(&self) -> bool {
+        self.error.must_close()
+    }
+
+    /// The error response a server sends for this rejection: the request id (0 if unknown), the
+    /// op byte echoed, the status of the error, and the `closing` flag if the server will close
+    /// the connection after it.
+    pub fn error_response(&self) -> ResponseHeader {
+        ResponseHeader::error(
+            self.request_id.unwrap_or(0),
+            self.op,
+            self.error.status(),
+            self.must_close(),
+        )
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

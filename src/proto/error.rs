@@ -1,9 +1,10 @@
 //! Status codes, parse errors, and what a server does about them.
+//!
+//! A leaf of the codec: it names nothing else of `proto` but the [`VERSION`](super::VERSION)
+//! constant. What a server answers a rejected frame with ([`Rejection`](super::Rejection)) is
+//! beside the decoder that rejects it.
 
 use std::fmt;
-
-use super::response::ResponseHeader;
-use super::wire;
 
 /// The status code of a response (a `u16` on the wire). `Ok` is 0; every failure has its own code.
 ///
@@ -363,55 +364,6 @@ impl ParseError {
                 | ParseError::BadMagic { .. }
                 | ParseError::UnsupportedVersion { .. }
                 | ParseError::BadHeaderChecksum { .. }
-        )
-    }
-}
-
-/// A rejected frame: the error plus what can be believed of its header, enough to address an
-/// error response.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Rejection {
-    /// What was wrong.
-    pub error: ParseError,
-    /// The frame's request id, if its header CRC was verified.
-    pub request_id: Option<u64>,
-    /// The frame's op byte if its header CRC was verified, else 0.
-    pub op: u8,
-}
-
-impl Rejection {
-    /// The rejection for `error`, found while parsing the header in `header` (at least the
-    /// 16-byte envelope for the request id and op to be read; shorter input gives none).
-    pub fn new(header: &[u8], error: ParseError) -> Rejection {
-        let (request_id, op) = if error.header_verified() {
-            match wire::envelope_fields(header) {
-                Some((op, id)) => (Some(id), op),
-                None => (None, 0),
-            }
-        } else {
-            (None, 0)
-        };
-        Rejection {
-            error,
-            request_id,
-            op,
-        }
-    }
-
-    /// Whether the connection must be closed after the error response.
-    pub const fn must_close(&self) -> bool {
-        self.error.must_close()
-    }
-
-    /// The error response a server sends for this rejection: the request id (0 if unknown), the
-    /// op byte echoed, the status of the error, and the `closing` flag if the server will close
-    /// the connection after it.
-    pub fn error_response(&self) -> ResponseHeader {
-        ResponseHeader::error(
-            self.request_id.unwrap_or(0),
-            self.op,
-            self.error.status(),
-            self.must_close(),
         )
     }
 }

@@ -48,8 +48,10 @@ mod wire;
 mod proptests;
 
 pub use crc::{copy_crc, crc32c, crc32c_append, crc32c_combine, PayloadCheck, FUSED_BLOCK};
-pub use decoder::{Event, FrameDecoder, RequestDecoder, ResponseDecoder, WireHeader};
-pub use error::{ParseError, Rejection, Status};
+pub use decoder::{
+    Event, FrameDecoder, Rejection, RequestDecoder, ResponseDecoder, WireHeader, HEADER_LEN_MAX,
+};
+pub use error::{ParseError, Status};
 pub use list::{list_entries, ListEntry, LIST_ENTRY_LEN, LIST_PAGE_MAX};
 pub use request::{ChunkId, Op, Request, RequestHeader, REQUEST_FLAG_LIST_AFTER};
 pub use response::{Reply, ResponseHeader, RESPONSE_FLAG_CLOSING, RESPONSE_FLAG_MORE};
@@ -62,14 +64,6 @@ pub const REQUEST_MAGIC: [u8; 2] = *b"uQ";
 
 /// First two bytes of every response header: ASCII `"uR"`.
 pub const RESPONSE_MAGIC: [u8; 2] = *b"uR";
-
-/// The longest header of any kind, in bytes: the size of [`FrameDecoder`]'s header array.
-pub const HEADER_LEN_MAX: usize = RequestHeader::HEADER_LEN;
-
-// The decoder's header array must hold either header.
-const _: () = assert!(
-    HEADER_LEN_MAX >= RequestHeader::HEADER_LEN && HEADER_LEN_MAX >= ResponseHeader::HEADER_LEN
-);
 
 /// Size limits one connection enforces. Both peers should use the same values (a client with
 /// smaller limits than its server rejects responses the server considers valid).

@@ -15,7 +15,7 @@ use crate::dev::{Batch, Frame, PacketDevice, ETH_HEADER_LEN};
 use crate::time::Instant;
 
 use super::capture::{self, Tap};
-use super::StackStats;
+use super::stats::StackStats;
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;

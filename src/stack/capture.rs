@@ -1,13 +1,13 @@
-//! On-demand packet capture from a running [`Stack`]: switched on with
-//! [`Stack::start_capture`], off with [`Stack::stop_capture`], read with `tcpdump -r`.
+//! On-demand packet capture from a running [`Stack`](super::Stack): switched on with
+//! [`Stack::start_capture`](super::Stack::start_capture), off with [`Stack::stop_capture`](super::Stack::stop_capture), read with `tcpdump -r`.
 //!
 //! The design, limits and timestamps are described on [`CaptureSpec`], which is what users
 //! see (this module is private; its items are re-exported by `crate::stack`).
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+
+use std::io::{self, Write};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,11 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::dev::pcap::{emit_global_header_snaplen, emit_record_header_snaplen, SNAPLEN};
+use crate::dev::pcap::{emit_record_header_snaplen, SNAPLEN};
 use crate::dev::{Batch, Frame, PacketDevice};
 use crate::time::Instant;
-
-use super::Stack;
 
 /// Slots of the ring between the polling thread and the writer: frames the writer may be
 /// behind by before frames are dropped.
@@ -30,16 +28,16 @@ pub const CAPTURE_RING_SLOTS: usize = 1024;
 pub const CAPTURE_BYTES_CEILING: u64 = 1 << 30;
 /// The largest `packets_max` accepted (their record headers alone are 160 MB).
 pub const CAPTURE_PACKETS_CEILING: u64 = 10_000_000;
-/// How long [`Stack::stop_capture`] waits for the writer to write what it holds and close the
+/// How long [`Stack::stop_capture`](super::Stack::stop_capture) waits for the writer to write what it holds and close the
 /// file.
 pub const CAPTURE_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the writer sleeps when the ring is empty (it is woken sooner when the ring fills).
 const WRITER_NAP: Duration = Duration::from_millis(10);
 /// The writer's file buffer.
-const WRITER_BUF: usize = 256 << 10;
+pub(super) const WRITER_BUF: usize = 256 << 10;
 
-/// What to capture, where, and when to stop: the argument of [`Stack::start_capture`].
+/// What to capture, where, and when to stop: the argument of [`Stack::start_capture`](super::Stack::start_capture).
 ///
 /// # What is captured
 ///
@@ -52,7 +50,7 @@ const WRITER_BUF: usize = 256 << 10;
 ///
 /// # The data path never waits
 ///
-/// [`Stack::start_capture`] allocates a ring of [`CAPTURE_RING_SLOTS`] slots, each as long as
+/// [`Stack::start_capture`](super::Stack::start_capture) allocates a ring of [`CAPTURE_RING_SLOTS`] slots, each as long as
 /// the snap length (or the device's longest frame, if shorter), and starts a writer thread.
 /// For each frame, the polling thread takes a free slot from a lock-free queue, copies the frame
 /// (up to the snap length) into it and hands it to the writer over a second queue; the writer
@@ -65,7 +63,7 @@ const WRITER_BUF: usize = 256 << 10;
 ///
 /// Records carry wall-clock time (seconds since the UNIX epoch), as tcpdump users expect: the
 /// wall clock is read once at start, and each frame's time is the stack's `now` (the time
-/// passed to [`Stack::poll`]) moved by that offset. So the dates are right to within the time
+/// passed to [`Stack::poll`](super::Stack::poll)) moved by that offset. So the dates are right to within the time
 /// since the poll before the start (microseconds in a busy-polling server), intervals between
 /// frames are the stack's own, and a virtual-time run shows its virtual intervals from the
 /// real start date.
@@ -81,12 +79,12 @@ const WRITER_BUF: usize = 256 << 10;
 /// the file is exactly `24 + 16 × packets + bytes` long, at most
 /// `24 + 16 × packets + bytes_max`. When a limit is reached the capture takes no more frames,
 /// the writer writes what it holds and closes the file, and [`CaptureStatus::ended`] says why;
-/// the capture stays to be collected by [`Stack::stop_capture`] before another may start.
+/// the capture stays to be collected by [`Stack::stop_capture`](super::Stack::stop_capture) before another may start.
 ///
 /// # Errors
 ///
 /// The file is created, with mode 0600, and its global header written by
-/// [`Stack::start_capture`] itself, so a bad path is reported at once and the stack goes on. An
+/// [`Stack::start_capture`](super::Stack::start_capture) itself, so a bad path is reported at once and the stack goes on. An
 /// existing file is never overwritten ([`CaptureError::Exists`]): the command may run as root.
 /// A write error later (disk full) ends the capture with the error in its status; serving goes
 /// on.
@@ -128,7 +126,7 @@ impl CaptureSpec {
     }
 
     /// Checks the limits; returns (packets, bytes) limits to apply.
-    fn limits(&self) -> Result<(u64, u64), CaptureError> {
+    pub(super) fn limits(&self) -> Result<(u64, u64), CaptureError> {
         if self.snaplen == 0 || self.snaplen > SNAPLEN {
             return Err(CaptureError::Snaplen {
                 snaplen: self.snaplen,
@@ -167,7 +165,7 @@ pub enum CaptureEnd {
     PacketLimit,
     /// The next frame would have taken the bytes written past `bytes_max` (or the ceiling).
     ByteLimit,
-    /// [`Stack::stop_capture`] stopped it (or the stack was dropped).
+    /// [`Stack::stop_capture`](super::Stack::stop_capture) stopped it (or the stack was dropped).
     Stopped,
     /// Writing the file failed (the message names the file and the OS error); the records
     /// before the error are in the file.
@@ -197,7 +195,7 @@ pub struct CaptureStatus {
     pub bytes: u64,
     /// Frames not captured because the writer was behind (every slot of the ring was full).
     pub dropped: u64,
-    /// The writer has not closed the file yet. Still true after [`Stack::stop_capture`] only if
+    /// The writer has not closed the file yet. Still true after [`Stack::stop_capture`](super::Stack::stop_capture) only if
     /// the writer did not finish within [`CAPTURE_STOP_WAIT`] (it finishes in the background).
     pub running: bool,
     /// Why it ended, once the file is closed.
@@ -222,7 +220,7 @@ impl fmt::Display for CaptureStatus {
     }
 }
 
-/// Errors from [`Stack::start_capture`]. Nothing was started, and the stack goes on.
+/// Errors from [`Stack::start_capture`](super::Stack::start_capture). Nothing was started, and the stack goes on.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     /// Neither `packets_max` nor `bytes_max` was given.
@@ -327,112 +325,6 @@ pub enum CaptureError {
     },
 }
 
-impl<D: PacketDevice> Stack<D> {
-    /// Starts capturing every frame received and sent into a new pcap file (see
-    /// [`CaptureSpec`]). The file is created (mode 0600, never over an existing one) and
-    /// its header written before this returns, so a bad path fails here; the frames are written
-    /// by a thread of the capture's own, and the polling thread never waits for it.
-    ///
-    /// Fails if a capture runs, or ended by itself and was not collected with
-    /// [`Stack::stop_capture`].
-    pub fn start_capture(&mut self, spec: CaptureSpec) -> Result<(), CaptureError> {
-        self.check_no_capture()?;
-        spec.limits()?;
-        let path = spec.path.clone();
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| {
-                if source.kind() == io::ErrorKind::AlreadyExists {
-                    CaptureError::Exists { path: path.clone() }
-                } else {
-                    CaptureError::Create {
-                        path: path.clone(),
-                        source,
-                    }
-                }
-            })?;
-        let mut out = BufWriter::with_capacity(WRITER_BUF, file);
-        let header = out
-            .write_all(&emit_global_header_snaplen(spec.snaplen as u32))
-            .and_then(|()| out.flush());
-        if let Err(source) = header {
-            drop(out);
-            remove_quietly(&path);
-            return Err(CaptureError::Header { path, source });
-        }
-        self.start_capture_into(spec, out).inspect_err(|_| {
-            remove_quietly(&path);
-        })
-    }
-
-    /// Starts a capture whose records go to `out` (the global header already written).
-    fn start_capture_into<W: Write + Send + 'static>(
-        &mut self,
-        spec: CaptureSpec,
-        out: W,
-    ) -> Result<(), CaptureError> {
-        self.check_no_capture()?;
-        let (packets_max, bytes_max) = spec.limits()?;
-        let caps = self.io.dev.caps();
-        let tap = Tap::start(
-            spec.path.clone(),
-            packets_max,
-            bytes_max,
-            spec.snaplen.min(caps.frame_len_max()).max(1),
-            caps.burst_max.max(1),
-            self.now,
-            out,
-        )
-        .map_err(|source| CaptureError::Thread {
-            path: spec.path.clone(),
-            source,
-        })?;
-        tracing::info!(
-            path = %spec.path.display(),
-            packets_max = ?spec.packets_max,
-            bytes_max = ?spec.bytes_max,
-            snaplen = spec.snaplen,
-            "packet capture started"
-        );
-        self.io.capture = Some(Box::new(tap));
-        Ok(())
-    }
-
-    fn check_no_capture(&self) -> Result<(), CaptureError> {
-        match self.capture_status() {
-            None => Ok(()),
-            Some(CaptureStatus {
-                path,
-                ended: Some(end),
-                ..
-            }) => Err(CaptureError::NotCollected { path, end }),
-            Some(CaptureStatus { path, .. }) => Err(CaptureError::AlreadyRunning { path }),
-        }
-    }
-
-    /// Stops the running capture (or reports the one that ended by itself and was not yet
-    /// collected), waits for the writer to flush (bounded: [`CAPTURE_STOP_WAIT`]) and returns
-    /// its final status. None if no capture was started since the last stop.
-    ///
-    /// Frames are no longer captured from the moment this is called; the wait is for the
-    /// writer to write the frames it holds (at most [`CAPTURE_RING_SLOTS`]) and close the file.
-    pub fn stop_capture(&mut self) -> Option<CaptureStatus> {
-        let mut tap = self.io.capture.take()?;
-        let status = tap.stop();
-        tracing::info!("{status}");
-        Some(status)
-    }
-
-    /// Where the current capture stands (cheap: a few atomic loads). None if no capture was
-    /// started since the last [`Stack::stop_capture`].
-    pub fn capture_status(&self) -> Option<CaptureStatus> {
-        self.io.capture.as_ref().map(|tap| tap.status())
-    }
-}
-
 /// Offers `batch` to `dev`, through the capture if one is set.
 #[inline]
 pub(crate) fn tx_burst<D: PacketDevice>(
@@ -447,7 +339,7 @@ pub(crate) fn tx_burst<D: PacketDevice>(
     }
 }
 
-fn remove_quietly(path: &Path) {
+pub(super) fn remove_quietly(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
         tracing::warn!(path = %path.display(), "cannot remove the failed capture file: {e}");
     }
@@ -533,7 +425,7 @@ pub(crate) struct Tap {
 }
 
 impl Tap {
-    fn start<W: Write + Send + 'static>(
+    pub(super) fn start<W: Write + Send + 'static>(
         path: PathBuf,
         packets_max: u64,
         bytes_max: u64,
@@ -707,7 +599,7 @@ impl Tap {
         self.writer.unpark();
     }
 
-    fn status(&self) -> CaptureStatus {
+    pub(super) fn status(&self) -> CaptureStatus {
         let done = self.shared.done.load(Ordering::Acquire);
         CaptureStatus {
             path: self.path.clone(),
@@ -720,7 +612,7 @@ impl Tap {
     }
 
     /// Closes the capture and waits (bounded) for the writer to finish.
-    fn stop(&mut self) -> CaptureStatus {
+    pub(super) fn stop(&mut self) -> CaptureStatus {
         self.close(CLOSED_STOPPED);
         if let Some(handle) = self.handle.take() {
             let deadline = std::time::Instant::now() + CAPTURE_STOP_WAIT;

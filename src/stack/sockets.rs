@@ -15,7 +15,8 @@ use crate::time::Instant;
 
 use super::adapter::FlowKey;
 use super::config::{Congestion, StackConfig};
-use super::{StackError, StackStats};
+use super::error::StackError;
+use super::stats::StackStats;
 
 /// A connection handle: a socket slot plus the generation it had when handed out.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]

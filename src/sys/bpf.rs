@@ -80,11 +80,13 @@ impl Insn {
     }
 
     /// The destination register.
+    #[cfg(test)]
     pub const fn dst(&self) -> u8 {
         self.regs & 0x0f
     }
 
     /// The source register.
+    #[cfg(test)]
     pub const fn src(&self) -> u8 {
         self.regs >> 4
     }

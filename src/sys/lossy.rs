@@ -130,7 +130,7 @@ pub enum RelayError {
 }
 
 /// Three namespaces, A - M - B, joined by two veth pairs through M. See the
-/// [module docs](self). A and B, their interfaces and addresses are those of [`Endpoints`],
+/// [module docs](crate::host::lossy). A and B, their interfaces and addresses are those of [`Endpoints`],
 /// which it dereferences to. Dropping it deletes the namespaces and with them the interfaces.
 #[derive(Debug)]
 pub struct LossyPath {

@@ -17,8 +17,8 @@
 //! `CAP_SYS_ADMIN` and `CAP_NET_ADMIN` (root).
 //!
 //! ```no_run
-//! use ustack::sys::netns::NetNs;
-//! # fn main() -> Result<(), ustack::sys::netns::NetNsError> {
+//! use ustack::host::netns::NetNs;
+//! # fn main() -> Result<(), ustack::host::netns::NetNsError> {
 //! let ns = NetNs::create("ust-doc")?;
 //! ns.ip(["link", "set", "lo", "up"])?;
 //! let addr = ns.run(|| {

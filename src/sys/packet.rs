@@ -4,7 +4,7 @@
 //! A [`PacketSocket`] is bound to one interface (by name or index) with protocol `ETH_P_ALL`,
 //! so it receives every frame that arrives on that interface, and sends frames out of it as
 //! they are (the caller writes the Ethernet header). It is non-blocking and can be waited on
-//! with `poll(2)` ([`AsFd`], e.g. [`crate::sys::socket::poll`]).
+//! with `poll(2)` ([`AsFd`], e.g. [`crate::host::socket::poll`]).
 //!
 //! - [`PacketSocket::set_promiscuous`] puts the interface in promiscuous mode for as long as
 //!   the socket is open (`PACKET_ADD_MEMBERSHIP` with `PACKET_MR_PROMISC`; the kernel drops the
@@ -18,7 +18,7 @@
 //! Frames longer than the receive buffer are reported with their length on the wire, so the
 //! caller can tell a truncated frame from a whole one. The interface must not use offloads that
 //! hand over frames longer than its MTU or with partial checksums (on a veth: `ethtool -K IFACE
-//! tx off tso off gso off gro off`, see [`crate::sys::tap::set_offload`]), or the frames
+//! tx off tso off gso off gro off`, see [`crate::host::iface::set_offload`]), or the frames
 //! received here are not what a wire would carry.
 //!
 //! Needs `CAP_NET_RAW` (root).
@@ -102,7 +102,7 @@ impl Received {
     }
 }
 
-/// An AF_PACKET raw socket bound to one interface. See the [module docs](self).
+/// An AF_PACKET raw socket bound to one interface. See the [module docs](crate::host::packet).
 pub struct PacketSocket {
     fd: OwnedFd,
     ifindex: u32,

@@ -338,15 +338,9 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
     }
 
-    /// Removes `fd` (before it is closed, if it may have been duplicated).
-    pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
-    }
-
     fn ctl(&self, op: libc::c_int, fd: BorrowedFd<'_>, events: u32, token: u64) -> io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: token };
-        // SAFETY: `ev` is a valid epoll_event living for the call (ignored by EPOLL_CTL_DEL);
-        // both descriptors are open.
+        // SAFETY: `ev` is a valid epoll_event living for the call; both descriptors are open.
         let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd.as_raw_fd(), &mut ev) };
         if rc < 0 {
             return Err(io::Error::last_os_error());

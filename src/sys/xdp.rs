@@ -4,17 +4,18 @@
 //!
 //! # Memory
 //!
-//! The UMEM (the memory the kernel copies frames into and out of) is the memory of a
-//! [`BufPool`]: every pool buffer is one UMEM frame, so the pool's stride must be the UMEM frame
-//! size (2048 or 4096 bytes, a power of two as the kernel's aligned mode wants). [`Xsk`] keeps a
-//! handle to the pool, which keeps the memory mapped for as long as the socket and its rings
-//! live. This is the one place `sys` refers to `mem`: registering memory with the kernel is only
-//! sound for memory whose lifetime something guarantees, and the pool is that something.
+//! The UMEM (the memory the kernel copies frames into and out of) is a [`UmemArea`]: one
+//! mapping split into frames of equal size (2048 or 4096 bytes, a power of two as the kernel's
+//! aligned mode wants), in ustack the memory of a `mem::BufPool`, each pool buffer one UMEM
+//! frame. [`Xsk`] keeps a handle to the area (a clone), which keeps the memory mapped for as
+//! long as the socket and its rings live: registering memory with the kernel is only sound for
+//! memory whose lifetime something guarantees, and the area's implementation promises that
+//! (`UmemArea` is an `unsafe` trait). So `sys` names no type of the layers above it.
 //!
 //! Which frame belongs to whom is the caller's business: a frame may only be given to the fill
-//! or TX ring after it was taken out of the pool with [`BufPool::lend`], and frames coming back
-//! from the RX or completion ring go back to the pool through [`BufPool::reclaim`], which checks
-//! every address the kernel returns. The kernel never writes a frame it was not given.
+//! or TX ring after it was taken out of the area's owner (`BufPool::lend`), and frames coming
+//! back from the RX or completion ring go back to it through a check of every address the kernel
+//! returns (`BufPool::reclaim`). The kernel never writes a frame it was not given.
 //!
 //! # Rings
 //!
@@ -40,7 +41,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::xsk_ring::{ConsumerRing, ProducerRing, RingArea, RingEntry, RingOffsets, XdpDesc};
-use crate::mem::BufPool;
 
 /// Bind flag `XDP_COPY`: force copy mode.
 pub const XDP_COPY: u16 = libc::XDP_COPY;
@@ -136,7 +136,7 @@ pub struct XskRings {
     pub tx_len: u32,
 }
 
-/// The step of [`Xsk::new`] that failed.
+/// The step of the AF_XDP socket's setup (`Xsk::new`) that failed.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum XskStep {
     /// `socket(AF_XDP)`.
@@ -275,12 +275,29 @@ pub fn probe_socket() -> io::Result<()> {
     Ok(())
 }
 
-/// One AF_XDP socket with its own UMEM (a [`BufPool`]'s memory) and all four rings, bound (after
+/// Memory an AF_XDP socket can use as its UMEM: one mapping, split into frames of equal size.
+///
+/// # Safety
+///
+/// An implementation promises that [`memory`](UmemArea::memory) names one mapping, page
+/// aligned, readable and writable, of the length it gives, and that the mapping stays valid for
+/// as long as this value or any clone of it lives: [`Xsk`] registers it with the kernel and keeps
+/// a clone until the socket is closed. The kernel writes only into frames the caller lends it
+/// (fill ring), so memory the owner has not lent is not written.
+pub unsafe trait UmemArea: Send + Sync + 'static {
+    /// The whole area as (start, length in bytes).
+    fn memory(&self) -> (*mut u8, usize);
+    /// Bytes per frame: frame `i` starts `i * frame_len()` bytes into the area. The kernel
+    /// takes 2048 or 4096.
+    fn frame_len(&self) -> usize;
+}
+
+/// One AF_XDP socket with its own UMEM (a [`UmemArea`]) and all four rings, bound (after
 /// [`Xsk::bind`]) to one queue of one interface.
 ///
 /// Dropping it unmaps the rings and closes the socket, which unbinds it (the kernel releases the
 /// queue a few tens of milliseconds later: a new bind to the same queue may see `EBUSY` until
-/// then), and only then releases its handle to the pool.
+/// then), and only then releases its handle to the UMEM.
 pub struct Xsk {
     // Field order is drop order: rings (unmapped) and socket first, the memory they refer to
     // last.
@@ -293,7 +310,7 @@ pub struct Xsk {
     queue_id: u32,
     stride: u64,
     /// Keeps the UMEM mapped while the kernel may use it; never read.
-    _pool: BufPool,
+    _umem: Box<dyn UmemArea>,
 }
 
 /// `setsockopt(fd, SOL_XDP, opt, &value)` for a plain value.
@@ -441,18 +458,19 @@ fn map_ring<T: RingEntry>(
 }
 
 impl Xsk {
-    /// Creates the socket, registers `pool`'s whole memory as its UMEM with frames of
-    /// `pool.stride()` bytes and `umem_headroom` bytes of headroom (in front of the kernel's
-    /// [`XDP_PACKET_HEADROOM`]), and creates and maps the rings. The socket is not bound yet.
-    pub fn new(
-        pool: &BufPool,
+    /// Creates the socket, registers `umem`'s whole memory as its UMEM with frames of
+    /// `umem.frame_len()` bytes and `umem_headroom` bytes of headroom (in front of the kernel's
+    /// [`XDP_PACKET_HEADROOM`]), and creates and maps the rings. The socket is not bound yet; it
+    /// keeps a clone of `umem`.
+    pub fn new<U: UmemArea + Clone>(
+        umem: &U,
         umem_headroom: u32,
         ifindex: u32,
         queue_id: u32,
         rings: &XskRings,
     ) -> Result<Xsk, XskSetupError> {
         let fail = |step| move |source| XskSetupError { step, source };
-        let stride = pool.stride();
+        let stride = umem.frame_len();
         if !stride.is_power_of_two() || !(2048..=4096).contains(&stride) {
             return Err(XskSetupError {
                 step: XskStep::UmemRegister,
@@ -490,10 +508,10 @@ impl Xsk {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let b = std::os::fd::AsFd::as_fd(&fd);
 
-        let (ptr, len) = pool.memory();
+        let (ptr, len) = umem.memory();
         if ptr.is_null() {
             return Err(fail(XskStep::UmemRegister)(io::Error::other(
-                "pool memory is null",
+                "UMEM memory is null",
             )));
         }
         // SAFETY: xdp_umem_reg is a plain struct of integers; all-zero is a valid value (and
@@ -503,12 +521,12 @@ impl Xsk {
         reg.len = len as u64;
         reg.chunk_size = stride as u32;
         reg.headroom = umem_headroom;
-        // SAFETY: `reg` is the kernel's struct xdp_umem_reg. It names the pool's whole mapping:
-        // page aligned (a HugeRegion starts on a page boundary), `len` bytes long, readable and
-        // writable, and kept mapped for as long as the socket can use it by the pool handle
-        // stored in the returned Xsk, which is dropped after the rings and the socket (field
-        // order). The kernel writes only into frames the caller lends it through the fill ring
-        // (see the module docs), so it never writes memory a PoolBuf owns.
+        // SAFETY: `reg` is the kernel's struct xdp_umem_reg. It names the area's whole mapping:
+        // page aligned, `len` bytes long, readable and writable, and kept mapped for as long as
+        // the socket can use it by the clone of `umem` stored in the returned Xsk (UmemArea's
+        // contract), which is dropped after the rings and the socket (field order). The kernel
+        // writes only into frames the caller lends it through the fill ring (see the module
+        // docs), so it never writes memory the area's owner has not lent.
         unsafe { set_xdp_option(b, libc::XDP_UMEM_REG, &reg) }
             .map_err(fail(XskStep::UmemRegister))?;
 
@@ -557,7 +575,7 @@ impl Xsk {
             ifindex,
             queue_id,
             stride: stride as u64,
-            _pool: pool.clone(),
+            _umem: Box::new(umem.clone()),
         })
     }
 
@@ -674,7 +692,7 @@ impl Xsk {
         std::os::fd::AsFd::as_fd(&self.fd)
     }
 
-    /// UMEM frame size (the pool's stride): `addr / frame_len` is a frame's pool index.
+    /// UMEM frame size (the area's frame length): `addr / frame_len` is a frame's index.
     pub fn frame_len(&self) -> u64 {
         self.stride
     }
@@ -905,21 +923,49 @@ mod tests {
         assert!(hw_addr("lo").is_err());
     }
 
+    /// Plain memory as a UMEM: an anonymous mapping, unmapped when the last clone is dropped.
+    #[derive(Clone)]
+    struct PlainUmem {
+        map: Arc<memmap2::MmapRaw>,
+        frame_len: usize,
+    }
+
+    impl PlainUmem {
+        fn new(frames: usize, frame_len: usize) -> PlainUmem {
+            let map = memmap2::MmapMut::map_anon(frames * frame_len).expect("anonymous mapping");
+            PlainUmem {
+                map: Arc::new(map.into()),
+                frame_len,
+            }
+        }
+    }
+
+    // SAFETY: one anonymous mapping (page aligned, read-write) of the length given, unmapped
+    // only when the last clone's Arc is dropped.
+    unsafe impl UmemArea for PlainUmem {
+        fn memory(&self) -> (*mut u8, usize) {
+            (self.map.as_mut_ptr(), self.map.len())
+        }
+        fn frame_len(&self) -> usize {
+            self.frame_len
+        }
+    }
+
     #[test]
-    fn bad_pool_strides_are_refused_before_any_syscall() {
-        let pool = BufPool::with_capacity(4, 1024, 0, crate::mem::PageSize::Base4K).expect("pool");
+    fn bad_frame_sizes_are_refused_before_any_syscall() {
+        let umem = PlainUmem::new(4, 1024);
         let rings = XskRings {
             fill_len: 4,
             completion_len: 4,
             rx_len: 4,
             tx_len: 4,
         };
-        let e = Xsk::new(&pool, 0, 1, 0, &rings).unwrap_err();
+        let e = Xsk::new(&umem, 0, 1, 0, &rings).unwrap_err();
         assert_eq!(e.step, XskStep::UmemRegister);
         assert_eq!(e.source.kind(), io::ErrorKind::InvalidInput);
-        let pool = BufPool::with_capacity(4, 2048, 0, crate::mem::PageSize::Base4K).expect("pool");
+        let umem = PlainUmem::new(4, 2048);
         let bad = XskRings { rx_len: 3, ..rings };
-        let e = Xsk::new(&pool, 0, 1, 0, &bad).unwrap_err();
+        let e = Xsk::new(&umem, 0, 1, 0, &bad).unwrap_err();
         assert_eq!(e.step, XskStep::RxTxRings);
     }
 }

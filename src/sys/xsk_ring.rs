@@ -33,6 +33,7 @@
 //! kernel's mapping of a ring, or (for tests) plain heap memory where one of our producers and
 //! one of our consumers share a ring.
 
+#[cfg(test)]
 use std::alloc::Layout;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -67,6 +68,7 @@ enum Backing {
     /// `mmap` of an AF_XDP socket: `munmap` on drop.
     Mmap,
     /// `std::alloc` (tests and models): `dealloc` with this layout on drop.
+    #[cfg(test)]
     Heap(Layout),
 }
 
@@ -102,6 +104,7 @@ impl RingArea {
 
     /// A zeroed heap area of `len` bytes, aligned to 64 bytes (a cache line), for rings whose
     /// two sides are both in this process (tests).
+    #[cfg(test)]
     pub fn heap(len: usize) -> RingArea {
         let layout = Layout::from_size_align(len.max(1), 64).expect("ring area layout");
         // SAFETY: the layout has a non-zero size.
@@ -122,11 +125,6 @@ impl RingArea {
     /// Length of the area in bytes.
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Whether the area has no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The `u32` at `offset` as an atomic; panics unless it lies in the area, aligned.
@@ -150,6 +148,7 @@ impl Drop for RingArea {
                 // is left (this is the last handle).
                 unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
             }
+            #[cfg(test)]
             Backing::Heap(layout) => {
                 // SAFETY: allocated in `heap` with this very layout, freed once.
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
@@ -167,6 +166,8 @@ struct RingParts<T> {
     entries: NonNull<T>,
     mask: u32,
     size: u32,
+    /// Keeps the memory the pointers above point into alive; never read.
+    #[allow(dead_code)]
     area: Arc<RingArea>,
     _entry: PhantomData<T>,
 }
@@ -266,12 +267,6 @@ impl<T: RingEntry> ProducerRing<T> {
         }
     }
 
-    /// Ring size (entries).
-    #[inline]
-    pub fn size(&self) -> u32 {
-        self.parts.size
-    }
-
     /// Free slots, up to `want`: the cached count, refreshed from the consumer index when it
     /// shows fewer than `want`. Reserved slots do not count as free.
     #[inline]
@@ -299,6 +294,7 @@ impl<T: RingEntry> ProducerRing<T> {
     }
 
     /// Slots reserved and not submitted yet.
+    #[cfg(test)]
     #[inline]
     pub fn reserved(&self) -> u32 {
         self.reserved
@@ -360,11 +356,6 @@ impl<T: RingEntry> ProducerRing<T> {
             None => true,
         }
     }
-
-    /// The area this ring lives in.
-    pub fn area(&self) -> &Arc<RingArea> {
-        &self.parts.area
-    }
 }
 
 /// Our side of a ring we consume from (RX, completion).
@@ -401,12 +392,6 @@ impl<T: RingEntry> ConsumerRing<T> {
         }
     }
 
-    /// Ring size (entries).
-    #[inline]
-    pub fn size(&self) -> u32 {
-        self.parts.size
-    }
-
     /// Entries ready and not released (a fresh, relaxed read of the producer index: advisory,
     /// to decide whether to come back; [`peek`](Self::peek) is what makes entries readable).
     #[inline]
@@ -434,6 +419,7 @@ impl<T: RingEntry> ConsumerRing<T> {
     }
 
     /// Entries peeked and not released.
+    #[cfg(test)]
     #[inline]
     pub fn peeked(&self) -> u32 {
         self.peeked
@@ -466,6 +452,7 @@ impl<T: RingEntry> ConsumerRing<T> {
 
     /// Whether the producer asks for a wake-up (`XDP_RING_NEED_WAKEUP`); `true` without a
     /// flags word.
+    #[cfg(test)]
     #[inline]
     pub fn needs_wakeup(&self) -> bool {
         match self.parts.flags() {
@@ -477,6 +464,7 @@ impl<T: RingEntry> ConsumerRing<T> {
 
 /// A ring laid out in heap memory, as the kernel lays one out (indices and flags on their own
 /// cache lines, then the entries), for tests of both sides.
+#[cfg(test)]
 pub fn heap_ring<T: RingEntry>(size: u32) -> (Arc<RingArea>, RingOffsets) {
     let off = RingOffsets {
         producer: 0,

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ustack::sys::proc::OwnedChild;
+use ustack::host::process::OwnedChild;
 
 /// Names the role of a child process; unset in the test harness's own process.
 pub const ROLE_ENV: &str = "USTACK_TEST_ROLE";
@@ -159,7 +159,7 @@ impl ChildCommand {
     }
 
     /// Starts it from a thread inside `ns`: the child lives in that network namespace.
-    pub fn spawn_in(self, ns: &ustack::sys::netns::NetNs) -> Watched {
+    pub fn spawn_in(self, ns: &ustack::host::netns::NetNs) -> Watched {
         ns.run(move || self.spawn()).expect("enter the namespace")
     }
 

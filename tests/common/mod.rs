@@ -217,12 +217,12 @@ pub fn tap_in_netns(
     prefix: &str,
     kernel_ip: Ipv4Addr,
     tap: &ustack::dev::tap::TapConfig,
-) -> Option<(ustack::sys::netns::NetNs, ustack::dev::tap::TapDevice)> {
-    if let Err(e) = ustack::sys::netns::can_create_netns() {
+) -> Option<(ustack::host::netns::NetNs, ustack::dev::tap::TapDevice)> {
+    if let Err(e) = ustack::host::netns::can_create_netns() {
         skip(&e.to_string());
         return None;
     }
-    let ns = ustack::sys::netns::NetNs::create(prefix).expect("create netns");
+    let ns = ustack::host::netns::NetNs::create(prefix).expect("create netns");
     let tap = match ustack::dev::tap::TapDevice::open(tap) {
         Ok(t) => t,
         Err(e) => {

@@ -145,6 +145,13 @@ fn parse_size(s: &str) -> Option<u64> {
 /// The run's record: `key<TAB>value` lines; a later line wins.
 pub type Meta = BTreeMap<String, String>;
 
+/// The run's record of `key`, or "(not recorded)".
+pub fn meta_get<'a>(meta: &'a Meta, key: &str) -> &'a str {
+    meta.get(key)
+        .map(String::as_str)
+        .unwrap_or("(not recorded)")
+}
+
 pub fn read_meta(path: &Path) -> Result<Meta, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(text

@@ -13,8 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::format::{ratio_fmt, spread_text, thousands};
-use crate::input::Meta;
-use crate::report::meta_get;
+use crate::input::{meta_get, Meta};
 use crate::stats::Spread;
 use crate::targets::{judge, verdict_text};
 

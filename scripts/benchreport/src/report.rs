@@ -3,20 +3,13 @@
 use std::fmt::Write as _;
 
 use crate::format::{num, pct_fmt, ratio_fmt, spread_text, thousands, workload_text};
-use crate::input::Meta;
+use crate::input::{meta_get, Meta};
 use crate::lossy;
 use crate::stats::{
     baseline_of, m_client_cpu_gb, m_huge_mib, m_mbs, m_mem_mib, m_ops, m_p50, m_p99, m_p999,
     m_server_cpu_gb, Data, PATHS, SCALE_BASE,
 };
 use crate::targets::{targets, verdict_text};
-
-/// The run's record of `key`, or "(not recorded)".
-pub fn meta_get<'a>(meta: &'a Meta, key: &str) -> &'a str {
-    meta.get(key)
-        .map(String::as_str)
-        .unwrap_or("(not recorded)")
-}
 
 /// The whole report, section by section; the lossy-path section when there are lossy results,
 /// and `notes` (the hand-written analysis) at the end.

@@ -5,7 +5,8 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
-use super::{DirStore, DirStoreError};
+use super::{dir_err, listed_size, DirStore, DirStoreError};
+use crate::chunk::store::StoreError;
 use crate::proto::ChunkId;
 
 /// The format marker: its presence says every chunk file carries a checksum trailer.
@@ -92,5 +93,84 @@ impl DirStore {
 
     pub(super) fn tmp_path(&self, id: ChunkId) -> PathBuf {
         self.subdir(id).join(format!("{id}{TMP_SUFFIX}"))
+    }
+}
+
+impl DirStore {
+    /// Creates the fan-out subdirectories that are missing (and syncs the store directory
+    /// when it made any); an entry of that name that is not a directory is an error.
+    pub(super) fn make_subdirs(&self) -> Result<(), DirStoreError> {
+        let mut created = false;
+        for index in 0..FANOUT {
+            let sub = self.dir.join(subdir_name(index));
+            match fs::create_dir(&sub) {
+                Ok(()) => created = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let meta = fs::metadata(&sub).map_err(dir_err(&sub))?;
+                    if !meta.is_dir() {
+                        return Err(DirStoreError::Directory {
+                            path: sub,
+                            source: io::Error::new(
+                                io::ErrorKind::AlreadyExists,
+                                "exists and is not a directory",
+                            ),
+                        });
+                    }
+                }
+                Err(e) => return Err(dir_err(&sub)(e)),
+            }
+        }
+        if created {
+            self.sync_dir(&self.dir).map_err(dir_err(&self.dir))?;
+        }
+        Ok(())
+    }
+
+    /// One page of [`ChunkStore::list`](crate::chunk::ChunkStore::list) (see its docs there).
+    pub(super) fn list_page(
+        &self,
+        after: Option<ChunkId>,
+        max: usize,
+    ) -> Result<Vec<crate::proto::ListEntry>, StoreError> {
+        let mut out = Vec::with_capacity(max.min(1024));
+        let first = after.map_or(0, fanout);
+        for index in first..FANOUT {
+            if out.len() >= max {
+                break;
+            }
+            let sub = self.dir.join(subdir_name(index));
+            let failed = |source| StoreError::List {
+                what: sub.display().to_string(),
+                source,
+            };
+            let mut found = Vec::new();
+            for entry in fs::read_dir(&sub).map_err(failed)? {
+                let entry = entry.map_err(failed)?;
+                let Some((id, EntryKind::Chunk)) = entry.file_name().to_str().and_then(parse_name)
+                else {
+                    continue;
+                };
+                if fanout(id) == index && (index != first || after.is_none_or(|a| id > a)) {
+                    found.push((id, entry));
+                }
+            }
+            found.sort_unstable_by_key(|(id, _)| *id);
+            for (id, entry) in found {
+                if out.len() >= max {
+                    break;
+                }
+                // The entry itself, never a symlink's target.
+                match entry.metadata() {
+                    Ok(meta) if meta.is_file() => out.push(crate::proto::ListEntry {
+                        id,
+                        size: listed_size(&meta),
+                    }),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(failed(e)),
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -204,6 +204,7 @@ mod migrate;
 mod read;
 mod record;
 mod recovery;
+mod report;
 mod scrub;
 mod write;
 
@@ -219,9 +220,7 @@ use super::block_sums as sums;
 use super::mem_store::write_end;
 use super::store::{ChunkStat, ChunkStore, ReadInfo, StoreError};
 use crate::proto::{ChunkId, Limits};
-use integrity::read_trailer;
-use layout::{fanout, parse_name, subdir_name, EntryKind, FANOUT};
-pub use recovery::RecoveryReport;
+pub use report::RecoveryReport;
 pub use scrub::{ScrubFinding, ScrubReport};
 
 /// When a write is durable before [`DirStore`] acknowledges it.
@@ -381,10 +380,6 @@ impl DirStore {
             });
         }
         let dir = dir.as_ref().to_path_buf();
-        let dir_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| DirStoreError::Directory { path, source }
-        };
         let existed = dir.is_dir();
         fs::create_dir_all(&dir).map_err(dir_err(&dir))?;
         if !existed && config.sync == SyncPolicy::Always {
@@ -440,29 +435,7 @@ impl DirStore {
             _lock: lock,
         };
 
-        let mut created = false;
-        for index in 0..FANOUT {
-            let sub = store.dir.join(subdir_name(index));
-            match fs::create_dir(&sub) {
-                Ok(()) => created = true,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let meta = fs::metadata(&sub).map_err(dir_err(&sub))?;
-                    if !meta.is_dir() {
-                        return Err(DirStoreError::Directory {
-                            path: sub,
-                            source: io::Error::new(
-                                io::ErrorKind::AlreadyExists,
-                                "exists and is not a directory",
-                            ),
-                        });
-                    }
-                }
-                Err(e) => return Err(dir_err(&sub)(e)),
-            }
-        }
-        if created {
-            store.sync_dir(&store.dir).map_err(dir_err(&store.dir))?;
-        }
+        store.make_subdirs()?;
         // Without the format marker the chunk files (if any) are an earlier version's, without
         // checksums: recover them with that version's rules, then migrate.
         let legacy = !store.read_format()?;
@@ -564,13 +537,7 @@ impl ChunkStore for DirStore {
     /// Size and CRC from the trailer alone (the sums combined; no data read), after checking
     /// the trailer whole: a chunk cut short or with a damaged trailer is `Corrupt`.
     fn stat(&self, id: ChunkId) -> Result<ChunkStat, StoreError> {
-        let _guard = read_lock(&self.stripe(id).lock);
-        let (chunk, file_len) = open_existing(&self.chunk_path(id), id)?;
-        let (footer, stored) = read_trailer(&chunk, file_len).map_err(|f| self.fault(id, f))?;
-        Ok(ChunkStat {
-            size: footer.size,
-            crc: sums::crc_from_sums(footer.size, 0, &stored),
-        })
+        self.stat_chunk(id)
     }
 
     /// Lists by (subdirectory, id): the subdirectories in order (`00` to `ff`, the XOR of an
@@ -584,47 +551,14 @@ impl ChunkStore for DirStore {
         after: Option<ChunkId>,
         max: usize,
     ) -> Result<Vec<crate::proto::ListEntry>, StoreError> {
-        let mut out = Vec::with_capacity(max.min(1024));
-        let first = after.map_or(0, fanout);
-        for index in first..FANOUT {
-            if out.len() >= max {
-                break;
-            }
-            let sub = self.dir.join(subdir_name(index));
-            let failed = |source| StoreError::List {
-                what: sub.display().to_string(),
-                source,
-            };
-            let mut found = Vec::new();
-            for entry in fs::read_dir(&sub).map_err(failed)? {
-                let entry = entry.map_err(failed)?;
-                let Some((id, EntryKind::Chunk)) = entry.file_name().to_str().and_then(parse_name)
-                else {
-                    continue;
-                };
-                if fanout(id) == index && (index != first || after.is_none_or(|a| id > a)) {
-                    found.push((id, entry));
-                }
-            }
-            found.sort_unstable_by_key(|(id, _)| *id);
-            for (id, entry) in found {
-                if out.len() >= max {
-                    break;
-                }
-                // The entry itself, never a symlink's target.
-                match entry.metadata() {
-                    Ok(meta) if meta.is_file() => out.push(crate::proto::ListEntry {
-                        id,
-                        size: listed_size(&meta),
-                    }),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(failed(e)),
-                }
-            }
-        }
-        Ok(out)
+        self.list_page(after, max)
     }
+}
+
+/// The error for a failed operation on the store's directory (or a subdirectory) `path`.
+fn dir_err(path: &Path) -> impl FnOnce(io::Error) -> DirStoreError {
+    let path = path.to_path_buf();
+    move |source| DirStoreError::Directory { path, source }
 }
 
 /// Opens an existing file of the store for reading and writing, never through a symlink.

@@ -2,10 +2,10 @@
 
 use std::os::unix::fs::FileExt;
 
-use super::integrity::{check_block, read_footer, Fault};
+use super::integrity::{check_block, read_footer, read_trailer, Fault};
 use super::{io_error, open_existing, read_lock, DirStore};
 use crate::chunk::block_sums::{self as sums, BLOCK};
-use crate::chunk::store::{ReadInfo, StoreError};
+use crate::chunk::store::{ChunkStat, ReadInfo, StoreError};
 use crate::copies::{self, Pass};
 use crate::proto::{crc32c, ChunkId};
 
@@ -96,5 +96,18 @@ impl DirStore {
             crc = sums::combine(crc, c, n);
         }
         Ok((info, crc))
+    }
+}
+
+impl DirStore {
+    /// [`ChunkStore::stat`](crate::chunk::ChunkStore::stat): size and CRC from the trailer.
+    pub(super) fn stat_chunk(&self, id: ChunkId) -> Result<ChunkStat, StoreError> {
+        let _guard = read_lock(&self.stripe(id).lock);
+        let (chunk, file_len) = open_existing(&self.chunk_path(id), id)?;
+        let (footer, stored) = read_trailer(&chunk, file_len).map_err(|f| self.fault(id, f))?;
+        Ok(ChunkStat {
+            size: footer.size,
+            crc: sums::crc_from_sums(footer.size, 0, &stored),
+        })
     }
 }

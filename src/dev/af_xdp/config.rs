@@ -6,72 +6,13 @@ use crate::dev::ETH_HEADER_LEN;
 use crate::mem::PageSize;
 use crate::sys::xdp as sys;
 
+use super::mode::{XdpMode, ZeroCopy};
 use super::XdpError;
 
 /// Largest queue id accepted (the XSKMAP has `queue_id + 1` slots).
 const QUEUE_ID_MAX: u32 = 1023;
 /// Largest ring accepted.
 const RING_LEN_MAX: u32 = 1 << 18;
-
-/// Where the XDP program runs.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub enum XdpMode {
-    /// Native if the driver has it, else generic (logged).
-    #[default]
-    Auto,
-    /// Native (driver) XDP only.
-    Native,
-    /// Generic (socket-buffer) XDP only: works on any interface, slower.
-    Generic,
-}
-
-/// Whether the socket shares the UMEM with the NIC (zero-copy) or the kernel copies.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub enum ZeroCopy {
-    /// Zero-copy if the driver has it, else copy (logged).
-    #[default]
-    Auto,
-    /// Zero-copy only.
-    On,
-    /// Copy mode only.
-    Off,
-}
-
-/// How the program was attached (the outcome of [`XdpMode`]).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// In the driver (`XDP_FLAGS_DRV_MODE`).
-    Native,
-    /// On socket buffers (`XDP_FLAGS_SKB_MODE`).
-    Generic,
-}
-
-impl std::fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AttachMode::Native => "native",
-            AttachMode::Generic => "generic",
-        })
-    }
-}
-
-/// How the socket was bound (the outcome of [`ZeroCopy`]).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum BindMode {
-    /// `XDP_ZEROCOPY`.
-    ZeroCopy,
-    /// `XDP_COPY`.
-    Copy,
-}
-
-impl std::fmt::Display for BindMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BindMode::ZeroCopy => "zero-copy",
-            BindMode::Copy => "copy",
-        })
-    }
-}
 
 /// Preferred busy polling of the device queue from the socket's system calls
 /// (`SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL`, `SO_BUSY_POLL_BUDGET`).

@@ -6,7 +6,7 @@ use std::io;
 use crate::mem::MemError;
 use crate::sys::xdp::XskStep;
 
-use super::{AttachMode, BindMode};
+use super::mode::{AttachMode, BindMode};
 
 /// The modes tried for one step, each with the error it got, shown as
 /// `native: <error>; generic: <error>`.

@@ -136,6 +136,7 @@
 mod caps;
 mod config;
 mod error;
+mod mode;
 mod program;
 mod setup;
 
@@ -144,13 +145,15 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-pub use config::{AttachMode, BindMode, BusyPoll, XdpConfig, XdpMode, ZeroCopy};
+pub use crate::sys::xdp::{XskStatistics, XskStep};
+pub use config::{BusyPoll, XdpConfig};
 pub use error::{Attempts, CapList, MemlockLimit, XdpError};
+pub use mode::{AttachMode, BindMode, XdpMode, ZeroCopy};
 
 use crate::dev::{Batch, ChecksumCaps, DeviceCaps, LinkStats, PacketDevice, ETH_HEADER_LEN};
 use crate::mem::{BufPool, PageSize, PoolBuf};
 use crate::sys::bpf;
-use crate::sys::xdp::{self as sys, TxPacket, Xsk, XskRings, XskStatistics};
+use crate::sys::xdp::{self as sys, TxPacket, Xsk, XskRings};
 use crate::time::Instant;
 use setup::{
     attach, bind_sg, check_capabilities, load_program, load_program_frags, lookup, map_error,

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::mem::shm::SharedRegion;
 use crate::mem::{MemError, PageSize};
-use crate::sys::memif as sys;
+use crate::sys::unix_ipc as sys;
 
 use super::proto::{
     AddRegion, AddRing, Hello, Init, Msg, Name, ADD_RING_FLAG_C2S, LOG2_RING_SIZE_MAX,

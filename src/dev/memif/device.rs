@@ -13,20 +13,20 @@ use crate::dev::{
 };
 use crate::mem::shm::SharedRegion;
 use crate::mem::{BufPool, HugeRegion, PoolBuf};
-use crate::sys::memif::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
 use crate::sys::socket::{self as poll_sys, PollFd, POLLIN};
+use crate::sys::unix_ipc::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
 use crate::time::Instant;
 
 use super::control::{
     ClientHandshake, ClientParams, ClientStep, ControlError, Established, ServerHandshake,
     ServerParams, ServerStep,
 };
-use super::frame::{Carry, MemifFrame, Parts};
+use super::frame::MemifFrame;
 use super::proto::{
     secret_field, Disconnect, Msg, Name, CAP_RX_CHECKSUMS_TRUSTED, MSG_LEN, SECRET_LEN,
 };
 use super::ring::{
-    self, ClientRx, ClientTx, CopyIn, PendingCopy, RingFault, ServerRx, ServerTx,
+    self, Carry, ClientRx, ClientTx, CopyIn, Parts, PendingCopy, RingFault, ServerRx, ServerTx,
     RING_FLAG_MASK_INT,
 };
 use super::{MemifConfig, MemifError, MemifRole, MemifState, MemifStats};

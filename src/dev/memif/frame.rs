@@ -1,11 +1,12 @@
 //! [`MemifFrame`]: the frame of a memif device that builds frames in place
-//! ([`MemifDevice::open_in_place`](super::MemifDevice::open_in_place)), and the small trait
-//! that lets the device's code serve both frame types.
+//! ([`MemifDevice::open_in_place`](super::MemifDevice::open_in_place)), and its side of the
+//! small trait (`Carry`, in `ring.rs` beside the ring code generic over it) that lets the
+//! device's code serve both frame types.
 
 use crate::dev::Frame;
 use crate::mem::PoolBuf;
 
-use super::ring::{PendingCopy, SlotFrame};
+use super::ring::{Carry, Parts, PendingCopy, SlotFrame};
 
 /// A frame of an in-place memif device: a buffer of the device's own pool, or, for a server's
 /// outgoing frames, the buffer(s) the client posted, lent to the stack until the frame is sent
@@ -74,45 +75,6 @@ impl Frame for MemifFrame {
             Inner::Pool(b, _) => b.set_len(len),
             Inner::Slot(s) => s.set_len(len),
         }
-    }
-}
-
-/// A frame taken apart by the device.
-pub(crate) enum Parts {
-    Pool(PoolBuf),
-    Slot(SlotFrame),
-}
-
-/// What the device needs of its frame type: [`PoolBuf`] (frames always in the device's pool)
-/// or [`MemifFrame`] (a server's outgoing frames may be built in place).
-pub(crate) trait Carry: Frame + Sized {
-    /// Whether frames can be lent in place.
-    const IN_PLACE: bool;
-    fn from_pool(buf: PoolBuf) -> Self;
-    /// A pool buffer standing in for a posted buffer (`None` if the type cannot say so).
-    fn pending(buf: PoolBuf, mark: PendingCopy) -> Self;
-    /// A frame lent in place (`None` if the type cannot hold one).
-    fn from_slot(f: SlotFrame) -> Option<Self>;
-    fn is_slot(&self) -> bool;
-    fn into_parts(self) -> Parts;
-}
-
-impl Carry for PoolBuf {
-    const IN_PLACE: bool = false;
-    fn from_pool(buf: PoolBuf) -> Self {
-        buf
-    }
-    fn pending(buf: PoolBuf, _mark: PendingCopy) -> Self {
-        buf
-    }
-    fn from_slot(_f: SlotFrame) -> Option<Self> {
-        None
-    }
-    fn is_slot(&self) -> bool {
-        false
-    }
-    fn into_parts(self) -> Parts {
-        Parts::Pool(self)
     }
 }
 

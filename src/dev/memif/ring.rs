@@ -40,12 +40,11 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::copies::{self, Pass};
-use crate::dev::{Batch, ETH_HEADER_LEN};
+use crate::dev::{Batch, Frame, ETH_HEADER_LEN};
 use crate::mem::shm::{SharedRegion, ShmLease};
 use crate::mem::{BufPool, PoolBuf};
-use crate::sys::memif as sys;
+use crate::sys::unix_ipc as sys;
 
-use super::frame::Carry;
 use super::proto::{COOKIE, LOG2_RING_SIZE_MAX};
 use super::MemifStats;
 
@@ -896,6 +895,45 @@ impl Drop for PendingCopy {
 impl std::fmt::Debug for PendingCopy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PendingCopy")
+    }
+}
+
+/// A frame taken apart by the device.
+pub(crate) enum Parts {
+    Pool(PoolBuf),
+    Slot(SlotFrame),
+}
+
+/// What the device needs of its frame type: [`PoolBuf`] (frames always in the device's pool)
+/// or [`MemifFrame`](super::MemifFrame) (a server's outgoing frames may be built in place).
+pub(crate) trait Carry: Frame + Sized {
+    /// Whether frames can be lent in place.
+    const IN_PLACE: bool;
+    fn from_pool(buf: PoolBuf) -> Self;
+    /// A pool buffer standing in for a posted buffer (`None` if the type cannot say so).
+    fn pending(buf: PoolBuf, mark: PendingCopy) -> Self;
+    /// A frame lent in place (`None` if the type cannot hold one).
+    fn from_slot(f: SlotFrame) -> Option<Self>;
+    fn is_slot(&self) -> bool;
+    fn into_parts(self) -> Parts;
+}
+
+impl Carry for PoolBuf {
+    const IN_PLACE: bool = false;
+    fn from_pool(buf: PoolBuf) -> Self {
+        buf
+    }
+    fn pending(buf: PoolBuf, _mark: PendingCopy) -> Self {
+        buf
+    }
+    fn from_slot(_f: SlotFrame) -> Option<Self> {
+        None
+    }
+    fn is_slot(&self) -> bool {
+        false
+    }
+    fn into_parts(self) -> Parts {
+        Parts::Pool(self)
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::dev::sim::{Faults, SimConfig, SimPort};
 use crate::stack::sim_pair::{self, SimPair};
-use crate::stack::ConnId;
+use crate::stack::{ConnId, Stack};
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);

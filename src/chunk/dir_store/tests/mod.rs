@@ -1,6 +1,6 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::layout::FORMAT_FILE;
+use super::layout::{fanout, parse_name, subdir_name, EntryKind, FANOUT, FORMAT_FILE};
 use super::*;
 use crate::proto::crc32c;
 use crate::testing::store_contract::{contract_tests, Rng};

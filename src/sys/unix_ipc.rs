@@ -1,4 +1,4 @@
-//! System calls the memif backend ([`crate::dev::memif`]) needs and `std` does not offer:
+//! Local inter-process communication that `std` does not offer:
 //!
 //! - unix `SOCK_SEQPACKET` sockets (filesystem or abstract addresses) that carry one file
 //!   descriptor per message (`SCM_RIGHTS`), never blocking and never raising `SIGPIPE`;
@@ -6,7 +6,10 @@
 //!   peer process can map;
 //! - `eventfd`, the memif interrupt line, and `fstat` of a received descriptor.
 //!
-//! Each function returns the plain OS error; the caller decides what it means.
+//! The memif backend ([`crate::dev::memif`]) uses all of it (its control channel, shared
+//! memory and interrupt lines); shared memory (`mem::shm`) the memory files, and the serving
+//! loops' wake-ups the eventfds. Each function returns the plain OS error; the caller decides
+//! what it means.
 
 use std::ffi::CString;
 use std::io;
