@@ -19,7 +19,9 @@
 //! leaves, used by any floor, importing nothing:  proto (the wire format, sans-IO),
 //!                                                time (Instant), copies (copy counters)
 //! facades for users, imported by no module:      host (namespaces, processes, signals,
-//!                                                raw sockets: not the data path), prelude
+//!                                                raw sockets: not the data path), prelude,
+//!                                                testing (feature `testing`: the store
+//!                                                contract, the decoder oracle)
 //! ```
 //!
 //! And no two files import each other, directly or through others. `tests/layering.rs` checks
@@ -40,7 +42,7 @@ pub mod proto;
 pub mod serve;
 pub mod stack;
 pub(crate) mod sys;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
 

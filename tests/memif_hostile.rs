@@ -18,8 +18,8 @@ use memif_support::{memif_cfg, ClientRig, ServerRig, TestDir, SERVER_IP};
 use ustack::dev::memif::proto::{self, AddRegion, AddRing, Hello, Init, Msg, Name};
 use ustack::dev::memif::ring::{ring_len, Desc, RingView, DESC_FLAG_NEXT};
 use ustack::dev::memif::{MemifDevice, MemifRole, MemifState};
-use ustack::mem::shm::SharedRegion;
 use ustack::host::unix_ipc::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
+use ustack::mem::shm::SharedRegion;
 use ustack::{Batch, Instant, PacketDevice, PageSize, PoolBuf};
 
 // ---------------------------------------------------------------------------------------------

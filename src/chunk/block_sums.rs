@@ -213,7 +213,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::testing::store_contract::Rng;
+    use crate::chunk::store_contract::Rng;
 
     #[test]
     fn combining_block_sums_gives_the_crc_of_the_data() {

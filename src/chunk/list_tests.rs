@@ -1,4 +1,4 @@
-//! LIST on the crate's stores beyond the contract ([`store_contract`](crate::testing::store_contract)):
+//! LIST on the crate's stores beyond the contract ([`store_contract`](crate::chunk::store_contract)):
 //! the documented orders, pages of one and larger than the store, pages that cross `DirStore`
 //! subdirectories, and the entries `DirStore` must not list.
 
@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{ChunkStore, DirStore, DirStoreConfig, MemStore, SyncPolicy};
+use crate::chunk::store_contract::{list_all, Rng};
 use crate::proto::{ChunkId, ListEntry};
-use crate::testing::store_contract::{list_all, Rng};
 
 /// A directory of its own under the system's temporary directory, removed at the end.
 struct TempDir(PathBuf);

@@ -506,7 +506,7 @@ mod tests {
         f(&store, limit);
     }
 
-    crate::testing::store_contract::contract_tests!(with_store);
+    crate::chunk::store_contract::contract_tests!(with_store);
 
     #[test]
     fn a_lent_read_keeps_its_bytes_when_the_chunk_is_written() {

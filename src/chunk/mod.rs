@@ -19,6 +19,10 @@ mod on_stack;
 mod server;
 mod staging;
 mod store;
+// The `ChunkStore` contract as tests (feature `testing`; users outside see it as
+// `ustack::testing::store_contract`).
+#[cfg(any(test, feature = "testing"))]
+pub mod store_contract;
 mod workers;
 
 pub use client::{

@@ -44,6 +44,9 @@ mod request;
 mod response;
 mod wire;
 
+// The decoder's oracle (feature `testing`; users outside see it as `ustack::testing::decoder`).
+#[cfg(any(test, feature = "testing"))]
+pub mod oracle;
 #[cfg(test)]
 mod proptests;
 

@@ -1,11 +1,11 @@
 //! Property tests: emit/parse round trips, and the decoder's oracle
-//! ([`crate::testing::decoder`], which the fuzz targets check too) on arbitrary bytes and on
+//! ([`super::oracle`], which the fuzz targets check too) on arbitrary bytes and on
 //! generated streams cut at generated points.
 
 use proptest::prelude::*;
 
+use super::oracle::{check_parse, check_split_invariance, decode, Owned};
 use super::*;
-use crate::testing::decoder::{check_parse, check_split_invariance, decode, Owned};
 
 const L: Limits = Limits::DEFAULT;
 

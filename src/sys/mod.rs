@@ -13,6 +13,8 @@ pub mod dpdk;
 pub mod lossy;
 pub mod netns;
 pub mod packet;
+#[cfg(test)]
+pub(crate) mod privileged;
 pub mod proc;
 pub mod random;
 pub mod signal;

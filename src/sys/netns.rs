@@ -158,13 +158,13 @@ pub fn can_create_netns() -> Result<(), NetNsError> {
 }
 
 /// For the unit tests that need namespaces: whether they can run here; when not, says why
-/// (a failure under `scripts/test.sh` as root: `crate::testing::privileged`).
+/// (a failure under `scripts/test.sh` as root: `crate::sys::privileged`).
 #[cfg(test)]
 pub(crate) fn netns_or_skip() -> bool {
     match can_create_netns() {
         Ok(()) => true,
         Err(e) => {
-            crate::testing::privileged::skip(&e.to_string());
+            crate::sys::privileged::skip(&e.to_string());
             false
         }
     }

@@ -5,8 +5,8 @@
 pub mod child;
 pub mod frames;
 /// The rule for tests that need privileges, and the is-root check: the file the crate's unit
-/// tests use as `ustack::testing::privileged`.
-#[path = "../../src/testing/privileged.rs"]
+/// tests use as `sys::privileged`.
+#[path = "../../src/sys/privileged.rs"]
 mod privileged;
 
 // Each test binary uses some of these.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant as WallInstant};
 use super::{ServerRig, SERVER_IP};
 use ustack::dev::memif::proto::{self, AddRegion, AddRing, Init, Msg, Name};
 use ustack::dev::memif::ring::{ring_len, Desc, RingView};
-use ustack::mem::shm::SharedRegion;
 use ustack::host::unix_ipc::{self as sys, SeqPacket, UnixAddr};
+use ustack::mem::shm::SharedRegion;
 use ustack::PageSize;
 
 /// Receives one control message, polling `pump` while none is there.

@@ -546,7 +546,7 @@ fn tcpdump_reads_the_capture() {
     {
         Ok(out) => out,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            crate::testing::privileged::skip("tcpdump not installed");
+            crate::sys::privileged::skip("tcpdump not installed");
             return;
         }
         Err(e) => panic!("cannot run tcpdump: {e}"),

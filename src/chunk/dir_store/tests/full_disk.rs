@@ -15,7 +15,7 @@ fn a_full_disk_is_no_space_and_leaves_chunks_whole() {
         no_space_child(Path::new(&dir));
         return;
     }
-    if !crate::testing::privileged::root_or_skip("mount a small tmpfs (to fill a disk)") {
+    if !crate::sys::privileged::root_or_skip("mount a small tmpfs (to fill a disk)") {
         return;
     }
     let dir = TempDir::new("nospace");

@@ -2,8 +2,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::layout::{fanout, parse_name, subdir_name, EntryKind, FANOUT, FORMAT_FILE};
 use super::*;
+use crate::chunk::store_contract::{contract_tests, Rng};
 use crate::proto::crc32c;
-use crate::testing::store_contract::{contract_tests, Rng};
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -59,7 +59,7 @@ contract_tests!(with_store);
 fn contract_with_sync_always() {
     let dir = TempDir::new("always");
     let store = DirStore::open(&dir.0, config(SyncPolicy::Always)).unwrap();
-    use crate::testing::store_contract as c;
+    use crate::chunk::store_contract as c;
     c::overwrites_and_zero_length_writes(&store, TEST_LIMIT);
     c::delete_then_recreate(&store, TEST_LIMIT);
     c::concurrent_writers_on_different_chunks(&store, TEST_LIMIT);

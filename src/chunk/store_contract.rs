@@ -75,7 +75,7 @@ macro_rules! __ustack_store_contract_tests {
             #[test]
             fn $name() {
                 $with_store(&mut |store, limit| {
-                    $crate::testing::store_contract::$name(store, limit)
+                    $crate::chunk::store_contract::$name(store, limit)
                 });
             }
         )*

@@ -1,4 +1,5 @@
-//! Test support for ustack's own tests and for embedders' (the `testing` Cargo feature).
+//! Test support for embedders and for the fuzz targets (the `testing` Cargo feature): a facade,
+//! like [`host`](crate::host), over what the crate's own tests use.
 //!
 //! - [`store_contract`]: the [`ChunkStore`](crate::chunk::ChunkStore) contract as test
 //!   functions. ustack runs it against `MemStore` and `DirStore`; a file server runs it against
@@ -7,18 +8,13 @@
 //!   [`FrameDecoder`](crate::proto::FrameDecoder) and header parsers: one oracle, checked by the
 //!   crate's proptests on generated frames and by the fuzz targets on arbitrary bytes.
 //!
-//! Only built with `--features testing` (and in the crate's own unit tests): nothing here is in
-//! a default build. As a dev-dependency:
+//! Only built with `--features testing`: nothing here is in a default build. As a
+//! dev-dependency:
 //!
 //! ```toml
 //! [dev-dependencies]
 //! ustack = { version = "0.1", features = ["testing"] }
 //! ```
-//!
-//! The crate's unit tests also find here the rule for tests that need privileges (root,
-//! namespaces, hugepages); the integration tests in `tests/` share the same file.
 
-pub mod decoder;
-#[cfg(test)]
-pub(crate) mod privileged;
-pub mod store_contract;
+pub use crate::chunk::store_contract;
+pub use crate::proto::oracle as decoder;

@@ -5,7 +5,7 @@
 //! so a skip is a failure; elsewhere (a developer's `cargo test` as a user) it prints
 //! `SKIPPED: <reason>` and passes.
 //!
-//! One file for both kinds of test: the crate's unit tests use it as `crate::testing::privileged`
+//! One file for both kinds of test: the crate's unit tests use it as `crate::sys::privileged`
 //! and the integration tests include it into `tests/common` by path. So it uses `std` alone.
 
 /// Set by `scripts/test.sh` as root: a test that cannot run fails instead of skipping.

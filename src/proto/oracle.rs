@@ -18,7 +18,7 @@
 
 use std::fmt::Debug;
 
-use crate::proto::{
+use super::{
     Event, FrameDecoder, Limits, ParseError, Rejection, RequestHeader, ResponseHeader, WireHeader,
 };
 
