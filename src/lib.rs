@@ -39,6 +39,8 @@ pub mod mem;
 pub mod metrics;
 pub mod net;
 pub mod proto;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod serve;
 pub mod stack;
 pub(crate) mod sys;

@@ -34,7 +34,7 @@ use std::path::Path;
 
 /// The floors, lowest first: a module may import from its own floor and the ones below it.
 const FLOORS: &[&str] = &[
-    "sys", "mem", "dev", "stack", "chunk", "net", "metrics", "serve",
+    "sys", "mem", "dev", "stack", "chunk", "net", "metrics", "serve", "s3",
 ];
 /// Modules that import nothing else of the crate; every module may import them.
 const LEAVES: &[&str] = &["proto", "time", "copies"];
