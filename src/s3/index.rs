@@ -40,7 +40,8 @@ use redb::{
     TableDefinition, WriteTransaction,
 };
 
-use super::objects::{ObjError, ObjectsConfig};
+use super::config::ObjectsConfig;
+use super::error::ObjError;
 use crate::proto::ChunkId;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -10,7 +10,9 @@
 //! - the connection and service layers that put them on a transport (a [`Stack`](crate::stack::Stack)
 //!   or kernel TCP) under the [`ServeLoop`](crate::serve::ServeLoop).
 
+pub mod config;
 pub mod date;
+pub mod error;
 pub mod http;
 pub mod index;
 pub mod objects;

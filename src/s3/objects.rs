@@ -22,12 +22,13 @@
 //! is overwritten or deleted meanwhile fails at its next [`Objects::read`] (the chunk is gone):
 //! the reader sees an error, never other bytes.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use md5::{Digest, Md5};
 
+pub use super::config::ObjectsConfig;
+pub use super::error::ObjError;
 use super::index::{
     self, ChunkRef, Entry, Index, ListFrom, Meta, ObjectRecord, PartRecord, UploadRecord,
     UPLOAD_ID_LEN,
@@ -52,39 +53,6 @@ const LIST_PAGE: usize = 1000;
 
 /// Bytes copied per step of [`Objects::copy`].
 const COPY_STEP: usize = 256 << 10;
-
-/// Settings of [`Objects`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObjectsConfig {
-    /// Where the index lives: `dir/index.redb` (the directory is created if missing).
-    pub dir: PathBuf,
-    /// Bytes per chunk (the last chunk of an object may be shorter). Default 4 MiB; at least 1,
-    /// at most the protocol's chunk limit (64 MiB) and the store's.
-    pub chunk_bytes: u32,
-    /// Smallest part of a multipart upload, except the last. Default 5 MiB (as S3).
-    pub min_part_bytes: u64,
-    /// Largest object. Default 5 TiB (as S3).
-    pub max_object_bytes: u64,
-}
-
-impl ObjectsConfig {
-    /// Default chunk size: 4 MiB.
-    pub const DEFAULT_CHUNK_BYTES: u32 = 4 << 20;
-    /// Default smallest part: 5 MiB.
-    pub const DEFAULT_MIN_PART_BYTES: u64 = 5 << 20;
-    /// Default largest object: 5 TiB.
-    pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 5 << 40;
-
-    /// The defaults, with the index in `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> ObjectsConfig {
-        ObjectsConfig {
-            dir: dir.into(),
-            chunk_bytes: Self::DEFAULT_CHUNK_BYTES,
-            min_part_bytes: Self::DEFAULT_MIN_PART_BYTES,
-            max_object_bytes: Self::DEFAULT_MAX_OBJECT_BYTES,
-        }
-    }
-}
 
 /// What [`Objects::open`] found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -278,111 +246,6 @@ pub struct PartsPage {
     pub truncated: bool,
     /// The marker of the next page, when truncated.
     pub next_marker: Option<u32>,
-}
-
-/// Why an object operation failed; [`ObjError::s3_code`] and [`ObjError::status`] say how S3
-/// answers it.
-#[derive(Debug, thiserror::Error)]
-pub enum ObjError {
-    /// The bucket does not exist.
-    #[error("the specified bucket does not exist")]
-    NoSuchBucket,
-    /// The key does not exist.
-    #[error("the specified key does not exist")]
-    NoSuchKey,
-    /// The upload does not exist (never created, completed or aborted).
-    #[error("the specified multipart upload does not exist")]
-    NoSuchUpload,
-    /// Creating a bucket that exists.
-    #[error("the bucket already exists")]
-    BucketAlreadyOwnedByYou,
-    /// Deleting a bucket that holds objects.
-    #[error("the bucket is not empty")]
-    BucketNotEmpty,
-    /// A bucket name against the naming rules.
-    #[error("the bucket name is not valid")]
-    InvalidBucketName,
-    /// A key against the key rules (empty, a NUL byte, a "." or ".." segment).
-    #[error("invalid key: {0}")]
-    InvalidKey(String),
-    /// A key longer than 1024 bytes.
-    #[error("the key is longer than 1024 bytes")]
-    KeyTooLong,
-    /// An object or part larger than allowed.
-    #[error("the object exceeds the maximum allowed size")]
-    EntityTooLarge,
-    /// A part other than the last smaller than the minimum.
-    #[error("a part other than the last is smaller than the minimum allowed")]
-    EntityTooSmall,
-    /// A listed part that was not uploaded, or whose ETag differs.
-    #[error("a listed part was not uploaded, or its ETag does not match")]
-    InvalidPart,
-    /// Parts not listed in ascending order.
-    #[error("the list of parts was not in ascending order")]
-    InvalidPartOrder,
-    /// The bytes do not match the Content-MD5.
-    #[error("the Content-MD5 does not match the bytes received")]
-    BadDigest,
-    /// Fewer or more bytes than the Content-Length.
-    #[error("the body does not have the length announced")]
-    IncompleteBody,
-    /// Any other bad argument.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The chunk store failed.
-    #[error("chunk store: {0}")]
-    Store(#[from] StoreError),
-    /// The index (redb) failed, or holds a damaged record.
-    #[error("index: {0}")]
-    Index(String),
-    /// A chunk holds fewer bytes than the index says (damage underneath the service).
-    #[error("object data damaged: {0}")]
-    Damaged(String),
-    /// A bad [`ObjectsConfig`], or the index directory cannot be made.
-    #[error("configuration: {0}")]
-    Config(String),
-}
-
-impl ObjError {
-    /// The S3 error code.
-    pub fn s3_code(&self) -> &'static str {
-        match self {
-            ObjError::NoSuchBucket => "NoSuchBucket",
-            ObjError::NoSuchKey => "NoSuchKey",
-            ObjError::NoSuchUpload => "NoSuchUpload",
-            ObjError::BucketAlreadyOwnedByYou => "BucketAlreadyOwnedByYou",
-            ObjError::BucketNotEmpty => "BucketNotEmpty",
-            ObjError::InvalidBucketName => "InvalidBucketName",
-            ObjError::InvalidKey(_) | ObjError::InvalidArgument(_) => "InvalidArgument",
-            ObjError::KeyTooLong => "KeyTooLongError",
-            ObjError::EntityTooLarge => "EntityTooLarge",
-            ObjError::EntityTooSmall => "EntityTooSmall",
-            ObjError::InvalidPart => "InvalidPart",
-            ObjError::InvalidPartOrder => "InvalidPartOrder",
-            ObjError::BadDigest => "BadDigest",
-            ObjError::IncompleteBody => "IncompleteBody",
-            // A full store is an InternalError too (S3 has no "no space" answer; clients retry
-            // a 500 with backoff), with the store's message.
-            ObjError::Store(_)
-            | ObjError::Index(_)
-            | ObjError::Damaged(_)
-            | ObjError::Config(_) => "InternalError",
-        }
-    }
-
-    /// The HTTP status: 404 for the NoSuch* codes, 409 for the bucket conflicts, 500 for
-    /// failures of the service, 400 for every other client error.
-    pub fn status(&self) -> u16 {
-        match self {
-            ObjError::NoSuchBucket | ObjError::NoSuchKey | ObjError::NoSuchUpload => 404,
-            ObjError::BucketAlreadyOwnedByYou | ObjError::BucketNotEmpty => 409,
-            ObjError::Store(_)
-            | ObjError::Index(_)
-            | ObjError::Damaged(_)
-            | ObjError::Config(_) => 500,
-            _ => 400,
-        }
-    }
 }
 
 /// Checks a bucket name against the S3 rules: 3 to 63 characters of lowercase letters, digits,
@@ -1005,6 +868,7 @@ mod tests {
 
     use super::*;
     use crate::chunk::{DirStore, DirStoreConfig, MemStore, SyncPolicy};
+    use std::path::PathBuf;
 
     const KIB: usize = 1024;
     const CHUNK: usize = 64 * KIB;
