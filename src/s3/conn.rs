@@ -80,6 +80,10 @@ pub struct S3Stats {
 }
 
 /// What a connection is doing.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one State per connection, kept in place: boxing would allocate per request"
+)]
 enum State {
     /// Waiting for (more of) a request head.
     Head,
@@ -105,7 +109,11 @@ enum State {
     /// Reading a body to throw it away, then serving the next request.
     Discard { remaining: u64 },
     /// Sending an object's bytes from `next` up to `end`.
-    GetBody { info: ObjectInfo, next: u64, end: u64 },
+    GetBody {
+        info: ObjectInfo,
+        next: u64,
+        end: u64,
+    },
     /// The answer is the last thing this connection sends.
     Closing,
 }
@@ -124,6 +132,8 @@ pub struct HttpConn {
     head_started: bool,
     keep_alive: bool,
     peer_closed: bool,
+    /// The request being answered is a HEAD: answers carry no body.
+    head_only: bool,
     request_seq: u64,
 }
 
@@ -141,6 +151,7 @@ impl HttpConn {
             head_started: false,
             keep_alive: true,
             peer_closed: false,
+            head_only: false,
             request_seq: 0,
         }
     }
@@ -200,7 +211,9 @@ impl HttpConn {
 
     /// No request is in progress (between requests, nothing left to send).
     pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Head) && self.rx_start == self.rx_end && self.tx_pending().is_empty()
+        matches!(self.state, State::Head)
+            && self.rx_start == self.rx_end
+            && self.tx_pending().is_empty()
     }
 
     /// Stops after the answer in progress (shutdown).
@@ -402,12 +415,14 @@ impl<S: ChunkStore> Engine<S> {
                 c.since = now;
                 c.request_seq += 1;
                 c.keep_alive = head.keep_alive;
+                c.head_only = head.method == Method::Head;
                 self.dispatch(c, head, wall);
                 true
             }
             Err(e) => {
                 self.stats.bad_requests += 1;
                 c.keep_alive = false;
+                c.head_only = false;
                 self.answer_error(c, &e.into(), "");
                 c.state = State::Closing;
                 true
@@ -423,7 +438,9 @@ impl<S: ChunkStore> Engine<S> {
     /// Writes an answer head (and `body`) into `c`.
     fn answer(&mut self, c: &mut HttpConn, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         self.answer_head(c, status, headers, body.len() as u64);
-        c.tx.extend_from_slice(body);
+        if !c.head_only {
+            c.tx.extend_from_slice(body);
+        }
     }
 
     fn answer_head(&mut self, c: &mut HttpConn, status: u16, headers: &[(&str, &str)], len: u64) {
@@ -447,7 +464,14 @@ impl<S: ChunkStore> Engine<S> {
 
     /// An error answer to a request whose body (`len` bytes) is still coming: read and drop a
     /// small one, close the connection for a large one.
-    fn refuse(&mut self, c: &mut HttpConn, f: &Failure, resource: &str, body_len: u64, expect: bool) {
+    fn refuse(
+        &mut self,
+        c: &mut HttpConn,
+        f: &Failure,
+        resource: &str,
+        body_len: u64,
+        expect: bool,
+    ) {
         if f.status == 403 {
             self.stats.auth_failures += 1;
         }
@@ -459,7 +483,9 @@ impl<S: ChunkStore> Engine<S> {
         c.state = if !c.keep_alive {
             State::Closing
         } else if body_len > 0 && !expect {
-            State::Discard { remaining: body_len }
+            State::Discard {
+                remaining: body_len,
+            }
         } else {
             State::Head
         };
@@ -521,7 +547,9 @@ impl<S: ChunkStore> Engine<S> {
                         c.state = State::Closing;
                     } else {
                         Self::go_on(c, head);
-                        c.state = State::Discard { remaining: body_len };
+                        c.state = State::Discard {
+                            remaining: body_len,
+                        };
                     }
                 }
             }
@@ -555,15 +583,17 @@ impl<S: ChunkStore> Engine<S> {
                 self.copy(c, head, t)?
             }
             (Method::Put, false) => {
-                let len = head
-                    .content_length
-                    .ok_or_else(|| Failure::new(411, "MissingContentLength", "a PUT needs Content-Length"))?;
+                let len = head.content_length.ok_or_else(|| {
+                    Failure::new(411, "MissingContentLength", "a PUT needs Content-Length")
+                })?;
                 let part = t.q("partNumber").is_some() || t.q("uploadId").is_some();
                 let put = if part {
-                    let n: u32 = t
-                        .q("partNumber")
-                        .and_then(|p| p.parse().ok())
-                        .ok_or_else(|| Failure::new(400, "InvalidArgument", "partNumber must be 1..=10000"))?;
+                    let n: u32 =
+                        t.q("partNumber")
+                            .and_then(|p| p.parse().ok())
+                            .ok_or_else(|| {
+                                Failure::new(400, "InvalidArgument", "partNumber must be 1..=10000")
+                            })?;
                     let id = t.q("uploadId").unwrap_or_default();
                     self.objects.begin_part(&t.bucket, &t.key, id, n, len)?
                 } else {
@@ -582,8 +612,11 @@ impl<S: ChunkStore> Engine<S> {
                 };
             }
             (Method::Delete, false) if t.has("uploadId") => {
-                self.objects
-                    .abort_upload(&t.bucket, &t.key, t.q("uploadId").unwrap_or_default())?;
+                self.objects.abort_upload(
+                    &t.bucket,
+                    &t.key,
+                    t.q("uploadId").unwrap_or_default(),
+                )?;
                 self.answer(c, 204, &[], b"");
             }
             (Method::Delete, false) => {
@@ -599,7 +632,11 @@ impl<S: ChunkStore> Engine<S> {
             }
             (Method::Post, false) if t.has("uploadId") => {
                 if body_len > xml::BODY_MAX as u64 {
-                    return Err(Failure::new(400, "MaxMessageLengthExceeded", "the XML body is too large"));
+                    return Err(Failure::new(
+                        400,
+                        "MaxMessageLengthExceeded",
+                        "the XML body is too large",
+                    ));
                 }
                 Self::go_on(c, head);
                 c.state = State::SmallBody {
@@ -674,7 +711,9 @@ impl<S: ChunkStore> Engine<S> {
             .and_then(|m| m.parse::<u32>().ok())
             .unwrap_or(1000)
             .min(1000);
-        let ups = self.objects.list_uploads(&t.bucket, prefix, max.saturating_add(1))?;
+        let ups = self
+            .objects
+            .list_uploads(&t.bucket, prefix, max.saturating_add(1))?;
         self.stats.lists += 1;
         let truncated = ups.len() > max as usize;
         let entries: Vec<xml::UploadEntry<'_>> = ups
@@ -702,7 +741,9 @@ impl<S: ChunkStore> Engine<S> {
             .and_then(|m| m.parse::<u32>().ok())
             .unwrap_or(1000)
             .min(1000);
-        let page = self.objects.list_parts(&t.bucket, &t.key, id, marker, max)?;
+        let page = self
+            .objects
+            .list_parts(&t.bucket, &t.key, id, marker, max)?;
         self.stats.lists += 1;
         let parts: Vec<xml::PartEntry<'_>> = page
             .parts
@@ -758,7 +799,10 @@ impl<S: ChunkStore> Engine<S> {
         for (k, v) in &info.user_meta {
             headers.push((format!("x-amz-meta-{k}"), v.clone()));
         }
-        let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         self.answer_head(c, status, &refs, end - start);
         self.stats.gets += 1;
         if head.method == Method::Get && end > start {
@@ -777,9 +821,13 @@ impl<S: ChunkStore> Engine<S> {
             .map_err(|_| Failure::new(400, "InvalidArgument", "x-amz-copy-source is not UTF-8"))?;
         let src = src.split('?').next().unwrap_or_default();
         let src = src.strip_prefix('/').unwrap_or(src);
-        let (sb, sk) = src
-            .split_once('/')
-            .ok_or_else(|| Failure::new(400, "InvalidArgument", "x-amz-copy-source must be bucket/key"))?;
+        let (sb, sk) = src.split_once('/').ok_or_else(|| {
+            Failure::new(
+                400,
+                "InvalidArgument",
+                "x-amz-copy-source must be bucket/key",
+            )
+        })?;
         let info = self.objects.copy(sb, sk, &t.bucket, &t.key)?;
         self.stats.puts += 1;
         let body = xml::copy_object(&info.etag, info.mtime);
@@ -818,21 +866,12 @@ impl<S: ChunkStore> Engine<S> {
         }
     }
 
-    fn take_rx(c: &mut HttpConn, max: u64) -> &[u8] {
-        let n = ((c.rx_end - c.rx_start) as u64).min(max) as usize;
-        let s = c.rx_start;
-        c.rx_start += n;
-        &c.rx[s..s + n]
-    }
-
     fn on_discard(&mut self, c: &mut HttpConn) -> bool {
         let State::Discard { remaining } = &mut c.state else {
             return false;
         };
-        let n = Self::take_rx(c, *remaining).len() as u64;
-        let State::Discard { remaining } = &mut c.state else {
-            return false;
-        };
+        let n = ((c.rx_end - c.rx_start) as u64).min(*remaining);
+        c.rx_start += n as usize;
         *remaining -= n;
         if *remaining == 0 {
             c.state = State::Head;
@@ -852,7 +891,10 @@ impl<S: ChunkStore> Engine<S> {
         let start = c.rx_start;
         let n = ((c.rx_end - c.rx_start) as u64).min(want) as usize;
         let State::PutBody {
-            put, remaining, sha, ..
+            put,
+            remaining,
+            sha,
+            ..
         } = &mut c.state
         else {
             return false;
@@ -875,7 +917,11 @@ impl<S: ChunkStore> Engine<S> {
         }
         if *remaining > 0 {
             if c.peer_closed {
-                let f = Failure::new(400, "IncompleteBody", "the body ended before Content-Length bytes");
+                let f = Failure::new(
+                    400,
+                    "IncompleteBody",
+                    "the body ended before Content-Length bytes",
+                );
                 self.stats.bad_requests += 1;
                 return self.fail_put(c, f);
             }
@@ -936,7 +982,10 @@ impl<S: ChunkStore> Engine<S> {
         let start = c.rx_start;
         c.rx_start += n;
         let State::SmallBody {
-            body, remaining, sha, ..
+            body,
+            remaining,
+            sha,
+            ..
         } = &mut c.state
         else {
             return false;
@@ -967,7 +1016,11 @@ impl<S: ChunkStore> Engine<S> {
         let resource = format!("/{bucket}/{key}");
         if let Some((h, expected)) = sha {
             if h.finalize().as_slice() != expected {
-                let f = Failure::new(400, "XAmzContentSHA256Mismatch", "the body's SHA-256 is not the one signed");
+                let f = Failure::new(
+                    400,
+                    "XAmzContentSHA256Mismatch",
+                    "the body's SHA-256 is not the one signed",
+                );
                 self.answer_error(c, &f, &resource);
                 return true;
             }
@@ -998,7 +1051,9 @@ fn put_meta(head: &RequestHead) -> Result<PutMeta, Failure> {
         Some(b64) => {
             let raw = base64_decode(b64)
                 .filter(|r| r.len() == 16)
-                .ok_or_else(|| Failure::new(400, "InvalidDigest", "Content-MD5 is not a base64 MD5"))?;
+                .ok_or_else(|| {
+                    Failure::new(400, "InvalidDigest", "Content-MD5 is not a base64 MD5")
+                })?;
             let mut md5 = [0u8; 16];
             md5.copy_from_slice(&raw);
             Some(md5)
@@ -1014,7 +1069,11 @@ fn put_meta(head: &RequestHead) -> Result<PutMeta, Failure> {
     }
     // S3's limit on user metadata.
     if meta_bytes > 2048 {
-        return Err(Failure::new(400, "MetadataTooLarge", "user metadata is over 2 KB"));
+        return Err(Failure::new(
+            400,
+            "MetadataTooLarge",
+            "user metadata is over 2 KB",
+        ));
     }
     Ok(PutMeta {
         content_type: head.header("content-type").map(str::to_string),
@@ -1026,7 +1085,7 @@ fn put_meta(head: &RequestHead) -> Result<PutMeta, Failure> {
 /// Standard base64 (with padding) to bytes; `None` if it is not.
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.trim().as_bytes();
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let val = |c: u8| -> Option<u32> {
@@ -1061,7 +1120,13 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 /// to send; `None` for a form this server does not take (several ranges: the whole object is
 /// sent, as S3 does). Past the end: 416 InvalidRange.
 fn parse_range(r: &str, size: u64) -> Result<Option<(u64, u64)>, Failure> {
-    let invalid = || Failure::new(416, "InvalidRange", "the requested range is not satisfiable");
+    let invalid = || {
+        Failure::new(
+            416,
+            "InvalidRange",
+            "the requested range is not satisfiable",
+        )
+    };
     let Some(spec) = r.trim().strip_prefix("bytes=") else {
         return Ok(None);
     };
@@ -1114,9 +1179,18 @@ mod tests {
         assert_eq!(parse_range("bytes=5-100", 10).ok().flatten(), Some((5, 10)));
         assert_eq!(parse_range("bytes=0-1,4-5", 10).ok().flatten(), None);
         assert_eq!(parse_range("items=0-1", 10).ok().flatten(), None);
-        assert_eq!(parse_range("bytes=10-", 10).err().map(|f| f.status), Some(416));
-        assert_eq!(parse_range("bytes=-0", 10).err().map(|f| f.status), Some(416));
-        assert_eq!(parse_range("bytes=0-", 0).err().map(|f| f.status), Some(416));
+        assert_eq!(
+            parse_range("bytes=10-", 10).err().map(|f| f.status),
+            Some(416)
+        );
+        assert_eq!(
+            parse_range("bytes=-0", 10).err().map(|f| f.status),
+            Some(416)
+        );
+        assert_eq!(
+            parse_range("bytes=0-", 0).err().map(|f| f.status),
+            Some(416)
+        );
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //!   or kernel TCP) under the [`ServeLoop`](crate::serve::ServeLoop).
 
 pub mod config;
+pub mod conn;
 pub mod date;
 pub mod error;
 pub mod http;
 pub mod index;
 pub mod objects;
 pub mod sigv4;
+pub mod transport;
 pub mod xml;

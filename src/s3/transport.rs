@@ -311,7 +311,9 @@ impl<S: ChunkStore + 'static> S3OnKernel<S> {
                 self.counts.refused += 1;
                 continue; // dropped: closed
             };
-            let ready = stream.set_nonblocking(true).and_then(|()| stream.set_nodelay(true));
+            let ready = stream
+                .set_nonblocking(true)
+                .and_then(|()| stream.set_nodelay(true));
             let registered = ready.and_then(|()| {
                 self.epoll.add(
                     stream.as_fd(),
