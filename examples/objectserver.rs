@@ -36,7 +36,11 @@ use ustack::s3::transport::{ConnCounts, S3OnKernel, S3OnStack};
 use ustack::serve::{Event, ServeLoop, Service};
 
 #[derive(Parser, Debug)]
-#[command(name = "objectserver", version, about = "ustack example S3-compatible object server")]
+#[command(
+    name = "objectserver",
+    version,
+    about = "ustack example S3-compatible object server"
+)]
 struct Args {
     /// Network backend.
     #[arg(long, value_enum, default_value_t = Backend::Kernel)]
@@ -138,7 +142,11 @@ fn engine(args: &Args) -> Result<Engine<Arc<DirStore>>, String> {
         ..DirStoreConfig::default()
     };
     let store = DirStore::open(args.data.join("chunks"), store_cfg).map_err(|e| e.to_string())?;
-    println!("{NAME}: chunks in {} ({})", args.data.join("chunks").display(), store.recovery());
+    println!(
+        "{NAME}: chunks in {} ({})",
+        args.data.join("chunks").display(),
+        store.recovery()
+    );
     let cfg = ObjectsConfig {
         chunk_bytes: chunk,
         ..ObjectsConfig::new(&args.data)
@@ -178,9 +186,12 @@ fn run(args: &Args) -> Result<(), String> {
             println!("{NAME}: listening on {}", args.listen);
             serve_until_stopped(serve, &mut s, |s| Line(s.counts(), s.engine.stats()));
         }
-        Backend::Sim => return Err("--backend sim has no peer here: use kernel or a NIC backend".into()),
+        Backend::Sim => {
+            return Err("--backend sim has no peer here: use kernel or a NIC backend".into())
+        }
         backend => {
-            let (dev, _netns) = open_device(backend, &args.dev, args.ip.addr, MemifRoleArg::Server)?;
+            let (dev, _netns) =
+                open_device(backend, &args.dev, args.ip.addr, MemifRoleArg::Server)?;
             println!("{NAME}: backend {}: {}", dev.kind(), dev.reason());
             let sockets = args.connections_max + 16;
             let stack = stack_on(dev, &args.dev, args.ip, args.gateway, sockets, |_| {})?;
