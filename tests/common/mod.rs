@@ -248,8 +248,16 @@ pub fn example_binary(name: &str) -> PathBuf {
     let bin = profile_dir.join("examples").join(name);
     if !bin.exists() {
         let target = profile_dir.parent().unwrap();
+        // The object server needs the `s3` feature.
+        let features: &[&str] = if name == "objectserver" {
+            &["--features", "s3"]
+        } else {
+            &[]
+        };
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name, "--target-dir"])
+            .args(["build", "--example", name])
+            .args(features)
+            .arg("--target-dir")
             .arg(target)
             .status()
             .unwrap_or_else(|e| panic!("run cargo to build the {name} example: {e}"));
