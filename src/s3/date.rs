@@ -1,5 +1,6 @@
-//! The two date formats S3 speaks: ISO 8601 in XML bodies (`2026-12-07T15:23:24.000Z`) and
-//! the HTTP date of `Last-Modified` and `Date` headers (`Mon, 07 Dec 2026 15:23:24 GMT`).
+//! The date formats S3 speaks: ISO 8601 in XML bodies (`2026-12-07T15:23:24.000Z`), the HTTP
+//! date of `Last-Modified` and `Date` headers (`Mon, 07 Dec 2026 15:23:24 GMT`), and the basic
+//! ISO 8601 of SigV4's `X-Amz-Date` (`20261207T152324Z`).
 //! UTC only, from the Unix clock; no time-zone database.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,6 +63,15 @@ pub fn iso8601(t: SystemTime) -> String {
     )
 }
 
+/// `20261207T152324Z`: the form of `X-Amz-Date` (seconds, no fraction).
+pub fn amz_date(t: SystemTime) -> String {
+    let c = civil(t);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
 /// `Mon, 07 Dec 2026 15:23:24 GMT`: the HTTP date (RFC 9110's IMF-fixdate) of `Last-Modified`.
 pub fn http_date(t: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
@@ -95,6 +105,7 @@ mod tests {
         assert_eq!(http_date(at(0, 0)), "Thu, 01 Jan 1970 00:00:00 GMT");
         // The moment of a request JuiceFS sent (X-Amz-Date 20261207T152324Z).
         assert_eq!(iso8601(at(1_796_657_004, 209)), "2026-12-07T15:23:24.209Z");
+        assert_eq!(amz_date(at(1_796_657_004, 209)), "20261207T152324Z");
         assert_eq!(
             http_date(at(1_796_657_004, 0)),
             "Mon, 07 Dec 2026 15:23:24 GMT"

@@ -19,6 +19,9 @@
 //! supported. The body hash, when the client declared one ([`Payload::Sha256`]), is for the
 //! caller to check once the body is read.
 //!
+//! [`sign`] signs a request as a client does (for clients and tests of this server), on the
+//! same canonical request.
+//!
 //! Secrets never appear in errors, logs or `Debug` output.
 
 use std::collections::BTreeMap;
@@ -28,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::s3::http::{percent_decode, query_pairs, RequestHead};
+use crate::s3::http::{percent_decode, query_pairs, Method, RequestHead};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -313,6 +316,15 @@ impl<'a> Signed<'a> {
         let Some(secret) = keys.secrets.get(self.access_key) else {
             return Err(AuthError::InvalidAccessKeyId);
         };
+        // Constant time: CtOutput's comparison.
+        self.mac(secret, amz_date, canonical_request)
+            .verify_slice(&self.signature)
+            .map_err(|_| AuthError::SignatureDoesNotMatch)
+    }
+
+    /// The HMAC of the string to sign of `canonical_request` under the signing key that
+    /// `secret` derives for this scope: finalized, it is the signature.
+    fn mac(&self, secret: &str, amz_date: &str, canonical_request: &str) -> HmacSha256 {
         let string_to_sign = format!(
             "{ALGORITHM}\n{amz_date}\n{}\n{}",
             self.scope,
@@ -327,10 +339,106 @@ impl<'a> Signed<'a> {
         }
         let mut mac = new_mac(&key);
         mac.update(string_to_sign.as_bytes());
-        // Constant time: CtOutput's comparison.
-        mac.verify_slice(&self.signature)
-            .map_err(|_| AuthError::SignatureDoesNotMatch)
+        mac
     }
+}
+
+/// What a client signs with: an access key, its secret and the region of the scope.
+pub struct Credential<'a> {
+    /// The access key id.
+    pub access_key: &'a str,
+    /// Its secret.
+    pub secret: &'a str,
+    /// The region named in the scope (this server accepts any).
+    pub region: &'a str,
+}
+
+impl fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("access_key", &self.access_key)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Signs a request the way an S3 client does, for clients and tests of this server: adds
+/// `x-amz-date` (from `now`), `x-amz-content-sha256` (`payload_sha256_hex`: the body's SHA-256
+/// in hex, or `UNSIGNED-PAYLOAD`) and `Authorization` to `headers`, replacing any already
+/// there. The signature covers `Host` (which `headers` must hold), every `x-amz-*` header,
+/// and `Content-Type` and `Content-MD5` when present. `path_and_query` is the request target
+/// as it will be sent (still percent-encoded). The canonical request is the one [`verify`]
+/// rebuilds, from the same code.
+///
+/// Fails with [`AuthError::Malformed`] when there is no `Host` header or the target's
+/// percent-encoding is bad (the request could not be verified either).
+pub fn sign(
+    method: &str,
+    path_and_query: &str,
+    headers: &mut Vec<(String, String)>,
+    payload_sha256_hex: &str,
+    cred: &Credential<'_>,
+    now: SystemTime,
+) -> Result<(), AuthError> {
+    headers.retain(|(n, _)| {
+        !["x-amz-date", "x-amz-content-sha256", "authorization"]
+            .iter()
+            .any(|ours| n.eq_ignore_ascii_case(ours))
+    });
+    let amz_date = super::date::amz_date(now);
+    headers.push(("x-amz-date".into(), amz_date.clone()));
+    headers.push(("x-amz-content-sha256".into(), payload_sha256_hex.into()));
+
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let head = RequestHead {
+        method: Method::from_token(method),
+        method_raw: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_ascii_lowercase(),
+                    v.trim_matches([' ', '\t']).to_string(),
+                )
+            })
+            .collect(),
+        content_length: None,
+        keep_alive: true,
+        expect_continue: false,
+    };
+    let mut names: Vec<&str> = head
+        .headers
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.starts_with("x-amz-") || matches!(*n, "content-type" | "content-md5"))
+        .chain(["host"])
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let signed_headers = names.join(";");
+    let scope_date = &amz_date[..8];
+    let scope = format!("{scope_date}/{}/s3/aws4_request", cred.region);
+    let signed = Signed {
+        access_key: cred.access_key,
+        scope: &scope,
+        scope_date,
+        region: cred.region,
+        signed_headers: &signed_headers,
+        signature: [0; 32],
+    };
+    let canonical = canonical_request(&head, &signed, None, payload_sha256_hex)?;
+    let signature = signed.mac(cred.secret, &amz_date, &canonical).finalize();
+    let authorization = format!(
+        "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={}",
+        cred.access_key,
+        hex(&signature.into_bytes())
+    );
+    headers.push(("Authorization".into(), authorization));
+    Ok(())
 }
 
 fn new_mac(key: &[u8]) -> HmacSha256 {
@@ -1246,6 +1354,127 @@ mod tests {
             assert!(err.contains(names), "{spec}: {err}");
             assert!(!err.contains("pw-"), "{spec}: {err}");
         }
+    }
+
+    /// A request signed by [`sign`], as the server parses it.
+    fn signed_head(
+        line: &str,
+        mut headers: Vec<(String, String)>,
+        payload: &str,
+        secret: &str,
+        at: SystemTime,
+    ) -> RequestHead {
+        let (method, target) = line.split_once(' ').unwrap();
+        let cred = Credential {
+            access_key: "AK",
+            secret,
+            region: "us-east-1",
+        };
+        sign(method, target, &mut headers, payload, &cred, at).unwrap();
+        let lines: Vec<String> = headers.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+        head(line, &lines)
+    }
+
+    fn header_list(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn verify_accepts_what_sign_makes() {
+        let at = captured_at();
+        let body_sha = hex(&Sha256::digest(b"hello"));
+        let headers = header_list(&[
+            ("Host", "127.0.0.1:9123"),
+            ("Content-Length", "5"),
+            ("Content-Type", "text/plain"),
+            ("X-Amz-Meta-Colour", "  dark   blue "),
+            ("User-Agent", "test"),
+            // Replaced by the signer.
+            ("X-Amz-Date", "19990101T000000Z"),
+        ]);
+        let line = "PUT /bkt/a%20b/%E6%B5%8B+x?x-id=PutObject&b=2&a=%2F";
+        let h = signed_head(line, headers.clone(), &body_sha, "SK", at);
+        assert_eq!(h.header("x-amz-date"), Some("20261207T152324Z"));
+        assert_eq!(h.header_all("x-amz-date").count(), 1);
+        let auth = h.header("authorization").unwrap();
+        assert!(
+            auth.contains(
+                "SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;x-amz-meta-colour,"
+            ),
+            "{auth}"
+        );
+        let want = Verified {
+            access_key: "AK".into(),
+            payload: Payload::Sha256(Sha256::digest(b"hello").into()),
+        };
+        assert_eq!(verify(&h, &keys(), at), Ok(want.clone()));
+        // Within the skew either way, and not past it.
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(verify(&h, &keys(), at + minutes(15)), Ok(want));
+        assert_eq!(
+            verify(&h, &keys(), at + minutes(16)),
+            Err(AuthError::RequestTimeTooSkewed)
+        );
+        // Another secret, or a signed header changed afterwards: no match.
+        let other = signed_head(line, headers.clone(), &body_sha, "SK2", at);
+        assert_eq!(
+            verify(&other, &keys(), at),
+            Err(AuthError::SignatureDoesNotMatch)
+        );
+        let auth = h.header("authorization").unwrap().to_string();
+        let mut lines: Vec<String> = headers
+            .iter()
+            .filter(|(n, _)| n != "X-Amz-Date")
+            .map(|(n, v)| format!("{n}: {v}"))
+            .collect();
+        lines.push(format!("x-amz-date: {}", h.header("x-amz-date").unwrap()));
+        lines.push(format!("x-amz-content-sha256: {body_sha}"));
+        lines.push(format!("Authorization: {auth}"));
+        assert!(verify(&head(line, &lines), &keys(), at).is_ok());
+        for (i, l) in lines.clone().iter().enumerate() {
+            if l.starts_with("Content-Type") || l.starts_with("X-Amz-Meta") {
+                let mut changed = lines.clone();
+                changed[i] = format!("{l}x");
+                assert_eq!(
+                    verify(&head(line, &changed), &keys(), at),
+                    Err(AuthError::SignatureDoesNotMatch),
+                    "{l}"
+                );
+            }
+        }
+        // Unsigned payloads, and a GET without a body.
+        let get = signed_head(
+            "GET /bkt?list-type=2&prefix=a%2Fb",
+            header_list(&[("Host", "h")]),
+            "UNSIGNED-PAYLOAD",
+            "SK",
+            at,
+        );
+        assert_eq!(
+            verify(&get, &keys(), at).unwrap().payload,
+            Payload::Unsigned
+        );
+    }
+
+    #[test]
+    fn sign_needs_a_host_and_a_well_formed_target() {
+        let cred = Credential {
+            access_key: "AK",
+            secret: "SK",
+            region: "r",
+        };
+        let mut none = header_list(&[("X-A", "1")]);
+        let err = sign("GET", "/k", &mut none, UNSIGNED, &cred, captured_at());
+        assert!(matches!(err, Err(AuthError::Malformed(_))), "{err:?}");
+        let mut host = header_list(&[("Host", "h")]);
+        let err = sign("GET", "/%zz", &mut host, UNSIGNED, &cred, captured_at());
+        assert!(matches!(err, Err(AuthError::Malformed(_))), "{err:?}");
+        // The secret is not in the credential's Debug.
+        let debug = format!("{cred:?}");
+        assert!(debug.contains("AK") && !debug.contains("SK"), "{debug}");
     }
 
     #[test]
