@@ -9,9 +9,10 @@
 //! one connection are answered in order: the next is parsed only when the last answer is out.
 //!
 //! Timeouts: a request head must arrive within [`Limits::head_timeout`] of its first byte (a
-//! client sending a byte a second is cut off), a body must keep moving (no gap longer than
-//! [`Limits::idle_timeout`]), and an idle keep-alive connection is closed after
-//! `idle_timeout`.
+//! client sending a byte a second is cut off, answered `RequestTimeout`), a body must keep
+//! moving and an answer must keep draining (no gap longer than [`Limits::idle_timeout`]), and
+//! an idle keep-alive connection is closed after `idle_timeout` without a word (counted in
+//! [`S3Stats::idle_closed`], not as a timeout). [`HttpConn::ending`] tells which.
 
 use std::time::{Duration, SystemTime};
 
@@ -73,6 +74,8 @@ pub struct S3Stats {
     pub bad_requests: u64,
     /// Connections closed because a head or body did not arrive in time.
     pub timeouts: u64,
+    /// Idle keep-alive connections closed after [`Limits::idle_timeout`] (not an error).
+    pub idle_closed: u64,
     /// Object bytes stored.
     pub bytes_in: u64,
     /// Object bytes sent.
@@ -118,6 +121,19 @@ enum State {
     Closing,
 }
 
+/// Why a connection ended ([`HttpConn::ending`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Its last answer is out: the client asked to close or closed its half, or a request
+    /// broke HTTP and was answered, or the service is shutting down.
+    Finished,
+    /// An idle keep-alive connection closed after [`Limits::idle_timeout`], without a word.
+    Idle,
+    /// A head, a body or the draining of an answer was too slow (counted in
+    /// [`S3Stats::timeouts`]); what it had not taken of the answer is dropped.
+    TimedOut,
+}
+
 /// One connection's buffers and state.
 pub struct HttpConn {
     rx: Box<[u8]>,
@@ -135,6 +151,12 @@ pub struct HttpConn {
     /// The request being answered is a HEAD: answers carry no body.
     head_only: bool,
     request_seq: u64,
+    /// Set when a timeout closes the connection.
+    end: Option<Ending>,
+    /// The transport took answer bytes since the engine last looked.
+    tx_moved: bool,
+    /// Given up: close now, whatever is left to send.
+    cut: bool,
 }
 
 impl HttpConn {
@@ -153,6 +175,9 @@ impl HttpConn {
             peer_closed: false,
             head_only: false,
             request_seq: 0,
+            end: None,
+            tx_moved: false,
+            cut: false,
         }
     }
 
@@ -193,6 +218,7 @@ impl HttpConn {
 
     /// The transport took `n` bytes of [`HttpConn::tx_pending`].
     pub fn tx_sent(&mut self, n: usize) {
+        self.tx_moved |= n > 0;
         self.tx_off += n;
         if self.tx_off == self.tx.len() {
             self.tx.clear();
@@ -200,13 +226,21 @@ impl HttpConn {
         }
     }
 
-    /// Everything is sent and the connection should be closed.
+    /// The connection should be closed: everything is sent, or the peer was too slow to take
+    /// it ([`Ending::TimedOut`]).
     pub fn is_done(&self) -> bool {
-        self.tx_pending().is_empty()
-            && (matches!(self.state, State::Closing)
-                || (self.peer_closed
-                    && matches!(self.state, State::Head)
-                    && self.rx_start == self.rx_end))
+        self.cut
+            || self.tx_pending().is_empty()
+                && (matches!(self.state, State::Closing)
+                    || (self.peer_closed
+                        && matches!(self.state, State::Head)
+                        && self.rx_start == self.rx_end))
+    }
+
+    /// Why the connection ended, once [`HttpConn::is_done`]; `None` before.
+    pub fn ending(&self) -> Option<Ending> {
+        self.is_done()
+            .then_some(self.end.unwrap_or(Ending::Finished))
     }
 
     /// No request is in progress (between requests, nothing left to send).
@@ -361,31 +395,55 @@ impl<S: ChunkStore> Engine<S> {
         progress
     }
 
-    /// Closes `c` when a head or body stalled; true when it did.
+    /// Closes `c` when its peer is too slow: a head not complete `head_timeout` after its
+    /// first byte, or a body, or the draining of an answer, stalled for `idle_timeout`
+    /// (answered `RequestTimeout` when no answer to the request was begun, else cut off); or
+    /// nothing at all for `idle_timeout` between requests (closed silently).
     fn check_time(&mut self, c: &mut HttpConn, now: Instant) {
-        let waited = now.saturating_duration_since(c.since);
-        let late = match &c.state {
-            State::Head if c.head_started => waited > self.limits.head_timeout,
-            State::Head => c.tx_pending().is_empty() && waited > self.limits.idle_timeout,
-            State::PutBody { .. } | State::SmallBody { .. } | State::Discard { .. } => {
-                waited > self.limits.idle_timeout
-            }
-            State::GetBody { .. } | State::Closing => false,
+        // The answer moving is the peer's progress too; a head's clock runs from its first
+        // byte whatever else happens.
+        if std::mem::take(&mut c.tx_moved) && !(matches!(c.state, State::Head) && c.head_started) {
+            c.since = now;
+        }
+        let answering = !c.tx_pending().is_empty();
+        let (limit, answer) = match &c.state {
+            State::Head if c.head_started => (self.limits.head_timeout, true),
+            State::Head => (self.limits.idle_timeout, false),
+            State::PutBody { .. } | State::SmallBody { .. } => (self.limits.idle_timeout, true),
+            // The request's answer is begun: a refused request's body being dropped, or an
+            // object being sent.
+            State::Discard { .. } | State::GetBody { .. } => (self.limits.idle_timeout, false),
+            State::Closing if answering => (self.limits.idle_timeout, false),
+            State::Closing => return,
         };
-        if late {
-            self.stats.timeouts += 1;
-            if let State::PutBody { .. } = c.state {
-                if let State::PutBody { put, .. } = std::mem::replace(&mut c.state, State::Closing)
-                {
-                    self.objects.abort(put);
-                }
-            }
-            if c.head_started || !matches!(c.state, State::Head | State::Closing) {
-                let f = Failure::new(400, "RequestTimeout", "the request did not arrive in time");
-                c.keep_alive = false;
-                self.answer_error(c, &f, "");
-            }
+        if now.saturating_duration_since(c.since) <= limit {
+            return;
+        }
+        if matches!(c.state, State::Head) && !c.head_started && !answering {
+            self.stats.idle_closed += 1;
+            c.end = Some(Ending::Idle);
             c.state = State::Closing;
+            return;
+        }
+        if c.end.is_some() {
+            // Its RequestTimeout answer was not taken either.
+            c.cut = true;
+            return;
+        }
+        self.stats.timeouts += 1;
+        c.end = Some(Ending::TimedOut);
+        c.keep_alive = false;
+        if let State::PutBody { put, .. } = std::mem::replace(&mut c.state, State::Closing) {
+            self.objects.abort(put);
+        }
+        if answer {
+            let f = Failure::new(400, "RequestTimeout", "the request did not arrive in time");
+            c.head_only = false;
+            self.answer_error(c, &f, "");
+            // The answer gets its own idle_timeout to be taken.
+            c.since = now;
+        } else {
+            c.cut = true;
         }
     }
 
