@@ -13,6 +13,11 @@
 //! moving and an answer must keep draining (no gap longer than [`Limits::idle_timeout`]), and
 //! an idle keep-alive connection is closed after `idle_timeout` without a word (counted in
 //! [`S3Stats::idle_closed`], not as a timeout). [`HttpConn::ending`] tells which.
+//!
+//! Framing: a body is read only by the requests that take one (PUT, CompleteMultipartUpload);
+//! any other request's body is read and dropped, or the connection closes, so body bytes are
+//! never read as a request. After an error answer to an `Expect: 100-continue` request whose
+//! body was not asked for, the connection closes (the client may send that body or not).
 
 use std::time::{Duration, SystemTime};
 
@@ -448,10 +453,15 @@ impl<S: ChunkStore> Engine<S> {
     }
 
     fn on_head(&mut self, c: &mut HttpConn, now: Instant, wall: SystemTime) -> bool {
-        if !c.tx_pending().is_empty() || c.rx_start == c.rx_end {
-            if !c.keep_alive && c.tx_pending().is_empty() {
+        if !c.keep_alive {
+            // The last answer said `Connection: close`: whatever came after is not read.
+            if c.tx_pending().is_empty() {
                 c.state = State::Closing;
+                return true;
             }
+            return false;
+        }
+        if !c.tx_pending().is_empty() || c.rx_start == c.rx_end {
             return false;
         }
         if !c.head_started {
@@ -521,7 +531,9 @@ impl<S: ChunkStore> Engine<S> {
     }
 
     /// An error answer to a request whose body (`len` bytes) is still coming: read and drop a
-    /// small one, close the connection for a large one.
+    /// small one, close the connection for a large one, and for one the client was to send
+    /// only after `100 Continue`: after an error answer it may send it or not (RFC 9110
+    /// 10.1.1), and its bytes must never be read as a request.
     fn refuse(
         &mut self,
         c: &mut HttpConn,
@@ -534,8 +546,7 @@ impl<S: ChunkStore> Engine<S> {
             self.stats.auth_failures += 1;
         }
         if body_len > 0 && (expect || body_len > DISCARD_MAX) {
-            // With `Expect: 100-continue` the client sends no body after an error answer.
-            c.keep_alive = expect && c.keep_alive;
+            c.keep_alive = false;
         }
         self.answer_error(c, f, resource);
         c.state = if !c.keep_alive {
@@ -564,9 +575,28 @@ impl<S: ChunkStore> Engine<S> {
             Ok(t) => t,
             Err(f) => return self.refuse(c, &f, &resource, body_len, head.expect_continue),
         };
-        let r = self.route(c, &head, &t, body_len, sha, wall);
-        if let Err(f) = r {
-            self.refuse(c, &f, &resource, body_len, head.expect_continue);
+        // Only PUT (objects, parts; a bucket's body is dropped by its route) and
+        // CompleteMultipartUpload read a body. Another request's body is dropped after the
+        // answer; when it is large, not sent yet (100-continue) or behind an object being
+        // sent, the connection closes instead.
+        let reads_body = match head.method {
+            Method::Put => head.header("x-amz-copy-source").is_none(),
+            Method::Post => !t.key.is_empty() && t.has("uploadId"),
+            _ => false,
+        };
+        let unread = body_len > 0 && !reads_body;
+        if unread && (head.expect_continue || body_len > DISCARD_MAX || head.method == Method::Get)
+        {
+            c.keep_alive = false;
+        }
+        match self.route(c, &head, &t, body_len, sha, wall) {
+            Err(f) => self.refuse(c, &f, &resource, body_len, head.expect_continue),
+            Ok(()) if unread && c.keep_alive && matches!(c.state, State::Head) => {
+                c.state = State::Discard {
+                    remaining: body_len,
+                };
+            }
+            Ok(()) => {}
         }
     }
 
@@ -1055,6 +1085,14 @@ impl<S: ChunkStore> Engine<S> {
         *remaining -= n as u64;
         if *remaining > 0 {
             if c.peer_closed {
+                let f = Failure::new(
+                    400,
+                    "IncompleteBody",
+                    "the body ended before Content-Length bytes",
+                );
+                self.stats.bad_requests += 1;
+                c.keep_alive = false;
+                self.answer_error(c, &f, "");
                 c.state = State::Closing;
                 return true;
             }
