@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime};
 
-use super::conn::{Engine, HttpConn, S3Stats};
+use super::conn::{Ending, Engine, HttpConn, S3Stats};
 use crate::chunk::{ChunkStore, ServerStats};
 use crate::dev::PacketDevice;
 use crate::metrics::Observed;
@@ -184,9 +184,12 @@ impl<D: PacketDevice + 'static, S: ChunkStore + 'static> Service for S3OnStack<D
             let (moved, alive) = pump(&mut self.engine, c, &mut io, now, wall);
             progress |= moved;
             if !alive || c.is_done() {
+                // A connection that timed out may hold answer bytes its peer is not taking: reset
+                // it rather than let them wait in the send buffer for TCP to give up.
+                let graceful = alive && c.ending() != Some(Ending::TimedOut);
                 let (id, c) = self.conns.swap_remove(i);
                 self.engine.discard(c);
-                let _ = if alive {
+                let _ = if graceful {
                     self.stack.release(id)
                 } else {
                     self.stack.abort(id)
@@ -346,9 +349,14 @@ impl<S: ChunkStore + 'static> Service for S3OnKernel<S> {
             progress |= moved;
             if !alive || c.is_done() {
                 if let Some((stream, c)) = self.conns[slot].take() {
+                    let graceful = alive && c.ending() != Some(Ending::TimedOut);
                     self.engine.discard(c);
-                    if alive {
+                    if graceful {
                         let _ = stream.shutdown(std::net::Shutdown::Write);
+                    } else {
+                        // Dropped with SO_LINGER 0: a reset, not a wait for a peer that is not
+                        // reading.
+                        let _ = crate::sys::socket::set_linger_zero(stream.as_fd());
                     }
                 }
                 self.open -= 1;
