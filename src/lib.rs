@@ -15,6 +15,7 @@
 //!  -> net     the same chunk server and client over kernel TCP
 //!  -> metrics operators' access: snapshots, Prometheus endpoint, admin socket
 //!  -> serve   the serving loop: a server polled until SIGINT/SIGTERM, then shut down gracefully
+//!  -> s3      an S3-compatible object service on the serving loop (feature s3)
 //!
 //! leaves, used by any floor, importing nothing:  proto (the wire format, sans-IO),
 //!                                                time (Instant), copies (copy counters)
