@@ -10,7 +10,9 @@
 //!   "not support" for every S3 store, and "get partial object", which asks for a range that
 //!   starts past the object's end and wants an empty body: S3 (and this server) answers such a
 //!   range `416 InvalidRange`, so objbench reports that check as a warning against S3 too.
-//!   The benchmark's figures are printed for docs/BENCHMARKS.md.
+//!   The benchmark's figures are printed for docs/BENCHMARKS.md. The same runs then go against
+//!   the server on a TAP interface (ustack's TCP/IP, the kernel's on the other side, in a
+//!   namespace the server makes), the backend for hosts without AF_XDP.
 //!
 //! - `volume_survives_restart_and_kill`: `juicefs format` (SQLite metadata, `--storage s3`
 //!   pointing at the server on AF_XDP) and `juicefs mount` (JuiceFS's network side in B, the
@@ -85,6 +87,9 @@ fn topology(subnet: u8) -> Option<VethPair> {
 enum Transport {
     AfXdp,
     Kernel,
+    /// ustack on a TAP interface whose kernel side is in a namespace of the server's making,
+    /// where JuiceFS then runs (the server in this test's namespace, not in A).
+    Tap,
 }
 
 /// Starts the object server in namespace A; returns it and its endpoint URL.
@@ -110,6 +115,21 @@ fn start_server_in(pair: &VethPair, subnet: u8, t: Transport, data: &Path) -> (W
             ]);
             format!("http://{}:9000", addr(subnet, 1))
         }
+        Transport::Tap => {
+            cmd = Command::new(example_binary("objectserver"));
+            cmd.arg("--data").arg(data).arg("--create");
+            let ours = Ipv4Addr::new(10, 215, subnet, 2);
+            let peer = Ipv4Addr::new(10, 215, subnet, 1);
+            cmd.args(["--backend", "tap", "--ip", &format!("{ours}/24")])
+                .args([
+                    "--tap-peer",
+                    &format!("{peer}/24"),
+                    "--tap-netns",
+                    "ustjfstap",
+                ])
+                .args(["--port", "9000"]);
+            format!("http://{ours}:9000")
+        }
     };
     cmd.args(["--sync", "never"])
         .env("OBJECTSERVER_KEYS", KEYS)
@@ -118,6 +138,20 @@ fn start_server_in(pair: &VethPair, subnet: u8, t: Transport, data: &Path) -> (W
     srv.wait_for_line("objectserver: listening on", Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{t:?}: {e}"));
     (srv, endpoint)
+}
+
+/// The network namespace the server put its TAP's kernel side in (from its backend line).
+fn tap_netns(srv: &Watched) -> String {
+    let out = srv.output();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("objectserver: backend"))
+        .unwrap_or_else(|| panic!("no backend line:\n{out}"));
+    let name = line.rsplit(" in netns ").next().unwrap_or_default();
+    format!(
+        "/run/netns/{}",
+        name.split_whitespace().next().unwrap_or_default()
+    )
 }
 
 /// The rows of objbench's tables: (first column, second column) -> third column, trimmed.
@@ -136,9 +170,10 @@ fn table_rows(out: &str) -> BTreeMap<(String, String), String> {
     rows
 }
 
-/// Runs objbench from namespace B against `endpoint`; returns its output.
-fn objbench(pair: &VethPair, jfs: &PathBuf, endpoint: &str, what: &str) -> String {
-    let mut cmd = pair.b().command(jfs);
+/// Runs objbench from the network namespace at `netns` against `endpoint`; returns its output.
+fn objbench(netns: &str, jfs: &PathBuf, endpoint: &str, what: &str) -> String {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={netns}")).arg(jfs);
     cmd.args([
         "objbench",
         "--storage",
@@ -217,11 +252,15 @@ fn objbench_on_af_xdp_and_kernel_tcp() {
     let subnet = 1;
     let Some(pair) = topology(subnet) else { return };
     let mut figures = Vec::new();
-    for t in [Transport::AfXdp, Transport::Kernel] {
+    for t in [Transport::AfXdp, Transport::Kernel, Transport::Tap] {
         let data = TempDir::fresh("ust-objbench");
         let (srv, endpoint) = start_server(&pair, subnet, t, &data);
         let what = format!("objbench against the object server on {t:?}");
-        let out = objbench(&pair, &jfs, &endpoint, &what);
+        let netns = match t {
+            Transport::Tap => tap_netns(&srv),
+            _ => pair.b().path().display().to_string(),
+        };
+        let out = objbench(&netns, &jfs, &endpoint, &what);
         check_functional(&out, &what);
         figures.push((t, bench_figures(&out)));
         let (status, killed, sout) = srv.terminate(Duration::from_secs(15));
