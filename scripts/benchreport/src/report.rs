@@ -5,20 +5,22 @@ use std::fmt::Write as _;
 use crate::format::{num, pct_fmt, ratio_fmt, spread_text, thousands, workload_text};
 use crate::input::{meta_get, Meta};
 use crate::lossy;
+use crate::objbench;
 use crate::stats::{
     baseline_of, m_client_cpu_gb, m_huge_mib, m_mbs, m_mem_mib, m_ops, m_p50, m_p99, m_p999,
     m_server_cpu_gb, Data, PATHS, SCALE_BASE,
 };
 use crate::targets::{targets, verdict_text};
 
-/// The whole report, section by section; the lossy-path section when there are lossy results,
-/// and `notes` (the hand-written analysis) at the end.
+/// The whole report, section by section; the lossy-path and objbench sections when there are
+/// results for them, and `notes` (the hand-written analysis) at the end.
 pub fn markdown(
     d: &Data,
     meta: &Meta,
     svg_name: &str,
     notes: Option<&str>,
     lossy: Option<&lossy::LossyData>,
+    objbench: Option<&objbench::ObjbenchData>,
 ) -> String {
     let mut md = header(meta);
     md.push_str(&summary(d, svg_name));
@@ -32,6 +34,9 @@ pub fn markdown(
     }
     if let Some(l) = lossy {
         let _ = writeln!(md, "{}", lossy::section(l, meta));
+    }
+    if let Some(o) = objbench {
+        let _ = writeln!(md, "{}", objbench::section(o, meta));
     }
     md.push_str(&machine(meta));
     md.push_str(&method(d, meta));
@@ -577,6 +582,7 @@ fn reproduce() -> String {
          scripts/compare.sh --paths memif,kernel-lo   # no root needed for these two\n\
          sudo scripts/compare.sh --glibc-tunables     # both sides with the faster memcpy settings\n\
          sudo scripts/compare.sh --paths lossy        # loss recovery through the fault relay (issue 11; not in the default set)\n\
+         sudo scripts/compare.sh --paths objbench     # JuiceFS objbench against the object server, AF_XDP and kernel TCP (issue 16; not in the default set)\n\
          # re-render this report from the raw results:\n\
          cargo run --release -p benchreport -- --results target/compare/results.tsv \\\n\
          \x20   --meta target/compare/meta.tsv --markdown docs/BENCHMARKS.md --svg docs/benchmarks.svg\n\
