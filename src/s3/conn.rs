@@ -333,6 +333,17 @@ impl Target {
     fn has(&self, name: &str) -> bool {
         self.query.iter().any(|(k, _)| k == name)
     }
+
+    /// The number `name` (`max-keys`, `max-parts`, ...): `default` when absent or empty, at
+    /// most `cap`; anything but a number is `400 InvalidArgument`, as S3 answers it.
+    fn number(&self, name: &str, default: u32, cap: u32) -> Result<u32, Failure> {
+        match self.q(name) {
+            None | Some("") => Ok(default.min(cap)),
+            Some(v) => v.parse::<u32>().map(|n| n.min(cap)).map_err(|_| {
+                Failure::new(400, "InvalidArgument", format!("{name} must be a number"))
+            }),
+        }
+    }
 }
 
 /// The object service's logic, shared by every connection of every transport.
@@ -748,13 +759,7 @@ impl<S: ChunkStore> Engine<S> {
     }
 
     fn list_v2(&mut self, c: &mut HttpConn, t: &Target) -> Result<(), Failure> {
-        let max_keys = match t.q("max-keys") {
-            None | Some("") => 1000,
-            Some(m) => m
-                .parse::<u32>()
-                .map_err(|_| Failure::new(400, "InvalidArgument", "max-keys must be a number"))?
-                .min(1000),
-        };
+        let max_keys = t.number("max-keys", 1000, 1000)?;
         let nonempty = |k: &str| t.q(k).filter(|v| !v.is_empty()).map(str::to_string);
         let q = ListQuery {
             prefix: t.q("prefix").unwrap_or_default().to_string(),
@@ -794,11 +799,7 @@ impl<S: ChunkStore> Engine<S> {
 
     fn list_uploads(&mut self, c: &mut HttpConn, t: &Target) -> Result<(), Failure> {
         let prefix = t.q("prefix").unwrap_or_default();
-        let max = t
-            .q("max-uploads")
-            .and_then(|m| m.parse::<u32>().ok())
-            .unwrap_or(1000)
-            .min(1000);
+        let max = t.number("max-uploads", 1000, 1000)?;
         let ups = self
             .objects
             .list_uploads(&t.bucket, prefix, max.saturating_add(1))?;
@@ -820,15 +821,8 @@ impl<S: ChunkStore> Engine<S> {
 
     fn list_parts(&mut self, c: &mut HttpConn, t: &Target) -> Result<(), Failure> {
         let id = t.q("uploadId").unwrap_or_default();
-        let marker = t
-            .q("part-number-marker")
-            .and_then(|m| m.parse::<u32>().ok())
-            .unwrap_or(0);
-        let max = t
-            .q("max-parts")
-            .and_then(|m| m.parse::<u32>().ok())
-            .unwrap_or(1000)
-            .min(1000);
+        let marker = t.number("part-number-marker", 0, u32::MAX)?;
+        let max = t.number("max-parts", 1000, 1000)?;
         let page = self
             .objects
             .list_parts(&t.bucket, &t.key, id, marker, max)?;
@@ -1287,6 +1281,28 @@ mod tests {
             parse_range("bytes=0-", 0).err().map(|f| f.status),
             Some(416)
         );
+    }
+
+    #[test]
+    fn numbers_in_the_query() {
+        let t = Target {
+            bucket: "b".into(),
+            key: String::new(),
+            query: vec![
+                ("max-keys".into(), "5000".into()),
+                ("max-parts".into(), "".into()),
+                ("max-uploads".into(), "ten".into()),
+                ("part-number-marker".into(), "7".into()),
+            ],
+        };
+        assert_eq!(t.number("max-keys", 1000, 1000).ok(), Some(1000));
+        assert_eq!(t.number("max-parts", 1000, 1000).ok(), Some(1000));
+        assert_eq!(t.number("part-number-marker", 0, u32::MAX).ok(), Some(7));
+        assert_eq!(t.number("absent", 0, u32::MAX).ok(), Some(0));
+        let Err(bad) = t.number("max-uploads", 1000, 1000) else {
+            panic!("max-uploads=ten taken for a number");
+        };
+        assert_eq!((bad.status, bad.code), (400, "InvalidArgument"));
     }
 
     #[test]
