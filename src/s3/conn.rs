@@ -103,7 +103,6 @@ enum State {
         meta: PutMeta,
         bucket: String,
         key: String,
-        part: bool,
     },
     /// Receiving a small body this server reads whole (`CompleteMultipartUpload`).
     SmallBody {
@@ -281,6 +280,23 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The body's SHA-256 is not the `x-amz-content-sha256` the client signed.
+    fn sha_mismatch() -> Failure {
+        Failure::new(
+            400,
+            "XAmzContentSHA256Mismatch",
+            "the body's SHA-256 is not the x-amz-content-sha256 given",
+        )
+    }
+}
+
+/// Whether a body hashed as it came matches the SHA-256 its signature declared (`None`: an
+/// unsigned payload, nothing to compare).
+fn sha_matches(sha: Option<(Sha256, [u8; 32])>) -> bool {
+    sha.is_none_or(|(h, expected)| h.finalize().as_slice() == expected)
+}
+
 impl From<ObjError> for Failure {
     fn from(e: ObjError) -> Failure {
         Failure::new(e.status(), e.s3_code(), e.to_string())
@@ -396,8 +412,8 @@ impl<S: ChunkStore> Engine<S> {
         for _ in 0..64 {
             let step = match c.state {
                 State::Head => self.on_head(c, now, wall),
-                State::PutBody { .. } => self.on_put_body(c, now),
-                State::SmallBody { .. } => self.on_small_body(c, now, wall),
+                State::PutBody { .. } => self.on_put_body(c),
+                State::SmallBody { .. } => self.on_small_body(c),
                 State::Discard { .. } => self.on_discard(c),
                 State::GetBody { .. } => self.on_get_body(c),
                 State::Closing => false,
@@ -600,7 +616,7 @@ impl<S: ChunkStore> Engine<S> {
         {
             c.keep_alive = false;
         }
-        match self.route(c, &head, &t, body_len, sha, wall) {
+        match self.route(c, &head, &t, body_len, sha) {
             Err(f) => self.refuse(c, &f, &resource, body_len, head.expect_continue),
             Ok(()) if unread && c.keep_alive && matches!(c.state, State::Head) => {
                 c.state = State::Discard {
@@ -625,9 +641,7 @@ impl<S: ChunkStore> Engine<S> {
         t: &Target,
         body_len: u64,
         sha: Option<(Sha256, [u8; 32])>,
-        wall: SystemTime,
     ) -> Result<(), Failure> {
-        let _ = wall;
         let bucket_op = t.key.is_empty();
         match (head.method, bucket_op) {
             (Method::Get, true) if t.bucket.is_empty() => {
@@ -707,7 +721,6 @@ impl<S: ChunkStore> Engine<S> {
                     meta,
                     bucket: t.bucket.clone(),
                     key: t.key.clone(),
-                    part,
                 };
             }
             (Method::Delete, false) if t.has("uploadId") => {
@@ -965,7 +978,7 @@ impl<S: ChunkStore> Engine<S> {
         n > 0
     }
 
-    fn on_put_body(&mut self, c: &mut HttpConn, _now: Instant) -> bool {
+    fn on_put_body(&mut self, c: &mut HttpConn) -> bool {
         let State::PutBody { remaining, .. } = &c.state else {
             return false;
         };
@@ -999,12 +1012,7 @@ impl<S: ChunkStore> Engine<S> {
         }
         if *remaining > 0 {
             if c.peer_closed {
-                let f = Failure::new(
-                    400,
-                    "IncompleteBody",
-                    "the body ended before Content-Length bytes",
-                );
-                self.stats.bad_requests += 1;
+                let f = self.incomplete_body();
                 return self.fail_put(c, f);
             }
             return n > 0;
@@ -1015,33 +1023,34 @@ impl<S: ChunkStore> Engine<S> {
             meta,
             bucket,
             key,
-            part,
             ..
         } = std::mem::replace(&mut c.state, State::Head)
         else {
             return false;
         };
-        if let Some((h, expected)) = sha {
-            if h.finalize().as_slice() != expected {
-                self.objects.abort(put);
-                let f = Failure::new(
-                    400,
-                    "XAmzContentSHA256Mismatch",
-                    "the body's SHA-256 is not the x-amz-content-sha256 given",
-                );
-                self.answer_error(c, &f, &format!("/{bucket}/{key}"));
-                return true;
-            }
+        if !sha_matches(sha) {
+            self.objects.abort(put);
+            self.answer_error(c, &Failure::sha_mismatch(), &format!("/{bucket}/{key}"));
+            return true;
         }
         match self.objects.commit(put, meta) {
             Ok(info) => {
                 self.stats.puts += 1;
-                let _ = part;
                 self.answer(c, 200, &[("ETag", &info.etag)], b"");
             }
             Err(e) => self.answer_error(c, &e.into(), &format!("/{bucket}/{key}")),
         }
         true
+    }
+
+    /// The peer closed before `Content-Length` bytes of body came: a request that broke HTTP.
+    fn incomplete_body(&mut self) -> Failure {
+        self.stats.bad_requests += 1;
+        Failure::new(
+            400,
+            "IncompleteBody",
+            "the body ended before Content-Length bytes",
+        )
     }
 
     /// A PUT that cannot go on: its chunks go, the client gets `f`, and the connection closes
@@ -1056,7 +1065,7 @@ impl<S: ChunkStore> Engine<S> {
         true
     }
 
-    fn on_small_body(&mut self, c: &mut HttpConn, _now: Instant, _wall: SystemTime) -> bool {
+    fn on_small_body(&mut self, c: &mut HttpConn) -> bool {
         let State::SmallBody { remaining, .. } = &c.state else {
             return false;
         };
@@ -1079,12 +1088,7 @@ impl<S: ChunkStore> Engine<S> {
         *remaining -= n as u64;
         if *remaining > 0 {
             if c.peer_closed {
-                let f = Failure::new(
-                    400,
-                    "IncompleteBody",
-                    "the body ended before Content-Length bytes",
-                );
-                self.stats.bad_requests += 1;
+                let f = self.incomplete_body();
                 c.keep_alive = false;
                 self.answer_error(c, &f, "");
                 c.state = State::Closing;
@@ -1104,16 +1108,9 @@ impl<S: ChunkStore> Engine<S> {
             return false;
         };
         let resource = format!("/{bucket}/{key}");
-        if let Some((h, expected)) = sha {
-            if h.finalize().as_slice() != expected {
-                let f = Failure::new(
-                    400,
-                    "XAmzContentSHA256Mismatch",
-                    "the body's SHA-256 is not the one signed",
-                );
-                self.answer_error(c, &f, &resource);
-                return true;
-            }
+        if !sha_matches(sha) {
+            self.answer_error(c, &Failure::sha_mismatch(), &resource);
+            return true;
         }
         let result = xml::parse_complete(&body)
             .map_err(|e| Failure::new(400, e.s3_code(), e.to_string()))
