@@ -6,7 +6,6 @@
 mod common;
 mod memif_support;
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant as WallInstant};
@@ -15,117 +14,29 @@ use memif_support::raw::{
     arp_request, desc, is_arp_reply, recv_msg, send_msg, until_s2c_tail, RawClient,
 };
 use memif_support::{memif_cfg, ClientRig, ServerRig, TestDir, SERVER_IP};
-use ustack::dev::memif::proto::{self, AddRegion, AddRing, Hello, Init, Msg, Name};
-use ustack::dev::memif::ring::{ring_len, Desc, RingView, DESC_FLAG_NEXT};
+use ustack::dev::memif::proto::{self, Hello, Msg, Name};
+use ustack::dev::memif::ring::{Desc, RingView, DESC_FLAG_NEXT};
 use ustack::dev::memif::{MemifDevice, MemifRole, MemifState};
-use ustack::host::unix_ipc::{self as sys, SeqPacket, SeqPacketListener, UnixAddr};
+use ustack::host::unix_ipc::{SeqPacket, SeqPacketListener, UnixAddr};
 use ustack::mem::shm::SharedRegion;
-use ustack::{Batch, Instant, PacketDevice, PageSize, PoolBuf};
+use ustack::{Batch, Instant, PacketDevice, PoolBuf};
 
 // ---------------------------------------------------------------------------------------------
 // A hostile client
 
-/// Ring size of the hostile client: 16 slots each way.
-const LOG2: u8 = 4;
-
-/// A client that did the handshake by hand: its control socket, its ring region (C2S ring at
-/// 0, S2C after it) and a 64 KiB data region, and the eventfd it gave both rings.
-struct Hostile {
-    sock: SeqPacket,
-    rings: SharedRegion,
-    data: SharedRegion,
-    _efd: OwnedFd,
-}
-
-impl Hostile {
-    /// Connects to the server at `socket` and does the whole handshake, polling `srv`.
-    fn connect(socket: &Path, srv: &mut ServerRig) -> Hostile {
-        let sock = SeqPacket::connect(&UnixAddr::Path(socket.to_path_buf())).expect("connect");
-        macro_rules! pump {
-            () => {
-                || {
-                    srv.step();
-                }
-            };
-        }
-        let (hello, _) = recv_msg(&sock, pump!()).unwrap();
-        let Msg::Hello(Hello {
-            max_log2_ring_size, ..
-        }) = hello
-        else {
-            panic!("expected HELLO, got {hello:?}")
-        };
-        assert_eq!(max_log2_ring_size, proto::LOG2_RING_SIZE_MAX);
-        send_msg(
-            &sock,
-            Msg::Init(Init {
-                version: proto::VERSION,
-                id: 0,
-                mode: proto::MODE_ETHERNET,
-                secret: [0; 24],
-                name: Name::new("hostile"),
-            }),
-            None,
-        );
-        assert_eq!(recv_msg(&sock, pump!()).unwrap().0, Msg::Ack);
-        let rings =
-            SharedRegion::create(2 * ring_len(LOG2), PageSize::Base4K, "hostile-rings").unwrap();
-        let data = SharedRegion::create(64 << 10, PageSize::Base4K, "hostile-data").unwrap();
-        RingView::new(&rings, 0, LOG2).unwrap().init(0);
-        RingView::new(&rings, ring_len(LOG2), LOG2).unwrap().init(0);
-        for (i, r) in [&rings, &data].into_iter().enumerate() {
-            send_msg(
-                &sock,
-                Msg::AddRegion(AddRegion {
-                    index: i as u16,
-                    size: r.len() as u64,
-                }),
-                r.fd(),
-            );
-            assert_eq!(recv_msg(&sock, pump!()).unwrap().0, Msg::Ack);
-        }
-        let efd = sys::eventfd().unwrap();
-        for (flags, offset) in [(proto::ADD_RING_FLAG_C2S, 0), (0, ring_len(LOG2) as u32)] {
-            send_msg(
-                &sock,
-                Msg::AddRing(AddRing {
-                    flags,
-                    index: 0,
-                    region: 0,
-                    offset,
-                    log2_ring_size: LOG2,
-                    private_hdr_size: 0,
-                }),
-                Some(efd.as_fd()),
-            );
-            assert_eq!(recv_msg(&sock, pump!()).unwrap().0, Msg::Ack);
-        }
-        send_msg(&sock, Msg::Connect(Name::new("hostile0")), None);
-        assert!(matches!(
-            recv_msg(&sock, pump!()).unwrap().0,
-            Msg::Connected(_)
-        ));
-        Hostile {
-            sock,
-            rings,
-            data,
-            _efd: efd,
-        }
-    }
-
-    fn c2s(&self) -> RingView<'_> {
-        RingView::new(&self.rings, 0, LOG2).unwrap()
-    }
-
-    fn s2c(&self) -> RingView<'_> {
-        RingView::new(&self.rings, ring_len(LOG2), LOG2).unwrap()
-    }
+/// A raw client connected with the whole handshake, polling `srv`; its data region is 64 KiB.
+fn connect_hostile(socket: &Path, srv: &mut ServerRig) -> RawClient {
+    let h = RawClient::connect_with(socket, "hostile", 64 << 10, || {
+        srv.step();
+    });
+    assert_eq!(h.hello.max_log2_ring_size, proto::LOG2_RING_SIZE_MAX);
+    h
 }
 
 /// Corrupt descriptors both ways, among good ones: the bad ones are rejected and counted, every
 /// slot is handed back, and the good ARP request is answered in the next good buffer. Returns
 /// how many C2S slots were used.
-fn corrupt_descriptors_are_rejected(srv: &mut ServerRig, h: &Hostile) -> u16 {
+fn corrupt_descriptors_are_rejected(srv: &mut ServerRig, h: &RawClient) -> u16 {
     let (c2s, s2c) = (h.c2s(), h.s2c());
     // S2C: one posted buffer outside the data region, then good ones.
     s2c.set_desc(0, &desc(1, (64 << 10) - 100, 2048, 0));
@@ -186,7 +97,7 @@ fn corrupt_descriptors_are_rejected(srv: &mut ServerRig, h: &Hostile) -> u16 {
 
 /// A C2S head beyond the ring (`used` slots are in it): the server drops the connection, says
 /// why, and unmaps the client's regions.
-fn a_head_beyond_the_ring_disconnects(srv: &mut ServerRig, h: Hostile, used: u16) {
+fn a_head_beyond_the_ring_disconnects(srv: &mut ServerRig, h: RawClient, used: u16) {
     h.c2s().set_head(used + 100, Ordering::Release);
     let (m, _) = recv_msg(&h.sock, || {
         srv.step();
@@ -250,7 +161,7 @@ fn a_hostile_client_is_rejected_and_counted_and_a_good_one_is_served() {
     let socket = dir.socket();
     let mut srv = ServerRig::new(&socket);
     // A raw client: the handshake by hand.
-    let hostile = Hostile::connect(&socket, &mut srv);
+    let hostile = connect_hostile(&socket, &mut srv);
     assert_eq!(srv.dev().state(), MemifState::Up);
     let used = corrupt_descriptors_are_rejected(&mut srv, &hostile);
     a_head_beyond_the_ring_disconnects(&mut srv, hostile, used);

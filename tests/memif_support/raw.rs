@@ -3,13 +3,13 @@
 //! writes directly, to feed a server whatever descriptors it wants.
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant as WallInstant};
 
 use super::{ServerRig, SERVER_IP};
-use ustack::dev::memif::proto::{self, AddRegion, AddRing, Init, Msg, Name};
+use ustack::dev::memif::proto::{self, AddRegion, AddRing, Hello, Init, Msg, Name};
 use ustack::dev::memif::ring::{ring_len, Desc, RingView};
 use ustack::host::unix_ipc::{self as sys, SeqPacket, UnixAddr};
 use ustack::mem::shm::SharedRegion;
@@ -53,22 +53,39 @@ pub fn arp_request(target: Ipv4Addr) -> Vec<u8> {
     f
 }
 
-/// A raw memif client (handshake by hand) with a 16-slot ring pair in region 0 and a 256 KiB
-/// data region 1, for feeding a server whatever descriptors a test wants.
+/// A raw memif client (handshake by hand) with a 16-slot ring pair in region 0 and a data
+/// region 1 (256 KiB from [`RawClient::connect`]), for feeding a server whatever descriptors
+/// and control messages a test wants.
 pub struct RawClient {
     /// The control connection (dropping it ends the link).
-    _sock: SeqPacket,
+    pub sock: SeqPacket,
+    /// The server's HELLO.
+    pub hello: Hello,
     pub rings: SharedRegion,
     pub data: SharedRegion,
+    _efd: OwnedFd,
 }
 
 pub const RAW_LOG2: u8 = 4;
 
 impl RawClient {
-    pub fn connect(socket: &Path, mut pump: impl FnMut()) -> RawClient {
+    pub fn connect(socket: &Path, pump: impl FnMut()) -> RawClient {
+        RawClient::connect_with(socket, "raw", 256 << 10, pump)
+    }
+
+    /// [`RawClient::connect`] as `name` (the INIT name, `NAME0` the interface's), with a data
+    /// region of `data_len` bytes.
+    pub fn connect_with(
+        socket: &Path,
+        name: &str,
+        data_len: usize,
+        mut pump: impl FnMut(),
+    ) -> RawClient {
         let sock = SeqPacket::connect(&UnixAddr::Path(socket.to_path_buf())).expect("connect");
         let (hello, _) = recv_msg(&sock, &mut pump).unwrap();
-        assert!(matches!(hello, Msg::Hello(_)), "{hello:?}");
+        let Msg::Hello(hello) = hello else {
+            panic!("expected HELLO, got {hello:?}")
+        };
         send_msg(
             &sock,
             Msg::Init(Init {
@@ -76,14 +93,19 @@ impl RawClient {
                 id: 0,
                 mode: proto::MODE_ETHERNET,
                 secret: [0; 24],
-                name: Name::new("raw"),
+                name: Name::new(name),
             }),
             None,
         );
         assert_eq!(recv_msg(&sock, &mut pump).unwrap().0, Msg::Ack);
-        let rings =
-            SharedRegion::create(2 * ring_len(RAW_LOG2), PageSize::Base4K, "raw-rings").unwrap();
-        let data = SharedRegion::create(256 << 10, PageSize::Base4K, "raw-data").unwrap();
+        let rings = SharedRegion::create(
+            2 * ring_len(RAW_LOG2),
+            PageSize::Base4K,
+            &format!("{name}-rings"),
+        )
+        .unwrap();
+        let data =
+            SharedRegion::create(data_len, PageSize::Base4K, &format!("{name}-data")).unwrap();
         RingView::new(&rings, 0, RAW_LOG2).unwrap().init(0);
         RingView::new(&rings, ring_len(RAW_LOG2), RAW_LOG2)
             .unwrap()
@@ -118,15 +140,17 @@ impl RawClient {
             );
             assert_eq!(recv_msg(&sock, &mut pump).unwrap().0, Msg::Ack);
         }
-        send_msg(&sock, Msg::Connect(Name::new("raw0")), None);
+        send_msg(&sock, Msg::Connect(Name::new(&format!("{name}0"))), None);
         assert!(matches!(
             recv_msg(&sock, &mut pump).unwrap().0,
             Msg::Connected(_)
         ));
         RawClient {
-            _sock: sock,
+            sock,
+            hello,
             rings,
             data,
+            _efd: efd,
         }
     }
 
