@@ -21,6 +21,21 @@ use memif_support::{memif_cfg, TestDir};
 use ustack::dev::memif::{MemifDevice, MemifRole};
 use ustack::{Batch, Instant, PacketDevice};
 
+/// Polls `dev` until it notices its peer is gone (at most 5 s).
+fn wait_link_down<F>(dev: &mut MemifDevice<F>, scratch: &mut Batch<F>)
+where
+    MemifDevice<F>: PacketDevice<Frame = F>,
+{
+    let start = WallInstant::now();
+    while dev.link_up() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "DPDK's death not noticed"
+        );
+        dev.rx_burst(Instant::now(), scratch);
+    }
+}
+
 #[test]
 fn interop_with_dpdk_net_memif_both_roles() {
     let dir = TestDir::new("dpdk");
@@ -102,14 +117,7 @@ fn interop_with_dpdk_net_memif_both_roles() {
         assert_eq!(stats.link.rx_errors, 0);
         // The DPDK process dies: we notice, and free the rings.
         dpdk.kill();
-        let start = WallInstant::now();
-        while dev.link_up() {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "DPDK's death not noticed"
-            );
-            dev.rx_burst(Instant::now(), &mut scratch);
-        }
+        wait_link_down(&mut dev, &mut scratch);
         assert_eq!(dev.mapped_regions(), 0);
         assert_eq!(dev.lent_buffers(), 0);
     }
@@ -162,14 +170,7 @@ fn in_place_server_with_a_dpdk_client() {
             "frames built in DPDK's buffers: {stats:?}"
         );
         dpdk.kill();
-        let start = WallInstant::now();
-        while dev.link_up() {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "DPDK's death not noticed"
-            );
-            dev.rx_burst(Instant::now(), &mut scratch);
-        }
+        wait_link_down(&mut dev, &mut scratch);
         assert_eq!(dev.mapped_regions(), 0);
     }
 }
