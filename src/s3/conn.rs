@@ -532,29 +532,61 @@ impl<S: ChunkStore> Engine<S> {
 
     /// Writes an answer head (and `body`) into `c`.
     fn answer(&mut self, c: &mut HttpConn, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        self.answer_head(c, status, headers, body.len() as u64);
+        let id = self.request_id();
+        self.answer_as(c, &id, status, headers, body);
+    }
+
+    /// [`Engine::answer`] under the request id `id` (one [`Engine::request_id`] gave).
+    fn answer_as(
+        &mut self,
+        c: &mut HttpConn,
+        id: &str,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        self.write_head(c, id, status, headers, body.len() as u64);
         if !c.head_only {
             c.tx.extend_from_slice(body);
         }
     }
 
+    /// Writes an answer head whose body of `len` bytes follows from elsewhere (an object).
     fn answer_head(&mut self, c: &mut HttpConn, status: u16, headers: &[(&str, &str)], len: u64) {
+        let id = self.request_id();
+        self.write_head(c, &id, status, headers, len);
+    }
+
+    fn write_head(
+        &mut self,
+        c: &mut HttpConn,
+        id: &str,
+        status: u16,
+        headers: &[(&str, &str)],
+        len: u64,
+    ) {
         self.stats.requests += 1;
         if status >= 400 {
             self.stats.errors += 1;
         }
-        let id = self.request_id();
         let mut all: Vec<(&str, &str)> = Vec::with_capacity(headers.len() + 2);
-        all.push(("x-amz-request-id", &id));
+        all.push(("x-amz-request-id", id));
         all.push(("Server", "ustack"));
         all.extend_from_slice(headers);
         http::write_response_head(&mut c.tx, status, &all, len, c.keep_alive);
     }
 
+    /// An `<Error>` answer; its body names the same request id as its header.
     fn answer_error(&mut self, c: &mut HttpConn, f: &Failure, resource: &str) {
-        let id = format!("{:016X}", self.next_request + 1);
+        let id = self.request_id();
         let body = xml::error(f.code, &f.message, resource, &id);
-        self.answer(c, f.status, &[("Content-Type", "application/xml")], &body);
+        self.answer_as(
+            c,
+            &id,
+            f.status,
+            &[("Content-Type", "application/xml")],
+            &body,
+        );
     }
 
     /// An error answer to a request whose body (`len` bytes) is still coming: read and drop a
