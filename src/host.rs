@@ -9,11 +9,12 @@
 //! Everything here is implemented in the crate's private system layer (`sys`: each FFI call and
 //! raw system call, and with `mem` the only `unsafe` code); this module re-exports the parts
 //! that are useful outside the crate: whole modules where all of a module is for the host
-//! ([`netns`], [`lossy`], [`packet`], [`process`], [`signal`], [`random`]), chosen items where a
+//! ([`cpu`], [`netns`], [`lossy`], [`packet`], [`process`], [`signal`], [`random`]), chosen items where a
 //! module also serves the data path ([`socket`], [`iface`], [`unix_ipc`]). The stack's own
 //! data path (AF_XDP sockets and rings, BPF, DPDK, TAP descriptors) stays private and is
 //! reached through [`crate::dev`].
 
+pub use crate::sys::cpu;
 pub use crate::sys::lossy;
 pub use crate::sys::netns;
 pub use crate::sys::packet;

@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 pub mod bpf;
+pub mod cpu;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod lossy;
