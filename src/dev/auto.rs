@@ -332,6 +332,38 @@ impl AnyDevice {
         ))
     }
 
+    /// A memif server whose queue pairs are served by `devices` devices, one per per-core
+    /// shard ([`MemifDevice::open_in_place_shared`]): the first runs the control channel and
+    /// serves queue pair 0, device `i` serves pair `i`. `cfg.queues` must be at least `devices`.
+    pub fn open_memif_shared(
+        cfg: &MemifConfig,
+        devices: usize,
+    ) -> Result<Vec<AnyDevice>, BackendError> {
+        let devs =
+            MemifDevice::open_in_place_shared(cfg, devices).map_err(|e| BackendError::Open {
+                kind: BackendKind::Memif,
+                why: e.to_string(),
+            })?;
+        Ok(devs
+            .into_iter()
+            .enumerate()
+            .map(|(i, dev)| {
+                let burst = dev.caps().burst_max;
+                let reason = format!(
+                    "memif {:?} on {}, queue pair {i} of {devices}",
+                    cfg.role,
+                    cfg.socket_path.display()
+                );
+                AnyDevice::new(
+                    Inner::Memif(Box::new(dev)),
+                    BackendKind::Memif,
+                    reason,
+                    burst,
+                )
+            })
+            .collect())
+    }
+
     /// A DPDK port.
     #[cfg(feature = "dpdk")]
     pub fn open_dpdk(cfg: &DpdkConfig) -> Result<AnyDevice, BackendError> {

@@ -29,6 +29,7 @@ use super::ring::{
     self, Carry, ClientRx, ClientTx, CopyIn, Parts, PendingCopy, RingFault, ServerRx, ServerTx,
     RING_FLAG_MASK_INT,
 };
+use super::share::QueueShare;
 use super::{MemifConfig, MemifError, MemifRole, MemifState, MemifStats};
 
 /// Control messages read per service call (a handshake needs about ten).
@@ -78,6 +79,26 @@ enum DataPath {
     },
 }
 
+/// A server whose queue pairs are served by several devices, each on a thread of its own
+/// ([`MemifDevice::open_shared`]; the module `share` has the hand-over).
+enum Share {
+    /// Runs the control socket and serves queue pair 0 (and any pair beyond what members take).
+    Owner(Arc<QueueShare<Handoff>>),
+    /// Serves queue pair `index` of the owner's connection.
+    Member {
+        share: Arc<QueueShare<Handoff>>,
+        index: usize,
+        seen: u64,
+    },
+}
+
+/// What a member gets of a connection: its queue pair, and what the handshake learned.
+struct Handoff {
+    link: DataPath,
+    peer_trusts_checksums: bool,
+    peer: (Name, Name),
+}
+
 /// The identity of the socket file a server created, so only that file is removed at the end.
 struct SocketFile {
     path: std::path::PathBuf,
@@ -122,6 +143,8 @@ pub struct MemifDevice<F = PoolBuf> {
     last_error: Option<String>,
     /// Reused by `wait` (control socket, listener, ring eventfds).
     poll_fds: Vec<PollFd>,
+    /// Queue pairs served by other devices (threads), if opened so.
+    share: Option<Share>,
     _frame: PhantomData<fn() -> F>,
 }
 
@@ -240,6 +263,20 @@ impl MemifDevice {
     pub fn open(cfg: &MemifConfig) -> Result<MemifDevice, MemifError> {
         Self::open_as(cfg)
     }
+
+    /// A server whose queue pairs are served by `devices` devices, each meant for a thread of
+    /// its own (one per core): the first binds the socket, runs the control channel and serves
+    /// queue pair 0; device `i` serves queue pair `i` of the same connection. Each has its own
+    /// frame pool (of [`MemifConfig::pool_frames`] or the default size) and its own counters.
+    ///
+    /// The client chooses the queue pair of each flow and gets its answers on the same pair,
+    /// so a flow stays with the device that received its first frame. A client that proposes
+    /// fewer pairs than `devices` leaves the last devices idle (their link stays down); pairs
+    /// beyond `devices` are served by the first device. `cfg.queues` must be at least
+    /// `devices`.
+    pub fn open_shared(cfg: &MemifConfig, devices: usize) -> Result<Vec<MemifDevice>, MemifError> {
+        Self::open_shared_as(cfg, devices)
+    }
 }
 
 impl MemifDevice<MemifFrame> {
@@ -251,10 +288,58 @@ impl MemifDevice<MemifFrame> {
     pub fn open_in_place(cfg: &MemifConfig) -> Result<MemifDevice<MemifFrame>, MemifError> {
         Self::open_as(cfg)
     }
+
+    /// [`MemifDevice::open_shared`] with frames built in place (each device serves a single
+    /// transmit ring, so each can lend its client's posted buffers).
+    pub fn open_in_place_shared(
+        cfg: &MemifConfig,
+        devices: usize,
+    ) -> Result<Vec<MemifDevice<MemifFrame>>, MemifError> {
+        Self::open_shared_as(cfg, devices)
+    }
 }
 
 impl<F> MemifDevice<F> {
     fn open_as(cfg: &MemifConfig) -> Result<MemifDevice<F>, MemifError> {
+        Self::build(cfg, true)
+    }
+
+    fn open_shared_as(
+        cfg: &MemifConfig,
+        devices: usize,
+    ) -> Result<Vec<MemifDevice<F>>, MemifError> {
+        if cfg.role != MemifRole::Server {
+            return Err(invalid(
+                "role",
+                "Client",
+                "only a server's queue pairs can be served by several devices",
+            ));
+        }
+        if devices == 0 || devices > cfg.queues {
+            return Err(invalid(
+                "queues",
+                cfg.queues,
+                "must be at least the number of devices serving them (one queue pair each)",
+            ));
+        }
+        let share = Arc::new(QueueShare::new(devices - 1));
+        let mut owner = Self::build(cfg, true)?;
+        owner.share = Some(Share::Owner(Arc::clone(&share)));
+        let mut all = vec![owner];
+        for index in 1..devices {
+            let mut m = Self::build(cfg, false)?;
+            m.share = Some(Share::Member {
+                share: Arc::clone(&share),
+                index,
+                seen: 0,
+            });
+            all.push(m);
+        }
+        Ok(all)
+    }
+
+    /// The device, with its pool; binds the socket if a server and `bind`.
+    fn build(cfg: &MemifConfig, bind: bool) -> Result<MemifDevice<F>, MemifError> {
         let frames = check_config(cfg)?;
         let addr = if cfg.socket_abstract {
             UnixAddr::Abstract(cfg.socket_path.as_os_str().as_encoded_bytes().to_vec())
@@ -354,9 +439,10 @@ impl<F> MemifDevice<F> {
             rx_next: 0,
             last_error: None,
             poll_fds: Vec::with_capacity(2 + cfg.queues),
+            share: None,
             _frame: PhantomData,
         };
-        if cfg.role == MemifRole::Server {
+        if cfg.role == MemifRole::Server && bind {
             dev.bind()?;
         }
         tracing::info!(
@@ -500,10 +586,24 @@ impl<F> MemifDevice<F> {
     /// Runs the control plane: accepts or connects, reads control messages, advances the
     /// handshake, notices a peer that hung up. Rate-limited while the link is up.
     fn service(&mut self, now: Instant) {
+        if matches!(self.share, Some(Share::Member { .. })) {
+            self.member_service();
+            return;
+        }
         if self.link.is_some() && now < self.next_control {
             return;
         }
         self.next_control = now + self.control_interval;
+        if let Some(Share::Owner(share)) = &self.share {
+            if share.take_fault() {
+                self.stats.bad_ring_index += 1;
+                self.teardown(
+                    now,
+                    Some("Corrupt ring index"),
+                    "corrupt ring index on a queue pair served by another thread".into(),
+                );
+            }
+        }
         match self.role {
             MemifRole::Server => self.accept(now),
             MemifRole::Client => {
@@ -518,6 +618,34 @@ impl<F> MemifDevice<F> {
                 self.stats.handshake_failures += 1;
                 self.teardown(now, Some("Handshake timeout"), "handshake timed out".into());
             }
+        }
+    }
+
+    /// A member's control turn: pick up or drop its queue pair when the owner's link changed.
+    fn member_service(&mut self) {
+        let Some(Share::Member { share, index, seen }) = &mut self.share else {
+            return;
+        };
+        if !share.changed(seen) {
+            return;
+        }
+        let index = *index;
+        let part = share.take(index);
+        if self.link.take().is_some() {
+            self.stats.disconnects += 1;
+            self.peer = None;
+            self.peer_trusts_checksums = false;
+            tracing::info!(socket = %self.addr, queue = index, "memif queue pair down");
+        }
+        if let Some(h) = part {
+            self.link = Some(h.link);
+            self.peer_trusts_checksums = h.peer_trusts_checksums;
+            self.peer = Some(h.peer);
+            self.stats.connects += 1;
+            if self.stats.connects > 1 {
+                self.stats.reconnects += 1;
+            }
+            tracing::info!(socket = %self.addr, queue = index, "memif queue pair up");
         }
     }
 
@@ -731,6 +859,23 @@ impl<F> MemifDevice<F> {
                 }
             }
         };
+        self.peer_trusts_checksums =
+            self.elide_tx_checksums && peer_name.capabilities() & CAP_RX_CHECKSUMS_TRUSTED != 0;
+        let link = match (link, &self.share) {
+            (DataPath::Server { regions, rx, tx }, Some(Share::Owner(share))) => {
+                let (own, parts) = split_server_link(regions, rx, tx, share.members());
+                let trusts = self.peer_trusts_checksums;
+                share.publish(parts.into_iter().map(|p| {
+                    p.map(|link| Handoff {
+                        link,
+                        peer_trusts_checksums: trusts,
+                        peer: (peer_name, peer_if_name),
+                    })
+                }));
+                own
+            }
+            (link, _) => link,
+        };
         self.link = Some(link);
         if let Some(c) = &mut self.conn {
             c.phase = Phase::Up;
@@ -749,8 +894,6 @@ impl<F> MemifDevice<F> {
             queues = ?self.queues(),
             "memif link up"
         );
-        self.peer_trusts_checksums =
-            self.elide_tx_checksums && peer_name.capabilities() & CAP_RX_CHECKSUMS_TRUSTED != 0;
         tracing::debug!(
             elided = self.peer_trusts_checksums,
             "memif transmit checksums (left out only for a peer that does not verify them)"
@@ -789,6 +932,10 @@ impl<F> MemifDevice<F> {
     /// The peer wrote ring indexes no correct peer writes.
     fn fault(&mut self, now: Instant, f: RingFault) {
         self.stats.bad_ring_index += 1;
+        if let Some(Share::Member { share, .. }) = &self.share {
+            // The control socket is the owner's: it ends the connection.
+            share.report_fault();
+        }
         tracing::warn!(socket = %self.addr, fault = ?f, "memif: corrupt ring index from the peer; disconnecting");
         self.teardown(
             now,
@@ -805,6 +952,9 @@ impl<F> MemifDevice<F> {
                     .sock
                     .send(&Msg::Disconnect(Disconnect::new(0, r)).to_bytes(), None);
             }
+        }
+        if let Some(Share::Owner(share)) = &self.share {
+            share.retract();
         }
         if let Some(link) = self.link.take() {
             if let DataPath::Client { mut tx, mut rx, .. } = link {
@@ -829,6 +979,52 @@ impl<F> MemifDevice<F> {
             self.backoff = (self.backoff * 2).min(self.backoff_max);
         }
     }
+}
+
+/// Splits a server's data path by queue pair for a share with `members` members: member `i`
+/// gets pair `i` (receive ring `i` and transmit ring `i`) when the client made both; the owner
+/// keeps pair 0 and every ring no member takes. Every part holds the regions.
+fn split_server_link(
+    regions: Vec<Arc<SharedRegion>>,
+    rx: Vec<ServerRx>,
+    tx: Vec<ServerTx>,
+    members: usize,
+) -> (DataPath, Vec<Option<DataPath>>) {
+    let pairs = rx.len().min(tx.len());
+    let member_of = |i: usize| (1..pairs.min(members + 1)).contains(&i).then_some(i - 1);
+    let mut parts: Vec<(Option<ServerRx>, Option<ServerTx>)> =
+        (0..members).map(|_| (None, None)).collect();
+    let mut own_rx = Vec::new();
+    for (i, r) in rx.into_iter().enumerate() {
+        match member_of(i) {
+            Some(m) => parts[m].0 = Some(r),
+            None => own_rx.push(r),
+        }
+    }
+    let mut own_tx = Vec::new();
+    for (i, t) in tx.into_iter().enumerate() {
+        match member_of(i) {
+            Some(m) => parts[m].1 = Some(t),
+            None => own_tx.push(t),
+        }
+    }
+    let parts = parts
+        .into_iter()
+        .map(|p| match p {
+            (Some(r), Some(t)) => Some(DataPath::Server {
+                regions: regions.clone(),
+                rx: vec![r],
+                tx: vec![t],
+            }),
+            _ => None,
+        })
+        .collect();
+    let own = DataPath::Server {
+        regions,
+        rx: own_rx,
+        tx: own_tx,
+    };
+    (own, parts)
 }
 
 impl<F> std::fmt::Debug for MemifDevice<F> {

@@ -140,6 +140,7 @@ mod device;
 mod frame;
 pub mod proto;
 pub mod ring;
+mod share;
 
 pub use control::ControlError;
 pub use device::MemifDevice;
