@@ -620,6 +620,11 @@ fn encode_stack(o: &mut Out<'_, '_>, s: &Snapshot) -> Result<(), std::fmt::Error
                     u(ss.rx_syn_backlog_full),
                 ),
                 (vec![("reason", "rx_queue_full")], u(ss.rx_queue_full)),
+                (vec![("reason", "misdirected")], u(ss.rx_misdirected)),
+                (
+                    vec![("reason", "arp_fanout_full")],
+                    u(ss.arp_fanout_dropped),
+                ),
                 (vec![("reason", "tx_no_buffer")], u(ss.tx_nobuf)),
             ],
         )?;

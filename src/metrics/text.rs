@@ -144,6 +144,8 @@ fn stack_lines(k: &StackView, lines: &mut Vec<String>) {
         ("bad checksum", ss.rx_bad_checksum),
         ("SYN backlog full", ss.rx_syn_backlog_full),
         ("receive queue full", ss.rx_queue_full),
+        ("misdirected to this core", ss.rx_misdirected),
+        ("ARP copy to a full core", ss.arp_fanout_dropped),
         ("no transmit buffer", ss.tx_nobuf),
     ];
     let total: u64 = drops.iter().map(|d| d.1).sum();

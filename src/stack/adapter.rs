@@ -15,6 +15,7 @@ use crate::dev::{Batch, Frame, PacketDevice, ETH_HEADER_LEN};
 use crate::time::Instant;
 
 use super::capture::{self, Tap};
+use super::cores::ARP_FRAME_LEN;
 use super::stats::StackStats;
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -34,6 +35,8 @@ pub(crate) enum RxDrop {
     BadChecksum,
     BacklogFull,
     ShardFull,
+    /// A segment of a flow no socket of this per-core shard serves (see `stack::cores`).
+    Misdirected,
 }
 
 /// A TCP flow as seen from this stack.
@@ -73,6 +76,9 @@ pub(crate) struct Io<D: PacketDevice> {
     pub(crate) stats: StackStats,
     /// The running packet capture, if any (`Stack::start_capture`).
     pub(crate) capture: Option<Box<Tap>>,
+    /// ARP frames another per-core shard received, for smoltcp to learn from before the
+    /// device's frames (see `stack::cores`; bounded by its inbox).
+    pub(crate) injected: Vec<[u8; ARP_FRAME_LEN]>,
 }
 
 impl<D: PacketDevice> Io<D> {
@@ -111,6 +117,7 @@ impl<D: PacketDevice> Io<D> {
             scratch: vec![0; mtu + ETH_HEADER_LEN].into_boxed_slice(),
             stats: StackStats::default(),
             capture: None,
+            injected: Vec::new(),
             dev,
         }
     }
@@ -189,6 +196,7 @@ impl<D: PacketDevice> Io<D> {
             RxDrop::BadChecksum => s.rx_bad_checksum += 1,
             RxDrop::BacklogFull => s.rx_syn_backlog_full += 1,
             RxDrop::ShardFull => s.rx_queue_full += 1,
+            RxDrop::Misdirected => s.rx_misdirected += 1,
         }
     }
 
@@ -261,8 +269,11 @@ fn check_ipv4(p: &[u8], verify_ipv4: bool, verify_l4: bool) -> Result<Route, RxD
     Ok(Route::Other)
 }
 
-pub(crate) struct RxToken<F: Frame> {
-    frame: F,
+pub(crate) enum RxToken<F: Frame> {
+    /// A frame of the device.
+    Frame(F),
+    /// An ARP frame another per-core shard received.
+    Injected([u8; ARP_FRAME_LEN]),
 }
 
 impl<F: Frame> phy::RxToken for RxToken<F> {
@@ -270,7 +281,11 @@ impl<F: Frame> phy::RxToken for RxToken<F> {
     where
         G: FnOnce(&[u8]) -> R,
     {
-        let data = self.frame.data();
+        let frame = match self {
+            RxToken::Frame(frame) => frame,
+            RxToken::Injected(bytes) => return f(&bytes),
+        };
+        let data = frame.data();
         // Whole frames, headers included: smoltcp copies a segment's payload into the socket's
         // ring from here.
         crate::copies::count(crate::copies::Pass::Frame, data.len());
@@ -350,8 +365,11 @@ impl<D: PacketDevice> phy::Device for ShardView<'_, D> {
         &mut self,
         _timestamp: smoltcp::time::Instant,
     ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        if let Some(bytes) = self.io.injected.pop() {
+            return Some((RxToken::Injected(bytes), self.tx_token()));
+        }
         let frame = self.rx.pop()?;
-        Some((RxToken { frame }, self.tx_token()))
+        Some((RxToken::Frame(frame), self.tx_token()))
     }
 
     fn transmit(&mut self, _timestamp: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {

@@ -24,6 +24,7 @@ mod capture;
 mod capture_switch;
 mod config;
 mod conn_info;
+mod cores;
 mod error;
 #[cfg(test)]
 mod sim_pair;
@@ -36,6 +37,7 @@ pub use capture::{
 };
 pub use config::{Congestion, MacAddr, StackConfig, TcpConfig};
 pub use conn_info::{ConnInfo, ConnStateCounts, TcpState};
+pub use cores::CoreShards;
 pub use error::StackError;
 pub use smoltcp::socket::tcp::{RxSink, TxSource, TX_LENT_MAX};
 pub use sockets::{ConnError, ConnId, ConnState, ListenerId};
@@ -47,7 +49,7 @@ use std::time::Duration;
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
-use crate::dev::{Batch, LinkStats, PacketDevice};
+use crate::dev::{Batch, Frame, LinkStats, PacketDevice};
 use crate::mem::HugeRegion;
 use crate::time::Instant;
 
@@ -171,6 +173,8 @@ pub struct Stack<D: PacketDevice> {
     /// The link state at the last poll, and how often it came back up.
     link_was_up: bool,
     link_ups: u64,
+    /// The other per-core shards on this link, if this stack is one of a set.
+    cores: Option<CoreShards>,
     cfg: StackConfig,
     now: Instant,
 }
@@ -309,6 +313,7 @@ impl<D: PacketDevice> Stack<D> {
             next_shard: 0,
             link_was_up: true,
             link_ups: 0,
+            cores: None,
             cfg,
             now: Instant::ZERO,
         })
@@ -338,11 +343,32 @@ impl<D: PacketDevice> Stack<D> {
             next_shard,
             syn_wait,
             due,
+            cores,
             ..
         } = self;
         let mut arp = false;
         let single = shards.len() == 1;
+        if let Some(c) = &*cores {
+            while io.injected.len() < cores::INBOX_LEN {
+                let Some(copy) = c.take_arp() else { break };
+                io.injected.push(copy);
+                arp = true;
+            }
+            if arp {
+                due.mark(0);
+            }
+        }
+        let mut fanout_dropped = 0;
         io.receive(budget, |route, frame| {
+            if let Some(c) = &*cores {
+                match route {
+                    Route::Arp => fanout_dropped += c.fan_out_arp(frame.data()),
+                    Route::Tcp { flow, syn: false } if !owns_flow(shards, flows, &flow) => {
+                        return Err(RxDrop::Misdirected);
+                    }
+                    _ => {}
+                }
+            }
             let shard = match route {
                 Route::Tcp { flow, syn: true } if listening(shards, flow.local_port) => {
                     match steer_syn(shards, due, flows, *flows_max, next_shard, flow) {
@@ -369,6 +395,7 @@ impl<D: PacketDevice> Stack<D> {
             due.mark(shard);
             shards[shard].rx.push(frame).map_err(|_| RxDrop::ShardFull)
         });
+        io.stats.arp_fanout_dropped += fanout_dropped;
         if arp {
             // A neighbor may have been learned: sockets of every shard may be waiting for it.
             due.mark_all();
@@ -389,6 +416,19 @@ impl<D: PacketDevice> Stack<D> {
             self.io.stats.rx_dropped(),
         );
         changed || before != after
+    }
+
+    /// Makes this stack one of a set of per-core shards on one link (see [`CoreShards`]): it
+    /// shares what it learns by ARP with the others, and drops (and counts in
+    /// [`StackStats::rx_misdirected`]) TCP segments of flows it does not serve instead of
+    /// answering them with a reset. Call it before the first poll.
+    pub fn join_cores(&mut self, cores: CoreShards) {
+        self.cores = Some(cores);
+    }
+
+    /// The per-core shard set this stack is in, if any.
+    pub fn cores(&self) -> Option<&CoreShards> {
+        self.cores.as_ref()
     }
 
     /// When the link comes back up (a memif peer reconnected, a cable was plugged), the peer
@@ -1093,6 +1133,21 @@ fn build_iface<D: PacketDevice>(
 }
 
 /// Whether any shard listens on `port`.
+/// Whether a socket of this stack serves `flow` (with several socket shards, the flow table
+/// says which shard to ask).
+fn owns_flow<F>(
+    shards: &mut [Shard<F>],
+    flows: &HashMap<FlowKey, u16, FlowHash>,
+    flow: &FlowKey,
+) -> bool {
+    if shards.len() == 1 {
+        return shards[0].table.has_flow(flow);
+    }
+    flows
+        .get(flow)
+        .is_some_and(|&s| shards[usize::from(s)].table.has_flow(flow))
+}
+
 fn listening<F>(shards: &[Shard<F>], port: u16) -> bool {
     shards
         .iter()

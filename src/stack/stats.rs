@@ -25,6 +25,12 @@ pub struct StackStats {
     pub rx_syn_backlog_full: u64,
     /// Frames dropped because their shard's receive queue was full.
     pub rx_queue_full: u64,
+    /// TCP segments of a flow this per-core shard does not serve (not a SYN), dropped: the
+    /// flow may be another shard's (see [`CoreShards`](super::CoreShards)). Always 0 for a
+    /// stack that is not in a set of per-core shards.
+    pub rx_misdirected: u64,
+    /// ARP copies this per-core shard could not post to another shard (its inbox was full).
+    pub arp_fanout_dropped: u64,
     /// Socket shards polled (each `poll` polls only the shards with work).
     pub shard_polls: u64,
     /// Frames handed to the device.
@@ -155,5 +161,6 @@ impl StackStats {
             + self.rx_bad_checksum
             + self.rx_syn_backlog_full
             + self.rx_queue_full
+            + self.rx_misdirected
     }
 }
