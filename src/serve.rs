@@ -17,6 +17,8 @@
 //!   already due (every WRITE it acknowledged is in the store), and the loop ends once every
 //!   connection is closed or the server's `shutdown_grace` has passed; a ustack service then
 //!   polls a little longer ([`ServeLoop::drain`]) so the last FINs and ACKs go out.
+//! - **Cores.** [`run_cores`] runs one loop per core, each over its own service (per-core
+//!   shards: a device queue and a stack each), all stopped together.
 //! - **Reports.** The callback given to [`ServeLoop::run`] hears of the start of the shutdown
 //!   and, every [`ServeLoop::report_every`], gets the service to print or export its counters.
 //!
@@ -31,6 +33,10 @@
 //! println!("stopped by {:?}; every connection closed in time: {}", ended.cause, ended.drained);
 //! # Ok(()) }
 //! ```
+
+mod cores;
+
+pub use cores::{check_cores, run_cores, CoreList, CoreRun, CoresError};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -208,7 +214,7 @@ pub struct Ended {
 /// The serving loop: spin-then-sleep polling, operator requests, graceful shutdown on a signal
 /// or a [`StopHandle`] (see the module docs). Configure it with the builder methods, then
 /// [`ServeLoop::run`] a service.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ServeLoop {
     spin_polls: u32,
     sleep_max: Duration,

@@ -59,6 +59,14 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Adds `other`'s counts to these (per-core shards summed).
+    pub fn add(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_ns += other.sum_ns;
+    }
+
     /// Counts one duration.
     #[inline]
     pub fn record(&mut self, d: Duration) {
@@ -133,6 +141,21 @@ impl Default for RequestMeter {
 }
 
 impl RequestMeter {
+    /// Adds `other`'s answers and times to these (per-core shards summed).
+    pub fn add(&mut self, other: &RequestMeter) {
+        for (a, b) in self.answers.iter_mut().zip(&other.answers) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        for (a, b) in self.service.iter_mut().zip(&other.service) {
+            a.add(b);
+        }
+        for (a, b) in self.storage.iter_mut().zip(&other.storage) {
+            a.add(b);
+        }
+    }
+
     /// Counts an answer of `status` to a request of op slot `op` (see [`op_slot`]), whose
     /// header came `service` ago (`None`: not timed, e.g. a frame rejected before it had one).
     #[inline]

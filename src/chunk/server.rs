@@ -106,6 +106,56 @@ pub struct ServerStats {
     pub requests: RequestMeter,
 }
 
+impl ServerStats {
+    /// Adds `other`'s counters to these: the servers of several per-core shards as one.
+    pub fn add(&mut self, other: &ServerStats) {
+        let ServerStats {
+            connections_accepted,
+            connections_refused,
+            connections_closed,
+            connections_closed_for_errors,
+            pings,
+            writes,
+            reads,
+            deletes,
+            stats,
+            lists,
+            errors,
+            rejected_frames,
+            bad_checksums,
+            bytes_written,
+            bytes_read,
+            staging_waits,
+            storage_waits,
+            storage_timeouts,
+            storage_late,
+            corrupt,
+            requests,
+        } = other;
+        self.connections_accepted += connections_accepted;
+        self.connections_refused += connections_refused;
+        self.connections_closed += connections_closed;
+        self.connections_closed_for_errors += connections_closed_for_errors;
+        self.pings += pings;
+        self.writes += writes;
+        self.reads += reads;
+        self.deletes += deletes;
+        self.stats += stats;
+        self.lists += lists;
+        self.errors += errors;
+        self.rejected_frames += rejected_frames;
+        self.bad_checksums += bad_checksums;
+        self.bytes_written += bytes_written;
+        self.bytes_read += bytes_read;
+        self.staging_waits += staging_waits;
+        self.storage_waits += storage_waits;
+        self.storage_timeouts += storage_timeouts;
+        self.storage_late += storage_late;
+        self.corrupt += corrupt;
+        self.requests.add(requests);
+    }
+}
+
 /// A server's state for operators, taken by the serving loop: its counters and what it holds
 /// now (the same for the ustack and kernel-TCP servers).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

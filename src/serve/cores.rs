@@ -1,0 +1,231 @@
+//! One serving loop per core: shared-nothing per-core shards.
+//!
+//! [`run_cores`] starts a thread per listed core, pins it there, builds that shard's service
+//! on it (its own device queue, its own [`Stack`](crate::stack::Stack) and socket memory,
+//! allocated by the thread that uses it), and turns it with a copy of the [`ServeLoop`]. The
+//! shards share only what the caller gives them (a `Sync` store, say) and the stop flag: a
+//! signal, a [`StopHandle`](super::StopHandle), or one shard failing to start stops them all.
+
+use std::fmt;
+
+use crate::sys::cpu;
+
+use super::{Ended, Event, ServeLoop, Service};
+
+/// A shard's run: its core, its service as the loop left it, and how the loop ended.
+pub struct CoreRun<S> {
+    /// The core it ran on.
+    pub core: usize,
+    /// The service, after the shutdown (for final reports).
+    pub service: S,
+    /// How its loop ended.
+    pub ended: Ended,
+}
+
+/// Why [`run_cores`] could not run every shard.
+#[derive(Debug, thiserror::Error)]
+pub enum CoresError {
+    /// The list of cores is empty or names a core twice.
+    #[error("cores {cores:?}: {why}")]
+    BadList {
+        /// The list given.
+        cores: Vec<usize>,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A core this process may not run on (it does not exist, or a cgroup or `taskset` keeps
+    /// the process off it).
+    #[error(
+        "core {core} is not available to this process; it may run on cores {allowed}, so at \
+         most {count} shards (one per core)"
+    )]
+    NotAllowed {
+        /// The core asked for.
+        core: usize,
+        /// The cores allowed, as a list (`0-3,8`).
+        allowed: CoreList,
+        /// How many that is.
+        count: usize,
+    },
+    /// Pinning a thread failed.
+    #[error("pinning shard {shard} to core {core}: {source}")]
+    Pin {
+        /// The shard.
+        shard: usize,
+        /// Its core.
+        core: usize,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A shard's service could not be built.
+    #[error("shard {shard} (core {core}): {why}")]
+    Build {
+        /// The shard.
+        shard: usize,
+        /// Its core.
+        core: usize,
+        /// The builder's error.
+        why: String,
+    },
+    /// A shard's thread panicked.
+    #[error("shard {shard} (core {core}) panicked")]
+    Panicked {
+        /// The shard.
+        shard: usize,
+        /// Its core.
+        core: usize,
+    },
+}
+
+/// A set of cores, shown as ranges (`0-3,8`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreList(pub Vec<usize>);
+
+impl fmt::Display for CoreList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut i = 0;
+        let c = &self.0;
+        while i < c.len() {
+            let mut j = i;
+            while j + 1 < c.len() && c[j + 1] == c[j] + 1 {
+                j += 1;
+            }
+            let sep = if i == 0 { "" } else { "," };
+            if j == i {
+                write!(f, "{sep}{}", c[i])?;
+            } else {
+                write!(f, "{sep}{}-{}", c[i], c[j])?;
+            }
+            i = j + 1;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a list of cores against those this process may run on.
+pub fn check_cores(cores: &[usize]) -> Result<(), CoresError> {
+    if cores.is_empty() {
+        return Err(CoresError::BadList {
+            cores: cores.to_vec(),
+            why: "name at least one core",
+        });
+    }
+    let mut sorted = cores.to_vec();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(CoresError::BadList {
+            cores: cores.to_vec(),
+            why: "a core named twice (one shard per core)",
+        });
+    }
+    // If affinity cannot be read, pinning will tell.
+    if let Ok(allowed) = cpu::allowed() {
+        if let Some(&core) = cores.iter().find(|c| !allowed.contains(c)) {
+            return Err(CoresError::NotAllowed {
+                core,
+                count: allowed.len(),
+                allowed: CoreList(allowed),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs shard `i` on `cores[i]`: pins a thread there, calls `build(i)` on it, and serves what
+/// it returns with a copy of `serve` until the loop stops (see the module docs). `on_event`
+/// hears each shard's events, with the shard's index. Returns the shards' runs in order.
+pub fn run_cores<S, B, E>(
+    serve: &ServeLoop,
+    cores: &[usize],
+    build: B,
+    on_event: E,
+) -> Result<Vec<CoreRun<S>>, CoresError>
+where
+    S: Service + Send,
+    B: Fn(usize) -> Result<S, String> + Sync,
+    E: Fn(usize, Event, &mut S) + Sync,
+{
+    check_cores(cores)?;
+    let stop = serve.stop_handle();
+    let (build, on_event) = (&build, &on_event);
+    let results: Vec<Result<CoreRun<S>, CoresError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cores
+            .iter()
+            .enumerate()
+            .map(|(shard, &core)| {
+                let serve = serve.clone();
+                let stop = stop.clone();
+                let h = std::thread::Builder::new()
+                    .name(format!("ustack-core{core}"))
+                    .spawn_scoped(scope, move || {
+                        let started = cpu::pin_current_thread(core)
+                            .map_err(|source| CoresError::Pin {
+                                shard,
+                                core,
+                                source,
+                            })
+                            .and_then(|()| {
+                                build(shard).map_err(|why| CoresError::Build { shard, core, why })
+                            });
+                        let mut service = match started {
+                            Ok(s) => s,
+                            Err(e) => {
+                                stop.stop();
+                                return Err(e);
+                            }
+                        };
+                        let ended = serve.run(&mut service, |e, s| on_event(shard, e, s));
+                        // One shard stopping (its own signal check, say) stops the others.
+                        stop.stop();
+                        Ok(CoreRun {
+                            core,
+                            service,
+                            ended,
+                        })
+                    })
+                    .expect("spawning a shard thread");
+                (shard, core, h)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(shard, core, h)| {
+                h.join().unwrap_or_else(|_| {
+                    stop.stop();
+                    Err(CoresError::Panicked { shard, core })
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists_show_as_ranges() {
+        assert_eq!(CoreList(vec![0, 1, 2, 3, 8]).to_string(), "0-3,8");
+        assert_eq!(CoreList(vec![1]).to_string(), "1");
+        assert_eq!(CoreList(vec![0, 2, 3]).to_string(), "0,2-3");
+    }
+
+    #[test]
+    fn bad_lists_are_refused_naming_the_limit() {
+        assert!(matches!(check_cores(&[]), Err(CoresError::BadList { .. })));
+        assert!(matches!(
+            check_cores(&[0, 0]),
+            Err(CoresError::BadList { .. })
+        ));
+        let e = check_cores(&[100_000]).unwrap_err();
+        let allowed = cpu::allowed().unwrap();
+        assert!(
+            e.to_string()
+                .contains(&format!("so at most {} shards", allowed.len())),
+            "{e}"
+        );
+        assert!(check_cores(&allowed).is_ok());
+    }
+}
