@@ -40,6 +40,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use common::server::{print_memory, ServeArgs};
@@ -47,6 +48,7 @@ use common::{open_device, stack_on, Backend, Cidr, DevArgs, MemifRoleArg, StoreS
 use ustack::chunk::{ChunkServer, DirStore, DirStoreConfig};
 use ustack::net::KernelServer;
 use ustack::serve::{ServeLoop, StackService};
+use ustack::stack::CoreShards;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -81,6 +83,12 @@ struct Args {
     /// Like `--scrub`, and move each damaged chunk file to `<dir>/quarantine/`.
     #[arg(long)]
     scrub_quarantine: bool,
+    /// Serve from these cores, one per-core shard each (e.g. `0,1` or `0-3`): a thread pinned
+    /// to each, with its own device queue, stack and socket memory; the store is shared.
+    /// memif only so far (the client proposes the queue pairs: `chunkctl --memif-queues N`).
+    /// `--connections-max` is per core.
+    #[arg(long)]
+    cores: Option<common::Cores>,
 }
 
 const NAME: &str = "fileserver";
@@ -167,6 +175,45 @@ fn run(args: &Args) -> Result<(), String> {
         Backend::Sim => {
             Err("--backend sim runs both ends in one process: use `chunkctl --backend sim`".into())
         }
+        Backend::Memif if args.cores.is_some() => {
+            let cores = args.cores.as_ref().map_or(&[][..], |c| &c.0[..]);
+            ustack::serve::check_cores(cores).map_err(|e| e.to_string())?;
+            let devs = common::open_memif_cores(&args.dev, cores.len())?;
+            println!(
+                "fileserver: backend memif, {} per-core shards on cores {cores:?}",
+                devs.len()
+            );
+            let devs = Mutex::new(devs.into_iter().map(Some).collect::<Vec<_>>());
+            let links = Mutex::new(
+                CoreShards::new(cores.len())
+                    .into_iter()
+                    .map(Some)
+                    .collect::<Vec<_>>(),
+            );
+            let build = |i: usize| {
+                let dev = devs.lock().unwrap()[i]
+                    .take()
+                    .ok_or("no device for this core")?;
+                let sockets = cfg.connections_max + cfg.backlog;
+                let mut stack = stack_on(dev, &args.dev, args.ip, args.gateway, sockets, |c| {
+                    c.tcp.idle_timeout = args.serve.idle_timeout();
+                })?;
+                stack.join_cores(
+                    links.lock().unwrap()[i]
+                        .take()
+                        .ok_or("no link for this core")?,
+                );
+                let server =
+                    ChunkServer::bind(&mut stack, args.port, Arc::clone(&store), cfg.clone())
+                        .map_err(|e| e.to_string())?;
+                Ok(StackService::new(stack, server))
+            };
+            println!("fileserver: listening on {}:{}", args.ip.addr, args.port);
+            common::server::run_cores(&args.serve, NAME, serve, cores, build)
+        }
+        _ if args.cores.is_some() => Err("--cores works with --backend memif only so far (AF_XDP \
+            and DPDK per-queue shards are not built yet)"
+            .into()),
         backend => {
             let (dev, _netns) =
                 open_device(backend, &args.dev, args.ip.addr, MemifRoleArg::Server)?;

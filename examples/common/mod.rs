@@ -653,6 +653,11 @@ pub struct DevArgs {
     /// memif: our role (default: server for fileserver, client for chunkctl).
     #[arg(long, value_enum)]
     pub memif_role: Option<MemifRoleArg>,
+    /// memif: queue pairs. A client proposes this many and spreads its connections over them
+    /// (by a hash of addresses and ports; a connection stays on one); a server takes at most
+    /// this many. Default 1; a file server with `--cores` serves one per core.
+    #[arg(long)]
+    pub memif_queues: Option<usize>,
     /// dpdk: a virtual device, e.g. `net_memif0,role=client,socket=/tmp/m.sock`.
     #[arg(long)]
     pub dpdk_vdev: Option<String>,
@@ -696,7 +701,6 @@ pub fn open_device(
 ) -> Result<(ustack::dev::auto::AnyDevice, Option<NetNs>), String> {
     use ustack::dev::af_xdp::{BusyPoll, XdpMode};
     use ustack::dev::auto::{AnyDevice, BackendConfig};
-    use ustack::dev::memif::{MemifConfig, MemifRole};
     let iface = || {
         dev.iface.clone().ok_or_else(|| {
             format!("--backend {backend:?} needs --iface NAME (the interface to bind)")
@@ -727,32 +731,7 @@ pub fn open_device(
     let opened = match backend {
         Backend::Auto => AnyDevice::auto(&backend_cfg(iface()?)?),
         Backend::AfXdp => AnyDevice::open_af_xdp(&backend_cfg(iface()?)?.xdp),
-        Backend::Memif => {
-            let path = dev
-                .memif_socket
-                .clone()
-                .ok_or("--backend memif needs --memif-socket PATH")?;
-            let role = match dev.memif_role.unwrap_or(default_role) {
-                MemifRoleArg::Server => MemifRole::Server,
-                MemifRoleArg::Client => MemifRole::Client,
-            };
-            let mut cfg = MemifConfig::new(path, role);
-            cfg.mtu = dev.mtu.unwrap_or(MEMIF_MTU_DEFAULT);
-            // As a client, whole frames in one buffer (65024 bytes for the default MTU): no
-            // chains and no copies between ustack peers. Chains are for peers with small
-            // buffers (DPDK's and VPP's 2048), and cost a copy of all but the first piece.
-            cfg.buffer_size = (cfg.mtu + 14).next_multiple_of(64).clamp(2048, 65535);
-            if cfg.mtu > 9000 {
-                // Buffers of up to 64 KiB: 1,024 ring slots, as at the default MTU (with 256,
-                // a burst of 1,024 connections did not all come up: SYN|ACKs waited for posted
-                // buffers while the listener's backlog turned over), and 2,560 pool buffers
-                // (160 MiB at 64 KiB): every slot posted, as many frames in flight, and the
-                // frames the stack holds.
-                cfg.ring_size_log2 = 10;
-                cfg.pool_frames = Some(2560);
-            }
-            AnyDevice::open_memif(&cfg)
-        }
+        Backend::Memif => AnyDevice::open_memif(&memif_config(dev, default_role)?),
         Backend::Dpdk => {
             #[cfg(feature = "dpdk")]
             {
@@ -781,6 +760,96 @@ pub fn open_device(
         }
     };
     opened.map(|d| (d, None)).map_err(|e| e.to_string())
+}
+
+/// The memif device the flags describe (`--memif-socket`, `--memif-role`, `--memif-queues`,
+/// `--mtu`).
+fn memif_config(
+    dev: &DevArgs,
+    default_role: MemifRoleArg,
+) -> Result<ustack::dev::memif::MemifConfig, String> {
+    use ustack::dev::memif::{MemifConfig, MemifRole};
+    let path = dev
+        .memif_socket
+        .clone()
+        .ok_or("--backend memif needs --memif-socket PATH")?;
+    let role = match dev.memif_role.unwrap_or(default_role) {
+        MemifRoleArg::Server => MemifRole::Server,
+        MemifRoleArg::Client => MemifRole::Client,
+    };
+    let mut cfg = MemifConfig::new(path, role);
+    cfg.queues = dev.memif_queues.unwrap_or(1);
+    cfg.mtu = dev.mtu.unwrap_or(MEMIF_MTU_DEFAULT);
+    // As a client, whole frames in one buffer (65024 bytes for the default MTU): no
+    // chains and no copies between ustack peers. Chains are for peers with small
+    // buffers (DPDK's and VPP's 2048), and cost a copy of all but the first piece.
+    cfg.buffer_size = (cfg.mtu + 14).next_multiple_of(64).clamp(2048, 65535);
+    if cfg.mtu > 9000 {
+        // Buffers of up to 64 KiB: 1,024 ring slots, as at the default MTU (with 256,
+        // a burst of 1,024 connections did not all come up: SYN|ACKs waited for posted
+        // buffers while the listener's backlog turned over), and 2,560 pool buffers
+        // (160 MiB at 64 KiB): every slot posted, as many frames in flight, and the
+        // frames the stack holds; 1,024 more per further queue pair.
+        cfg.ring_size_log2 = 10;
+        cfg.pool_frames = Some(2560 + 1024 * cfg.queues.saturating_sub(1));
+    }
+    Ok(cfg)
+}
+
+/// A memif server for `--cores`: one device per core, device `i` serving queue pair `i` of the
+/// client's connection (the client proposes the pairs: `chunkctl --memif-queues N`).
+pub fn open_memif_cores(
+    dev: &DevArgs,
+    cores: usize,
+) -> Result<Vec<ustack::dev::auto::AnyDevice>, String> {
+    let mut cfg = memif_config(dev, MemifRoleArg::Server)?;
+    if cfg.role != ustack::dev::memif::MemifRole::Server {
+        return Err("--cores serves as a memif server: leave out --memif-role client".into());
+    }
+    match dev.memif_queues {
+        Some(q) if q < cores => {
+            return Err(format!(
+                "--memif-queues {q} is fewer than the {cores} cores of --cores: each core \
+                 serves one queue pair"
+            ))
+        }
+        Some(_) => {}
+        None => cfg.queues = cores,
+    }
+    ustack::dev::auto::AnyDevice::open_memif_shared(&cfg, cores).map_err(|e| e.to_string())
+}
+
+/// A list of cores on the command line: `0,1`, `0-3`, `0-3,8`.
+#[derive(Clone, Debug)]
+pub struct Cores(pub Vec<usize>);
+
+impl std::str::FromStr for Cores {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cores, String> {
+        parse_cores(s).map(Cores)
+    }
+}
+
+fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
+    let mut cores = Vec::new();
+    for part in s.split(',') {
+        let num = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{t:?} in {s:?} is not a core number (a list: 0,1 or 0-3)"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b || b - a >= 4096 {
+                    return Err(format!("{part:?} is not a range of cores"));
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(num(part)?),
+        }
+    }
+    Ok(cores)
 }
 
 /// The memif link MTU when `--mtu` is not given. Larger MTUs (`--mtu 65000`) move 1 MiB

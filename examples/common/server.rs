@@ -208,6 +208,59 @@ impl ServeArgs {
     }
 }
 
+/// `--cores`: serves one per-core shard per core, each built by `build(shard)` on its own
+/// pinned thread, and prints each shard's final line and their sum.
+pub fn run_cores<B>(
+    args: &ServeArgs,
+    program: &str,
+    serve: ServeLoop,
+    cores: &[usize],
+    build: B,
+) -> Result<(), String>
+where
+    B: Fn(usize) -> Result<ustack::serve::StackService<AnyDevice, Arc<dyn ChunkStore>>, String>
+        + Sync,
+{
+    if args.metrics.is_some() || args.admin_socket.is_some() {
+        return Err(
+            "--metrics and --admin-socket do not work with --cores yet: the per-core \
+                    counters are printed per core and summed at exit (FILESERVER final)"
+                .into(),
+        );
+    }
+    let started = Instant::now();
+    let runs = ustack::serve::run_cores(&serve, cores, build, |shard, e, _| {
+        if let (0, Event::Stopping(cause)) = (shard, e) {
+            println!("{program}: {cause}: shutting down");
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    let served = Instant::now() - started;
+    let mut total = ServerStats::default();
+    let (mut misdirected, mut frames) = (0, 0);
+    for run in runs {
+        let service = run.service;
+        let s = service.server.stats();
+        total.add(&s);
+        let st = service.stack.stats();
+        misdirected += st.rx_misdirected;
+        frames += st.rx_frames;
+        let label = format!(
+            "final core={} rx_misdirected={}",
+            run.core, st.rx_misdirected
+        );
+        let line = report_line(program, &label, served, &s, args.connections_max, None);
+        println!("{line}");
+    }
+    let label = format!(
+        "final cores={} rx_frames={frames} rx_misdirected={misdirected}",
+        cores.len()
+    );
+    let line = report_line(program, &label, served, &total, args.connections_max, None);
+    println!("{line}");
+    Ok(())
+}
+
 /// The operator-facing threads (metrics endpoint, admin socket) the flags ask for; they stop
 /// when this is dropped.
 pub struct Operators {
