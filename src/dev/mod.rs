@@ -20,6 +20,7 @@ pub mod dpdk;
 pub mod faults;
 pub mod memif;
 pub mod pcap;
+pub mod rss;
 pub mod sim;
 pub mod tap;
 

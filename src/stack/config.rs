@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::dev::rss::RssSteer;
 use crate::mem::PageSize;
 
 /// An Ethernet MAC address.
@@ -187,6 +188,12 @@ pub struct StackConfig {
     /// Seed for smoltcp (initial sequence numbers) and ephemeral port choice. Fixed seeds make
     /// simulated runs reproducible.
     pub random_seed: u64,
+    /// `None` (default): ephemeral ports are taken in turn. `Some`: this stack is the shard
+    /// that owns receive queue `queue` of a device whose RSS is `rss`, and connections it opens
+    /// take source ports whose replies hash to that queue (see [`crate::dev::rss`]), about one
+    /// port in as many as the device has queues. `rss` must be the device's actual key and
+    /// indirection table, and some entry of the table must name `queue`.
+    pub rss_steer: Option<RssSteer>,
 }
 
 impl StackConfig {
@@ -207,6 +214,7 @@ impl StackConfig {
             ring_frames: 256,
             rx_budget: 32,
             random_seed: seed,
+            rss_steer: None,
         }
     }
 

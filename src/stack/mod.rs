@@ -49,7 +49,7 @@ use std::time::Duration;
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
-use crate::dev::{Batch, Frame, LinkStats, PacketDevice};
+use crate::dev::{rss, Batch, Frame, LinkStats, PacketDevice};
 use crate::mem::HugeRegion;
 use crate::time::Instant;
 
@@ -256,6 +256,20 @@ impl<D: PacketDevice> Stack<D> {
                 field: "sockets_max",
                 reason: format!("{} is out of range", cfg.sockets_max),
             });
+        }
+        if let Some(steer) = &cfg.rss_steer {
+            if !steer.rss.has_queue(steer.queue) {
+                return Err(StackError::Config {
+                    field: "rss_steer.queue",
+                    reason: format!(
+                        "no entry of the {}-entry RSS indirection table names queue {} \
+                         (the highest queue it names is {})",
+                        steer.rss.reta().len(),
+                        steer.queue,
+                        steer.rss.reta().iter().max().copied().unwrap_or(0)
+                    ),
+                });
+            }
         }
 
         let mut io = Io::new(dev, mtu, mac.0, cfg.ring_frames);
@@ -798,30 +812,51 @@ impl<D: PacketDevice> Stack<D> {
         Ok(c)
     }
 
-    /// The next port in the ephemeral range no flow towards `remote` uses.
+    /// The next port in the ephemeral range no flow towards `remote` uses; with
+    /// [`StackConfig::rss_steer`], the next such port whose replies hash to our queue.
     fn ephemeral_port(&mut self, remote: SocketAddrV4) -> Result<u16, StackError> {
-        let span = u32::from(u16::MAX - EPHEMERAL_FIRST) + 1;
-        for _ in 0..span {
-            let port = self.next_port;
-            self.next_port = if port == u16::MAX {
-                EPHEMERAL_FIRST
-            } else {
-                port + 1
-            };
+        let (shards, flows) = (&mut self.shards, &self.flows);
+        let mut taken = |port: u16| {
             let flow = FlowKey {
                 remote_ip: u32::from(*remote.ip()),
                 remote_port: remote.port(),
                 local_port: port,
             };
-            let taken = if self.shards.len() == 1 {
-                self.shards[0].table.has_flow(&flow)
+            if shards.len() == 1 {
+                shards[0].table.has_flow(&flow)
             } else {
-                match self.flows.get(&flow) {
-                    Some(&s) => self.shards[usize::from(s)].table.has_flow(&flow),
+                match flows.get(&flow) {
+                    Some(&s) => shards[usize::from(s)].table.has_flow(&flow),
                     None => false,
                 }
-            };
-            if !taken {
+            }
+        };
+        let after = |port: u16| {
+            if port == u16::MAX {
+                EPHEMERAL_FIRST
+            } else {
+                port + 1
+            }
+        };
+        if let Some(steer) = &self.cfg.rss_steer {
+            let port = rss::pick_source_port(
+                &steer.rss,
+                self.cfg.ipv4,
+                remote,
+                steer.queue,
+                self.next_port,
+                EPHEMERAL_FIRST..=u16::MAX,
+                taken,
+            )
+            .ok_or(StackError::NoPorts)?;
+            self.next_port = after(port);
+            return Ok(port);
+        }
+        let span = u32::from(u16::MAX - EPHEMERAL_FIRST) + 1;
+        for _ in 0..span {
+            let port = self.next_port;
+            self.next_port = after(port);
+            if !taken(port) {
                 return Ok(port);
             }
         }

@@ -439,3 +439,55 @@ fn due_set_lists_each_marked_shard_once() {
     }
     assert_eq!(d.listed_len(), 4);
 }
+
+#[test]
+fn rss_steered_connections_take_ports_whose_replies_reach_their_queue() {
+    use crate::dev::rss::{self, RssConfig, RssSteer, MICROSOFT_KEY};
+    let rss = RssConfig::new(&MICROSOFT_KEY, 4).unwrap();
+    let steer = RssSteer {
+        rss: rss.clone(),
+        queue: 3,
+    };
+    // A queue the table does not name is refused.
+    let (w, _) = wire_pair();
+    let mut c = cfg(A, 1);
+    c.rss_steer = Some(RssSteer {
+        rss: rss.clone(),
+        queue: 4,
+    });
+    let e = Stack::new(w, c).err().unwrap().to_string();
+    assert!(
+        e.contains("rss_steer.queue") && e.contains("queue 4"),
+        "{e}"
+    );
+
+    let mut p = Pair::tuned(|c| {
+        c.sockets_max = 64;
+        c.rss_steer = Some(steer.clone());
+    });
+    assert!(p.a.shard_count() > 1);
+    // One connection completes its handshake: the steered port is an ordinary one.
+    let l = p.b.listen(7010, 1).unwrap();
+    let first = p.a.connect(SocketAddrV4::new(B, 7010)).unwrap();
+    p.run_until(Duration::from_secs(5), |a, _| {
+        a.state(first).unwrap() == ConnState::Established
+    });
+    assert!(p.b.accept(l).unwrap().is_some());
+    // 50 more, to two remote ports, without running the link: nothing is released, so every
+    // port differs from the others towards the same remote.
+    for k in 0..50 {
+        p.a.connect(SocketAddrV4::new(B, 7010 + k % 2)).unwrap();
+    }
+    let mut conns = Vec::new();
+    p.a.connections(p.now, &mut conns);
+    assert_eq!(conns.len(), 51);
+    let mut seen = std::collections::HashSet::new();
+    for info in &conns {
+        let remote = info.remote.unwrap();
+        let port = info.local.port();
+        assert!(seen.insert((remote, port)), "{remote} from {port} twice");
+        let reply = rss::ipv4_tcp_input(*remote.ip(), A, remote.port(), port);
+        let queue = rss.queue_of(rss::toeplitz(&MICROSOFT_KEY, &reply));
+        assert_eq!(queue, 3, "replies from {remote} to port {port}");
+    }
+}
