@@ -89,6 +89,10 @@ struct Args {
     /// `--connections-max` is per core.
     #[arg(long)]
     cores: Option<common::Cores>,
+    /// Let `--cores` name a core more than once (shards then share it): for tests on
+    /// machines with fewer cores than shards; slower, never for serving.
+    #[arg(long)]
+    cores_oversubscribe: bool,
 }
 
 const NAME: &str = "fileserver";
@@ -177,7 +181,8 @@ fn run(args: &Args) -> Result<(), String> {
         }
         Backend::Memif if args.cores.is_some() => {
             let cores = args.cores.as_ref().map_or(&[][..], |c| &c.0[..]);
-            ustack::serve::check_cores(cores).map_err(|e| e.to_string())?;
+            ustack::serve::check_cores(cores, args.cores_oversubscribe)
+                .map_err(|e| e.to_string())?;
             let devs = common::open_memif_cores(&args.dev, cores.len())?;
             println!(
                 "fileserver: backend memif, {} per-core shards on cores {cores:?}",
@@ -209,7 +214,13 @@ fn run(args: &Args) -> Result<(), String> {
                 Ok(StackService::new(stack, server))
             };
             println!("fileserver: listening on {}:{}", args.ip.addr, args.port);
-            common::server::run_cores(&args.serve, NAME, serve, cores, build)
+            common::server::run_cores(
+                &args.serve,
+                NAME,
+                serve,
+                (cores, args.cores_oversubscribe),
+                build,
+            )
         }
         _ if args.cores.is_some() => Err("--cores works with --backend memif only so far (AF_XDP \
             and DPDK per-queue shards are not built yet)"

@@ -214,7 +214,7 @@ pub fn run_cores<B>(
     args: &ServeArgs,
     program: &str,
     serve: ServeLoop,
-    cores: &[usize],
+    (cores, oversubscribe): (&[usize], bool),
     build: B,
 ) -> Result<(), String>
 where
@@ -229,7 +229,7 @@ where
         );
     }
     let started = Instant::now();
-    let runs = ustack::serve::run_cores(&serve, cores, build, |shard, e, _| {
+    let runs = ustack::serve::run_cores(&serve, cores, oversubscribe, build, |shard, e, _| {
         if let (0, Event::Stopping(cause)) = (shard, e) {
             println!("{program}: {cause}: shutting down");
         }

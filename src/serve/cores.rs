@@ -103,8 +103,10 @@ impl fmt::Display for CoreList {
     }
 }
 
-/// Checks a list of cores against those this process may run on.
-pub fn check_cores(cores: &[usize]) -> Result<(), CoresError> {
+/// Checks a list of cores against those this process may run on. With `oversubscribe`, a
+/// core may be named more than once (several shards then take turns on it: for tests on
+/// machines with few cores, never for serving).
+pub fn check_cores(cores: &[usize], oversubscribe: bool) -> Result<(), CoresError> {
     if cores.is_empty() {
         return Err(CoresError::BadList {
             cores: cores.to_vec(),
@@ -113,7 +115,7 @@ pub fn check_cores(cores: &[usize]) -> Result<(), CoresError> {
     }
     let mut sorted = cores.to_vec();
     sorted.sort_unstable();
-    if sorted.windows(2).any(|w| w[0] == w[1]) {
+    if !oversubscribe && sorted.windows(2).any(|w| w[0] == w[1]) {
         return Err(CoresError::BadList {
             cores: cores.to_vec(),
             why: "a core named twice (one shard per core)",
@@ -135,9 +137,11 @@ pub fn check_cores(cores: &[usize]) -> Result<(), CoresError> {
 /// Runs shard `i` on `cores[i]`: pins a thread there, calls `build(i)` on it, and serves what
 /// it returns with a copy of `serve` until the loop stops (see the module docs). `on_event`
 /// hears each shard's events, with the shard's index. Returns the shards' runs in order.
+/// `oversubscribe` lets a core be named twice (see [`check_cores`]).
 pub fn run_cores<S, B, E>(
     serve: &ServeLoop,
     cores: &[usize],
+    oversubscribe: bool,
     build: B,
     on_event: E,
 ) -> Result<Vec<CoreRun<S>>, CoresError>
@@ -146,7 +150,7 @@ where
     B: Fn(usize) -> Result<S, String> + Sync,
     E: Fn(usize, Event, &mut S) + Sync,
 {
-    check_cores(cores)?;
+    check_cores(cores, oversubscribe)?;
     let stop = serve.stop_handle();
     let (build, on_event) = (&build, &on_event);
     let results: Vec<Result<CoreRun<S>, CoresError>> = std::thread::scope(|scope| {
@@ -214,18 +218,23 @@ mod tests {
 
     #[test]
     fn bad_lists_are_refused_naming_the_limit() {
-        assert!(matches!(check_cores(&[]), Err(CoresError::BadList { .. })));
         assert!(matches!(
-            check_cores(&[0, 0]),
+            check_cores(&[], true),
             Err(CoresError::BadList { .. })
         ));
-        let e = check_cores(&[100_000]).unwrap_err();
         let allowed = cpu::allowed().unwrap();
+        let twice = [allowed[0], allowed[0]];
+        assert!(matches!(
+            check_cores(&twice, false),
+            Err(CoresError::BadList { .. })
+        ));
+        assert!(check_cores(&twice, true).is_ok());
+        let e = check_cores(&[100_000], true).unwrap_err();
         assert!(
             e.to_string()
                 .contains(&format!("so at most {} shards", allowed.len())),
             "{e}"
         );
-        assert!(check_cores(&allowed).is_ok());
+        assert!(check_cores(&allowed, false).is_ok());
     }
 }

@@ -1266,4 +1266,6 @@ fn smol_now(now: Instant) -> smoltcp::time::Instant {
 }
 
 #[cfg(test)]
+mod cores_tests;
+#[cfg(test)]
 mod tests;

@@ -10,24 +10,31 @@ use super::*;
 use crate::dev::{Batch, ChecksumCaps, DeviceCaps, LinkStats, PacketDevice};
 use crate::mem::{BufPool, PageSize, PoolBuf};
 
-type Queue = Arc<Mutex<VecDeque<PoolBuf>>>;
+pub(super) type Queue = Arc<Mutex<VecDeque<PoolBuf>>>;
 
-struct Wire {
-    pool: BufPool,
-    rx: Queue,
-    tx: Queue,
-    stats: LinkStats,
+/// A device over two queues of frames (what it receives, what it sends).
+pub(super) struct Wire {
+    pub(super) pool: BufPool,
+    pub(super) rx: Queue,
+    pub(super) tx: Queue,
+    pub(super) stats: LinkStats,
+}
+
+impl Wire {
+    /// A device receiving from `rx` and sending to `tx`.
+    pub(super) fn over(rx: &Queue, tx: &Queue) -> Wire {
+        Wire {
+            pool: BufPool::with_capacity(1024, 2048, 128, PageSize::Base4K).unwrap(),
+            rx: rx.clone(),
+            tx: tx.clone(),
+            stats: LinkStats::default(),
+        }
+    }
 }
 
 fn wire_pair() -> (Wire, Wire) {
     let (a, b): (Queue, Queue) = Default::default();
-    let mk = |rx: &Queue, tx: &Queue| Wire {
-        pool: BufPool::with_capacity(1024, 2048, 128, PageSize::Base4K).unwrap(),
-        rx: rx.clone(),
-        tx: tx.clone(),
-        stats: LinkStats::default(),
-    };
-    (mk(&a, &b), mk(&b, &a))
+    (Wire::over(&a, &b), Wire::over(&b, &a))
 }
 
 impl PacketDevice for Wire {
@@ -68,10 +75,10 @@ impl PacketDevice for Wire {
     }
 }
 
-const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub(super) const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub(super) const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
-fn cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
+pub(super) fn cfg(ip: Ipv4Addr, seed: u64) -> StackConfig {
     super::sim_pair::config(ip, seed, 8)
 }
 
