@@ -305,6 +305,26 @@ impl AnyDevice {
             })
     }
 
+    /// AF_XDP on queues `0..queues` of the configured interface, one device per queue for
+    /// per-core shards ([`XdpDevice::open_queues`]).
+    pub fn open_af_xdp_queues(
+        cfg: &XdpConfig,
+        queues: u32,
+    ) -> Result<Vec<AnyDevice>, BackendError> {
+        let devs = XdpDevice::open_queues(cfg, queues).map_err(|e| BackendError::Open {
+            kind: BackendKind::AfXdp,
+            why: e.to_string(),
+        })?;
+        Ok(devs
+            .into_iter()
+            .enumerate()
+            .map(|(q, d)| {
+                let reason = format!("AF_XDP on {} queue {q} of {queues}", cfg.ifname);
+                AnyDevice::af_xdp(d, reason)
+            })
+            .collect())
+    }
+
     fn af_xdp(dev: XdpDevice, reason: String) -> AnyDevice {
         let burst = dev.caps().burst_max;
         AnyDevice::new(

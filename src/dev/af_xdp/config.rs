@@ -10,7 +10,7 @@ use super::mode::{XdpMode, ZeroCopy};
 use super::XdpError;
 
 /// Largest queue id accepted (the XSKMAP has `queue_id + 1` slots).
-const QUEUE_ID_MAX: u32 = 1023;
+pub(super) const QUEUE_ID_MAX: u32 = 1023;
 /// Largest ring accepted.
 const RING_LEN_MAX: u32 = 1 << 18;
 

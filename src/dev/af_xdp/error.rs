@@ -253,6 +253,23 @@ pub enum XdpError {
         /// What probably happened and what to do.
         hint: &'static str,
     },
+    /// One socket per queue was asked for more queues than the interface has.
+    #[error(
+        "{ifname} has no receive queue {queue_id} (binding it failed: {source}): it has fewer \
+         than the {wanted} queues asked for (one per core); give it more (`ethtool -L {ifname} \
+         combined {wanted}`, or numrxqueues/numtxqueues for a veth) or ask for fewer cores"
+    )]
+    TooFewQueues {
+        /// The interface.
+        ifname: String,
+        /// The first queue that could not be bound.
+        queue_id: u32,
+        /// Queues asked for.
+        wanted: u32,
+        /// The bind's error.
+        #[source]
+        source: Box<XdpError>,
+    },
     /// Any other failed system call.
     #[error("{op} on {ifname} failed: {source}")]
     Io {

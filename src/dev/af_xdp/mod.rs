@@ -143,6 +143,7 @@ mod setup;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::sys::xdp::{XskStatistics, XskStep};
@@ -289,10 +290,9 @@ pub struct XdpStats {
 ///
 /// Dropping it detaches the program (closing the BPF link) and closes the socket.
 pub struct XdpDevice {
-    // Field order is drop order: detach the program first, then the socket and its rings.
-    link: OwnedFd,
-    _prog: OwnedFd,
-    map: OwnedFd,
+    // Field order is drop order: detach the program first (when this is the last socket
+    // behind it), then the socket and its rings.
+    attached: Arc<Attached>,
     xsk: Xsk,
     pool: BufPool,
     ifname: String,
@@ -320,171 +320,45 @@ impl XdpDevice {
     /// Every choice is logged (`tracing`, target `ustack::dev::af_xdp`) and kept in
     /// [`XdpDevice::mode`].
     pub fn open(config: &XdpConfig) -> Result<XdpDevice, XdpError> {
-        config.validate()?;
-        let ifname = config.ifname.clone();
-        let ifindex = lookup(&ifname)?;
-        check_capabilities(&ifname)?;
-        let mtu = crate::sys::tap::mtu(&ifname).map_err(|source| XdpError::Io {
-            ifname: ifname.clone(),
-            op: "reading the interface's MTU (SIOCGIFMTU)",
-            source,
-        })?;
-        let mac = sys::hw_addr(&ifname).map_err(|source| XdpError::Io {
-            ifname: ifname.clone(),
-            op: "reading the interface's MAC address (SIOCGIFHWADDR; AF_XDP here needs Ethernet)",
-            source,
-        })?;
-        // A received frame must fit a UMEM frame after its headroom (frame_len - 256 -
-        // headroom bytes), or the kernel drops it on its way to the socket without a trace
-        // but the socket's rx_dropped: TCP then stalls on its first full-sized segment. veth
-        // adds its own limit below that: native XDP refuses (ERANGE) a program that is not
-        // multi-buffer capable once the peer's MTU exceeds 4096 - 256 - 320 - 14 = 3506
-        // (one page per packet, minus XDP headroom and skb_shared_info). Larger MTUs need
-        // multi-buffer: the program flagged BPF_F_XDP_HAS_FRAGS, the socket bound with
-        // XDP_USE_SG, chains of descriptors. See "Frames larger than a UMEM frame" above.
-        let capacity = config.frame_capacity();
-        let frame_len_max = mtu + ETH_HEADER_LEN;
-        let plan = config
-            .frame_plan(mtu)
-            .map_err(|why| XdpError::MtuTooLarge {
-                ifname: ifname.clone(),
-                mtu,
-                frame_len: config.frame_len,
-                capacity,
-                why,
-            })?;
-        let mb_refused = |step, source| XdpError::MultiBufferRefused {
-            ifname: ifname.clone(),
-            mtu,
-            frame_len: config.frame_len,
-            capacity,
-            step,
-            source,
-        };
+        let p = Prepared::new(config)?;
+        let attached = Arc::new(p.attach(config, config.queue_id + 1)?);
+        p.socket(config, attached)
+    }
 
-        let pool = BufPool::with_capacity(
-            config.frames,
-            config.frame_len,
-            sys::XDP_PACKET_HEADROOM + config.headroom,
-            config.page_size,
-        )?;
-        debug_assert_eq!(pool.stride(), config.frame_len);
-        // Staging buffers for frames larger than a UMEM frame (allocated once, here).
-        let staging = if plan.multi_buffer {
-            Some(BufPool::with_capacity(
-                config.jumbo_frames,
-                frame_len_max.next_multiple_of(64),
-                0,
-                config.page_size,
-            )?)
-        } else {
-            None
-        };
-
-        // The map first (the program refers to it), then the program, then the attachment:
-        // until the socket is in the map, the program passes our frames to the kernel.
-        let map = bpf::create_xskmap(config.queue_id + 1, MAP_NAME)
-            .map_err(|source| map_error(&ifname, "creating the XSKMAP", source))?;
-        let insns = program::instructions(map.as_raw_fd(), config.filter_ipv4);
-        // Flagged for fragments when frames may be longer than one page's worth: needed for
-        // multi-buffer, and it lets veth attach natively above MTU 3506 even when a frame still
-        // fits one UMEM frame (the kernel then copies the fragments into one descriptor).
-        let frags = plan.multi_buffer || frame_len_max > ONE_PAGE_FRAME;
-        let (prog, frags) =
-            load_program_frags(&ifname, &insns, frags, plan.multi_buffer, &mb_refused)?;
-        let (link, attach, attach_retries) = attach(&ifname, ifindex, prog.as_fd(), config.mode)?;
-
-        let rings = XskRings {
-            fill_len: config.fill_ring_len,
-            completion_len: config.completion_ring_len,
-            rx_len: config.rx_ring_len,
-            tx_len: config.tx_ring_len,
-        };
-        let xsk = Xsk::new(
-            &pool,
-            config.headroom as u32,
-            ifindex,
-            config.queue_id,
-            &rings,
-        )
-        .map_err(|e| socket_error(config, pool.memory().1, e))?;
-        // Zero-copy under generic XDP cannot work: go straight to copy mode there.
-        let zc = match (config.zero_copy, attach) {
-            (ZeroCopy::Auto, AttachMode::Generic) => {
-                tracing::info!(iface = %ifname, "generic XDP: binding in copy mode");
-                ZeroCopy::Off
-            }
-            (z, _) => z,
-        };
-        let (bind, bind_retries) = bind_sg(&xsk, config, zc, plan.multi_buffer, &mb_refused)?;
-        let zero_copy = xsk.zero_copy().unwrap_or(bind == BindMode::ZeroCopy);
-        let bind = if zero_copy {
-            BindMode::ZeroCopy
-        } else {
-            BindMode::Copy
-        };
-
-        let busy_poll = setup_busy_poll(&xsk, config, attach)?;
-
-        let mode = XdpModeInfo {
-            attach,
-            bind,
-            need_wakeup: config.need_wakeup,
-            busy_poll,
-            multi_buffer: plan.multi_buffer,
-            frags,
-            page_size: pool.page_size(),
-            filtered: config.filter_ipv4.is_some(),
-            busy_retries: attach_retries + bind_retries,
-        };
-        let mut dev = XdpDevice {
-            link,
-            _prog: prog,
-            map,
-            xsk,
-            pool,
-            ifname: ifname.clone(),
-            ifindex,
-            queue_id: config.queue_id,
-            mac,
-            caps: DeviceCaps {
-                mtu,
-                burst_max: config.burst_max,
-                // Copy mode: no offload, and a kernel peer's partial checksums must be refused,
-                // so the stack verifies everything (see the module docs).
-                checksum: ChecksumCaps::default(),
-            },
-            mode,
-            fill_ring_len: config.fill_ring_len,
-            tx_reserve: config.tx_reserve(),
-            counters: XdpStats::default(),
-            bad_desc_warned: false,
-            rx_chain: RxChain::new(staging.clone(), frame_len_max),
-            staging,
-        };
-        dev.refill();
-        // Last: from here on the program sends the queue's frames to the socket.
-        bpf::map_update_u32(dev.map.as_fd(), config.queue_id, dev.xsk.as_raw_fd() as u32)
-            .map_err(|source| map_error(&ifname, "putting the socket into the XSKMAP", source))?;
-        tracing::info!(
-            iface = %ifname,
-            queue = config.queue_id,
-            xdp = %attach,
-            bind = %bind,
-            need_wakeup = config.need_wakeup,
-            busy_poll = %busy_poll,
-            multi_buffer = plan.multi_buffer,
-            frags_max = plan.frags,
-            program_frags = frags,
-            umem_frames = dev.pool.capacity(),
-            frame_len = config.frame_len,
-            page = %dev.pool.page_size(),
-            filter = ?config.filter_ipv4,
-            mtu,
-            mac = %MacText(mac),
-            "opened AF_XDP device"
-        );
-        Ok(dev)
+    /// Opens queues `0..queues` of interface `config.ifname`, one socket each, for per-core
+    /// shards: one program and one XSKMAP (a slot per queue) attached once, each socket with
+    /// its own UMEM and rings, bound to its queue; device `i` is queue `i`. The interface's
+    /// receive steering (RSS on a NIC; on a veth, the queue the sending side picked) decides
+    /// which device gets a flow. The program stays attached until the last device is
+    /// dropped. `config.queue_id` is ignored. Fails naming the limit when the interface has
+    /// fewer queues.
+    pub fn open_queues(config: &XdpConfig, queues: u32) -> Result<Vec<XdpDevice>, XdpError> {
+        if queues == 0 || queues > config::QUEUE_ID_MAX + 1 {
+            return Err(XdpError::InvalidConfig {
+                field: "queues",
+                value: u64::from(queues),
+                reason: "must be within 1..=1024",
+            });
+        }
+        let p = Prepared::new(config)?;
+        let attached = Arc::new(p.attach(config, queues)?);
+        (0..queues)
+            .map(|q| {
+                let mut c = config.clone();
+                c.queue_id = q;
+                p.socket(&c, Arc::clone(&attached)).map_err(|e| match e {
+                    XdpError::Bind { .. } | XdpError::Socket { .. } if q > 0 => {
+                        XdpError::TooFewQueues {
+                            ifname: config.ifname.clone(),
+                            queue_id: q,
+                            wanted: queues,
+                            source: Box::new(e),
+                        }
+                    }
+                    e => e,
+                })
+            })
+            .collect()
     }
 
     /// Checks, cheaply and without attaching or binding anything, whether AF_XDP could be
@@ -910,7 +784,7 @@ impl std::fmt::Debug for XdpDevice {
             .field("queue_id", &self.queue_id)
             .field("mode", &self.mode)
             .field("caps", &self.caps)
-            .field("link_fd", &self.link.as_raw_fd())
+            .field("link_fd", &self.attached.link.as_raw_fd())
             .field("stats", &self.counters)
             .finish()
     }
@@ -1133,6 +1007,239 @@ impl PacketDevice for XdpDevice {
         if let Err(e) = self.xsk.poll_readable(timeout) {
             tracing::debug!(iface = %self.ifname, "poll on the AF_XDP socket failed: {e}");
         }
+    }
+}
+
+/// The XDP program, its XSKMAP and its attachment to the interface, shared by the sockets of
+/// one or several queues ([`XdpDevice::open_queues`]); detached when the last is dropped.
+struct Attached {
+    // Field order is drop order: detach first.
+    link: OwnedFd,
+    _prog: OwnedFd,
+    map: OwnedFd,
+    attach: AttachMode,
+    frags: bool,
+    retries: u32,
+}
+
+/// What `open` learns of the interface before attaching anything.
+struct Prepared {
+    ifname: String,
+    ifindex: u32,
+    mtu: usize,
+    mac: [u8; 6],
+    plan: config::FramePlan,
+}
+
+impl Prepared {
+    fn new(config: &XdpConfig) -> Result<Prepared, XdpError> {
+        config.validate()?;
+        let ifname = config.ifname.clone();
+        let ifindex = lookup(&ifname)?;
+        check_capabilities(&ifname)?;
+        let mtu = crate::sys::tap::mtu(&ifname).map_err(|source| XdpError::Io {
+            ifname: ifname.clone(),
+            op: "reading the interface's MTU (SIOCGIFMTU)",
+            source,
+        })?;
+        let mac = sys::hw_addr(&ifname).map_err(|source| XdpError::Io {
+            ifname: ifname.clone(),
+            op: "reading the interface's MAC address (SIOCGIFHWADDR; AF_XDP here needs Ethernet)",
+            source,
+        })?;
+        // A received frame must fit a UMEM frame after its headroom (frame_len - 256 -
+        // headroom bytes), or the kernel drops it on its way to the socket without a trace
+        // but the socket's rx_dropped: TCP then stalls on its first full-sized segment. veth
+        // adds its own limit below that: native XDP refuses (ERANGE) a program that is not
+        // multi-buffer capable once the peer's MTU exceeds 4096 - 256 - 320 - 14 = 3506
+        // (one page per packet, minus XDP headroom and skb_shared_info). Larger MTUs need
+        // multi-buffer: the program flagged BPF_F_XDP_HAS_FRAGS, the socket bound with
+        // XDP_USE_SG, chains of descriptors. See "Frames larger than a UMEM frame" above.
+        let plan = config
+            .frame_plan(mtu)
+            .map_err(|why| XdpError::MtuTooLarge {
+                ifname: ifname.clone(),
+                mtu,
+                frame_len: config.frame_len,
+                capacity: config.frame_capacity(),
+                why,
+            })?;
+        Ok(Prepared {
+            ifname,
+            ifindex,
+            mtu,
+            mac,
+            plan,
+        })
+    }
+
+    fn mb_refused(&self, config: &XdpConfig) -> impl Fn(&'static str, io::Error) -> XdpError {
+        let (ifname, mtu) = (self.ifname.clone(), self.mtu);
+        let (frame_len, capacity) = (config.frame_len, config.frame_capacity());
+        move |step, source| XdpError::MultiBufferRefused {
+            ifname: ifname.clone(),
+            mtu,
+            frame_len,
+            capacity,
+            step,
+            source,
+        }
+    }
+
+    /// The map (with `slots` queue slots) first (the program refers to it), then the
+    /// program, then the attachment: until a socket is in the map, the program passes the
+    /// frames of its queue to the kernel.
+    fn attach(&self, config: &XdpConfig, slots: u32) -> Result<Attached, XdpError> {
+        let ifname = &self.ifname;
+        let map = bpf::create_xskmap(slots, MAP_NAME)
+            .map_err(|source| map_error(ifname, "creating the XSKMAP", source))?;
+        let insns = program::instructions(map.as_raw_fd(), config.filter_ipv4);
+        // Flagged for fragments when frames may be longer than one page's worth: needed for
+        // multi-buffer, and it lets veth attach natively above MTU 3506 even when a frame still
+        // fits one UMEM frame (the kernel then copies the fragments into one descriptor).
+        let frame_len_max = self.mtu + ETH_HEADER_LEN;
+        let frags = self.plan.multi_buffer || frame_len_max > ONE_PAGE_FRAME;
+        let mb_refused = self.mb_refused(config);
+        let (prog, frags) =
+            load_program_frags(ifname, &insns, frags, self.plan.multi_buffer, &mb_refused)?;
+        let (link, attach, retries) = attach(ifname, self.ifindex, prog.as_fd(), config.mode)?;
+        Ok(Attached {
+            link,
+            _prog: prog,
+            map,
+            attach,
+            frags,
+            retries,
+        })
+    }
+
+    /// A socket on `config.queue_id` behind `attached`: its UMEM, rings, bind, busy poll; in
+    /// the map last.
+    fn socket(&self, config: &XdpConfig, attached: Arc<Attached>) -> Result<XdpDevice, XdpError> {
+        let (ifname, ifindex, mtu, mac, plan) = (
+            self.ifname.clone(),
+            self.ifindex,
+            self.mtu,
+            self.mac,
+            self.plan,
+        );
+        let frame_len_max = mtu + ETH_HEADER_LEN;
+        let mb_refused = self.mb_refused(config);
+        let attach = attached.attach;
+        let frags = attached.frags;
+        let attach_retries = attached.retries;
+        let pool = BufPool::with_capacity(
+            config.frames,
+            config.frame_len,
+            sys::XDP_PACKET_HEADROOM + config.headroom,
+            config.page_size,
+        )?;
+        debug_assert_eq!(pool.stride(), config.frame_len);
+        // Staging buffers for frames larger than a UMEM frame (allocated once, here).
+        let staging = if plan.multi_buffer {
+            Some(BufPool::with_capacity(
+                config.jumbo_frames,
+                frame_len_max.next_multiple_of(64),
+                0,
+                config.page_size,
+            )?)
+        } else {
+            None
+        };
+
+        let rings = XskRings {
+            fill_len: config.fill_ring_len,
+            completion_len: config.completion_ring_len,
+            rx_len: config.rx_ring_len,
+            tx_len: config.tx_ring_len,
+        };
+        let xsk = Xsk::new(
+            &pool,
+            config.headroom as u32,
+            ifindex,
+            config.queue_id,
+            &rings,
+        )
+        .map_err(|e| socket_error(config, pool.memory().1, e))?;
+        // Zero-copy under generic XDP cannot work: go straight to copy mode there.
+        let zc = match (config.zero_copy, attach) {
+            (ZeroCopy::Auto, AttachMode::Generic) => {
+                tracing::info!(iface = %ifname, "generic XDP: binding in copy mode");
+                ZeroCopy::Off
+            }
+            (z, _) => z,
+        };
+        let (bind, bind_retries) = bind_sg(&xsk, config, zc, plan.multi_buffer, &mb_refused)?;
+        let zero_copy = xsk.zero_copy().unwrap_or(bind == BindMode::ZeroCopy);
+        let bind = if zero_copy {
+            BindMode::ZeroCopy
+        } else {
+            BindMode::Copy
+        };
+
+        let busy_poll = setup_busy_poll(&xsk, config, attach)?;
+
+        let mode = XdpModeInfo {
+            attach,
+            bind,
+            need_wakeup: config.need_wakeup,
+            busy_poll,
+            multi_buffer: plan.multi_buffer,
+            frags,
+            page_size: pool.page_size(),
+            filtered: config.filter_ipv4.is_some(),
+            busy_retries: attach_retries + bind_retries,
+        };
+        let mut dev = XdpDevice {
+            attached,
+            xsk,
+            pool,
+            ifname: ifname.clone(),
+            ifindex,
+            queue_id: config.queue_id,
+            mac,
+            caps: DeviceCaps {
+                mtu,
+                burst_max: config.burst_max,
+                // Copy mode: no offload, and a kernel peer's partial checksums must be refused,
+                // so the stack verifies everything (see the module docs).
+                checksum: ChecksumCaps::default(),
+            },
+            mode,
+            fill_ring_len: config.fill_ring_len,
+            tx_reserve: config.tx_reserve(),
+            counters: XdpStats::default(),
+            bad_desc_warned: false,
+            rx_chain: RxChain::new(staging.clone(), frame_len_max),
+            staging,
+        };
+        dev.refill();
+        // Last: from here on the program sends the queue's frames to the socket.
+        bpf::map_update_u32(
+            dev.attached.map.as_fd(),
+            config.queue_id,
+            dev.xsk.as_raw_fd() as u32,
+        )
+        .map_err(|source| map_error(&ifname, "putting the socket into the XSKMAP", source))?;
+        tracing::info!(
+            iface = %ifname,
+            queue = config.queue_id,
+            xdp = %attach,
+            bind = %bind,
+            need_wakeup = config.need_wakeup,
+            busy_poll = %busy_poll,
+            multi_buffer = plan.multi_buffer,
+            frags_max = plan.frags,
+            program_frags = frags,
+            umem_frames = dev.pool.capacity(),
+            frame_len = config.frame_len,
+            page = %dev.pool.page_size(),
+            filter = ?config.filter_ipv4,
+            mtu,
+            mac = %MacText(mac),
+            "opened AF_XDP device"
+        );
+        Ok(dev)
     }
 }
 
