@@ -103,6 +103,7 @@ fn topology(subnet: u8) -> Option<VethPair> {
         prefix_len: 24,
         mtu: None,
         tx_checksum_off: true,
+        queues: 1,
     })
     .expect("veth pair");
     Some(pair)
@@ -484,6 +485,7 @@ fn topology_mtu(subnet: u8, mtu: usize) -> Option<VethPair> {
         prefix_len: 24,
         mtu: Some(mtu),
         tx_checksum_off: true,
+        queues: 1,
     })
     .expect("veth pair");
     Some(pair)
@@ -1038,6 +1040,7 @@ fn partial_checksums_from_an_offloading_peer_are_dropped(subnet: u8, mode: XdpMo
         prefix_len: 24,
         mtu: None,
         tx_checksum_off: false,
+        queues: 1,
     })
     .expect("veth pair");
     let ip = subnet_addr(subnet, 3);
@@ -1529,6 +1532,7 @@ fn mtu_sweep() {
                 prefix_len: 24,
                 mtu: Some(mtu),
                 tx_checksum_off: true,
+                queues: 1,
             })
             .expect("veth pair");
             let ip = subnet_addr(subnet, 3);

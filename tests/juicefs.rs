@@ -77,6 +77,7 @@ fn topology(subnet: u8) -> Option<VethPair> {
             prefix_len: 24,
             mtu: None,
             tx_checksum_off: true,
+            queues: 1,
         })
         .expect("veth pair"),
     )

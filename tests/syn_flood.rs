@@ -114,6 +114,7 @@ fn topology(subnet: u8) -> Option<VethPair> {
         prefix_len: 24,
         mtu: None,
         tx_checksum_off: true,
+        queues: 1,
     })
     .expect("veth pair");
     let iface = pair.iface_a().to_string();

@@ -367,19 +367,26 @@ impl NetNs {
     /// Creates a veth pair: interface `iface` in this namespace, its peer `peer` directly in
     /// namespace `peer_ns` (so neither name ever appears in the caller's namespace).
     pub fn add_veth(&self, iface: &str, peer: &str, peer_ns: &NetNs) -> Result<(), NetNsError> {
-        self.ip([
-            "link",
-            "add",
-            iface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            peer,
-            "netns",
-            peer_ns.name(),
-        ])
-        .map(|_| ())
+        self.add_veth_queues(iface, peer, peer_ns, 1)
+    }
+
+    /// [`NetNs::add_veth`] with `queues` receive and transmit queues at each end.
+    pub fn add_veth_queues(
+        &self,
+        iface: &str,
+        peer: &str,
+        peer_ns: &NetNs,
+        queues: u32,
+    ) -> Result<(), NetNsError> {
+        let q = queues.max(1).to_string();
+        let per_end = ["numrxqueues", q.as_str(), "numtxqueues", q.as_str()];
+        let n = if queues > 1 { per_end.len() } else { 0 };
+        let mut args = vec!["link", "add", iface];
+        args.extend_from_slice(&per_end[..n]);
+        args.extend_from_slice(&["type", "veth", "peer", "name", peer]);
+        args.extend_from_slice(&per_end[..n]);
+        args.extend_from_slice(&["netns", peer_ns.name()]);
+        self.ip(args).map(|_| ())
     }
 
     /// Moves interface `dev` from the caller's namespace into this one
@@ -543,6 +550,10 @@ pub struct VethConfig {
     /// Turn TX checksum offload off on both ends (`ethtool -K IFACE tx off`), so frames handed
     /// to user space (AF_XDP, AF_PACKET) carry complete TCP/UDP checksums. Default on.
     pub tx_checksum_off: bool,
+    /// Receive and transmit queues of each end (`numrxqueues`/`numtxqueues`). A frame arrives
+    /// on the receive queue numbered as the transmit queue the sender picked (for kernel TCP,
+    /// a hash per connection). Default 1.
+    pub queues: u32,
 }
 
 impl Default for VethConfig {
@@ -554,6 +565,7 @@ impl Default for VethConfig {
             prefix_len: 24,
             mtu: None,
             tx_checksum_off: true,
+            queues: 1,
         }
     }
 }
@@ -646,7 +658,7 @@ impl VethPair {
         let iface_a = format!("{stem}a");
         let iface_b = format!("{stem}b");
         check_name(&iface_a, super::tap::IFNAME_LEN_MAX)?;
-        a.add_veth(&iface_a, &iface_b, &b)?;
+        a.add_veth_queues(&iface_a, &iface_b, &b, config.queues)?;
         for (ns, iface, addr) in [(&a, &iface_a, config.addr_a), (&b, &iface_b, config.addr_b)] {
             let cidr = format!("{addr}/{}", config.prefix_len);
             ns.ip(["addr", "add", cidr.as_str(), "dev", iface.as_str()])?;
