@@ -85,7 +85,8 @@ struct Args {
     scrub_quarantine: bool,
     /// Serve from these cores, one per-core shard each (e.g. `0,1` or `0-3`): a thread pinned
     /// to each, with its own device queue, stack and socket memory; the store is shared.
-    /// memif only so far (the client proposes the queue pairs: `chunkctl --memif-queues N`).
+    /// memif (the client proposes the queue pairs: `chunkctl --memif-queues N`) and af-xdp
+    /// (queues 0..N of --iface; the interface steers flows to them).
     /// `--connections-max` is per core.
     #[arg(long)]
     cores: Option<common::Cores>,
@@ -179,13 +180,14 @@ fn run(args: &Args) -> Result<(), String> {
         Backend::Sim => {
             Err("--backend sim runs both ends in one process: use `chunkctl --backend sim`".into())
         }
-        Backend::Memif if args.cores.is_some() => {
+        backend if args.cores.is_some() => {
             let cores = args.cores.as_ref().map_or(&[][..], |c| &c.0[..]);
             ustack::serve::check_cores(cores, args.cores_oversubscribe)
                 .map_err(|e| e.to_string())?;
-            let devs = common::open_memif_cores(&args.dev, cores.len())?;
+            let devs =
+                common::open_devices_for_cores(backend, &args.dev, args.ip.addr, cores.len())?;
             println!(
-                "fileserver: backend memif, {} per-core shards on cores {cores:?}",
+                "fileserver: backend {backend:?}, {} per-core shards on cores {cores:?}",
                 devs.len()
             );
             let devs = Mutex::new(devs.into_iter().map(Some).collect::<Vec<_>>());
@@ -222,9 +224,6 @@ fn run(args: &Args) -> Result<(), String> {
                 build,
             )
         }
-        _ if args.cores.is_some() => Err("--cores works with --backend memif only so far (AF_XDP \
-            and DPDK per-queue shards are not built yet)"
-            .into()),
         backend => {
             let (dev, _netns) =
                 open_device(backend, &args.dev, args.ip.addr, MemifRoleArg::Server)?;

@@ -699,35 +699,13 @@ pub fn open_device(
     ip: Ipv4Addr,
     default_role: MemifRoleArg,
 ) -> Result<(ustack::dev::auto::AnyDevice, Option<NetNs>), String> {
-    use ustack::dev::af_xdp::{BusyPoll, XdpMode};
-    use ustack::dev::auto::{AnyDevice, BackendConfig};
+    use ustack::dev::auto::AnyDevice;
     let iface = || {
         dev.iface.clone().ok_or_else(|| {
             format!("--backend {backend:?} needs --iface NAME (the interface to bind)")
         })
     };
-    let backend_cfg = |ifname: String| -> Result<BackendConfig, String> {
-        let mut b = BackendConfig::from_iface(&ifname);
-        b.xdp.filter_ipv4 = Some(ip);
-        b.xdp.mode = match dev.xdp_mode {
-            XdpModeArg::Auto => XdpMode::Auto,
-            XdpModeArg::Native => XdpMode::Native,
-            XdpModeArg::Generic => XdpMode::Generic,
-        };
-        b.xdp.frame_len = dev.xdp_frame_len;
-        b.xdp.busy_poll = match dev.xdp_busy_poll {
-            XdpBusyPollArg::Off => BusyPoll::Off,
-            XdpBusyPollArg::Auto => BusyPoll::Auto,
-            XdpBusyPollArg::On => BusyPoll::On,
-        };
-        b.xdp.busy_poll_timeout_us = dev.xdp_busy_poll_us;
-        b.xdp.busy_poll_budget = dev.xdp_busy_poll_budget;
-        #[cfg(feature = "dpdk")]
-        {
-            b.dpdk = dpdk_config(dev)?;
-        }
-        Ok(b)
-    };
+    let backend_cfg = |ifname: String| backend_config(dev, ip, &ifname);
     let opened = match backend {
         Backend::Auto => AnyDevice::auto(&backend_cfg(iface()?)?),
         Backend::AfXdp => AnyDevice::open_af_xdp(&backend_cfg(iface()?)?.xdp),
@@ -796,9 +774,66 @@ fn memif_config(
     Ok(cfg)
 }
 
+/// The backend settings the flags describe for interface `ifname` (AF_XDP's, and DPDK's when
+/// built with it).
+fn backend_config(
+    dev: &DevArgs,
+    ip: Ipv4Addr,
+    ifname: &str,
+) -> Result<ustack::dev::auto::BackendConfig, String> {
+    use ustack::dev::af_xdp::{BusyPoll, XdpMode};
+    let mut b = ustack::dev::auto::BackendConfig::from_iface(ifname);
+    b.xdp.filter_ipv4 = Some(ip);
+    b.xdp.mode = match dev.xdp_mode {
+        XdpModeArg::Auto => XdpMode::Auto,
+        XdpModeArg::Native => XdpMode::Native,
+        XdpModeArg::Generic => XdpMode::Generic,
+    };
+    b.xdp.frame_len = dev.xdp_frame_len;
+    b.xdp.busy_poll = match dev.xdp_busy_poll {
+        XdpBusyPollArg::Off => BusyPoll::Off,
+        XdpBusyPollArg::Auto => BusyPoll::Auto,
+        XdpBusyPollArg::On => BusyPoll::On,
+    };
+    b.xdp.busy_poll_timeout_us = dev.xdp_busy_poll_us;
+    b.xdp.busy_poll_budget = dev.xdp_busy_poll_budget;
+    #[cfg(feature = "dpdk")]
+    {
+        b.dpdk = dpdk_config(dev)?;
+    }
+    Ok(b)
+}
+
+/// One device per core for `--cores` (per-core shards): memif queue pairs of one connection,
+/// or AF_XDP sockets on queues `0..cores` of `--iface`.
+pub fn open_devices_for_cores(
+    backend: Backend,
+    dev: &DevArgs,
+    ip: Ipv4Addr,
+    cores: usize,
+) -> Result<Vec<ustack::dev::auto::AnyDevice>, String> {
+    match backend {
+        Backend::Memif => open_memif_cores(dev, cores),
+        Backend::AfXdp => {
+            let ifname = dev
+                .iface
+                .clone()
+                .ok_or("--backend af-xdp needs --iface NAME (the interface to bind)")?;
+            let cfg = backend_config(dev, ip, &ifname)?;
+            let queues = u32::try_from(cores).map_err(|_| "too many cores")?;
+            ustack::dev::auto::AnyDevice::open_af_xdp_queues(&cfg.xdp, queues)
+                .map_err(|e| e.to_string())
+        }
+        other => Err(format!(
+            "--cores works with --backend memif and af-xdp so far, not {other:?} (DPDK \
+             per-queue shards are not built yet)"
+        )),
+    }
+}
+
 /// A memif server for `--cores`: one device per core, device `i` serving queue pair `i` of the
 /// client's connection (the client proposes the pairs: `chunkctl --memif-queues N`).
-pub fn open_memif_cores(
+fn open_memif_cores(
     dev: &DevArgs,
     cores: usize,
 ) -> Result<Vec<ustack::dev::auto::AnyDevice>, String> {
