@@ -231,7 +231,7 @@ fn more_shards_than_cores_or_queue_pairs_is_refused_naming_the_limit() {
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
-            && msg.contains("--cores works with --backend memif and af-xdp so far"),
+            && msg.contains("--cores works with --backend memif, af-xdp and dpdk"),
         "{msg}"
     );
 }
@@ -265,8 +265,18 @@ fn veth_with_queues(queues: u32) -> Option<VethPair> {
 }
 
 fn af_xdp_fileserver(pair: &VethPair, cores: &str, extra: &[&str]) -> Command {
+    veth_fileserver(
+        pair,
+        &["--backend", "af-xdp", "--iface", pair.iface_b()],
+        cores,
+        extra,
+    )
+}
+
+/// The file server in B on `backend` (its flags) with `--cores cores`, at 10.217.0.3.
+fn veth_fileserver(pair: &VethPair, backend: &[&str], cores: &str, extra: &[&str]) -> Command {
     let mut cmd = pair.b().command(example_binary("fileserver"));
-    cmd.args(["--backend", "af-xdp", "--iface", pair.iface_b()])
+    cmd.args(backend)
         .args(["--cores", cores])
         .args([
             "--ip",
@@ -281,15 +291,12 @@ fn af_xdp_fileserver(pair: &VethPair, cores: &str, extra: &[&str]) -> Command {
     cmd
 }
 
-#[test]
-fn two_cores_serve_every_connection_and_byte_over_af_xdp_queues() {
-    let Some(pair) = veth_with_queues(2) else {
-        return;
-    };
-    let (cores, extra) = two_cores();
-    let mut server = Watched::spawn(&mut af_xdp_fileserver(&pair, &cores, extra), "fileserver");
+/// Serves from B with `server` (a file server command with --cores of two cores), runs
+/// `chunkctl verify` with 16 kernel-TCP connections from A, and checks both shards served.
+fn kernel_client_over_two_shards(pair: &VethPair, mut server: Command) {
+    let mut server = Watched::spawn(&mut server, "fileserver");
     server
-        .wait_for_line("fileserver: listening on", Duration::from_secs(30))
+        .wait_for_line("fileserver: listening on", Duration::from_secs(60))
         .unwrap();
     let out = pair
         .a()
@@ -306,6 +313,38 @@ fn two_cores_serve_every_connection_and_byte_over_af_xdp_queues() {
         String::from_utf8_lossy(&out.stderr)
     );
     check_spread(&finals(server), 2, 16);
+}
+
+#[test]
+fn two_cores_serve_every_connection_and_byte_over_af_xdp_queues() {
+    let Some(pair) = veth_with_queues(2) else {
+        return;
+    };
+    let (cores, extra) = two_cores();
+    let server = af_xdp_fileserver(&pair, &cores, extra);
+    kernel_client_over_two_shards(&pair, server);
+}
+
+/// DPDK's `net_af_packet` with two queue pairs: one packet socket per pair, joined in a
+/// fanout group that spreads flows by their hash, one shard per pair.
+#[cfg(feature = "dpdk")]
+#[test]
+fn two_cores_serve_every_connection_and_byte_over_dpdk_queues() {
+    let Some(pair) = veth_with_queues(1) else {
+        return;
+    };
+    let (cores, extra) = two_cores();
+    let vdev = format!(
+        "net_af_packet0,iface={},qpairs=2,framecnt=4096",
+        pair.iface_b()
+    );
+    let server = veth_fileserver(
+        &pair,
+        &["--backend", "dpdk", "--dpdk-vdev", &vdev],
+        &cores,
+        extra,
+    );
+    kernel_client_over_two_shards(&pair, server);
 }
 
 #[test]

@@ -824,9 +824,16 @@ pub fn open_devices_for_cores(
             ustack::dev::auto::AnyDevice::open_af_xdp_queues(&cfg.xdp, queues)
                 .map_err(|e| e.to_string())
         }
+        #[cfg(feature = "dpdk")]
+        Backend::Dpdk => {
+            let mut cfg = dpdk_config(dev)?
+                .ok_or("--backend dpdk needs --dpdk-vdev SPEC or --dpdk-eal ARGS")?;
+            cfg.queues = u16::try_from(cores).map_err(|_| "too many cores")?;
+            ustack::dev::auto::AnyDevice::open_dpdk_queues(&cfg).map_err(|e| e.to_string())
+        }
         other => Err(format!(
-            "--cores works with --backend memif and af-xdp so far, not {other:?} (DPDK \
-             per-queue shards are not built yet)"
+            "--cores works with --backend memif, af-xdp and dpdk (built with the dpdk \
+             feature), not {other:?}"
         )),
     }
 }

@@ -399,6 +399,29 @@ impl AnyDevice {
         Ok(AnyDevice::dpdk(dev, reason))
     }
 
+    /// The DPDK port `cfg` names with `cfg.queues` queue pairs, one device per pair for
+    /// per-core shards ([`DpdkDevice::open_queues`]); the port spreads flows over its queues.
+    #[cfg(feature = "dpdk")]
+    pub fn open_dpdk_queues(cfg: &DpdkConfig) -> Result<Vec<AnyDevice>, BackendError> {
+        let devs = DpdkDevice::open_queues(cfg).map_err(|e| BackendError::Open {
+            kind: BackendKind::Dpdk,
+            why: e.to_string(),
+        })?;
+        Ok(devs
+            .into_iter()
+            .map(|d| {
+                let reason = format!(
+                    "DPDK port {} ({}) queue {} of {}",
+                    d.info().name,
+                    d.info().driver,
+                    d.queue_index(),
+                    cfg.queues
+                );
+                AnyDevice::dpdk(d, reason)
+            })
+            .collect())
+    }
+
     #[cfg(feature = "dpdk")]
     fn dpdk(dev: DpdkDevice, reason: String) -> AnyDevice {
         let burst = dev.caps().burst_max;
