@@ -15,12 +15,13 @@ use crate::dev::{Batch, Frame, PacketDevice, ETH_HEADER_LEN};
 use crate::time::Instant;
 
 use super::capture::{self, Tap};
-use super::cores::ARP_FRAME_LEN;
 use super::stats::StackStats;
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
 const ARP_IPV4_LEN: usize = 28;
+/// Bytes of an Ethernet ARP frame for IPv4 (the header and the ARP message).
+pub(crate) const ARP_FRAME_LEN: usize = ETH_HEADER_LEN + ARP_IPV4_LEN;
 const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// Why a received frame was dropped before reaching smoltcp.

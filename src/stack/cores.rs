@@ -12,19 +12,37 @@
 //!   they learn without answering again (one reply per request leaves the host). A full inbox
 //!   drops the copy (counted in `arp_fanout_dropped`); the shard then asks again itself when it
 //!   needs the address.
-//! - **Nothing else.** A TCP segment of a flow no socket of this shard serves, but for a
-//!   SYN, is not this shard's business: the flow may belong to another shard (steering changed,
-//!   RSS misconfigured, a peer choosing another queue mid-flow). It is dropped and counted
-//!   (`rx_misdirected`) rather than answered with a reset, which could kill the owning shard's
-//!   connection; a flow is never served by two shards, since only the shard that received its
-//!   SYN has a socket for it.
+//! - **Who took each flow.** A table of 65,536 words, one per flow hash, says which shard took
+//!   the flow's SYN (or opened it), with 24 more bits of the hash as a tag. It is written once
+//!   per connection, never per packet, and read only for a segment of a flow no socket of this
+//!   shard serves (not a SYN). If another shard took the flow (steering changed, RSS
+//!   misconfigured, a peer choosing another queue mid-flow), the segment is dropped and counted
+//!   (`rx_misdirected`): a reset would kill that shard's connection. If no shard did (a flow
+//!   from before a restart, a stray segment), or this one did and has closed it, it is
+//!   answered as a lone stack answers it, with a reset. A flow is never served by two shards,
+//!   since only the shard that received its SYN has a socket for it. Two flows with the same
+//!   slot and tag (one in 2^40 pairs) share an entry: the later one's shard wins.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
-/// Bytes of an Ethernet ARP frame for IPv4 (14 of header, 28 of ARP).
-pub(crate) const ARP_FRAME_LEN: usize = 42;
+use super::adapter::{FlowKey, ARP_FRAME_LEN};
+
+/// Slots of the owner table (a power of two).
+const OWNER_SLOTS: usize = 1 << 16;
+
+/// Who took a flow, as the owner table says.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// No shard (or the table forgot it: its slot was taken by another flow).
+    Nobody,
+    /// This shard.
+    Me,
+    /// Another shard.
+    Other,
+}
 /// ARP copies an inbox holds; more are dropped (ARP is rare: a peer asks once per cache
 /// lifetime).
 pub(crate) const INBOX_LEN: usize = 64;
@@ -34,21 +52,60 @@ pub(crate) const INBOX_LEN: usize = 64;
 #[derive(Debug)]
 pub struct CoreShards {
     inboxes: Arc<[ArrayQueue<[u8; ARP_FRAME_LEN]>]>,
+    owners: Arc<[AtomicU32]>,
     index: usize,
 }
 
 impl CoreShards {
     /// The links of a set of `count` shards, one for each (index `i` is shard `i`'s).
+    ///
+    /// At most 255 shards (the owner table keeps a byte per flow for the shard).
     pub fn new(count: usize) -> Vec<CoreShards> {
-        let inboxes: Arc<[_]> = (0..count.max(1))
-            .map(|_| ArrayQueue::new(INBOX_LEN))
-            .collect();
-        (0..count.max(1))
+        let count = count.clamp(1, 255);
+        let inboxes: Arc<[_]> = (0..count).map(|_| ArrayQueue::new(INBOX_LEN)).collect();
+        let owners: Arc<[_]> = (0..OWNER_SLOTS).map(|_| AtomicU32::new(0)).collect();
+        (0..count)
             .map(|index| CoreShards {
                 inboxes: Arc::clone(&inboxes),
+                owners: Arc::clone(&owners),
                 index,
             })
             .collect()
+    }
+
+    /// The slot of `flow` and the word that says this shard took it.
+    fn slot(&self, flow: &FlowKey) -> (usize, u32) {
+        let mut h = u64::from(flow.remote_ip) << 32
+            | u64::from(flow.remote_port) << 16
+            | u64::from(flow.local_port);
+        // SplitMix64's finaliser: every bit of the flow moves the slot and the tag.
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        let tag = (h >> 16) as u32 & 0x00ff_ffff;
+        (
+            h as usize & (OWNER_SLOTS - 1),
+            tag << 8 | (self.index as u32 + 1),
+        )
+    }
+
+    /// Records that this shard takes `flow` (its SYN came here, or it opened it).
+    pub(crate) fn claim(&self, flow: &FlowKey) {
+        let (i, word) = self.slot(flow);
+        self.owners[i].store(word, Ordering::Relaxed);
+    }
+
+    /// Who took `flow`, as far as the table knows.
+    pub(crate) fn owner(&self, flow: &FlowKey) -> Owner {
+        let (i, mine) = self.slot(flow);
+        let word = self.owners[i].load(Ordering::Relaxed);
+        if word == mine {
+            Owner::Me
+        } else if word >> 8 == mine >> 8 && word & 0xff != 0 {
+            Owner::Other
+        } else {
+            Owner::Nobody
+        }
     }
 
     /// This shard's index in its set.
@@ -98,6 +155,25 @@ mod tests {
         f[12..14].copy_from_slice(&[0x08, 0x06]);
         f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
         f
+    }
+
+    #[test]
+    fn the_owner_table_tells_me_another_shard_or_nobody() {
+        let set = CoreShards::new(2);
+        let flow = |port| FlowKey {
+            remote_ip: 0x0a00_0002,
+            remote_port: port,
+            local_port: 7000,
+        };
+        assert_eq!(set[0].owner(&flow(1)), Owner::Nobody);
+        set[1].claim(&flow(1));
+        assert_eq!(set[1].owner(&flow(1)), Owner::Me);
+        assert_eq!(set[0].owner(&flow(1)), Owner::Other);
+        assert_eq!(set[0].owner(&flow(2)), Owner::Nobody);
+        // A later claim (the flow came back after a restart, to another queue) wins.
+        set[0].claim(&flow(1));
+        assert_eq!(set[0].owner(&flow(1)), Owner::Me);
+        assert_eq!(set[1].owner(&flow(1)), Owner::Other);
     }
 
     #[test]

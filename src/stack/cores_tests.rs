@@ -22,8 +22,21 @@ struct Net {
     client: Stack<Wire>,
     shards: [Stack<Wire>; 2],
     from_client: Queue,
+    to_client: Queue,
     to_shard: [Queue; 2],
     now: Instant,
+}
+
+/// Two server shards (same address and MAC, as queues of one NIC) on `to_shard`, one set.
+fn server_shards(to_shard: &[Queue; 2], to_client: &Queue, seed: u64) -> [Stack<Wire>; 2] {
+    let mut links = CoreShards::new(2).into_iter();
+    [0, 1].map(|i| {
+        let mut c = cfg(B, seed + i as u64);
+        c.mac = Some(MacAddr([2, 0, 0, 0, 0, 0xb]));
+        let mut s = Stack::new(Wire::over(&to_shard[i], to_client), c).unwrap();
+        s.join_cores(links.next().unwrap());
+        s
+    })
 }
 
 impl Net {
@@ -31,19 +44,12 @@ impl Net {
         let (from_client, to_client): (Queue, Queue) = Default::default();
         let to_shard: [Queue; 2] = Default::default();
         let client = Stack::new(Wire::over(&to_client, &from_client), cfg(A, 1)).unwrap();
-        let mut links = CoreShards::new(2).into_iter();
-        let shards = [0, 1].map(|i| {
-            // The same address and MAC on both, as queues of one NIC.
-            let mut c = cfg(B, 2 + i as u64);
-            c.mac = Some(MacAddr([2, 0, 0, 0, 0, 0xb]));
-            let mut s = Stack::new(Wire::over(&to_shard[i], &to_client), c).unwrap();
-            s.join_cores(links.next().unwrap());
-            s
-        });
+        let shards = server_shards(&to_shard, &to_client, 2);
         Net {
             client,
             shards,
             from_client,
+            to_client,
             to_shard,
             now: Instant::ZERO,
         }
@@ -147,4 +153,28 @@ fn a_mis_steered_flow_is_dropped_and_counted_not_reset_and_recovers() {
     });
     assert_eq!(got, b"hello");
     assert_eq!(net.shards[own].stats().rx_misdirected, 0);
+}
+
+/// A segment of a flow no shard took (the server restarted under an open connection) is
+/// answered with a reset, as a lone stack answers it, so the peer learns at once.
+#[test]
+fn a_segment_of_a_flow_no_shard_took_is_reset() {
+    let mut net = Net::new();
+    let l = [0, 1].map(|i| net.shards[i].listen(7000, 8).unwrap());
+    let c = net.client.connect(SocketAddrV4::new(B, 7000)).unwrap();
+    let mut taken = false;
+    net.run_until(&by_parity, |n| {
+        for (shard, l) in n.shards.iter_mut().zip(l) {
+            taken |= shard.accept(l).unwrap().is_some();
+        }
+        taken && n.client.state(c).unwrap() == ConnState::Established
+    });
+    // The server restarts: fresh shards, a fresh owner table, the same queues.
+    net.shards = server_shards(&net.to_shard, &net.to_client, 10);
+    assert_eq!(net.client.send(c, b"after the restart").unwrap(), 17);
+    net.run_until(&by_parity, |n| {
+        n.client.state(c).unwrap() == ConnState::Closed
+    });
+    assert_eq!(net.shards[0].stats().rx_misdirected, 0);
+    assert_eq!(net.shards[1].stats().rx_misdirected, 0);
 }

@@ -377,7 +377,13 @@ impl<D: PacketDevice> Stack<D> {
             if let Some(c) = &*cores {
                 match route {
                     Route::Arp => fanout_dropped += c.fan_out_arp(frame.data()),
-                    Route::Tcp { flow, syn: false } if !owns_flow(shards, flows, &flow) => {
+                    Route::Tcp { flow, syn: true } if listening(shards, flow.local_port) => {
+                        c.claim(&flow)
+                    }
+                    Route::Tcp { flow, syn: false }
+                        if !owns_flow(shards, flows, &flow)
+                            && c.owner(&flow) == cores::Owner::Other =>
+                    {
                         return Err(RxDrop::Misdirected);
                     }
                     _ => {}
@@ -804,6 +810,9 @@ impl<D: PacketDevice> Stack<D> {
         let c = self.shards[i]
             .table
             .connect(&mut self.iface, remote, port, &self.cfg, self.now)?;
+        if let Some(cores) = &self.cores {
+            cores.claim(&flow);
+        }
         if self.shards.len() > 1 {
             remember_flow(&mut self.flows, self.flows_max, &mut self.shards, flow, i);
         }
