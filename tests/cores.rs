@@ -367,3 +367,96 @@ fn more_cores_than_the_interface_has_queues_is_refused_naming_the_limit() {
         "{msg}"
     );
 }
+
+/// A peer that fills one shard (its connections up to `--connections-max`, garbage on some,
+/// the rest refused) leaves the other shard's client untouched. The kernel in A picks the
+/// transmit queue by the sending core (XPS: queue 0 for the first core, queue 1 for the
+/// second), so the flood, pinned to the second core, reaches shard 1 only, and chunkctl,
+/// pinned to the first, shard 0 only.
+#[test]
+fn a_peer_flooding_one_shard_leaves_the_other_shards_clients_served() {
+    let allowed = cpu::allowed().unwrap();
+    if allowed.len() < 2 {
+        skip("needs two cores (one per shard, one sending core per queue)");
+        return;
+    }
+    let Some(pair) = veth_with_queues(2) else {
+        return;
+    };
+    let (c0, c1) = (allowed[0], allowed[1]);
+    for (q, c) in [(0, c0), (1, c1)] {
+        let path = format!("/sys/class/net/{}/queues/tx-{q}/xps_cpus", pair.iface_a());
+        let st = pair
+            .a()
+            .command("sh")
+            .args(["-c", &format!("echo {:x} > {path}", 1u64 << c)])
+            .status()
+            .expect("run sh");
+        assert!(st.success(), "setting {path}");
+    }
+    let cores = format!("{c0},{c1}");
+    let limits = ["--connections-max", "8", "--backlog", "8"];
+    let mut server = Watched::spawn(&mut af_xdp_fileserver(&pair, &cores, &limits), "fileserver");
+    server
+        .wait_for_line("fileserver: listening on", Duration::from_secs(30))
+        .unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (held, out) = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| {
+            pair.a()
+                .run(|| {
+                    cpu::pin_current_thread(c1).expect("pin the flood");
+                    let to = "10.217.0.3:7000".parse().unwrap();
+                    let mut held = Vec::new();
+                    for i in 0..24 {
+                        let Ok(mut s) =
+                            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                        else {
+                            continue;
+                        };
+                        if i % 2 == 0 {
+                            use std::io::Write;
+                            let _ = s.write_all(&[0x5a; 512]);
+                        }
+                        held.push(s);
+                    }
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    held.len()
+                })
+                .expect("enter A")
+        });
+        // Let the flood take shard 1's connections first.
+        std::thread::sleep(Duration::from_millis(500));
+        let out = pair
+            .a()
+            .command("taskset")
+            .args(["-c", &c0.to_string()])
+            .arg(example_binary("chunkctl"))
+            .args(["--backend", "kernel", "--server", "10.217.0.3:7000"])
+            .args(["--connections", "8", "verify", "--total", "32MiB"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run chunkctl");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (flood.join().unwrap(), out)
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("result         OK"),
+        "the client of shard 0 failed beside the flood of shard 1:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = finals(server);
+    let (s0, s1) = (&f.per_core[0], &f.per_core[1]);
+    println!("{s0}\n{s1}\nflood connections held: {held}");
+    assert!(held > 0, "the flood connected nowhere");
+    // Shard 0 served the client alone: every connection taken, none refused, no error.
+    assert!(field(s0, "accepted") >= 8, "{s0}");
+    assert_eq!(field(s0, "refused"), 0, "{s0}");
+    assert_eq!(field(s0, "errors"), 0, "{s0}");
+    // Shard 1 took the flood: full, refusing, and answering the garbage with errors.
+    assert!(field(s1, "refused") > 0, "{s1}");
+    assert!(field(s1, "errors") > 0, "{s1}");
+}
