@@ -37,7 +37,7 @@
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{HugeRegion, MemError, PageSize};
@@ -175,6 +175,10 @@ pub struct SharedRegion {
     file_id: (u64, u64),
     /// What is leased and reserved (see the module documentation).
     claims: Mutex<Claims>,
+    /// Set once [`prepare_leases`](Self::prepare_leases) was called: until then no lease can
+    /// exist, so byte copies need not look at the registry (no lock: a region several threads
+    /// copy through, as a memif server's per-core queue pairs do, shares no lock then).
+    leasable: AtomicBool,
     /// Ranges recently confirmed as reserved, `start << 32 | end` (0: empty), looked at
     /// without the lock: a reservation is for good and no lease ever overlaps one, so a hit
     /// stays true. Ring views are made on every poll; this keeps them off the mutex.
@@ -182,8 +186,10 @@ pub struct SharedRegion {
     reserved_hot_next: AtomicUsize,
 }
 
-/// Reserved ranges remembered lock-free (a memif connection polls a few rings).
-const RESERVED_HOT: usize = 8;
+/// Reserved ranges remembered lock-free: a memif connection polls two rings per queue pair,
+/// each a header and a descriptor range, so 32 hold eight queue pairs (per-core shards)
+/// without turning over.
+const RESERVED_HOT: usize = 32;
 
 impl SharedRegion {
     /// Creates a zero-filled memory file of at least `len` bytes (rounded up to the page size),
@@ -206,6 +212,7 @@ impl SharedRegion {
             fd: Some(fd),
             file_id,
             claims: Mutex::new(Claims::default()),
+            leasable: AtomicBool::new(false),
             reserved_hot: Default::default(),
             reserved_hot_next: AtomicUsize::new(0),
         })
@@ -277,6 +284,7 @@ impl SharedRegion {
             fd: None,
             file_id,
             claims: Mutex::new(Claims::default()),
+            leasable: AtomicBool::new(false),
             reserved_hot: Default::default(),
             reserved_hot_next: AtomicUsize::new(0),
         })
@@ -304,7 +312,15 @@ impl SharedRegion {
         }
         c.leased = Vec::with_capacity(n);
         c.lease_max = n;
+        // Before any lease can be taken (leases are taken under the lock, after this).
+        self.leasable.store(true, Ordering::SeqCst);
         true
+    }
+
+    /// Whether any lease can exist (see `leasable`).
+    #[inline]
+    fn may_be_leased(&self) -> bool {
+        self.leasable.load(Ordering::Acquire)
     }
 
     /// Leases `[offset, offset + len)`: plain bytes for the holder alone (see the module
@@ -471,7 +487,7 @@ impl SharedRegion {
         let Some(p) = self.range_ptr(offset, dst.len(), 1) else {
             return false;
         };
-        if self.claims().leased_overlaps(offset, offset + dst.len()) {
+        if self.may_be_leased() && self.claims().leased_overlaps(offset, offset + dst.len()) {
             return false;
         }
         // SAFETY: the source range is inside the mapping (checked) and initialised, and no
@@ -490,7 +506,7 @@ impl SharedRegion {
         let Some(p) = self.range_ptr(offset, src.len(), 1) else {
             return false;
         };
-        if self.claims().leased_overlaps(offset, offset + src.len()) {
+        if self.may_be_leased() && self.claims().leased_overlaps(offset, offset + src.len()) {
             return false;
         }
         // SAFETY: the destination range is inside the mapping (checked), which is writable

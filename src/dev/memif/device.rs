@@ -145,6 +145,11 @@ pub struct MemifDevice<F = PoolBuf> {
     poll_fds: Vec<PollFd>,
     /// Queue pairs served by other devices (threads), if opened so.
     share: Option<Share>,
+    /// A server lends its client's posted buffers to the stack (in place): set by
+    /// `open_in_place` only. Devices that share a connection's regions between threads copy
+    /// instead, so no thread holds a reference into memory another one copies through, and
+    /// the regions' lease registry (a lock) is never consulted.
+    lend: bool,
     _frame: PhantomData<fn() -> F>,
 }
 
@@ -286,11 +291,16 @@ impl MemifDevice<MemifFrame> {
     /// hold a whole frame, the frame is built in a pool buffer and copied, as with `open`.
     /// A client is the same either way (it sends and receives its own buffers, no copy).
     pub fn open_in_place(cfg: &MemifConfig) -> Result<MemifDevice<MemifFrame>, MemifError> {
-        Self::open_as(cfg)
+        let mut dev = Self::open_as(cfg)?;
+        dev.lend = true;
+        Ok(dev)
     }
 
-    /// [`MemifDevice::open_shared`] with frames built in place (each device serves a single
-    /// transmit ring, so each can lend its client's posted buffers).
+    /// [`MemifDevice::open_shared`] with the frame type of [`MemifDevice::open_in_place`]. The
+    /// devices still copy each outgoing frame into a posted buffer, as `open` does: lending
+    /// posted buffers to several threads would need the regions' lease registry, a lock, on
+    /// every frame (and let a client that posts one buffer on two queues put two threads of
+    /// ours on the same bytes, one holding a reference).
     pub fn open_in_place_shared(
         cfg: &MemifConfig,
         devices: usize,
@@ -440,6 +450,7 @@ impl<F> MemifDevice<F> {
             last_error: None,
             poll_fds: Vec::with_capacity(2 + cfg.queues),
             share: None,
+            lend: false,
             _frame: PhantomData,
         };
         if cfg.role == MemifRole::Server && bind {
@@ -849,8 +860,10 @@ impl<F> MemifDevice<F> {
                 // Room for every S2C slot to be lent at once, in any region (allocated here,
                 // once per connection).
                 let slots: usize = s2c.iter().map(|l| 1usize << l.log2).sum();
-                for r in &regions {
-                    r.prepare_leases(slots);
+                if self.lend {
+                    for r in &regions {
+                        r.prepare_leases(slots);
+                    }
                 }
                 DataPath::Server {
                     regions,
@@ -1118,7 +1131,7 @@ impl<F: Carry> MemifDevice<F> {
     }
 
     fn tx_alloc_impl(&mut self) -> Option<F> {
-        if F::IN_PLACE {
+        if F::IN_PLACE && self.lend {
             let frame_len_max = self.caps.frame_len_max();
             if let Some(DataPath::Server { regions, tx, .. }) = &mut self.link {
                 // In place on a single S2C ring only: with several, the ring is chosen by the
