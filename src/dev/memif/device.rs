@@ -59,7 +59,7 @@ struct Conn {
 
 enum Phase {
     Server(ServerHandshake),
-    Client(ClientHandshake),
+    Client(Box<ClientHandshake>),
     Up,
 }
 
@@ -700,7 +700,7 @@ impl<F> MemifDevice<F> {
                 tracing::debug!(socket = %self.addr, "memif: connected, waiting for HELLO");
                 self.conn = Some(Conn {
                     sock,
-                    phase: Phase::Client(ClientHandshake::default()),
+                    phase: Phase::Client(Box::default()),
                     deadline: now + self.handshake_timeout,
                 });
             }
