@@ -201,6 +201,7 @@ fn run(args: &Args) -> Result<(), String> {
                 let dev = devs.lock().unwrap()[i]
                     .take()
                     .ok_or("no device for this core")?;
+                dev.adopt_current_thread().map_err(|e| e.to_string())?;
                 let sockets = cfg.connections_max + cfg.backlog;
                 let mut stack = stack_on(dev, &args.dev, args.ip, args.gateway, sockets, |c| {
                     c.tcp.idle_timeout = args.serve.idle_timeout();

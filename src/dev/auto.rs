@@ -352,6 +352,25 @@ impl AnyDevice {
         ))
     }
 
+    /// Prepares the calling thread to drive this device, for a device opened on one thread
+    /// and driven by another (a per-core shard's): a DPDK queue's thread becomes an lcore of
+    /// the EAL, so the port's mempool serves it from a per-thread cache
+    /// ([`DpdkDevice::register_current_thread`]). Nothing to do for the other backends.
+    pub fn adopt_current_thread(&self) -> Result<(), BackendError> {
+        match &self.inner {
+            #[cfg(feature = "dpdk")]
+            Inner::Dpdk(d) => {
+                d.register_current_thread()
+                    .map(drop)
+                    .map_err(|e| BackendError::Open {
+                        kind: BackendKind::Dpdk,
+                        why: e.to_string(),
+                    })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A memif server whose queue pairs are served by `devices` devices, one per per-core
     /// shard ([`MemifDevice::open_in_place_shared`]): the first runs the control channel and
     /// serves queue pair 0, device `i` serves pair `i`. `cfg.queues` must be at least `devices`.

@@ -362,6 +362,12 @@ pub enum DpdkError {
         /// Limits the port reports.
         detail: String,
     },
+    /// A thread could not be made an lcore of the EAL (every lcore id may be taken).
+    #[error(
+        "making this thread an lcore of DPDK's EAL failed: {0}; DPDK has at most RTE_MAX_LCORE \
+         lcores, EAL threads included"
+    )]
+    ThreadRegister(#[source] CallError),
     /// A configuration value that cannot work.
     #[error("invalid DPDK configuration: {field} = {value}: {reason}")]
     InvalidConfig {
@@ -666,6 +672,20 @@ impl DpdkDevice {
     /// Which memory the process's EAL runs on.
     pub fn memory_mode(&self) -> Option<&'static MemoryMode> {
         Eal::get().map(Eal::memory)
+    }
+
+    /// Makes the calling thread, which will drive this queue (a per-core shard's), an lcore of
+    /// the EAL (`rte_thread_register`), so the port's mempool serves it from a per-thread cache
+    /// instead of its shared ring: threads DPDK did not start have no cache, and shards that
+    /// allocate and free through the ring share its cache lines on every burst. Returns the
+    /// lcore id.
+    pub fn register_current_thread(&self) -> Result<u32, DpdkError> {
+        let eal = Eal::get().ok_or(DpdkError::ThreadRegister(CallError {
+            op: "rte_thread_register",
+            errno: 0,
+            reason: "the EAL is not running".into(),
+        }))?;
+        sys::register_thread(eal).map_err(DpdkError::ThreadRegister)
     }
 }
 

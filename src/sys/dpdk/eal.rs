@@ -288,3 +288,27 @@ mod tests {
         check_abi().expect("bindings and C agree");
     }
 }
+
+extern "C" {
+    // rte_lcore.h (stable since DPDK 22.11; not in the generated bindings).
+    fn rte_thread_register() -> c_int;
+}
+
+/// Registers the calling thread with the EAL as a non-EAL lcore (`rte_thread_register`), so
+/// mempool caches, which are per lcore, serve it instead of every allocation and free going to
+/// the pool's shared ring. Returns the thread's lcore id; a thread already registered (or an
+/// EAL thread) keeps its own.
+pub fn register_thread(_eal: &Eal) -> Result<u32, CallError> {
+    // SAFETY: plain query of thread-local state; the EAL runs.
+    let id = unsafe { ffi::ustack_lcore_id() };
+    if id != ffi::USTACK_LCORE_ID_ANY {
+        return Ok(id);
+    }
+    // SAFETY: the EAL runs (we hold a reference to it); the call registers the calling thread.
+    let rc = unsafe { rte_thread_register() };
+    if rc < 0 {
+        return Err(CallError::new("rte_thread_register", rte_errno()));
+    }
+    // SAFETY: as above.
+    Ok(unsafe { ffi::ustack_lcore_id() })
+}

@@ -46,7 +46,7 @@ mod port;
 mod port_info;
 
 pub use args::{EalConfig, Hugepages, MemoryMode};
-pub use eal::{vdev_attach, vdev_detach, vdev_name, Eal};
+pub use eal::{register_thread, vdev_attach, vdev_detach, vdev_name, Eal};
 pub use error::{CallError, EalError};
 pub use mbuf::{Mbuf, MbufBurst};
 pub use mempool::Mempool;
