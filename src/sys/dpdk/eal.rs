@@ -273,22 +273,6 @@ pub(super) fn port_id_by_name(name: &str) -> Option<u16> {
     (rc == 0).then_some(id)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vdev_names() {
-        assert_eq!(vdev_name("net_memif0,role=server,socket=/x"), "net_memif0");
-        assert_eq!(vdev_name("net_ring0"), "net_ring0");
-    }
-
-    #[test]
-    fn bindings_match_the_headers() {
-        check_abi().expect("bindings and C agree");
-    }
-}
-
 extern "C" {
     // rte_lcore.h (stable since DPDK 22.11; not in the generated bindings).
     fn rte_thread_register() -> c_int;
@@ -311,4 +295,20 @@ pub fn register_thread(_eal: &Eal) -> Result<u32, CallError> {
     }
     // SAFETY: as above.
     Ok(unsafe { ffi::ustack_lcore_id() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vdev_names() {
+        assert_eq!(vdev_name("net_memif0,role=server,socket=/x"), "net_memif0");
+        assert_eq!(vdev_name("net_ring0"), "net_ring0");
+    }
+
+    #[test]
+    fn bindings_match_the_headers() {
+        check_abi().expect("bindings and C agree");
+    }
 }
