@@ -32,6 +32,16 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+/// Adds `other`'s counters to `self`'s, naming every field of `Type` (the destructuring fails
+/// to compile when a field is added and not named here): `add_counters!(Type, self, other;
+/// a, b, c)`. For counters of per-core shards summed into one.
+macro_rules! add_counters {
+    ($ty:ident, $self:ident, $other:expr; $($f:ident),* $(,)?) => {{
+        let $ty { $($f),* } = $other;
+        $( $self.$f += *$f; )*
+    }};
+}
+
 pub mod chunk;
 pub mod copies;
 pub mod dev;

@@ -180,6 +180,25 @@ pub struct ServerSnapshot {
 }
 
 impl ServerSnapshot {
+    /// Adds `other` to this: the servers of several per-core shards as one (counters,
+    /// connections and limits summed, staging pools taken together).
+    pub fn add(&mut self, other: &ServerSnapshot) {
+        self.stats.add(&other.stats);
+        self.connections += other.connections;
+        self.connections_max += other.connections_max;
+        self.in_flight += other.in_flight;
+        self.storage_outstanding += other.storage_outstanding;
+        match (&mut self.staging_small, &other.staging_small) {
+            (Some(a), Some(b)) => a.add(b),
+            (a @ None, Some(b)) => *a = Some(*b),
+            _ => {}
+        }
+        self.staging_large.add(&other.staging_large);
+        self.staging_bytes += other.staging_bytes;
+    }
+}
+
+impl ServerSnapshot {
     /// The snapshot of a server with these parts (`cores`: its open connections).
     pub(crate) fn of<'a>(
         stats: ServerStats,

@@ -134,6 +134,13 @@ pub struct LinkStats {
     pub tx_errors: u64,
 }
 
+impl LinkStats {
+    /// Adds `other`'s counters to these (per-core shards summed).
+    pub fn add(&mut self, other: &LinkStats) {
+        add_counters!(LinkStats, self, other; rx_packets, rx_bytes, rx_dropped, rx_errors, tx_packets, tx_bytes, tx_dropped, tx_errors);
+    }
+}
+
 /// A device that sends and receives Ethernet frames in bursts.
 ///
 /// Every method is non-blocking except [`PacketDevice::wait`]. `now` is the caller's clock (real

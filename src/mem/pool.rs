@@ -41,6 +41,14 @@ pub struct PoolStats {
     pub alloc_failed: u64,
 }
 
+impl PoolStats {
+    /// Adds `other`'s counters to these: several pools as one (per-core shards). The high
+    /// waters are summed, an upper bound of the most in use at once.
+    pub fn add(&mut self, other: &PoolStats) {
+        add_counters!(PoolStats, self, other; capacity, in_use, high_water, allocs, alloc_failed);
+    }
+}
+
 /// Counters written on the hot path, on their own cache lines so that updating them does not
 /// evict the read-mostly layout fields from other cores' caches.
 #[repr(align(128))]

@@ -35,6 +35,25 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Adds `other` to this: the snapshots of per-core shards (taken one after the other, a
+    /// few microseconds apart) as one server's. Counters and sizes are summed; the smoothed
+    /// RTT's minimum and maximum are taken over both, its mean weighted by the connections;
+    /// the link is up only if it is up on every shard. `uptime`, `sequence`, `backend` and
+    /// `process` are this one's.
+    pub fn add(&mut self, other: &Snapshot) {
+        self.server.add(&other.server);
+        match (&mut self.stack, &other.stack) {
+            (Some(a), Some(b)) => a.add(b),
+            (a @ None, Some(b)) => *a = Some(b.clone()),
+            _ => {}
+        }
+        match (&mut self.device, &other.device) {
+            (Some(a), Some(b)) => a.add(b),
+            (a @ None, Some(b)) => *a = Some(b.clone()),
+            _ => {}
+        }
+    }
+
     /// This snapshot with the process's figures read now (`/proc/self`): called by the
     /// operator threads that show it, so the serving loop never reads `/proc`.
     pub fn with_process(&self) -> Snapshot {
@@ -62,6 +81,67 @@ pub struct StackView {
     pub srtt: Option<(Duration, Duration, Duration)>,
     /// Bytes of socket buffers the stack reserved.
     pub socket_buffer_bytes: usize,
+}
+
+impl StackView {
+    /// Adds `other` to this (see [`Snapshot::add`]).
+    pub fn add(&mut self, other: &StackView) {
+        let open = |v: &StackView| v.states.open() as u32;
+        let (n, m) = (open(self), open(other));
+        self.srtt = match (self.srtt, other.srtt) {
+            (Some((a0, a1, a2)), Some((b0, b1, b2))) => {
+                let mean = if n + m == 0 {
+                    (a1 + b1) / 2
+                } else {
+                    (a1 * n + b1 * m) / (n + m)
+                };
+                Some((a0.min(b0), mean, a2.max(b2)))
+            }
+            (a, b) => a.or(b),
+        };
+        self.stats.add(&other.stats);
+        self.tcp.add(&other.tcp);
+        self.states.add_counts(&other.states);
+        self.sockets_max += other.sockets_max;
+        self.sockets_in_use += other.sockets_in_use;
+        self.socket_buffer_bytes += other.socket_buffer_bytes;
+    }
+}
+
+impl DeviceView {
+    /// Adds `other` to this (see [`Snapshot::add`]): the same kind of device on each shard.
+    pub fn add(&mut self, other: &DeviceView) {
+        self.link.add(&other.link);
+        self.link_up &= other.link_up;
+        match (&mut self.pool, &other.pool) {
+            (Some(a), Some(b)) => a.add(b),
+            (a @ None, Some(b)) => *a = Some(*b),
+            _ => {}
+        }
+        self.pool_bytes += other.pool_bytes;
+        match (&mut self.detail, &other.detail) {
+            // memif's state is the connection's: the first shard's (the owner's) is kept.
+            (DeviceDetail::Memif { stats: a, .. }, DeviceDetail::Memif { stats: b, .. }) => {
+                a.add(b)
+            }
+            (DeviceDetail::AfXdp { stats: a, .. }, DeviceDetail::AfXdp { stats: b, .. }) => {
+                a.add(b)
+            }
+            // A DPDK port's counters and its one mempool are the same from every queue's
+            // device: kept once; the allocation failures are each device's own.
+            (
+                DeviceDetail::Dpdk {
+                    tx_alloc_failures: a,
+                    ..
+                },
+                DeviceDetail::Dpdk {
+                    tx_alloc_failures: b,
+                    ..
+                },
+            ) => *a += b,
+            _ => {}
+        }
+    }
 }
 
 /// The device's part of a [`Snapshot`].

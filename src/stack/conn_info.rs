@@ -288,6 +288,14 @@ pub struct ConnStateCounts {
 }
 
 impl ConnStateCounts {
+    /// Adds `other`'s counts to these (per-core shards summed).
+    pub fn add_counts(&mut self, other: &ConnStateCounts) {
+        for (a, b) in self.by_state.iter_mut().zip(&other.by_state) {
+            *a += b;
+        }
+        self.closed += other.closed;
+    }
+
     /// Sockets in state `s`.
     pub fn get(&self, s: TcpState) -> usize {
         self.by_state[s as usize]

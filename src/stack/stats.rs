@@ -150,6 +150,11 @@ impl std::fmt::Display for TcpStats {
 }
 
 impl StackStats {
+    /// Adds `other`'s counters to these (per-core shards summed).
+    pub fn add(&mut self, other: &StackStats) {
+        add_counters!(StackStats, self, other; rx_frames, rx_runt, rx_oversize, rx_not_ours, rx_unsupported, rx_bad_ipv4, rx_fragment, rx_bad_checksum, rx_syn_backlog_full, rx_queue_full, rx_misdirected, arp_fanout_dropped, shard_polls, tx_frames, tx_nobuf, tx_queue_full, accepted, connected, sockets_exhausted, close_timeouts, half_open_evicted, half_open_unreachable, idle_reaped);
+    }
+
     /// All frames dropped as malformed or not for us.
     pub fn rx_dropped(&self) -> u64 {
         self.rx_runt
@@ -162,5 +167,12 @@ impl StackStats {
             + self.rx_syn_backlog_full
             + self.rx_queue_full
             + self.rx_misdirected
+    }
+}
+
+impl TcpStats {
+    /// Adds `other`'s counters to these (per-core shards summed).
+    pub fn add(&mut self, other: &TcpStats) {
+        add_counters!(TcpStats, self, other; segments_sent, retransmits_rto, retransmits_fast, retransmits_sack, tail_loss_probes, spurious_retransmits, rto_expirations, fast_recoveries, recoveries_undone, sack_blocks_ignored, challenge_acks, duplicates_received, handshake_timeouts, bytes_acked, bytes_received);
     }
 }

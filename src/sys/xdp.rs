@@ -189,6 +189,13 @@ pub struct XskStatistics {
     pub tx_ring_empty_descs: u64,
 }
 
+impl XskStatistics {
+    /// Adds `other`'s counters to these (several sockets as one).
+    pub fn add(&mut self, other: &XskStatistics) {
+        add_counters!(XskStatistics, self, other; rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs);
+    }
+}
+
 /// Index of interface `name` in the calling thread's network namespace.
 ///
 /// `NotFound` (`ENODEV`) when there is no such interface; `InvalidInput` for a name with a NUL.

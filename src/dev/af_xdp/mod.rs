@@ -286,6 +286,51 @@ pub struct XdpStats {
     pub kernel: XskStatistics,
 }
 
+impl XdpStats {
+    /// Adds `other`'s counters to these (the sockets of per-core shards as one); `napi_id` is
+    /// kept if set, else taken from `other`.
+    pub fn add(&mut self, other: &XdpStats) {
+        self.link.add(&other.link);
+        self.kernel.add(&other.kernel);
+        if self.napi_id == 0 {
+            self.napi_id = other.napi_id;
+        }
+        let XdpStats {
+            link: _,
+            kernel: _,
+            napi_id: _,
+            rx_empty_polls,
+            fill_starved,
+            tx_ring_full,
+            tx_kicks,
+            tx_kick_errors,
+            rx_kicks,
+            bad_descriptors,
+            rx_multi_buffer_frames,
+            rx_multi_buffer_bytes,
+            rx_bad_chains,
+            rx_no_staging,
+            tx_multi_buffer_frames,
+            tx_copied_frames,
+            tx_no_frame,
+        } = other;
+        self.rx_empty_polls += *rx_empty_polls;
+        self.fill_starved += *fill_starved;
+        self.tx_ring_full += *tx_ring_full;
+        self.tx_kicks += *tx_kicks;
+        self.tx_kick_errors += *tx_kick_errors;
+        self.rx_kicks += *rx_kicks;
+        self.bad_descriptors += *bad_descriptors;
+        self.rx_multi_buffer_frames += *rx_multi_buffer_frames;
+        self.rx_multi_buffer_bytes += *rx_multi_buffer_bytes;
+        self.rx_bad_chains += *rx_bad_chains;
+        self.rx_no_staging += *rx_no_staging;
+        self.tx_multi_buffer_frames += *tx_multi_buffer_frames;
+        self.tx_copied_frames += *tx_copied_frames;
+        self.tx_no_frame += *tx_no_frame;
+    }
+}
+
 /// One queue of a network interface through AF_XDP. See the [module docs](self).
 ///
 /// Dropping it detaches the program (closing the BPF link) and closes the socket.

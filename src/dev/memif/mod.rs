@@ -330,6 +330,40 @@ pub struct MemifStats {
     pub connections_refused: u64,
 }
 
+impl MemifStats {
+    /// Adds `other`'s counters to these (the devices of per-core shards as one).
+    pub fn add(&mut self, other: &MemifStats) {
+        self.link.add(&other.link);
+        let MemifStats {
+            link: _,
+            rejected_desc,
+            bad_ring_index,
+            tx_in_place,
+            tx_copied_bytes,
+            tx_chains,
+            rx_chains,
+            connects,
+            reconnects,
+            disconnects,
+            handshake_failures,
+            connect_attempts,
+            connections_refused,
+        } = other;
+        self.rejected_desc += *rejected_desc;
+        self.bad_ring_index += *bad_ring_index;
+        self.tx_in_place += *tx_in_place;
+        self.tx_copied_bytes += *tx_copied_bytes;
+        self.tx_chains += *tx_chains;
+        self.rx_chains += *rx_chains;
+        self.connects += *connects;
+        self.reconnects += *reconnects;
+        self.disconnects += *disconnects;
+        self.handshake_failures += *handshake_failures;
+        self.connect_attempts += *connect_attempts;
+        self.connections_refused += *connections_refused;
+    }
+}
+
 /// Where the device's connection stands.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum MemifState {
