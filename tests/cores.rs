@@ -460,3 +460,56 @@ fn a_peer_flooding_one_shard_leaves_the_other_shards_clients_served() {
     assert!(field(s1, "refused") > 0, "{s1}");
     assert!(field(s1, "errors") > 0, "{s1}");
 }
+
+/// `--metrics` with `--cores`: the Prometheus endpoint serves the shards' counters summed. Both
+/// shards serve some of the 16 connections, and the WRITEs counted are every WRITE the client
+/// made.
+#[test]
+fn the_metrics_endpoint_sums_the_shards() {
+    let dir = TempDir::fresh("ustack-cores-metrics");
+    let memif = dir.0.join("memif.sock");
+    let (cores, extra) = two_cores();
+    let mut cmd = fileserver(&memif, &cores, extra);
+    cmd.args(["--metrics", "127.0.0.1:0"]);
+    let mut server = Watched::spawn(&mut cmd, "fileserver");
+    server
+        .wait_for_line("fileserver: listening on", Duration::from_secs(30))
+        .unwrap();
+    let line = server
+        .wait_for_line("fileserver: metrics at http://", Duration::from_secs(30))
+        .unwrap();
+    let addr = line["fileserver: metrics at http://".len()..]
+        .trim_end_matches("/metrics")
+        .to_string();
+    let out = chunkctl(&memif, 2, 16)
+        .args(["verify", "--total", "32MiB"])
+        .output()
+        .expect("run chunkctl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let result = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT cmd=verify"))
+        .unwrap();
+    let chunks = field(result, "chunks");
+    let body = {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&addr).expect("connect to the metrics endpoint");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        body
+    };
+    let writes = body
+        .lines()
+        .find(|l| l.starts_with(r#"ustack_chunk_requests_total{op="write",status="ok"}"#))
+        .unwrap_or_else(|| panic!("no write counter in:\n{body}"));
+    assert_eq!(
+        writes.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64,
+        chunks,
+        "{writes}"
+    );
+    let f = finals(server);
+    check_spread(&f, 2, 16);
+}

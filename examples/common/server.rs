@@ -221,13 +221,8 @@ where
     B: Fn(usize) -> Result<ustack::serve::StackService<AnyDevice, Arc<dyn ChunkStore>>, String>
         + Sync,
 {
-    if args.metrics.is_some() || args.admin_socket.is_some() {
-        return Err(
-            "--metrics and --admin-socket do not work with --cores yet: the per-core \
-                    counters are printed per core and summed at exit (FILESERVER final)"
-                .into(),
-        );
-    }
+    let ops = Operators::start(args, program)?;
+    let serve = serve.hub(ops.hub.clone());
     let started = Instant::now();
     let runs = ustack::serve::run_cores(&serve, cores, oversubscribe, build, |shard, e, _| {
         if let (0, Event::Stopping(cause)) = (shard, e) {

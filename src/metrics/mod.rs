@@ -27,6 +27,7 @@
 
 mod acceptors;
 mod admin;
+mod fan_in;
 mod http;
 mod prom;
 mod snapshot;
@@ -40,6 +41,7 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 
 pub use admin::{admin_request, AdminError, AdminServer, ADMIN_LINE_MAX};
+pub use fan_in::HubFanIn;
 pub use http::{MetricsEndpoint, MetricsError};
 pub use prom::{encode_openmetrics, openmetrics_to_text};
 pub use snapshot::{

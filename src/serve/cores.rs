@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use crate::metrics::{Hub, HubFanIn};
 use crate::sys::cpu;
 
 use super::{Ended, Event, ServeLoop, Service};
@@ -68,6 +69,9 @@ pub enum CoresError {
         /// The builder's error.
         why: String,
     },
+    /// The thread that answers the loop's hub for every shard could not start.
+    #[error("starting the thread that sums the shards' counters for operators: {0}")]
+    FanIn(#[source] std::io::Error),
     /// A shard's thread panicked.
     #[error("shard {shard} (core {core}) panicked")]
     Panicked {
@@ -138,6 +142,10 @@ pub fn check_cores(cores: &[usize], oversubscribe: bool) -> Result<(), CoresErro
 /// it returns with a copy of `serve` until the loop stops (see the module docs). `on_event`
 /// hears each shard's events, with the shard's index. Returns the shards' runs in order.
 /// `oversubscribe` lets a core be named twice (see [`check_cores`]).
+///
+/// When `serve` has a [`Hub`] (the metrics endpoint's and the admin socket's), each shard's
+/// loop answers a hub of its own and a [`HubFanIn`] answers `serve`'s from them all: the
+/// operators see the shards' counters summed and their connections together.
 pub fn run_cores<S, B, E>(
     serve: &ServeLoop,
     cores: &[usize],
@@ -152,13 +160,22 @@ where
 {
     check_cores(cores, oversubscribe)?;
     let stop = serve.stop_handle();
+    let (loops, _fan_in) = match &serve.hub {
+        Some(front) => {
+            let hubs: Vec<Hub> = cores.iter().map(|_| Hub::new()).collect();
+            let fan_in = HubFanIn::start(front.clone(), hubs.clone()).map_err(CoresError::FanIn)?;
+            let loops: Vec<ServeLoop> = hubs.into_iter().map(|h| serve.clone().hub(h)).collect();
+            (loops, Some(fan_in))
+        }
+        None => (cores.iter().map(|_| serve.clone()).collect(), None),
+    };
     let (build, on_event) = (&build, &on_event);
     let results: Vec<Result<CoreRun<S>, CoresError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = cores
             .iter()
             .enumerate()
-            .map(|(shard, &core)| {
-                let serve = serve.clone();
+            .zip(loops)
+            .map(|((shard, &core), serve)| {
                 let stop = stop.clone();
                 let h = std::thread::Builder::new()
                     .name(format!("ustack-core{core}"))
