@@ -121,9 +121,11 @@ for rep in $(seq 1 "$reps"); do
             "$ccpu" "$sus" "$cus" >>"$tsv"
     done
 done
-one=$(awk -F'\t' -v c="$cpu_model" '$2 == c && $3 == 1 {print $12}' "$tsv" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+one=$(awk -F'\t' -v c="$cpu_model" -v o="$op" -v s="$size" -v n="$connections" -v d="$depth" \
+    '$2 == c && $3 == 1 && $5 == o && $6 == s && $7 == n && $8 == d {print $12}' "$tsv" |
+    sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 if [ -n "$one" ]; then
-    echo "model: one shard costs $one us of server CPU per operation (median of the runs in $tsv);"
-    awk -v u="$one" 'BEGIN {printf "       a core serves %d ops/s, 16 shard cores %d ops/s\n", 1e6 / u, 16e6 / u}' 
+    echo "model: one shard costs $one us of server CPU per $op of $size (median of such runs in $tsv);"
+    awk -v u="$one" 'BEGIN {printf "       a core serves %d ops/s, 16 shard cores %d ops/s\n", 1e6 / u, 16e6 / u}'
     echo "       if the NIC's queues and the clients keep up (no shared state on the packet path)"
 fi
