@@ -1004,7 +1004,12 @@ fn split_server_link(
     members: usize,
 ) -> (DataPath, Vec<Option<DataPath>>) {
     let pairs = rx.len().min(tx.len());
-    let member_of = |i: usize| (1..pairs.min(members + 1)).contains(&i).then_some(i - 1);
+    // Pair i > 0 goes to member i (slot i - 1) when the client made it and a member exists.
+    let member_of = |i: usize| {
+        (i < pairs && i <= members)
+            .then(|| i.checked_sub(1))
+            .flatten()
+    };
     let mut parts: Vec<(Option<ServerRx>, Option<ServerTx>)> =
         (0..members).map(|_| (None, None)).collect();
     let mut own_rx = Vec::new();
