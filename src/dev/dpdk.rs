@@ -99,6 +99,12 @@ pub struct DpdkConfig {
     pub rx_checksum_trusted: bool,
     /// Promiscuous mode (receive frames for any MAC). Default off.
     pub promiscuous: bool,
+    /// With several queues, spread received flows over them by RSS where the port offers it
+    /// (IPv4 addresses and TCP/UDP ports), with ustack's key
+    /// ([`MICROSOFT_KEY`](crate::dev::rss::MICROSOFT_KEY)) when the port's key is 40 bytes
+    /// (else the driver's): [`DpdkDevice::rss`] reads back what the port uses, for client-side
+    /// steering. A port without RSS gets every flow on queue 0 (logged). Default true.
+    pub rss: bool,
     /// Longest sleep of [`PacketDevice::wait`] (DPDK ports are polled: an idle loop sleeps
     /// this long at most between polls). Default 50 us.
     pub wait_max: Duration,
@@ -119,6 +125,7 @@ impl Default for DpdkConfig {
             tx_checksum_offload: true,
             rx_checksum_trusted: false,
             promiscuous: false,
+            rss: true,
             wait_max: Duration::from_micros(50),
         }
     }
@@ -576,6 +583,7 @@ impl DpdkDevice {
             mtu: cfg.mtu as u16,
             tx_offloads: offloads,
             promiscuous: cfg.promiscuous,
+            rss: rss_setup(&info, cfg),
         };
         // From here the Port owns the vdev: it detaches it when dropped, also on failure.
         let port = sys::Port::start(eal, id, &setup, pool, detach).map_err(|e| match e {
@@ -674,6 +682,24 @@ impl DpdkDevice {
         Eal::get().map(Eal::memory)
     }
 
+    /// The RSS the port spreads flows with, read back from it (key and indirection table), for
+    /// choosing client source ports whose replies come to this queue
+    /// ([`StackConfig::rss_steer`](crate::stack::StackConfig::rss_steer)); `None` when the port
+    /// has one queue, no RSS, or does not tell.
+    pub fn rss(&self) -> Option<crate::dev::rss::RssConfig> {
+        let port = self.queue.port();
+        let info = self.info();
+        if port.queue_count() < 2
+            || info.rss_offloads & sys::RSS_IPV4_ALL == 0
+            || info.reta_size == 0
+        {
+            return None;
+        }
+        let (key, _) = port.rss_hash_conf(info.rss_key_len).ok()?;
+        let reta = port.rss_reta(info.reta_size).ok()?;
+        crate::dev::rss::RssConfig::with_reta(&key, reta).ok()
+    }
+
     /// Makes the calling thread, which will drive this queue (a per-core shard's), an lcore of
     /// the EAL (`rte_thread_register`), so the port's mempool serves it from a per-thread cache
     /// instead of its shared ring: threads DPDK did not start have no cache, and shards that
@@ -687,6 +713,30 @@ impl DpdkDevice {
         }))?;
         sys::register_thread(eal).map_err(DpdkError::ThreadRegister)
     }
+}
+
+/// RSS for `cfg.queues` queues where the port offers it (see [`DpdkConfig::rss`]).
+fn rss_setup(info: &PortInfo, cfg: &DpdkConfig) -> Option<sys::RssSetup> {
+    if cfg.queues < 2 || !cfg.rss {
+        return None;
+    }
+    let hash = info.rss_offloads & sys::RSS_IPV4_ALL;
+    if hash == 0 {
+        tracing::warn!(
+            port = %info.name,
+            driver = %info.driver,
+            queues = cfg.queues,
+            "the port offers no RSS for IPv4: it decides the queue of each flow itself (queue \
+             0 for every flow, on most drivers)"
+        );
+        return None;
+    }
+    let key = if usize::from(info.rss_key_len) == crate::dev::rss::MICROSOFT_KEY.len() {
+        crate::dev::rss::MICROSOFT_KEY.to_vec()
+    } else {
+        Vec::new()
+    };
+    Some(sys::RssSetup { hash, key })
 }
 
 /// Checks the configuration against what the port reports.

@@ -50,7 +50,10 @@ pub use eal::{register_thread, vdev_attach, vdev_detach, vdev_name, Eal};
 pub use error::{CallError, EalError};
 pub use mbuf::{Mbuf, MbufBurst};
 pub use mempool::Mempool;
-pub use port::{port_is_open, LinkStatus, Port, PortError, PortQueue, PortSetup, PortStats};
+pub use port::{
+    port_is_open, LinkStatus, Port, PortError, PortQueue, PortSetup, PortStats, RssSetup,
+    RSS_IPV4_ALL,
+};
 pub use port_info::{port_by_name, port_ids, port_info, port_name, PortInfo};
 
 /// The generated bindings (functions, types and constants ustack uses, nothing else).

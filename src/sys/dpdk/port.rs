@@ -39,6 +39,43 @@ pub struct PortSetup {
     pub tx_offloads: u64,
     /// Receive everything, whatever the destination MAC.
     pub promiscuous: bool,
+    /// Spread received flows over the queues by RSS (with several queues).
+    pub rss: Option<RssSetup>,
+}
+
+/// RSS for a port with several queues: the hash types and the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RssSetup {
+    /// `RTE_ETH_RSS_*` bits (only ones the port offers).
+    pub hash: u64,
+    /// The Toeplitz key, exactly as long as the port's; empty: the driver's own.
+    pub key: Vec<u8>,
+}
+
+/// `RTE_ETH_RSS_*` hash types for IPv4 (rte_ethdev.h): the addresses, fragments, TCP and UDP
+/// ports, other protocols.
+pub const RSS_IPV4_ALL: u64 = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 7);
+
+/// `struct rte_eth_rss_reta_entry64` (rte_ethdev.h): 64 indirection table entries and a mask
+/// of those to read or write.
+#[repr(C)]
+#[derive(Copy, Clone)]
+struct RetaEntry64 {
+    mask: u64,
+    reta: [u16; 64],
+}
+
+extern "C" {
+    // rte_ethdev.h; not in the generated bindings.
+    fn rte_eth_dev_rss_hash_conf_get(
+        port_id: u16,
+        conf: *mut ffi::rte_eth_rss_conf,
+    ) -> std::ffi::c_int;
+    fn rte_eth_dev_rss_reta_query(
+        port_id: u16,
+        reta: *mut RetaEntry64,
+        reta_size: u16,
+    ) -> std::ffi::c_int;
 }
 
 /// Why a port could not be set up.
@@ -134,6 +171,46 @@ impl Port {
         Ok(Arc::new(port))
     }
 
+    /// The port's RSS key and hash types now (`rte_eth_dev_rss_hash_conf_get`); the key is
+    /// `key_len` bytes (the port's, from its information).
+    pub fn rss_hash_conf(&self, key_len: u8) -> Result<(Vec<u8>, u64), CallError> {
+        let mut key = vec![0u8; usize::from(key_len)];
+        let mut conf = ffi::rte_eth_rss_conf {
+            rss_key: key.as_mut_ptr(),
+            rss_key_len: key_len,
+            rss_hf: 0,
+        };
+        // SAFETY: the port is started; conf points at a key buffer of rss_key_len bytes, which
+        // the driver fills (a driver writes at most the port's key size, which is key_len).
+        let rc = unsafe { rte_eth_dev_rss_hash_conf_get(self.id, &mut conf) };
+        if rc != 0 {
+            return Err(CallError::from_ret("rte_eth_dev_rss_hash_conf_get", rc));
+        }
+        Ok((key, conf.rss_hf))
+    }
+
+    /// The port's RSS indirection table of `size` entries (`rte_eth_dev_rss_reta_query`).
+    pub fn rss_reta(&self, size: u16) -> Result<Vec<u16>, CallError> {
+        let groups = usize::from(size).div_ceil(64);
+        let mut entries = vec![
+            RetaEntry64 {
+                mask: u64::MAX,
+                reta: [0; 64]
+            };
+            groups
+        ];
+        // SAFETY: entries holds ceil(size / 64) groups, as the call reads for `size` entries.
+        let rc = unsafe { rte_eth_dev_rss_reta_query(self.id, entries.as_mut_ptr(), size) };
+        if rc != 0 {
+            return Err(CallError::from_ret("rte_eth_dev_rss_reta_query", rc));
+        }
+        Ok(entries
+            .iter()
+            .flat_map(|e| e.reta)
+            .take(usize::from(size))
+            .collect())
+    }
+
     fn configure(&mut self, setup: &PortSetup) -> Result<(), CallError> {
         let id = self.id;
         // SAFETY: rte_eth_conf is plain C data (integers, pointers, unions of those); all-zero
@@ -141,6 +218,23 @@ impl Port {
         let mut conf: ffi::rte_eth_conf = unsafe { std::mem::zeroed() };
         conf.rxmode.mtu = u32::from(setup.mtu);
         conf.txmode.offloads = setup.tx_offloads;
+        let mut key = setup
+            .rss
+            .as_ref()
+            .map(|r| r.key.clone())
+            .unwrap_or_default();
+        if let Some(rss) = setup.rss.as_ref().filter(|_| setup.queues > 1) {
+            conf.rxmode.mq_mode = ffi::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf = ffi::rte_eth_rss_conf {
+                rss_key: if key.is_empty() {
+                    std::ptr::null_mut()
+                } else {
+                    key.as_mut_ptr()
+                },
+                rss_key_len: key.len() as u8,
+                rss_hf: rss.hash,
+            };
+        }
         // SAFETY: the EAL runs; conf is valid for the call and copied by DPDK.
         let rc = unsafe { ffi::rte_eth_dev_configure(id, setup.queues, setup.queues, &conf) };
         if rc != 0 {
@@ -199,6 +293,11 @@ impl Port {
             }
         }
         Ok(())
+    }
+
+    /// Queue pairs (RX and TX queues each).
+    pub fn queue_count(&self) -> u16 {
+        self.queues
     }
 
     /// RX and TX ring sizes after the driver's adjustment.

@@ -82,6 +82,12 @@ pub struct PortInfo {
     pub rx_offload_capa: u64,
     /// NUMA socket of the device, if known.
     pub socket: Option<u32>,
+    /// RSS hash types the port can spread flows by (`RTE_ETH_RSS_*`; 0: no RSS).
+    pub rss_offloads: u64,
+    /// Bytes of the port's RSS key (0: unknown).
+    pub rss_key_len: u8,
+    /// Entries of the port's RSS indirection table (0: unknown).
+    pub reta_size: u16,
 }
 
 /// Information on port `id`.
@@ -128,5 +134,8 @@ pub fn port_info(eal: &Eal, id: u16) -> Result<PortInfo, CallError> {
         tx_offload_capa: info.tx_offload_capa,
         rx_offload_capa: info.rx_offload_capa,
         socket: u32::try_from(socket).ok(),
+        rss_offloads: info.flow_type_rss_offloads,
+        rss_key_len: info.hash_key_size,
+        reta_size: info.reta_size,
     })
 }
