@@ -3,10 +3,13 @@
 //!
 //! - Over memif (no root): the client proposes several queue pairs and spreads its connections
 //!   over them; each shard serves the connections of its pair.
-//! - Over AF_XDP (root): a veth pair with two queues per end between two namespaces, one XDP
-//!   socket per queue in the server's, kernel TCP as the client: the kernel sends each
+//! - Over AF_XDP (root): a veth pair with two or four queues per end between two namespaces,
+//!   one XDP socket per queue in the server's, kernel TCP as the client: the kernel sends each
 //!   connection on the transmit queue its hash picks, and the veth delivers it on the receive
-//!   queue of the same number.
+//!   queue of the same number. One test picks the queue by the sending core (XPS) to flood one
+//!   shard while the other serves.
+//! - Over DPDK (root, feature `dpdk`): `net_af_packet` with two or four queue pairs (a hash
+//!   fanout group of packet sockets) on a veth, kernel TCP as the client.
 //!
 //! Every byte is verified, every connection is served, the connections spread over the shards
 //! (their own counters say so), no segment reaches a shard that does not own its flow, and bad
@@ -160,13 +163,9 @@ fn two_cores_serve_every_connection_and_byte_over_memif() {
 /// allows for tests), 32 connections over four queue pairs.
 #[test]
 fn four_shards_serve_every_connection_and_byte_over_memif() {
-    let allowed = cpu::allowed().unwrap();
-    let cores: Vec<String> = (0..4)
-        .map(|i| allowed[i % allowed.len()].to_string())
-        .collect();
     let f = serve_and_verify(
         "four",
-        &cores.join(","),
+        &four_cores(),
         &["--cores-oversubscribe"],
         4,
         32,
@@ -291,9 +290,14 @@ fn veth_fileserver(pair: &VethPair, backend: &[&str], cores: &str, extra: &[&str
     cmd
 }
 
-/// Serves from B with `server` (a file server command with --cores of two cores), runs
-/// `chunkctl verify` with 16 kernel-TCP connections from A, and checks both shards served.
-fn kernel_client_over_two_shards(pair: &VethPair, mut server: Command) {
+/// Serves from B with `server` (a file server command with `shards` cores), runs `chunkctl
+/// verify` with `connections` kernel-TCP connections from A, and checks every shard served.
+fn kernel_client_over_shards(
+    pair: &VethPair,
+    mut server: Command,
+    shards: usize,
+    connections: u64,
+) {
     let mut server = Watched::spawn(&mut server, "fileserver");
     server
         .wait_for_line("fileserver: listening on", Duration::from_secs(60))
@@ -302,7 +306,8 @@ fn kernel_client_over_two_shards(pair: &VethPair, mut server: Command) {
         .a()
         .command(example_binary("chunkctl"))
         .args(["--backend", "kernel", "--server", "10.217.0.3:7000"])
-        .args(["--connections", "16", "verify", "--total", "64MiB"])
+        .args(["--connections", &connections.to_string()])
+        .args(["verify", "--total", "64MiB"])
         .stdin(Stdio::null())
         .output()
         .expect("run chunkctl");
@@ -312,7 +317,16 @@ fn kernel_client_over_two_shards(pair: &VethPair, mut server: Command) {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    check_spread(&finals(server), 2, 16);
+    check_spread(&finals(server), shards, connections);
+}
+
+/// Four shards on however many cores there are (oversubscribed), as a list for `--cores`.
+fn four_cores() -> String {
+    let allowed = cpu::allowed().unwrap();
+    (0..4)
+        .map(|i| allowed[i % allowed.len()].to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[test]
@@ -322,7 +336,18 @@ fn two_cores_serve_every_connection_and_byte_over_af_xdp_queues() {
     };
     let (cores, extra) = two_cores();
     let server = af_xdp_fileserver(&pair, &cores, extra);
-    kernel_client_over_two_shards(&pair, server);
+    kernel_client_over_shards(&pair, server, 2, 16);
+}
+
+/// Four queues, four shards; 48 connections, so that every queue gets some (the kernel picks
+/// each connection's queue by a random hash).
+#[test]
+fn four_shards_serve_every_connection_and_byte_over_af_xdp_queues() {
+    let Some(pair) = veth_with_queues(4) else {
+        return;
+    };
+    let server = af_xdp_fileserver(&pair, &four_cores(), &["--cores-oversubscribe"]);
+    kernel_client_over_shards(&pair, server, 4, 48);
 }
 
 /// DPDK's `net_af_packet` with two queue pairs: one packet socket per pair, joined in a
@@ -344,7 +369,27 @@ fn two_cores_serve_every_connection_and_byte_over_dpdk_queues() {
         &cores,
         extra,
     );
-    kernel_client_over_two_shards(&pair, server);
+    kernel_client_over_shards(&pair, server, 2, 16);
+}
+
+/// `net_af_packet` with four queue pairs, four shards.
+#[cfg(feature = "dpdk")]
+#[test]
+fn four_shards_serve_every_connection_and_byte_over_dpdk_queues() {
+    let Some(pair) = veth_with_queues(1) else {
+        return;
+    };
+    let vdev = format!(
+        "net_af_packet0,iface={},qpairs=4,framecnt=4096",
+        pair.iface_b()
+    );
+    let server = veth_fileserver(
+        &pair,
+        &["--backend", "dpdk", "--dpdk-vdev", &vdev],
+        &four_cores(),
+        &["--cores-oversubscribe"],
+    );
+    kernel_client_over_shards(&pair, server, 4, 48);
 }
 
 #[test]

@@ -829,6 +829,10 @@ pub fn open_devices_for_cores(
             let mut cfg = dpdk_config(dev)?
                 .ok_or("--backend dpdk needs --dpdk-vdev SPEC or --dpdk-eal ARGS")?;
             cfg.queues = u16::try_from(cores).map_err(|_| "too many cores")?;
+            // The pool serves every queue's rings and stack: at least what they may hold (a
+            // power of two less one, as mempools like).
+            let needed = (cfg.mbufs_needed() + 1).next_power_of_two() - 1;
+            cfg.mempool_mbufs = cfg.mempool_mbufs.max(needed);
             ustack::dev::auto::AnyDevice::open_dpdk_queues(&cfg).map_err(|e| e.to_string())
         }
         other => Err(format!(

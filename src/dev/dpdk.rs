@@ -241,8 +241,9 @@ impl DpdkConfig {
         Ok(())
     }
 
-    /// Mbufs the rings and the stack may hold at once.
-    fn mbufs_needed(&self) -> u32 {
+    /// Mbufs the rings and the stacks of every queue may hold at once: the least
+    /// `mempool_mbufs` can be.
+    pub fn mbufs_needed(&self) -> u32 {
         let rings = u32::from(self.queues)
             * (u32::from(self.rx_ring_len) + u32::from(self.tx_ring_len) + 2 * BURST_MAX as u32);
         rings + STACK_FRAMES_RESERVE * u32::from(self.queues) + self.mempool_cache
