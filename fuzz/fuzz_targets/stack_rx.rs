@@ -550,7 +550,7 @@ fn state_of<D: PacketDevice>(st: &mut Stack<D>, c: ConnId) -> ConnState {
 }
 
 /// Every counter of the stack, in a fixed order (a new field breaks the build here).
-fn stack_counters(s: &StackStats) -> [u64; 22] {
+fn stack_counters(s: &StackStats) -> [u64; 24] {
     let StackStats {
         rx_frames,
         rx_runt,
@@ -562,6 +562,8 @@ fn stack_counters(s: &StackStats) -> [u64; 22] {
         rx_bad_checksum,
         rx_syn_backlog_full,
         rx_queue_full,
+        rx_misdirected,
+        arp_fanout_dropped,
         shard_polls,
         tx_frames,
         tx_nobuf,
@@ -585,6 +587,8 @@ fn stack_counters(s: &StackStats) -> [u64; 22] {
         rx_bad_checksum,
         rx_syn_backlog_full,
         rx_queue_full,
+        rx_misdirected,
+        arp_fanout_dropped,
         shard_polls,
         tx_frames,
         tx_nobuf,
@@ -697,7 +701,7 @@ struct Rig {
     data_injected: bool,
     rank_s1: u8,
     rank_c1: u8,
-    prev: ([u64; 22], [u64; 22], [u64; 8], [u64; 8]),
+    prev: ([u64; 24], [u64; 24], [u64; 8], [u64; 8]),
     scratch: Vec<u8>,
 }
 
@@ -788,7 +792,7 @@ impl Rig {
             data_injected: false,
             rank_s1: 1,
             rank_c1: 1,
-            prev: ([0; 22], [0; 22], [0; 8], [0; 8]),
+            prev: ([0; 24], [0; 24], [0; 8], [0; 8]),
             scratch: vec![0; 16 << 10],
         };
         // Handshakes.
