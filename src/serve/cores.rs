@@ -82,6 +82,15 @@ pub enum CoresError {
     },
 }
 
+/// Stops every shard when dropped: held by each shard's thread for its whole life.
+struct StopOnExit(super::StopHandle);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// A set of cores, shown as ranges (`0-3,8`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoreList(pub Vec<usize>);
@@ -180,6 +189,9 @@ where
                 let h = std::thread::Builder::new()
                     .name(format!("ustack-core{core}"))
                     .spawn_scoped(scope, move || {
+                        // However this thread ends (a failed start, the loop's end, a panic),
+                        // the other shards stop too.
+                        let _stop_all = StopOnExit(stop);
                         let started = cpu::pin_current_thread(core)
                             .map_err(|source| CoresError::Pin {
                                 shard,
@@ -189,16 +201,8 @@ where
                             .and_then(|()| {
                                 build(shard).map_err(|why| CoresError::Build { shard, core, why })
                             });
-                        let mut service = match started {
-                            Ok(s) => s,
-                            Err(e) => {
-                                stop.stop();
-                                return Err(e);
-                            }
-                        };
+                        let mut service = started?;
                         let ended = serve.run(&mut service, |e, s| on_event(shard, e, s));
-                        // One shard stopping (its own signal check, say) stops the others.
-                        stop.stop();
                         Ok(CoreRun {
                             core,
                             service,
@@ -212,10 +216,8 @@ where
         handles
             .into_iter()
             .map(|(shard, core, h)| {
-                h.join().unwrap_or_else(|_| {
-                    stop.stop();
-                    Err(CoresError::Panicked { shard, core })
-                })
+                h.join()
+                    .unwrap_or(Err(CoresError::Panicked { shard, core }))
             })
             .collect()
     });
@@ -225,6 +227,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shard that panics while another serves stops the other too, and the run reports
+    /// which one panicked (it would otherwise serve on with one shard gone).
+    #[test]
+    fn a_panicking_shard_stops_the_others() {
+        use crate::chunk::{MemStore, ServerConfig};
+        use crate::net::KernelServer;
+        let core = cpu::allowed().unwrap()[0];
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let serve = ServeLoop::new().spin_polls(10);
+            let r = run_cores(
+                &serve,
+                &[core, core],
+                true,
+                |shard| {
+                    if shard == 1 {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        panic!("shard 1 fails after shard 0 started serving");
+                    }
+                    let store = MemStore::new(1 << 20);
+                    KernelServer::bind(
+                        "127.0.0.1:0".parse().unwrap(),
+                        store,
+                        ServerConfig::default(),
+                    )
+                    .map_err(|e| e.to_string())
+                },
+                |_, _, _| {},
+            );
+            let _ = tx.send(r.err().map(|e| e.to_string()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the other shard went on serving after one panicked");
+        assert_eq!(got, Some(format!("shard 1 (core {core}) panicked")));
+    }
 
     #[test]
     fn core_lists_show_as_ranges() {
