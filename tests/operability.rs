@@ -405,8 +405,6 @@ fn admin_cli_lists_connections_and_captures_on_demand() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(line.contains(&format!("{SERVER_IP}:7000")), "{line}");
-    let (ok, out, _) = server.admin(&["connections"]);
-    assert!(ok);
     let bytes = |out: &str, key: &str| -> u64 {
         out.lines()
             .find(|l| l.contains("ESTAB") && l.contains(CLIENT_IP))
@@ -417,11 +415,21 @@ fn admin_cli_lists_connections_and_captures_on_demand() {
             })
             .unwrap_or(0)
     };
-    let acked = bytes(&out, "bytes_acked:");
-    assert!(
-        acked > 4096,
-        "the server's connection shows {acked} bytes acked:\n{out}"
-    );
+    // The bench writes its chunks first (the answers are small), then reads: wait for the
+    // reads' bytes to show.
+    let (out, acked) = loop {
+        let (ok, out, _) = server.admin(&["connections"]);
+        assert!(ok);
+        let acked = bytes(&out, "bytes_acked:");
+        if acked > 4096 {
+            break (out, acked);
+        }
+        assert!(
+            Instant::now() < end,
+            "the server's connection shows {acked} bytes acked:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     std::thread::sleep(Duration::from_millis(300));
     let (_, later, _) = server.admin(&["connections"]);
     assert!(
