@@ -23,8 +23,7 @@ use std::time::Duration;
 
 use common::{example_binary, skip, TempDir, Watched};
 use ustack::host::cpu;
-use ustack::host::iface::{set_offload, Offload};
-use ustack::host::netns::{self, VethConfig, VethPair};
+use ustack::host::netns::{VethConfig, VethPair};
 
 const SERVER_IP: &str = "10.216.0.1";
 const CLIENT_IP: &str = "10.216.0.2";
@@ -238,11 +237,7 @@ fn more_shards_than_cores_or_queue_pairs_is_refused_naming_the_limit() {
 /// Two namespaces joined by a veth pair with `queues` queues per end, offloads off on the
 /// client's end (frames as a wire carries them); `None` (after saying why) without root.
 fn veth_with_queues(queues: u32) -> Option<VethPair> {
-    if let Err(e) = netns::can_create_netns() {
-        skip(&e.to_string());
-        return None;
-    }
-    let pair = VethPair::create(&VethConfig {
+    common::veth_plain_at_a(&VethConfig {
         prefix: "ustcores".into(),
         addr_a: "10.217.0.1".parse().unwrap(),
         addr_b: "10.217.0.2".parse().unwrap(),
@@ -251,16 +246,6 @@ fn veth_with_queues(queues: u32) -> Option<VethPair> {
         tx_checksum_off: true,
         queues,
     })
-    .expect("veth pair");
-    let iface = pair.iface_a().to_string();
-    pair.a()
-        .run(move || {
-            for o in Offload::ALL {
-                set_offload(&iface, o, false).expect("offload off");
-            }
-        })
-        .expect("enter A");
-    Some(pair)
 }
 
 fn af_xdp_fileserver(pair: &VethPair, cores: &str, extra: &[&str]) -> Command {

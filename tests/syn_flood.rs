@@ -44,10 +44,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::frames::{self as fr, Ends, ACK, RST, SYN};
-use common::{example_binary, skip, Pattern, Watched};
+use common::{example_binary, Pattern, Watched};
 use ustack::chunk::{ChunkOp, ClientConfig, Staging, StagingConfig};
-use ustack::host::iface::{set_offload, Offload};
-use ustack::host::netns::{self, NetNs, VethConfig, VethPair};
+use ustack::host::netns::{NetNs, VethConfig, VethPair};
 use ustack::host::packet::{FrameBatch, PacketSocket, BATCH_MAX};
 use ustack::host::socket::{PollFd, POLLIN};
 use ustack::net::KernelClient;
@@ -103,11 +102,7 @@ fn attacker_isn(ip: Ipv4Addr, port: u16) -> u32 {
 /// a wire would carry them); `None` (after saying why) where this process may not create
 /// namespaces.
 fn topology(subnet: u8) -> Option<VethPair> {
-    if let Err(e) = netns::can_create_netns() {
-        skip(&e.to_string());
-        return None;
-    }
-    let pair = VethPair::create(&VethConfig {
+    common::veth_plain_at_a(&VethConfig {
         prefix: "ustflood".into(),
         addr_a: addr(subnet, 1),
         addr_b: addr(subnet, 2),
@@ -116,16 +111,6 @@ fn topology(subnet: u8) -> Option<VethPair> {
         tx_checksum_off: true,
         queues: 1,
     })
-    .expect("veth pair");
-    let iface = pair.iface_a().to_string();
-    pair.a()
-        .run(move || {
-            for o in Offload::ALL {
-                set_offload(&iface, o, false).expect("offload off");
-            }
-        })
-        .expect("enter A");
-    Some(pair)
 }
 
 /// Starts the file server on AF_XDP in B with the test's maxima and `idle_timeout`.

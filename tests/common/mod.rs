@@ -288,3 +288,26 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Two namespaces joined by a veth pair as `cfg` asks, with every offload off on A's end, so
+/// the kernel there sends frames as a wire carries them (whole checksums, no GSO); `None`
+/// (after saying why) where this process may not create namespaces.
+pub fn veth_plain_at_a(
+    cfg: &ustack::host::netns::VethConfig,
+) -> Option<ustack::host::netns::VethPair> {
+    use ustack::host::iface::{set_offload, Offload};
+    if let Err(e) = ustack::host::netns::can_create_netns() {
+        skip(&e.to_string());
+        return None;
+    }
+    let pair = ustack::host::netns::VethPair::create(cfg).expect("veth pair");
+    let iface = pair.iface_a().to_string();
+    pair.a()
+        .run(move || {
+            for o in Offload::ALL {
+                set_offload(&iface, o, false).expect("offload off");
+            }
+        })
+        .expect("enter A");
+    Some(pair)
+}
