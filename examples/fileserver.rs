@@ -45,10 +45,11 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use common::server::{print_memory, ServeArgs};
 use common::{open_device, stack_on, Backend, Cidr, DevArgs, MemifRoleArg, StoreSpec};
-use ustack::chunk::{ChunkServer, DirStore, DirStoreConfig};
+use ustack::chunk::{ChunkServer, ChunkStore, DirStore, DirStoreConfig, ServerConfig};
+use ustack::dev::auto::AnyDevice;
 use ustack::net::KernelServer;
 use ustack::serve::{ServeLoop, StackService};
-use ustack::stack::CoreShards;
+use ustack::stack::{CoreShards, Stack};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -180,59 +181,12 @@ fn run(args: &Args) -> Result<(), String> {
         Backend::Sim => {
             Err("--backend sim runs both ends in one process: use `chunkctl --backend sim`".into())
         }
-        backend if args.cores.is_some() => {
-            let cores = args.cores.as_ref().map_or(&[][..], |c| &c.0[..]);
-            ustack::serve::check_cores(cores, args.cores_oversubscribe)
-                .map_err(|e| e.to_string())?;
-            let devs =
-                common::open_devices_for_cores(backend, &args.dev, args.ip.addr, cores.len())?;
-            println!(
-                "fileserver: backend {backend:?}, {} per-core shards on cores {cores:?}",
-                devs.len()
-            );
-            let devs = Mutex::new(devs.into_iter().map(Some).collect::<Vec<_>>());
-            let links = Mutex::new(
-                CoreShards::new(cores.len())
-                    .into_iter()
-                    .map(Some)
-                    .collect::<Vec<_>>(),
-            );
-            let build = |i: usize| {
-                let dev = devs.lock().unwrap()[i]
-                    .take()
-                    .ok_or("no device for this core")?;
-                dev.adopt_current_thread().map_err(|e| e.to_string())?;
-                let sockets = cfg.connections_max + cfg.backlog;
-                let mut stack = stack_on(dev, &args.dev, args.ip, args.gateway, sockets, |c| {
-                    c.tcp.idle_timeout = args.serve.idle_timeout();
-                })?;
-                stack.join_cores(
-                    links.lock().unwrap()[i]
-                        .take()
-                        .ok_or("no link for this core")?,
-                );
-                let server =
-                    ChunkServer::bind(&mut stack, args.port, Arc::clone(&store), cfg.clone())
-                        .map_err(|e| e.to_string())?;
-                Ok(StackService::new(stack, server))
-            };
-            println!("fileserver: listening on {}:{}", args.ip.addr, args.port);
-            common::server::run_cores(
-                &args.serve,
-                NAME,
-                serve,
-                (cores, args.cores_oversubscribe),
-                build,
-            )
-        }
+        backend if args.cores.is_some() => serve_on_cores(args, backend, serve, store, cfg),
         backend => {
             let (dev, _netns) =
                 open_device(backend, &args.dev, args.ip.addr, MemifRoleArg::Server)?;
             println!("fileserver: backend {}: {}", dev.kind(), dev.reason());
-            let sockets = cfg.connections_max + cfg.backlog;
-            let mut stack = stack_on(dev, &args.dev, args.ip, args.gateway, sockets, |c| {
-                c.tcp.idle_timeout = args.serve.idle_timeout();
-            })?;
+            let mut stack = server_stack(args, dev, &cfg)?;
             print_memory(NAME, &stack, &cfg);
             let idle = stack.config().tcp.idle_timeout;
             println!(
@@ -251,4 +205,59 @@ fn run(args: &Args) -> Result<(), String> {
                 .run(NAME, serve, &mut service, |s| Some(&mut s.stack))
         }
     }
+}
+
+/// The stack of a file server on `dev`: a socket for every connection and backlog slot, the
+/// idle timeout asked for.
+fn server_stack(
+    args: &Args,
+    dev: AnyDevice,
+    cfg: &ServerConfig,
+) -> Result<Stack<AnyDevice>, String> {
+    let sockets = cfg.connections_max + cfg.backlog;
+    stack_on(dev, &args.dev, args.ip, args.gateway, sockets, |c| {
+        c.tcp.idle_timeout = args.serve.idle_timeout();
+    })
+}
+
+/// `--cores`: one per-core shard per listed core, each with its device queue and stack.
+fn serve_on_cores(
+    args: &Args,
+    backend: Backend,
+    serve: ServeLoop,
+    store: Arc<dyn ChunkStore>,
+    cfg: ServerConfig,
+) -> Result<(), String> {
+    let cores = args.cores.as_ref().map_or(&[][..], |c| &c.0[..]);
+    ustack::serve::check_cores(cores, args.cores_oversubscribe).map_err(|e| e.to_string())?;
+    let devs = common::open_devices_for_cores(backend, &args.dev, args.ip.addr, cores.len())?;
+    println!(
+        "fileserver: backend {backend:?}, {} per-core shards on cores {cores:?}",
+        devs.len()
+    );
+    let devs = Mutex::new(devs.into_iter().map(Some).collect::<Vec<_>>());
+    let links = Mutex::new(
+        CoreShards::new(cores.len())
+            .into_iter()
+            .map(Some)
+            .collect::<Vec<_>>(),
+    );
+    let build = |i: usize| {
+        let dev = devs.lock().unwrap()[i]
+            .take()
+            .ok_or("no device for this core")?;
+        dev.adopt_current_thread().map_err(|e| e.to_string())?;
+        let mut stack = server_stack(args, dev, &cfg)?;
+        stack.join_cores(
+            links.lock().unwrap()[i]
+                .take()
+                .ok_or("no link for this core")?,
+        );
+        let server = ChunkServer::bind(&mut stack, args.port, Arc::clone(&store), cfg.clone())
+            .map_err(|e| e.to_string())?;
+        Ok(StackService::new(stack, server))
+    };
+    println!("fileserver: listening on {}:{}", args.ip.addr, args.port);
+    let cores = (cores, args.cores_oversubscribe);
+    common::server::run_cores(&args.serve, NAME, serve, cores, build)
 }
