@@ -377,9 +377,6 @@ impl<D: PacketDevice> Stack<D> {
             if let Some(c) = &*cores {
                 match route {
                     Route::Arp => fanout_dropped += c.fan_out_arp(frame.data()),
-                    Route::Tcp { flow, syn: true } if listening(shards, flow.local_port) => {
-                        c.claim(&flow)
-                    }
                     Route::Tcp { flow, syn: false }
                         if !owns_flow(shards, flows, &flow)
                             && c.owner(&flow) == cores::Owner::Other =>
@@ -391,6 +388,9 @@ impl<D: PacketDevice> Stack<D> {
             }
             let shard = match route {
                 Route::Tcp { flow, syn: true } if listening(shards, flow.local_port) => {
+                    if let Some(c) = &*cores {
+                        c.claim(&flow);
+                    }
                     match steer_syn(shards, due, flows, *flows_max, next_shard, flow) {
                         Some(s) => s,
                         // Every armed socket is taken for now: hold the SYN until one re-arms.
