@@ -2,18 +2,33 @@
 //!
 //! # Hot path
 //!
-//! `alloc` is one pop from a lock-free bounded queue of free indices (one CAS), one `Arc`
-//! reference-count increment (so a buffer keeps its pool's memory alive wherever it is dropped),
-//! and one relaxed counter increment; dropping a buffer is one push (one CAS) and the `Arc`
-//! decrement. There is no `in_use` counter to keep in step: the number of buffers in use is
-//! `capacity - free.len()`, which the queue knows, and the high-water mark is updated from it
-//! with a plain load and compare (an atomic read-modify-write only when the mark actually rises).
+//! Free buffers are kept in two places: a small LIFO cache of the most recently returned ones
+//! (at most 512), and a lock-free bounded FIFO queue of the rest. `alloc` takes the
+//! cache's top if it can, else pops the queue (one CAS); dropping a buffer pushes it on the
+//! cache, or on the queue when the cache is full or another thread holds it. Either way that is
+//! one atomic swap or CAS, one `Arc` reference-count change (so a buffer keeps its pool's memory
+//! alive wherever it is dropped), and one relaxed counter increment.
 //!
-//! Handing a buffer from one thread to another goes through the free queue, whose push
+//! Why the cache: a FIFO hands out every buffer of the pool in turn, so the bytes a packet
+//! touches are always the pool's coldest, and a pool of thousands of 9 KiB buffers (tens of
+//! MiB) goes through the caches at the speed of memory. The cache hands back the buffer just
+//! returned, whose lines are still in a cache, and the rest of the pool stays untouched until
+//! a burst needs more buffers than the cache holds (a DPDK mempool's per-core cache is LIFO for
+//! the same reason). On a 2-vCPU AMD EPYC VM, copying 9000-byte frames written by the other
+//! core into 1 MiB staging buffers ran at 44 GB/s over 256 buffers and 17-24 GB/s over 2,560.
+//!
+//! The cache is guarded by a flag taken with one swap, never waited on while the queue has
+//! buffers: a thread that finds it taken uses the queue. There is no `in_use` counter to keep
+//! in step: the number in use is `capacity - queue length - cache length`, and the high-water
+//! mark is updated from it with a plain load and compare (an atomic read-modify-write only
+//! when the mark actually rises).
+//!
+//! Handing a buffer from one thread to another goes through the cache's flag (released by the
+//! thread that returned it, acquired by the one that takes it) or the queue, whose push
 //! (release) and pop (acquire) order the previous owner's writes before the next owner's reads.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -23,6 +38,92 @@ use crate::sys::xdp::UmemArea;
 
 /// Buffers are laid out on cache-line boundaries.
 const BUF_ALIGN: usize = 64;
+
+/// The most free buffers a pool keeps in its LIFO cache of recently returned ones (the rest wait
+/// in its FIFO queue). A burst of a few hundred frames, a ring's refill, fits.
+const HOT_MAX: usize = 512;
+
+/// The LIFO cache of recently returned buffer indices, owned by whoever holds `taken`.
+#[repr(align(128))]
+struct HotCache {
+    taken: AtomicBool,
+    /// Entries in `slots`; written only by the holder of `taken`, read by anyone for the counts.
+    len: AtomicUsize,
+    /// Indices, `slots[..len]` valid. Atomics so that no `unsafe` is needed; the holder of
+    /// `taken` is the only thread that touches them, with relaxed loads and stores.
+    slots: Box<[AtomicU32]>,
+}
+
+impl HotCache {
+    fn new(cap: usize) -> HotCache {
+        HotCache {
+            taken: AtomicBool::new(false),
+            len: AtomicUsize::new(0),
+            slots: (0..cap).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    /// Runs `f` on (slots, len) if the cache is free, else returns `None` without waiting.
+    #[inline]
+    fn try_with<R>(&self, f: impl FnOnce(&[AtomicU32], &AtomicUsize) -> R) -> Option<R> {
+        if self.taken.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        let r = f(&self.slots, &self.len);
+        self.taken.store(false, Ordering::Release);
+        Some(r)
+    }
+
+    /// The most recently returned index, if the cache is free and holds one.
+    #[inline]
+    fn pop(&self) -> Option<u32> {
+        // Unlocked peek: an empty cache costs no swap.
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.try_with(Self::take_top).flatten()
+    }
+
+    /// Removes and returns the top entry (the caller holds `taken`).
+    #[inline]
+    fn take_top(slots: &[AtomicU32], len: &AtomicUsize) -> Option<u32> {
+        let n = len.load(Ordering::Relaxed).checked_sub(1)?;
+        len.store(n, Ordering::Relaxed);
+        Some(slots[n].load(Ordering::Relaxed))
+    }
+
+    /// Like `pop`, but waits for a holder to let go: for when the queue is empty and the cache
+    /// may hold the last free buffers.
+    fn pop_waiting(&self) -> Option<u32> {
+        loop {
+            if self.len.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            if let Some(got) = self.try_with(Self::take_top) {
+                return got;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Keeps `idx` if the cache is free and has room; `false` otherwise.
+    #[inline]
+    fn push(&self, idx: u32) -> bool {
+        if self.len.load(Ordering::Relaxed) >= self.slots.len() {
+            return false;
+        }
+        self.try_with(|slots, len| {
+            let n = len.load(Ordering::Relaxed);
+            if n >= slots.len() {
+                return false;
+            }
+            slots[n].store(idx, Ordering::Relaxed);
+            len.store(n + 1, Ordering::Relaxed);
+            true
+        })
+        .unwrap_or(false)
+    }
+}
 
 /// Counters of a pool, read with relaxed atomics (a consistent snapshot is not guaranteed while
 /// other threads allocate).
@@ -64,9 +165,11 @@ struct Shared {
     buf_len: usize,
     headroom: usize,
     count: usize,
-    /// Indices of the free buffers; each index is either here once, owned by one PoolBuf, or
-    /// lent out (see `lent`).
+    /// Indices of the free buffers not in `hot`; each index is either in one of the two once,
+    /// owned by one PoolBuf, or lent out (see `lent`).
     free: ArrayQueue<u32>,
+    /// The most recently returned free buffers, handed out first.
+    hot: HotCache,
     /// One bit per buffer: set while the buffer is lent to an outside owner (a kernel ring, a
     /// peer process) with [`BufPool::lend`].
     lent: Box<[AtomicU64]>,
@@ -76,7 +179,27 @@ struct Shared {
 impl Shared {
     #[inline]
     fn in_use(&self) -> usize {
-        self.count - self.free.len()
+        self.count
+            .saturating_sub(self.free.len() + self.hot.len.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn take_free(&self) -> Option<u32> {
+        self.hot
+            .pop()
+            .or_else(|| self.free.pop())
+            .or_else(|| self.hot.pop_waiting())
+    }
+
+    #[inline]
+    fn give_back(&self, idx: u32) {
+        if !self.hot.push(idx) {
+            let returned = self.free.push(idx);
+            debug_assert!(
+                returned.is_ok(),
+                "pool free list overflow: buffer returned twice"
+            );
+        }
     }
 }
 
@@ -84,7 +207,7 @@ impl Shared {
 #[inline]
 fn alloc_from(shared: &Arc<Shared>) -> Option<PoolBuf> {
     let s = &**shared;
-    match s.free.pop() {
+    match s.take_free() {
         Some(idx) => {
             s.counters.allocs.fetch_add(1, Ordering::Relaxed);
             let in_use = s.in_use();
@@ -148,6 +271,7 @@ impl BufPool {
                 headroom,
                 count,
                 free,
+                hot: HotCache::new(count.min(HOT_MAX)),
                 lent: (0..count.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
                 counters: Counters {
                     high_water: AtomicUsize::new(0),
@@ -250,7 +374,7 @@ impl BufPool {
 
     /// Buffers currently free.
     pub fn available(&self) -> usize {
-        self.shared.free.len()
+        self.shared.free.len() + self.shared.hot.len.load(Ordering::Relaxed)
     }
 
     /// Bytes per buffer, headroom included.
@@ -438,11 +562,7 @@ impl PoolBuf {
 impl Drop for PoolBuf {
     #[inline]
     fn drop(&mut self) {
-        let returned = self.shared.free.push(self.idx);
-        debug_assert!(
-            returned.is_ok(),
-            "pool free list overflow: buffer returned twice"
-        );
+        self.shared.give_back(self.idx);
     }
 }
 
@@ -561,6 +681,47 @@ mod tests {
         assert_eq!(p.stats().in_use, 0);
         assert_eq!(p.buf_offset(2), 2 * p.stride());
         assert!(p.memory().1 >= p.capacity() * p.stride());
+    }
+
+    #[test]
+    fn the_buffer_returned_last_is_handed_out_first() {
+        let p = pool(8);
+        let (a, b) = (p.alloc().unwrap(), p.alloc().unwrap());
+        let (ia, ib) = (a.index(), b.index());
+        drop(a);
+        drop(b);
+        let (x, y) = (p.alloc().unwrap(), p.alloc().unwrap());
+        assert_eq!(
+            (x.index(), y.index()),
+            (ib, ia),
+            "LIFO: the warmest buffer first"
+        );
+        assert_eq!(p.available(), 6);
+    }
+
+    #[test]
+    fn more_free_buffers_than_the_cache_holds_all_come_back() {
+        let p = BufPool::with_capacity(HOT_MAX + 100, 64, 0, PageSize::Base4K).unwrap();
+        let cap = p.capacity();
+        assert!(cap > HOT_MAX);
+        for _ in 0..2 {
+            let all: Vec<PoolBuf> = std::iter::from_fn(|| p.alloc()).collect();
+            assert_eq!(
+                all.len(),
+                cap,
+                "every buffer, cached or queued, is handed out"
+            );
+            let mut seen = vec![false; cap];
+            for b in &all {
+                assert!(
+                    !std::mem::replace(&mut seen[b.index()], true),
+                    "handed out twice"
+                );
+            }
+            assert_eq!((p.available(), p.stats().in_use), (0, cap));
+            drop(all);
+            assert_eq!((p.available(), p.stats().in_use), (cap, 0));
+        }
     }
 
     #[test]
