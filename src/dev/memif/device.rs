@@ -36,6 +36,10 @@ use super::{MemifConfig, MemifError, MemifRole, MemifState, MemifStats};
 const CONTROL_MSGS_PER_CALL: usize = 16;
 /// Extra frames in a client's pool beyond two per ring slot, for frames the stack holds.
 const CLIENT_POOL_SPARE: usize = 1024;
+/// Buffer memory a client keeps posted per receive ring when `rx_posted_max` is `None`.
+const RX_POSTED_BYTES: usize = 2 << 20;
+/// The fewest buffers a client posts per receive ring when `rx_posted_max` is `None`.
+const RX_POSTED_MIN: usize = 64;
 /// Most frames in a server's private pool by default.
 const SERVER_POOL_FRAMES: usize = 4096;
 /// Fewest frames in a server's private pool by default.
@@ -117,6 +121,8 @@ pub struct MemifDevice<F = PoolBuf> {
     caps: DeviceCaps,
     /// Most bytes per descriptor a client posts or sends (its configured buffer size).
     piece: usize,
+    /// Most buffers a client keeps posted per receive ring.
+    rx_posted: u16,
     pool: BufPool,
     /// A client's shared pool: the memory file and its length, sent as region 1.
     pool_file: Option<(OwnedFd, u64)>,
@@ -186,6 +192,9 @@ fn check_config(cfg: &MemifConfig) -> Result<usize, MemifError> {
     if cfg.burst_max == 0 {
         return Err(invalid("burst_max", 0, "must be at least 1"));
     }
+    if cfg.rx_posted_max == Some(0) {
+        return Err(invalid("rx_posted_max", 0, "must be at least 1"));
+    }
     if let Some(s) = &cfg.secret {
         if secret_field(s).is_none() {
             return Err(invalid(
@@ -240,6 +249,15 @@ fn check_config(cfg: &MemifConfig) -> Result<usize, MemifError> {
 /// Bytes per buffer of a client's pool: a whole frame, and at least one posted buffer.
 fn client_buf_len(cfg: &MemifConfig) -> usize {
     cfg.buffer_size.max(cfg.mtu + ETH_HEADER_LEN)
+}
+
+/// How many buffers a client keeps posted on each receive ring (`MemifConfig::rx_posted_max`);
+/// the ring's size caps it further.
+fn rx_posted(cfg: &MemifConfig) -> u16 {
+    let n = cfg.rx_posted_max.unwrap_or_else(|| {
+        (RX_POSTED_BYTES / client_buf_len(cfg).next_multiple_of(64)).max(RX_POSTED_MIN)
+    });
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 /// A flow's queue: a hash of the IPv4 addresses and ports, so one flow stays in order.
@@ -415,6 +433,7 @@ impl<F> MemifDevice<F> {
             role: cfg.role,
             addr,
             piece: cfg.buffer_size.min(65535),
+            rx_posted: rx_posted(cfg),
             caps: DeviceCaps {
                 mtu: cfg.mtu,
                 burst_max: cfg.burst_max,
@@ -851,7 +870,7 @@ impl<F> MemifDevice<F> {
                 let slice = std::slice::from_ref(&rings);
                 for r in &mut rx {
                     if let Some(view) = r.loc.view(slice) {
-                        r.refill(&view, &self.pool, self.piece);
+                        r.refill(&view, &self.pool, self.piece, self.rx_posted);
                     }
                 }
                 DataPath::Client { rings, tx, rx }
@@ -1092,7 +1111,7 @@ impl<F: Carry> MemifDevice<F> {
                             break;
                         }
                     }
-                    r.refill(&view, &self.pool, self.piece);
+                    r.refill(&view, &self.pool, self.piece, self.rx_posted);
                     if got >= want {
                         break;
                     }
@@ -1529,6 +1548,7 @@ mod tests {
         assert!(bad(&|c| c.secret = Some("x".repeat(25))));
         assert!(bad(&|c| c.pool_frames = Some(1024)));
         assert!(bad(&|c| c.burst_max = 0));
+        assert!(bad(&|c| c.rx_posted_max = Some(0)));
         assert!(bad(&|c| c.mtu = 40));
         assert!(bad(&|c| c.reconnect_backoff_min = Duration::ZERO));
         assert!(bad(&|c| {
@@ -1543,6 +1563,19 @@ mod tests {
         s.mtu = 65000;
         assert_eq!(check_config(&s).unwrap(), 1032, "64 MiB of 64 KiB frames");
         assert_eq!(check_config(&base).unwrap(), 2 * 1024 + CLIENT_POOL_SPARE);
+        // Buffers posted per receive ring: about 2 MiB of them, at least 64.
+        let posted = |mtu: usize, max: Option<usize>| {
+            rx_posted(&MemifConfig {
+                mtu,
+                buffer_size: (mtu + 14).max(2048),
+                rx_posted_max: max,
+                ..base.clone()
+            })
+        };
+        assert_eq!(posted(1500, None), 1024);
+        assert_eq!(posted(9000, None), 232);
+        assert_eq!(posted(65000, None), 64);
+        assert_eq!(posted(9000, Some(16)), 16);
         let e =
             MemifDevice::open(&MemifConfig::new("x".repeat(200), MemifRole::Server)).unwrap_err();
         assert!(

@@ -197,6 +197,14 @@ pub struct MemifConfig {
     /// Frame buffers in the device's pool. `None`: enough for every ring slot twice over plus
     /// 1024 for frames the stack holds (client), or 4096 (server).
     pub pool_frames: Option<usize>,
+    /// Most buffers a client keeps posted on each receive (S2C) ring. The server writes each
+    /// frame into the buffer posted longest ago, so every posted buffer is written once per
+    /// lap of the ring: with fewer posted, the server writes into buffers that are still in a
+    /// cache. `None`: as many as fill about 2 MiB (232 at MTU 9000), at least 64, at most the
+    /// ring's slots. A server that finds no buffer posted waits for the client's next refill
+    /// (nothing is lost). On an AMD EPYC VM, 1 MiB READs over MTU 9000 ran 25-40% faster with
+    /// 128 or 256 posted than with all 1,024 slots.
+    pub rx_posted_max: Option<usize>,
     /// Most frames moved by one `rx_burst` or `tx_burst`. Default 64.
     pub burst_max: usize,
     /// Our application and interface name, sent to the peer (cut to 31 bytes).
@@ -240,6 +248,7 @@ impl MemifConfig {
             queues: 1,
             mtu: 1500,
             pool_frames: None,
+            rx_posted_max: None,
             burst_max: 64,
             name: "ustack".into(),
             page_size: PageSize::Huge2M,

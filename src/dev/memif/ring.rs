@@ -569,12 +569,20 @@ impl ClientRx {
         pool.reclaim(idx, pool.headroom(), 0)
     }
 
-    /// Posts fresh buffers in every free slot (as many as the pool gives), each offered to the
-    /// server for at most `piece` bytes, and publishes them.
-    pub(crate) fn refill(&mut self, ring: &RingView<'_>, pool: &BufPool, piece: usize) {
+    /// Posts fresh buffers in free slots until `posted_max` are posted (or every slot is, or
+    /// the pool runs dry), each offered to the server for at most `piece` bytes, and publishes
+    /// them.
+    pub(crate) fn refill(
+        &mut self,
+        ring: &RingView<'_>,
+        pool: &BufPool,
+        piece: usize,
+        posted_max: u16,
+    ) {
         let cap = piece.min(pool.buf_len() - pool.headroom()) as u32;
         let start = self.head;
-        while self.head.wrapping_sub(self.tail) < ring.size() {
+        let posted_max = posted_max.min(ring.size());
+        while self.head.wrapping_sub(self.tail) < posted_max {
             let Some(buf) = pool.alloc() else { break };
             let idx = pool.lend(buf);
             ring.set_desc(
@@ -1301,8 +1309,12 @@ mod tests {
         }
 
         fn refill(&mut self, piece: usize) {
+            self.refill_up_to(piece, u16::MAX);
+        }
+
+        fn refill_up_to(&mut self, piece: usize, posted_max: u16) {
             let ring = self.crx.loc.view(&self.cregions).unwrap();
-            self.crx.refill(&ring, &self.cpool, piece);
+            self.crx.refill(&ring, &self.cpool, piece, posted_max);
         }
 
         fn client_receive(&mut self, frame_len_max: usize, piece: usize) -> Batch<PoolBuf> {
@@ -1408,6 +1420,33 @@ mod tests {
         assert_eq!(p.crx.lent(), 0);
         drop(rx);
         assert_eq!(p.cpool.stats().in_use, 0);
+    }
+
+    /// A client posts at most `posted_max` buffers however many slots are free; the server
+    /// waits for the next refill for the rest, and nothing is lost.
+    #[test]
+    fn a_client_keeps_no_more_buffers_posted_than_it_is_told() {
+        let mut p = Pair::new(2048);
+        p.refill_up_to(2048, 3);
+        assert_eq!(p.crx.lent(), 3, "3 of the ring's 8 slots");
+        let out: Vec<PoolBuf> = (0..5u8).map(|i| frame(&p.spool, 0xB0 + i, 100)).collect();
+        let sent = p.server_send_copies(&out);
+        assert_eq!(sent[..3], [CopyIn::Sent; 3]);
+        assert_eq!(sent[3..], [CopyIn::NoRoom; 2]);
+        let rx = p.client_receive(1514, 2048);
+        assert_eq!(rx.len(), 3);
+        p.refill_up_to(2048, 3);
+        assert_eq!(p.crx.lent(), 3);
+        assert_eq!(p.server_send_copies(&out[3..]), vec![CopyIn::Sent; 2]);
+        let rx2 = p.client_receive(1514, 2048);
+        for (i, f) in rx.iter().chain(rx2.iter()).enumerate() {
+            assert!(is_frame(f.as_slice(), 0xB0 + i as u8, 100));
+        }
+        // A limit above the ring's size posts every slot.
+        p.refill_up_to(2048, 100);
+        assert_eq!(p.crx.lent(), 8);
+        p.crx.release_all(&p.cpool);
+        assert_eq!(p.stats.rejected_desc, 0);
     }
 
     /// Frames longer than a descriptor: the client sends one buffer as a chain, the server
