@@ -236,8 +236,14 @@ fn more_shards_than_cores_or_queue_pairs_is_refused_naming_the_limit() {
 
 /// Two namespaces joined by a veth pair with `queues` queues per end, offloads off on the
 /// client's end (frames as a wire carries them); `None` (after saying why) without root.
+///
+/// The kernel in A keeps each connection's hash for its life (`net.core.txrehash=0`): by
+/// default a retransmission timeout gives the flow a new random hash (`sk_rethink_txhash`), and
+/// both the veth's queue and `net_af_packet`'s fanout follow that hash, so on a loaded machine a
+/// flow moved to the other shard mid-transfer, which drops it (`rx_misdirected`) by design. A
+/// NIC's RSS hashes addresses and ports, which never change.
 fn veth_with_queues(queues: u32) -> Option<VethPair> {
-    common::veth_plain_at_a(&VethConfig {
+    let pair = common::veth_plain_at_a(&VethConfig {
         prefix: "ustcores".into(),
         addr_a: "10.217.0.1".parse().unwrap(),
         addr_b: "10.217.0.2".parse().unwrap(),
@@ -245,7 +251,12 @@ fn veth_with_queues(queues: u32) -> Option<VethPair> {
         mtu: None,
         tx_checksum_off: true,
         queues,
-    })
+    })?;
+    pair.a()
+        .run(|| std::fs::write("/proc/sys/net/core/txrehash", "0"))
+        .expect("enter A")
+        .expect("net.core.txrehash=0 in A");
+    Some(pair)
 }
 
 fn af_xdp_fileserver(pair: &VethPair, cores: &str, extra: &[&str]) -> Command {
