@@ -268,6 +268,21 @@ fn af_xdp_fileserver(pair: &VethPair, cores: &str, extra: &[&str]) -> Command {
     )
 }
 
+/// The file server in B on DPDK's `net_af_packet` over B's end with `qpairs` queue pairs.
+#[cfg(feature = "dpdk")]
+fn af_packet_fileserver(pair: &VethPair, qpairs: usize, cores: &str, extra: &[&str]) -> Command {
+    let vdev = format!(
+        "net_af_packet0,iface={},qpairs={qpairs},framecnt=4096",
+        pair.iface_b()
+    );
+    veth_fileserver(
+        pair,
+        &["--backend", "dpdk", "--dpdk-vdev", &vdev],
+        cores,
+        extra,
+    )
+}
+
 /// The file server in B on `backend` (its flags) with `--cores cores`, at 10.217.0.3.
 fn veth_fileserver(pair: &VethPair, backend: &[&str], cores: &str, extra: &[&str]) -> Command {
     let mut cmd = pair.b().command(example_binary("fileserver"));
@@ -355,16 +370,7 @@ fn two_cores_serve_every_connection_and_byte_over_dpdk_queues() {
         return;
     };
     let (cores, extra) = two_cores();
-    let vdev = format!(
-        "net_af_packet0,iface={},qpairs=2,framecnt=4096",
-        pair.iface_b()
-    );
-    let server = veth_fileserver(
-        &pair,
-        &["--backend", "dpdk", "--dpdk-vdev", &vdev],
-        &cores,
-        extra,
-    );
+    let server = af_packet_fileserver(&pair, 2, &cores, extra);
     kernel_client_over_shards(&pair, server, 2, 16);
 }
 
@@ -375,16 +381,7 @@ fn four_shards_serve_every_connection_and_byte_over_dpdk_queues() {
     let Some(pair) = veth_with_queues(1) else {
         return;
     };
-    let vdev = format!(
-        "net_af_packet0,iface={},qpairs=4,framecnt=4096",
-        pair.iface_b()
-    );
-    let server = veth_fileserver(
-        &pair,
-        &["--backend", "dpdk", "--dpdk-vdev", &vdev],
-        &four_cores(),
-        &["--cores-oversubscribe"],
-    );
+    let server = af_packet_fileserver(&pair, 4, &four_cores(), &["--cores-oversubscribe"]);
     kernel_client_over_shards(&pair, server, 4, 48);
 }
 
